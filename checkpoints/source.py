@@ -1,0 +1,315 @@
+"""Checkpoint sources: Hub revisions, local suites, single models; fetch, load, evict.
+
+A source turns a training step into a :class:`Checkpoint` on local disk (``fetch``) and
+forgets it again (``release``). :func:`checkpoints.stream.stream_checkpoints` drives a
+source with one step of prefetch; nothing here knows what is computed from the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from checkpoints.models import ModelRef
+from checkpoints.steps import PYTHIA_STEPS
+from dynamics.errors import CheckpointError, DynamicsError
+
+log = logging.getLogger(__name__)
+
+CONFIG_AND_TOKENIZER = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+]
+
+
+@dataclass
+class Checkpoint:
+    """One training step's weights on local disk (or why they could not be had)."""
+
+    step: int
+    revision: str | None
+    path: Path | None
+    commit: str | None = None
+    gguf_file: str | None = None
+    error: str | None = None
+    seconds: float = 0.0  # wall time of the fetch, retries included
+    downloaded: bool = False  # fetched by this run (and so ours to evict)
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def record(self) -> dict[str, Any]:
+        """Provenance of this checkpoint for the cube's per-step record."""
+        return {"revision": self.revision, "commit": self.commit, "path": str(self.path) if self.path else None}
+
+    def load_model(self, device: str = "cpu", dtype: Any = None) -> Any:
+        """The model, in eval mode, on ``device``; a corrupt checkpoint raises CheckpointError."""
+        import torch
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one bar per scan, not one per checkpoint
+        kwargs: dict[str, Any] = {_dtype_kwarg(): dtype or torch.float32}
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        try:
+            model = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
+        except Exception as exc:  # transformers raises many types for a bad file
+            raise CheckpointError(f"step {self.step}: cannot load the model from {self.path}: {_one_line(exc)}") from exc
+        return model.to(device).eval()
+
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        kwargs = {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        try:
+            return AutoTokenizer.from_pretrained(self.path, **kwargs)
+        except Exception as exc:
+            raise CheckpointError(f"step {self.step}: cannot load the tokenizer from {self.path}: {_one_line(exc)}") from exc
+
+
+class CheckpointSource(Protocol):
+    """Where a model's checkpoints come from."""
+
+    model_id: str
+
+    def available_steps(self) -> list[int] | None:
+        """The steps this source offers, or None when it cannot tell without the network."""
+
+    def fetch(self, step: int) -> Checkpoint:
+        """Make ``step`` available on local disk; raises on failure."""
+
+    def release(self, checkpoint: Checkpoint) -> None:
+        """Free what ``fetch`` took (disk space), if it is ours to free."""
+
+
+@dataclass
+class RetryPolicy:
+    """Transient failures are retried ``attempts - 1`` times, waiting backoff * 2**k."""
+
+    attempts: int = 4
+    backoff: float = 2.0
+    max_wait: float = 60.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+
+    def call(self, fn: Callable[[], Any], what: str) -> tuple[Any, int]:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn(), attempt
+            except Exception as exc:
+                if is_permanent(exc) or attempt == self.attempts:
+                    raise CheckpointError(f"{what}: {_one_line(exc)} (after {attempt} attempt(s))") from exc
+                wait = min(self.backoff * 2 ** (attempt - 1), self.max_wait)
+                log.warning("%s failed (%s); retrying in %.1fs", what, _one_line(exc), wait)
+                self.sleep(wait)
+        raise AssertionError("unreachable")
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Errors that retrying cannot fix: missing repos, revisions or files, no network allowed."""
+    from huggingface_hub import errors
+
+    permanent = (
+        errors.RepositoryNotFoundError,
+        errors.RevisionNotFoundError,
+        errors.EntryNotFoundError,  # includes LocalEntryNotFoundError (offline and not cached)
+        errors.GatedRepoError,
+        DynamicsError,
+    )
+    return isinstance(exc, permanent)
+
+
+class HubSource:
+    """Revisions ``step{N}`` of a Hub repository, through the Hugging Face cache.
+
+    Only config, tokenizer and weights are downloaded (safetensors preferred, else
+    ``pytorch_model*.bin``; sharded or not). ``release`` deletes a revision from the cache
+    if this run downloaded it; revisions that were cached before the run are left alone.
+    """
+
+    def __init__(
+        self,
+        ref: ModelRef,
+        cache_dir: str | Path | None = None,
+        retry: RetryPolicy | None = None,
+        keep: bool = False,
+        download: Callable[..., str] | None = None,
+        list_files: Callable[[str, str], list[str]] | None = None,
+    ) -> None:
+        from huggingface_hub import constants, snapshot_download
+
+        self.ref = ref
+        self.model_id = ref.location
+        self.cache_dir = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
+        self.retry = retry or RetryPolicy()
+        self.keep = keep
+        self._download = download or snapshot_download
+        self._list_files = list_files or _list_repo_files
+
+    def available_steps(self) -> list[int] | None:
+        return list(PYTHIA_STEPS) if self.ref.is_pythia else None
+
+    def revision(self, step: int) -> str:
+        return f"step{step}"
+
+    def fetch(self, step: int) -> Checkpoint:
+        revision = self.revision(step)
+        cached_before = self._cached_snapshot(revision) is not None
+        start = time.perf_counter()
+        path, attempts = self.retry.call(lambda: self._fetch_once(revision), f"{self.model_id}@{revision}")
+        path = Path(path)
+        return Checkpoint(
+            step=step,
+            revision=revision,
+            path=path,
+            commit=path.name,  # snapshots/<commit hash>/
+            seconds=time.perf_counter() - start,
+            downloaded=not cached_before,
+            attempts=attempts,
+        )
+
+    def _fetch_once(self, revision: str) -> str:
+        from huggingface_hub import constants
+
+        common = {"revision": revision, "cache_dir": str(self.cache_dir)}
+        if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            return self._download(self.model_id, local_files_only=True, **common)
+        files = self._list_files(self.model_id, revision)
+        return self._download(self.model_id, allow_patterns=CONFIG_AND_TOKENIZER + weight_files(files), **common)
+
+    def _cached_snapshot(self, revision: str) -> Path | None:
+        repo = self.cache_dir / ("models--" + self.model_id.replace("/", "--"))
+        ref = repo / "refs" / revision
+        if not ref.is_file():
+            return None
+        snapshot = repo / "snapshots" / ref.read_text().strip()
+        return snapshot if snapshot.is_dir() else None
+
+    def release(self, checkpoint: Checkpoint) -> None:
+        if self.keep or not checkpoint.downloaded or not checkpoint.commit:
+            return
+        from huggingface_hub import scan_cache_dir
+
+        try:
+            scan_cache_dir(self.cache_dir).delete_revisions(checkpoint.commit).execute()
+        except Exception as exc:  # eviction is hygiene: never lose a stored step over it
+            log.warning("could not delete %s@%s from the cache: %s", self.model_id, checkpoint.revision, exc)
+
+
+class LocalSuiteSource:
+    """A directory with one saved model per step: ``step0/``, ``step1000/``, ..."""
+
+    def __init__(self, ref: ModelRef) -> None:
+        self.ref = ref
+        self.model_id = ref.location
+        self.root = Path(ref.location)
+
+    def available_steps(self) -> list[int]:
+        return sorted(
+            int(m.group(1))
+            for child in self.root.iterdir()
+            if child.is_dir() and (m := re.fullmatch(r"step(\d+)", child.name))
+        )
+
+    def fetch(self, step: int) -> Checkpoint:
+        path = self.root / f"step{step}"
+        if not path.is_dir():
+            raise CheckpointError(f"{self.root} has no step{step}/ directory")
+        return Checkpoint(step=step, revision=f"step{step}", path=path, commit=_suite_fingerprint(path))
+
+    def release(self, checkpoint: Checkpoint) -> None:
+        """Local suites belong to the user: nothing is ever deleted."""
+
+
+class SingleModelSource:
+    """One saved model (a directory or a ``.gguf`` file), offered as step 0."""
+
+    def __init__(self, ref: ModelRef) -> None:
+        self.ref = ref
+        self.model_id = ref.location
+        location = Path(ref.location)
+        if ref.kind == "gguf":
+            self.path, self.gguf_file = location.parent, location.name
+        else:
+            ggufs = sorted(location.glob("*.gguf"))
+            has_config = (location / "config.json").is_file()
+            self.path, self.gguf_file = location, (ggufs[0].name if ggufs and not has_config else None)
+
+    def available_steps(self) -> list[int]:
+        return [0]
+
+    def fetch(self, step: int) -> Checkpoint:
+        if step != 0:
+            raise CheckpointError(f"{self.model_id} is a single model: its only step is 0")
+        return Checkpoint(step=0, revision=None, path=self.path, gguf_file=self.gguf_file)
+
+    def release(self, checkpoint: Checkpoint) -> None:
+        """A single local model belongs to the user: nothing is deleted."""
+
+
+def open_source(ref: ModelRef, **hub_options: Any) -> CheckpointSource:
+    """The source for a resolved model name; ``hub_options`` go to :class:`HubSource`."""
+    if ref.kind == "hub":
+        return HubSource(ref, **hub_options)
+    if ref.kind == "local_suite":
+        return LocalSuiteSource(ref)
+    return SingleModelSource(ref)
+
+
+def weight_files(files: Sequence[str]) -> list[str]:
+    """The weight files to download from a revision's file list: one format, all shards.
+
+    safetensors is preferred over PyTorch pickles; an index file comes with its shards.
+    """
+    top = [f for f in files if "/" not in f]
+    for pattern in (r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?", r"pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?"):
+        chosen = sorted(f for f in top if re.fullmatch(pattern, f))
+        if chosen:
+            return chosen
+    raise CheckpointError(
+        "no weights in this revision: expected model.safetensors or pytorch_model.bin (sharded or not), "
+        f"found {', '.join(sorted(top)) or 'no files'}"
+    )
+
+
+def _list_repo_files(repo_id: str, revision: str) -> list[str]:
+    from huggingface_hub import HfApi
+
+    return HfApi().list_repo_files(repo_id, revision=revision)
+
+
+def _suite_fingerprint(path: Path) -> str:
+    """A cheap identity of a local checkpoint: names, sizes and mtimes of its weight files."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return "local-" + h.hexdigest()[:16]
+
+
+def _dtype_kwarg() -> str:
+    import transformers
+
+    return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

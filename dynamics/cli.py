@@ -1,0 +1,98 @@
+"""The `dynamics` command line. Each sub-command's options come from its config dataclass.
+
+User errors become one line on stderr and exit code 2 (1 for other expected failures,
+130 for Ctrl-C); they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dynamics import __version__
+from dynamics.config import add_config_arguments, config_from_args, option
+from dynamics.errors import DynamicsError
+
+log = logging.getLogger("dynamics")
+
+
+@dataclass(frozen=True)
+class StepsConfig:
+    """`dynamics steps`: show the steps a spec selects."""
+
+    spec: str = option(help="step spec, e.g. 0:143000:1000, pythia, log, final, all", positional=True)
+    model: str | None = option(None, help="check the steps against this model's checkpoints")
+
+
+def run_steps(config: StepsConfig) -> int:
+    from checkpoints.models import resolve_model
+    from checkpoints.source import open_source
+    from checkpoints.steps import parse_steps
+
+    available = open_source(resolve_model(config.model)).available_steps() if config.model else None
+    steps = parse_steps(config.spec, available)
+    print(f"{len(steps)} steps: {' '.join(str(s) for s in steps)}")
+    return 0
+
+
+def run_scan_command(config: Any) -> int:
+    from dynamics.scan import run_scan
+
+    summary = run_scan(config)
+    print(
+        f"{config.out}: {len(summary.done)} steps computed, {len(summary.skipped)} already done, "
+        f"{len(summary.failed)} failed" + (f" ({', '.join(map(str, summary.failed))})" if summary.failed else "")
+    )
+    return 0 if not summary.failed else 1
+
+
+def _commands() -> dict[str, tuple[type, Callable[[Any], int], str]]:
+    from dynamics.scan import ScanConfig
+
+    return {
+        "scan": (ScanConfig, run_scan_command, "stream a model's checkpoints into a cube (resumable)"),
+        "steps": (StepsConfig, run_steps, "list the training steps a step spec selects"),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dynamics",
+        description="Training dynamics of Wasserstein neurons and negative pre-activations over model checkpoints.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (cls, _, summary) in _commands().items():
+        p = sub.add_parser(name, help=summary, description=f"{summary}. {cls.__doc__ or ''}".strip())
+        add_config_arguments(p, cls)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="dynamics: %(message)s",
+    )
+    cls, run, _ = _commands()[args.command]
+    try:
+        return run(config_from_args(cls, args))
+    except DynamicsError as exc:
+        print(f"dynamics {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(
+            f"dynamics {args.command}: interrupted; every completed step is kept, re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""The results cube: a zarr v3 store written through xarray, one region per training step.
+
+Layout and guarantees:
+
+- The ``step`` dimension is pre-allocated for every requested step, chunk 1 along ``step``.
+  A step's result is one region write; *then*, last, its done marker is written. Markers
+  live in the root attributes (``attrs["steps"][str(step)]``: status, revision, commit,
+  timings) so a marker is one atomic file replacement (zarr's local store writes through a
+  temporary file and a rename).
+- A step counts only once its marker says ``done``: a crash in the middle of a step leaves
+  the cube openable, that step pending, and the next run redoes it.
+- Variables appear the first time a step result carries them (pre-allocated for every
+  step, nothing written for pending steps); static variables (no ``step``) are written
+  once, at creation.
+- Asking for more steps appends them (``attrs["extending"]`` journals the append, so an
+  interrupted extension is rolled back instead of leaving arrays of unequal length).
+- One writer at a time (:class:`store.lock.WriterLock`); readers never need the lock.
+
+The store knows nothing about neurons: it stores whatever ``xarray.Dataset`` the scan gives.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from dynamics.errors import CubeError, CubeLockedError
+from store.lock import WriterLock
+
+CUBE_FORMAT = 1
+DONE, FAILED, PENDING = "done", "failed", "pending"
+
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+
+
+def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
+    """Open a cube for analysis: an ``xarray.Dataset`` of its done steps, sorted by step.
+
+    Args:
+        path: the cube directory (``runs/p14.zarr``).
+        include_pending: keep steps that are not done (pending or failed) too; their values
+            are fill values (NaN for floats).
+
+    The dataset has a ``status`` coordinate along ``step`` (``done``/``failed``/``pending``)
+    and the cube's provenance in ``attrs``.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise CubeError(f"no cube at {str(path)!r}: expected a directory written by `dynamics scan` or `dynamics ablate`")
+    attrs = _read_attrs(path)
+    if "extending" in attrs:
+        _repair_interrupted_extension(path)
+    try:
+        ds = xr.open_zarr(path, consolidated=True)
+    except (ValueError, KeyError):  # consolidated metadata absent: fall back to listing the store
+        ds = xr.open_zarr(path, consolidated=False)
+    records = ds.attrs.get("steps", {})
+    status = np.array([records.get(str(int(s)), {}).get("status", PENDING) for s in ds["step"].values])
+    ds = ds.assign_coords(status=("step", status))
+    if not include_pending:
+        ds = ds.isel(step=np.flatnonzero(status == DONE))
+    return ds.sortby("step")
+
+
+class CubeWriter:
+    """The one writer of a cube for one run. Use as a context manager.
+
+    Args:
+        path: the cube directory.
+        steps: the steps this run asks for (the cube is created or extended to hold them).
+        identity: what makes results comparable (model, analysis settings). A cube made with
+            a different identity is refused, so one cube never mixes incomparable steps.
+        provenance: everything else worth recording about this run (package version, the
+            full config, seeds, corpus hash); appended to ``attrs["runs"]``.
+        static: variables without a ``step`` dimension, written once at creation.
+        overwrite: redo steps that are already done.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        steps: Sequence[int],
+        identity: Mapping[str, Any],
+        provenance: Mapping[str, Any] | None = None,
+        static: xr.Dataset | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.steps = sorted({int(s) for s in steps})
+        self.identity = _jsonable(dict(identity))
+        self.provenance = _jsonable(dict(provenance or {}))
+        self.static = static
+        self.overwrite = overwrite
+        self._lock = WriterLock(self.path)
+        self._index: dict[int, int] = {}
+
+    # -- life cycle -------------------------------------------------------------------------
+    def __enter__(self) -> CubeWriter:
+        self._lock.acquire()
+        try:
+            self._prepare()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def _prepare(self) -> None:
+        if self.path.exists() and not (self.path / "zarr.json").is_file():
+            raise CubeError(f"{str(self.path)!r} exists but is not a cube; choose another --out")
+        if not self.path.exists():
+            self._create()
+        else:
+            self._check_identity()
+            if "extending" in _read_attrs(self.path):
+                _rollback_extension(self.path)
+            self._extend([s for s in self.steps if s not in self._stored_steps()])
+        attrs = _read_attrs(self.path)
+        runs = list(attrs.get("runs", []))
+        runs.append({"started": _now(), "steps_requested": len(self.steps), **self.provenance})
+        self._update_attrs(runs=runs, provenance=self.provenance)
+        self._index = {s: i for i, s in enumerate(self._stored_steps())}
+
+    def _create(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.creating")
+        shutil.rmtree(tmp, ignore_errors=True)  # a creation that crashed earlier; we hold the lock
+        ds = xr.Dataset(coords={"step": np.asarray(self.steps, dtype="int64")})
+        if self.static is not None:
+            if "step" in self.static.dims:
+                raise CubeError("static variables must not have a step dimension")
+            ds = ds.merge(self.static)
+        ds.attrs = {
+            "cube_format": CUBE_FORMAT,
+            "identity": self.identity,
+            "created": _now(),
+            "steps": {str(s): {"status": PENDING} for s in self.steps},
+        }
+        ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding={"step": {"chunks": (1,)}})
+        tmp.rename(self.path)  # atomic: the cube appears whole or not at all
+
+    def _check_identity(self) -> None:
+        stored = _read_attrs(self.path).get("identity", {})
+        if stored == self.identity:
+            return
+        keys = sorted(k for k in set(stored) | set(self.identity) if stored.get(k) != self.identity.get(k))
+        key = keys[0]
+        raise CubeError(
+            f"cube {str(self.path)!r} was made with {key}={json.dumps(stored.get(key))}, "
+            f"this run has {key}={json.dumps(self.identity.get(key))}; use the same settings or another --out"
+        )
+
+    # -- queries ----------------------------------------------------------------------------
+    def _stored_steps(self) -> list[int]:
+        return [int(s) for s in zarr.open_array(self.path / "step", mode="r")[:]]
+
+    def status(self, step: int) -> str:
+        return _read_attrs(self.path)["steps"].get(str(step), {}).get("status", PENDING)
+
+    def todo(self) -> list[int]:
+        """The requested steps this run must compute: not done yet, or all with overwrite."""
+        records = _read_attrs(self.path)["steps"]
+        if self.overwrite:
+            return list(self.steps)
+        return [s for s in self.steps if records.get(str(s), {}).get("status") != DONE]
+
+    # -- writes -----------------------------------------------------------------------------
+    def write_step(self, result: xr.Dataset, record: Mapping[str, Any] | None = None) -> None:
+        """Write one step result (``step`` dimension of length 1) and then mark it done."""
+        if result.sizes.get("step") != 1:
+            raise CubeError(f"a step result must have a step dimension of length 1, got {dict(result.sizes)}")
+        step = int(result["step"].values[0])
+        if step not in self._index:
+            raise CubeError(f"step {step} is not in this cube; requested steps are {self.steps[:5]}...")
+        if self.status(step) == DONE and not self.overwrite:
+            raise CubeError(f"step {step} is already done in {str(self.path)!r}; pass --overwrite to redo it")
+        self._set_record(step, {"status": PENDING})  # an overwrite in flight is not done
+        self._ensure_variables(result)
+        i = self._index[step]
+        body = result.drop_vars([name for name in result.variables if "step" not in result[name].dims])
+        body = body.drop_vars("step")
+        body.attrs = {}
+        body.to_zarr(self.path, region={"step": slice(i, i + 1)}, mode="r+", consolidated=False)
+        self._set_record(step, {**(record or {}), "status": DONE, "written": _now()})
+
+    def mark_failed(self, step: int, error: str, record: Mapping[str, Any] | None = None) -> None:
+        """Record that ``step`` failed (it stays out of :func:`open_cube` and is retried next run)."""
+        if self.status(step) == DONE and not self.overwrite:
+            return
+        self._set_record(step, {**(record or {}), "status": FAILED, "error": error, "written": _now()})
+
+    def _set_record(self, step: int, record: Mapping[str, Any]) -> None:
+        steps = dict(_read_attrs(self.path)["steps"])
+        steps[str(step)] = _jsonable(dict(record))
+        self._update_attrs(steps=steps)
+
+    def _update_attrs(self, **values: Any) -> None:
+        group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        group.attrs.update(values)
+
+    def _ensure_variables(self, result: xr.Dataset) -> None:
+        """Pre-allocate, for every step, the variables this result brings for the first time."""
+        with xr.open_zarr(self.path, consolidated=False) as stored:
+            missing = [v for v in result.data_vars if v not in stored.variables]
+            for name, coord in result.coords.items():
+                if name != "step" and name in stored.coords and not np.array_equal(stored[name].values, coord.values):
+                    raise CubeError(f"coordinate {name!r} of this step differs from the one stored in the cube")
+            stored_coords = set(stored.variables)
+            n_steps = stored.sizes["step"]
+        if not missing:
+            return
+        variables, encoding = {}, {}
+        for name in missing:
+            var = result[name]
+            if var.dims[0] != "step":
+                raise CubeError(f"variable {name!r} must have step as its first dimension, has {var.dims}")
+            shape = (n_steps, *var.shape[1:])
+            variables[name] = (var.dims, np.broadcast_to(_fill_value(var.dtype), shape), var.attrs)
+            encoding[name] = {"chunks": (1, *var.shape[1:])}
+        coords = {
+            name: _portable(coord) for name, coord in result.coords.items() if name != "step" and name not in stored_coords
+        }
+        new = xr.Dataset(variables, coords=coords)
+        new.attrs = _read_attrs(self.path)  # xarray rewrites the root attributes on append
+        new.to_zarr(self.path, mode="a", consolidated=False, encoding=encoding)
+        zarr.consolidate_metadata(self.path)
+
+    def _extend(self, new_steps: list[int]) -> None:
+        if not new_steps:
+            return
+        n_old = len(self._stored_steps())
+        self._update_attrs(extending={"from": n_old})
+        with xr.open_zarr(self.path, consolidated=False) as stored:
+            stepped = {n: v for n, v in stored.data_vars.items() if "step" in v.dims}
+            variables = {
+                n: (v.dims, np.broadcast_to(_fill_value(v.dtype), (len(new_steps), *v.shape[1:])))
+                for n, v in stepped.items()
+            }
+        attrs = _read_attrs(self.path)
+        attrs["steps"] = {**attrs["steps"], **{str(s): {"status": PENDING} for s in new_steps}}
+        new = xr.Dataset(variables, coords={"step": np.asarray(new_steps, dtype="int64")}, attrs=attrs)
+        new.to_zarr(self.path, mode="a", append_dim="step", consolidated=False)
+        group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        group.attrs.pop("extending", None)
+        zarr.consolidate_metadata(self.path)
+
+
+def _repair_interrupted_extension(path: Path) -> None:
+    lock = WriterLock(path)
+    try:
+        lock.acquire()
+    except CubeLockedError:
+        raise CubeError(f"cube {str(path)!r} is being extended by a running writer; open it again when it finishes") from None
+    try:
+        if "extending" in _read_attrs(path):
+            _rollback_extension(path)
+    finally:
+        lock.release()
+
+
+def _rollback_extension(path: Path) -> None:
+    """Undo an append that was interrupted: cut every step-dimension array back."""
+    n_old = int(_read_attrs(path)["extending"]["from"])
+    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    for _, array in group.arrays():
+        dims = array.metadata.dimension_names or ()
+        if dims and dims[0] == "step" and array.shape[0] != n_old:
+            array.resize((n_old, *array.shape[1:]))
+    kept = {int(s) for s in group["step"][:]}
+    group.attrs["steps"] = {k: v for k, v in group.attrs["steps"].items() if int(k) in kept}
+    group.attrs.pop("extending", None)
+    zarr.consolidate_metadata(path)
+
+
+def _read_attrs(path: Path) -> dict[str, Any]:
+    with open(path / "zarr.json", encoding="utf-8") as f:
+        return dict(json.load(f).get("attributes", {}))
+
+
+def _fill_value(dtype: np.dtype) -> Any:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return dtype.type(np.nan)
+    if dtype.kind in "iu":
+        return dtype.type(-1 if dtype.kind == "i" else 0)
+    if dtype.kind == "b":
+        return np.False_
+    raise CubeError(f"cannot pre-allocate a variable of dtype {dtype}; use numbers or booleans per step")
+
+
+def _portable(coord: xr.DataArray) -> xr.DataArray:
+    """Labels as variable-length strings: zarr v3 has no stable fixed-width string type."""
+    return coord.astype(object) if coord.dtype.kind == "U" else coord
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON so attrs never hold numpy scalars, paths or tuples."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,63 @@
+"""One writer per cube: an advisory ``flock`` on a lock file beside the store.
+
+The kernel drops the lock when its process dies (even by ``kill -9``), so a crash never
+leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from dynamics.errors import CubeLockedError
+
+
+class WriterLock:
+    """Exclusive, non-blocking lock on ``<cube>.lock``; a second writer fails at once."""
+
+    def __init__(self, cube_path: Path) -> None:
+        self.path = cube_path.with_name(cube_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise CubeLockedError(
+                    f"cube {self.path.with_suffix('')} is being written by another process (pid {holder}); "
+                    "wait for it to finish or stop it, or choose another --out"
+                ) from None
+            # The previous holder may have unlinked the file between our open and flock:
+            # only a lock on the file that is still at the path counts.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> WriterLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,41 @@
+"""Builders for offline checkpoint sources: a tiny Pythia-shaped model saved as a local
+suite, or planted in a Hugging Face cache exactly as the Hub client leaves it
+(``refs/step{N}`` holding a commit hash, files under ``snapshots/<hash>/``)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, GPTNeoXConfig
+
+
+def tiny_pythia(seed: int = 0):
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        vocab_size=64, max_position_embeddings=64,
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def fake_commit(repo: str, step: int) -> str:
+    return hashlib.sha1(f"{repo}@{step}".encode()).hexdigest()
+
+
+def plant_hub_revision(cache: Path, repo: str, step: int, seed: int | None = None, weights: str = "safetensors") -> Path:
+    """Save a tiny model as revision ``step{step}`` of ``repo`` in the cache ``cache``."""
+    commit = fake_commit(repo, step)
+    root = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / commit
+    tiny_pythia(step if seed is None else seed).save_pretrained(snapshot, safe_serialization=weights == "safetensors")
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / f"step{step}").write_text(commit)
+    return snapshot
+
+
+def make_local_suite(root: Path, steps: list[int]) -> Path:
+    for step in steps:
+        tiny_pythia(step).save_pretrained(root / f"step{step}")
+    return root
