@@ -59,8 +59,15 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], int], str]]:
     }
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (pointing at --help) instead of a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="dynamics",
         description="Training dynamics of Wasserstein neurons and negative pre-activations over model checkpoints.",
     )

@@ -271,7 +271,7 @@ def _repair_interrupted_extension(path: Path) -> None:
 def _rollback_extension(path: Path) -> None:
     """Undo an append that was interrupted: cut every step-dimension array back."""
     n_old = int(_read_attrs(path)["extending"]["from"])
-    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)  # the real shapes
     for _, array in group.arrays():
         dims = array.metadata.dimension_names or ()
         if dims and dims[0] == "step" and array.shape[0] != n_old:

@@ -29,7 +29,13 @@ def plant_hub_revision(cache: Path, repo: str, step: int, seed: int | None = Non
     commit = fake_commit(repo, step)
     root = cache / ("models--" + repo.replace("/", "--"))
     snapshot = root / "snapshots" / commit
-    tiny_pythia(step if seed is None else seed).save_pretrained(snapshot, safe_serialization=weights == "safetensors")
+    model = tiny_pythia(step if seed is None else seed)
+    if weights == "safetensors":
+        model.save_pretrained(snapshot)
+    else:  # transformers 5 always saves safetensors; older Pythia revisions ship pickles
+        snapshot.mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(snapshot)
+        torch.save(model.state_dict(), snapshot / "pytorch_model.bin")
     (root / "refs").mkdir(parents=True, exist_ok=True)
     (root / "refs" / f"step{step}").write_text(commit)
     return snapshot
