@@ -161,7 +161,26 @@ class HubSource:
         self._list_files = list_files or _list_repo_files
 
     def available_steps(self) -> list[int] | None:
-        return list(PYTHIA_STEPS) if self.ref.is_pythia else None
+        """Pythia's schedule without asking; other repos: their ``step<N>`` branches, if any.
+
+        Offline, the branches are read from the cache's ``refs/``; a repo without step
+        branches (or an unreachable Hub) gives None, so any step may be asked for.
+        """
+        if self.ref.is_pythia:
+            return list(PYTHIA_STEPS)
+        if _offline():
+            refs = self.cache_dir / ("models--" + self.model_id.replace("/", "--")) / "refs"
+            names = [p.name for p in refs.iterdir()] if refs.is_dir() else []
+        else:
+            try:
+                from huggingface_hub import HfApi
+
+                names = [b.name for b in HfApi().list_repo_refs(self.model_id).branches]
+            except Exception as exc:  # validation must not fail on a flaky listing
+                log.warning("could not list the branches of %s: %s", self.model_id, _one_line(exc))
+                return None
+        steps = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"step(\d+)", n)))
+        return steps or None
 
     def revision(self, step: int) -> str:
         return f"step{step}"
@@ -183,10 +202,8 @@ class HubSource:
         )
 
     def _fetch_once(self, revision: str) -> str:
-        from huggingface_hub import constants
-
         common = {"revision": revision, "cache_dir": str(self.cache_dir)}
-        if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        if _offline():
             return self._download(self.model_id, local_files_only=True, **common)
         files = self._list_files(self.model_id, revision)
         return self._download(self.model_id, allow_patterns=CONFIG_AND_TOKENIZER + weight_files(files), **common)
@@ -284,6 +301,12 @@ def weight_files(files: Sequence[str]) -> list[str]:
         "no weights in this revision: expected model.safetensors or pytorch_model.bin (sharded or not), "
         f"found {', '.join(sorted(top)) or 'no files'}"
     )
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def _list_repo_files(repo_id: str, revision: str) -> list[str]:

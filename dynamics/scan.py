@@ -140,6 +140,8 @@ def run_scan(
                     continue
                 result = analyse_step(checkpoint, analyses, device, config.dtype)
                 _write(cube, result, checkpoint)
+                phases = result["seconds"].values[0]
+                bar.set_postfix_str(f"step {checkpoint.step} " + " ".join(f"{p} {t:.1f}s" for p, t in zip(PHASES, phases)))
                 summary.done.append(checkpoint.step)
                 bar.update()
         finally:

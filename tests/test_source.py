@@ -145,3 +145,11 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     ckpt = HubSource(resolve_model("pythia-70m"), cache_dir=tmp_path).fetch(1000)
     with pytest.raises(CheckpointError, match="step 1000: cannot load the model"):
         ckpt.load_model()
+
+
+def test_other_hub_repos_offer_their_cached_step_branches(tmp_path):
+    for step in (10, 30):
+        plant_hub_revision(tmp_path, "someone/my-run", step)
+    source = HubSource(resolve_model("someone/my-run"), cache_dir=tmp_path)
+    assert source.available_steps() == [10, 30]
+    assert HubSource(resolve_model("someone/other"), cache_dir=tmp_path).available_steps() is None
