@@ -39,6 +39,24 @@ def run_steps(config: StepsConfig) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class TseExportConfig:
+    """`dynamics tse export`: write the built-in TSE benchmark (Marvin & Linzen 2018) to files."""
+
+    directory: str = option(help="output directory", positional=True)
+    format: str = option("pickle", help="pickle: <case>.pickle dicts as the original generator wrote; "
+                         "jsonl: sentence_good, sentence_bad, case, subcase", choices=["pickle", "jsonl"])
+    overwrite: bool = option(False, help="replace existing files whose content differs")
+
+
+def run_tse_export(config: TseExportConfig) -> int:
+    from dynamics.syntax.tse import export_tse
+
+    paths = export_tse(config.directory, format=config.format, overwrite=config.overwrite)  # type: ignore[arg-type]
+    print(f"wrote {len(paths)} files to {config.directory}")
+    return 0
+
+
 def run_scan_command(config: Any) -> int:
     from dynamics.scan import run_scan
 
@@ -56,6 +74,7 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], int], str]]:
     return {
         "scan": (ScanConfig, run_scan_command, "stream a model's checkpoints into a cube (resumable)"),
         "steps": (StepsConfig, run_steps, "list the training steps a step spec selects"),
+        "tse export": (TseExportConfig, run_tse_export, "write the built-in TSE benchmark as pickle or JSONL"),
     }
 
 
@@ -74,8 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, Any] = {}
     for name, (cls, _, summary) in _commands().items():
-        p = sub.add_parser(name, help=summary, description=f"{summary}. {cls.__doc__ or ''}".strip())
+        group, _, action = name.partition(" ")
+        where = sub
+        if action:  # a two-word command such as `tse export`
+            if group not in groups:
+                groups[group] = sub.add_parser(group, help=f"{group} commands").add_subparsers(
+                    dest="action", metavar="ACTION", required=True
+                )
+            where, name = groups[group], action
+        p = where.add_parser(name, help=summary, description=cls.__doc__)
+        p.set_defaults(command_key=f"{group} {action}".strip())
         add_config_arguments(p, cls)
     return parser
 
@@ -87,15 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="dynamics: %(message)s",
     )
-    cls, run, _ = _commands()[args.command]
+    cls, run, _ = _commands()[args.command_key]
     try:
         return run(config_from_args(cls, args))
     except DynamicsError as exc:
-        print(f"dynamics {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dynamics {args.command_key}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(
-            f"dynamics {args.command}: interrupted; every completed step is kept, re-run the same command to resume",
+            f"dynamics {args.command_key}: interrupted; every completed step is kept, re-run the same command to resume",
             file=sys.stderr,
         )
         return 130

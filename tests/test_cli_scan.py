@@ -105,3 +105,13 @@ def test_steps_command(capsys):
     assert capsys.readouterr().out.startswith("20 steps: 0 1 2 4 8")
     assert main(["steps", "1500", "--model", "pythia-160m"]) == 2
     assert "nearest available: 1000, 2000" in capsys.readouterr().err
+
+
+def test_tse_export_command(tmp_path, capsys):
+    assert main(["tse", "export", str(tmp_path / "tse"), "--format", "jsonl"]) == 0
+    assert "wrote 22 files" in capsys.readouterr().out
+    lines = (tmp_path / "tse" / "simple_agrmt.jsonl").read_text().splitlines()
+    assert len(lines) == 140
+    (tmp_path / "tse" / "simple_agrmt.jsonl").write_text("changed\n")
+    assert main(["tse", "export", str(tmp_path / "tse"), "--format", "jsonl"]) == 2
+    assert "simple_agrmt.jsonl already exists with different content" in capsys.readouterr().err
