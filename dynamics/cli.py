@@ -57,6 +57,47 @@ def run_tse_export(config: TseExportConfig) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class PlotConfig:
+    """`dynamics plot`: seaborn figures of a cube (PNG and PDF)."""
+
+    cube: str = option(help="the cube (.zarr directory)", positional=True)
+    out: str = option("figures", help="directory for the figures", flag="-o")
+    formats: str = option("png,pdf", help="comma-separated file formats: png, pdf, svg")
+
+
+def run_plot(config: PlotConfig) -> int:
+    from dynamics.plots import plot_cube
+    from store import open_cube
+
+    paths = plot_cube(open_cube(config.cube), config.out, [f.strip() for f in config.formats.split(",") if f.strip()])
+    print(f"wrote {len(paths)} files to {config.out}")
+    return 0
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """`dynamics report`: the headline numbers of a cube as plain-text tables."""
+
+    cube: str = option(help="the cube (.zarr directory)", positional=True)
+
+
+def run_report(config: ReportConfig) -> int:
+    from dynamics.report import report
+    from store import open_cube
+
+    print(report(open_cube(config.cube)))
+    return 0
+
+
+def run_toy(config: Any) -> int:
+    from dynamics.toy import build_toy_suite
+
+    path = build_toy_suite(config.out, config)
+    print(f"toy suite written to {path}; scan it with: dynamics scan --model {path} --steps all --out toy.zarr")
+    return 0
+
+
 def run_scan_command(config: Any) -> int:
     from dynamics.scan import run_scan
 
@@ -70,9 +111,13 @@ def run_scan_command(config: Any) -> int:
 
 def _commands() -> dict[str, tuple[type, Callable[[Any], int], str]]:
     from dynamics.scan import ScanConfig
+    from dynamics.toy import ToyConfig
 
     return {
         "scan": (ScanConfig, run_scan_command, "stream a model's checkpoints into a cube (resumable)"),
+        "toy": (ToyConfig, run_toy, "train the built-in model organism into a local checkpoint suite"),
+        "plot": (PlotConfig, run_plot, "draw a cube's figures (PNG and PDF)"),
+        "report": (ReportConfig, run_report, "print a cube's headline numbers"),
         "steps": (StepsConfig, run_steps, "list the training steps a step spec selects"),
         "tse export": (TseExportConfig, run_tse_export, "write the built-in TSE benchmark as pickle or JSONL"),
     }

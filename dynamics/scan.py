@@ -1,8 +1,12 @@
 """`dynamics scan`: stream a model's checkpoints and store one step result per step.
 
-Data flow: step spec -> checkpoint source (prefetch, eviction) -> analysis of one loaded
-checkpoint -> one step result (an ``xarray.Dataset`` with a length-1 ``step`` dimension)
--> the cube, which writes it and then marks the step done.
+Data flow: step spec -> checkpoint source (prefetch, eviction) -> measurements on one
+loaded checkpoint (:mod:`dynamics.measures`) -> one step result (an ``xarray.Dataset`` with
+a length-1 ``step`` dimension) -> the cube, which writes it and then marks the step done.
+
+The neuron cohort is fixed once, at the reference step (default: the last step asked
+for): the top ``--cohort-percent`` by WD, and a random control set of equal size per layer.
+Both are static variables of the cube, so every step is measured on the same neurons.
 """
 
 from __future__ import annotations
@@ -11,11 +15,11 @@ import errno
 import logging
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
+import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
@@ -26,7 +30,7 @@ from checkpoints.stream import stream_checkpoints
 from dynamics import __version__
 from dynamics.config import config_dict, option
 from dynamics.errors import CheckpointError, DynamicsError, UserInputError
-from store.cube import CubeWriter
+from store.cube import CubeWriter, read_identity
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,21 @@ class ScanConfig:
     model: str = option(help="Pythia alias (pythia-1.4b), Hub id, local suite directory or .gguf file", flag="-m")
     out: str = option(help="the cube to create or resume (a .zarr directory)", flag="-o")
     steps: str = option("final", help="step spec: START:STOP:STEP (STOP inclusive), N, a,b,c, pythia, log, final, all")
+    reference_step: int | None = option(None, help="step whose top neurons form the cohort (default: the last step asked for)")
+    corpus: str = option("auto", help="wikitext2, a text file, or auto (a local suite's heldout.txt, else wikitext2)")
+    corpus_split: str = option("test", help="WikiText-2 split (ignored for a file)")
+    window: int | None = option(None, help="tokens per corpus window (default: min(2048, the model's context))")
+    wd_tokens: int = option(65536, help="corpus tokens whose pre-activations give each neuron's WD")
+    ppl_tokens: int = option(16384, help="corpus tokens for perplexity under each condition (0: skip)")
+    tse_per_case: int = option(100, help="TSE pairs per case (stratified over sub-cases; 0: skip TSE)")
+    cohort_percent: float = option(1.0, help="percent of neurons in the cohort (top WD at the reference step)")
+    cohort_scope: Literal["layer", "global"] = option("layer", help="top percent per layer or over all layers")
+    stepwise: bool = option(False, help="also ablate each step's own top neurons (condition neg_stepwise)")
+    seed: int = option(0, help="seed of the random control set and the TSE sample")
+    reduction: Literal["sum", "mean"] = option("sum", help="sentence score: sum or mean of token log-probabilities")
+    prefix: bool = option(True, help="score every token, conditioning on BOS/EOS (--no-prefix: leave the first unscored)")
+    memory_budget_gib: float = option(2.0, help="GiB of pre-activations held at once (decides layers per pass)")
+    batch_size: int = option(4, help="corpus windows per forward pass")
     on_error: Literal["skip", "stop"] = option("skip", help="a checkpoint that fails after retries: record it and go on, or stop")
     keep_checkpoints: bool = option(False, help="keep downloaded revisions in the Hugging Face cache")
     overwrite: bool = option(False, help="recompute steps that are already done in the cube")
@@ -50,6 +69,12 @@ class ScanConfig:
     dtype: str = option("float32", help="model weights dtype", choices=list(DTYPES))
     prefetch: bool = option(True, help="download step t+1 while step t is analysed")
 
+    def analysis(self) -> dict[str, Any]:
+        """The settings that make two cubes' numbers comparable (the cube's identity)."""
+        keys = ("corpus_split", "window", "wd_tokens", "ppl_tokens", "tse_per_case", "cohort_percent",
+                "cohort_scope", "stepwise", "seed", "reduction", "prefix", "dtype")
+        return {k: getattr(self, k) for k in keys}
+
 
 @dataclass
 class ScanSummary:
@@ -58,24 +83,16 @@ class ScanSummary:
     skipped: list[int] = field(default_factory=list)  # already done before this run
 
 
-Analysis = Callable[[Any, Checkpoint, dict[str, float]], dict[str, xr.DataArray]]
-
-
-def weight_summary(model: Any, checkpoint: Checkpoint, timings: dict[str, float]) -> dict[str, xr.DataArray]:
-    """The always-available part of a step result: the parameter count and its L2 norm."""
-    start = time.perf_counter()
-    n = sum(p.numel() for p in model.parameters())
-    norm = float(np.sqrt(sum(float(p.detach().float().pow(2).sum()) for p in model.parameters())))
-    timings["statistics"] = timings.get("statistics", 0.0) + time.perf_counter() - start
-    return {
-        "n_parameters": xr.DataArray([n], dims="step"),
-        "weight_norm": xr.DataArray([norm], dims="step", attrs={"units": "L2 norm of all parameters"}),
-    }
+@dataclass
+class ScanPlan:
+    source: CheckpointSource
+    steps: list[int]
+    reference_step: int
+    corpus: str
+    device: str
 
 
 def resolve_device(device: str) -> str:
-    import torch
-
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" or device.startswith("cuda"):
@@ -85,87 +102,105 @@ def resolve_device(device: str) -> str:
     raise UserInputError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
 
 
-def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> tuple[CheckpointSource, list[int]]:
-    """Validate the request (before any download): the source and the steps it asks for."""
+def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> ScanPlan:
+    """Validate the whole request before anything is downloaded or written."""
     ref = resolve_model(config.model)
-    if config.retries < 1:
-        raise UserInputError(f"--retries {config.retries}: must be at least 1")
-    if config.dtype not in DTYPES:
-        raise UserInputError(f"--dtype {config.dtype!r} is not one of {', '.join(DTYPES)}")
+    _check_numbers(config)
     if not config.out.endswith(".zarr"):
         raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
-    resolve_device(config.device)
+    device = resolve_device(config.device)
+    corpus = _resolve_corpus(config.corpus, ref.location if ref.kind == "local_suite" else None)
     if source is None:
         source = open_source(
             ref, cache_dir=config.cache_dir, retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints
         )
-    steps = parse_steps(config.steps, source.available_steps(), source=source.model_id)
-    return source, steps
+    available = source.available_steps()
+    steps = parse_steps(config.steps, available, source=source.model_id)
+    stored = read_identity(config.out).get("reference_step")  # a resumed or extended cube keeps its cohort
+    reference = config.reference_step if config.reference_step is not None else stored if stored is not None else steps[-1]
+    if config.reference_step is not None:
+        parse_steps(str(reference), available, source=source.model_id)  # same check, same message
+    return ScanPlan(source, steps, reference, corpus, device)
 
 
-def run_scan(
-    config: ScanConfig,
-    source: CheckpointSource | None = None,
-    analyses: list[Analysis] | None = None,
-) -> ScanSummary:
+def _check_numbers(config: ScanConfig) -> None:
+    checks = [
+        ("retries", config.retries >= 1, "at least 1"),
+        ("wd-tokens", config.wd_tokens >= 2, "at least 2 tokens"),
+        ("ppl-tokens", config.ppl_tokens >= 0, "0 or more tokens"),
+        ("tse-per-case", config.tse_per_case >= 0, "0 or more pairs"),
+        ("cohort-percent", 0 < config.cohort_percent <= 100, "a percent in (0, 100]"),
+        ("memory-budget-gib", config.memory_budget_gib > 0, "a positive number of GiB"),
+        ("batch-size", config.batch_size >= 1, "at least 1"),
+        ("window", config.window is None or config.window >= 2, "at least 2 tokens"),
+    ]
+    for name, ok, accepted in checks:
+        if not ok:
+            raise UserInputError(f"--{name} {getattr(config, name.replace('-', '_'))!r}: expected {accepted}")
+    if config.dtype not in DTYPES:
+        raise UserInputError(f"--dtype {config.dtype!r} is not one of {', '.join(DTYPES)}")
+
+
+def _resolve_corpus(corpus: str, suite: str | None) -> str:
+    if corpus == "auto":
+        heldout = Path(suite) / "heldout.txt" if suite else None
+        return str(heldout) if heldout is not None and heldout.is_file() else "wikitext2"
+    if corpus != "wikitext2" and not Path(corpus).expanduser().is_file():
+        raise UserInputError(f"--corpus {corpus!r} is neither wikitext2, auto nor an existing text file")
+    return corpus
+
+
+def run_scan(config: ScanConfig, source: CheckpointSource | None = None) -> ScanSummary:
     """Scan the steps of ``config`` into its cube; resumable, one region write per step."""
-    source, steps = plan_scan(config, source)
-    analyses = analyses if analyses is not None else [weight_summary]
-    device = resolve_device(config.device)
-    identity = {"model": source.model_id, "analysis": "weights-v1"}
-    provenance = {
-        "model": config.model,
-        "model_id": source.model_id,
-        "package_version": __version__,
-        "config": config_dict(config),
-        "host": platform.node(),
-    }
+    from dynamics.scan_context import prepare_context
+
+    plan = plan_scan(config, source)
+    identity = {"model": plan.source.model_id, "reference_step": plan.reference_step, "corpus": plan.corpus,
+                "analysis": config.analysis()}
+    provenance = {"model": config.model, "model_id": plan.source.model_id, "package_version": __version__,
+                  "torch_version": torch.__version__, "config": config_dict(config), "host": platform.node()}
     summary = ScanSummary()
-    with CubeWriter(config.out, steps, identity, provenance, overwrite=config.overwrite) as cube:
+    with CubeWriter(config.out, plan.steps, identity, provenance, overwrite=config.overwrite) as cube:
         todo = cube.todo()
-        summary.skipped = [s for s in steps if s not in todo]
-        if summary.skipped:
-            log.info("%d of %d steps already done in %s; computing %d", len(summary.skipped), len(steps), config.out, len(todo))
+        summary.skipped = [s for s in plan.steps if s not in todo]
+        if not todo:
+            return summary
+        context = prepare_context(config, plan, cube)
         bar = tqdm(total=len(todo), desc=f"scan {config.model}", unit="step", dynamic_ncols=True)
         try:
-            for checkpoint in stream_checkpoints(source, todo, prefetch=config.prefetch):
+            for checkpoint in stream_checkpoints(plan.source, todo, prefetch=config.prefetch):
                 bar.set_postfix_str(f"step {checkpoint.step}")
                 if not checkpoint.ok:
-                    cube.mark_failed(checkpoint.step, checkpoint.error or "unknown error", checkpoint.record())
-                    summary.failed.append(checkpoint.step)
-                    if config.on_error == "stop":
-                        raise CheckpointError(f"{checkpoint.error} (stopping: --on-error stop)")
-                    log.warning("step %d failed, recorded and skipped: %s", checkpoint.step, checkpoint.error)
+                    _record_failure(cube, checkpoint, config, summary)
                     bar.update()
                     continue
-                result = analyse_step(checkpoint, analyses, device, config.dtype)
+                result = context.measure(checkpoint)
                 _write(cube, result, checkpoint)
+                summary.done.append(checkpoint.step)
                 phases = result["seconds"].values[0]
                 bar.set_postfix_str(f"step {checkpoint.step} " + " ".join(f"{p} {t:.1f}s" for p, t in zip(PHASES, phases)))
-                summary.done.append(checkpoint.step)
                 bar.update()
         finally:
             bar.close()
     return summary
 
 
-def analyse_step(checkpoint: Checkpoint, analyses: list[Analysis], device: str, dtype: str) -> xr.Dataset:
-    """Load one checkpoint and turn it into a step result."""
-    import torch
+def _record_failure(cube: CubeWriter, checkpoint: Checkpoint, config: ScanConfig, summary: ScanSummary) -> None:
+    cube.mark_failed(checkpoint.step, checkpoint.error or "unknown error", checkpoint.record())
+    summary.failed.append(checkpoint.step)
+    if config.on_error == "stop":
+        raise CheckpointError(f"{checkpoint.error} (stopping: --on-error stop)")
+    log.warning("step %d failed, recorded and skipped: %s", checkpoint.step, checkpoint.error)
 
-    timings = {"download": checkpoint.seconds}
-    start = time.perf_counter()
-    model = checkpoint.load_model(device=device, dtype=getattr(torch, dtype))
-    timings["load"] = time.perf_counter() - start
-    variables: dict[str, xr.DataArray] = {}
-    with torch.inference_mode():
-        for analysis in analyses:
-            variables.update(analysis(model, checkpoint, timings))
-    del model
-    seconds = [[timings.get(p, 0.0) for p in PHASES]]
-    variables["seconds"] = xr.DataArray(seconds, dims=("step", "phase"), attrs={"units": "s"})
-    log.info("step %d: %s", checkpoint.step, ", ".join(f"{p} {timings.get(p, 0.0):.1f}s" for p in PHASES))
-    return xr.Dataset(variables, coords={"step": [checkpoint.step], "phase": list(PHASES)})
+
+def step_result(step: int, parts: list[xr.Dataset], timings: dict[str, float]) -> xr.Dataset:
+    """Merge measurement datasets into one step result with a length-1 step dimension."""
+    merged = xr.merge(parts, compat="no_conflicts", join="exact") if parts else xr.Dataset()
+    merged = merged.expand_dims(step=[step])
+    merged["seconds"] = xr.DataArray([[timings.get(p, 0.0) for p in PHASES]], dims=("step", "phase"),
+                                     coords={"step": [step], "phase": list(PHASES)}, attrs={"units": "s"})
+    log.info("step %d: %s", step, ", ".join(f"{p} {timings.get(p, 0.0):.1f}s" for p in PHASES))
+    return merged
 
 
 def _write(cube: CubeWriter, result: xr.Dataset, checkpoint: Checkpoint) -> None:
@@ -178,3 +213,17 @@ def _write(cube: CubeWriter, result: xr.Dataset, checkpoint: Checkpoint) -> None
                 "the same command (done steps are kept)"
             ) from exc
         raise
+
+
+def timed(timings: dict[str, float], phase: str) -> Any:
+    """Context manager adding the wall time of its body to ``timings[phase]``."""
+
+    class _Timer:
+        def __enter__(self) -> None:
+            self.start = time.perf_counter()
+
+        def __exit__(self, *exc: object) -> None:
+            timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - self.start
+
+    return _Timer()
+

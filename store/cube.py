@@ -125,12 +125,12 @@ class CubeWriter:
             self._check_identity()
             if "extending" in _read_attrs(self.path):
                 _rollback_extension(self.path)
-            self._extend([s for s in self.steps if s not in self._stored_steps()])
+            self._extend([s for s in self.steps if s not in self.stored_steps()])
         attrs = _read_attrs(self.path)
         runs = list(attrs.get("runs", []))
         runs.append({"started": _now(), "steps_requested": len(self.steps), **self.provenance})
         self._update_attrs(runs=runs, provenance=self.provenance)
-        self._index = {s: i for i, s in enumerate(self._stored_steps())}
+        self._index = {s: i for i, s in enumerate(self.stored_steps())}
 
     def _create(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.creating")
@@ -161,7 +161,7 @@ class CubeWriter:
         )
 
     # -- queries ----------------------------------------------------------------------------
-    def _stored_steps(self) -> list[int]:
+    def stored_steps(self) -> list[int]:
         return [int(s) for s in zarr.open_array(self.path / "step", mode="r")[:]]
 
     def status(self, step: int) -> str:
@@ -174,7 +174,30 @@ class CubeWriter:
             return list(self.steps)
         return [s for s in self.steps if records.get(str(s), {}).get("status") != DONE]
 
+    def read_static(self) -> xr.Dataset | None:
+        """The static variables (no ``step`` dimension), or None before they are written."""
+        with xr.open_zarr(self.path, consolidated=False) as stored:
+            names = [n for n, v in stored.data_vars.items() if "step" not in v.dims]
+            return stored[names].load() if names else None
+
     # -- writes -----------------------------------------------------------------------------
+    def write_static(self, static: xr.Dataset) -> None:
+        """Write variables without a step dimension, once (before the first step result)."""
+        if "step" in static.dims:
+            raise CubeError("static variables must not have a step dimension")
+        if self.read_static() is not None:
+            raise CubeError(f"cube {str(self.path)!r} already has its static variables")
+        static = static.assign_coords({n: _portable(c) for n, c in static.coords.items()})
+        static = static.copy()
+        static.attrs = _read_attrs(self.path)  # xarray rewrites the root attributes on append
+        static.to_zarr(self.path, mode="a", consolidated=False)
+        zarr.consolidate_metadata(self.path)
+
+    def record_provenance(self, values: Mapping[str, Any]) -> None:
+        """Merge ``values`` into ``attrs["provenance"]`` (e.g. a corpus hash known only later)."""
+        provenance = {**_read_attrs(self.path).get("provenance", {}), **_jsonable(dict(values))}
+        self._update_attrs(provenance=provenance)
+
     def write_step(self, result: xr.Dataset, record: Mapping[str, Any] | None = None) -> None:
         """Write one step result (``step`` dimension of length 1) and then mark it done."""
         if result.sizes.get("step") != 1:
@@ -238,7 +261,7 @@ class CubeWriter:
     def _extend(self, new_steps: list[int]) -> None:
         if not new_steps:
             return
-        n_old = len(self._stored_steps())
+        n_old = len(self.stored_steps())
         self._update_attrs(extending={"from": n_old})
         with xr.open_zarr(self.path, consolidated=False) as stored:
             stepped = {n: v for n, v in stored.data_vars.items() if "step" in v.dims}
@@ -280,6 +303,12 @@ def _rollback_extension(path: Path) -> None:
     group.attrs["steps"] = {k: v for k, v in group.attrs["steps"].items() if int(k) in kept}
     group.attrs.pop("extending", None)
     zarr.consolidate_metadata(path)
+
+
+def read_identity(path: str | Path) -> dict[str, Any]:
+    """The identity a cube was made with ({} when there is no cube at ``path``)."""
+    path = Path(path)
+    return dict(_read_attrs(path).get("identity", {})) if (path / "zarr.json").is_file() else {}
 
 
 def _read_attrs(path: Path) -> dict[str, Any]:

@@ -1,0 +1,181 @@
+"""`dynamics plot`: seaborn figures of a scan cube, as PNG and PDF.
+
+Each figure answers one of the paper's training-dynamics questions at a glance: does the
+cohort's WD rise above the population, does the negative ablation of the cohort hurt TSE
+more than the random control, how far do the weights move.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from dynamics.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+CONDITION_LABELS = {
+    "clean": "clean",
+    "neg_cohort": "negative ablation, cohort",
+    "neg_random": "negative ablation, random control",
+    "neg_stepwise": "negative ablation, top neurons of each step",
+    "neg_matched": "negative ablation, perplexity-matched control",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no screen
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return plt, sns
+
+
+def _step_axis(ax) -> None:
+    ax.set_xscale("symlog", linthresh=1)  # log-x that keeps step 0
+    ax.set_xlabel("training step (symlog scale)")
+
+
+def _save(fig, out: Path, name: str, formats: Sequence[str]) -> list[Path]:
+    paths = []
+    fig.tight_layout()
+    for fmt in formats:
+        path = out / f"{name}.{fmt}"
+        fig.savefig(path, dpi=150)
+        paths.append(path)
+    return paths
+
+
+def _require(ds: xr.Dataset, names: Sequence[str], figure: str) -> bool:
+    missing = [n for n in names if n not in ds]
+    if missing:
+        log.warning("skipping %s: the cube has no %s", figure, ", ".join(missing))
+    return not missing
+
+
+def cohort_wd_figure(ds: xr.Dataset, plt) -> object:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    steps = ds["step"].values
+    wd = ds["wd"]
+    flat = wd.stack(unit=("layer", "neuron"))
+    quantiles = flat.quantile([0.5, 0.9, 0.99], dim="unit")
+    ax.fill_between(steps, quantiles.sel(quantile=0.5), quantiles.sel(quantile=0.99), color="0.85",
+                    label="all neurons, median to 99th percentile")
+    ax.plot(steps, quantiles.sel(quantile=0.5), color="0.4", lw=1, label="all neurons, median")
+    ax.plot(steps, quantiles.sel(quantile=0.9), color="0.4", lw=1, ls="--", label="all neurons, 90th percentile")
+    for name, color, label in (("cohort", "C3", "cohort (top WD at the reference step)"),
+                               ("random_control", "C0", "random control")):
+        if name in ds:
+            ax.plot(steps, wd.where(ds[name]).mean(("layer", "neuron")), marker="o", ms=3, color=color,
+                    label=f"{label}, mean")
+    _step_axis(ax)
+    ax.set_ylabel("Wasserstein-1 distance to N(0,1)\n(standardized pre-activation)")
+    ax.set_title("Do the Wasserstein neurons emerge during training?")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def tse_figure(ds: xr.Dataset, plt, sns) -> object:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    frame = ds["tse_acc"].mean("tse_case").to_dataframe(name="accuracy").reset_index()
+    frame["condition"] = frame["condition"].astype(str).map(lambda c: CONDITION_LABELS.get(c, c))
+    sns.lineplot(frame, x="step", y="accuracy", hue="condition", marker="o", ax=ax)
+    ax.axhline(0.5, color="0.5", ls=":", lw=1, label="chance")
+    _step_axis(ax)
+    ax.set_ylabel("TSE accuracy (mean over cases)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Grammar under negative ablation over training")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def drift_figure(ds: xr.Dataset, plt) -> object:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    steps = ds["step"].values
+    for ax, name, title in ((axes[0], "drift_ref", "against the reference step"),
+                            (axes[1], "drift_prev", "against the previous scanned step")):
+        drift = ds[name]
+        ax.plot(steps, drift.mean(("layer", "neuron")), color="0.4", marker="o", ms=3, label="all neurons")
+        for mask, color, label in (("cohort", "C3", "cohort"), ("random_control", "C0", "random control")):
+            if mask in ds:
+                ax.plot(steps, drift.where(ds[mask]).mean(("layer", "neuron")), color=color, marker="o", ms=3, label=label)
+        _step_axis(ax)
+        ax.set_ylabel("1 - cosine similarity of input weights")
+        ax.set_title(f"Weight drift {title}")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def wd_histogram_figure(ds: xr.Dataset, plt, steps: Sequence[int]) -> object:
+    fig, axes = plt.subplots(1, len(steps), figsize=(3.6 * len(steps), 3.6), sharey=True, squeeze=False)
+    for ax, step in zip(axes[0], steps):
+        wd = ds["wd"].sel(step=step)
+        values = wd.values.ravel()
+        bins = np.histogram_bin_edges(values[np.isfinite(values)], bins=40)
+        ax.hist(values, bins=bins, color="0.6", label="all neurons")
+        if "cohort" in ds:
+            ax.hist(wd.where(ds["cohort"]).values.ravel(), bins=bins, color="C3", label="cohort")
+        ax.set_yscale("log")
+        ax.set_title(f"step {step}")
+        ax.set_xlabel("WD to N(0,1)")
+    axes[0][0].set_ylabel("neurons (log scale)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Distribution of neuron WD at selected steps")
+    return fig
+
+
+def tse_cases_figure(ds: xr.Dataset, plt, sns) -> object:
+    final = ds["tse_acc"].isel(step=-1)
+    frame = final.to_dataframe(name="accuracy").reset_index()
+    frame["condition"] = frame["condition"].astype(str).map(lambda c: CONDITION_LABELS.get(c, c))
+    fig, ax = plt.subplots(figsize=(8, 7))
+    sns.barplot(frame, y="tse_case", x="accuracy", hue="condition", ax=ax, orient="h")
+    ax.axvline(0.5, color="0.5", ls=":", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("TSE accuracy")
+    ax.set_ylabel("TSE case")
+    ax.set_title(f"TSE per case at step {int(ds['step'].values[-1])}")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def histogram_steps(steps: Sequence[int], count: int = 3) -> list[int]:
+    """First, middle and last step (fewer when the cube has fewer)."""
+    steps = list(steps)
+    picks = [steps[round(i * (len(steps) - 1) / max(count - 1, 1))] for i in range(count)]
+    return sorted(set(picks))
+
+
+def plot_cube(ds: xr.Dataset, out: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write every figure the cube has data for; returns the files written."""
+    if ds.sizes.get("step", 0) == 0:
+        raise UserInputError("the cube has no done steps to plot yet")
+    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if bad:
+        raise UserInputError(f"figure format {bad[0]!r} is not one of png, pdf, svg")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plt, sns = _pyplot()
+    written: list[Path] = []
+    figures = [
+        ("cohort_wd", ["wd"], lambda: cohort_wd_figure(ds, plt)),
+        ("tse_accuracy", ["tse_acc"], lambda: tse_figure(ds, plt, sns)),
+        ("drift", ["drift_ref", "drift_prev"], lambda: drift_figure(ds, plt)),
+        ("wd_histograms", ["wd"], lambda: wd_histogram_figure(ds, plt, histogram_steps(ds["step"].values))),
+        ("tse_cases_final", ["tse_acc"], lambda: tse_cases_figure(ds, plt, sns)),
+    ]
+    for name, needs, make in figures:
+        if not _require(ds, needs, name):
+            continue
+        fig = make()
+        written += _save(fig, out, name, formats)
+        plt.close(fig)
+    return written
+

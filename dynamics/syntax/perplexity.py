@@ -1,0 +1,79 @@
+"""Perplexity on a corpus cut into non-overlapping token windows.
+
+Each window is one independent forward pass; its first token is context only, so a window
+of ``L`` tokens predicts ``L - 1`` of them. The perplexity is ``exp`` of the mean negative
+log-likelihood over all predicted tokens of all windows. The model runs as the caller left
+it: inside an ablation context the result is the ablated perplexity.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dynamics.errors import UserInputError
+from dynamics.syntax.scoring import eval_mode, model_device
+
+logger = logging.getLogger(__name__)
+
+
+def window_nll(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Summed negative log-likelihood (nats, float64) of tokens ``1..L-1`` of each window.
+
+    Args:
+        model: A causal language model returning ``.logits``.
+        windows: Token ids, a LongTensor ``[n_windows, L]`` with ``L >= 2``.
+        batch_size: Windows per forward pass (the logits take ``batch_size x L x vocab``
+            floats).
+        device: Where the windows go; default the model's device.
+        progress: Show a tqdm bar over windows.
+
+    Returns:
+        A float64 tensor ``[n_windows]``.
+    """
+    if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
+        raise UserInputError(
+            f"token windows of shape {tuple(windows.shape)}; expected [n_windows >= 1, window >= 2]"
+        )
+    if batch_size < 1:
+        raise UserInputError(f"batch_size={batch_size}; expected a positive integer")
+    device = torch.device(device) if device is not None else model_device(model)
+    totals = torch.zeros(windows.shape[0], dtype=torch.float64)
+    with eval_mode(model), tqdm(
+        total=windows.shape[0], unit="window", desc="perplexity", disable=not progress
+    ) as bar:
+        for start in range(0, windows.shape[0], batch_size):
+            batch = windows[start : start + batch_size].to(device=device, dtype=torch.long)
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+            totals[start : start + batch.shape[0]] = nll.double().sum(dim=1).cpu()
+            bar.update(batch.shape[0])
+    return totals
+
+
+def perplexity(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    batch_size: int = 1,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> float:
+    """``exp(mean NLL)`` over the predicted tokens (positions ``1..L-1``) of all windows.
+
+    See :func:`window_nll` for the arguments.
+    """
+    totals = window_nll(model, windows, batch_size=batch_size, device=device, progress=progress)
+    n_predicted = windows.shape[0] * (windows.shape[1] - 1)
+    value = math.exp(float(totals.sum()) / n_predicted)
+    logger.info("perplexity %.4f over %d windows x %d tokens", value, windows.shape[0], windows.shape[1])
+    return value

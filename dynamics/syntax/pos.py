@@ -1,0 +1,197 @@
+"""Per-word surprisal with part-of-speech tags, and the excess surprisal an ablation causes.
+
+A *tagger* is any callable ``text -> [(start_char, end_char, pos), ...]`` giving the words
+of a text with their character spans and universal POS tags. The default one is spaCy's
+``en_core_web_sm``, an optional extra; any other (a fake one in tests, another language
+model) can be passed instead.
+
+Model tokens are aligned to words by character offsets (a fast tokenizer's offset
+mapping): a token belongs to the word its non-space characters overlap most; a token made
+only of spaces, or falling between words, belongs to the next word (it is part of what
+the model had to predict to reach it). A word's surprisal is the sum of its tokens'
+surprisals, ``-log p`` in nats. Words none of whose tokens was scored (the first token
+without a prefix) get NaN.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dynamics.errors import UserInputError
+from dynamics.syntax.scoring import DEFAULT_BATCH_TOKENS, prefix_token_id, token_log_probs
+
+Tagger = Callable[[str], Sequence[tuple[int, int, str]]]
+
+SPACY_MISSING = (
+    "POS analysis needs spaCy and en_core_web_sm: "
+    "pip install 'wasserstein-dynamics[pos]' && python -m spacy download en_core_web_sm"
+)
+
+WORD_COLUMNS = ["text", "start", "end", "word", "pos", "surprisal", "n_tokens"]
+
+
+def spacy_tagger(model_name: str = "en_core_web_sm") -> Tagger:
+    """A tagger backed by spaCy (universal POS tags, whitespace tokens dropped).
+
+    Raises:
+        UserInputError: spaCy or the model is not installed.
+    """
+    try:
+        import spacy
+
+        nlp = spacy.load(model_name, disable=["parser", "ner", "lemmatizer"])
+    except (ImportError, OSError) as error:
+        raise UserInputError(SPACY_MISSING) from error
+
+    def tag(text: str) -> list[tuple[int, int, str]]:
+        return [(t.idx, t.idx + len(t.text), t.pos_) for t in nlp(text) if not t.is_space]
+
+    return tag
+
+
+def align_tokens_to_words(
+    text: str, token_offsets: Sequence[tuple[int, int]], words: Sequence[tuple[int, int, str]]
+) -> list[int]:
+    """Index of the word each token belongs to (-1 only when the text has no word after it).
+
+    Args:
+        text: The text both the tokenizer and the tagger saw.
+        token_offsets: ``(start, end)`` character span of each token.
+        words: ``(start, end, pos)`` of each word, in text order, not overlapping.
+    """
+    starts = [w[0] for w in words]
+    out = []
+    for start, end in token_offsets:
+        while start < end and text[start].isspace():
+            start += 1
+        best, best_overlap = -1, 0
+        # Words are sorted and disjoint: scan back from the last one starting before the
+        # token's end while they still end after its start.
+        k = bisect.bisect_left(starts, end) - 1
+        while start < end and k >= 0 and words[k][1] > start:
+            overlap = min(end, words[k][1]) - max(start, words[k][0])
+            if overlap >= best_overlap and overlap > 0:
+                best, best_overlap = k, overlap
+            k -= 1
+        if best < 0:
+            after = bisect.bisect_left(starts, start)
+            best = after if after < len(words) else -1
+        out.append(best)
+    return out
+
+
+def word_surprisals(
+    text: str,
+    token_offsets: Sequence[tuple[int, int]],
+    token_surprisals: Sequence[float],
+    words: Sequence[tuple[int, int, str]],
+    text_index: int = 0,
+) -> pd.DataFrame:
+    """One row per word: its span, POS, summed surprisal of its tokens, and token count.
+
+    ``token_surprisals`` holds NaN for unscored tokens; a word whose tokens are all
+    unscored gets NaN, one with some unscored tokens sums the scored ones.
+    """
+    owner = align_tokens_to_words(text, token_offsets, words)
+    total = np.zeros(len(words))
+    scored = np.zeros(len(words), dtype=np.int64)
+    count = np.zeros(len(words), dtype=np.int64)
+    for k, value in zip(owner, token_surprisals):
+        if k < 0:
+            continue
+        count[k] += 1
+        if not np.isnan(value):
+            total[k] += value
+            scored[k] += 1
+    total[scored == 0] = np.nan
+    return pd.DataFrame({
+        "text": np.full(len(words), text_index, dtype=np.int64),
+        "start": [w[0] for w in words],
+        "end": [w[1] for w in words],
+        "word": [text[w[0] : w[1]] for w in words],
+        "pos": [w[2] for w in words],
+        "surprisal": total,
+        "n_tokens": count,
+    }, columns=WORD_COLUMNS)
+
+
+def pos_surprisal(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    tagger: Tagger | None = None,
+    prefix: bool = True,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Per-word surprisal with POS tags for each text (run clean, or inside an ablation).
+
+    Args:
+        model: A causal language model.
+        tokenizer: Its fast Hugging Face tokenizer (offset mapping needed).
+        texts: Sentences or short paragraphs (each within the model's context).
+        tagger: ``text -> [(start, end, pos)]``; default spaCy ``en_core_web_sm``.
+        prefix: Condition on BOS/EOS so that every token is scored.
+        batch_tokens: Token budget of a batch.
+        device: Where the inputs go; default the model's device.
+        progress: Show a tqdm bar.
+
+    Returns:
+        A DataFrame with columns ``text`` (index into ``texts``), ``start``, ``end``,
+        ``word``, ``pos``, ``surprisal`` (nats), ``n_tokens``.
+    """
+    tagger = tagger if tagger is not None else spacy_tagger()
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserInputError("POS alignment needs a fast tokenizer (character offsets); got a slow one")
+    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    prefix_id = prefix_token_id(tokenizer) if prefix else None
+    log_probs = token_log_probs(
+        model, encoded["input_ids"], prefix_id, batch_tokens=batch_tokens, device=device, progress=progress
+    )
+    frames = []
+    for i, text in enumerate(texts):
+        surprisal = -log_probs[i]
+        if prefix_id is None and len(encoded["input_ids"][i]) > 0:
+            surprisal = np.concatenate([[np.nan], surprisal])
+        frames.append(word_surprisals(text, encoded["offset_mapping"][i], surprisal, list(tagger(text)), i))
+    if not frames:
+        return pd.DataFrame(columns=WORD_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def excess_surprisal(clean: pd.DataFrame, ablated: pd.DataFrame) -> pd.DataFrame:
+    """Mean excess surprisal ``ablated - clean`` per POS, over words scored in both runs.
+
+    Args:
+        clean: :func:`pos_surprisal` of the clean model.
+        ablated: :func:`pos_surprisal` of the ablated model, on the same texts and tagger.
+
+    Returns:
+        A DataFrame indexed by ``pos`` (sorted) with columns ``excess`` (mean of
+        ablated - clean), ``clean`` and ``ablated`` (mean surprisals) and ``count`` (words).
+
+    Raises:
+        UserInputError: The two tables do not list the same words.
+    """
+    key = ["text", "start", "end", "pos"]
+    if len(clean) != len(ablated) or not clean[key].reset_index(drop=True).equals(ablated[key].reset_index(drop=True)):
+        raise UserInputError(
+            "clean and ablated surprisals list different words; score the same texts with the same tagger"
+        )
+    table = pd.DataFrame({
+        "pos": clean["pos"].to_numpy(),
+        "clean": clean["surprisal"].to_numpy(dtype=np.float64),
+        "ablated": ablated["surprisal"].to_numpy(dtype=np.float64),
+    }).dropna()
+    table["excess"] = table["ablated"] - table["clean"]
+    grouped = table.groupby("pos", sort=True)
+    out = grouped[["excess", "clean", "ablated"]].mean()
+    out["count"] = grouped.size()
+    return out

@@ -1,0 +1,80 @@
+"""The scan pipeline end to end on a tiny local suite: what lands in the cube, and resume."""
+
+import numpy as np
+import pytest
+import torch
+
+from checkpoints.models import resolve_model
+from checkpoints.source import LocalSuiteSource
+from dynamics.corpus import CorpusSpec, load_token_windows
+from dynamics.errors import UserInputError
+from dynamics.measures import neuron_wasserstein
+from dynamics.scan import ScanConfig, plan_scan, run_scan
+from store import open_cube
+
+from conftest import FAST_SCAN as FAST
+
+
+def scan(suite, out, steps="all", **kw):
+    return run_scan(ScanConfig(model=str(suite), out=str(out), steps=steps, **{**FAST, **kw}))
+
+
+def test_full_scan_summary(full_cube):
+    assert open_cube(full_cube)["step"].values.tolist() == [0, 1, 2, 4, 8]
+
+
+def test_cube_holds_every_measure(full_cube, tiny_suite):
+    ds = open_cube(full_cube)
+    assert ds["step"].values.tolist() == [0, 1, 2, 4, 8]
+    assert ds["wd"].shape == (5, 2, 64) and ds["wd_neg"].shape == ds["wd_pos"].shape == (5, 2, 64)
+    np.testing.assert_allclose(ds["wd_neg"] + ds["wd_pos"], ds["wd"], rtol=1e-5)
+    assert ds["tse_acc"].dims == ("step", "condition", "tse_case") and ds.sizes["tse_case"] == 22
+    assert ds["condition"].values.tolist() == ["clean", "neg_cohort", "neg_random", "neg_stepwise"]
+    assert ((ds["tse_acc"] >= 0) & (ds["tse_acc"] <= 1)).all()
+    assert (ds["ppl"] > 1).all()
+    # cohort: round(5% of 64) = 3 neurons per layer, the top WD at the reference step (the last)
+    assert ds["cohort"].sum("neuron").values.tolist() == [3, 3]
+    assert ds["random_control"].sum("neuron").values.tolist() == [3, 3]
+    assert not (ds["cohort"] & ds["random_control"]).any()
+    ref_wd = ds["reference_wd"].values
+    for layer in range(2):
+        top = np.argsort(-ref_wd[layer], kind="stable")[:3]
+        assert set(np.flatnonzero(ds["cohort"].values[layer])) == set(top)
+    np.testing.assert_allclose(ds["wd"].sel(step=8).values, ref_wd, rtol=1e-6)
+    # drift against the reference is 0 at the reference itself, and the chain of previous steps
+    assert np.abs(ds["drift_ref"].sel(step=8).values).max() < 1e-6
+    assert ds["drift_prev_from"].values.tolist() == [-1, 0, 1, 2, 4]
+    assert np.isnan(ds["drift_prev"].sel(step=0)).all() and (ds["drift_prev"].sel(step=8) > 0).all()
+    assert (ds["seconds"].sel(phase="statistics") > 0).all()
+    assert ds.attrs["provenance"]["corpus"]["source"].endswith("heldout.txt")
+    assert ds.attrs["provenance"]["wd_tokens"] == 512
+
+
+def test_wd_in_the_cube_is_the_engine_on_the_same_tokens(full_cube, tiny_suite):
+    ckpt = LocalSuiteSource(resolve_model(str(tiny_suite))).fetch(2)
+    model, tokenizer = ckpt.load_model(), ckpt.load_tokenizer()
+    windows = load_token_windows(CorpusSpec(source=str(tiny_suite / "heldout.txt"), window=32, token_budget=65536), tokenizer)
+    with torch.inference_mode():
+        direct = neuron_wasserstein(model, windows[:16], memory_budget=2**30, batch_size=3)
+    np.testing.assert_allclose(open_cube(full_cube)["wd"].sel(step=2).values, direct["wd"].values, rtol=1e-5)
+
+
+def test_a_resumed_scan_gives_the_same_cube(full_cube, tiny_suite, tmp_path):
+    out = tmp_path / "resumed.zarr"
+    scan(tiny_suite, out, steps="0,1", reference_step=8, stepwise=True)
+    summary = scan(tiny_suite, out, stepwise=True)  # extends to all steps, keeps the reference
+    assert summary.skipped == [0, 1] and summary.done == [2, 4, 8]
+    a, b = open_cube(full_cube), open_cube(out)
+    for name in ("wd", "drift_ref", "drift_prev", "drift_prev_from", "tse_acc", "ppl", "cohort", "random_control"):
+        np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-5, err_msg=name)
+    assert scan(tiny_suite, out, stepwise=True).done == []
+
+
+def test_plan_rejects_bad_values_before_anything_runs(tiny_suite, tmp_path):
+    with pytest.raises(UserInputError, match=r"--cohort-percent 0.0: expected a percent in \(0, 100\]"):
+        plan_scan(ScanConfig(model=str(tiny_suite), out=str(tmp_path / "x.zarr"), cohort_percent=0.0))
+    with pytest.raises(UserInputError, match="--corpus 'nope.txt' is neither wikitext2, auto nor an existing text file"):
+        plan_scan(ScanConfig(model=str(tiny_suite), out=str(tmp_path / "x.zarr"), corpus="nope.txt"))
+    with pytest.raises(UserInputError, match="step 3 has no checkpoint .* nearest available: 2, 4"):
+        plan_scan(ScanConfig(model=str(tiny_suite), out=str(tmp_path / "x.zarr"), reference_step=3))
+    assert not (tmp_path / "x.zarr").exists()
