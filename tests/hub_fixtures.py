@@ -5,6 +5,7 @@ suite, or planted in a Hugging Face cache exactly as the Hub client leaves it
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import torch
@@ -24,13 +25,21 @@ def fake_commit(repo: str, step: int) -> str:
     return hashlib.sha1(f"{repo}@{step}".encode()).hexdigest()
 
 
-def plant_hub_revision(cache: Path, repo: str, step: int, seed: int | None = None, weights: str = "safetensors") -> Path:
-    """Save a tiny model as revision ``step{step}`` of ``repo`` in the cache ``cache``."""
+def plant_hub_revision(
+    cache: Path, repo: str, step: int, seed: int | None = None, weights: str = "safetensors", copy_from: Path | None = None
+) -> Path:
+    """Save a tiny model as revision ``step{step}`` of ``repo`` in the cache ``cache``.
+
+    With ``copy_from`` (a saved model directory, e.g. a toy suite's step), its files are
+    planted instead, tokenizer included.
+    """
     commit = fake_commit(repo, step)
     root = cache / ("models--" + repo.replace("/", "--"))
     snapshot = root / "snapshots" / commit
     model = tiny_pythia(step if seed is None else seed)
-    if weights == "safetensors":
+    if copy_from is not None:
+        shutil.copytree(copy_from, snapshot)
+    elif weights == "safetensors":
         model.save_pretrained(snapshot)
     else:  # transformers 5 always saves safetensors; older Pythia revisions ship pickles
         snapshot.mkdir(parents=True, exist_ok=True)

@@ -8,13 +8,8 @@ import pytest
 
 from dynamics.cli import build_parser, main
 from dynamics.scan import ScanConfig, run_scan
-from hub_fixtures import fake_commit, make_local_suite, plant_hub_revision
+from hub_fixtures import fake_commit, plant_hub_revision
 from store import open_cube
-
-
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory):
-    return make_local_suite(tmp_path_factory.mktemp("suite") / "toy", [0, 1, 2, 4, 8])
 
 
 def cli(*args, env=None):
@@ -32,47 +27,65 @@ def test_help_lists_every_option_with_its_default():
     assert top.returncode == 0 and "scan" in top.stdout and "steps" in top.stdout
 
 
-def test_scan_a_local_suite_then_resume(suite, tmp_path):
+FAST_ARGS = ["--wd-tokens", "512", "--ppl-tokens", "64", "--tse-per-case", "1"]
+
+
+def test_scan_a_local_suite_then_resume(tiny_suite, tmp_path):
     out = tmp_path / "toy.zarr"
-    assert main(["scan", "--model", str(suite), "--steps", "0:4:2", "--out", str(out)]) == 0
+    assert main(["scan", "--model", str(tiny_suite), "--steps", "0:4:2", "--out", str(out), *FAST_ARGS]) == 0
     ds = open_cube(out)
     assert ds["step"].values.tolist() == [0, 2, 4]
-    assert (ds["n_parameters"].values > 0).all() and ds["n_parameters"].values[0] == ds["n_parameters"].values[-1]
-    assert ds["weight_norm"].values[0] != ds["weight_norm"].values[1]  # different checkpoints
-    assert ds["seconds"].sel(phase="load").values.min() > 0
-    proc = cli("scan", "--model", str(suite), "--steps", "all", "--out", str(out))
+    assert ds.attrs["identity"]["reference_step"] == 4
+    proc = cli("scan", "--model", str(tiny_suite), "--steps", "all", "--out", str(out), *FAST_ARGS)
     assert proc.returncode == 0, proc.stderr
     assert "2 steps computed, 3 already done, 0 failed" in proc.stdout
     assert open_cube(out)["step"].values.tolist() == [0, 1, 2, 4, 8]
+    assert open_cube(out).attrs["identity"]["reference_step"] == 4  # an extended cube keeps its cohort
 
 
-def test_scan_from_an_offline_hub_cache(tmp_path):
+def plant_suite(cache, suite, steps):
+    for step in steps:
+        plant_hub_revision(cache, "EleutherAI/pythia-70m", step, copy_from=suite / f"step{step}")
+
+
+def test_scan_from_an_offline_hub_cache(tiny_suite, tmp_path):
     cache = tmp_path / "hf"
-    for step in (1000, 2000):
-        plant_hub_revision(cache, "EleutherAI/pythia-70m", step)
+    plant_suite(cache, tiny_suite, [1, 2])
     out = tmp_path / "p70.zarr"
-    proc = cli("scan", "-m", "pythia-70m", "--steps", "1000:3000:1000", "--cache-dir", str(cache), "-o", str(out),
-               "--retries", "1", env={"HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 1
-    assert "2 steps computed, 0 already done, 1 failed (3000)" in proc.stdout
+    proc = cli("scan", "-m", "pythia-70m", "--steps", "1,2,4", "--reference-step", "2", "--cache-dir", str(cache),
+               "-o", str(out), "--retries", "1", "--corpus", str(tiny_suite / "heldout.txt"), *FAST_ARGS,
+               env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1, proc.stderr
+    assert "2 steps computed, 0 already done, 1 failed (4)" in proc.stdout
     ds = open_cube(out, include_pending=True)
     assert ds["status"].values.tolist() == ["done", "done", "failed"]
-    assert ds.attrs["steps"]["1000"]["commit"] == fake_commit("EleutherAI/pythia-70m", 1000)
-    assert ds.attrs["steps"]["2000"]["revision"] == "step2000"
-    assert "step3000" in ds.attrs["steps"]["3000"]["error"]
-    assert (cache / "models--EleutherAI--pythia-70m" / "refs" / "step1000").exists()  # cached before: kept
+    assert ds.attrs["steps"]["1"]["commit"] == fake_commit("EleutherAI/pythia-70m", 1)
+    assert ds.attrs["steps"]["2"]["revision"] == "step2"
+    assert "step4" in ds.attrs["steps"]["4"]["error"]
+    assert (cache / "models--EleutherAI--pythia-70m" / "refs" / "step1").exists()  # cached before: kept
 
 
-def test_on_error_stop_stops_and_keeps_done_steps(tmp_path):
+def test_a_missing_reference_step_stops_before_the_cube_gets_steps(tiny_suite, tmp_path):
     cache = tmp_path / "hf"
-    plant_hub_revision(cache, "EleutherAI/pythia-70m", 1000)
-    plant_hub_revision(cache, "EleutherAI/pythia-70m", 3000)
+    plant_suite(cache, tiny_suite, [1])
+    proc = cli("scan", "-m", "pythia-70m", "--steps", "1,2", "--cache-dir", str(cache), "-o", str(tmp_path / "r.zarr"),
+               "--retries", "1", "--corpus", str(tiny_suite / "heldout.txt"), env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("dynamics scan: error: the reference step 2 is needed first and could not be fetched")
+    assert open_cube(tmp_path / "r.zarr")["step"].values.tolist() == []
+
+
+def test_on_error_stop_stops_and_keeps_done_steps(tiny_suite, tmp_path):
+    cache = tmp_path / "hf"
+    plant_suite(cache, tiny_suite, [1, 4])
     out = tmp_path / "p.zarr"
-    config = ScanConfig(model="pythia-70m", out=str(out), steps="1000,2000,3000", on_error="stop", retries=1,
-                        cache_dir=str(cache))
+    config = ScanConfig(model="pythia-70m", out=str(out), steps="1,2,4", on_error="stop", retries=1,
+                        cache_dir=str(cache), corpus=str(tiny_suite / "heldout.txt"), wd_tokens=512, ppl_tokens=64,
+                        tse_per_case=1)
     with pytest.raises(Exception, match="stopping: --on-error stop"):
         run_scan(config)
-    assert open_cube(out)["step"].values.tolist() == [1000]
+    assert open_cube(out)["step"].values.tolist() == [1]
+    assert open_cube(out, include_pending=True)["status"].values.tolist() == ["done", "failed", "pending"]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig, MistralConfig, PreTrainedTokenizerFast
 
 from dynamics.errors import UserInputError
 from dynamics.syntax.scoring import (
@@ -220,6 +220,19 @@ def test_shared_prefix_is_computed_once(tokenizer):
         handle.remove()
     # BOS + 'the author near the guards' once, then the two one-word suffixes.
     assert widths == [torch.Size([1, 6]), torch.Size([2, 1])]
+
+
+def test_sliding_window_shorter_than_the_pairs():
+    """With a window of 3 tokens the padded shared prefix would shift the window: one pass."""
+    torch.manual_seed(0)
+    config = MistralConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           intermediate_size=64, vocab_size=len(SPECIALS) + len(WORDS), sliding_window=3,
+                           initializer_range=0.3)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    tokenizer = tiny_tokenizer()
+    result = score_pairs(model, tokenizer, PAIRS, keep_pairs=True, progress=False)
+    np.testing.assert_allclose(result.bad, slow_scores(model, tokenizer, [p.bad for p in PAIRS], 1), atol=1e-4)
+    np.testing.assert_allclose(result.good, slow_scores(model, tokenizer, [p.good for p in PAIRS], 1), atol=1e-4)
 
 
 class NoKeepArgument(torch.nn.Module):
