@@ -60,6 +60,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             )
             continue
         shown = "required" if required else f"default: {default}"
+        if "(default" in help_text:  # the help already says what the default means
+            shown = shown if required else ""
         parser.add_argument(
             *names,
             type=_converter(kind),
@@ -67,7 +69,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             required=required,
             choices=choices,
             metavar=None if choices else f.name.upper(),
-            help=f"{help_text} ({shown})",
+            help=f"{help_text} ({shown})" if shown else help_text,
         )
         del nullable  # None defaults are shown as "default: None"
 
