@@ -33,7 +33,8 @@ def cosine_drift(weights: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
     """
     if weights.shape != reference.shape or weights.ndim < 1:
         raise UserInputError(
-            f"weights and reference must have the same shape [..., d], got {tuple(weights.shape)} and {tuple(reference.shape)}"
+            "weights and reference must have the same shape [..., d], "
+            f"got {tuple(weights.shape)} and {tuple(reference.shape)}"
         )
     d = weights.shape[-1]
     flat_w = weights.detach().reshape(-1, d)

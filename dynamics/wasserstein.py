@@ -67,6 +67,7 @@ __all__ = [
 _CPU_CHUNK_ELEMENTS = 1 << 22  # 16 MiB of float32 per buffer: stays in the L3 cache
 _MIN_WIDTH = 16  # gather at least a whole 64-byte cache line per token row
 _CUDA_CHUNK_ELEMENTS = 1 << 27
+_LOOP_MIN_TOKENS = 8192  # below this, per-row Python loops cost more than extra passes
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
@@ -177,7 +178,7 @@ def _center_(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     """Centre sorted rows in place on their working-dtype mean; returns the float64
     ``(inv_std, bias, undefined)`` with ``z = rows * inv_std + bias`` (population std).
 
-    Centring before the sum of squares (an MKL dot per row, accurate to ~1e-7) and
+    Centring before the sum of squares (an MKL dot per long row, accurate to ~1e-7) and
     keeping the small residual mean in ``bias`` keeps shifted columns (|mean| >> std)
     accurate in float32.
     """
@@ -185,10 +186,10 @@ def _center_(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     constant = rows[:, 0] == rows[:, -1]
     rows.sub_(rows.mean(dim=1, keepdim=True))
     rest = rows.mean(dim=1).to(torch.float64)
-    if rows.device.type == "cpu":
+    if rows.device.type == "cpu" and n >= _LOOP_MIN_TOKENS:
         squares = torch.tensor([float(torch.dot(r, r)) for r in rows], dtype=torch.float64)
     else:
-        squares = torch.linalg.vecdot(rows, rows, dim=1).to(torch.float64)
+        squares = (rows * rows).sum(dim=1).to(torch.float64)
     var = (squares / n - rest * rest).clamp_min(0.0)
     undefined = constant | ~torch.isfinite(var) | (var == 0)
     inv_std = torch.where(undefined, 0.0, var.rsqrt())
@@ -219,8 +220,8 @@ def _split_sums(values: torch.Tensor, n_neg: torch.Tensor, loop: bool) -> tuple[
         both = torch.tensor(halves, dtype=torch.float64).reshape(-1, 2)
         return both[:, 0], both[:, 1]
     is_neg = torch.arange(values.shape[1], device=values.device)[None, :] < n_neg[:, None]
-    neg = torch.where(is_neg, values, 0).sum(dim=1, dtype=torch.float64)
-    pos = torch.where(is_neg, 0, values).sum(dim=1, dtype=torch.float64)
+    neg = torch.where(is_neg, values, 0).sum(dim=1).to(torch.float64)
+    pos = torch.where(is_neg, 0, values).sum(dim=1).to(torch.float64)
     return neg, pos
 
 
@@ -243,7 +244,7 @@ def _exact_chunk(x: torch.Tensor, cols: slice, scratch: _Scratch | None) -> tupl
         np.less(diff.numpy(), reach.numpy(), out=inside.numpy())  # 3x faster than torch.lt here
         flat = torch.from_numpy(np.flatnonzero(inside.numpy()))
         rows_idx, cells = flat // n, flat % n
-    neg, pos = _split_sums(diff, n_neg, loop=scratch is not None)
+    neg, pos = _split_sums(diff, n_neg, loop=scratch is not None and n >= _LOOP_MIN_TOKENS)
     z = rows[rows_idx, cells].to(torch.float64) * inv_std.to(device)[rows_idx] + bias.to(device)[rows_idx]
     extras = _cell_extras(z, cells, n)
     on_neg = cells < n_neg[rows_idx]
@@ -451,26 +452,35 @@ def mapping_difficulty(
     ])
     keep = dx > 0
     if not bool(keep.any()):
-        raise UserInputError("mapping difficulty needs at least one token pair with distinct inputs; all drawn pairs coincide")
+        raise UserInputError(
+            "mapping difficulty needs at least one token pair with distinct inputs; all drawn pairs coincide"
+        )
     device, dtype = outputs.device, _work_dtype(outputs)
     first, second, dx = first[keep].to(device), second[keep].to(device), dx[keep].to(device)
     weight = (dx.max() / dx).to(dtype)  # 1 / (dx / N_x) per pair
     pairs = len(dx)
-    out = []
-    for cols in _column_chunks(pairs, outputs.shape[1], device):
-        block = outputs[:, cols]
-        dy = (block.index_select(0, first).to(dtype) - block.index_select(0, second).to(dtype)).abs_()
-        median = _column_median(dy)
+    out, chunks = [], _column_chunks(pairs, outputs.shape[1], device)
+    width = chunks[0].stop - chunks[0].start
+    buffers = [torch.empty(pairs * width, dtype=outputs.dtype, device=device) for _ in range(2)]
+    for cols in chunks:
+        block, size = outputs[:, cols], cols.stop - cols.start
+        a, b = (buf[: pairs * size].view(pairs, size) for buf in buffers)  # reused: no page faults
+        torch.index_select(block, 0, first, out=a)
+        torch.index_select(block, 0, second, out=b)
+        dy = a.sub_(b).abs_().to(dtype)
         ratio = (weight @ dy).to(torch.float64) / pairs
+        median = _column_median(dy)
         out.append(torch.where(median > 0, ratio / median, math.nan))
     return torch.cat(out).to(torch.float32)
 
 
 def _column_median(values: torch.Tensor) -> torch.Tensor:
     """Float64 median of each column (mean of the two middle values for an even count)."""
-    if values.device.type == "cpu":
-        # NumPy selects (partition) instead of sorting; torch.sort over dim 0 is slow on CPU.
-        return torch.from_numpy(np.median(values.T.contiguous().numpy(), axis=1).astype(np.float64))
-    ordered = values.sort(dim=0).values
     count = values.shape[0]
+    if values.device.type == "cpu":
+        rows = values.T.contiguous()
+        rows.numpy().sort(axis=1)  # NumPy's SIMD sort beats np.median's partition and torch.sort here
+        ordered = rows.T
+    else:
+        ordered = values.sort(dim=0).values
     return (ordered[(count - 1) // 2].double() + ordered[count // 2].double()) / 2

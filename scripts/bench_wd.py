@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import resource
@@ -88,6 +89,14 @@ class _RssSampler:
         self.peak = max(self.peak, self._rss())
 
 
+def _release_free_heap() -> None:
+    """Give freed heap pages back to the OS (glibc), so RSS growth shows a block's own peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak may then be understated
+        pass
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -103,6 +112,7 @@ def _peak_memory(device: torch.device, measure: Measure) -> Iterator[None]:
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
+        _release_free_heap()
         with _RssSampler() as sampler:
             yield
         peak = sampler.peak - sampler.start
@@ -135,7 +145,8 @@ def make_data(tokens: int, neurons: int, seed: int, device: torch.device) -> tor
         scale = torch.rand(1, block.shape[1], generator=gen) + 0.5
         heavy = block * torch.exp(0.7 * torch.randn(block.shape, generator=gen))
         gelu = torch.nn.functional.gelu(2 * block * scale + shift)
-        x[:, start : start + block.shape[1]] = torch.where(kind == 0, block * scale + shift, torch.where(kind == 1, heavy, gelu))
+        mixed = torch.where(kind == 0, block * scale + shift, torch.where(kind == 1, heavy, gelu))
+        x[:, start : start + block.shape[1]] = mixed
     return x.to(device)
 
 
@@ -205,7 +216,10 @@ def bench_engine(args: argparse.Namespace, device: torch.device) -> list[str]:
     ]
     floor_name = "torch.sort(x, dim=0), full tensor (the floor)"
     if floor_count < args.neurons:
-        floor_name = f"torch.sort(x, dim=0) (the floor; timed on {floor_count} neurons, extrapolated x{args.neurons / floor_count:g})"
+        floor_name = (
+            f"torch.sort(x, dim=0) (the floor; timed on {floor_count} neurons, "
+            f"extrapolated x{args.neurons / floor_count:g})"
+        )
     names = {
         "sort": floor_name,
         "sort_t": "torch.sort(x.T.contiguous(), dim=1) (transposed copy included)",
@@ -266,13 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=65536, help="tokens (rows) (default: %(default)s)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per row, best kept (default: %(default)s)")
-    parser.add_argument("--scipy-neurons", type=int, default=256, help="neurons timed with the scipy loop (default: %(default)s)")
+    parser.add_argument(
+        "--scipy-neurons", type=int, default=256, help="neurons timed with the scipy loop (default: %(default)s)"
+    )
     parser.add_argument(
         "--floor-neurons", type=int, default=None,
         help="neurons timed with torch.sort(x, dim=0), extrapolated linearly (default: all)",
     )
-    parser.add_argument("--layer-tokens", type=int, default=None, help="tokens for the layer timing (default: --tokens)")
+    parser.add_argument("--layer-tokens", type=int, default=None, help="tokens of the layer timing (default: --tokens)")
     parser.add_argument("--skip-layer", action="store_true", help="skip the Pythia-layer timing")
+    parser.add_argument("--skip-engine", action="store_true", help="run only the Pythia-layer timing")
     parser.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -280,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA device is available")
     args.layer_tokens = args.layer_tokens or args.tokens
     device = torch.device(args.device)
-    lines = bench_engine(args, device)
+    lines = [] if args.skip_engine else bench_engine(args, device)
     if not args.skip_layer:
-        lines += [""] + bench_layer(args, device)
+        lines += ([""] if lines else []) + bench_layer(args, device)
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

@@ -22,7 +22,10 @@ def _slow_top(scores: list[float], count: int, descending: bool = True) -> set[i
     return {i for *_, i in sorted(key)[:count]}
 
 
-@pytest.mark.parametrize(("percent", "n", "expected"), [(1.0, 8192, 82), (1.0, 50, 1), (0.5, 300, 2), (2.5, 100, 3), (100, 7, 7), (1, 10, 0), (5, 10, 1)])
+@pytest.mark.parametrize(
+    ("percent", "n", "expected"),
+    [(1.0, 8192, 82), (1.0, 50, 1), (0.5, 300, 2), (2.5, 100, 3), (100, 7, 7), (1, 10, 0), (5, 10, 1)],
+)
 def test_cohort_size_rounds_half_up(percent, n, expected):
     assert cohort_size(percent, n) == expected
 

@@ -32,7 +32,8 @@ def test_layer_batches_and_half_precision():
     assert got.shape == (3, 20) and got.dtype == torch.float32
     flat = cosine_drift(weights.to(torch.bfloat16).reshape(60, 16), ref.to(torch.bfloat16).reshape(60, 16))
     torch.testing.assert_close(got.reshape(-1), flat, rtol=0, atol=0)
-    expected = [distance.cosine(w, r) for w, r in zip(weights.reshape(60, 16).double().numpy(), ref.reshape(60, 16).double().numpy())]
+    pairs = zip(weights.reshape(60, 16).double().numpy(), ref.reshape(60, 16).double().numpy())
+    expected = [distance.cosine(w, r) for w, r in pairs]
     np.testing.assert_allclose(got.reshape(-1).numpy(), expected, atol=2e-2)  # bf16 weights
 
 

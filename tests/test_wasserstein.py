@@ -243,6 +243,16 @@ def test_mapping_difficulty_matches_slow_loop():
     assert not torch.equal(got[:3], mapping_difficulty(torch.from_numpy(inputs), torch.from_numpy(outputs), 501, 5)[:3])
 
 
+def test_mapping_difficulty_over_several_neuron_chunks():
+    gen = torch.Generator().manual_seed(14)
+    inputs = torch.randn(64, 5, generator=gen)
+    outputs = torch.randn(64, 9000, generator=gen) * torch.rand(1, 9000, generator=gen)
+    got = mapping_difficulty(inputs, outputs, n_pairs=600, seed=1)  # ~590 pairs: two neuron chunks
+    picks = [0, 7000, 7200, 8999]
+    expected = _md_loop(inputs.double().numpy(), outputs[:, picks].double().numpy(), 600, 1)
+    np.testing.assert_allclose(got[picks].numpy(), expected, rtol=2e-6)
+
+
 def test_mapping_difficulty_errors():
     with pytest.raises(UserInputError, match="share the token axis"):
         mapping_difficulty(torch.randn(5, 2), torch.randn(6, 3))
