@@ -174,7 +174,13 @@ def run_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Scan
                     _record_failure(cube, checkpoint, config, summary)
                     bar.update()
                     continue
-                result = context.measure(checkpoint)
+                try:
+                    result = context.measure(checkpoint)
+                except CheckpointError as exc:  # e.g. a corrupt download: same policy as a failed fetch
+                    checkpoint.error = str(exc)
+                    _record_failure(cube, checkpoint, config, summary)
+                    bar.update()
+                    continue
                 _write(cube, result, checkpoint)
                 summary.done.append(checkpoint.step)
                 phases = result["seconds"].values[0]

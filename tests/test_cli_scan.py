@@ -140,3 +140,17 @@ def test_tse_export_command(tmp_path, capsys):
     (tmp_path / "tse" / "simple_agrmt.jsonl").write_text("changed\n")
     assert main(["tse", "export", str(tmp_path / "tse"), "--format", "jsonl"]) == 2
     assert "simple_agrmt.jsonl already exists with different content" in capsys.readouterr().err
+
+
+def test_a_corrupt_checkpoint_is_recorded_and_the_scan_goes_on(tiny_suite, tmp_path):
+    cache = tmp_path / "hf"
+    plant_suite(cache, tiny_suite, [1, 2, 4])
+    snapshot = cache / "models--EleutherAI--pythia-70m" / "snapshots" / fake_commit("EleutherAI/pythia-70m", 2)
+    (snapshot / "model.safetensors").write_bytes(b"truncated download")
+    out = tmp_path / "c.zarr"
+    summary = run_scan(ScanConfig(model="pythia-70m", out=str(out), steps="1,2,4", retries=1, cache_dir=str(cache),
+                                  corpus=str(tiny_suite / "heldout.txt"), wd_tokens=512, ppl_tokens=64, tse_per_case=1))
+    assert summary.done == [1, 4] and summary.failed == [2]
+    ds = open_cube(out, include_pending=True)
+    assert ds["status"].values.tolist() == ["done", "failed", "done"]
+    assert "step 2: cannot load the model" in ds.attrs["steps"]["2"]["error"]
