@@ -154,3 +154,37 @@ def test_a_corrupt_checkpoint_is_recorded_and_the_scan_goes_on(tiny_suite, tmp_p
     ds = open_cube(out, include_pending=True)
     assert ds["status"].values.tolist() == ["done", "failed", "done"]
     assert "step 2: cannot load the model" in ds.attrs["steps"]["2"]["error"]
+
+
+def test_ctrl_c_keeps_every_completed_step(tiny_suite, tmp_path):
+    import json
+    import signal
+    import time
+
+    out = tmp_path / "int.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "dynamics.cli", "scan", "-m", str(tiny_suite), "--steps", "all",
+                             "-o", str(out), "--wd-tokens", "512", "--ppl-tokens", "64", "--tse-per-case", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        try:
+            steps = json.loads((out / "zarr.json").read_text())["attributes"].get("steps", {})
+        except (FileNotFoundError, json.JSONDecodeError):
+            steps = {}
+        if any(r.get("status") == "done" for r in steps.values()):
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    done = open_cube(out)["step"].values.tolist()
+    if proc.returncode == 0:  # the scan finished before the signal landed
+        assert done == [0, 1, 2, 4, 8]
+        return
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == (
+        "dynamics scan: interrupted; every completed step is kept, re-run the same command to resume"
+    )
+    assert 1 <= len(done) < 5
+    assert run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="all", wd_tokens=512, ppl_tokens=64,
+                               tse_per_case=5)).skipped == done
