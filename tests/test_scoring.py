@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig, MistralConfig, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+)
 
 from dynamics.errors import UserInputError
 from dynamics.syntax.scoring import (
@@ -177,7 +183,10 @@ PAIRS = [
         "no authors have ever been popular", "most authors have ever been popular", "npi",
         intrusive="the authors have ever been popular",
     ),
-    Pair("no guards have ever been popular", "most guards have ever been popular", "npi", intrusive="the guards have ever been popular"),
+    Pair(
+        "no guards have ever been popular", "most guards have ever been popular", "npi",
+        intrusive="the guards have ever been popular",
+    ),
 ]
 
 
@@ -185,7 +194,9 @@ def test_score_pairs_matches_slow_loop(model, tokenizer):
     result = score_pairs(model, tokenizer, PAIRS, keep_pairs=True, batch_tokens=24, progress=False)
     good = slow_scores(model, tokenizer, [p.good for p in PAIRS], 1)
     bad = slow_scores(model, tokenizer, [p.bad for p in PAIRS], 1)
-    intrusive = np.array([slow_scores(model, tokenizer, [p.intrusive], 1)[0] if p.intrusive else np.nan for p in PAIRS])
+    intrusive = np.array(
+        [slow_scores(model, tokenizer, [p.intrusive], 1)[0] if p.intrusive else np.nan for p in PAIRS]
+    )
     np.testing.assert_allclose(result.good, good, atol=1e-4)
     np.testing.assert_allclose(result.bad, bad, atol=1e-4)
     np.testing.assert_allclose(result.intrusive, intrusive, atol=1e-4, equal_nan=True)
@@ -204,15 +215,17 @@ def test_no_prefix_pairs_match_slow_loop(model, tokenizer):
     # NPI pairs differ in their first word: without a prefix they share nothing and run in
     # one pass, beside the others' two-pass prefix sharing, in the same batch.
     result = score_pairs(model, tokenizer, PAIRS, prefix=False, keep_pairs=True, progress=False)
-    np.testing.assert_allclose(result.good, slow_scores(model, tokenizer, [p.good for p in PAIRS], None), atol=1e-4)
-    np.testing.assert_allclose(result.bad, slow_scores(model, tokenizer, [p.bad for p in PAIRS], None), atol=1e-4)
+    for field in ("good", "bad"):
+        expected = slow_scores(model, tokenizer, [getattr(p, field) for p in PAIRS], None)
+        np.testing.assert_allclose(getattr(result, field), expected, atol=1e-4)
 
 
 def test_shared_prefix_is_computed_once(tokenizer):
     model = tiny_model()
     widths = []
-    handle = model.register_forward_hook(lambda m, args, kwargs, out: widths.append(kwargs["input_ids"].shape),
-                                         with_kwargs=True)
+    handle = model.register_forward_hook(
+        lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
     try:
         pairs = [Pair("the author near the guards laughs", "the author near the guards laugh", "prep")]
         score_pairs(model, tokenizer, pairs, progress=False)
@@ -231,8 +244,9 @@ def test_sliding_window_shorter_than_the_pairs():
     model = AutoModelForCausalLM.from_config(config).eval()
     tokenizer = tiny_tokenizer()
     result = score_pairs(model, tokenizer, PAIRS, keep_pairs=True, progress=False)
-    np.testing.assert_allclose(result.bad, slow_scores(model, tokenizer, [p.bad for p in PAIRS], 1), atol=1e-4)
-    np.testing.assert_allclose(result.good, slow_scores(model, tokenizer, [p.good for p in PAIRS], 1), atol=1e-4)
+    for field in ("good", "bad"):
+        expected = slow_scores(model, tokenizer, [getattr(p, field) for p in PAIRS], 1)
+        np.testing.assert_allclose(getattr(result, field), expected, atol=1e-4)
 
 
 class NoKeepArgument(torch.nn.Module):

@@ -181,7 +181,10 @@ def excess_surprisal(clean: pd.DataFrame, ablated: pd.DataFrame) -> pd.DataFrame
         UserInputError: The two tables do not list the same words.
     """
     key = ["text", "start", "end", "pos"]
-    if len(clean) != len(ablated) or not clean[key].reset_index(drop=True).equals(ablated[key].reset_index(drop=True)):
+    same_words = len(clean) == len(ablated) and clean[key].reset_index(drop=True).equals(
+        ablated[key].reset_index(drop=True)
+    )
+    if not same_words:
         raise UserInputError(
             "clean and ablated surprisals list different words; score the same texts with the same tagger"
         )

@@ -108,7 +108,8 @@ def _batches(
     rows = width = 0
     for u in order:
         new_width = max(width, unit_len[u])
-        if batch and ((rows + len(units[u])) * new_width > batch_tokens or rows + len(units[u]) > max_batch_size):
+        new_rows = rows + len(units[u])
+        if batch and (new_rows * new_width > batch_tokens or new_rows > max_batch_size):
             yield batch
             batch, rows, new_width = [], 0, unit_len[u]
         batch.append(units[u])
@@ -127,7 +128,9 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _pad(rows: Sequence[Sequence[int]], padding_side: PaddingSide = "right") -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def _pad(
+    rows: Sequence[Sequence[int]], padding_side: PaddingSide = "right"
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Padded ids, attention mask and each row's start offset."""
     width = max(len(r) for r in rows)
     ids = torch.zeros((len(rows), width), dtype=torch.long)
@@ -167,6 +170,11 @@ def _forward_log_probs(
         for unit in units
     ]
     two_pass = [u for u, n in enumerate(shared) if n >= 1]
+    # A sliding window counts padded positions too: the prefix's padding would shorten it.
+    window = _sliding_window(model)
+    if two_pass and window is not None:
+        span = max(shared[u] for u in two_pass) + max(len(r) - shared[u] for u in two_pass for r in units[u])
+        two_pass = two_pass if span < window else []
     if two_pass and _accepts(model, "past_key_values"):
         results = _prefix_pass(model, [units[u] for u in two_pass], [shared[u] for u in two_pass], device)
         if results is not None:
@@ -181,7 +189,9 @@ def _forward_log_probs(
             keep[i, starts[i] : starts[i] + len(row) - 1] = True
         targets = torch.zeros_like(ids)
         targets[:, :-1] = ids[:, 1:]
-        kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": False}
+        kwargs: dict[str, Any] = {
+            "input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": False
+        }
         if padding_side == "left":
             kwargs["position_ids"] = (kwargs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         flat = _log_probs_at(_kept_logits(model, kwargs, keep.to(device)), targets[keep].to(device))
@@ -197,46 +207,54 @@ def _prefix_pass(
     """Two passes: each unit's first ``shared`` tokens once, then every row's suffix on the
     cached prefix. ``None`` when the model returns no key-value cache."""
     prefix_ids, prefix_mask, _ = _pad([unit[0][:n] for unit, n in zip(units, shared)])
-    keep1 = prefix_mask.bool()  # every prefix position: the last one predicts each suffix's first token
+    keep1 = prefix_mask.bool()  # all of them: a prefix's last position predicts each suffix's first token
+    targets1 = torch.zeros_like(prefix_ids)
+    targets1[:, :-1] = prefix_ids[:, 1:]
     out1 = model(input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device), use_cache=True,
                  **_keep_kwargs(model, keep1.to(device)))
     cache = getattr(out1, "past_key_values", None)
     if cache is None or not hasattr(cache, "batch_select_indices"):
         return None
     logits1 = out1.logits[keep1.to(device)] if out1.logits.ndim == 3 else out1.logits
-    lse1 = torch.logsumexp(logits1.float(), dim=-1)
-    first = torch.cumsum(torch.tensor([0] + shared[:-1]), 0).tolist()  # unit -> first row of logits1
-    owner = [u for u, unit in enumerate(units) for _ in unit]
-    suffixes = [row[n:] for unit, n in zip(units, shared) for row in unit]
-    suffix_ids, suffix_mask, _ = _pad(suffixes)
-    owner_t = torch.tensor(owner)
-    cache.batch_select_indices(owner_t.to(device))
-    offsets = torch.tensor([shared[u] for u in owner])
-    keep2 = suffix_mask.bool().clone()
-    keep2[torch.arange(len(suffixes)), torch.tensor([len(s) for s in suffixes]) - 1] = False
+    lp1 = _log_probs_at(logits1, targets1[keep1].to(device))  # wrong at each prefix's last position
+    owner = torch.tensor([u for u, unit in enumerate(units) for _ in unit])
+    last = torch.cumsum(torch.tensor(shared), 0)[owner] - 1  # row -> its prefix's last position in logits1
+    heads = _log_probs_at(logits1[last.to(device)],
+                          torch.tensor([row[n] for unit, n in zip(units, shared) for row in unit], device=device))
+    suffix_ids, suffix_mask, _ = _pad([row[n:] for unit, n in zip(units, shared) for row in unit])
+    cache.batch_select_indices(owner.to(device))
+    keep2 = suffix_mask.bool()
+    keep2[torch.arange(len(owner)), suffix_mask.sum(dim=1) - 1] = False
     targets2 = torch.zeros_like(suffix_ids)
     targets2[:, :-1] = suffix_ids[:, 1:]
+    offsets = torch.tensor(shared)[owner]
     kwargs = {
         "input_ids": suffix_ids.to(device),
-        "attention_mask": torch.cat([prefix_mask[owner_t], suffix_mask], dim=1).to(device),
+        "attention_mask": torch.cat([prefix_mask[owner], suffix_mask], dim=1).to(device),
         "position_ids": (offsets[:, None] + torch.arange(suffix_ids.shape[1])[None]).to(device),
         "past_key_values": cache,
         "use_cache": True,
     }
-    flat2 = _log_probs_at(_kept_logits(model, kwargs, keep2.to(device)), targets2[keep2].to(device))
-    per_row2 = iter(torch.split(flat2, keep2.sum(dim=1).tolist()))
-    results = []
-    for u, (unit, n) in enumerate(zip(units, shared)):
-        rows1 = slice(first[u], first[u] + n)
-        common = _log_probs_at(logits1[rows1][:-1], torch.tensor(unit[0][1:n], device=logits1.device))
-        last = logits1[first[u] + n - 1]
-        heads = (last[[row[n] for row in unit]].float() - lse1[first[u] + n - 1]).cpu()
-        results.append([torch.cat([common, heads[k : k + 1], next(per_row2)]) for k in range(len(unit))])
+    lp2 = _log_probs_at(_kept_logits(model, kwargs, keep2.to(device)), targets2[keep2].to(device))
+    tails = iter(torch.split(lp2, keep2.sum(dim=1).tolist()))
+    results, row = [], 0
+    for unit, n in zip(units, shared):
+        end = int(last[row])
+        common = lp1[end - n + 1 : end]
+        results.append([torch.cat([common, heads[row + k : row + k + 1], next(tails)]) for k in range(len(unit))])
+        row += len(unit)
     return results
 
 
 def _keep_kwargs(model: torch.nn.Module, keep: torch.Tensor) -> dict[str, Any]:
     return {"logits_to_keep": keep} if _accepts(model, "logits_to_keep") else {}
+
+
+def _sliding_window(model: torch.nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return getattr(config, "sliding_window", None)
 
 
 def _accepts(model: torch.nn.Module, argument: str) -> bool:
@@ -502,7 +520,8 @@ def score_pairs(
     )
     scores = reduce_log_probs(per_token, reduction)
     intrusive = np.where(intrusive_index >= 0, scores[np.maximum(intrusive_index, 0)], np.nan)
-    return summarize_pairs(scores[index[:n]], scores[index[n : 2 * n]], labels, intrusive, group_by, keep_pairs)
+    good, bad = scores[index[:n]], scores[index[n : 2 * n]]
+    return summarize_pairs(good, bad, labels, intrusive, group_by, keep_pairs)
 
 
 def _score_unique(
