@@ -68,6 +68,8 @@ class ScanConfig:
     device: str = option("auto", help="cuda, cuda:N, cpu or auto (CUDA when present)")
     dtype: str = option("float32", help="model weights dtype", choices=list(DTYPES))
     prefetch: bool = option(True, help="download step t+1 while step t is analysed")
+    threads: int = option(0, help="torch CPU threads; 0: auto (1 for models under 50M parameters, whose small "
+                          "ops stall on thread barriers, else torch's default)")
 
     def analysis(self) -> dict[str, Any]:
         """The settings that make two cubes' numbers comparable (the cube's identity)."""
@@ -133,6 +135,7 @@ def _check_numbers(config: ScanConfig) -> None:
         ("memory-budget-gib", config.memory_budget_gib > 0, "a positive number of GiB"),
         ("batch-size", config.batch_size >= 1, "at least 1"),
         ("window", config.window is None or config.window >= 2, "at least 2 tokens"),
+        ("threads", config.threads >= 0, "0 (auto) or a positive number"),
     ]
     for name, ok, accepted in checks:
         if not ok:

@@ -82,6 +82,7 @@ def prepare_context(config: ScanConfig, plan: ScanPlan, cube: CubeWriter) -> Sca
     try:
         tokenizer = reference.load_tokenizer()
         model = _load(reference, plan.device, config.dtype)
+        _set_threads(config.threads, model)
         window = config.window or min(2048, int(getattr(model.config, "max_position_embeddings", 2048) or 2048))
         spec = CorpusSpec(source=plan.corpus, split=config.corpus_split, window=window,
                           token_budget=max(config.wd_tokens, config.ppl_tokens, window))
@@ -140,6 +141,17 @@ def _previous_weights(config: ScanConfig, plan: ScanPlan, cube: CubeWriter) -> t
             return step, input_weights(_load(checkpoint, plan.device, config.dtype))
     finally:
         plan.source.release(checkpoint)
+
+
+SMALL_MODEL_PARAMETERS = 50_000_000
+
+
+def _set_threads(threads: int, model: Any) -> None:
+    """Measured on the toy organism on 2 loaded cores: 1 thread scored TSE 17x faster than 2."""
+    if threads == 0:
+        small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
+        threads = 1 if small else torch.get_num_threads()
+    torch.set_num_threads(threads)
 
 
 def _fetch(plan: ScanPlan, step: int, what: str) -> Checkpoint:

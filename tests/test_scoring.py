@@ -155,6 +155,7 @@ def test_eos_is_the_prefix_when_there_is_no_bos():
     no_bos = tiny_tokenizer(bos=False)
     assert prefix_token_id(no_bos) == no_bos.eos_token_id == 2
     assert prefix_token_id(no_bos, "<bos>") == 1
+    assert prefix_token_id(no_bos, "<unk>") == 3  # SmolLM2's <|endoftext|> is also its unknown token
     with pytest.raises(UserInputError, match="neither a BOS nor an EOS"):
         prefix_token_id(tiny_tokenizer(bos=False, eos=False))
     with pytest.raises(UserInputError, match="'<nope>' is not in the tokenizer"):

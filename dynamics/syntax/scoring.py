@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import transformers
 from tqdm.auto import tqdm
 
 from dynamics.errors import UserInputError
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 Reduction = Literal["sum", "mean"]
 PaddingSide = Literal["right", "left"]
+
+_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 #: Default budget of a batch, in tokens (rows x padded length). On CPU the logits of a
 #: 50k-vocabulary model then take about 4096 x 50k x 4 B = 0.8 GB.
@@ -61,10 +64,10 @@ def prefix_token_id(tokenizer: Any, prefix_token: int | str | None = None) -> in
     if isinstance(prefix_token, int):
         return prefix_token
     if isinstance(prefix_token, str):
-        token_id = tokenizer.convert_tokens_to_ids(prefix_token)
-        if token_id is None or token_id == getattr(tokenizer, "unk_token_id", None):
+        vocab = tokenizer.get_vocab()  # an unknown-token check would fail where <unk> is the token asked for
+        if prefix_token not in vocab:
             raise UserInputError(f"prefix token {prefix_token!r} is not in the tokenizer's vocabulary")
-        return int(token_id)
+        return int(vocab[prefix_token])
     for candidate in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if candidate is not None:
             return int(candidate)
@@ -247,7 +250,10 @@ def _prefix_pass(
 
 
 def _keep_kwargs(model: torch.nn.Module, keep: torch.Tensor) -> dict[str, Any]:
-    return {"logits_to_keep": keep} if _accepts(model, "logits_to_keep") else {}
+    # A boolean [batch, seq] ``logits_to_keep`` is understood from transformers 5 on.
+    if _TRANSFORMERS_MAJOR >= 5 and _accepts(model, "logits_to_keep"):
+        return {"logits_to_keep": keep}
+    return {}
 
 
 def _sliding_window(model: torch.nn.Module) -> int | None:
