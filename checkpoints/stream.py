@@ -10,7 +10,7 @@ are on disk at any time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 
 from checkpoints.source import Checkpoint, CheckpointSource, _one_line
@@ -31,9 +31,10 @@ def _in_background(source: CheckpointSource, step: int) -> Future[Checkpoint]:
     return future
 
 
-def _outcome(future: Future[Checkpoint], step: int) -> Checkpoint:
+def _outcome(fetch: Callable[[], Checkpoint], step: int) -> Checkpoint:
+    """The fetched checkpoint, or one carrying the error that stopped the fetch."""
     try:
-        return future.result()
+        return fetch()
     except CheckpointError as exc:
         return Checkpoint(step=step, revision=None, path=None, error=str(exc))
     except Exception as exc:
@@ -55,15 +56,10 @@ def stream_checkpoints(source: CheckpointSource, steps: Sequence[int], prefetch:
         for i, step in enumerate(steps):
             if prefetch:
                 assert pending is not None
-                current = _outcome(pending, step)
+                current = _outcome(pending.result, step)
                 pending = _in_background(source, steps[i + 1]) if i + 1 < len(steps) else None
             else:
-                done: Future[Checkpoint] = Future()
-                try:
-                    done.set_result(source.fetch(step))
-                except Exception as exc:
-                    done.set_exception(exc)
-                current = _outcome(done, step)
+                current = _outcome(lambda: source.fetch(step), step)
             yield current
             if current.ok:
                 source.release(current)

@@ -15,6 +15,8 @@ import errno
 import logging
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -224,15 +226,11 @@ def _write(cube: CubeWriter, result: xr.Dataset, checkpoint: Checkpoint) -> None
         raise
 
 
-def timed(timings: dict[str, float], phase: str) -> Any:
-    """Context manager adding the wall time of its body to ``timings[phase]``."""
-
-    class _Timer:
-        def __enter__(self) -> None:
-            self.start = time.perf_counter()
-
-        def __exit__(self, *exc: object) -> None:
-            timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - self.start
-
-    return _Timer()
-
+@contextmanager
+def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the wall time of the body to ``timings[phase]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start

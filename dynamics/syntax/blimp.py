@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dynamics.errors import DynamicsError, UserInputError
-from dynamics.syntax.pairs import MinimalPair
+from dynamics.syntax.pairs import MinimalPair, check_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,14 +69,9 @@ def check_paradigms(paradigms: Iterable[str] | None) -> tuple[str, ...]:
     Raises:
         UserInputError: An unknown paradigm.
     """
-    if paradigms is None:
-        return BLIMP_PARADIGMS
-    paradigms = (paradigms,) if isinstance(paradigms, str) else tuple(paradigms)
-    for name in paradigms:
-        if name not in BLIMP_PARADIGMS:
-            raise UserInputError(f"unknown BLiMP paradigm {name!r}; expected one of the 67 "
-                                 f"UIDs such as {BLIMP_PARADIGMS[0]!r} (see BLIMP_PARADIGMS)")
-    return paradigms
+    return check_names(paradigms, BLIMP_PARADIGMS, lambda name: (
+        f"unknown BLiMP paradigm {name!r}; expected one of the 67 "
+        f"UIDs such as {BLIMP_PARADIGMS[0]!r} (see BLIMP_PARADIGMS)"))
 
 
 def _pair(record: Mapping, paradigm: str, where: str) -> MinimalPair:

@@ -8,7 +8,7 @@ license the NPI); a strict analysis asks the grammatical sentence to beat both.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -126,3 +126,19 @@ def stratified_sample(groups: Mapping[str, Mapping[str, Sequence[T]]], per_case:
         sample[case] = {sub: [items[i] for i in sample_indices(len(items), quota, rng)]
                         for (sub, items), quota in zip(subcases.items(), quotas, strict=True)}
     return sample
+
+
+def check_names(names: Iterable[str] | str | None, known: tuple[str, ...],
+                unknown: Callable[[str], str]) -> tuple[str, ...]:
+    """Validate names against ``known`` (``None`` = all), keeping the caller's order.
+
+    Raises:
+        UserInputError: ``unknown(name)`` for the first name not in ``known``.
+    """
+    if names is None:
+        return known
+    names = (names,) if isinstance(names, str) else tuple(names)
+    for name in names:
+        if name not in known:
+            raise UserInputError(unknown(name))
+    return names

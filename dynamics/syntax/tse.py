@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from dynamics.errors import DynamicsError, UserInputError
-from dynamics.syntax.pairs import MinimalPair, stratified_sample
+from dynamics.syntax.pairs import MinimalPair, check_names, stratified_sample
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +214,8 @@ def check_cases(cases: Iterable[str] | None) -> tuple[str, ...]:
     Raises:
         UserInputError: An unknown case name.
     """
-    if cases is None:
-        return TSE_CASES
-    cases = (cases,) if isinstance(cases, str) else tuple(cases)
-    for case in cases:
-        if case not in TSE_CASES:
-            raise UserInputError(f"unknown TSE case {case!r}; expected one of "
-                                 f"{', '.join(TSE_CASES)}")
-    return cases
+    return check_names(cases, TSE_CASES, lambda case: (
+        f"unknown TSE case {case!r}; expected one of {', '.join(TSE_CASES)}"))
 
 
 def generate_tse(cases: Iterable[str] | None = None) -> TseData:
