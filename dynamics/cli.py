@@ -109,12 +109,23 @@ def run_scan_command(config: Any) -> int:
     return 0 if not summary.failed else 1
 
 
+def run_ablate_command(config: Any) -> int:
+    from dynamics.study import run_study
+
+    summary = run_study(config)
+    print(f"{config.out}: {len(summary.done)} conditions computed, {len(summary.skipped)} already done "
+          f"(of {summary.units}); see: dynamics report {config.out}")
+    return 0
+
+
 def _commands() -> dict[str, tuple[type, Callable[[Any], int], str]]:
     from dynamics.scan import ScanConfig
+    from dynamics.study import StudyConfig
     from dynamics.toy import ToyConfig
 
     return {
         "scan": (ScanConfig, run_scan_command, "stream a model's checkpoints into a cube (resumable)"),
+        "ablate": (StudyConfig, run_ablate_command, "the ablation study and its controls on one model (resumable)"),
         "toy": (ToyConfig, run_toy, "train the built-in model organism into a local checkpoint suite"),
         "plot": (PlotConfig, run_plot, "draw a cube's figures (PNG and PDF)"),
         "report": (ReportConfig, run_report, "print a cube's headline numbers"),

@@ -14,6 +14,8 @@ after every number in both directions, so they are picked last.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
@@ -22,6 +24,8 @@ from dynamics.errors import UserInputError
 
 __all__ = [
     "SCOPES",
+    "BisectionResult",
+    "bisect_to_target",
     "bottom_percent_mask",
     "cohort_size",
     "indices_to_mask",
@@ -141,3 +145,76 @@ def indices_to_mask(indices: list[list[int]], neurons: int) -> torch.Tensor:
             raise UserInputError(f"layer {layer}: neuron index {bad[0]} is outside [0, {neurons})")
         mask[layer, list(map(int, row))] = True
     return mask
+
+
+@dataclass(frozen=True)
+class BisectionResult:
+    """What :func:`bisect_to_target` found: the argument, its value, and how it got there.
+
+    Attributes:
+        argument: the best argument tried (the matched one when ``converged``).
+        value: ``f(argument)``.
+        target: the value asked for.
+        converged: ``|value / target - 1| <= tolerance``.
+        trials: every ``(argument, value)`` evaluated, in order.
+        reason: why it did not converge ("" when it did).
+    """
+
+    argument: float
+    value: float
+    target: float
+    converged: bool
+    trials: tuple[tuple[float, float], ...]
+    reason: str = ""
+
+    @property
+    def relative_gap(self) -> float:
+        return self.value / self.target - 1.0
+
+
+def bisect_to_target(
+    f: Callable[[float], float], target: float, low: float, high: float, tolerance: float = 0.02,
+    max_iterations: int = 12,
+) -> BisectionResult:
+    """Find ``x`` in ``[low, high]`` with ``f(x)`` within ``tolerance`` (relative) of ``target``.
+
+    ``f`` must be non-decreasing (perplexity as more neurons are ablated). The bracket's ends
+    are evaluated first; a target outside ``[f(low), f(high)]`` cannot be matched, and the
+    closer end is returned with ``converged=False`` and the reason. Each iteration halves the
+    bracket; after ``max_iterations`` midpoints the closest trial is returned, converged or not.
+
+    Raises:
+        UserInputError: an empty bracket, a non-positive tolerance or target, or no iterations.
+    """
+    if not low < high:
+        raise UserInputError(f"bisection bracket [{low}, {high}] is empty; expected low < high")
+    if tolerance <= 0 or not math.isfinite(target) or target <= 0 or max_iterations < 1:
+        raise UserInputError(f"bisection needs tolerance > 0, a positive finite target and iterations >= 1; "
+                             f"got tolerance {tolerance}, target {target}, iterations {max_iterations}")
+    trials: list[tuple[float, float]] = []
+
+    def trial(x: float) -> float:
+        value = float(f(x))
+        trials.append((x, value))
+        return value
+
+    def within(value: float) -> bool:
+        return abs(value / target - 1.0) <= tolerance
+
+    def closest(reason: str) -> BisectionResult:
+        x, value = min(trials, key=lambda t: abs(t[1] / target - 1.0))
+        return BisectionResult(x, value, target, within(value), tuple(trials), "" if within(value) else reason)
+
+    f_low = trial(low)
+    if within(f_low) or f_low > target:
+        return closest(f"f({low:g}) = {f_low:.4g} is already above the target {target:.4g}")
+    f_high = trial(high)
+    if within(f_high) or f_high < target:
+        return closest(f"f({high:g}) = {f_high:.4g} is still below the target {target:.4g}")
+    for _ in range(max_iterations):
+        middle = (low + high) / 2
+        value = trial(middle)
+        if within(value):
+            return closest("")
+        low, high = (middle, high) if value < target else (low, middle)
+    return closest(f"not within {tolerance:.1%} of {target:.4g} after {max_iterations} iterations")

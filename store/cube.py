@@ -66,6 +66,10 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
     records = ds.attrs.get("steps", {})
     status = np.array([records.get(str(int(s)), {}).get("status", PENDING) for s in ds["step"].values])
     ds = ds.assign_coords(status=("step", status))
+    if ds.attrs.get("cube_kind") == "units":  # a study: units become labelled arrays (store/units.py)
+        from store.units import assemble_units
+
+        return assemble_units(ds.drop_vars("status"), status)
     if not include_pending:
         ds = ds.isel(step=np.flatnonzero(status == DONE))
     return ds.sortby("step")

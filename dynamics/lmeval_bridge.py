@@ -1,0 +1,114 @@
+"""Non-syntactic benchmarks through lm-evaluation-harness, on the (ablated) in-memory model.
+
+lm-eval is an optional extra (``pip install 'wasserstein-dynamics[lmeval]'``). The model is
+wrapped with ``lm_eval.models.huggingface.HFLM(pretrained=model, tokenizer=tokenizer)``, so
+an ablation hook registered on ``model`` is active during the evaluation.
+
+A task whose data cannot be reached (offline, no cache) is skipped with one log line and
+recorded as NaN with the reason; the study goes on. Availability is probed once per run
+(:func:`probe_tasks`) so that the same task is not retried under every condition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from dynamics.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TASKS = ("arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "boolq", "openbookqa", "lambada_openai")
+#: Metrics stored per task (``NaN`` where a task does not report one).
+METRICS = ("acc", "acc_norm")
+MISSING = "lm-eval is not installed (pip install 'wasserstein-dynamics[lmeval]')"
+
+
+def lm_eval_installed() -> bool:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def parse_tasks(spec: str) -> tuple[str, ...]:
+    """``none`` -> (), ``default`` -> :data:`DEFAULT_TASKS`, else comma-separated names."""
+    if spec.strip().lower() == "none":
+        return ()
+    if spec.strip().lower() == "default":
+        return DEFAULT_TASKS
+    names = tuple(dict.fromkeys(t.strip() for t in spec.split(",") if t.strip()))
+    if not names:
+        raise UserInputError(f"--tasks {spec!r}: expected comma-separated lm-eval task names, default or none")
+    return names
+
+
+@lru_cache(maxsize=4)
+def task_manager(include_path: str | None = None) -> Any:
+    """One lm-eval TaskManager per process (indexing the task registry takes seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path) if include_path else TaskManager()
+
+
+def check_task_names(tasks: Sequence[str], include_path: str | None = None) -> None:
+    """Reject unknown task names (one line) when lm-eval is installed; no data is fetched."""
+    if not tasks or not lm_eval_installed():
+        return
+    known = set(task_manager(include_path).all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise UserInputError(f"--tasks: unknown lm-eval task {unknown[0]!r}; e.g. {', '.join(DEFAULT_TASKS[:4])} "
+                             "(`lm_eval ls tasks` lists them), or none to skip")
+
+
+@dataclass
+class TaskPlan:
+    """Which requested tasks can run, and why the others cannot."""
+
+    runnable: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # task -> reason
+
+
+def probe_tasks(tasks: Sequence[str], include_path: str | None = None) -> TaskPlan:
+    """Load each task's data once; one warning line per task that cannot run."""
+    plan = TaskPlan()
+    if not tasks:
+        return plan
+    if not lm_eval_installed():
+        log.warning("%s; skipping the lm-eval tasks %s", MISSING, ", ".join(tasks))
+        plan.skipped = {t: MISSING for t in tasks}
+        return plan
+    manager = task_manager(include_path)
+    for task in tasks:
+        try:
+            manager.load([task])
+        except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "data not here"
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            log.warning("lm-eval task %s skipped: its data cannot be loaded (%s)", task, reason)
+            plan.skipped[task] = reason
+        else:
+            plan.runnable.append(task)
+    return plan
+
+
+def evaluate_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], limit: int | None, batch_size: int = 8,
+                   include_path: str | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
+    """``{task: {metric: value}}`` for ``METRICS`` of each task, on the model as it is now."""
+    if not tasks:
+        return {}
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    device = str(next(model.parameters()).device)
+    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    results = simple_evaluate(model=wrapped, tasks=list(tasks), limit=limit, task_manager=task_manager(include_path),
+                              log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
+                              torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR")
+    table = (results or {}).get("results", {})
+    return {task: {metric: float(table.get(task, {}).get(f"{metric},none", float("nan"))) for metric in METRICS}
+            for task in tasks}

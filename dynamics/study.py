@@ -1,0 +1,219 @@
+"""`dynamics ablate`: the paper's ablation study and its controls on one model, into a cube.
+
+Flow: validate every option (:func:`plan_study`) -> load the benchmarks -> fetch and load the
+model -> open the cube (one unit per condition, :mod:`dynamics.study_conditions`) -> once:
+WD of every neuron, the neuron sets and the perplexity-matched control, stored as static
+variables -> each unit not done yet: its measures (:mod:`dynamics.study_measure`) written
+as one region, then marked done. A re-run skips done units; Ctrl-C keeps them.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from checkpoints.models import resolve_model
+from checkpoints.source import Checkpoint, HubSource, RetryPolicy, open_source
+from dynamics import __version__
+from dynamics.config import config_dict, option
+from dynamics.errors import UserInputError
+from dynamics.lmeval_bridge import check_task_names, parse_tasks
+from dynamics.scan import DTYPES, resolve_device
+from dynamics.syntax.blimp import check_paradigms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything `dynamics ablate` needs; the CLI is generated from these fields."""
+
+    model: str = option(help="Hub id, Pythia alias, local directory, local suite or .gguf file", flag="-m")
+    out: str = option(help="the study cube to create or resume (a .zarr directory)", flag="-o")
+    revision: str | None = option(None, help="Hub revision (branch, tag or commit; Pythia: stepN or N); "
+                                  "a local suite: its step N (default: main / the suite's last step)")
+    corpus: str = option("wikitext2", help="wikitext2 or a local text file (WD, perplexity, POS texts)")
+    corpus_split: str = option("test", help="WikiText-2 split (ignored for a file)")
+    window: int | None = option(None, help="tokens per corpus window (default: min(2048, the model's context))")
+    wd_tokens: int = option(65536, help="corpus tokens whose pre-activations give each neuron's WD")
+    ppl_tokens: int = option(16384, help="corpus tokens for perplexity (and the matched-control search)")
+    percents: str = option("0.5,1,2,5", help="top-WD percents per layer to ablate, comma-separated")
+    match_percent: float = option(1.0, help="the top percent whose perplexity the matched control matches")
+    match_tolerance: float = option(0.02, help="relative perplexity tolerance of the match")
+    match_iterations: int = option(12, help="bisection iterations at most")
+    match_low: float = option(0.1, help="lower end of the bracket for m (percent of lowest-WD neurons)")
+    match_high: float = option(90.0, help="upper end of the bracket for m")
+    tse_per_case: int = option(50, help="TSE pairs per case (stratified over sub-cases; 0: skip TSE)")
+    blimp: str = option("hub", help="BLiMP source: hub (nyu-mll/blimp) or a directory of <paradigm>.jsonl files")
+    blimp_per_paradigm: int = option(50, help="BLiMP pairs per paradigm (seeded sample; 0: skip BLiMP)")
+    blimp_paradigms: str = option("all", help="comma-separated BLiMP paradigms, or all")
+    tasks: str = option("default", help="lm-eval tasks, comma-separated; default: arc_easy, arc_challenge, piqa, "
+                        "hellaswag, winogrande, boolq, openbookqa, lambada_openai; none: skip")
+    lmeval_limit: int = option(100, help="lm-eval examples per task (0: all)")
+    task_path: str | None = option(None, help="a directory of extra lm-eval task YAML files")
+    pos: Literal["auto", "off"] = option("auto", help="POS excess surprisal (auto: when spaCy and en_core_web_sm "
+                                         "are installed)")
+    pos_lines: int = option(64, help="corpus lines tagged for POS surprisal")
+    layer_groups: int = option(8, help="groups of consecutive layers for the per-group ablations (0: skip)")
+    group_percent: float = option(1.0, help="top percent ablated in the layer-group conditions")
+    full: bool = option(False, help="the paper's complete sets: every TSE and BLiMP pair, the whole corpus "
+                        "split for perplexity, every lm-eval example")
+    seed: int = option(0, help="seed of the random controls and the pair samples")
+    reduction: Literal["sum", "mean"] = option("sum", help="sentence score: sum or mean of token log-probabilities")
+    prefix: bool = option(True, help="score every token, conditioning on a prefix token")
+    prefix_token: str | None = option(None, help="the prefix token (default: BOS, else EOS), e.g. '<|endoftext|>'")
+    batch_size: int = option(4, help="corpus windows per forward pass")
+    memory_budget_gib: float = option(2.0, help="GiB of pre-activations held at once (WD)")
+    overwrite: bool = option(False, help="recompute units that are already done")
+    retries: int = option(4, help="attempts per model download")
+    cache_dir: str | None = option(None, help="Hugging Face cache directory (default: the hub's own)")
+    device: str = option("auto", help="cuda, cuda:N, cpu or auto (CUDA when present)")
+    dtype: str = option("float32", help="model weights dtype", choices=list(DTYPES))
+    threads: int = option(0, help="torch CPU threads; 0: torch's default")
+
+    def analysis(self) -> dict[str, Any]:
+        """The settings that make two study cubes comparable (part of the identity)."""
+        skip = {"model", "out", "revision", "overwrite", "retries", "cache_dir", "device", "threads", "batch_size",
+                "memory_budget_gib"}
+        return {k: v for k, v in config_dict(self).items() if k not in skip}
+
+    def budgets(self) -> dict[str, int | None]:
+        """Per-benchmark budgets after --full (None: everything)."""
+        return {"tse_per_case": None if self.full else self.tse_per_case,
+                "blimp_per_paradigm": None if self.full else self.blimp_per_paradigm,
+                "ppl_tokens": None if self.full else self.ppl_tokens,
+                "lmeval_limit": None if self.full or self.lmeval_limit == 0 else self.lmeval_limit}
+
+
+@dataclass
+class StudyPlan:
+    model_ref: Any
+    revision: str | None
+    corpus: str
+    percents: tuple[float, ...]
+    tasks: tuple[str, ...]
+    paradigms: tuple[str, ...]
+    device: str
+
+
+@dataclass
+class StudySummary:
+    done: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    units: int = 0
+
+
+def parse_percents(spec: str) -> tuple[float, ...]:
+    try:
+        values = tuple(dict.fromkeys(float(p) for p in spec.split(",") if p.strip()))
+    except ValueError:
+        raise UserInputError(f"--percents {spec!r}: expected comma-separated numbers in (0, 100], e.g. 0.5,1,2,5") from None
+    if not values or any(not 0 < p <= 100 for p in values):
+        raise UserInputError(f"--percents {spec!r}: expected comma-separated numbers in (0, 100], e.g. 0.5,1,2,5")
+    return tuple(sorted(values))
+
+
+def plan_study(config: StudyConfig) -> StudyPlan:
+    """Validate the whole request before anything is loaded, downloaded or written."""
+    ref = resolve_model(config.model)
+    if not config.out.endswith(".zarr"):
+        raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
+    _check_numbers(config)
+    percents = parse_percents(config.percents)
+    if config.match_percent not in percents:
+        raise UserInputError(f"--match-percent {config.match_percent!r}: expected one of --percents "
+                             f"({', '.join(f'{p:g}' for p in percents)})")
+    if config.corpus != "wikitext2" and not Path(config.corpus).expanduser().is_file():
+        raise UserInputError(f"--corpus {config.corpus!r} is neither wikitext2 nor an existing text file")
+    if config.blimp != "hub" and config.blimp_per_paradigm and not Path(config.blimp).is_dir():
+        raise UserInputError(f"--blimp {config.blimp!r} is neither hub nor a directory of <paradigm>.jsonl files")
+    paradigms = check_paradigms(None if config.blimp_paradigms == "all" else config.blimp_paradigms.split(","))
+    if config.task_path is not None and not Path(config.task_path).is_dir():
+        raise UserInputError(f"--task-path {config.task_path!r} is not a directory of lm-eval task YAML files")
+    tasks = parse_tasks(config.tasks)
+    check_task_names(tasks, config.task_path)
+    revision = _revision(ref, config.revision)
+    return StudyPlan(ref, revision, config.corpus, percents, tasks, paradigms, resolve_device(config.device))
+
+
+def _check_numbers(config: StudyConfig) -> None:
+    checks = [
+        ("wd-tokens", config.wd_tokens >= 2, "at least 2 tokens"),
+        ("ppl-tokens", config.ppl_tokens >= 2, "at least 2 tokens (the matched control needs perplexity)"),
+        ("window", config.window is None or config.window >= 2, "at least 2 tokens"),
+        ("match-tolerance", 0 < config.match_tolerance < 1, "a fraction in (0, 1), e.g. 0.02"),
+        ("match-iterations", config.match_iterations >= 1, "at least 1"),
+        ("match-low", 0 < config.match_low < 100, "a percent in (0, 100)"),
+        ("match-high", config.match_low < config.match_high <= 100, "a percent above --match-low, at most 100"),
+        ("tse-per-case", config.tse_per_case >= 0, "0 or more pairs"),
+        ("blimp-per-paradigm", config.blimp_per_paradigm >= 0, "0 or more pairs"),
+        ("lmeval-limit", config.lmeval_limit >= 0, "0 (all) or more examples"),
+        ("pos-lines", config.pos_lines >= 0, "0 or more lines"),
+        ("layer-groups", config.layer_groups >= 0, "0 (skip) or more groups"),
+        ("group-percent", 0 < config.group_percent <= 100, "a percent in (0, 100]"),
+        ("batch-size", config.batch_size >= 1, "at least 1"),
+        ("memory-budget-gib", config.memory_budget_gib > 0, "a positive number of GiB"),
+        ("retries", config.retries >= 1, "at least 1"),
+        ("threads", config.threads >= 0, "0 (default) or a positive number"),
+    ]
+    for name, ok, accepted in checks:
+        if not ok:
+            raise UserInputError(f"--{name} {getattr(config, name.replace('-', '_'))!r}: expected {accepted}")
+    if config.dtype not in DTYPES:
+        raise UserInputError(f"--dtype {config.dtype!r} is not one of {', '.join(DTYPES)}")
+
+
+def _revision(ref: Any, revision: str | None) -> str | None:
+    if ref.kind in ("gguf", "local_model"):
+        if revision is not None:
+            raise UserInputError(f"--revision {revision!r}: {ref.name!r} is a single local model without revisions")
+        return None
+    if ref.kind == "local_suite" or ref.is_pythia:
+        if revision is not None and not revision.removeprefix("step").isdigit():
+            raise UserInputError(f"--revision {revision!r}: expected a step such as step143000 or 143000")
+        return None if revision is None else f"step{revision.removeprefix('step')}"
+    return revision or "main"
+
+
+class _RevisionSource(HubSource):
+    """A Hub repository at one named revision (a branch, tag or commit), offered as step 0."""
+
+    def __init__(self, ref: Any, revision: str, **options: Any) -> None:
+        super().__init__(ref, **options)
+        self._revision = revision
+
+    def revision(self, step: int) -> str:
+        return self._revision
+
+
+def fetch_model(config: StudyConfig, plan: StudyPlan) -> Checkpoint:
+    """The checkpoint the study runs on (downloaded models are kept in the cache)."""
+    ref = plan.model_ref
+    if ref.kind == "hub":
+        source = _RevisionSource(ref, plan.revision or "main", cache_dir=config.cache_dir,
+                                 retry=RetryPolicy(attempts=config.retries), keep=True)
+        return source.fetch(0)
+    source = open_source(ref)
+    steps = source.available_steps() or [0]
+    step = int(plan.revision.removeprefix("step")) if plan.revision else steps[-1]
+    if step not in steps:
+        raise UserInputError(f"--revision {plan.revision}: {ref.name!r} has steps {', '.join(map(str, steps[-5:]))}...")
+    return source.fetch(step)
+
+
+def provenance(config: StudyConfig, plan: StudyPlan, checkpoint: Checkpoint) -> dict[str, Any]:
+    return {"model": config.model, "model_id": plan.model_ref.location, "revision": checkpoint.revision,
+            "commit": checkpoint.commit, "package_version": __version__, "torch_version": torch.__version__,
+            "config": config_dict(config), "host": platform.node(), "seed": config.seed}
+
+
+def run_study(config: StudyConfig, tagger: Any | None = None) -> StudySummary:
+    """Run (or resume) the study of ``config`` into its cube; ``tagger`` overrides spaCy for POS."""
+    from dynamics.study_run import execute
+
+    return execute(config, plan_study(config), tagger)
