@@ -74,7 +74,7 @@ class StudyConfig:
     cache_dir: str | None = option(None, help="Hugging Face cache directory (default: the hub's own)")
     device: str = option("auto", help="cuda, cuda:N, cpu or auto (CUDA when present)")
     dtype: str = option("float32", help="model weights dtype", choices=list(DTYPES))
-    threads: int = option(0, help="torch CPU threads; 0: torch's default")
+    threads: int = option(0, help="torch CPU threads; 0: auto (1 for models under 50M parameters, else torch's default)")
 
     def analysis(self) -> dict[str, Any]:
         """The settings that make two study cubes comparable (part of the identity)."""

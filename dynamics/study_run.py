@@ -16,6 +16,7 @@ from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows, read_co
 from dynamics.errors import DynamicsError, UserInputError
 from dynamics.lmeval_bridge import probe_tasks
 from dynamics.measures import neuron_wasserstein
+from dynamics.scan_context import _set_threads as set_threads
 from dynamics.study import StudyConfig, StudyPlan, StudySummary, fetch_model, provenance
 from dynamics.study_conditions import (BLOCKS, layer_groups, match_bottom_percent, neuron_sets, static_dataset,
                                        study_units, top_and_random_masks)
@@ -36,8 +37,7 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
     checkpoint = fetch_model(config, plan)
     tokenizer = checkpoint.load_tokenizer()
     model = checkpoint.load_model(device=plan.device, dtype=getattr(torch, config.dtype))
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_threads(config.threads, model)
     from checkpoints.models import mlp_shape
 
     n_layers, _ = mlp_shape(model)
