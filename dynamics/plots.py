@@ -155,8 +155,9 @@ def histogram_steps(steps: Sequence[int], count: int = 3) -> list[int]:
 
 def plot_cube(ds: xr.Dataset, out: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Write every figure the cube has data for; returns the files written."""
-    if ds.sizes.get("step", 0) == 0:
-        raise UserInputError("the cube has no done steps to plot yet")
+    study = ds.attrs.get("cube_kind") == "units"  # a `dynamics ablate` cube: see dynamics/study_plots.py
+    if (not study and ds.sizes.get("step", 0) == 0) or (study and not bool(ds["done"].any())):
+        raise UserInputError(f"the cube has no done {'conditions' if study else 'steps'} to plot yet")
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if bad:
         raise UserInputError(f"figure format {bad[0]!r} is not one of png, pdf, svg")
@@ -164,7 +165,9 @@ def plot_cube(ds: xr.Dataset, out: str | Path, formats: Sequence[str] = ("png", 
     out.mkdir(parents=True, exist_ok=True)
     plt, sns = _pyplot()
     written: list[Path] = []
-    figures = [
+    if study:
+        from dynamics.study_plots import study_figures
+    figures = study_figures(ds, plt, sns) if study else [
         ("cohort_wd", ["wd"], lambda: cohort_wd_figure(ds, plt)),
         ("tse_accuracy", ["tse_acc"], lambda: tse_figure(ds, plt, sns)),
         ("drift", ["drift_ref", "drift_prev"], lambda: drift_figure(ds, plt)),

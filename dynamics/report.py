@@ -59,7 +59,11 @@ def case_table(ds: xr.Dataset) -> str:
 
 
 def report(ds: xr.Dataset) -> str:
-    """The full plain-text report of a scan cube."""
+    """The full plain-text report of a scan cube (or of a study cube, see dynamics.study_report)."""
+    if ds.attrs.get("cube_kind") == "units":
+        from dynamics.study_report import study_report
+
+        return study_report(ds)
     if ds.sizes.get("step", 0) == 0:
         raise UserInputError("the cube has no done steps to report yet")
     attrs = ds.attrs
