@@ -48,18 +48,27 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=4)
-def task_manager(include_path: str | None = None) -> Any:
-    """One lm-eval TaskManager per process (indexing the task registry takes seconds)."""
+def _task_manager(include_path: str | None, defaults: bool) -> Any:
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path) if include_path else TaskManager()
+    return TaskManager(include_path=include_path, include_defaults=defaults) if include_path else TaskManager()
+
+
+def task_manager(include_path: str | None = None, tasks: Sequence[str] = ()) -> Any:
+    """One lm-eval TaskManager per process (indexing the built-in registry takes 10 s or more):
+    only the ``include_path`` tasks when they are all that is asked for, else every task."""
+    if include_path:
+        local = _task_manager(include_path, False)
+        if tasks and all(t in local.all_tasks for t in tasks):
+            return local
+    return _task_manager(include_path, True)
 
 
 def check_task_names(tasks: Sequence[str], include_path: str | None = None) -> None:
     """Reject unknown task names (one line) when lm-eval is installed; no data is fetched."""
     if not tasks or not lm_eval_installed():
         return
-    known = set(task_manager(include_path).all_tasks)
+    known = set(task_manager(include_path, tasks).all_tasks)
     unknown = [t for t in tasks if t not in known]
     if unknown:
         raise UserInputError(f"--tasks: unknown lm-eval task {unknown[0]!r}; e.g. {', '.join(DEFAULT_TASKS[:4])} "
@@ -83,7 +92,7 @@ def probe_tasks(tasks: Sequence[str], include_path: str | None = None) -> TaskPl
         log.warning("%s; skipping the lm-eval tasks %s", MISSING, ", ".join(tasks))
         plan.skipped = {t: MISSING for t in tasks}
         return plan
-    manager = task_manager(include_path)
+    manager = task_manager(include_path, tasks)
     for task in tasks:
         try:
             manager.load([task])
@@ -106,7 +115,7 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], limit: int 
 
     device = str(next(model.parameters()).device)
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-    results = simple_evaluate(model=wrapped, tasks=list(tasks), limit=limit, task_manager=task_manager(include_path),
+    results = simple_evaluate(model=wrapped, tasks=list(tasks), limit=limit, task_manager=task_manager(include_path, tasks),
                               log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
                               torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR")
     table = (results or {}).get("results", {})

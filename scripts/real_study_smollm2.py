@@ -2,7 +2,7 @@
 
 Runs the whole study (WD, top/random/matched sets, every condition, layer groups, lm-eval
 tasks that are skipped offline, POS when spaCy is present) with CPU budgets sized to finish
-in about 15 minutes on a shared 2-core machine, then prints the study report. Data:
+in under 30 minutes on a shared, loaded 2-core machine, then prints the study report. Data:
 ``../shared/data`` (WikiText-2 test, tokenized release; BLiMP .jsonl files) and the built-in
 TSE generator. Sentences are conditioned on ``<|endoftext|>`` (as in the clean real check).
 Re-running resumes: done conditions are skipped.
@@ -30,12 +30,13 @@ def parse_args() -> argparse.Namespace:
     add = parser.add_argument
     add("--model", default=str(gguf), help="the .gguf file (default: %(default)s)")
     add("--out", default="/tmp/smollm2_study.zarr", help="the study cube (default: %(default)s)")
-    add("--tse-per-case", type=int, default=20, help="(default: %(default)s)")
-    add("--blimp-per-paradigm", type=int, default=10, help="(default: %(default)s)")
-    add("--wd-tokens", type=int, default=16384, help="(default: %(default)s)")
-    add("--ppl-tokens", type=int, default=4096, help="(default: %(default)s)")
+    add("--tse-per-case", type=int, default=5, help="(default: %(default)s)")
+    add("--blimp-per-paradigm", type=int, default=3, help="(default: %(default)s)")
+    add("--wd-tokens", type=int, default=8192, help="(default: %(default)s)")
+    add("--ppl-tokens", type=int, default=2048, help="(default: %(default)s)")
     add("--window", type=int, default=512, help="(default: %(default)s)")
-    add("--layer-groups", type=int, default=5, help="(default: %(default)s)")
+    add("--layer-groups", type=int, default=3, help="(default: %(default)s)")
+    add("--percents", default="1,5", help="(default: %(default)s)")
     add("--threads", type=int, default=2, help="(default: %(default)s)")
     return parser.parse_args()
 
@@ -50,7 +51,7 @@ def main() -> None:
     config = StudyConfig(
         model=args.model, out=args.out, corpus=str(SHARED / "wikitext-2" / "test.txt"), window=args.window,
         wd_tokens=args.wd_tokens, ppl_tokens=args.ppl_tokens, tse_per_case=args.tse_per_case,
-        blimp=str(SHARED / "blimp"), blimp_per_paradigm=args.blimp_per_paradigm, layer_groups=args.layer_groups,
+        blimp=str(SHARED / "blimp"), blimp_per_paradigm=args.blimp_per_paradigm, layer_groups=args.layer_groups, percents=args.percents,
         prefix_token="<|endoftext|>", threads=args.threads, lmeval_limit=20,
     )
     start = time.perf_counter()

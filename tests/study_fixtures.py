@@ -65,3 +65,19 @@ def write_blimp(directory: Path, pairs: int = 6) -> Path:
                           "UID": paradigm, "linguistics_term": term, "field": "morphology", "pairID": str(i)}
                 f.write(json.dumps(record) + "\n")
     return directory
+
+
+def write_lm_eval_task(directory: Path, docs: int = 12) -> list[dict]:
+    """A local multiple-choice lm-eval task ``tiny_mc`` (JSON data, no download); returns its docs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stems = [("the cat sat on the", ["mat", "sky", "idea"]), ("a river runs through the", ["valley", "moon", "cup"]),
+             ("she said that the", ["meeting", "tree", "blue"]), ("farmers grow wheat and", ["corn", "cars", "ten"])]
+    rows = [{"question": stems[i % 4][0], "choices": stems[i % 4][1], "label": i % 3} for i in range(docs)]
+    (directory / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (directory / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {directory / 'data.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n", encoding="utf-8")
+    return rows

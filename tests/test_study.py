@@ -17,7 +17,7 @@ from dynamics.syntax.perplexity import perplexity
 from dynamics.syntax.scoring import score_pairs
 from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
 from store import open_cube
-from study_fixtures import BLIMP_TINY, char_tokenizer, save_tiny_model, write_blimp, write_corpus
+from study_fixtures import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
 from tiny_models import N_LAYERS, TINY_FAMILIES, tiny_model
 
 
@@ -91,8 +91,10 @@ def test_every_family_gives_a_complete_study_cube(family_study):
 
 
 def _load(config):
+    from transformers import AutoTokenizer
+
     model = tiny_model_from(config.model)
-    tokenizer = char_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(config.model)  # as the study loads it (some families wrap it)
     windows = load_token_windows(CorpusSpec(source=config.corpus, window=64, token_budget=512), tokenizer)
     return model, tokenizer, windows
 
