@@ -73,7 +73,8 @@ class StudyConfig:
     retries: int = option(4, help="attempts per model download")
     cache_dir: str | None = option(None, help="Hugging Face cache directory (default: the hub's own)")
     device: str = option("auto", help="cuda, cuda:N, cpu or auto (CUDA when present)")
-    dtype: str = option("float32", help="model weights dtype", choices=list(DTYPES))
+    dtype: str = option("auto", help="model weights dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+                        choices=["auto", *DTYPES])
     threads: int = option(0, help="torch CPU threads; 0: auto (1 for models under 50M parameters, else torch's default)")
 
     def analysis(self) -> dict[str, Any]:
@@ -99,6 +100,7 @@ class StudyPlan:
     tasks: tuple[str, ...]
     paradigms: tuple[str, ...]
     device: str
+    dtype: str = "float32"
 
 
 @dataclass
@@ -138,7 +140,9 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     tasks = parse_tasks(config.tasks)
     check_task_names(tasks, config.task_path)
     revision = _revision(ref, config.revision)
-    return StudyPlan(ref, revision, config.corpus, percents, tasks, paradigms, resolve_device(config.device))
+    device = resolve_device(config.device)
+    dtype = config.dtype if config.dtype != "auto" else "bfloat16" if device.startswith("cuda") else "float32"
+    return StudyPlan(ref, revision, config.corpus, percents, tasks, paradigms, device, dtype)
 
 
 def _check_numbers(config: StudyConfig) -> None:
@@ -164,8 +168,8 @@ def _check_numbers(config: StudyConfig) -> None:
     for name, ok, accepted in checks:
         if not ok:
             raise UserInputError(f"--{name} {getattr(config, name.replace('-', '_'))!r}: expected {accepted}")
-    if config.dtype not in DTYPES:
-        raise UserInputError(f"--dtype {config.dtype!r} is not one of {', '.join(DTYPES)}")
+    if config.dtype not in ("auto", *DTYPES):
+        raise UserInputError(f"--dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
 
 
 def _revision(ref: Any, revision: str | None) -> str | None:

@@ -36,7 +36,7 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
     tse, blimp = _benchmarks(config, plan, budgets)  # before any download: a bad BLiMP source fails here
     checkpoint = fetch_model(config, plan)
     tokenizer = checkpoint.load_tokenizer()
-    model = checkpoint.load_model(device=plan.device, dtype=getattr(torch, config.dtype))
+    model = checkpoint.load_model(device=plan.device, dtype=getattr(torch, plan.dtype))
     set_threads(config.threads, model)
     from checkpoints.models import mlp_shape
 
@@ -46,7 +46,7 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
         log.warning("--layer-groups %d: the model has %d layers, using %d groups", config.layer_groups, n_layers, n_layers)
     units = study_units(plan.percents, config.match_percent, len(groups), bool(groups))
     identity = {"model": plan.model_ref.location, "revision": checkpoint.revision, "commit": checkpoint.commit,
-                "corpus": plan.corpus, "analysis": config.analysis(), "units": len(units)}
+                "corpus": plan.corpus, "analysis": config.analysis(), "dtype": plan.dtype, "units": len(units)}
     summary = StudySummary(units=len(units))
     with CubeWriter(config.out, range(len(units)), identity, provenance(config, plan, checkpoint),
                     overwrite=config.overwrite) as cube:
