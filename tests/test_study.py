@@ -163,8 +163,6 @@ def test_the_matched_percent_reproduces_its_recorded_perplexity(family_study):
 
 def test_layer_group_units_ablate_only_their_layers(family_study):
     family, config, _ = family_study
-    if family not in ("llama", "gpt_neox"):
-        pytest.skip("checked on two families; the masks are family-independent")
     ds = open_cube(config.out)
     model, tokenizer, _ = _load(config)
     top = torch.from_numpy(ds["top_mask"].sel(percent=10.0).values)

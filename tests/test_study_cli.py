@@ -208,3 +208,22 @@ def test_lm_eval_scores_the_ablated_model(data, tmp_path):
             stored = ds.sel(condition=condition, percent=10.0, task="tiny_mc")
             assert float(stored["lmeval_acc"]) == pytest.approx(acc) and float(stored["lmeval_acc_norm"]) == pytest.approx(norm)
     assert not np.allclose(expected["clean"], expected["both_top"])  # the hook is live inside lm-eval's forward passes
+
+
+def test_help_lists_every_study_option_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ablate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0
+    for expected in ("--percents PERCENTS", "(default: 0.5,1,2,5)", "--match-tolerance", "(default: 0.02)",
+                     "--layer-groups", "(default: 8)", "--lmeval-limit", "(default: 100)", "--full"):
+        assert expected in text
+
+
+def test_full_lifts_every_budget_and_limit_zero_means_all():
+    from dynamics.study import StudyConfig
+
+    assert StudyConfig(model="m", out="o.zarr", full=True).budgets() == {
+        "tse_per_case": None, "blimp_per_paradigm": None, "ppl_tokens": None, "lmeval_limit": None}
+    assert StudyConfig(model="m", out="o.zarr", lmeval_limit=0).budgets() == {
+        "tse_per_case": 50, "blimp_per_paradigm": 50, "ppl_tokens": 16384, "lmeval_limit": None}
