@@ -51,7 +51,9 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
             are fill values (NaN for floats).
 
     The dataset has a ``status`` coordinate along ``step`` (``done``/``failed``/``pending``)
-    and the cube's provenance in ``attrs``.
+    and the cube's provenance in ``attrs``. A study cube (``dynamics ablate``) comes back as
+    labelled arrays instead (``tse_acc[condition, percent, tse_case]``...; see
+    :mod:`store.units`), NaN where a condition is not done; ``include_pending`` is ignored.
     """
     path = Path(path)
     if not (path / "zarr.json").is_file():
