@@ -70,7 +70,7 @@ def main() -> None:
     passes = -(-args.layers // args.layers_per_pass)
     print(f"GPT-NeoX {args.layers} layers, d_model {args.d_model}, {n_tokens} tokens, {args.layers_per_pass} "
           f"layer(s) per pass ({passes} passes), torch threads {torch.get_num_threads()}, best of {args.repeats}")
-    print(f"| method | seconds | speed-up |\n|---|---:|---:|")
+    print("| method | seconds | speed-up |\n|---|---:|---:|")
     print(f"| re-run earlier blocks every pass (baseline) | {best[False]:.2f} | 1.00x |")
     print(f"| resume from the stored residual stream | {best[True]:.2f} | {best[False] / best[True]:.2f}x |")
     print(f"captures bit-identical: {identical}")
