@@ -51,9 +51,11 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
             are fill values (NaN for floats).
 
     The dataset has a ``status`` coordinate along ``step`` (``done``/``failed``/``pending``)
-    and the cube's provenance in ``attrs``. A study cube (``dynamics ablate``) comes back as
-    labelled arrays instead (``tse_acc[condition, percent, tse_case]``...; see
-    :mod:`store.units`), NaN where a condition is not done; ``include_pending`` is ignored.
+    and the cube's provenance in ``attrs``. Arrays are read lazily as NumPy, whether or not
+    dask is installed (``ds.chunk()`` turns them into dask arrays when wanted). A study cube
+    (``dynamics ablate``) comes back as labelled arrays instead (``tse_acc[condition,
+    percent, tse_case]``...; see :mod:`store.units`), NaN where a condition is not done;
+    ``include_pending`` is ignored.
     """
     path = Path(path)
     if not (path / "zarr.json").is_file():
@@ -62,9 +64,9 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
     if "extending" in attrs:
         _repair_interrupted_extension(path)
     try:
-        ds = xr.open_zarr(path, consolidated=True)
+        ds = xr.open_zarr(path, consolidated=True, chunks=None)
     except (ValueError, KeyError):  # consolidated metadata absent: fall back to listing the store
-        ds = xr.open_zarr(path, consolidated=False)
+        ds = xr.open_zarr(path, consolidated=False, chunks=None)
     records = ds.attrs.get("steps", {})
     status = np.array([records.get(str(int(s)), {}).get("status", PENDING) for s in ds["step"].values])
     ds = ds.assign_coords(status=("step", status))
@@ -182,7 +184,7 @@ class CubeWriter:
 
     def read_static(self) -> xr.Dataset | None:
         """The static variables (no ``step`` dimension), or None before they are written."""
-        with xr.open_zarr(self.path, consolidated=False) as stored:
+        with xr.open_zarr(self.path, consolidated=False, chunks=None) as stored:
             names = [n for n, v in stored.data_vars.items() if "step" not in v.dims]
             return stored[names].load() if names else None
 
@@ -239,7 +241,7 @@ class CubeWriter:
 
     def _ensure_variables(self, result: xr.Dataset) -> None:
         """Pre-allocate, for every step, the variables this result brings for the first time."""
-        with xr.open_zarr(self.path, consolidated=False) as stored:
+        with xr.open_zarr(self.path, consolidated=False, chunks=None) as stored:
             missing = [v for v in result.data_vars if v not in stored.variables]
             for name, coord in result.coords.items():
                 if name != "step" and name in stored.coords and not np.array_equal(stored[name].values, coord.values):
@@ -269,7 +271,7 @@ class CubeWriter:
             return
         n_old = len(self.stored_steps())
         self._update_attrs(extending={"from": n_old})
-        with xr.open_zarr(self.path, consolidated=False) as stored:
+        with xr.open_zarr(self.path, consolidated=False, chunks=None) as stored:
             stepped = {n: v for n, v in stored.data_vars.items() if "step" in v.dims}
             variables = {
                 n: (v.dims, np.broadcast_to(_fill_value(v.dtype), (len(new_steps), *v.shape[1:])))
