@@ -11,6 +11,7 @@ recorded as NaN with the reason; the study goes on. Availability is probed once 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,11 +29,7 @@ MISSING = "lm-eval is not installed (pip install 'wasserstein-dynamics[lmeval]')
 
 
 def lm_eval_installed() -> bool:
-    try:
-        import lm_eval  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("lm_eval") is not None
 
 
 def parse_tasks(spec: str) -> tuple[str, ...]:

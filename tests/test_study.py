@@ -13,12 +13,13 @@ from dynamics.cohort import bisect_to_target, bottom_percent_mask, random_contro
 from dynamics.corpus import CorpusSpec, load_token_windows
 from dynamics.study import StudyConfig, run_study
 from dynamics.syntax.blimp import blimp_accuracy, load_blimp
+from dynamics.syntax.pairs import stratified_sample
 from dynamics.syntax.perplexity import perplexity
 from dynamics.syntax.scoring import score_pairs
 from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
 from store import open_cube
 from study_fixtures import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
-from tiny_models import N_LAYERS, TINY_FAMILIES, tiny_model
+from tiny_models import N_LAYERS, TINY_FAMILIES
 
 
 def study_config(model_dir, out, data, **overrides) -> StudyConfig:
@@ -121,8 +122,16 @@ def test_clean_and_ablated_values_equal_direct_computations(family_study):
         with ablate(model, top, mode="positive"):
             ablated_ppl = perplexity(model, ppl_windows, progress=False)
         assert float(ds["ppl"].sel(condition="pos_top", percent=10.0)) == pytest.approx(ablated_ppl, rel=1e-6)
-    stored = {p.case for p in blimp}
-    assert set(ds["blimp_paradigm"].values.tolist()) == stored
+    sample = stratified_sample({p: {"": [x for x in blimp if x.case == p]} for p in BLIMP_TINY}, 2, seed=0)
+    pairs = [x for p in BLIMP_TINY for x in sample[p][""]]
+    with torch.inference_mode():
+        correct = score_pairs(model, tokenizer, pairs, group_by="case", keep_pairs=True, progress=False).correct
+    expected = blimp_accuracy(pairs, correct)
+    clean = ds.sel(condition="clean", percent=5.0)
+    assert float(clean["blimp_acc_all"]) == pytest.approx(expected.overall)
+    assert clean["blimp_acc"].values.tolist() == pytest.approx([expected.per_paradigm[p] for p in BLIMP_TINY])
+    assert clean["blimp_term_acc"].values.tolist() == pytest.approx(
+        [expected.per_term[t] for t in ds["blimp_phenomenon"].values])
 
 
 def test_neuron_sets_follow_the_stored_wd(family_study):

@@ -13,7 +13,6 @@ from dynamics.ablation import ablate
 from dynamics.cli import main
 from dynamics.errors import CubeError
 from dynamics.lmeval_bridge import MISSING, lm_eval_installed, probe_tasks
-from dynamics.plots import plot_cube
 from dynamics.report import report
 from dynamics.study import run_study
 from dynamics.syntax.pos import excess_surprisal, pos_surprisal
