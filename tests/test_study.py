@@ -116,6 +116,8 @@ def test_clean_and_ablated_values_equal_direct_computations(family_study):
     with torch.inference_mode():
         direct = score_pairs(model, tokenizer, tse, group_by="case", progress=False)
         assert float(ds["tse_acc_all"].sel(condition="clean", percent=5.0)) == pytest.approx(direct.overall_accuracy)
+        np.testing.assert_allclose(ds["tse_margin"].sel(condition="clean", percent=5.0).values,
+                                   [direct.margin[direct.groups.index(c)] for c in TSE_CASES], rtol=1e-6)
         assert float(ds["ppl"].sel(condition="clean", percent=5.0)) == pytest.approx(
             perplexity(model, ppl_windows, progress=False), rel=1e-6)
         top = torch.from_numpy(ds["top_mask"].sel(percent=10.0).values)
