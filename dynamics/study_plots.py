@@ -74,12 +74,19 @@ def layer_group_figure(ds: xr.Dataset, plt) -> object:
         if name in ds:
             clean = float(ds[name].sel(condition="clean").max())
             ax.axhline(clean, color="0.4", ls=":", lw=1, label="clean")
-        ax.set_xlabel("layer group (first layers left)")
+        ax.set_xlabel("layer group (layers)")
         ax.set_ylabel(label)
-        ax.set_xticks(groups)
+        ax.set_xticks(groups, [_group_label(ds, g) for g in groups])
         ax.legend(fontsize=8)
     fig.suptitle("Negative ablation of the top-WD neurons by layer group")
     return fig
+
+
+def _group_label(ds: xr.Dataset, group: int) -> str:
+    if "layer_group_of" not in ds:
+        return str(group)
+    layers = np.flatnonzero(ds["layer_group_of"].values == group)
+    return f"{group}\n({layers[0]}-{layers[-1]})" if len(layers) else str(group)
 
 
 def study_figures(ds: xr.Dataset, plt, sns) -> list[tuple[str, list[str], Callable[[], object]]]:

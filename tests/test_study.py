@@ -12,6 +12,7 @@ from dynamics.ablation import ablate
 from dynamics.cohort import bisect_to_target, bottom_percent_mask, random_control_mask, top_percent_mask
 from dynamics.corpus import CorpusSpec, load_token_windows
 from dynamics.study import StudyConfig, run_study
+from dynamics.study_conditions import layer_groups
 from dynamics.syntax.blimp import blimp_accuracy, load_blimp
 from dynamics.syntax.pairs import stratified_sample
 from dynamics.syntax.perplexity import perplexity
@@ -66,6 +67,12 @@ def test_bisection_reports_an_unreachable_target_honestly():
     capped = bisect_to_target(lambda x: x, 37.3, 0.0, 100.0, tolerance=1e-9, max_iterations=3)
     assert not capped.converged and len(capped.trials) == 5 and "after 3 iterations" in capped.reason
     assert capped.argument == 37.5  # the closest of 0, 100, 50, 25, 37.5
+
+
+def test_layer_groups_are_consecutive_and_at_most_one_per_layer():
+    assert layer_groups(30, 8) == [list(range(0, 4)), list(range(4, 8)), list(range(8, 12)), list(range(12, 16)),
+                                   list(range(16, 20)), list(range(20, 24)), list(range(24, 27)), list(range(27, 30))]
+    assert layer_groups(3, 8) == [[0], [1], [2]]
 
 
 # ---------------------------------------------------------------------------- end to end
