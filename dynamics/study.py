@@ -135,6 +135,11 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     if config.blimp != "hub" and config.blimp_per_paradigm and not Path(config.blimp).is_dir():
         raise UserInputError(f"--blimp {config.blimp!r} is neither hub nor a directory of <paradigm>.jsonl files")
     paradigms = check_paradigms(None if config.blimp_paradigms == "all" else config.blimp_paradigms.split(","))
+    if config.blimp != "hub" and (config.blimp_per_paradigm or config.full):
+        missing = [p for p in paradigms if not (Path(config.blimp) / f"{p}.jsonl").is_file()]
+        if missing:
+            raise UserInputError(f"--blimp {config.blimp!r} has no {missing[0]}.jsonl ({len(missing)} of "
+                                 f"{len(paradigms)} paradigms missing); choose them with --blimp-paradigms")
     if config.task_path is not None and not Path(config.task_path).is_dir():
         raise UserInputError(f"--task-path {config.task_path!r} is not a directory of lm-eval task YAML files")
     tasks = parse_tasks(config.tasks)

@@ -24,6 +24,7 @@ from dynamics.study_measure import StudyInputs, measure_unit, pos_table
 from dynamics.syntax.blimp import load_blimp
 from dynamics.syntax.pairs import stratified_sample
 from dynamics.syntax.perplexity import perplexity
+from dynamics.syntax.scoring import prefix_token_id
 from dynamics.syntax.tse import sample_tse, tse_pairs
 from store.cube import CubeWriter
 from store.units import unit_attrs, write_unit_attrs
@@ -36,6 +37,8 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
     tse, blimp = _benchmarks(config, plan, budgets)  # before any download: a bad BLiMP source fails here
     checkpoint = fetch_model(config, plan)
     tokenizer = checkpoint.load_tokenizer()
+    if config.prefix:
+        prefix_token_id(tokenizer, config.prefix_token)  # an unknown --prefix-token fails now, not after WD
     model = checkpoint.load_model(device=plan.device, dtype=getattr(torch, plan.dtype))
     set_threads(config.threads, model)
     from checkpoints.models import mlp_shape

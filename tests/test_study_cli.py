@@ -92,13 +92,23 @@ def test_a_different_analysis_is_refused_on_the_same_cube(data, tmp_path):
     (["--blimp", "/no/such/dir"], "--blimp '/no/such/dir' is neither hub nor a directory"),
     (["--revision", "step5"], "--revision 'step5':"),
     (["--blimp-paradigms", "nope"], "unknown BLiMP paradigm 'nope'"),
+    (["--blimp", "BLIMP_DIR"], "has no adjunct_island.jsonl (65 of 67 paradigms missing); choose them with"),
     (["--tasks", ","], "--tasks ',': expected comma-separated lm-eval task names"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_is_written(data, tmp_path, capsys, args, message):
     out = tmp_path / "bad.zarr"
+    args = [str(data / "blimp") if a == "BLIMP_DIR" else a for a in args]
     code = main(["ablate", "--model", str(data / "llama"), "--out", str(out), *args])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err and err.startswith("dynamics ablate: error: ")
+    assert not out.exists()
+
+
+def test_an_unknown_prefix_token_is_refused_before_the_cube_is_made(data, tmp_path, capsys):
+    out = tmp_path / "p.zarr"
+    assert main(["ablate", "--model", str(data / "llama"), "--out", str(out), "--prefix-token", "<s>",
+                 "--blimp-per-paradigm", "0", "--corpus", str(data / "corpus.txt"), "--tasks", "none"]) == 2
+    assert "prefix token '<s>' is not in the tokenizer's vocabulary" in capsys.readouterr().err
     assert not out.exists()
 
 
