@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
+from tqdm.auto import tqdm
 
 from dynamics.cohort import BisectionResult, bisect_to_target, bottom_percent_mask, random_control_mask, top_percent_mask
 
@@ -129,13 +130,17 @@ def match_bottom_percent(wd: np.ndarray, ablated_ppl: Callable[[torch.Tensor], f
                          high: float, tolerance: float, max_iterations: int) -> tuple[np.ndarray, BisectionResult]:
     """The bottom-``m``% WD mask whose negative ablation matches ``target`` perplexity."""
     scores = _scores(wd)
+    bar = tqdm(total=max_iterations + 2, desc="matched control", unit="trial", dynamic_ncols=True)
 
     def perplexity_at(m: float) -> float:
         value = ablated_ppl(bottom_percent_mask(scores, m))
         log.info("matched control: bottom %.4g%% -> perplexity %.4f (target %.4f)", m, value, target)
+        bar.set_postfix_str(f"m {m:.3g}% ppl {value:.4g} target {target:.4g}")
+        bar.update()
         return value
 
-    result = bisect_to_target(perplexity_at, target, low, high, tolerance, max_iterations)
+    with bar:
+        result = bisect_to_target(perplexity_at, target, low, high, tolerance, max_iterations)
     if not result.converged:
         log.warning("matched control not found: %s; keeping the closest, m = %.4g%%", result.reason, result.argument)
     return bottom_percent_mask(scores, result.argument).numpy(), result
