@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """Everything `dynamics ablate` needs; the CLI is generated from these fields."""
+    """`dynamics ablate`: WD of every neuron, the top-WD sets and their random and perplexity-matched
+    controls ablated by sign, scored on TSE, BLiMP, perplexity, lm-eval tasks and POS surprisal,
+    into a resumable cube (one unit per condition)."""
 
     model: str = option(help="Hub id, Pythia alias, local directory, local suite or .gguf file", flag="-m")
     out: str = option(help="the study cube to create or resume (a .zarr directory)", flag="-o")
