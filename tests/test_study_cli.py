@@ -236,3 +236,29 @@ def test_full_lifts_every_budget_and_limit_zero_means_all():
         "tse_per_case": None, "blimp_per_paradigm": None, "ppl_tokens": None, "lmeval_limit": None}
     assert StudyConfig(model="m", out="o.zarr", lmeval_limit=0).budgets() == {
         "tse_per_case": 50, "blimp_per_paradigm": 50, "ppl_tokens": 16384, "lmeval_limit": None}
+
+
+def test_a_hub_model_is_studied_at_its_main_revision_from_an_offline_cache(data, tmp_path):
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "models--someone--tiny-llama"
+    shutil.copytree(data / "llama", repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    config = study_config("someone/tiny-llama", tmp_path / "hub.zarr", data, percents="10", layer_groups=0,
+                          tse_per_case=0, blimp_per_paradigm=0, cache_dir=str(tmp_path / "hf"))
+    assert run_study(config).done == list(range(6))
+    ds = open_cube(config.out)
+    assert ds.attrs["provenance"]["revision"] == "main" and ds.attrs["provenance"]["commit"] == commit
+    assert ds.attrs["identity"]["model"] == "someone/tiny-llama" and ds.attrs["identity"]["commit"] == commit
+    assert (repo / "snapshots" / commit).is_dir()  # a study keeps the model it downloaded or found
+    local = open_cube(run_local(data, tmp_path))
+    np.testing.assert_allclose(ds["ppl"].values, local["ppl"].values, rtol=1e-9)
+
+
+def run_local(data, tmp_path):
+    config = study_config(data / "llama", tmp_path / "local.zarr", data, percents="10", layer_groups=0,
+                          tse_per_case=0, blimp_per_paradigm=0)
+    run_study(config)
+    return config.out
