@@ -66,6 +66,8 @@ def assemble_units(ds: xr.Dataset, status: np.ndarray) -> xr.Dataset:
     parts = [static.drop_vars([c for c in static.coords if "step" in static[c].dims], errors="ignore")]
     for name, block in blocks.items():
         members = [(int(s), units[int(s)]) for s in ds["step"].values if units[int(s)]["block"] == name]
+        if not members:  # e.g. a study without layer groups: no empty arrays
+            continue
         parts.append(_assemble_block(ds, block, members, status, list(ds["step"].values)))
     out = xr.merge(parts, compat="no_conflicts", join="outer", combine_attrs="drop")
     out.attrs = dict(ds.attrs)

@@ -172,6 +172,7 @@ def test_report_and_plot_of_a_study_cube(pos_study, tmp_path, capsys):
     assert float(row.split()[4]) == pytest.approx(float(ds["tse_acc_all"].sel(condition="neg_top", percent=10.0)),
                                                   abs=1e-3)
     assert "lm-eval tasks skipped: arc_easy" in text and "POS excess surprisal" in text
+    assert "group_tse_acc" not in ds and "layer_group" not in ds.dims  # --layer-groups 0: no empty block
     assert main(["plot", pos_study.out, "--out", str(tmp_path / "figs"), "--formats", "png"]) == 0
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())
     assert names == ["study_blimp_phenomena.png", "study_conditions.png"]  # no layer groups in this study
