@@ -34,6 +34,7 @@ import xarray as xr
 import zarr
 
 from dynamics.errors import CubeError, CubeLockedError
+from store.derived import add_derived
 from store.lock import WriterLock
 
 CUBE_FORMAT = 1
@@ -51,7 +52,8 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
             are fill values (NaN for floats).
 
     The dataset has a ``status`` coordinate along ``step`` (``done``/``failed``/``pending``)
-    and the cube's provenance in ``attrs``.
+    and the cube's provenance in ``attrs``. Variables the cube declares as derived
+    (:mod:`store.derived`) are computed from the done steps, lazily.
     """
     path = Path(path)
     if not (path / "zarr.json").is_file():
@@ -65,10 +67,14 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
         ds = xr.open_zarr(path, consolidated=False)
     records = ds.attrs.get("steps", {})
     status = np.array([records.get(str(int(s)), {}).get("status", PENDING) for s in ds["step"].values])
-    ds = ds.assign_coords(status=("step", status))
+    ds = ds.assign_coords(status=("step", status)).sortby("step")
+    done = add_derived(ds.isel(step=np.flatnonzero(ds["status"].values == DONE)),
+                       attrs.get("identity", {}).get("derived", {}))
     if not include_pending:
-        ds = ds.isel(step=np.flatnonzero(status == DONE))
-    return ds.sortby("step")
+        return done
+    derived = [name for name in done.data_vars if name not in ds.data_vars]
+    fill = {name: -1 if done[name].dtype.kind == "i" else np.nan for name in derived}
+    return ds.merge(done[derived].reindex(step=ds["step"], fill_value=fill))
 
 
 class CubeWriter:
