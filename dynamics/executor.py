@@ -37,6 +37,7 @@ from dynamics.errors import DynamicsError, UserInputError
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT = "20s"  # how long to wait for a scheduler to answer
 _ADDRESS = re.compile(r"^((tcp|tls|ucx|ucxx|ws|wss|inproc)://)?[^\s/:]+(:\d+)?$")
 
 
@@ -131,7 +132,7 @@ class SerialExecutor:
                 except Exception as exc:  # reported, not raised: the caller records failures
                     error = one_line(exc)
                     if attempt <= self.settings.task_retries:
-                        log.warning("%s %s failed (%s); running it again", name, unit, error)
+                        log.info("%s %s failed (%s); running it again", name, unit, error)
                         continue
                     yield Completed(unit, error=error, attempts=attempt)
                 else:
@@ -168,9 +169,9 @@ class DaskExecutor:
             return self._stack.enter_context(Client(cluster))
         try:
             if _is_scheduler_file(scheduler):
-                client = Client(scheduler_file=str(Path(scheduler).expanduser()), timeout="20s")
+                client = Client(scheduler_file=str(Path(scheduler).expanduser()), timeout=CONNECT_TIMEOUT)
             else:
-                client = Client(scheduler, timeout="20s")
+                client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise UserInputError(f"--scheduler {scheduler!r}: no Dask scheduler answered ({one_line(exc)}); "
                                  "start one with `dask scheduler` or use --scheduler local") from None
@@ -199,7 +200,7 @@ class DaskExecutor:
                     continue
                 error = one_line(future.exception()) if future.status == "error" else f"task {future.status}"
                 if attempt <= self.settings.task_retries:
-                    log.warning("%s %s failed (%s); submitting it again", name, unit, error)
+                    log.info("%s %s failed (%s); submitting it again", name, unit, error)
                     queue.add(submit(unit, attempt + 1))
                 else:
                     yield Completed(unit, error=error, attempts=attempt)
@@ -224,9 +225,9 @@ def _local_cluster(workers: int, resources: dict[str, float]) -> Any:
                         "pip install dask-cuda for one worker per GPU")
         else:
             return LocalCUDACluster(n_workers=workers or gpus, threads_per_worker=1, resources=resources or {"GPU": 1},
-                                    dashboard_address=None, silence_logs=logging.WARNING)
+                                    dashboard_address=":0", silence_logs=logging.WARNING)
     return LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, resources=resources or None,
-                        dashboard_address=None, silence_logs=logging.WARNING)
+                        dashboard_address=":0", silence_logs=logging.WARNING)
 
 
 class open_executor:  # noqa: N801 - used like a function: `with open_executor(settings) as pool`

@@ -102,10 +102,15 @@ def drift_figure(ds: xr.Dataset, plt) -> object:
     for ax, name, title in ((axes[0], "drift_ref", "against the reference step"),
                             (axes[1], "drift_prev", "against the previous scanned step")):
         drift = ds[name]
-        ax.plot(steps, drift.mean(("layer", "neuron")), color="0.4", marker="o", ms=3, label="all neurons")
-        for mask, color, label in (("cohort", "C3", "cohort"), ("random_control", "C0", "random control")):
-            if mask in ds:
-                ax.plot(steps, drift.where(ds[mask]).mean(("layer", "neuron")), color=color, marker="o", ms=3, label=label)
+        for mask, color, label in (("all", "0.4", "all neurons"), ("cohort", "C3", "cohort"),
+                                   ("random_control", "C0", "random control")):
+            if "member" in drift.dims:  # drift_prev: only the cohort and control neurons are tracked
+                mean = drift.where(ds["member_set"] == mask).mean("member") if mask != "all" else None
+            else:
+                mean = drift.mean(("layer", "neuron")) if mask == "all" else drift.where(ds[mask]).mean(("layer", "neuron")) \
+                    if mask in ds else None
+            if mean is not None:
+                ax.plot(steps, mean, color=color, marker="o", ms=3, label=label)
         _step_axis(ax)
         ax.set_ylabel("1 - cosine similarity of input weights")
         ax.set_title(f"Weight drift {title}")

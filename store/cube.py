@@ -61,20 +61,28 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
     attrs = _read_attrs(path)
     if "extending" in attrs:
         _repair_interrupted_extension(path)
-    try:
-        ds = xr.open_zarr(path, consolidated=True)
-    except (ValueError, KeyError):  # consolidated metadata absent: fall back to listing the store
-        ds = xr.open_zarr(path, consolidated=False)
+    ds = _open_lazily(path, chunks=None)  # numpy-backed, loaded on access (whole-array reductions work)
     records = ds.attrs.get("steps", {})
     status = np.array([records.get(str(int(s)), {}).get("status", PENDING) for s in ds["step"].values])
     ds = ds.assign_coords(status=("step", status)).sortby("step")
-    done = add_derived(ds.isel(step=np.flatnonzero(ds["status"].values == DONE)),
-                       attrs.get("identity", {}).get("derived", {}))
+    declared = attrs.get("identity", {}).get("derived", {})
+    done = ds.isel(step=np.flatnonzero(ds["status"].values == DONE))
+    if declared:  # derived from dask-backed sources, so a big cube opens without reading them
+        sources = _open_lazily(path, chunks={}).assign_coords(status=ds["status"]).sortby("step")
+        derived = add_derived(sources.isel(step=np.flatnonzero(sources["status"].values == DONE)), declared)
+        done = done.assign({name: derived[name] for name in derived.data_vars if name not in done.data_vars})
     if not include_pending:
         return done
     derived = [name for name in done.data_vars if name not in ds.data_vars]
     fill = {name: -1 if done[name].dtype.kind == "i" else np.nan for name in derived}
-    return ds.merge(done[derived].reindex(step=ds["step"], fill_value=fill))
+    return ds.assign({name: done[name].reindex(step=ds["step"], fill_value=fill[name]) for name in derived})
+
+
+def _open_lazily(path: Path, chunks: dict | None) -> xr.Dataset:
+    try:
+        return xr.open_zarr(path, consolidated=True, chunks=chunks)
+    except (ValueError, KeyError):  # consolidated metadata absent: fall back to listing the store
+        return xr.open_zarr(path, consolidated=False, chunks=chunks)
 
 
 class CubeWriter:

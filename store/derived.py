@@ -32,7 +32,10 @@ def cosine_to_previous_step(values: xr.DataArray, over: str) -> tuple[xr.DataArr
     if over not in values.dims or values.dims[0] != "step":
         raise CubeError(f"cannot derive a cosine over {over!r} from {values.name!r} with dims {values.dims}")
     current = values.astype("float64")
-    previous = current.shift(step=1)
+    n = current.sizes["step"]
+    # Index with the step before (not .shift, which dask cannot do on one step); the first has none.
+    previous = current.isel(step=np.r_[0, np.arange(n - 1)][:n]).assign_coords(step=current["step"])
+    previous = previous.where(xr.DataArray(np.arange(n) > 0, dims="step", coords={"step": current["step"]}))
     dot = (current * previous).sum(over, skipna=False)
     norms = np.sqrt((current**2).sum(over, skipna=False) * (previous**2).sum(over, skipna=False))
     cosine = (dot / norms.where(norms > 0)).clip(-1.0, 1.0)

@@ -1,0 +1,145 @@
+"""The Dask executor: the same cube as the serial one, worker deaths, failing steps, bad options."""
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from dynamics.cli import main
+from dynamics.scan import ScanConfig, run_scan
+from store import open_cube
+
+from conftest import FAST_SCAN as FAST
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+
+TIMING_FIELDS = {"written", "host", "seconds"}
+
+
+class KillFirstStepWorker(WorkerPlugin):
+    """Kill the worker process that starts the first step task (once per marker file)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def transition(self, key, start, finish, **kwargs):  # noqa: ANN001 - dask's hook signature
+        if finish == "executing" and str(key).startswith("step-"):
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os._exit(1)  # mid-task, like a node that disappears
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two worker processes, one thread each; a task is retried once after its worker dies."""
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                         silence_logs=logging.ERROR) as local, Client(local) as client:
+        yield client
+
+
+def markers(path: Path) -> dict[str, dict]:
+    steps = open_cube(path, include_pending=True).attrs["steps"]
+    return {s: {k: v for k, v in r.items() if k not in TIMING_FIELDS} for s, r in steps.items()}
+
+
+def assert_same_cube(a: Path, b: Path) -> None:
+    x, y = open_cube(a), open_cube(b)
+    names = sorted(set(x.data_vars) - {"seconds"})
+    assert names == sorted(set(y.data_vars) - {"seconds"})
+    assert "drift_prev" in names and "cohort_weights" in names
+    for name in names:
+        np.testing.assert_array_equal(x[name].values, y[name].values, err_msg=name)
+    for name in x.coords:
+        np.testing.assert_array_equal(x[name].values, y[name].values, err_msg=name)
+
+
+def test_dask_cube_equals_the_serial_cube_with_a_worker_killed_mid_run(cluster, full_cube, tiny_suite, tmp_path):
+    marker = tmp_path / "killed"
+    cluster.register_plugin(KillFirstStepWorker(str(marker)), name="kill-first-step")
+    before = set(cluster.scheduler_info()["workers"])
+    out = tmp_path / "dask.zarr"
+    try:
+        summary = run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="all", stepwise=True, executor="dask",
+                                      scheduler=cluster.scheduler.address, **FAST))
+    finally:
+        cluster.unregister_worker_plugin("kill-first-step")
+    assert marker.exists()
+    assert before - set(cluster.scheduler_info()["workers"])  # that worker is gone (its nanny started a new one)
+    assert summary.done == [0, 1, 2, 4, 8] and not summary.failed
+    assert_same_cube(full_cube, out)
+    assert markers(full_cube) == markers(out)
+
+
+def test_a_step_that_always_fails_is_retried_then_recorded(cluster, full_cube, tiny_suite, tmp_path):
+    suite = tmp_path / "suite"
+    shutil.copytree(tiny_suite, suite)
+    (suite / "step4" / "model.safetensors").write_bytes(b"truncated")
+    out = tmp_path / "failing.zarr"
+    summary = run_scan(ScanConfig(model=str(suite), out=str(out), steps="all", stepwise=True, executor="dask",
+                                  scheduler=cluster.scheduler.address, task_retries=2, **FAST))
+    assert summary.done == [0, 1, 2, 8] and summary.failed == [4]
+    record = open_cube(out, include_pending=True).attrs["steps"]["4"]
+    assert record["status"] == "failed" and record["task_attempts"] == 3
+    assert record["error"].startswith("step 4: cannot load the model from")
+    done = open_cube(out)
+    np.testing.assert_array_equal(done["wd"].values, open_cube(full_cube)["wd"].sel(step=[0, 1, 2, 8]).values)
+    assert done["drift_prev_from"].values.tolist() == [-1, 0, 1, 2]
+
+
+def test_serial_retries_a_failing_step_the_same_way(full_cube, tiny_suite, tmp_path):
+    suite = tmp_path / "suite"
+    shutil.copytree(tiny_suite, suite)
+    (suite / "step1" / "model.safetensors").write_bytes(b"truncated")
+    out = tmp_path / "failing.zarr"
+    summary = run_scan(ScanConfig(model=str(suite), out=str(out), steps="0,1,2", reference_step=8, task_retries=1, **FAST))
+    assert summary.done == [0, 2] and summary.failed == [1]
+    assert open_cube(out, include_pending=True).attrs["steps"]["1"]["task_attempts"] == 2
+
+
+def test_scheduler_local_starts_its_own_cluster(full_cube, tiny_suite, tmp_path):
+    out = tmp_path / "local.zarr"
+    summary = run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="0,4,8", stepwise=True, executor="dask",
+                                  scheduler="local", workers=1, **FAST))
+    assert summary.done == [0, 4, 8]
+    x, y = open_cube(full_cube).sel(step=[0, 4, 8]), open_cube(out)
+    for name in ("wd", "drift_ref", "cohort_weights", "tse_acc", "ppl"):
+        np.testing.assert_array_equal(x[name].values, y[name].values, err_msg=name)
+    assert y["drift_prev_from"].values.tolist() == [-1, 0, 4]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--scheduler", "not an address"], "--scheduler 'not an address' is neither local, an address like tcp://host:8786"),
+        (["--workers", "-1"], "--workers -1: expected 0 (auto) or a positive number of workers"),
+        (["--task-retries", "-2"], "--task-retries -2: expected 0 or more"),
+        (["--resources", "GPU"], "--resources 'GPU': expected NAME=AMOUNT[,NAME=AMOUNT] with positive amounts"),
+        (["--executor", "ray"], "invalid choice: 'ray'"),
+        (["--scheduler", "tcp://127.0.0.1:9"], "--scheduler 'tcp://127.0.0.1:9': no Dask scheduler answered"),
+    ],
+)
+def test_bad_executor_options_are_one_line_before_anything_is_written(tiny_suite, tmp_path, args, message, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setattr("dynamics.executor.CONNECT_TIMEOUT", "1s")
+    out = tmp_path / "never.zarr"
+    try:
+        code = main(["scan", "-m", str(tiny_suite), "-o", str(out), "--executor", "dask", *args])
+    except SystemExit as exit_:  # argparse rejects bad choices itself
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
