@@ -220,8 +220,9 @@ def _measure_all(pool: Any, spec: Any, todo: list[int], cube: CubeWriter, summar
     """Fan the steps out; write each result as it completes, in any order."""
     from dynamics.scan_context import StepTask, measure_step
 
-    serial = spec.config.executor == "serial"  # one worker, in order: it can fetch the next step while measuring
-    tasks = [StepTask(step, todo[i + 1] if serial and i + 1 < len(todo) else None) for i, step in enumerate(todo)]
+    # Serially one worker takes the steps in order, so it can fetch the next one while measuring this one.
+    ahead = spec.config.executor == "serial" and spec.config.prefetch
+    tasks = [StepTask(step, todo[i + 1] if ahead and i + 1 < len(todo) else None) for i, step in enumerate(todo)]
     bar = tqdm(total=len(todo), desc=f"scan {spec.config.model}", unit="step", dynamic_ncols=True)
     results = pool.map(partial(measure_step, spec), tasks, name="step")
     try:
