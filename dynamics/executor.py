@@ -160,6 +160,8 @@ class DaskExecutor:
         import dask
         from distributed import Client
 
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):  # -vv shows Dask's own events
+            logging.getLogger("distributed").setLevel(logging.WARNING)
         scheduler = self.settings.scheduler.strip()
         if scheduler == "local":
             # The scheduler reads allowed-failures when it starts: a task whose worker died
