@@ -50,7 +50,7 @@ class TseExportConfig:
 
 
 def run_tse_export(config: TseExportConfig) -> int:
-    from dynamics.syntax.tse import export_tse
+    from dynamics.syntax.tse_io import export_tse
 
     paths = export_tse(config.directory, format=config.format, overwrite=config.overwrite)  # type: ignore[arg-type]
     print(f"wrote {len(paths)} files to {config.directory}")

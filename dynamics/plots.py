@@ -25,6 +25,9 @@ CONDITION_LABELS = {
     "neg_stepwise": "negative ablation, top neurons of each step",
     "neg_matched": "negative ablation, perplexity-matched control",
 }
+# One colour per condition in every figure (seaborn's default would re-colour a panel
+# that lacks "clean").
+CONDITION_COLORS = dict(zip(CONDITION_LABELS.values(), ("0.2", "tab:red", "tab:blue", "tab:purple", "tab:green")))
 
 
 def _pyplot():
@@ -40,6 +43,7 @@ def _pyplot():
 
 def _step_axis(ax) -> None:
     ax.set_xscale("symlog", linthresh=1)  # log-x that keeps step 0
+    ax.set_xlim(left=0)  # seaborn's margins would otherwise open a negative decade
     ax.set_xlabel("training step (symlog scale)")
 
 
@@ -82,17 +86,38 @@ def cohort_wd_figure(ds: xr.Dataset, plt) -> object:
     return fig
 
 
+def _palette(frame) -> dict[str, str] | None:
+    labels = set(frame["condition"])
+    return {label: CONDITION_COLORS[label] for label in labels} if labels <= CONDITION_COLORS.keys() else None
+
+
 def tse_figure(ds: xr.Dataset, plt, sns) -> object:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """Accuracy per condition, and beside it the margin lost to each ablation (more sensitive)."""
+    with_margin = "tse_margin" in ds and "clean" in ds["condition"].values
+    fig, axes = plt.subplots(1, 2 if with_margin else 1, figsize=(12 if with_margin else 7, 4.5), squeeze=False)
+    ax = axes[0, 0]
     frame = ds["tse_acc"].mean("tse_case").to_dataframe(name="accuracy").reset_index()
     frame["condition"] = frame["condition"].astype(str).map(lambda c: CONDITION_LABELS.get(c, c))
-    sns.lineplot(frame, x="step", y="accuracy", hue="condition", marker="o", ax=ax)
+    sns.lineplot(frame, x="step", y="accuracy", hue="condition", marker="o", ax=ax, palette=_palette(frame))
     ax.axhline(0.5, color="0.5", ls=":", lw=1, label="chance")
     _step_axis(ax)
     ax.set_ylabel("TSE accuracy (mean over cases)")
     ax.set_ylim(0, 1.02)
     ax.set_title("Grammar under negative ablation over training")
     ax.legend(fontsize=8)
+    if with_margin:
+        ax = axes[0, 1]
+        margin = ds["tse_margin"].mean("tse_case")
+        lost = (margin - margin.sel(condition="clean")).drop_sel(condition="clean")
+        frame = lost.to_dataframe(name="change").reset_index()
+        frame["condition"] = frame["condition"].astype(str).map(lambda c: CONDITION_LABELS.get(c, c))
+        sns.lineplot(frame, x="step", y="change", hue="condition", marker="o", ax=ax, palette=_palette(frame))
+        ax.axhline(0.0, color="0.5", ls=":", lw=1)
+        _step_axis(ax)
+        ax.set_ylabel("TSE margin change vs clean (nats)")
+        ax.set_title("Margin lost to each ablation (below 0: hurts)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 
@@ -100,15 +125,11 @@ def drift_figure(ds: xr.Dataset, plt) -> object:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     steps = ds["step"].values
     for ax, name, title in ((axes[0], "drift_ref", "against the reference step"),
-                            (axes[1], "drift_prev", "against the previous scanned step")):
+                            (axes[1], "drift_prev", "against the previous done step")):
         drift = ds[name]
-        for mask, color, label in (("all", "0.4", "all neurons"), ("cohort", "C3", "cohort"),
-                                   ("random_control", "C0", "random control")):
-            if "member" in drift.dims:  # drift_prev: only the cohort and control neurons are tracked
-                mean = drift.where(ds["member_set"] == mask).mean("member") if mask != "all" else None
-            else:
-                mean = drift.mean(("layer", "neuron")) if mask == "all" else drift.where(ds[mask]).mean(("layer", "neuron")) \
-                    if mask in ds else None
+        for group, color, label in (("all", "0.4", "all neurons"), ("cohort", "C3", "cohort"),
+                                    ("random_control", "C0", "random control")):
+            mean = _drift_mean(ds, drift, group)
             if mean is not None:
                 ax.plot(steps, mean, color=color, marker="o", ms=3, label=label)
         _step_axis(ax)
@@ -116,6 +137,15 @@ def drift_figure(ds: xr.Dataset, plt) -> object:
         ax.set_title(f"Weight drift {title}")
         ax.legend(fontsize=8)
     return fig
+
+
+def _drift_mean(ds: xr.Dataset, drift: xr.DataArray, group: str) -> xr.DataArray | None:
+    """Mean drift of all neurons or of a neuron set per step (None where it is not tracked)."""
+    if "member" in drift.dims:  # drift_prev: only the cohort and control neurons have stored weights
+        return None if group == "all" else drift.where(ds["member_set"] == group).mean("member")
+    if group == "all":
+        return drift.mean(("layer", "neuron"))
+    return drift.where(ds[group]).mean(("layer", "neuron")) if group in ds else None
 
 
 def wd_histogram_figure(ds: xr.Dataset, plt, steps: Sequence[int]) -> object:

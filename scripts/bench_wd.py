@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from scipy import stats
 
+from dynamics.mapping_difficulty import mapping_difficulty
 from dynamics.wasserstein import (
     _column_chunks,
     _one_torch_thread,
     _Scratch,
     _sorted_rows,
-    mapping_difficulty,
     wasserstein_split,
     wasserstein_to_gaussian,
 )

@@ -52,8 +52,10 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
             are fill values (NaN for floats).
 
     The dataset has a ``status`` coordinate along ``step`` (``done``/``failed``/``pending``)
-    and the cube's provenance in ``attrs``. Variables the cube declares as derived
-    (:mod:`store.derived`) are computed from the done steps, lazily.
+    and the cube's provenance in ``attrs``. Arrays are read lazily as NumPy, whether or not
+    dask is installed (``ds.chunk()`` turns them into dask arrays when wanted). Variables the
+    cube declares as derived (:mod:`store.derived`) are computed from the done steps, lazily
+    (as dask arrays).
     """
     path = Path(path)
     if not (path / "zarr.json").is_file():
@@ -190,7 +192,7 @@ class CubeWriter:
 
     def read_static(self) -> xr.Dataset | None:
         """The static variables (no ``step`` dimension), or None before they are written."""
-        with xr.open_zarr(self.path, consolidated=False) as stored:
+        with xr.open_zarr(self.path, consolidated=False, chunks=None) as stored:
             names = [n for n, v in stored.data_vars.items() if "step" not in v.dims]
             return stored[names].load() if names else None
 
@@ -247,7 +249,7 @@ class CubeWriter:
 
     def _ensure_variables(self, result: xr.Dataset) -> None:
         """Pre-allocate, for every step, the variables this result brings for the first time."""
-        with xr.open_zarr(self.path, consolidated=False) as stored:
+        with xr.open_zarr(self.path, consolidated=False, chunks=None) as stored:
             missing = [v for v in result.data_vars if v not in stored.variables]
             for name, coord in result.coords.items():
                 if name != "step" and name in stored.coords and not np.array_equal(stored[name].values, coord.values):
@@ -277,7 +279,7 @@ class CubeWriter:
             return
         n_old = len(self.stored_steps())
         self._update_attrs(extending={"from": n_old})
-        with xr.open_zarr(self.path, consolidated=False) as stored:
+        with xr.open_zarr(self.path, consolidated=False, chunks=None) as stored:
             stepped = {n: v for n, v in stored.data_vars.items() if "step" in v.dims}
             variables = {
                 n: (v.dims, np.broadcast_to(_fill_value(v.dtype), (len(new_steps), *v.shape[1:])))

@@ -77,25 +77,30 @@ def test_gpt_neox_values_by_hand() -> None:
         torch.testing.assert_close(pre[WINDOW + 4], expected.view(3, WINDOW, -1)[1, 4])
 
 
-@pytest.mark.parametrize("family", ["gpt_neox", "llama", "opt"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_grouping_gives_the_same_tensors(family: str) -> None:
+    """Passes that resume from the stored residual stream give bit-identical captures."""
     model = tiny_model(family)
     windows = _windows(4)
     n_layers, width = mlp_shape(model)
-    one_pass = dict(iter_pre_activations(model, windows, progress=False))
+    one_pass = dict(iter_pre_activations(model, windows, batch_size=3, progress=False))
     for per_pass in (1, 2):
-        grouped = dict(
-            iter_pre_activations(model, windows, memory_budget=_budget(per_pass, 4 * WINDOW, width), batch_size=3, progress=False)
-        )
-        assert sorted(grouped) == list(range(n_layers))
-        for layer in range(n_layers):
-            assert torch.equal(grouped[layer], one_pass[layer])
+        for resume in (True, False):
+            grouped = dict(iter_pre_activations(model, windows, memory_budget=_budget(per_pass, 4 * WINDOW, width),
+                                                batch_size=3, progress=False, resume_passes=resume))
+            assert sorted(grouped) == list(range(n_layers))
+            for layer in range(n_layers):
+                assert torch.equal(grouped[layer], one_pass[layer]), (family, per_pass, resume, layer)
+    # The blocks' forwards are restored: a plain forward still matches the reference.
+    reference = _reference(model, windows)
+    torch.testing.assert_close(one_pass[0], reference[0][1].reshape(-1, width))
 
 
 def _count_calls(model: torch.nn.Module) -> tuple[dict[str, int], list]:
+    """Count the blocks' real work (their attention runs), not calls a resumed pass skips."""
     counts = {f"block{i}": 0 for i in range(len(transformer_layers(model)))} | {"lm_head": 0}
     handles = [
-        block.register_forward_pre_hook(lambda m, a, name=f"block{i}": counts.__setitem__(name, counts[name] + 1))
+        block.self_attn.register_forward_pre_hook(lambda m, a, name=f"block{i}": counts.__setitem__(name, counts[name] + 1))
         for i, block in enumerate(transformer_layers(model))
     ]
     handles.append(model.lm_head.register_forward_pre_hook(lambda m, a: counts.__setitem__("lm_head", counts["lm_head"] + 1)))
@@ -112,9 +117,15 @@ def test_passes_stop_after_the_last_hooked_layer() -> None:
         assert counts == {"block0": 3, "block1": 0, "block2": 0, "lm_head": 0}  # 3 batches, stopped in block 0
         counts.update(dict.fromkeys(counts, 0))
         width = mlp_shape(model)[1]
-        list(iter_pre_activations(model, windows, memory_budget=_budget(1, 5 * WINDOW, width), batch_size=5, progress=False))
-        # One layer per pass: block j is entered by passes j, j+1, ..., 2; the head never runs.
+        budget = _budget(1, 5 * WINDOW, width)
+        list(iter_pre_activations(model, windows, memory_budget=budget, batch_size=5, progress=False, resume_passes=False))
+        # One layer per pass, no resuming: block j is entered by passes j, j+1, ..., 2; the head never runs.
         assert counts == {"block0": 3, "block1": 2, "block2": 1, "lm_head": 0}
+        counts.update(dict.fromkeys(counts, 0))
+        list(iter_pre_activations(model, windows, memory_budget=budget, batch_size=5, progress=False))
+        # Resuming: pass j stops in block j's MLP and pass j+1 starts by re-running block j, so a
+        # block runs at most twice (2L - 1 blocks in all, not L(L+1)/2).
+        assert counts == {"block0": 2, "block1": 2, "block2": 1, "lm_head": 0}
     finally:
         for handle in handles:
             handle.remove()

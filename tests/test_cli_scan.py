@@ -188,3 +188,39 @@ def test_ctrl_c_keeps_every_completed_step(tiny_suite, tmp_path):
     assert 1 <= len(done) < 5
     assert run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="all", wd_tokens=512, ppl_tokens=64,
                                tse_per_case=5)).skipped == done
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_done_steps(tiny_suite, tmp_path, monkeypatch, capsys):
+    """ENOSPC raised by the store itself while the third step's arrays are written."""
+    import errno
+
+    import zarr.storage
+
+    from store.cube import CubeWriter
+
+    out = tmp_path / "full_disk.zarr"
+    calls = {"write_step": 0}
+    real_write_step, real_set = CubeWriter.write_step, zarr.storage.LocalStore.set
+
+    def counting_write_step(self, result, record=None):
+        calls["write_step"] += 1
+        return real_write_step(self, result, record)
+
+    async def set_or_fail(self, key, value):
+        if calls["write_step"] >= 3 and "/c/" in key:  # a chunk of the third step result
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real_set(self, key, value)
+
+    monkeypatch.setattr(CubeWriter, "write_step", counting_write_step)
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", set_or_fail)
+    code = main(["scan", "--model", str(tiny_suite), "--steps", "all", "--out", str(out), *FAST_ARGS])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1] == (f"dynamics scan: error: disk full while writing step 2 to {out}; free space and re-run the same command "
+                       "(done steps are kept)")
+    monkeypatch.undo()
+    assert open_cube(out)["step"].values.tolist() == [0, 1]
+    assert open_cube(out, include_pending=True)["status"].values.tolist() == ["done", "done", "pending", "pending", "pending"]
+    # Space is back: the same command finishes the cube without recomputing the done steps.
+    assert main(["scan", "--model", str(tiny_suite), "--steps", "all", "--out", str(out), *FAST_ARGS]) == 0
+    assert open_cube(out)["step"].values.tolist() == [0, 1, 2, 4, 8]

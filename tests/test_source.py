@@ -1,6 +1,5 @@
 """Checkpoint sources, offline: a pre-populated Hugging Face cache and HF_HUB_OFFLINE=1."""
 
-import shutil
 
 import pytest
 import torch

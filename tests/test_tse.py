@@ -11,9 +11,8 @@ import pytest
 
 from dynamics.errors import DynamicsError, UserInputError
 from dynamics.syntax.pairs import MinimalPair, spread_evenly
-from dynamics.syntax.tse import (
-    TSE_CASES, export_tse, flatten_tse, generate_tse, load_refining_tse_jsonl,
-    load_tse_jsonl, load_tse_pickles, sample_tse, tse_pairs)
+from dynamics.syntax.tse import TSE_CASES, flatten_tse, generate_tse, sample_tse, tse_pairs
+from dynamics.syntax.tse_io import export_tse, load_refining_tse_jsonl, load_tse_jsonl, load_tse_pickles
 
 # The specification's tables: case -> (pairs, pairs per sub-case), in table order.
 SPEC = {

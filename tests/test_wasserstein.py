@@ -9,12 +9,9 @@ import torch
 from scipy import integrate, special, stats
 
 from dynamics.errors import UserInputError
-from dynamics.wasserstein import (
-    mapping_difficulty,
-    wasserstein_split,
-    wasserstein_to_gaussian,
-    wasserstein_to_gaussian_sampled,
-)
+from dynamics.mapping_difficulty import mapping_difficulty
+from dynamics.wasserstein import wasserstein_split, wasserstein_to_gaussian
+from dynamics.wasserstein_sampled import wasserstein_to_gaussian_sampled
 
 
 def _quad_w1(column: np.ndarray, upto: float = 1.0) -> float:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dynamics.errors import UserInputError
-from dynamics.syntax.scoring import eval_mode, model_device
+from dynamics.syntax.logprobs import eval_mode, model_device
 
 logger = logging.getLogger(__name__)
 

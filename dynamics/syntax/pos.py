@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from dynamics.errors import UserInputError
-from dynamics.syntax.scoring import DEFAULT_BATCH_TOKENS, prefix_token_id, token_log_probs
+from dynamics.syntax.logprobs import DEFAULT_BATCH_TOKENS, prefix_token_id, token_log_probs
 
 Tagger = Callable[[str], Sequence[tuple[int, int, str]]]
 

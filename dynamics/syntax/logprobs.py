@@ -1,0 +1,337 @@
+"""Exact, batched log-probabilities of every token of many sentences.
+
+Batching: sentences are deduplicated, grouped into *units* (the sentences of one minimal
+pair), sorted by token length (longest first, so a batch that does not fit in memory fails
+at once) and packed into batches under a token budget (rows x padded length). Rows are
+right-padded: a causal model's real tokens never attend to later positions, so right
+padding leaves every real position exactly as in an unpadded pass, and the default
+``0..n-1`` position ids are correct (transformers 5.x builds ``arange`` position ids for
+GPT-NeoX and Llama whatever the attention mask). Left padding is supported for comparison,
+with position ids from the attention mask.
+
+Two savings keep the arithmetic to what the scores need: the sentences of a unit share
+their common prefix (``the author near the guards`` in ``... laughs`` / ``... laugh``),
+which runs once, the suffixes running on its key-value cache; and logits are projected
+onto the vocabulary only at positions that predict a scored token (``logits_to_keep``),
+never at padding or a row's last position.
+"""
+
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+from dynamics.errors import UserInputError
+
+logger = logging.getLogger(__name__)
+
+PaddingSide = Literal["right", "left"]
+
+_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+
+#: Default budget of a batch, in tokens (rows x padded length). On CPU the logits of a
+#: 50k-vocabulary model then take about 4096 x 50k x 4 B = 0.8 GB.
+DEFAULT_BATCH_TOKENS = 4096
+#: Rows per batch at most, whatever the budget (short sentences gain nothing past this).
+DEFAULT_MAX_BATCH_SIZE = 256
+
+
+def prefix_token_id(tokenizer: Any, prefix_token: int | str | None = None) -> int:
+    """The token every sentence is conditioned on: ``prefix_token`` if given, else BOS, else EOS.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+        prefix_token: An explicit token id or token string to use instead.
+
+    Raises:
+        UserInputError: The token string is unknown, or the tokenizer has neither BOS nor EOS.
+    """
+    if isinstance(prefix_token, int):
+        return prefix_token
+    if isinstance(prefix_token, str):
+        vocab = tokenizer.get_vocab()  # an unknown-token check would fail where <unk> is the token asked for
+        if prefix_token not in vocab:
+            raise UserInputError(f"prefix token {prefix_token!r} is not in the tokenizer's vocabulary")
+        return int(vocab[prefix_token])
+    for candidate in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise UserInputError(
+        "the tokenizer has neither a BOS nor an EOS token to condition on; "
+        "pass prefix=False (--no-prefix) or an explicit prefix token"
+    )
+
+
+def encode(tokenizer: Any, sentences: Sequence[str]) -> list[list[int]]:
+    """Token ids of each sentence, without any special token the tokenizer would add."""
+    if not sentences:
+        return []
+    return [list(ids) for ids in tokenizer(list(sentences), add_special_tokens=False)["input_ids"]]
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter."""
+    return next(model.parameters()).device
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Evaluation mode (no dropout) and no autograd, restoring the training flag on exit."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _batches(
+    units: list[list[int]], lengths: list[int], batch_tokens: int, max_batch_size: int
+) -> Iterator[list[list[int]]]:
+    """Pack units (lists of sequence indexes kept together), longest first, under the budget."""
+    unit_len = [max(lengths[i] for i in unit) for unit in units]
+    order = sorted(range(len(units)), key=lambda u: (-unit_len[u], u))
+    batch: list[list[int]] = []
+    rows = width = 0
+    for u in order:
+        new_width = max(width, unit_len[u])
+        new_rows = rows + len(units[u])
+        if batch and (new_rows * new_width > batch_tokens or new_rows > max_batch_size):
+            yield batch
+            batch, rows, new_width = [], 0, unit_len[u]
+        batch.append(units[u])
+        rows += len(units[u])
+        width = new_width
+    if batch:
+        yield batch
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _pad(
+    rows: Sequence[Sequence[int]], padding_side: PaddingSide = "right"
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Padded ids, attention mask and each row's start offset."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    starts = []
+    for i, row in enumerate(rows):
+        start = 0 if padding_side == "right" else width - len(row)
+        ids[i, start : start + len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, start : start + len(row)] = 1
+        starts.append(start)
+    return ids, mask, starts
+
+
+def _log_probs_at(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits)[target]`` per row, as gather - logsumexp (one temporary less)."""
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+    return (picked - torch.logsumexp(logits.float(), dim=-1)).cpu()
+
+
+def _forward_log_probs(
+    model: torch.nn.Module,
+    units: list[list[list[int]]],
+    device: torch.device,
+    padding_side: PaddingSide,
+) -> list[list[torch.Tensor]]:
+    """Log-probabilities of tokens 1..n-1 of each row given the tokens before it (float32).
+
+    Units of several rows sharing a first token run in two passes: their common prefix
+    once, then each row's suffix on top of the prefix's key-value cache (right padding
+    only). The rest run in one pass. Logits are never projected at padding or at a row's
+    last position.
+    """
+    out: list[list[torch.Tensor] | None] = [None] * len(units)
+    shared = [
+        min(min(_common_prefix(unit[0], row) for row in unit), min(len(row) for row in unit) - 1)
+        if len(unit) > 1 and padding_side == "right" else 0
+        for unit in units
+    ]
+    two_pass = [u for u, n in enumerate(shared) if n >= 1]
+    # A sliding window counts padded positions too: the prefix's padding would shorten it.
+    window = _sliding_window(model)
+    if two_pass and window is not None:
+        span = max(shared[u] for u in two_pass) + max(len(r) - shared[u] for u in two_pass for r in units[u])
+        two_pass = two_pass if span < window else []
+    if two_pass and _accepts(model, "past_key_values"):
+        results = _prefix_pass(model, [units[u] for u in two_pass], [shared[u] for u in two_pass], device)
+        if results is not None:
+            for u, result in zip(two_pass, results):
+                out[u] = result
+    rest = [u for u in range(len(units)) if out[u] is None]
+    if rest:
+        rows = [row for u in rest for row in units[u]]
+        ids, mask, starts = _pad(rows, padding_side)
+        keep = torch.zeros_like(ids, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            keep[i, starts[i] : starts[i] + len(row) - 1] = True
+        targets = torch.zeros_like(ids)
+        targets[:, :-1] = ids[:, 1:]
+        kwargs: dict[str, Any] = {
+            "input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": False
+        }
+        if padding_side == "left":
+            kwargs["position_ids"] = (kwargs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        flat = _log_probs_at(_kept_logits(model, kwargs, keep.to(device)), targets[keep].to(device))
+        per_row = iter(torch.split(flat, keep.sum(dim=1).tolist()))
+        for u in rest:
+            out[u] = [next(per_row) for _ in units[u]]
+    return out  # type: ignore[return-value]
+
+
+def _prefix_pass(
+    model: torch.nn.Module, units: list[list[list[int]]], shared: list[int], device: torch.device
+) -> list[list[torch.Tensor]] | None:
+    """Two passes: each unit's first ``shared`` tokens once, then every row's suffix on the
+    cached prefix. ``None`` when the model returns no key-value cache."""
+    prefix_ids, prefix_mask, _ = _pad([unit[0][:n] for unit, n in zip(units, shared)])
+    keep1 = prefix_mask.bool()  # all of them: a prefix's last position predicts each suffix's first token
+    targets1 = torch.zeros_like(prefix_ids)
+    targets1[:, :-1] = prefix_ids[:, 1:]
+    out1 = model(input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device), use_cache=True,
+                 **_keep_kwargs(model, keep1.to(device)))
+    cache = getattr(out1, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return None
+    logits1 = out1.logits[keep1.to(device)] if out1.logits.ndim == 3 else out1.logits
+    lp1 = _log_probs_at(logits1, targets1[keep1].to(device))  # wrong at each prefix's last position
+    owner = torch.tensor([u for u, unit in enumerate(units) for _ in unit])
+    last = torch.cumsum(torch.tensor(shared), 0)[owner] - 1  # row -> its prefix's last position in logits1
+    heads = _log_probs_at(logits1[last.to(device)],
+                          torch.tensor([row[n] for unit, n in zip(units, shared) for row in unit], device=device))
+    suffix_ids, suffix_mask, _ = _pad([row[n:] for unit, n in zip(units, shared) for row in unit])
+    cache.batch_select_indices(owner.to(device))
+    keep2 = suffix_mask.bool()
+    keep2[torch.arange(len(owner)), suffix_mask.sum(dim=1) - 1] = False
+    targets2 = torch.zeros_like(suffix_ids)
+    targets2[:, :-1] = suffix_ids[:, 1:]
+    offsets = torch.tensor(shared)[owner]
+    kwargs = {
+        "input_ids": suffix_ids.to(device),
+        "attention_mask": torch.cat([prefix_mask[owner], suffix_mask], dim=1).to(device),
+        "position_ids": (offsets[:, None] + torch.arange(suffix_ids.shape[1])[None]).to(device),
+        "past_key_values": cache,
+        "use_cache": True,
+    }
+    lp2 = _log_probs_at(_kept_logits(model, kwargs, keep2.to(device)), targets2[keep2].to(device))
+    tails = iter(torch.split(lp2, keep2.sum(dim=1).tolist()))
+    results, row = [], 0
+    for unit, n in zip(units, shared):
+        end = int(last[row])
+        common = lp1[end - n + 1 : end]
+        results.append([torch.cat([common, heads[row + k : row + k + 1], next(tails)]) for k in range(len(unit))])
+        row += len(unit)
+    return results
+
+
+def _keep_kwargs(model: torch.nn.Module, keep: torch.Tensor) -> dict[str, Any]:
+    # A boolean [batch, seq] ``logits_to_keep`` is understood from transformers 5 on.
+    if _TRANSFORMERS_MAJOR >= 5 and _accepts(model, "logits_to_keep"):
+        return {"logits_to_keep": keep}
+    return {}
+
+
+def _sliding_window(model: torch.nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return getattr(config, "sliding_window", None)
+
+
+def _accepts(model: torch.nn.Module, argument: str) -> bool:
+    return argument in inspect.signature(model.forward).parameters
+
+
+def _kept_logits(model: torch.nn.Module, kwargs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
+    """Logits at the ``keep`` positions only, ``[keep.sum(), vocab]``.
+
+    transformers >= 5 projects only those positions onto the vocabulary when given a boolean
+    ``logits_to_keep``; for a model without the argument all logits are indexed here.
+    """
+    logits = model(**kwargs, **_keep_kwargs(model, keep)).logits
+    if logits.ndim == 3:
+        logits = logits[keep]
+    if logits.shape[0] != int(keep.sum()):
+        raise RuntimeError(f"logits of shape {tuple(logits.shape)} for {int(keep.sum())} kept positions")
+    return logits
+
+
+def token_log_probs(
+    model: torch.nn.Module,
+    token_ids: Sequence[Sequence[int]],
+    prefix_id: int | None,
+    *,
+    units: Sequence[Sequence[int]] | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    device: torch.device | str | None = None,
+    padding_side: PaddingSide = "right",
+    progress: bool = True,
+) -> list[np.ndarray]:
+    """Log-probability (nats, float64) of every scored token of every sequence.
+
+    Args:
+        model: A causal language model returning ``.logits``.
+        token_ids: One list of token ids per sequence (no special tokens).
+        prefix_id: Token prepended to every sequence, so that all its tokens are scored;
+            ``None`` scores tokens 1..n-1 only (the first is unscored).
+        units: Groups of sequence indexes to keep in one batch (the two or three sentences
+            of a minimal pair); every index must appear in exactly one unit. The first
+            sequence of a unit is its anchor: the others' log-probabilities over the prefix
+            they share with it are taken from it instead of recomputed. Default: each
+            sequence alone.
+        batch_tokens: Budget of a batch in tokens (rows x padded length); a unit longer
+            than the budget still runs, alone.
+        max_batch_size: Rows per batch at most.
+        device: Where the inputs go; default the model's device.
+        padding_side: ``right`` (default) or ``left``; both give the same scores.
+        progress: Show a tqdm bar over sequences.
+
+    Returns:
+        One array per sequence, ``len(ids)`` long with a prefix, ``len(ids) - 1`` without
+        (empty when nothing is scored).
+    """
+    if batch_tokens < 1 or max_batch_size < 1:
+        raise UserInputError(
+            f"batch_tokens={batch_tokens} and max_batch_size={max_batch_size} must both be >= 1"
+        )
+    if padding_side not in ("right", "left"):
+        raise UserInputError(f"padding_side={padding_side!r}; expected 'right' or 'left'")
+    rows = [([prefix_id] if prefix_id is not None else []) + list(ids) for ids in token_ids]
+    results: list[np.ndarray] = [np.zeros(0, dtype=np.float64) for _ in rows]
+    lengths = [len(r) for r in rows]
+    if units is None:
+        units = [[i] for i in range(len(rows))]
+    # A row of length < 2 has nothing to predict: leave it out of the forward passes.
+    units = [[i for i in unit if lengths[i] >= 2] for unit in units]
+    units = [unit for unit in units if unit]
+    device = torch.device(device) if device is not None else model_device(model)
+    with eval_mode(model), tqdm(
+        total=sum(len(u) for u in units), unit="sent", desc="scoring", disable=not progress
+    ) as bar:
+        for batch in _batches(units, lengths, batch_tokens, max_batch_size):
+            unit_rows = [[rows[i] for i in unit] for unit in batch]
+            for unit, unit_lp in zip(batch, _forward_log_probs(model, unit_rows, device, padding_side)):
+                for i, lp in zip(unit, unit_lp):
+                    results[i] = lp.numpy().astype(np.float64)
+            bar.update(sum(len(unit) for unit in batch))
+    return results
