@@ -188,7 +188,10 @@ def build_context(spec: RunSpec) -> WorkerContext:
         with torch.inference_mode():
             reference_weights = input_weights(model)
     finally:
-        source.release(reference)
+        # Every worker needs the reference step, and workers on one node may share a cache:
+        # on a cluster it stays cached (deleting it could pull it from under a neighbour).
+        if config.executor == "serial":
+            source.release(reference)
     pairs = sample_tse(tse_pairs(), per_case=config.tse_per_case, seed=config.seed) if config.tse_per_case else []
     return WorkerContext(
         spec=spec, source=source, device=device, tokenizer=tokenizer, corpus=corpus, windows=windows,
