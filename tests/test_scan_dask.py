@@ -143,3 +143,32 @@ def test_bad_executor_options_are_one_line_before_anything_is_written(tiny_suite
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def flaky_square(marker_dir: str, unit: int) -> int:
+    """Unit 3 always fails; unit 2 fails on its first run only."""
+    if unit == 3:
+        raise RuntimeError("unit 3 is broken")
+    if unit == 2:
+        try:
+            os.close(os.open(os.path.join(marker_dir, "ran-2"), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return unit * unit
+        raise OSError("transient")
+    return unit * unit
+
+
+@pytest.mark.parametrize("executor", ["serial", "dask"])
+def test_map_yields_every_unit_with_its_attempts(cluster, tmp_path, executor):
+    """The generic hook other commands use: results in completion order, retries counted, errors reported."""
+    from functools import partial
+
+    from dynamics.executor import ExecutorSettings, open_executor
+
+    settings = ExecutorSettings(executor=executor, scheduler=cluster.scheduler.address, task_retries=2)
+    with open_executor(settings) as pool:
+        done = {c.unit: c for c in pool.map(partial(flaky_square, str(tmp_path)), range(5), name="square")}
+    assert sorted(done) == [0, 1, 2, 3, 4]
+    assert {u: c.result for u, c in done.items() if c.ok} == {0: 0, 1: 1, 2: 4, 4: 16}
+    assert {u: c.attempts for u, c in done.items()} == {0: 1, 1: 1, 2: 2, 3: 3, 4: 1}
+    assert done[3].error == "RuntimeError: unit 3 is broken" and done[2].error is None
