@@ -139,6 +139,10 @@ class SerialExecutor:
                     yield Completed(unit, result=result, attempts=attempt)
                 break
 
+    def broadcast(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` once in every worker process (here: this one)."""
+        fn()
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -209,6 +213,10 @@ class DaskExecutor:
         finally:
             if attempts:  # closed early: nothing left queued keeps running for nobody
                 self.client.cancel(list(attempts))
+
+    def broadcast(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` once in every worker process (e.g. to free a per-run cache)."""
+        self.client.run(fn)
 
     def close(self) -> None:
         self._stack.close()

@@ -189,9 +189,24 @@ def run_scan(config: ScanConfig) -> ScanSummary:
         summary.skipped = [s for s in plan.steps if s not in todo]
         if not todo:
             return summary
-        spec = _prepare(pool, config, plan, cube)
-        _measure_all(pool, spec, todo, cube, summary)
+        try:
+            _measure_all(pool, _prepare(pool, config, plan, cube), todo, cube, summary)
+        finally:
+            if config.executor == "serial":
+                _forget(pool)
+        if config.executor == "dask" and config.scheduler != "local":  # a local cluster stops anyway
+            _forget(pool)
     return summary
+
+
+def _forget(pool: Any) -> None:
+    """Free the workers' per-run caches (the reference weights); never fail a scan over it."""
+    from dynamics.scan_context import forget_contexts
+
+    try:
+        pool.broadcast(forget_contexts)
+    except Exception as exc:
+        log.info("could not free the workers' caches: %s", exc)
 
 
 def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) -> Any:

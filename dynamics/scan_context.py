@@ -160,11 +160,16 @@ def worker_context(spec: RunSpec) -> WorkerContext:
     """This process's context for ``spec``'s run, built on first use."""
     context = _CONTEXT.get(spec.key)
     if context is None:
-        for old in _CONTEXT.values():
-            old.prefetch(None)
-        _CONTEXT.clear()
+        forget_contexts()
         context = _CONTEXT[spec.key] = build_context(spec)
     return context
+
+
+def forget_contexts() -> None:
+    """Free this process's per-run inputs (the reference weights are as big as a checkpoint's MLPs)."""
+    for old in _CONTEXT.values():
+        old.prefetch(None)
+    _CONTEXT.clear()
 
 
 def build_context(spec: RunSpec) -> WorkerContext:

@@ -125,3 +125,21 @@ def test_plan_rejects_bad_values_before_anything_runs(tiny_suite, tmp_path):
     with pytest.raises(UserInputError, match="step 3 has no checkpoint .* nearest available: 2, 4"):
         plan_scan(ScanConfig(model=str(tiny_suite), out=str(tmp_path / "x.zarr"), reference_step=3))
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_a_cube_of_the_earlier_layout_is_refused_not_mixed(full_cube, tiny_suite, tmp_path):
+    """Cubes that stored drift_prev per step (before it was derived) cannot be extended by this version."""
+    import shutil
+
+    import zarr
+
+    from dynamics.errors import CubeError
+    from store.cube import _read_attrs
+
+    out = tmp_path / "old.zarr"
+    shutil.copytree(full_cube, out)
+    identity = dict(_read_attrs(out)["identity"])
+    del identity["derived"]
+    zarr.open_group(out, mode="r+", zarr_format=3).attrs["identity"] = identity
+    with pytest.raises(CubeError, match=r"was made with derived=null, this run has derived=\{\"drift_prev\""):
+        scan(tiny_suite, out, stepwise=True)

@@ -172,3 +172,15 @@ def test_map_yields_every_unit_with_its_attempts(cluster, tmp_path, executor):
     assert {u: c.result for u, c in done.items() if c.ok} == {0: 0, 1: 1, 2: 4, 4: 16}
     assert {u: c.attempts for u, c in done.items()} == {0: 1, 1: 1, 2: 2, 3: 3, 4: 1}
     assert done[3].error == "RuntimeError: unit 3 is broken" and done[2].error is None
+
+
+def test_workers_forget_the_run_after_a_scan_on_a_running_cluster(cluster, tiny_suite, tmp_path):
+    """The reference weights are cached per worker during a run and freed after it."""
+    from dynamics import scan_context
+
+    out = tmp_path / "forget.zarr"
+    run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="0,1", reference_step=8, executor="dask",
+                        scheduler=cluster.scheduler.address, **FAST))
+    assert set(cluster.run(lambda: len(scan_context._CONTEXT)).values()) == {0}
+    run_scan(ScanConfig(model=str(tiny_suite), out=str(tmp_path / "serial.zarr"), steps="0", reference_step=8, **FAST))
+    assert scan_context._CONTEXT == {}
