@@ -15,7 +15,7 @@ import errno
 import logging
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -217,7 +217,7 @@ def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) ->
     spec = RunSpec(config, plan.reference_step, plan.corpus)
     if static is not None:
         spec = replace(spec, cohort=static["cohort"].values, control=static["random_control"].values)
-    outcome = next(iter(pool.map(partial(_prepare_unit, prepare_reference, spec), [plan.reference_step], name="reference")))
+    outcome = next(iter(pool.map(prepare_reference, [spec], name="reference")))
     if not outcome.ok:
         raise CheckpointError(outcome.error)
     if static is None:
@@ -225,10 +225,6 @@ def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) ->
         cube.write_static(static)
     cube.record_provenance(outcome.result["provenance"])
     return replace(spec, cohort=static["cohort"].values, control=static["random_control"].values)
-
-
-def _prepare_unit(prepare: Callable[[Any], Any], spec: Any, _step: int) -> Any:
-    return prepare(spec)
 
 
 def _measure_all(pool: Any, spec: Any, todo: list[int], cube: CubeWriter, summary: ScanSummary) -> None:

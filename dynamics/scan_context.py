@@ -51,6 +51,9 @@ class RunSpec:
     cohort: np.ndarray | None = field(default=None, compare=False)  # [layer, neuron] bool, None before it is fixed
     control: np.ndarray | None = field(default=None, compare=False)
 
+    def __str__(self) -> str:
+        return f"{self.config.model}@{self.reference_step}"
+
     @property
     def key(self) -> str:
         """The run's identity for the per-worker cache (the cohort is not part of it)."""
