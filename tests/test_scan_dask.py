@@ -184,3 +184,52 @@ def test_workers_forget_the_run_after_a_scan_on_a_running_cluster(cluster, tiny_
     assert set(cluster.run(lambda: len(scan_context._CONTEXT)).values()) == {0}
     run_scan(ScanConfig(model=str(tiny_suite), out=str(tmp_path / "serial.zarr"), steps="0", reference_step=8, **FAST))
     assert scan_context._CONTEXT == {}
+
+
+def test_a_scheduler_file_and_waiting_for_workers(cluster, full_cube, tiny_suite, tmp_path):
+    """`dask scheduler --scheduler-file F` writes the address there; --workers N waits for N workers."""
+    import json
+
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler_file.write_text(json.dumps({"type": "Scheduler", "address": cluster.scheduler.address}))
+    out = tmp_path / "file.zarr"
+    summary = run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="1", reference_step=8, stepwise=True,
+                                  executor="dask", scheduler=str(scheduler_file), workers=2, **FAST))
+    assert summary.done == [1]
+    np.testing.assert_array_equal(open_cube(out)["wd"].values, open_cube(full_cube)["wd"].sel(step=[1]).values)
+
+
+def test_ctrl_c_cancels_the_dask_scan_and_keeps_done_steps(tiny_suite, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "int.zarr"
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "dynamics.cli", "scan", "-m", str(tiny_suite), "--steps", "all",
+                                 "-o", str(out), "--wd-tokens", "512", "--ppl-tokens", "64", "--tse-per-case", "20",
+                                 "--executor", "dask", "--workers", "1"],
+                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                steps = json.loads((out / "zarr.json").read_text())["attributes"].get("steps", {})
+            except (FileNotFoundError, json.JSONDecodeError):
+                steps = {}
+            if any(r.get("status") == "done" for r in steps.values()):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        start = time.time()
+        proc.wait(timeout=60)
+    done = open_cube(out)["step"].values.tolist()
+    if proc.returncode == 0:  # the scan finished before the signal landed
+        assert done == [0, 1, 2, 4, 8]
+        return
+    assert proc.returncode == 130 and time.time() - start < 30
+    assert err.read_text().strip().splitlines()[-1] == (
+        "dynamics scan: interrupted; every completed step is kept, re-run the same command to resume")
+    assert 1 <= len(done) < 5
