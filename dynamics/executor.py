@@ -9,8 +9,9 @@ One small interface for every command that fans work out::
 - ``serial``: the units run one after the other in this process, in order (the same code
   path as a cluster, with a trivial map).
 - ``dask``: each unit is one ``dask.distributed`` task. ``--scheduler local`` starts a
-  ``LocalCluster`` of ``--workers`` processes with one thread each (``dask_cuda``'s
-  ``LocalCUDACluster``, one worker per GPU, when CUDA and dask-cuda are present); any other
+  ``LocalCluster`` of ``--workers`` processes with one thread each; with CUDA, one worker
+  per GPU that sees only its GPU (``dask_cuda``'s ``LocalCUDACluster`` when installed,
+  else the same layout through ``CUDA_VISIBLE_DEVICES``); any other
   value is the address of a running scheduler (``tcp://host:8786``) or its scheduler file
   (``scheduler.json``, as written by ``dask scheduler --scheduler-file``).
 
@@ -222,22 +223,33 @@ class DaskExecutor:
         self._stack.close()
 
 
-def _local_cluster(workers: int, resources: dict[str, float]) -> Any:
-    import torch
+def _local_cluster(workers: int, resources: dict[str, float], gpus: int | None = None) -> Any:
+    """N one-thread worker processes here; with GPUs, one per GPU, each seeing only its own."""
     from distributed import LocalCluster
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus:
-        try:
-            from dask_cuda import LocalCUDACluster
-        except ImportError:
-            log.warning("CUDA is present but dask-cuda is not installed: local workers share the GPUs; "
-                        "pip install dask-cuda for one worker per GPU")
-        else:
-            return LocalCUDACluster(n_workers=workers or gpus, threads_per_worker=1, resources=resources or {"GPU": 1},
-                                    dashboard_address=":0", silence_logs=logging.WARNING)
-    return LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, resources=resources or None,
-                        dashboard_address=":0", silence_logs=logging.WARNING)
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not gpus:
+        return LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, resources=resources or None,
+                            dashboard_address=":0", silence_logs=logging.WARNING)
+    resources = resources or {"GPU": 1}
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:  # the same layout by hand: CUDA_VISIBLE_DEVICES per worker process
+        return _gpu_cluster(workers or gpus, gpus, resources)
+    return LocalCUDACluster(n_workers=workers or gpus, threads_per_worker=1, resources=resources,
+                            dashboard_address=":0", silence_logs=logging.WARNING)
+
+
+def _gpu_cluster(workers: int, gpus: int, resources: dict[str, float]) -> Any:
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    specs = {i: {"cls": Nanny, "options": {"nthreads": 1, "resources": resources,
+                                           "env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}}} for i in range(workers)}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.WARNING)
 
 
 class open_executor:  # noqa: N801 - used like a function: `with open_executor(settings) as pool`

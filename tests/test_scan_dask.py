@@ -233,3 +233,14 @@ def test_ctrl_c_cancels_the_dask_scan_and_keeps_done_steps(tiny_suite, tmp_path)
     assert err.read_text().strip().splitlines()[-1] == (
         "dynamics scan: interrupted; every completed step is kept, re-run the same command to resume")
     assert 1 <= len(done) < 5
+
+
+def test_a_local_gpu_cluster_gives_each_worker_its_own_gpu():
+    """Without dask-cuda, one worker per GPU through CUDA_VISIBLE_DEVICES, each with the GPU resource."""
+    from dynamics.executor import _gpu_cluster
+
+    with _gpu_cluster(3, 2, {"GPU": 1}) as local, Client(local) as client:
+        client.wait_for_workers(3)
+        visible = sorted(client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"]).values())
+        assert visible == ["0", "0", "1"]
+        assert [w["resources"] for w in client.scheduler_info()["workers"].values()] == [{"GPU": 1}] * 3
