@@ -125,17 +125,27 @@ def drift_figure(ds: xr.Dataset, plt) -> object:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     steps = ds["step"].values
     for ax, name, title in ((axes[0], "drift_ref", "against the reference step"),
-                            (axes[1], "drift_prev", "against the previous scanned step")):
+                            (axes[1], "drift_prev", "against the previous done step")):
         drift = ds[name]
-        ax.plot(steps, drift.mean(("layer", "neuron")), color="0.4", marker="o", ms=3, label="all neurons")
-        for mask, color, label in (("cohort", "C3", "cohort"), ("random_control", "C0", "random control")):
-            if mask in ds:
-                ax.plot(steps, drift.where(ds[mask]).mean(("layer", "neuron")), color=color, marker="o", ms=3, label=label)
+        for group, color, label in (("all", "0.4", "all neurons"), ("cohort", "C3", "cohort"),
+                                    ("random_control", "C0", "random control")):
+            mean = _drift_mean(ds, drift, group)
+            if mean is not None:
+                ax.plot(steps, mean, color=color, marker="o", ms=3, label=label)
         _step_axis(ax)
         ax.set_ylabel("1 - cosine similarity of input weights")
         ax.set_title(f"Weight drift {title}")
         ax.legend(fontsize=8)
     return fig
+
+
+def _drift_mean(ds: xr.Dataset, drift: xr.DataArray, group: str) -> xr.DataArray | None:
+    """Mean drift of all neurons or of a neuron set per step (None where it is not tracked)."""
+    if "member" in drift.dims:  # drift_prev: only the cohort and control neurons have stored weights
+        return None if group == "all" else drift.where(ds["member_set"] == group).mean("member")
+    if group == "all":
+        return drift.mean(("layer", "neuron"))
+    return drift.where(ds[group]).mean(("layer", "neuron")) if group in ds else None
 
 
 def wd_histogram_figure(ds: xr.Dataset, plt, steps: Sequence[int]) -> object:

@@ -17,7 +17,8 @@ import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,12 +27,13 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from checkpoints.models import resolve_model
-from checkpoints.source import Checkpoint, CheckpointSource, RetryPolicy, open_source
+from checkpoints.source import CheckpointSource, RetryPolicy, open_source
 from checkpoints.steps import parse_steps
-from checkpoints.stream import stream_checkpoints
 from dynamics import __version__
 from dynamics.config import config_dict, option
 from dynamics.errors import CheckpointError, DynamicsError, UserInputError
+from dynamics.executor import HELP as EXECUTOR_HELP
+from dynamics.executor import Completed, ExecutorSettings, check_settings, open_executor
 from store.cube import CubeWriter, read_identity
 
 log = logging.getLogger(__name__)
@@ -72,12 +74,23 @@ class ScanConfig:
     prefetch: bool = option(True, help="download step t+1 while step t is analysed")
     threads: int = option(0, help="torch CPU threads; 0: auto (1 for models under 50M parameters, whose small "
                           "ops stall on thread barriers, else torch's default)")
+    executor: Literal["serial", "dask"] = option("serial", help=EXECUTOR_HELP["executor"])
+    scheduler: str = option("local", help=EXECUTOR_HELP["scheduler"])
+    workers: int = option(0, help=EXECUTOR_HELP["workers"])
+    task_retries: int = option(1, help=EXECUTOR_HELP["task_retries"])
+    resources: str = option("", help=EXECUTOR_HELP["resources"])
 
     def analysis(self) -> dict[str, Any]:
         """The settings that make two cubes' numbers comparable (the cube's identity)."""
         keys = ("corpus_split", "window", "wd_tokens", "ppl_tokens", "tse_per_case", "cohort_percent",
                 "cohort_scope", "stepwise", "seed", "reduction", "prefix", "dtype")
         return {k: getattr(self, k) for k in keys}
+
+
+# Cubes store each step's cohort weight rows and derive drift_prev from them when opened;
+# cubes of the earlier layout stored drift_prev itself and cannot be extended by this one.
+DRIFT_PREV = {"drift_prev": {"cosine_to_previous_step": "cohort_weights", "over": "d_model",
+                             "attrs": {"long_name": "1 - cos of the member's input weights vs the previous done step"}}}
 
 
 @dataclass
@@ -96,11 +109,12 @@ class ScanPlan:
     device: str
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, here: bool = True) -> str:
+    """The torch device for ``device``; ``here=False`` only checks the spelling (workers resolve it)."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return ("cuda" if torch.cuda.is_available() else "cpu") if here else device
     if device == "cpu" or device.startswith("cuda"):
-        if device.startswith("cuda") and not torch.cuda.is_available():
+        if here and device.startswith("cuda") and not torch.cuda.is_available():
             raise UserInputError(f"--device {device}: CUDA is not available here; use cpu or auto")
         return device
     raise UserInputError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
@@ -112,7 +126,8 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     _check_numbers(config)
     if not config.out.endswith(".zarr"):
         raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
-    device = resolve_device(config.device)
+    check_settings(ExecutorSettings.of(config))
+    device = resolve_device(config.device, here=config.executor == "serial")
     corpus = _resolve_corpus(config.corpus, ref.location if ref.kind == "local_suite" else None)
     if source is None:
         source = open_source(
@@ -155,53 +170,96 @@ def _resolve_corpus(corpus: str, suite: str | None) -> str:
     return corpus
 
 
-def run_scan(config: ScanConfig, source: CheckpointSource | None = None) -> ScanSummary:
-    """Scan the steps of ``config`` into its cube; resumable, one region write per step."""
-    from dynamics.scan_context import prepare_context
+def run_scan(config: ScanConfig) -> ScanSummary:
+    """Scan the steps of ``config`` into its cube; resumable, one region write per step.
 
-    plan = plan_scan(config, source)
+    The driver (this process) validates, pre-allocates the cube, holds its writer lock and
+    writes every result and done marker; the steps themselves run on the executor
+    (:mod:`dynamics.executor`), each as :func:`dynamics.scan_context.measure_step`.
+    """
+    plan = plan_scan(config)
     identity = {"model": plan.source.model_id, "reference_step": plan.reference_step, "corpus": plan.corpus,
-                "analysis": config.analysis()}
+                "analysis": config.analysis(), "derived": DRIFT_PREV}
     provenance = {"model": config.model, "model_id": plan.source.model_id, "package_version": __version__,
                   "torch_version": torch.__version__, "config": config_dict(config), "host": platform.node()}
     summary = ScanSummary()
-    with CubeWriter(config.out, plan.steps, identity, provenance, overwrite=config.overwrite) as cube:
+    with open_executor(ExecutorSettings.of(config)) as pool, \
+            CubeWriter(config.out, plan.steps, identity, provenance, overwrite=config.overwrite) as cube:
         todo = cube.todo()
         summary.skipped = [s for s in plan.steps if s not in todo]
         if not todo:
             return summary
-        context = prepare_context(config, plan, cube)
-        bar = tqdm(total=len(todo), desc=f"scan {config.model}", unit="step", dynamic_ncols=True)
         try:
-            for checkpoint in stream_checkpoints(plan.source, todo, prefetch=config.prefetch):
-                bar.set_postfix_str(f"step {checkpoint.step}")
-                if not checkpoint.ok:
-                    _record_failure(cube, checkpoint, config, summary)
-                    bar.update()
-                    continue
-                try:
-                    result = context.measure(checkpoint)
-                except CheckpointError as exc:  # e.g. a corrupt download: same policy as a failed fetch
-                    checkpoint.error = str(exc)
-                    _record_failure(cube, checkpoint, config, summary)
-                    bar.update()
-                    continue
-                _write(cube, result, checkpoint)
-                summary.done.append(checkpoint.step)
-                phases = result["seconds"].values[0]
-                bar.set_postfix_str(f"step {checkpoint.step} " + " ".join(f"{p} {t:.1f}s" for p, t in zip(PHASES, phases)))
-                bar.update()
+            _measure_all(pool, _prepare(pool, config, plan, cube), todo, cube, summary)
         finally:
-            bar.close()
+            if config.executor == "serial":
+                _forget(pool)
+        if config.executor == "dask" and config.scheduler != "local":  # a local cluster stops anyway
+            _forget(pool)
     return summary
 
 
-def _record_failure(cube: CubeWriter, checkpoint: Checkpoint, config: ScanConfig, summary: ScanSummary) -> None:
-    cube.mark_failed(checkpoint.step, checkpoint.error or "unknown error", checkpoint.record())
-    summary.failed.append(checkpoint.step)
+def _forget(pool: Any) -> None:
+    """Free the workers' per-run caches (the reference weights); never fail a scan over it."""
+    from dynamics.scan_context import forget_contexts
+
+    try:
+        pool.broadcast(forget_contexts)
+    except Exception as exc:
+        log.info("could not free the workers' caches: %s", exc)
+
+
+def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) -> Any:
+    """Fix (or read) the cohort and record the corpus provenance: one unit on the executor."""
+    from dynamics.scan_context import RunSpec, prepare_reference
+
+    static = cube.read_static()
+    spec = RunSpec(config, plan.reference_step, plan.corpus)
+    if static is not None:
+        spec = replace(spec, cohort=static["cohort"].values, control=static["random_control"].values)
+    outcome = next(iter(pool.map(prepare_reference, [spec], name="reference")))
+    if not outcome.ok:
+        raise CheckpointError(outcome.error)
+    if static is None:
+        static = outcome.result["static"]
+        cube.write_static(static)
+    cube.record_provenance(outcome.result["provenance"])
+    return replace(spec, cohort=static["cohort"].values, control=static["random_control"].values)
+
+
+def _measure_all(pool: Any, spec: Any, todo: list[int], cube: CubeWriter, summary: ScanSummary) -> None:
+    """Fan the steps out; write each result as it completes, in any order."""
+    from dynamics.scan_context import StepTask, measure_step
+
+    # Serially one worker takes the steps in order, so it can fetch the next one while measuring this one.
+    ahead = spec.config.executor == "serial" and spec.config.prefetch
+    tasks = [StepTask(step, todo[i + 1] if ahead and i + 1 < len(todo) else None) for i, step in enumerate(todo)]
+    bar = tqdm(total=len(todo), desc=f"scan {spec.config.model}", unit="step", dynamic_ncols=True)
+    results = pool.map(partial(measure_step, spec), tasks, name="step")
+    try:
+        for done in results:
+            if done.ok:
+                _write(cube, done)
+                summary.done.append(done.unit.step)
+                phases = done.result["seconds"].values[0]
+                bar.set_postfix_str(f"step {done.unit.step} " + " ".join(f"{p} {t:.1f}s" for p, t in zip(PHASES, phases)))
+            else:
+                _record_failure(cube, done, spec.config, summary)
+            bar.update()
+    finally:
+        results.close()  # Ctrl-C or --on-error stop: cancel what is still queued
+        bar.close()
+    summary.done.sort()
+    summary.failed.sort()
+
+
+def _record_failure(cube: CubeWriter, done: Completed, config: ScanConfig, summary: ScanSummary) -> None:
+    step = done.unit.step
+    cube.mark_failed(step, done.error or "unknown error", {"task_attempts": done.attempts})
+    summary.failed.append(step)
     if config.on_error == "stop":
-        raise CheckpointError(f"{checkpoint.error} (stopping: --on-error stop)")
-    log.warning("step %d failed, recorded and skipped: %s", checkpoint.step, checkpoint.error)
+        raise CheckpointError(f"{done.error} (stopping: --on-error stop)")
+    log.warning("step %d failed after %d attempt(s), recorded and skipped: %s", step, done.attempts, done.error)
 
 
 def step_result(step: int, parts: list[xr.Dataset], timings: dict[str, float]) -> xr.Dataset:
@@ -214,13 +272,15 @@ def step_result(step: int, parts: list[xr.Dataset], timings: dict[str, float]) -
     return merged
 
 
-def _write(cube: CubeWriter, result: xr.Dataset, checkpoint: Checkpoint) -> None:
+def _write(cube: CubeWriter, done: Completed) -> None:
+    result = done.result
+    record = {**result.attrs.pop("checkpoint", {}), "task_attempts": done.attempts}
     try:
-        cube.write_step(result, {**checkpoint.record(), "attempts": checkpoint.attempts})
+        cube.write_step(result, record)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise DynamicsError(
-                f"disk full while writing step {checkpoint.step} to {cube.path}; free space and re-run "
+                f"disk full while writing step {done.unit.step} to {cube.path}; free space and re-run "
                 "the same command (done steps are kept)"
             ) from exc
         raise

@@ -1,70 +1,130 @@
-"""What a scan fixes once per run, and the measurement of one checkpoint against it.
+"""The worker side of a scan: what is fixed once per run, and one step measured against it.
 
-Once per run: the tokenizer and the corpus windows, the TSE sample, the reference step's
-cohort (read from the cube when a previous run stored it) and input weights, and the input
-weights of the step before the first one to compute (so ``drift_prev`` is the same whether
-a scan ran in one go or was resumed).
+Two pure entry points, the same for every executor (they run in this process for
+``--executor serial`` and on Dask workers otherwise):
+
+- :func:`prepare_reference` (once per run): fixes the cohort at the reference step when the
+  cube has none yet, and returns the corpus provenance.
+- :func:`measure_step` (once per step): fetches one checkpoint on the worker (its own
+  Hugging Face cache), turns it into a step result and releases it.
+
+Both build the expensive per-run inputs (tokenizer, corpus windows, TSE sample, the
+reference step's input weights for ``drift_ref``) once per worker process, cached by the
+run's identity (:class:`RunSpec.key`), so a worker loads the reference checkpoint once,
+not once per step. A step never needs another step's weights: ``drift_prev`` is derived
+when the cube is opened, from each step's stored ``cohort_weights``
+(:func:`store.derived.cosine_to_previous_step`), so step order and resumes do not matter.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import platform
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
-from checkpoints.source import Checkpoint
+from checkpoints.models import resolve_model
+from checkpoints.source import Checkpoint, CheckpointSource, RetryPolicy, open_source
+from checkpoints.stream import _in_background, _outcome
 from dynamics.cohort import random_control_mask, top_percent_mask
 from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows
 from dynamics.errors import CheckpointError
 from dynamics.measures import input_weights, neuron_wasserstein, syntax_and_perplexity, weight_drift
-from dynamics.scan import ScanConfig, ScanPlan, step_result, timed
+from dynamics.scan import ScanConfig, resolve_device, step_result, timed
 from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
-from store.cube import DONE, CubeWriter
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ScanContext:
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker needs to measure a step of this run (small, picklable)."""
+
     config: ScanConfig
-    plan: ScanPlan
+    reference_step: int
+    corpus: str
+    cohort: np.ndarray | None = field(default=None, compare=False)  # [layer, neuron] bool, None before it is fixed
+    control: np.ndarray | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.config.model}@{self.reference_step}"
+
+    @property
+    def key(self) -> str:
+        """The run's identity for the per-worker cache (the cohort is not part of it)."""
+        c = self.config
+        return repr((c.model, self.reference_step, self.corpus, c.analysis(), c.device, c.cache_dir, c.keep_checkpoints,
+                     c.retries, c.threads, c.memory_budget_gib, c.batch_size))
+
+
+@dataclass(frozen=True)
+class StepTask:
+    """One step to measure; ``prefetch`` is the step this worker will be asked for next, if known."""
+
+    step: int
+    prefetch: int | None = None
+
+    def __str__(self) -> str:
+        return str(self.step)
+
+
+@dataclass
+class WorkerContext:
+    """The per-run inputs of one worker process."""
+
+    spec: RunSpec
+    source: CheckpointSource
+    device: str
     tokenizer: Any
+    corpus: CorpusSpec
+    windows: torch.Tensor
     wd_windows: torch.Tensor
     ppl_windows: torch.Tensor | None
     pairs: list[Any]
-    cohort: torch.Tensor  # [layer, neuron] bool
-    control: torch.Tensor
     reference_weights: torch.Tensor  # [layer, neuron, d_model]
-    previous: tuple[int, torch.Tensor] | None  # (step, input weights) of the last scanned step
+    reference_model: Any = None  # kept only until the cohort is fixed
+    prefetched: dict[int, Future[Checkpoint]] = field(default_factory=dict)
 
     @property
     def memory_budget(self) -> int:
-        return int(self.config.memory_budget_gib * 2**30)
+        return int(self.spec.config.memory_budget_gib * 2**30)
 
-    def measure(self, checkpoint: Checkpoint) -> xr.Dataset:
+    def fetch(self, step: int) -> Checkpoint:
+        """The checkpoint of ``step`` (prefetched when it was announced); raises on failure."""
+        pending = self.prefetched.pop(step, None)
+        checkpoint = _outcome(pending.result if pending else lambda: self.source.fetch(step), step)
+        if not checkpoint.ok:
+            raise CheckpointError(checkpoint.error)
+        return checkpoint
+
+    def prefetch(self, step: int | None) -> None:
+        """Start fetching ``step`` in the background; anything else announced earlier is released."""
+        for stale in [s for s in self.prefetched if s != step]:
+            self.prefetched.pop(stale).add_done_callback(self._release_quietly)
+        if step is not None and step not in self.prefetched:
+            self.prefetched[step] = _in_background(self.source, step)
+
+    def _release_quietly(self, future: Future[Checkpoint]) -> None:
+        if future.exception() is None:
+            self.source.release(future.result())
+
+    def measure(self, checkpoint: Checkpoint, cohort: np.ndarray, control: np.ndarray) -> xr.Dataset:
         """Load one checkpoint and turn it into a step result."""
-        config = self.config
+        config = self.spec.config
         timings = {"download": checkpoint.seconds}
         with timed(timings, "load"):
-            model = _load(checkpoint, self.plan.device, config.dtype)
+            model = _load(checkpoint, self.device, config.dtype)
         with timed(timings, "statistics"), torch.inference_mode():
             wd = neuron_wasserstein(model, self.wd_windows, self.memory_budget, config.batch_size)
             weights = input_weights(model)
-            prev_step, prev_weights = self.previous if self.previous else (-1, None)
-            drift = xr.Dataset(
-                {
-                    "drift_ref": (("layer", "neuron"), weight_drift(weights, self.reference_weights),
-                                  {"long_name": "1 - cos of input weights vs the reference step"}),
-                    "drift_prev": (("layer", "neuron"), weight_drift(weights, prev_weights),
-                                   {"long_name": "1 - cos of input weights vs drift_prev_from"}),
-                    "drift_prev_from": ((), prev_step, {"long_name": "step drift_prev compares with (-1: none)"}),
-                }
-            )
-        conditions: dict[str, torch.Tensor | None] = {"clean": None, "neg_cohort": self.cohort, "neg_random": self.control}
+            drift = drift_measures(weights, self.reference_weights, cohort, control)
+        conditions: dict[str, torch.Tensor | None] = {
+            "clean": None, "neg_cohort": torch.from_numpy(cohort), "neg_random": torch.from_numpy(control)}
         if config.stepwise:
             conditions["neg_stepwise"] = top_percent_mask(torch.from_numpy(wd["wd"].values), config.cohort_percent,
                                                           config.cohort_scope)
@@ -72,47 +132,126 @@ class ScanContext:
             evaluation = syntax_and_perplexity(model, self.tokenizer, self.pairs, self.ppl_windows, conditions,
                                                TSE_CASES, config.reduction, config.prefix)
         del model
-        self.previous = (checkpoint.step, weights)
         return step_result(checkpoint.step, [wd, drift, evaluation], timings)
 
 
-def prepare_context(config: ScanConfig, plan: ScanPlan, cube: CubeWriter) -> ScanContext:
-    """Fix the run's inputs; fetch the reference step (and the step before the first to do)."""
-    reference = _fetch(plan, plan.reference_step, "reference step")
-    try:
-        tokenizer = reference.load_tokenizer()
-        model = _load(reference, plan.device, config.dtype)
-        _set_threads(config.threads, model)
-        window = config.window or min(2048, int(getattr(model.config, "max_position_embeddings", 2048) or 2048))
-        spec = CorpusSpec(source=plan.corpus, split=config.corpus_split, window=window,
-                          token_budget=max(config.wd_tokens, config.ppl_tokens, window))
-        windows = load_token_windows(spec, tokenizer)
-        wd_windows = windows[: max(1, config.wd_tokens // window)]
-        ppl_windows = windows[: config.ppl_tokens // window] if config.ppl_tokens else None
-        static = cube.read_static()
-        if static is None:
-            static = _fix_cohort(model, wd_windows, config)
-            cube.write_static(static)
-        with torch.inference_mode():
-            reference_weights = input_weights(model)
-        del model
-    finally:
-        plan.source.release(reference)
-    cube.record_provenance({
-        "corpus": spec.to_attrs(), "corpus_hash": corpus_hash(windows), "wd_tokens": int(wd_windows.numel()),
-        "ppl_tokens": int(ppl_windows.numel()) if ppl_windows is not None else 0, "seed": config.seed,
-        "tse_pairs": config.tse_per_case * len(TSE_CASES),
-    })
-    pairs = sample_tse(tse_pairs(), per_case=config.tse_per_case, seed=config.seed) if config.tse_per_case else []
-    return ScanContext(
-        config=config, plan=plan, tokenizer=tokenizer, wd_windows=wd_windows, ppl_windows=ppl_windows,
-        pairs=list(pairs), cohort=torch.from_numpy(static["cohort"].values),
-        control=torch.from_numpy(static["random_control"].values), reference_weights=reference_weights,
-        previous=_previous_weights(config, plan, cube),
+def drift_measures(weights: torch.Tensor, reference: torch.Tensor, cohort: np.ndarray, control: np.ndarray) -> xr.Dataset:
+    """``drift_ref`` for every neuron, and the input-weight rows of the cohort and control neurons.
+
+    ``cohort_weights`` [member, d_model] lists the members in (layer, neuron) order; the
+    member coordinates say which neuron each row is and which set it belongs to.
+    """
+    layers, neurons = np.nonzero(cohort | control)
+    member_set = np.where(cohort[layers, neurons], "cohort", "random_control")
+    rows = weights[torch.from_numpy(layers), torch.from_numpy(neurons)].numpy()
+    return xr.Dataset(
+        {
+            "drift_ref": (("layer", "neuron"), weight_drift(weights, reference),
+                          {"long_name": "1 - cos of input weights vs the reference step"}),
+            "cohort_weights": (("member", "d_model"), rows.astype(np.float32),
+                               {"long_name": "input-weight rows of the cohort and random-control neurons"}),
+        },
+        coords={"member": np.arange(len(layers)), "member_layer": ("member", layers),
+                "member_neuron": ("member", neurons), "member_set": ("member", member_set)},
     )
 
 
-def _fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
+_CONTEXT: dict[str, WorkerContext] = {}  # one run per worker process at a time (the reference weights are big)
+
+
+def worker_context(spec: RunSpec) -> WorkerContext:
+    """This process's context for ``spec``'s run, built on first use."""
+    context = _CONTEXT.get(spec.key)
+    if context is None:
+        forget_contexts()
+        context = _CONTEXT[spec.key] = build_context(spec)
+    return context
+
+
+def forget_contexts() -> None:
+    """Free this process's per-run inputs (the reference weights are as big as a checkpoint's MLPs)."""
+    for old in _CONTEXT.values():
+        old.prefetch(None)
+    _CONTEXT.clear()
+
+
+def build_context(spec: RunSpec) -> WorkerContext:
+    """Fetch the reference step once: tokenizer, corpus windows, reference input weights."""
+    config = spec.config
+    device = resolve_device(config.device)
+    source = open_source(resolve_model(config.model), cache_dir=config.cache_dir,
+                         retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints)
+    try:
+        reference = source.fetch(spec.reference_step)
+    except CheckpointError as exc:
+        raise CheckpointError(f"the reference step {spec.reference_step} is needed first and could not be fetched: {exc}") from exc
+    try:
+        tokenizer = reference.load_tokenizer()
+        model = _load(reference, device, config.dtype)
+        _set_threads(config.threads, model)
+        window = config.window or min(2048, int(getattr(model.config, "max_position_embeddings", 2048) or 2048))
+        corpus = CorpusSpec(source=spec.corpus, split=config.corpus_split, window=window,
+                            token_budget=max(config.wd_tokens, config.ppl_tokens, window))
+        windows = load_token_windows(corpus, tokenizer)
+        with torch.inference_mode():
+            reference_weights = input_weights(model)
+    finally:
+        # Every worker needs the reference step, and workers on one node may share a cache:
+        # on a cluster it stays cached (deleting it could pull it from under a neighbour).
+        if config.executor == "serial":
+            source.release(reference)
+    pairs = sample_tse(tse_pairs(), per_case=config.tse_per_case, seed=config.seed) if config.tse_per_case else []
+    return WorkerContext(
+        spec=spec, source=source, device=device, tokenizer=tokenizer, corpus=corpus, windows=windows,
+        wd_windows=windows[: max(1, config.wd_tokens // window)],
+        ppl_windows=windows[: config.ppl_tokens // window] if config.ppl_tokens else None,
+        pairs=list(pairs), reference_weights=reference_weights,
+        reference_model=model if spec.cohort is None else None,
+    )
+
+
+def prepare_reference(spec: RunSpec) -> dict[str, Any]:
+    """``{"static": the cohort Dataset or None if the spec has one, "provenance": {...}}``."""
+    context = worker_context(spec)
+    static = None
+    if spec.cohort is None:
+        model = context.reference_model or _reload_reference(context)
+        static = fix_cohort(model, context.wd_windows, spec.config)
+    context.reference_model = None
+    config = spec.config
+    provenance = {
+        "corpus": context.corpus.to_attrs(), "corpus_hash": corpus_hash(context.windows),
+        "wd_tokens": int(context.wd_windows.numel()),
+        "ppl_tokens": int(context.ppl_windows.numel()) if context.ppl_windows is not None else 0,
+        "seed": config.seed, "tse_pairs": config.tse_per_case * len(TSE_CASES),
+    }
+    return {"static": static, "provenance": provenance}
+
+
+def _reload_reference(context: WorkerContext) -> Any:
+    checkpoint = context.fetch(context.spec.reference_step)
+    try:
+        return _load(checkpoint, context.device, context.spec.config.dtype)
+    finally:
+        context.source.release(checkpoint)
+
+
+def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
+    """One step result; its checkpoint's record travels in ``attrs["checkpoint"]``."""
+    if spec.cohort is None or spec.control is None:
+        raise ValueError("measure_step needs the run's cohort: run prepare_reference first")
+    context = worker_context(spec)
+    checkpoint = context.fetch(task.step)
+    try:
+        context.prefetch(task.prefetch)
+        result = context.measure(checkpoint, spec.cohort, spec.control)
+    finally:
+        context.source.release(checkpoint)
+    result.attrs["checkpoint"] = {**checkpoint.record(), "attempts": checkpoint.attempts, "host": platform.node()}
+    return result
+
+
+def fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
     with torch.inference_mode():
         wd = neuron_wasserstein(model, windows, int(config.memory_budget_gib * 2**30), config.batch_size, progress=True)
     scores = torch.from_numpy(np.nan_to_num(wd["wd"].values, nan=-np.inf))
@@ -128,21 +267,6 @@ def _fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Dat
     )
 
 
-def _previous_weights(config: ScanConfig, plan: ScanPlan, cube: CubeWriter) -> tuple[int, torch.Tensor] | None:
-    """Input weights of the last done step before the first step this run computes."""
-    first = cube.todo()[0]
-    earlier = [s for s in cube.stored_steps() if s < first and cube.status(s) == DONE]
-    if not earlier:
-        return None
-    step = max(earlier)
-    checkpoint = _fetch(plan, step, "previous step")
-    try:
-        with torch.inference_mode():
-            return step, input_weights(_load(checkpoint, plan.device, config.dtype))
-    finally:
-        plan.source.release(checkpoint)
-
-
 SMALL_MODEL_PARAMETERS = 50_000_000
 
 
@@ -152,13 +276,6 @@ def _set_threads(threads: int, model: Any) -> None:
         small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
         threads = 1 if small else torch.get_num_threads()
     torch.set_num_threads(threads)
-
-
-def _fetch(plan: ScanPlan, step: int, what: str) -> Checkpoint:
-    try:
-        return plan.source.fetch(step)
-    except CheckpointError as exc:
-        raise CheckpointError(f"the {what} {step} is needed first and could not be fetched: {exc}") from exc
 
 
 def _load(checkpoint: Checkpoint, device: str, dtype: str) -> Any:

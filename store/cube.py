@@ -34,6 +34,7 @@ import xarray as xr
 import zarr
 
 from dynamics.errors import CubeError, CubeLockedError
+from store.derived import add_derived
 from store.lock import WriterLock
 
 CUBE_FORMAT = 1
@@ -52,10 +53,11 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
 
     The dataset has a ``status`` coordinate along ``step`` (``done``/``failed``/``pending``)
     and the cube's provenance in ``attrs``. Arrays are read lazily as NumPy, whether or not
-    dask is installed (``ds.chunk()`` turns them into dask arrays when wanted). A study cube
-    (``dynamics ablate``) comes back as labelled arrays instead (``tse_acc[condition,
-    percent, tse_case]``...; see :mod:`store.units`), NaN where a condition is not done;
-    ``include_pending`` is ignored.
+    dask is installed (``ds.chunk()`` turns them into dask arrays when wanted). Variables the
+    cube declares as derived (:mod:`store.derived`) are computed from the done steps, lazily
+    (as dask arrays). A study cube (``dynamics ablate``) comes back as labelled arrays instead
+    (``tse_acc[condition, percent, tse_case]``...; see :mod:`store.units`), NaN where a
+    condition is not done; ``include_pending`` is ignored.
     """
     path = Path(path)
     if not (path / "zarr.json").is_file():
@@ -63,20 +65,32 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
     attrs = _read_attrs(path)
     if "extending" in attrs:
         _repair_interrupted_extension(path)
-    try:
-        ds = xr.open_zarr(path, consolidated=True, chunks=None)
-    except (ValueError, KeyError):  # consolidated metadata absent: fall back to listing the store
-        ds = xr.open_zarr(path, consolidated=False, chunks=None)
+    ds = _open_lazily(path, chunks=None)  # numpy-backed, loaded on access (whole-array reductions work)
     records = ds.attrs.get("steps", {})
     status = np.array([records.get(str(int(s)), {}).get("status", PENDING) for s in ds["step"].values])
-    ds = ds.assign_coords(status=("step", status))
-    if ds.attrs.get("cube_kind") == "units":  # a study: units become labelled arrays (store/units.py)
+    if attrs.get("cube_kind") == "units":  # a study: units become labelled arrays (store/units.py)
         from store.units import assemble_units
 
-        return assemble_units(ds.drop_vars("status"), status)
+        return assemble_units(ds, status)
+    ds = ds.assign_coords(status=("step", status)).sortby("step")
+    declared = attrs.get("identity", {}).get("derived", {})
+    done = ds.isel(step=np.flatnonzero(ds["status"].values == DONE))
+    if declared:  # derived from dask-backed sources, so a big cube opens without reading them
+        sources = _open_lazily(path, chunks={}).assign_coords(status=ds["status"]).sortby("step")
+        derived = add_derived(sources.isel(step=np.flatnonzero(sources["status"].values == DONE)), declared)
+        done = done.assign({name: derived[name] for name in derived.data_vars if name not in done.data_vars})
     if not include_pending:
-        ds = ds.isel(step=np.flatnonzero(status == DONE))
-    return ds.sortby("step")
+        return done
+    derived = [name for name in done.data_vars if name not in ds.data_vars]
+    fill = {name: -1 if done[name].dtype.kind == "i" else np.nan for name in derived}
+    return ds.assign({name: done[name].reindex(step=ds["step"], fill_value=fill[name]) for name in derived})
+
+
+def _open_lazily(path: Path, chunks: dict | None) -> xr.Dataset:
+    try:
+        return xr.open_zarr(path, consolidated=True, chunks=chunks)
+    except (ValueError, KeyError):  # consolidated metadata absent: fall back to listing the store
+        return xr.open_zarr(path, consolidated=False, chunks=chunks)
 
 
 class CubeWriter:

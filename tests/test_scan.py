@@ -44,6 +44,7 @@ def test_cube_holds_every_measure(full_cube, tiny_suite):
     # drift against the reference is 0 at the reference itself, and the chain of previous steps
     assert np.abs(ds["drift_ref"].sel(step=8).values).max() < 1e-6
     assert ds["drift_prev_from"].values.tolist() == [-1, 0, 1, 2, 4]
+    assert ds["drift_prev"].dims == ("step", "member") and ds.sizes["member"] == 12  # 3 + 3 per layer, 2 layers
     assert np.isnan(ds["drift_prev"].sel(step=0)).all() and (ds["drift_prev"].sel(step=8) > 0).all()
     assert (ds["seconds"].sel(phase="statistics") > 0).all()
     assert ds.attrs["provenance"]["corpus"]["source"].endswith("heldout.txt")
@@ -59,13 +60,59 @@ def test_wd_in_the_cube_is_the_engine_on_the_same_tokens(full_cube, tiny_suite):
     np.testing.assert_allclose(open_cube(full_cube)["wd"].sel(step=2).values, direct["wd"].values, rtol=1e-5)
 
 
+def test_cohort_weights_and_drift_prev_against_the_checkpoints(full_cube, tiny_suite):
+    """Each member's stored row is its input weights; drift_prev is scipy's cosine distance to the step before."""
+    from scipy.spatial.distance import cosine
+
+    ds = open_cube(full_cube)
+    members = list(zip(ds["member_layer"].values, ds["member_neuron"].values, ds["member_set"].values))
+    expected = {(layer, n, "cohort") for layer, n in zip(*np.nonzero(ds["cohort"].values))}
+    expected |= {(layer, n, "random_control") for layer, n in zip(*np.nonzero(ds["random_control"].values))}
+    assert set(members) == expected and len(members) == len(expected)
+    source = LocalSuiteSource(resolve_model(str(tiny_suite)))
+    rows = {}
+    for step in (2, 4):
+        model = source.fetch(step).load_model()
+        fc = [layer.mlp.dense_h_to_4h.weight.detach().numpy() for layer in model.gpt_neox.layers]
+        rows[step] = np.stack([fc[layer][n] for layer, n, _ in members])
+        np.testing.assert_array_equal(ds["cohort_weights"].sel(step=step).values, rows[step])
+    want = [cosine(a.astype(np.float64), b.astype(np.float64)) for a, b in zip(rows[4], rows[2])]
+    np.testing.assert_allclose(ds["drift_prev"].sel(step=4).values, want, rtol=1e-5, atol=1e-7)
+    pending = open_cube(full_cube, include_pending=True)
+    np.testing.assert_array_equal(pending["drift_prev"].values, ds["drift_prev"].values)
+
+
+def test_drift_prev_skips_steps_that_are_not_done(full_cube, tiny_suite, tmp_path):
+    """Derived from the done steps only: a failed step in the middle is not a link of the chain."""
+    from store.cube import _read_attrs
+
+    import shutil
+    import zarr
+
+    out = tmp_path / "gap.zarr"
+    shutil.copytree(full_cube, out)
+    group = zarr.open_group(out, mode="r+", zarr_format=3)
+    steps = dict(_read_attrs(out)["steps"])
+    steps["2"] = {"status": "failed", "error": "test"}
+    group.attrs["steps"] = steps
+    ds = open_cube(out)
+    assert ds["drift_prev_from"].values.tolist() == [-1, 0, 1, 4]
+    a, b = ds["cohort_weights"].sel(step=4).values.astype(np.float64), ds["cohort_weights"].sel(step=1).values.astype(np.float64)
+    want = 1 - (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    np.testing.assert_allclose(ds["drift_prev"].sel(step=4).values, want, rtol=1e-5, atol=1e-7)
+    pending = open_cube(out, include_pending=True)
+    assert pending["drift_prev_from"].values.tolist() == [-1, 0, -1, 1, 4]
+    assert np.isnan(pending["drift_prev"].sel(step=2)).all()
+
+
 def test_a_resumed_scan_gives_the_same_cube(full_cube, tiny_suite, tmp_path):
     out = tmp_path / "resumed.zarr"
     scan(tiny_suite, out, steps="0,1", reference_step=8, stepwise=True)
     summary = scan(tiny_suite, out, stepwise=True)  # extends to all steps, keeps the reference
     assert summary.skipped == [0, 1] and summary.done == [2, 4, 8]
     a, b = open_cube(full_cube), open_cube(out)
-    for name in ("wd", "drift_ref", "drift_prev", "drift_prev_from", "tse_acc", "ppl", "cohort", "random_control"):
+    for name in ("wd", "drift_ref", "drift_prev", "drift_prev_from", "cohort_weights", "tse_acc", "ppl", "cohort",
+                 "random_control"):
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-5, err_msg=name)
     assert scan(tiny_suite, out, stepwise=True).done == []
 
@@ -78,3 +125,21 @@ def test_plan_rejects_bad_values_before_anything_runs(tiny_suite, tmp_path):
     with pytest.raises(UserInputError, match="step 3 has no checkpoint .* nearest available: 2, 4"):
         plan_scan(ScanConfig(model=str(tiny_suite), out=str(tmp_path / "x.zarr"), reference_step=3))
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_a_cube_of_the_earlier_layout_is_refused_not_mixed(full_cube, tiny_suite, tmp_path):
+    """Cubes that stored drift_prev per step (before it was derived) cannot be extended by this version."""
+    import shutil
+
+    import zarr
+
+    from dynamics.errors import CubeError
+    from store.cube import _read_attrs
+
+    out = tmp_path / "old.zarr"
+    shutil.copytree(full_cube, out)
+    identity = dict(_read_attrs(out)["identity"])
+    del identity["derived"]
+    zarr.open_group(out, mode="r+", zarr_format=3).attrs["identity"] = identity
+    with pytest.raises(CubeError, match=r"was made with derived=null, this run has derived=\{\"drift_prev\""):
+        scan(tiny_suite, out, stepwise=True)
