@@ -263,3 +263,16 @@ def run_local(data, tmp_path):
                           tse_per_case=0, blimp_per_paradigm=0)
     run_study(config)
     return config.out
+
+
+def test_a_local_suite_is_studied_at_the_step_asked_for(tiny_suite, data, tmp_path):
+    from dynamics.errors import UserInputError
+
+    config = study_config(tiny_suite, tmp_path / "suite.zarr", data, percents="10", layer_groups=0,
+                          blimp_per_paradigm=0, revision="4", corpus=str(tiny_suite / "heldout.txt"), window=32)
+    assert run_study(config).done == list(range(6))
+    ds = open_cube(config.out)
+    assert ds.attrs["provenance"]["revision"] == "step4" and ds.attrs["identity"]["revision"] == "step4"
+    with pytest.raises(UserInputError, match=r"--revision step3: .* has steps 0, 1, 2, 4, 8"):
+        run_study(study_config(tiny_suite, tmp_path / "x.zarr", data, revision="3", blimp_per_paradigm=0))
+    assert not (tmp_path / "x.zarr").exists()
