@@ -276,3 +276,20 @@ def test_a_local_suite_is_studied_at_the_step_asked_for(tiny_suite, data, tmp_pa
     with pytest.raises(UserInputError, match=r"--revision step3: .* has steps 0, 1, 2, 4, 8"):
         run_study(study_config(tiny_suite, tmp_path / "x.zarr", data, revision="3", blimp_per_paradigm=0))
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_pos_is_skipped_with_one_line_without_spacy(data, tmp_path, monkeypatch, caplog):
+    from dynamics.errors import UserInputError
+    from dynamics.syntax import pos
+
+    def missing(*args, **kwargs):
+        raise UserInputError(pos.SPACY_MISSING)
+
+    monkeypatch.setattr(pos, "spacy_tagger", missing)
+    config = study_config(data / "llama", tmp_path / "nopos.zarr", data, percents="10", layer_groups=0,
+                          tse_per_case=0, blimp_per_paradigm=0, pos="auto")
+    with caplog.at_level(logging.WARNING, logger="dynamics.study_run"):
+        run_study(config)
+    assert [r.getMessage() for r in caplog.records] == [f"POS excess surprisal skipped: {pos.SPACY_MISSING}"]
+    ds = open_cube(config.out)
+    assert "pos_excess" not in ds and ds.attrs["provenance"]["pos"] == "skipped"
