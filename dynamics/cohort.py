@@ -9,6 +9,10 @@ Ordering rule: neurons are ranked by score (descending for the top, ascending fo
 bottom); equal scores are broken by the lower index first (within a layer for the layer
 scope, by flat index ``layer * neurons + neuron`` for the global scope); NaN scores rank
 after every number in both directions, so they are picked last.
+
+Matching: :func:`bisect_to_target` finds the argument of a non-decreasing function (the
+perplexity as the bottom-m% are ablated) whose value is within a relative tolerance of a
+target, and says honestly when the target lies outside the bracket.
 """
 
 from __future__ import annotations
