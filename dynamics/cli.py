@@ -113,9 +113,9 @@ def run_ablate_command(config: Any) -> int:
     from dynamics.study import run_study
 
     summary = run_study(config)
-    print(f"{config.out}: {len(summary.done)} conditions computed, {len(summary.skipped)} already done "
-          f"(of {summary.units}); see: dynamics report {config.out}")
-    return 0
+    print(f"{config.out}: {len(summary.done)} conditions computed, {len(summary.skipped)} already done, "
+          f"{len(summary.failed)} failed (of {summary.units}); see: dynamics report {config.out}")
+    return 0 if not summary.failed else 1
 
 
 def _commands() -> dict[str, tuple[type, Callable[[Any], int], str]]:

@@ -22,6 +22,8 @@ from checkpoints.source import Checkpoint, HubSource, RetryPolicy, open_source
 from dynamics import __version__
 from dynamics.config import config_dict, option
 from dynamics.errors import UserInputError
+from dynamics.executor import HELP as EXECUTOR_HELP
+from dynamics.executor import ExecutorSettings, check_settings
 from dynamics.lmeval_bridge import check_task_names, parse_tasks
 from dynamics.scan import DTYPES, resolve_device
 from dynamics.syntax.blimp import check_paradigms
@@ -78,11 +80,16 @@ class StudyConfig:
     dtype: str = option("auto", help="model weights dtype (auto: bfloat16 on CUDA, float32 on CPU)",
                         choices=["auto", *DTYPES])
     threads: int = option(0, help="torch CPU threads; 0: auto (1 for models under 50M parameters, else torch's default)")
+    executor: Literal["serial", "dask"] = option("serial", help=EXECUTOR_HELP["executor"])
+    scheduler: str = option("local", help=EXECUTOR_HELP["scheduler"])
+    workers: int = option(0, help=EXECUTOR_HELP["workers"])
+    task_retries: int = option(1, help=EXECUTOR_HELP["task_retries"])
+    resources: str = option("", help=EXECUTOR_HELP["resources"])
 
     def analysis(self) -> dict[str, Any]:
         """The settings that make two study cubes comparable (part of the identity)."""
         skip = {"model", "out", "revision", "overwrite", "retries", "cache_dir", "device", "threads", "batch_size",
-                "memory_budget_gib"}
+                "memory_budget_gib", "executor", "scheduler", "workers", "task_retries", "resources"}
         return {k: v for k, v in config_dict(self).items() if k not in skip}
 
     def budgets(self) -> dict[str, int | None]:
@@ -109,6 +116,7 @@ class StudyPlan:
 class StudySummary:
     done: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
     units: int = 0
 
 
@@ -128,6 +136,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     if not config.out.endswith(".zarr"):
         raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
     _check_numbers(config)
+    check_settings(ExecutorSettings.of(config))
     percents = parse_percents(config.percents)
     if config.match_percent not in percents:
         raise UserInputError(f"--match-percent {config.match_percent!r}: expected one of --percents "

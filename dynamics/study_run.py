@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -12,15 +13,18 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from checkpoints.models import mlp_shape
 from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows, read_corpus_text
 from dynamics.errors import DynamicsError, UserInputError
+from dynamics.executor import ExecutorSettings, open_executor
 from dynamics.lmeval_bridge import probe_tasks
 from dynamics.measures import neuron_wasserstein
 from dynamics.scan_context import _set_threads as set_threads
 from dynamics.study import StudyConfig, StudyPlan, StudySummary, fetch_model, provenance
-from dynamics.study_conditions import (BLOCKS, layer_groups, match_bottom_percent, neuron_sets, static_dataset,
+from dynamics.study_conditions import (BLOCKS, layer_groups, match_bottom_percent, static_dataset,
                                        study_units, top_and_random_masks)
-from dynamics.study_measure import StudyInputs, measure_unit, pos_table
+from dynamics.study_measure import StudyInputs, pos_table
+from dynamics.study_worker import StudySpec, forget_workers, run_condition, seed_worker
 from dynamics.syntax.blimp import load_blimp
 from dynamics.syntax.pairs import stratified_sample
 from dynamics.syntax.perplexity import perplexity
@@ -33,6 +37,85 @@ log = logging.getLogger(__name__)
 
 
 def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySummary:
+    """Fix the neuron sets here (the driver), then run every condition not done yet on the executor."""
+    with open_executor(ExecutorSettings.of(config)) as pool:  # a bad scheduler fails before any download
+        model, inputs, wd_windows, corpus, checkpoint = load_inputs(config, plan, tagger)
+        n_layers, _ = mlp_shape(model)
+        groups = layer_groups(n_layers, config.layer_groups) if config.layer_groups else []
+        if config.layer_groups > n_layers:
+            log.warning("--layer-groups %d: the model has %d layers, using %d groups", config.layer_groups, n_layers,
+                        n_layers)
+        units = study_units(plan.percents, config.match_percent, len(groups), bool(groups))
+        identity = {"model": plan.model_ref.location, "revision": checkpoint.revision, "commit": checkpoint.commit,
+                    "corpus": plan.corpus, "analysis": config.analysis(), "dtype": plan.dtype, "units": len(units)}
+        summary = StudySummary(units=len(units))
+        with CubeWriter(config.out, range(len(units)), identity, provenance(config, plan, checkpoint),
+                        overwrite=config.overwrite) as cube:
+            write_unit_attrs(cube.path, unit_attrs(BLOCKS, [u.record() for u in units]))
+            todo = cube.todo()
+            summary.skipped = [i for i in range(len(units)) if i not in todo]
+            if not todo:
+                return summary
+            static = cube.read_static()
+            if static is None:
+                static = _fix_neuron_sets(config, plan, model, wd_windows, inputs, groups, cube)
+                cube.write_static(static)
+            cube.record_provenance({
+                "corpus": corpus.to_attrs(), "corpus_hash": corpus_hash(inputs.ppl_windows),
+                "wd_tokens": int(wd_windows.numel()), "ppl_tokens": int(inputs.ppl_windows.numel()),
+                "tse_pairs": len(inputs.tse), "blimp_pairs": len(inputs.blimp), "lmeval_limit": inputs.lmeval_limit,
+                "lmeval_skipped": inputs.task_plan.skipped,
+                "pos": "skipped" if inputs.tagger is None else f"{len(inputs.pos_texts)} lines", "layer_groups": groups,
+            })
+            spec = StudySpec(config, plan, tuple(units), static, tuple(tuple(g) for g in groups), tagger)
+            if config.executor == "serial":
+                seed_worker(spec, model, inputs)
+            del model  # a cluster's workers load their own copy; the serial worker holds the driver's
+            try:
+                _run_units(pool, spec, todo, cube, summary)
+            finally:
+                _forget(pool)
+    return summary
+
+
+def _run_units(pool: Any, spec: StudySpec, todo: list[int], cube: CubeWriter, summary: StudySummary) -> None:
+    """Fan the conditions out; write each result as it completes, in any order."""
+    bar = tqdm(total=len(todo), desc=f"ablate {spec.config.model}", unit="condition", dynamic_ncols=True)
+    results = pool.map(partial(run_condition, spec), todo, name="condition")
+    try:
+        for done in results:
+            unit = spec.units[done.unit]
+            bar.set_postfix_str(unit.name)
+            if done.ok:
+                _write(cube, done.result, {**unit.record(), "task_attempts": done.attempts})
+                summary.done.append(done.unit)
+            else:
+                cube.mark_failed(done.unit, done.error or "unknown error", {**unit.record(), "task_attempts": done.attempts})
+                summary.failed.append(done.unit)
+                log.warning("condition %s failed, recorded (a re-run retries it): %s", unit.name, done.error)
+            bar.update()
+    finally:
+        results.close()  # Ctrl-C: cancel what is still queued
+        bar.close()
+    summary.done.sort()
+    summary.failed.sort()
+
+
+def _forget(pool: Any) -> None:
+    """Free the workers' cached models; never fail a study over it."""
+    try:
+        pool.broadcast(forget_workers)
+    except Exception as exc:
+        log.info("could not free the workers' caches: %s", exc)
+
+
+def load_inputs(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> tuple[Any, StudyInputs, torch.Tensor,
+                                                                                  CorpusSpec, Any]:
+    """The model and everything the conditions are measured on, deterministic in the config.
+
+    Returns ``(model, inputs, wd_windows, corpus spec, checkpoint)``. Workers of a cluster
+    call this too and get the same benchmark samples and windows as the driver.
+    """
     budgets = config.budgets()
     tse, blimp = _benchmarks(config, plan, budgets)  # before any download: a bad BLiMP source fails here
     checkpoint = fetch_model(config, plan)
@@ -41,52 +124,16 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
         prefix_token_id(tokenizer, config.prefix_token)  # an unknown --prefix-token fails now, not after WD
     model = checkpoint.load_model(device=plan.device, dtype=getattr(torch, plan.dtype))
     set_threads(config.threads, model)
-    from checkpoints.models import mlp_shape
-
-    n_layers, _ = mlp_shape(model)
-    groups = layer_groups(n_layers, config.layer_groups) if config.layer_groups else []
-    if config.layer_groups > n_layers:
-        log.warning("--layer-groups %d: the model has %d layers, using %d groups", config.layer_groups, n_layers, n_layers)
-    units = study_units(plan.percents, config.match_percent, len(groups), bool(groups))
-    identity = {"model": plan.model_ref.location, "revision": checkpoint.revision, "commit": checkpoint.commit,
-                "corpus": plan.corpus, "analysis": config.analysis(), "dtype": plan.dtype, "units": len(units)}
-    summary = StudySummary(units=len(units))
-    with CubeWriter(config.out, range(len(units)), identity, provenance(config, plan, checkpoint),
-                    overwrite=config.overwrite) as cube:
-        write_unit_attrs(cube.path, unit_attrs(BLOCKS, [u.record() for u in units]))
-        todo = cube.todo()
-        summary.skipped = [i for i in range(len(units)) if i not in todo]
-        if not todo:
-            return summary
-        window = config.window or min(2048, int(getattr(model.config, "max_position_embeddings", 2048) or 2048))
-        wd_windows, ppl_windows, spec = _windows(config, plan, tokenizer, window, budgets["ppl_tokens"])
-        inputs = StudyInputs(
-            tokenizer=tokenizer, tse=tse, blimp=blimp, blimp_paradigms=plan.paradigms, ppl_windows=ppl_windows,
-            tasks=plan.tasks, task_plan=probe_tasks(plan.tasks, config.task_path),
-            lmeval_limit=budgets["lmeval_limit"], pos_texts=[], tagger=None, reduction=config.reduction,
-            prefix=config.prefix, prefix_token=config.prefix_token, batch_size=config.batch_size,
-            task_path=config.task_path, seed=config.seed)
-        _prepare_pos(config, spec, model, inputs, tagger)
-        static = cube.read_static()
-        if static is None:
-            static = _fix_neuron_sets(config, plan, model, wd_windows, inputs, groups, cube)
-            cube.write_static(static)
-        sets = neuron_sets(static, config.group_percent, groups)
-        cube.record_provenance({
-            "corpus": spec.to_attrs(), "corpus_hash": corpus_hash(ppl_windows), "wd_tokens": int(wd_windows.numel()),
-            "ppl_tokens": int(ppl_windows.numel()), "tse_pairs": len(tse), "blimp_pairs": len(blimp),
-            "lmeval_limit": budgets["lmeval_limit"], "lmeval_skipped": inputs.task_plan.skipped,
-            "pos": "skipped" if inputs.tagger is None else f"{len(inputs.pos_texts)} lines",
-            "layer_groups": groups,
-        })
-        bar = tqdm(todo, desc=f"ablate {config.model}", unit="condition", dynamic_ncols=True)
-        for number in bar:
-            unit = units[number]
-            bar.set_postfix_str(unit.name)
-            result = measure_unit(model, number, unit, sets.mask(unit.neurons), inputs)
-            _write(cube, result, unit.record())
-            summary.done.append(number)
-    return summary
+    window = config.window or min(2048, int(getattr(model.config, "max_position_embeddings", 2048) or 2048))
+    wd_windows, ppl_windows, corpus = _windows(config, plan, tokenizer, window, budgets["ppl_tokens"])
+    inputs = StudyInputs(
+        tokenizer=tokenizer, tse=tse, blimp=blimp, blimp_paradigms=plan.paradigms, ppl_windows=ppl_windows,
+        tasks=plan.tasks, task_plan=probe_tasks(plan.tasks, config.task_path),
+        lmeval_limit=budgets["lmeval_limit"], pos_texts=[], tagger=None, reduction=config.reduction,
+        prefix=config.prefix, prefix_token=config.prefix_token, batch_size=config.batch_size,
+        task_path=config.task_path, seed=config.seed)
+    _prepare_pos(config, corpus, model, inputs, tagger)
+    return model, inputs, wd_windows, corpus, checkpoint
 
 
 def _benchmarks(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | None]) -> tuple[list, list]:

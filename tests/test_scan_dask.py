@@ -24,13 +24,14 @@ TIMING_FIELDS = {"written", "host", "seconds"}
 
 
 class KillFirstStepWorker(WorkerPlugin):
-    """Kill the worker process that starts the first step task (once per marker file)."""
+    """Kill the worker process that starts the first task named ``prefix`` (once per marker file)."""
 
-    def __init__(self, marker: str) -> None:
+    def __init__(self, marker: str, prefix: str = "step-") -> None:
         self.marker = marker
+        self.prefix = prefix
 
     def transition(self, key, start, finish, **kwargs):  # noqa: ANN001 - dask's hook signature
-        if finish == "executing" and str(key).startswith("step-"):
+        if finish == "executing" and str(key).startswith(self.prefix):
             try:
                 os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
             except FileExistsError:
@@ -244,3 +245,33 @@ def test_a_local_gpu_cluster_gives_each_worker_its_own_gpu():
         visible = sorted(client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"]).values())
         assert visible == ["0", "0", "1"]
         assert [w["resources"] for w in client.scheduler_info()["workers"].values()] == [{"GPU": 1}] * 3
+
+
+def test_a_study_on_dask_equals_the_serial_study_with_a_worker_killed(cluster, tmp_path):
+    """`dynamics ablate --executor dask`: conditions fan out; same cube as the serial run."""
+    from study_fixtures import save_tiny_model, write_blimp, write_corpus
+    from test_study import study_config
+
+    from dynamics.study import run_study
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_corpus(data)
+    write_blimp(data / "blimp")
+    model = save_tiny_model("llama", tmp_path / "llama")
+    serial = study_config(model, tmp_path / "serial.zarr", data)
+    assert not run_study(serial).failed
+    marker = tmp_path / "killed"
+    cluster.register_plugin(KillFirstStepWorker(str(marker), prefix="condition-"), name="kill-first-condition")
+    try:
+        config = study_config(model, tmp_path / "dask.zarr", data, executor="dask", scheduler=cluster.scheduler.address)
+        summary = run_study(config)
+    finally:
+        cluster.unregister_worker_plugin("kill-first-condition")
+    assert marker.exists()
+    assert summary.done == list(range(summary.units)) and not summary.failed
+    a, b = open_cube(serial.out), open_cube(config.out)
+    names = sorted(set(a.data_vars) - {"seconds", "group_seconds"})
+    assert names == sorted(set(b.data_vars) - {"seconds", "group_seconds"}) and "tse_acc" in names
+    for name in names:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import dynamics.study_run as study_run
+import dynamics.study_worker as study_worker
 from dynamics.ablation import ablate
 from dynamics.cli import main
 from dynamics.errors import CubeError
@@ -53,7 +53,7 @@ def test_an_interrupted_study_resumes_to_the_same_cube(data, tmp_path, monkeypat
     whole = study_config(data / "llama", tmp_path / "whole.zarr", data, layer_groups=0)
     run_study(whole)
     config = study_config(data / "llama", tmp_path / "cut.zarr", data, layer_groups=0)
-    real, calls = study_run.measure_unit, []
+    real, calls = study_worker.measure_unit, []
 
     def interrupted(*args, **kwargs):
         calls.append(args[1])
@@ -61,11 +61,11 @@ def test_an_interrupted_study_resumes_to_the_same_cube(data, tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(study_run, "measure_unit", interrupted)
+    monkeypatch.setattr(study_worker, "measure_unit", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_study(config)
     assert int(open_cube(config.out)["done"].sum()) == 2 + 2  # clean (fills both percents), neg_top and pos_top at 5%
-    monkeypatch.setattr(study_run, "measure_unit", real)
+    monkeypatch.setattr(study_worker, "measure_unit", real)
     summary = run_study(config)
     assert summary.skipped == [0, 1, 2] and summary.done == list(range(3, 10))
     a, b = open_cube(whole.out), open_cube(config.out)
