@@ -77,6 +77,12 @@ def report(ds: xr.Dataset) -> str:
     if "cohort" in ds:
         parts.append(f"cohort: {int(ds['cohort'].sum())} neurons of {ds['cohort'].size} "
                      f"({100 * float(ds['cohort'].mean()):.2f}%)")
+    if "matched_control" in ds:
+        converged = bool(ds["matched_converged"])
+        parts.append(f"matched control: bottom {float(ds['matched_percent']):.3g}% per layer, perplexity "
+                     f"{float(ds['matched_ppl']):.4g} vs the cohort's {float(ds['matched_target_ppl']):.4g} at the "
+                     f"reference step" + ("" if converged else
+                                          f" (NOT matched: {ds['matched_converged'].attrs.get('reason', '')})"))
     parts += ["", step_table(ds)]
     if "tse_acc" in ds:
         parts += ["", f"TSE accuracy per case at step {int(ds['step'].values[-1])}:", case_table(ds)]

@@ -59,6 +59,9 @@ class ScanConfig:
     cohort_percent: float = option(1.0, help="percent of neurons in the cohort (top WD at the reference step)")
     cohort_scope: Literal["layer", "global"] = option("layer", help="top percent per layer or over all layers")
     stepwise: bool = option(False, help="also ablate each step's own top neurons (condition neg_stepwise)")
+    matched: bool = option(False, help="also ablate a perplexity-matched control (condition neg_matched): the bottom "
+                           "m%% WD neurons per layer at the reference step, m bisected so that perplexity there "
+                           "matches neg_cohort's within 2%%")
     seed: int = option(0, help="seed of the random control set and the TSE sample")
     reduction: Literal["sum", "mean"] = option("sum", help="sentence score: sum or mean of token log-probabilities")
     prefix: bool = option(True, help="score every token, conditioning on BOS/EOS (--no-prefix: leave the first unscored)")
@@ -84,7 +87,8 @@ class ScanConfig:
         """The settings that make two cubes' numbers comparable (the cube's identity)."""
         keys = ("corpus_split", "window", "wd_tokens", "ppl_tokens", "tse_per_case", "cohort_percent",
                 "cohort_scope", "stepwise", "seed", "reduction", "prefix", "dtype")
-        return {k: getattr(self, k) for k in keys}
+        extra = ("matched",) if self.matched else ()  # absent when off: cubes made before --matched still resume
+        return {k: getattr(self, k) for k in keys + extra}
 
 
 # Cubes store each step's cohort weight rows and derive drift_prev from them when opened;
@@ -153,6 +157,7 @@ def _check_numbers(config: ScanConfig) -> None:
         ("batch-size", config.batch_size >= 1, "at least 1"),
         ("window", config.window is None or config.window >= 2, "at least 2 tokens"),
         ("threads", config.threads >= 0, "0 (auto) or a positive number"),
+        ("ppl-tokens", not config.matched or config.ppl_tokens > 0, "more than 0 with --matched (the match is on perplexity)"),
     ]
     for name, ok, accepted in checks:
         if not ok:
@@ -216,7 +221,8 @@ def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) ->
     static = cube.read_static()
     spec = RunSpec(config, plan.reference_step, plan.corpus)
     if static is not None:
-        spec = replace(spec, cohort=static["cohort"].values, control=static["random_control"].values)
+        spec = replace(spec, cohort=static["cohort"].values, control=static["random_control"].values,
+                       matched=_matched_mask(static))
     outcome = next(iter(pool.map(prepare_reference, [spec], name="reference")))
     if not outcome.ok:
         raise CheckpointError(outcome.error)
@@ -224,7 +230,12 @@ def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) ->
         static = outcome.result["static"]
         cube.write_static(static)
     cube.record_provenance(outcome.result["provenance"])
-    return replace(spec, cohort=static["cohort"].values, control=static["random_control"].values)
+    return replace(spec, cohort=static["cohort"].values, control=static["random_control"].values,
+                   matched=_matched_mask(static))
+
+
+def _matched_mask(static: Any) -> Any:
+    return static["matched_control"].values if "matched_control" in static else None
 
 
 def _measure_all(pool: Any, spec: Any, todo: list[int], cube: CubeWriter, summary: ScanSummary) -> None:

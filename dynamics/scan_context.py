@@ -50,6 +50,7 @@ class RunSpec:
     corpus: str
     cohort: np.ndarray | None = field(default=None, compare=False)  # [layer, neuron] bool, None before it is fixed
     control: np.ndarray | None = field(default=None, compare=False)
+    matched: np.ndarray | None = field(default=None, compare=False)  # with --matched
 
     def __str__(self) -> str:
         return f"{self.config.model}@{self.reference_step}"
@@ -113,7 +114,8 @@ class WorkerContext:
         if future.exception() is None:
             self.source.release(future.result())
 
-    def measure(self, checkpoint: Checkpoint, cohort: np.ndarray, control: np.ndarray) -> xr.Dataset:
+    def measure(self, checkpoint: Checkpoint, cohort: np.ndarray, control: np.ndarray,
+                matched: np.ndarray | None = None) -> xr.Dataset:
         """Load one checkpoint and turn it into a step result."""
         config = self.spec.config
         timings = {"download": checkpoint.seconds}
@@ -125,6 +127,8 @@ class WorkerContext:
             drift = drift_measures(weights, self.reference_weights, cohort, control)
         conditions: dict[str, torch.Tensor | None] = {
             "clean": None, "neg_cohort": torch.from_numpy(cohort), "neg_random": torch.from_numpy(control)}
+        if matched is not None:
+            conditions["neg_matched"] = torch.from_numpy(matched)
         if config.stepwise:
             conditions["neg_stepwise"] = top_percent_mask(torch.from_numpy(wd["wd"].values), config.cohort_percent,
                                                           config.cohort_scope)
@@ -217,6 +221,8 @@ def prepare_reference(spec: RunSpec) -> dict[str, Any]:
     if spec.cohort is None:
         model = context.reference_model or _reload_reference(context)
         static = fix_cohort(model, context.wd_windows, spec.config)
+        if spec.config.matched:
+            static = add_matched_control(static, model, context.ppl_windows, spec.config)
     context.reference_model = None
     config = spec.config
     provenance = {
@@ -244,7 +250,7 @@ def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
     checkpoint = context.fetch(task.step)
     try:
         context.prefetch(task.prefetch)
-        result = context.measure(checkpoint, spec.cohort, spec.control)
+        result = context.measure(checkpoint, spec.cohort, spec.control, spec.matched)
     finally:
         context.source.release(checkpoint)
     result.attrs["checkpoint"] = {**checkpoint.record(), "attempts": checkpoint.attempts, "host": platform.node()}
@@ -264,6 +270,35 @@ def fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Data
             "reference_wd": wd["wd"].astype("float32"),
         },
         coords=wd.coords,
+    )
+
+
+def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
+    """The perplexity-matched control at the reference step (``--matched``), as in `dynamics ablate`.
+
+    The bottom m% of each layer by reference WD, m bisected in [0.1, 90] until the negative
+    ablation's perplexity is within 2% of the cohort's (the closest trial is kept, and
+    ``matched_converged`` says so, when it cannot be matched).
+    """
+    from dynamics.ablation import ablate
+    from dynamics.study_conditions import match_bottom_percent
+    from dynamics.syntax.perplexity import perplexity
+
+    def ablated_ppl(mask: torch.Tensor) -> float:
+        with ablate(model, mask, mode="negative"), torch.inference_mode():
+            return perplexity(model, ppl_windows, batch_size=config.batch_size, progress=False)
+
+    target = ablated_ppl(torch.from_numpy(static["cohort"].values))
+    mask, match = match_bottom_percent(static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.02, 12)
+    log.info("matched control: m = %.4g%%, perplexity %.4f vs the cohort's %.4f (%s)", match.argument, match.value,
+             target, "matched" if match.converged else match.reason)
+    return static.assign(
+        matched_control=(("layer", "neuron"), mask, {"long_name": "bottom-m% WD neurons per layer at the reference step, "
+                                                                  "perplexity-matched to the cohort's ablation"}),
+        matched_percent=((), float(match.argument), {"units": "%", "long_name": "m"}),
+        matched_ppl=((), float(match.value), {"long_name": "perplexity with neg_matched at the reference step"}),
+        matched_target_ppl=((), float(target), {"long_name": "perplexity with neg_cohort at the reference step"}),
+        matched_converged=((), bool(match.converged), {"long_name": "matched within 2%", "reason": match.reason}),
     )
 
 

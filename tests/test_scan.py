@@ -143,3 +143,37 @@ def test_a_cube_of_the_earlier_layout_is_refused_not_mixed(full_cube, tiny_suite
     zarr.open_group(out, mode="r+", zarr_format=3).attrs["identity"] = identity
     with pytest.raises(CubeError, match=r"was made with derived=null, this run has derived=\{\"drift_prev\""):
         scan(tiny_suite, out, stepwise=True)
+
+
+def test_matched_control_matches_the_cohorts_perplexity_at_the_reference_step(tiny_suite, tmp_path):
+    """--matched: the bottom-m% mask per layer, and its perplexity recomputed by hand."""
+    from dynamics.ablation import ablate
+    from dynamics.cohort import bottom_percent_mask
+    from dynamics.syntax.perplexity import perplexity
+
+    out = tmp_path / "matched.zarr"
+    summary = scan(tiny_suite, out, steps="4,8", matched=True, ppl_tokens=256, tse_per_case=0)
+    assert summary.done == [4, 8]
+    ds = open_cube(out)
+    assert ds["condition"].values.tolist() == ["clean", "neg_cohort", "neg_random", "neg_matched"]
+    m = float(ds["matched_percent"])
+    assert 0.1 <= m <= 90.0
+    expected = bottom_percent_mask(torch.from_numpy(ds["reference_wd"].values.astype(np.float64)), m).numpy()
+    np.testing.assert_array_equal(ds["matched_control"].values, expected)
+    # Independently: load the reference step, ablate the stored mask, compute perplexity on the same windows.
+    source = LocalSuiteSource(resolve_model(str(tiny_suite)))
+    checkpoint = source.fetch(8)
+    model = checkpoint.load_model(device="cpu", dtype=torch.float32)
+    window = min(2048, model.config.max_position_embeddings)
+    windows = load_token_windows(CorpusSpec(source=str(tiny_suite / "heldout.txt"), window=window,
+                                            token_budget=max(FAST["wd_tokens"], 256, window)), checkpoint.load_tokenizer())
+    ppl_windows = windows[: 256 // window]
+    with torch.inference_mode(), ablate(model, torch.from_numpy(ds["matched_control"].values), mode="negative"):
+        by_hand = perplexity(model, ppl_windows, progress=False)
+    np.testing.assert_allclose(float(ds["matched_ppl"]), by_hand, rtol=1e-5)
+    at_reference = ds["ppl"].sel(step=8)
+    np.testing.assert_allclose(at_reference.sel(condition="neg_matched"), by_hand, rtol=1e-5)
+    np.testing.assert_allclose(at_reference.sel(condition="neg_cohort"), float(ds["matched_target_ppl"]), rtol=1e-5)
+    if bool(ds["matched_converged"]):
+        assert abs(by_hand / float(ds["matched_target_ppl"]) - 1) <= 0.02
+    assert "matched" in ds.attrs["identity"]["analysis"]
