@@ -8,14 +8,16 @@ import xarray as xr
 from dynamics.errors import UserInputError
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Right-aligned columns under a dashed rule."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def _fmt(value: float, digits: int = 3) -> str:
-    return "nan" if not np.isfinite(value) else f"{value:.{digits}f}"
+def fmt(value: float, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; "-" where there is none (NaN: not measured)."""
+    return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
 
 
 def _conditions(ds: xr.Dataset) -> list[str]:
@@ -37,25 +39,25 @@ def step_table(ds: xr.Dataset) -> str:
         at = ds.sel(step=step)
         row = [str(int(step))]
         if "wd" in ds:
-            row += [_fmt(float(at["wd"].median())),
-                    _fmt(float(at["wd"].where(ds["cohort"]).mean())) if "cohort" in ds else "-"]
+            row += [fmt(float(at["wd"].median())),
+                    fmt(float(at["wd"].where(ds["cohort"]).mean())) if "cohort" in ds else "-"]
         if "tse_acc" in ds:
-            row += [_fmt(float(at["tse_acc"].sel(condition=c).mean())) for c in conditions]
+            row += [fmt(float(at["tse_acc"].sel(condition=c).mean())) for c in conditions]
         if "ppl" in ds:
-            row += [_fmt(float(at["ppl"].sel(condition=c)), 2) for c in conditions]
+            row += [fmt(float(at["ppl"].sel(condition=c)), 2) for c in conditions]
         if "drift_ref" in ds and "cohort" in ds:
-            row += [_fmt(float(at["drift_ref"].where(ds["cohort"]).mean()), 4)]
+            row += [fmt(float(at["drift_ref"].where(ds["cohort"]).mean()), 4)]
         rows.append(row)
-    return _table(headers, rows)
+    return text_table(headers, rows)
 
 
 def case_table(ds: xr.Dataset) -> str:
     """TSE accuracy per case and condition at the last done step."""
     final = ds["tse_acc"].isel(step=-1)
     conditions = _conditions(ds)
-    rows = [[str(case)] + [_fmt(float(final.sel(tse_case=case, condition=c))) for c in conditions]
+    rows = [[str(case)] + [fmt(float(final.sel(tse_case=case, condition=c))) for c in conditions]
             for case in ds["tse_case"].values]
-    return _table(["tse case"] + conditions, rows)
+    return text_table(["tse case"] + conditions, rows)
 
 
 def report(ds: xr.Dataset) -> str:

@@ -6,18 +6,10 @@ import numpy as np
 import xarray as xr
 
 from dynamics.errors import UserInputError
+from dynamics.report import fmt as _fmt
+from dynamics.report import text_table as _table
 
 HEADLINE = ("clean", "neg_top", "neg_random", "neg_matched")
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
 
 
 def match_percent(ds: xr.Dataset) -> float:
