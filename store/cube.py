@@ -175,11 +175,10 @@ class CubeWriter:
         stored = _read_attrs(self.path).get("identity", {})
         if stored == self.identity:
             return
-        keys = sorted(k for k in set(stored) | set(self.identity) if stored.get(k) != self.identity.get(k))
-        key = keys[0]
+        key, was, now = _first_difference(stored, self.identity)
         raise CubeError(
-            f"cube {str(self.path)!r} was made with {key}={json.dumps(stored.get(key))}, "
-            f"this run has {key}={json.dumps(self.identity.get(key))}; use the same settings or another --out"
+            f"cube {str(self.path)!r} was made with {key}={json.dumps(was)}, "
+            f"this run has {key}={json.dumps(now)}; use the same settings or another --out"
         )
 
     # -- queries ----------------------------------------------------------------------------
@@ -325,6 +324,17 @@ def _rollback_extension(path: Path) -> None:
     group.attrs["steps"] = {k: v for k, v in group.attrs["steps"].items() if int(k) in kept}
     group.attrs.pop("extending", None)
     zarr.consolidate_metadata(path)
+
+
+def _first_difference(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> tuple[str, Any, Any]:
+    """The first differing key, dotted into nested settings (``analysis.seed``), and both values."""
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if x != y:
+            if isinstance(x, Mapping) and isinstance(y, Mapping):
+                return _first_difference(x, y, f"{prefix}{key}.")
+            return f"{prefix}{key}", x, y
+    return prefix.rstrip("."), a, b
 
 
 def read_identity(path: str | Path) -> dict[str, Any]:

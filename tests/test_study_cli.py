@@ -80,7 +80,7 @@ def test_a_different_analysis_is_refused_on_the_same_cube(data, tmp_path):
     run_study(config)
     other = study_config(data / "llama", config.out, data, layer_groups=0, tse_per_case=0, blimp_per_paradigm=0,
                          percents="10", seed=1)
-    with pytest.raises(CubeError, match=r"was made with analysis=.*; use the same settings or another --out"):
+    with pytest.raises(CubeError, match=r"was made with analysis.seed=0, this run has analysis.seed=1; use the same settings or another --out"):
         run_study(other)
 
 
