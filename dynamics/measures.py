@@ -83,11 +83,7 @@ def syntax_and_perplexity(
             if pairs:
                 scores = score_pairs(model, tokenizer, pairs, group_by="case", reduction=reduction,  # type: ignore[arg-type]
                                      prefix=prefix, progress=False)
-                where = {case: j for j, case in enumerate(scores.groups)}
-                for k, case in enumerate(cases):
-                    if case in where:
-                        acc[i, k] = scores.accuracy[where[case]]
-                        margin[i, k] = scores.margin[where[case]]
+                acc[i], margin[i] = scores.aligned("accuracy", cases), scores.aligned("margin", cases)
             if ppl_windows is not None and len(ppl_windows):
                 ppl[i] = perplexity(model, ppl_windows, progress=False)
     coords = {"condition": list(conditions), "tse_case": list(cases)}

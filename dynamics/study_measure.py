@@ -98,9 +98,7 @@ def _tse(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
     if not inputs.tse:
         return None
     scores = _score(model, inputs, inputs.tse)
-    where = {case: i for i, case in enumerate(scores.groups)}
-    acc = np.array([scores.accuracy[where[c]] if c in where else np.nan for c in TSE_CASES])
-    margin = np.array([scores.margin[where[c]] if c in where else np.nan for c in TSE_CASES])
+    acc, margin = scores.aligned("accuracy", TSE_CASES), scores.aligned("margin", TSE_CASES)
     return xr.Dataset(
         {
             "tse_acc": ("tse_case", acc, {"long_name": "TSE accuracy (good above bad, and above intrusive for NPI)"}),

@@ -297,6 +297,9 @@ def test_summarize_pairs_counts_npi_intrusive_and_ties():
     ds = result.to_dataset()
     assert ds.sizes == {"case": 2, "pair": 4}
     assert ds.attrs["overall_accuracy"] == 0.25
+    # In a caller's order, NaN for a group that was not scored.
+    np.testing.assert_array_equal(result.aligned("accuracy", ["b", "c", "a"]), [0.0, np.nan, 0.5])
+    np.testing.assert_array_equal(result.aligned("margin", ["a"]), [0.5])
 
 
 def test_bad_arguments_are_one_line_errors(tokenizer):

@@ -91,6 +91,12 @@ class PairScores:
     pair_group: np.ndarray | None = None  # [pair] group labels
     correct: np.ndarray | None = None  # [pair] booleans
 
+    def aligned(self, name: str, groups: Sequence[str]) -> np.ndarray:
+        """``accuracy``, ``margin`` or ``count`` for ``groups`` in that order; NaN for a group not scored."""
+        where = {group: i for i, group in enumerate(self.groups)}
+        values = getattr(self, name)
+        return np.array([values[where[g]] if g in where else np.nan for g in groups], dtype=np.float64)
+
     def to_dataset(self) -> Any:
         """An ``xarray.Dataset``: ``accuracy``, ``margin``, ``count`` over the group dimension
         (named ``group_by``), and the per-pair variables over ``pair`` when kept."""
