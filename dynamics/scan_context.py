@@ -280,14 +280,9 @@ def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tenso
     ablation's perplexity is within 2% of the cohort's (the closest trial is kept, and
     ``matched_converged`` says so, when it cannot be matched).
     """
-    from dynamics.ablation import ablate
-    from dynamics.study_conditions import match_bottom_percent
-    from dynamics.syntax.perplexity import perplexity
+    from dynamics.study_conditions import match_bottom_percent, negative_ablation_perplexity
 
-    def ablated_ppl(mask: torch.Tensor) -> float:
-        with ablate(model, mask, mode="negative"), torch.inference_mode():
-            return perplexity(model, ppl_windows, batch_size=config.batch_size, progress=False)
-
+    ablated_ppl = negative_ablation_perplexity(model, ppl_windows, config.batch_size)
     target = ablated_ppl(torch.from_numpy(static["cohort"].values))
     mask, match = match_bottom_percent(static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.02, 12)
     log.info("matched control: m = %.4g%%, perplexity %.4f vs the cohort's %.4f (%s)", match.argument, match.value,

@@ -126,6 +126,19 @@ def top_and_random_masks(wd: np.ndarray, percents: Sequence[float], seed: int) -
     return np.stack(tops), np.stack(randoms)
 
 
+def negative_ablation_perplexity(model: torch.nn.Module, windows: torch.Tensor,
+                                 batch_size: int) -> Callable[[torch.Tensor], float]:
+    """``f(mask)``: perplexity on ``windows`` with the negative pre-activations of ``mask`` zeroed."""
+    from dynamics.ablation import ablate
+    from dynamics.syntax.perplexity import perplexity
+
+    def ablated_ppl(mask: torch.Tensor) -> float:
+        with ablate(model, mask, mode="negative"), torch.inference_mode():
+            return perplexity(model, windows, batch_size=batch_size, progress=False)
+
+    return ablated_ppl
+
+
 def match_bottom_percent(wd: np.ndarray, ablated_ppl: Callable[[torch.Tensor], float], target: float, low: float,
                          high: float, tolerance: float, max_iterations: int) -> tuple[np.ndarray, BisectionResult]:
     """The bottom-``m``% WD mask whose negative ablation matches ``target`` perplexity."""

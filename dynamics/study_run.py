@@ -21,8 +21,8 @@ from dynamics.lmeval_bridge import probe_tasks
 from dynamics.measures import neuron_wasserstein
 from dynamics.scan_context import _set_threads as set_threads
 from dynamics.study import StudyConfig, StudyPlan, StudySummary, fetch_model, provenance
-from dynamics.study_conditions import (BLOCKS, layer_groups, match_bottom_percent, static_dataset,
-                                       study_units, top_and_random_masks)
+from dynamics.study_conditions import (BLOCKS, layer_groups, match_bottom_percent, negative_ablation_perplexity,
+                                       static_dataset, study_units, top_and_random_masks)
 from dynamics.study_measure import StudyInputs, pos_table
 from dynamics.study_worker import StudySpec, forget_workers, run_condition, seed_worker
 from dynamics.syntax.blimp import load_blimp
@@ -184,18 +184,13 @@ def _prepare_pos(config: StudyConfig, spec: CorpusSpec, model: Any, inputs: Stud
 def _fix_neuron_sets(config: StudyConfig, plan: StudyPlan, model: Any, wd_windows: torch.Tensor,
                      inputs: StudyInputs, groups: list[list[int]], cube: CubeWriter) -> xr.Dataset:
     """WD of every neuron, the top/random sets per percent and the perplexity-matched control."""
-    from dynamics.ablation import ablate
-
     start = time.perf_counter()
     with torch.inference_mode():
         wd = neuron_wasserstein(model, wd_windows, int(config.memory_budget_gib * 2**30), config.batch_size,
                                 progress=True)
     top, random = top_and_random_masks(wd["wd"].values, plan.percents, config.seed)
 
-    def ablated_ppl(mask: Any) -> float:
-        with ablate(model, mask, mode="negative"):
-            return perplexity(model, inputs.ppl_windows, batch_size=config.batch_size, progress=False)
-
+    ablated_ppl = negative_ablation_perplexity(model, inputs.ppl_windows, config.batch_size)
     clean = perplexity(model, inputs.ppl_windows, batch_size=config.batch_size, progress=False)
     target = ablated_ppl(torch.from_numpy(top[plan.percents.index(config.match_percent)]))
     matched, match = match_bottom_percent(wd["wd"].values, ablated_ppl, target, config.match_low, config.match_high,
