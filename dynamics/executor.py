@@ -223,6 +223,14 @@ class DaskExecutor:
         self._stack.close()
 
 
+def free_worker_caches(pool: SerialExecutor | DaskExecutor, forget: Callable[[], Any]) -> None:
+    """Run ``forget`` (a per-run cache's reset) on every worker; a run never fails over it."""
+    try:
+        pool.broadcast(forget)
+    except Exception as exc:
+        log.info("could not free the workers' caches: %s", exc)
+
+
 def _local_cluster(workers: int, resources: dict[str, float], gpus: int | None = None) -> Any:
     """N one-thread worker processes here; with GPUs, one per GPU, each seeing only its own."""
     from distributed import LocalCluster

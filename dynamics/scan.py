@@ -33,7 +33,7 @@ from dynamics import __version__
 from dynamics.config import config_dict, option
 from dynamics.errors import CheckpointError, DynamicsError, UserInputError
 from dynamics.executor import HELP as EXECUTOR_HELP
-from dynamics.executor import Completed, ExecutorSettings, check_settings, open_executor
+from dynamics.executor import Completed, ExecutorSettings, check_settings, free_worker_caches, open_executor
 from store.cube import CubeWriter, read_identity
 
 log = logging.getLogger(__name__)
@@ -205,13 +205,10 @@ def run_scan(config: ScanConfig) -> ScanSummary:
 
 
 def _forget(pool: Any) -> None:
-    """Free the workers' per-run caches (the reference weights); never fail a scan over it."""
+    """Free the workers' per-run caches (the reference weights)."""
     from dynamics.scan_context import forget_contexts
 
-    try:
-        pool.broadcast(forget_contexts)
-    except Exception as exc:
-        log.info("could not free the workers' caches: %s", exc)
+    free_worker_caches(pool, forget_contexts)
 
 
 def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) -> Any:

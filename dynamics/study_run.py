@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from checkpoints.models import mlp_shape
 from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows, read_corpus_text
 from dynamics.errors import DynamicsError, UserInputError
-from dynamics.executor import ExecutorSettings, open_executor
+from dynamics.executor import ExecutorSettings, free_worker_caches, open_executor
 from dynamics.lmeval_bridge import probe_tasks
 from dynamics.measures import neuron_wasserstein
 from dynamics.scan_context import _set_threads as set_threads
@@ -74,7 +74,7 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
             try:
                 _run_units(pool, spec, todo, cube, summary)
             finally:
-                _forget(pool)
+                free_worker_caches(pool, forget_workers)  # the cached models
     return summary
 
 
@@ -99,14 +99,6 @@ def _run_units(pool: Any, spec: StudySpec, todo: list[int], cube: CubeWriter, su
         bar.close()
     summary.done.sort()
     summary.failed.sort()
-
-
-def _forget(pool: Any) -> None:
-    """Free the workers' cached models; never fail a study over it."""
-    try:
-        pool.broadcast(forget_workers)
-    except Exception as exc:
-        log.info("could not free the workers' caches: %s", exc)
 
 
 def load_inputs(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> tuple[Any, StudyInputs, torch.Tensor,
