@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from functools import partial
@@ -15,7 +14,7 @@ from tqdm.auto import tqdm
 
 from checkpoints.models import mlp_shape
 from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows, read_corpus_text
-from dynamics.errors import DynamicsError, UserInputError
+from dynamics.errors import UserInputError
 from dynamics.executor import ExecutorSettings, free_worker_caches, open_executor
 from dynamics.lmeval_bridge import probe_tasks
 from dynamics.measures import neuron_wasserstein
@@ -50,7 +49,7 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
                     "corpus": plan.corpus, "analysis": config.analysis(), "dtype": plan.dtype, "units": len(units)}
         summary = StudySummary(units=len(units))
         with CubeWriter(config.out, range(len(units)), identity, provenance(config, plan, checkpoint),
-                        overwrite=config.overwrite) as cube:
+                        overwrite=config.overwrite, unit="condition") as cube:
             write_unit_attrs(cube.path, unit_attrs(BLOCKS, [u.record() for u in units]))
             todo = cube.todo()
             summary.skipped = [i for i in range(len(units)) if i not in todo]
@@ -87,7 +86,7 @@ def _run_units(pool: Any, spec: StudySpec, todo: list[int], cube: CubeWriter, su
             unit = spec.units[done.unit]
             bar.set_postfix_str(unit.name)
             if done.ok:
-                _write(cube, done.result, {**unit.record(), "task_attempts": done.attempts})
+                cube.write_step(done.result, {**unit.record(), "task_attempts": done.attempts})
                 summary.done.append(done.unit)
             else:
                 cube.mark_failed(done.unit, done.error or "unknown error", {**unit.record(), "task_attempts": done.attempts})
@@ -200,13 +199,3 @@ def _fix_neuron_sets(config: StudyConfig, plan: StudyPlan, model: Any, wd_window
         "tolerance": config.match_tolerance, "bracket": [config.match_low, config.match_high]}})
     log.info("neuron sets fixed in %.1fs", time.perf_counter() - start)
     return static
-
-
-def _write(cube: CubeWriter, result: xr.Dataset, record: dict[str, Any]) -> None:
-    try:
-        cube.write_step(result, record)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DynamicsError(f"disk full while writing to {cube.path}; free space and re-run the same command "
-                                "(done conditions are kept)") from exc
-        raise

@@ -21,6 +21,7 @@ The store knows nothing about neurons: it stores whatever ``xarray.Dataset`` the
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import warnings
@@ -105,6 +106,8 @@ class CubeWriter:
             full config, seeds, corpus hash); appended to ``attrs["runs"]``.
         static: variables without a ``step`` dimension, written once at creation.
         overwrite: redo steps that are already done.
+        unit: what one entry of the ``step`` dimension is to the user ("step"; a study's
+            "condition"), for the messages.
     """
 
     def __init__(
@@ -115,8 +118,10 @@ class CubeWriter:
         provenance: Mapping[str, Any] | None = None,
         static: xr.Dataset | None = None,
         overwrite: bool = False,
+        unit: str = "step",
     ) -> None:
         self.path = Path(path)
+        self.unit = unit
         self.steps = sorted({int(s) for s in steps})
         self.identity = _jsonable(dict(identity))
         self.provenance = _jsonable(dict(provenance or {}))
@@ -228,14 +233,20 @@ class CubeWriter:
             raise CubeError(f"step {step} is not in this cube; requested steps are {self.steps[:5]}...")
         if self.status(step) == DONE and not self.overwrite:
             raise CubeError(f"step {step} is already done in {str(self.path)!r}; pass --overwrite to redo it")
-        self._set_record(step, {"status": PENDING})  # an overwrite in flight is not done
-        self._ensure_variables(result)
-        i = self._index[step]
-        body = result.drop_vars([name for name in result.variables if "step" not in result[name].dims])
-        body = body.drop_vars("step")
-        body.attrs = {}
-        body.to_zarr(self.path, region={"step": slice(i, i + 1)}, mode="r+", consolidated=False)
-        self._set_record(step, {**(record or {}), "status": DONE, "written": _now()})
+        try:
+            self._set_record(step, {"status": PENDING})  # an overwrite in flight is not done
+            self._ensure_variables(result)
+            i = self._index[step]
+            body = result.drop_vars([name for name in result.variables if "step" not in result[name].dims])
+            body = body.drop_vars("step")
+            body.attrs = {}
+            body.to_zarr(self.path, region={"step": slice(i, i + 1)}, mode="r+", consolidated=False)
+            self._set_record(step, {**(record or {}), "status": DONE, "written": _now()})
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise CubeError(f"disk full while writing {self.unit} {step} to {self.path}; free space and re-run "
+                                f"the same command (done {self.unit}s are kept)") from exc
+            raise
 
     def mark_failed(self, step: int, error: str, record: Mapping[str, Any] | None = None) -> None:
         """Record that ``step`` failed (it stays out of :func:`open_cube` and is retried next run)."""

@@ -199,3 +199,22 @@ def test_markers_live_in_root_attributes(tmp_path):
     meta = json.loads((path / "zarr.json").read_text())
     assert meta["attributes"]["steps"]["3"]["status"] == "done"
     assert meta["consolidated_metadata"] is not None
+
+
+def test_a_full_disk_names_the_unit_and_keeps_what_is_done(tmp_path, monkeypatch):
+    import errno
+
+    out = tmp_path / "c.zarr"
+    with CubeWriter(out, [0, 1], ID, unit="condition") as cube:
+        cube.write_step(result(0))
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(xr.Dataset, "to_zarr", full)
+        with pytest.raises(CubeError) as caught:
+            cube.write_step(result(1))
+    assert str(caught.value) == (f"disk full while writing condition 1 to {out}; free space and re-run the same "
+                                 "command (done conditions are kept)")
+    monkeypatch.undo()
+    assert open_cube(out)["step"].values.tolist() == [0]
