@@ -166,19 +166,26 @@ def wd_histogram_figure(ds: xr.Dataset, plt, steps: Sequence[int]) -> object:
     return fig
 
 
+def accuracy_bars_figure(frame, plt, sns, *, y: str, x: str, xlabel: str, ylabel: str, title: str,
+                         size: tuple[float, float]) -> object:
+    """Horizontal bars of an accuracy per label (``y``) and condition, against chance (0.5)."""
+    fig, ax = plt.subplots(figsize=size)
+    sns.barplot(frame, y=y, x=x, hue="condition", ax=ax, orient="h")
+    ax.axvline(0.5, color="0.5", ls=":", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
 def tse_cases_figure(ds: xr.Dataset, plt, sns) -> object:
     final = ds["tse_acc"].isel(step=-1)
     frame = final.to_dataframe(name="accuracy").reset_index()
     frame["condition"] = frame["condition"].astype(str).map(lambda c: CONDITION_LABELS.get(c, c))
-    fig, ax = plt.subplots(figsize=(8, 7))
-    sns.barplot(frame, y="tse_case", x="accuracy", hue="condition", ax=ax, orient="h")
-    ax.axvline(0.5, color="0.5", ls=":", lw=1)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("TSE accuracy")
-    ax.set_ylabel("TSE case")
-    ax.set_title(f"TSE per case at step {int(ds['step'].values[-1])}")
-    ax.legend(fontsize=8, loc="lower right")
-    return fig
+    return accuracy_bars_figure(frame, plt, sns, y="tse_case", x="accuracy", xlabel="TSE accuracy", ylabel="TSE case",
+                                title=f"TSE per case at step {int(ds['step'].values[-1])}", size=(8, 7))
 
 
 def histogram_steps(steps: Sequence[int], count: int = 3) -> list[int]:

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from dynamics.plots import accuracy_bars_figure
+
 CONDITION_LABELS = {
     "clean": "clean",
     "neg_top": "negative, top WD",
@@ -50,16 +52,9 @@ def phenomena_figure(ds: xr.Dataset, plt, sns) -> object:
     """BLiMP per phenomenon at the match percent: clean, top, random, matched."""
     percent = float(ds.attrs["identity"]["analysis"]["match_percent"])
     chosen = ds.sel(percent=percent, condition=["clean", "neg_top", "neg_random", "neg_matched"])
-    frame = _frame(chosen, "blimp_term_acc")
-    fig, ax = plt.subplots(figsize=(8, 6.5))
-    sns.barplot(frame, y="blimp_phenomenon", x="value", hue="condition", orient="h", ax=ax)
-    ax.axvline(0.5, color="0.5", ls=":", lw=1)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("BLiMP accuracy")
-    ax.set_ylabel("phenomenon")
-    ax.set_title(f"BLiMP per phenomenon, {percent:g}% of neurons per layer")
-    ax.legend(fontsize=8, loc="lower right")
-    return fig
+    return accuracy_bars_figure(_frame(chosen, "blimp_term_acc"), plt, sns, y="blimp_phenomenon", x="value",
+                                xlabel="BLiMP accuracy", ylabel="phenomenon",
+                                title=f"BLiMP per phenomenon, {percent:g}% of neurons per layer", size=(8, 6.5))
 
 
 def layer_group_figure(ds: xr.Dataset, plt) -> object:
