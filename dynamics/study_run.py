@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySummary:
     """Fix the neuron sets here (the driver), then run every condition not done yet on the executor."""
     with open_executor(ExecutorSettings.of(config)) as pool:  # a bad scheduler fails before any download
-        model, inputs, wd_windows, corpus, checkpoint = load_inputs(config, plan, tagger)
+        checkpoint, model, tokenizer, tse, blimp = load_model(config, plan)
         n_layers, _ = mlp_shape(model)
         groups = layer_groups(n_layers, config.layer_groups) if config.layer_groups else []
         if config.layer_groups > n_layers:
@@ -55,6 +55,7 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
             summary.skipped = [i for i in range(len(units)) if i not in todo]
             if not todo:
                 return summary
+            inputs, wd_windows, corpus = build_inputs(config, plan, model, tokenizer, tse, blimp, tagger)
             static = cube.read_static()
             if static is None:
                 static = _fix_neuron_sets(config, plan, model, wd_windows, inputs, groups, cube)
@@ -105,16 +106,31 @@ def load_inputs(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> tup
     """The model and everything the conditions are measured on, deterministic in the config.
 
     Returns ``(model, inputs, wd_windows, corpus spec, checkpoint)``. Workers of a cluster
-    call this too and get the same benchmark samples and windows as the driver.
+    call this and get the same benchmark samples and windows as the driver.
     """
-    budgets = config.budgets()
-    tse, blimp = _benchmarks(config, plan, budgets)  # before any download: a bad BLiMP source fails here
+    checkpoint, model, tokenizer, tse, blimp = load_model(config, plan)
+    inputs, wd_windows, corpus = build_inputs(config, plan, model, tokenizer, tse, blimp, tagger)
+    return model, inputs, wd_windows, corpus, checkpoint
+
+
+def load_model(config: StudyConfig, plan: StudyPlan) -> tuple[Any, Any, Any, list, list]:
+    """``(checkpoint, model, tokenizer, TSE pairs, BLiMP pairs)``; the benchmarks first, so a bad
+    BLiMP source fails before any download."""
+    tse, blimp = _benchmarks(config, plan, config.budgets())
     checkpoint = fetch_model(config, plan)
     tokenizer = checkpoint.load_tokenizer()
     if config.prefix:
         prefix_token_id(tokenizer, config.prefix_token)  # an unknown --prefix-token fails now, not after WD
     model = checkpoint.load_model(device=plan.device, dtype=getattr(torch, plan.dtype))
     set_threads(config.threads, model)
+    return checkpoint, model, tokenizer, tse, blimp
+
+
+def build_inputs(config: StudyConfig, plan: StudyPlan, model: Any, tokenizer: Any, tse: list, blimp: list,
+                 tagger: Any | None) -> tuple[StudyInputs, torch.Tensor, CorpusSpec]:
+    """The corpus windows, the lm-eval plan and the POS lines (with clean surprisals): ``(inputs,
+    wd_windows, corpus spec)``. Only needed when some condition is still to be measured."""
+    budgets = config.budgets()
     window = config.window or min(2048, int(getattr(model.config, "max_position_embeddings", 2048) or 2048))
     wd_windows, ppl_windows, corpus = _windows(config, plan, tokenizer, window, budgets["ppl_tokens"])
     inputs = StudyInputs(
@@ -124,7 +140,7 @@ def load_inputs(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> tup
         prefix=config.prefix, prefix_token=config.prefix_token, batch_size=config.batch_size,
         task_path=config.task_path, seed=config.seed)
     _prepare_pos(config, corpus, model, inputs, tagger)
-    return model, inputs, wd_windows, corpus, checkpoint
+    return inputs, wd_windows, corpus
 
 
 def _benchmarks(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | None]) -> tuple[list, list]:
