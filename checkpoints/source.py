@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from checkpoints.models import ModelRef
+from checkpoints.names import ModelRef
 from checkpoints.steps import PYTHIA_STEPS
 from dynamics.errors import CheckpointError, DynamicsError
 
@@ -69,7 +69,7 @@ class Checkpoint:
         try:
             model = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
         except Exception as exc:  # transformers raises many types for a bad file
-            raise CheckpointError(f"step {self.step}: cannot load the model from {self.path}: {_one_line(exc)}") from exc
+            raise CheckpointError(f"step {self.step}: cannot load the model from {self.path}: {one_line(exc)}") from exc
         return model.to(device).eval()
 
     def load_tokenizer(self) -> Any:
@@ -79,7 +79,7 @@ class Checkpoint:
         try:
             return AutoTokenizer.from_pretrained(self.path, **kwargs)
         except Exception as exc:
-            raise CheckpointError(f"step {self.step}: cannot load the tokenizer from {self.path}: {_one_line(exc)}") from exc
+            raise CheckpointError(f"step {self.step}: cannot load the tokenizer from {self.path}: {one_line(exc)}") from exc
 
 
 class CheckpointSource(Protocol):
@@ -112,9 +112,9 @@ class RetryPolicy:
                 return fn(), attempt
             except Exception as exc:
                 if is_permanent(exc) or attempt == self.attempts:
-                    raise CheckpointError(f"{what}: {_one_line(exc)} (after {attempt} attempt(s))") from exc
+                    raise CheckpointError(f"{what}: {one_line(exc)} (after {attempt} attempt(s))") from exc
                 wait = min(self.backoff * 2 ** (attempt - 1), self.max_wait)
-                log.warning("%s failed (%s); retrying in %.1fs", what, _one_line(exc), wait)
+                log.warning("%s failed (%s); retrying in %.1fs", what, one_line(exc), wait)
                 self.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -177,7 +177,7 @@ class HubSource:
 
                 names = [b.name for b in HfApi().list_repo_refs(self.model_id).branches]
             except Exception as exc:  # validation must not fail on a flaky listing
-                log.warning("could not list the branches of %s: %s", self.model_id, _one_line(exc))
+                log.warning("could not list the branches of %s: %s", self.model_id, one_line(exc))
                 return None
         steps = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"step(\d+)", n)))
         return steps or None
@@ -225,6 +225,17 @@ class HubSource:
             scan_cache_dir(self.cache_dir).delete_revisions(checkpoint.commit).execute()
         except Exception as exc:  # eviction is hygiene: never lose a stored step over it
             log.warning("could not delete %s@%s from the cache: %s", self.model_id, checkpoint.revision, exc)
+
+
+class RevisionSource(HubSource):
+    """A Hub repository at one named revision (a branch, tag or commit), offered as step 0."""
+
+    def __init__(self, ref: Any, revision: str, **options: Any) -> None:
+        super().__init__(ref, **options)
+        self._revision = revision
+
+    def revision(self, step: int) -> str:
+        return self._revision
 
 
 class LocalSuiteSource:
@@ -333,6 +344,6 @@ def _dtype_kwarg() -> str:
     return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."

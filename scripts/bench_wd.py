@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from dynamics.mapping_difficulty import mapping_difficulty
-from dynamics.wasserstein import (
+from dynamics.stats.mapping_difficulty import mapping_difficulty
+from dynamics.stats.wasserstein import (
     _column_chunks,
     _one_torch_thread,
     _Scratch,

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from tiny_models import TINY_FAMILIES, VOCAB, tiny_model
 
-from checkpoints.models import mlp_shape, pre_activation_modules, transformer_layers
-from dynamics.activations import iter_layer_captures, iter_pre_activations, plan_layer_groups
+from checkpoints.adapters import mlp_shape, pre_activation_modules, transformer_layers
 from dynamics.errors import UserInputError
+from dynamics.stats.activations import iter_layer_captures, iter_pre_activations, plan_layer_groups
 
 WINDOW = 10
 
@@ -169,7 +169,7 @@ def test_plan_layer_groups(caplog: pytest.LogCaptureFixture) -> None:
     assert plan_layer_groups(range(4), 10, 10**6) == [[0, 1, 2, 3]]
     assert plan_layer_groups([1, 5, 7], 10, 20) == [[1], [5, 7]]
     assert plan_layer_groups([], 10, 20) == []
-    with caplog.at_level(logging.WARNING, logger="dynamics.activations"):
+    with caplog.at_level(logging.WARNING, logger="dynamics.stats.activations"):
         assert plan_layer_groups(range(3), 100, 10) == [[0], [1], [2]]
     assert "exceeds the memory budget" in caplog.text
 

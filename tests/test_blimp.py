@@ -3,10 +3,10 @@
 import json
 from collections import Counter
 
+import datasets
 import numpy as np
 import pytest
 
-import datasets
 from dynamics.errors import DynamicsError, UserInputError
 from dynamics.syntax.blimp import BLIMP_PARADIGMS, blimp_accuracy, load_blimp
 from dynamics.syntax.pairs import MinimalPair

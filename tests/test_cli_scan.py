@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from hub_fixtures import fake_commit, plant_hub_revision
 
 from dynamics.cli import build_parser, main
-from dynamics.scan import ScanConfig, run_scan
-from hub_fixtures import fake_commit, plant_hub_revision
+from dynamics.scan.config import ScanConfig
+from dynamics.scan.driver import run_scan
 from store import open_cube
 
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from dynamics.cohort import (
+from dynamics.errors import UserInputError
+from dynamics.stats.cohort import (
     bottom_percent_mask,
     cohort_size,
     indices_to_mask,
@@ -13,7 +14,6 @@ from dynamics.cohort import (
     random_control_mask,
     top_percent_mask,
 )
-from dynamics.errors import UserInputError
 
 
 def _slow_top(scores: list[float], count: int, descending: bool = True) -> set[int]:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.spatial import distance
 
-from dynamics.drift import cosine_drift
 from dynamics.errors import UserInputError
+from dynamics.stats.drift import cosine_drift
 
 
 def test_matches_scipy_cosine_per_neuron():

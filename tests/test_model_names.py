@@ -1,6 +1,6 @@
 import pytest
 
-from checkpoints.models import resolve_model
+from checkpoints.names import resolve_model
 from dynamics.errors import UserInputError
 
 

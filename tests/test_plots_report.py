@@ -5,8 +5,8 @@ import pytest
 
 from dynamics.cli import main
 from dynamics.errors import UserInputError
-from dynamics.plots import histogram_steps, plot_cube
-from dynamics.report import report
+from dynamics.report.scan_figures import histogram_steps, plot_cube
+from dynamics.report.scan_text import report
 from store import open_cube
 
 

@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from conftest import FAST_SCAN as FAST
 
-from checkpoints.models import resolve_model
+from checkpoints.names import resolve_model
 from checkpoints.source import LocalSuiteSource
 from dynamics.corpus import CorpusSpec, load_token_windows
 from dynamics.errors import UserInputError
-from dynamics.measures import neuron_wasserstein
-from dynamics.scan import ScanConfig, plan_scan, run_scan
+from dynamics.scan.config import ScanConfig
+from dynamics.scan.driver import plan_scan, run_scan
+from dynamics.stats.neurons import neuron_wasserstein
 from store import open_cube
-
-from conftest import FAST_SCAN as FAST
 
 
 def scan(suite, out, steps="all", **kw):
@@ -84,10 +84,11 @@ def test_cohort_weights_and_drift_prev_against_the_checkpoints(full_cube, tiny_s
 
 def test_drift_prev_skips_steps_that_are_not_done(full_cube, tiny_suite, tmp_path):
     """Derived from the done steps only: a failed step in the middle is not a link of the chain."""
-    from store.cube import _read_attrs
-
     import shutil
+
     import zarr
+
+    from store.cube import _read_attrs
 
     out = tmp_path / "gap.zarr"
     shutil.copytree(full_cube, out)
@@ -148,7 +149,7 @@ def test_a_cube_of_the_earlier_layout_is_refused_not_mixed(full_cube, tiny_suite
 def test_matched_control_matches_the_cohorts_perplexity_at_the_reference_step(tiny_suite, tmp_path):
     """--matched: the bottom-m% mask per layer, and its perplexity recomputed by hand."""
     from dynamics.ablation import ablate
-    from dynamics.cohort import bottom_percent_mask
+    from dynamics.stats.cohort import bottom_percent_mask
     from dynamics.syntax.perplexity import perplexity
 
     out = tmp_path / "matched.zarr"

@@ -9,14 +9,14 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
+from conftest import FAST_SCAN as FAST
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from dynamics.cli import main
-from dynamics.scan import ScanConfig, run_scan
+from dynamics.scan.config import ScanConfig
+from dynamics.scan.driver import run_scan
 from store import open_cube
-
-from conftest import FAST_SCAN as FAST
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
 
@@ -177,14 +177,14 @@ def test_map_yields_every_unit_with_its_attempts(cluster, tmp_path, executor):
 
 def test_workers_forget_the_run_after_a_scan_on_a_running_cluster(cluster, tiny_suite, tmp_path):
     """The reference weights are cached per worker during a run and freed after it."""
-    from dynamics import scan_context
+    from dynamics.scan import worker as scan_worker
 
     out = tmp_path / "forget.zarr"
     run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="0,1", reference_step=8, executor="dask",
                         scheduler=cluster.scheduler.address, **FAST))
-    assert set(cluster.run(lambda: len(scan_context._CONTEXT)).values()) == {0}
+    assert set(cluster.run(lambda: len(scan_worker._CONTEXT)).values()) == {0}
     run_scan(ScanConfig(model=str(tiny_suite), out=str(tmp_path / "serial.zarr"), steps="0", reference_step=8, **FAST))
-    assert scan_context._CONTEXT == {}
+    assert scan_worker._CONTEXT == {}
 
 
 def test_a_scheduler_file_and_waiting_for_workers(cluster, full_cube, tiny_suite, tmp_path):
@@ -252,7 +252,7 @@ def test_a_study_on_dask_equals_the_serial_study_with_a_worker_killed(cluster, t
     from study_fixtures import save_tiny_model, write_blimp, write_corpus
     from test_study import study_config
 
-    from dynamics.study import run_study
+    from dynamics.study.driver import run_study
 
     data = tmp_path / "data"
     data.mkdir()

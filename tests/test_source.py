@@ -3,11 +3,11 @@
 
 import pytest
 import torch
+from hub_fixtures import fake_commit, make_local_suite, plant_hub_revision, tiny_pythia
 
-from checkpoints.models import resolve_model
+from checkpoints.names import resolve_model
 from checkpoints.source import HubSource, LocalSuiteSource, RetryPolicy, SingleModelSource, weight_files
 from dynamics.errors import CheckpointError
-from hub_fixtures import fake_commit, make_local_suite, plant_hub_revision, tiny_pythia
 
 REPO = "EleutherAI/pythia-70m"
 

@@ -7,20 +7,21 @@ import math
 import numpy as np
 import pytest
 import torch
+from study_fixtures import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
+from tiny_models import N_LAYERS, TINY_FAMILIES
 
 from dynamics.ablation import ablate
-from dynamics.cohort import bisect_to_target, bottom_percent_mask, random_control_mask, top_percent_mask
 from dynamics.corpus import CorpusSpec, load_token_windows
-from dynamics.study import StudyConfig, run_study
-from dynamics.study_conditions import layer_groups
+from dynamics.stats.cohort import bisect_to_target, bottom_percent_mask, random_control_mask, top_percent_mask
+from dynamics.study.conditions import layer_groups
+from dynamics.study.config import StudyConfig
+from dynamics.study.driver import run_study
 from dynamics.syntax.blimp import blimp_accuracy, load_blimp
 from dynamics.syntax.pairs import stratified_sample
 from dynamics.syntax.perplexity import perplexity
 from dynamics.syntax.scoring import score_pairs
 from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
 from store import open_cube
-from study_fixtures import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
-from tiny_models import N_LAYERS, TINY_FAMILIES
 
 
 def study_config(model_dir, out, data, **overrides) -> StudyConfig:

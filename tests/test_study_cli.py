@@ -7,18 +7,18 @@ import logging
 import numpy as np
 import pytest
 import torch
+from study_fixtures import save_tiny_model, write_blimp, write_corpus
+from test_study import study_config, tiny_model_from
 
-import dynamics.study_worker as study_worker
+import dynamics.study.worker as study_worker
 from dynamics.ablation import ablate
 from dynamics.cli import main
 from dynamics.errors import CubeError
-from dynamics.lmeval_bridge import MISSING, lm_eval_installed, probe_tasks
-from dynamics.report import report
-from dynamics.study import run_study
+from dynamics.report.scan_text import report
+from dynamics.study.driver import run_study
+from dynamics.study.lmeval import MISSING, lm_eval_installed, probe_tasks
 from dynamics.syntax.pos import excess_surprisal, pos_surprisal
 from store import open_cube
-from study_fixtures import save_tiny_model, write_blimp, write_corpus
-from test_study import study_config, tiny_model_from
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +125,8 @@ def test_an_unknown_lm_eval_task_is_refused_before_anything_runs(data, tmp_path,
 
 
 def test_missing_lm_eval_is_one_line_and_every_task_is_skipped(monkeypatch, caplog):
-    monkeypatch.setattr("dynamics.lmeval_bridge.lm_eval_installed", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="dynamics.lmeval_bridge"):
+    monkeypatch.setattr("dynamics.study.lmeval.lm_eval_installed", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="dynamics.study.lmeval"):
         plan = probe_tasks(["arc_easy", "piqa"])
     assert [r.getMessage() for r in caplog.records] == [f"{MISSING}; skipping the lm-eval tasks arc_easy, piqa"]
     assert plan.runnable == [] and plan.skipped == {"arc_easy": MISSING, "piqa": MISSING}
@@ -134,7 +134,7 @@ def test_missing_lm_eval_is_one_line_and_every_task_is_skipped(monkeypatch, capl
 
 @pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
 def test_offline_tasks_are_skipped_with_one_line_each_and_recorded(pos_study, caplog):
-    with caplog.at_level(logging.WARNING, logger="dynamics.lmeval_bridge"):
+    with caplog.at_level(logging.WARNING, logger="dynamics.study.lmeval"):
         plan = probe_tasks(["arc_easy", "piqa"])
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and lines[0].startswith("lm-eval task arc_easy skipped: its data cannot be loaded (")
@@ -195,9 +195,8 @@ def choice_log_likelihoods(model, tokenizer, question: str, choices: list[str]) 
 
 @pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
 def test_lm_eval_scores_the_ablated_model(data, tmp_path):
-    from transformers import AutoTokenizer
-
     from study_fixtures import write_lm_eval_task
+    from transformers import AutoTokenizer
 
     docs = write_lm_eval_task(tmp_path / "tasks")
     config = study_config(data / "llama", tmp_path / "lm.zarr", data, percents="10", tasks="tiny_mc",
@@ -231,7 +230,7 @@ def test_help_lists_every_study_option_with_its_default(capsys):
 
 
 def test_full_lifts_every_budget_and_limit_zero_means_all():
-    from dynamics.study import StudyConfig
+    from dynamics.study.config import StudyConfig
 
     assert StudyConfig(model="m", out="o.zarr", full=True).budgets() == {
         "tse_per_case": None, "blimp_per_paradigm": None, "ppl_tokens": None, "lmeval_limit": None}
@@ -288,7 +287,7 @@ def test_pos_is_skipped_with_one_line_without_spacy(data, tmp_path, monkeypatch,
     monkeypatch.setattr(pos, "spacy_tagger", missing)
     config = study_config(data / "llama", tmp_path / "nopos.zarr", data, percents="10", layer_groups=0,
                           tse_per_case=0, blimp_per_paradigm=0, pos="auto")
-    with caplog.at_level(logging.WARNING, logger="dynamics.study_run"):
+    with caplog.at_level(logging.WARNING, logger="dynamics.study.driver"):
         run_study(config)
     assert [r.getMessage() for r in caplog.records] == [f"POS excess surprisal skipped: {pos.SPACY_MISSING}"]
     ds = open_cube(config.out)

@@ -12,14 +12,25 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from checkpoints.models import resolve_model
+from checkpoints.names import resolve_model
 from checkpoints.source import open_source
 from checkpoints.steps import PYTHIA_STEPS
 from dynamics.config import add_config_arguments, config_from_args
 from dynamics.corpus import CorpusSpec, load_token_windows
 from dynamics.errors import UserInputError
 from dynamics.syntax.tse import tse_pairs
-from dynamics.toy import (
+from dynamics.toy.corpus import (
+    ANIMATE_NOUNS,
+    INANIMATE_NOUNS,
+    INTRANSITIVE_VPS,
+    PAST_TRANSITIVE_VERBS,
+    generate_sentences,
+    lexicon_words,
+    plural,
+    plural_verb,
+    tse_sentences,
+)
+from dynamics.toy.suite import (
     EOS_TOKEN,
     HELDOUT_FILE,
     SPECIAL_TOKENS,
@@ -31,17 +42,6 @@ from dynamics.toy import (
     encode_stream,
     learning_rate_factor,
     vocabulary,
-)
-from dynamics.toy_corpus import (
-    ANIMATE_NOUNS,
-    INANIMATE_NOUNS,
-    INTRANSITIVE_VPS,
-    PAST_TRANSITIVE_VERBS,
-    generate_sentences,
-    lexicon_words,
-    plural,
-    plural_verb,
-    tse_sentences,
 )
 
 TINY = dict(hidden_size=16, layers=1, heads=2, context=16, batch_size=4, steps=6, checkpoint_every=4,

@@ -9,9 +9,9 @@ import torch
 from scipy import integrate, special, stats
 
 from dynamics.errors import UserInputError
-from dynamics.mapping_difficulty import mapping_difficulty
-from dynamics.wasserstein import wasserstein_split, wasserstein_to_gaussian
-from dynamics.wasserstein_sampled import wasserstein_to_gaussian_sampled
+from dynamics.stats.mapping_difficulty import mapping_difficulty
+from dynamics.stats.wasserstein import wasserstein_split, wasserstein_to_gaussian
+from dynamics.stats.wasserstein_sampled import wasserstein_to_gaussian_sampled
 
 
 def _quad_w1(column: np.ndarray, upto: float = 1.0) -> float:
@@ -171,7 +171,7 @@ def test_bad_input_is_one_line_error(bad):
 
 def test_generic_path_used_on_gpu_matches_cpu_path():
     # The accelerator path (torch.sort, torch.nonzero, masked sums) run on CPU tensors.
-    from dynamics.wasserstein import _exact_chunk, _exact_columns
+    from dynamics.stats.wasserstein import _exact_chunk, _exact_columns
 
     gen = torch.Generator().manual_seed(13)
     x = torch.randn(2000, 40, generator=gen) ** 3 - 0.2

@@ -200,7 +200,7 @@ def _npi_case(case: str) -> dict[str, tuple[tuple[str, str, str], ...]]:
 
 
 @lru_cache(maxsize=None)
-def _generated_case(case: str) -> dict[str, tuple[tuple[str, ...], ...]]:
+def generated_case(case: str) -> dict[str, tuple[tuple[str, ...], ...]]:
     return _npi_case(case) if case in NPI_TEMPLATES else _agreement_case(case)
 
 
@@ -224,7 +224,7 @@ def generate_tse(cases: Iterable[str] | None = None) -> TseData:
         ``{case: {sub-case: [(good, bad) | (good, intrusive, bad), ...]}}``, a fresh copy
         the caller may modify; the same call always returns the same data, in order.
     """
-    return {case: {sub: list(items) for sub, items in _generated_case(case).items()}
+    return {case: {sub: list(items) for sub, items in generated_case(case).items()}
             for case in check_cases(cases)}
 
 

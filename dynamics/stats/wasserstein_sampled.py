@@ -1,6 +1,6 @@
 """The paper's reference variant of WD: W1 to a seeded random N(0, 1) sample.
 
-The exact engine (:mod:`dynamics.wasserstein`) integrates against the Gaussian itself; this
+The exact engine (:mod:`dynamics.stats.wasserstein`) integrates against the Gaussian itself; this
 variant reproduces what ``scipy.stats.wasserstein_distance(z, normal_sample)`` gives, for
 comparison with published numbers.
 """
@@ -12,7 +12,7 @@ import math
 import torch
 
 from dynamics.errors import UserInputError
-from dynamics.wasserstein import _check_matrix, _column_chunks, _work_dtype
+from dynamics.stats.wasserstein import check_matrix, column_chunks, work_dtype
 
 __all__ = ["wasserstein_to_gaussian_sampled"]
 
@@ -52,7 +52,7 @@ def wasserstein_to_gaussian_sampled(x: torch.Tensor, n_samples: int | None = Non
         float32 ``[neurons]`` on ``x.device`` (float64 for float64 input); NaN for
         constant or non-finite columns.
     """
-    _check_matrix(x)
+    check_matrix(x)
     n = x.shape[0]
     m = n if n_samples is None else int(n_samples)
     if m < 1:
@@ -64,8 +64,8 @@ def wasserstein_to_gaussian_sampled(x: torch.Tensor, n_samples: int | None = Non
     left, weight = edges[:-1], (edges[1:] - edges[:-1]).to(torch.float64) / (n * m)
     ref = sample[left // n][:, None]
     out = []
-    for cols in _column_chunks(len(left), x.shape[1], x.device):
+    for cols in column_chunks(len(left), x.shape[1], x.device):
         z, undefined = _standardized_columns(x[:, cols])
         z = _sorted_columns(z)[left // m]
         out.append(((z - ref).abs_() * weight[:, None]).sum(dim=0).masked_fill_(undefined, math.nan))
-    return torch.cat(out).to(_work_dtype(x))
+    return torch.cat(out).to(work_dtype(x))

@@ -15,6 +15,8 @@ import numpy as np
 import xarray as xr
 
 from dynamics.errors import UserInputError
+from dynamics.report.figures import accuracy_bars_figure
+from dynamics.report.study_figures import study_figures
 
 log = logging.getLogger(__name__)
 
@@ -166,20 +168,6 @@ def wd_histogram_figure(ds: xr.Dataset, plt, steps: Sequence[int]) -> object:
     return fig
 
 
-def accuracy_bars_figure(frame, plt, sns, *, y: str, x: str, xlabel: str, ylabel: str, title: str,
-                         size: tuple[float, float]) -> object:
-    """Horizontal bars of an accuracy per label (``y``) and condition, against chance (0.5)."""
-    fig, ax = plt.subplots(figsize=size)
-    sns.barplot(frame, y=y, x=x, hue="condition", ax=ax, orient="h")
-    ax.axvline(0.5, color="0.5", ls=":", lw=1)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
-    return fig
-
-
 def tse_cases_figure(ds: xr.Dataset, plt, sns) -> object:
     final = ds["tse_acc"].isel(step=-1)
     frame = final.to_dataframe(name="accuracy").reset_index()
@@ -197,7 +185,7 @@ def histogram_steps(steps: Sequence[int], count: int = 3) -> list[int]:
 
 def plot_cube(ds: xr.Dataset, out: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Write every figure the cube has data for; returns the files written."""
-    study = ds.attrs.get("cube_kind") == "units"  # a `dynamics ablate` cube: see dynamics/study_plots.py
+    study = ds.attrs.get("cube_kind") == "units"  # a `dynamics ablate` cube: see dynamics/report/study_figures.py
     if (not study and ds.sizes.get("step", 0) == 0) or (study and not bool(ds["done"].any())):
         raise UserInputError(f"the cube has no done {'conditions' if study else 'steps'} to plot yet")
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
@@ -207,8 +195,6 @@ def plot_cube(ds: xr.Dataset, out: str | Path, formats: Sequence[str] = ("png", 
     out.mkdir(parents=True, exist_ok=True)
     plt, sns = _pyplot()
     written: list[Path] = []
-    if study:
-        from dynamics.study_plots import study_figures
     figures = study_figures(ds, plt, sns) if study else [
         ("cohort_wd", ["wd"], lambda: cohort_wd_figure(ds, plt)),
         ("tse_accuracy", ["tse_acc"], lambda: tse_figure(ds, plt, sns)),

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import xarray as xr
 
 from dynamics.errors import UserInputError
-
-
-def text_table(headers: list[str], rows: list[list[str]]) -> str:
-    """Right-aligned columns under a dashed rule."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
-def fmt(value: float, digits: int = 3) -> str:
-    """A number with ``digits`` decimals; "-" where there is none (NaN: not measured)."""
-    return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
+from dynamics.report.study_text import study_report
+from dynamics.report.tables import fmt, text_table
 
 
 def _conditions(ds: xr.Dataset) -> list[str]:
@@ -61,10 +50,8 @@ def case_table(ds: xr.Dataset) -> str:
 
 
 def report(ds: xr.Dataset) -> str:
-    """The full plain-text report of a scan cube (or of a study cube, see dynamics.study_report)."""
+    """The full plain-text report of a scan cube (or of a study cube, see dynamics.report.study_text)."""
     if ds.attrs.get("cube_kind") == "units":
-        from dynamics.study_report import study_report
-
         return study_report(ds)
     if ds.sizes.get("step", 0) == 0:
         raise UserInputError("the cube has no done steps to report yet")

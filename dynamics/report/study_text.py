@@ -6,8 +6,8 @@ import numpy as np
 import xarray as xr
 
 from dynamics.errors import UserInputError
-from dynamics.report import fmt as _fmt
-from dynamics.report import text_table as _table
+from dynamics.report.tables import fmt as _fmt
+from dynamics.report.tables import text_table as _table
 
 HEADLINE = ("clean", "neg_top", "neg_random", "neg_matched")
 

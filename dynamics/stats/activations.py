@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from checkpoints.models import mlp_shape, pre_activation_modules, transformer_layers
+from checkpoints.adapters import mlp_shape, pre_activation_modules, transformer_layers
 from dynamics.errors import DynamicsError, UserInputError
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def iter_layer_captures(
     """Yield ``(layer, {site: float32 tensor [tokens, width]})`` for each layer, in order.
 
     Args:
-        model: a causal LM of a supported family (see ``checkpoints.models``).
+        model: a causal LM of a supported family (see ``checkpoints.adapters``).
         windows: token ids [n_windows, window] (``dynamics.corpus.load_token_windows``).
         layers: which layers (default all).
         sites: ``"pre_activation"`` (the adapter module's output, width n_neurons) and/or

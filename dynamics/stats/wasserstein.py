@@ -120,7 +120,7 @@ def _pdf(t: torch.Tensor) -> torch.Tensor:
     return torch.exp(-0.5 * t * t) * _INV_SQRT_2PI
 
 
-def _check_matrix(x: torch.Tensor, name: str = "x") -> None:
+def check_matrix(x: torch.Tensor, name: str = "x") -> None:
     if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise UserInputError(f"{name} must be a 2-D float tensor [tokens, neurons], got {shape}")
@@ -128,11 +128,11 @@ def _check_matrix(x: torch.Tensor, name: str = "x") -> None:
         raise UserInputError(f"{name} must hold at least one token, got shape {tuple(x.shape)}")
 
 
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
+def work_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _column_chunks(n_tokens: int, n_neurons: int, device: torch.device) -> list[slice]:
+def column_chunks(n_tokens: int, n_neurons: int, device: torch.device) -> list[slice]:
     budget = _CUDA_CHUNK_ELEMENTS if device.type == "cuda" else _CPU_CHUNK_ELEMENTS
     width = max(_MIN_WIDTH, budget // max(n_tokens, 1))
     return [slice(s, min(s + width, n_neurons)) for s in range(0, n_neurons, width)]
@@ -222,7 +222,7 @@ def _split_sums(values: torch.Tensor, n_neg: torch.Tensor, loop: bool) -> tuple[
 
 def _exact_chunk(x: torch.Tensor, cols: slice, scratch: _Scratch | None) -> tuple[torch.Tensor, ...]:
     """``(wd_neg, wd_pos, undefined)`` float64/bool for the columns ``cols`` of ``x``."""
-    n, dtype, device = x.shape[0], _work_dtype(x), x.device
+    n, dtype, device = x.shape[0], work_dtype(x), x.device
     neg_mean, reach = _cells_on(n, device, dtype)
     rows = _sorted_rows(x, cols, dtype, scratch)
     width = rows.shape[0]
@@ -281,10 +281,10 @@ def _cpu_workers() -> int:
 
 def _exact_columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(wd_neg, wd_pos, undefined)`` of every column, float64/bool on ``x.device``."""
-    _check_matrix(x)
+    check_matrix(x)
     x = x.detach()
-    chunks = _column_chunks(x.shape[0], x.shape[1], x.device)
-    _cells_on(x.shape[0], x.device, _work_dtype(x))  # build the shared tables once, up front
+    chunks = column_chunks(x.shape[0], x.shape[1], x.device)
+    _cells_on(x.shape[0], x.device, work_dtype(x))  # build the shared tables once, up front
     if x.device.type != "cpu":
         parts = [_exact_chunk(x, cols, None) for cols in chunks]
     else:
@@ -346,6 +346,6 @@ def wasserstein_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
         dtype, so the identity holds exactly. NaN for constant or non-finite columns.
     """
     neg, pos, undefined = _exact_columns(x)
-    dtype = _work_dtype(x)
+    dtype = work_dtype(x)
     wd_neg, wd_pos = _finish(neg, undefined, dtype), _finish(pos, undefined, dtype)
     return wd_neg + wd_pos, wd_neg, wd_pos

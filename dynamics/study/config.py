@@ -1,31 +1,27 @@
-"""`dynamics ablate`: the paper's ablation study and its controls on one model, into a cube.
+"""The options of `dynamics ablate` (:class:`StudyConfig`) and their validation (:func:`plan_study`).
 
-Flow: validate every option (:func:`plan_study`) -> load the benchmarks -> fetch and load the
-model -> open the cube (one unit per condition, :mod:`dynamics.study_conditions`) -> once:
-WD of every neuron, the neuron sets and the perplexity-matched control, stored as static
-variables -> each unit not done yet: its measures (:mod:`dynamics.study_measure`) written
-as one region, then marked done. A re-run skips done units; Ctrl-C keeps them.
+Flow of a study: validate every option (:func:`plan_study`) -> load the benchmarks -> fetch
+and load the model (:mod:`dynamics.study.inputs`) -> open the cube (one unit per condition,
+:mod:`dynamics.study.conditions`) -> once: WD of every neuron, the neuron sets and the
+perplexity-matched control, stored as static variables -> each unit not done yet: its
+measures (:mod:`dynamics.study.measures`) written as one region, then marked done
+(:mod:`dynamics.study.driver`). A re-run skips done units; Ctrl-C keeps them.
 """
 
 from __future__ import annotations
 
 import logging
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
-from checkpoints.models import resolve_model
-from checkpoints.source import Checkpoint, HubSource, RetryPolicy, open_source
-from dynamics import __version__
+from checkpoints.names import resolve_model
 from dynamics.config import config_dict, option
 from dynamics.errors import UserInputError
 from dynamics.executor import HELP as EXECUTOR_HELP
 from dynamics.executor import ExecutorSettings, check_settings
-from dynamics.lmeval_bridge import check_task_names, parse_tasks
-from dynamics.scan import DTYPES, resolve_device
+from dynamics.runtime import DTYPES, resolve_device, resolve_dtype
+from dynamics.study.lmeval import check_task_names, parse_tasks
 from dynamics.syntax.blimp import check_paradigms
 
 log = logging.getLogger(__name__)
@@ -157,7 +153,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     check_task_names(tasks, config.task_path)
     revision = _revision(ref, config.revision)
     device = resolve_device(config.device)
-    dtype = config.dtype if config.dtype != "auto" else "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = resolve_dtype(config.dtype, device)
     return StudyPlan(ref, revision, config.corpus, percents, tasks, paradigms, device, dtype)
 
 
@@ -198,42 +194,3 @@ def _revision(ref: Any, revision: str | None) -> str | None:
             raise UserInputError(f"--revision {revision!r}: expected a step such as step143000 or 143000")
         return None if revision is None else f"step{revision.removeprefix('step')}"
     return revision or "main"
-
-
-class _RevisionSource(HubSource):
-    """A Hub repository at one named revision (a branch, tag or commit), offered as step 0."""
-
-    def __init__(self, ref: Any, revision: str, **options: Any) -> None:
-        super().__init__(ref, **options)
-        self._revision = revision
-
-    def revision(self, step: int) -> str:
-        return self._revision
-
-
-def fetch_model(config: StudyConfig, plan: StudyPlan) -> Checkpoint:
-    """The checkpoint the study runs on (downloaded models are kept in the cache)."""
-    ref = plan.model_ref
-    if ref.kind == "hub":
-        source = _RevisionSource(ref, plan.revision or "main", cache_dir=config.cache_dir,
-                                 retry=RetryPolicy(attempts=config.retries), keep=True)
-        return source.fetch(0)
-    source = open_source(ref)
-    steps = source.available_steps() or [0]
-    step = int(plan.revision.removeprefix("step")) if plan.revision else steps[-1]
-    if step not in steps:
-        raise UserInputError(f"--revision {plan.revision}: {ref.name!r} has steps {', '.join(map(str, steps[-5:]))}...")
-    return source.fetch(step)
-
-
-def provenance(config: StudyConfig, plan: StudyPlan, checkpoint: Checkpoint) -> dict[str, Any]:
-    return {"model": config.model, "model_id": plan.model_ref.location, "revision": checkpoint.revision,
-            "commit": checkpoint.commit, "package_version": __version__, "torch_version": torch.__version__,
-            "config": config_dict(config), "host": platform.node(), "seed": config.seed}
-
-
-def run_study(config: StudyConfig, tagger: Any | None = None) -> StudySummary:
-    """Run (or resume) the study of ``config`` into its cube; ``tagger`` overrides spaCy for POS."""
-    from dynamics.study_run import execute
-
-    return execute(config, plan_study(config), tagger)

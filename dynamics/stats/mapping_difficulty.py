@@ -7,7 +7,7 @@ import math
 import torch
 
 from dynamics.errors import UserInputError
-from dynamics.wasserstein import _check_matrix, _column_chunks, _work_dtype
+from dynamics.stats.wasserstein import check_matrix, column_chunks, work_dtype
 
 __all__ = ["mapping_difficulty"]
 
@@ -38,8 +38,8 @@ def mapping_difficulty(
     Raises:
         UserInputError: bad shapes, ``n_pairs < 1`` or no pair with distinct inputs.
     """
-    _check_matrix(inputs, "inputs")
-    _check_matrix(outputs, "outputs")
+    check_matrix(inputs, "inputs")
+    check_matrix(outputs, "outputs")
     n = inputs.shape[0]
     if outputs.shape[0] != n:
         raise UserInputError(f"inputs and outputs must share the token axis, got {n} and {outputs.shape[0]} tokens")
@@ -57,11 +57,11 @@ def mapping_difficulty(
         raise UserInputError(
             "mapping difficulty needs at least one token pair with distinct inputs; all drawn pairs coincide"
         )
-    device, dtype = outputs.device, _work_dtype(outputs)
+    device, dtype = outputs.device, work_dtype(outputs)
     first, second, dx = first[keep].to(device), second[keep].to(device), dx[keep].to(device)
     weight = (dx.max() / dx).to(dtype)  # 1 / (dx / N_x) per pair
     pairs = len(dx)
-    out, chunks = [], _column_chunks(pairs, outputs.shape[1], device)
+    out, chunks = [], column_chunks(pairs, outputs.shape[1], device)
     width = chunks[0].stop - chunks[0].start
     buffers = [torch.empty(pairs * width, dtype=outputs.dtype, device=device) for _ in range(2)]
     for cols in chunks:

@@ -21,16 +21,15 @@ Units, in the order they are computed (blocks as in :mod:`store.units`):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
-from dynamics.cohort import BisectionResult, bisect_to_target, bottom_percent_mask, random_control_mask, top_percent_mask
+from dynamics.stats.cohort import BisectionResult, random_control_mask, top_percent_mask, wd_scores
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ def neuron_sets(static: xr.Dataset, group_percent: float, groups: list[list[int]
         sets.masks[f"top:{p}"] = torch.from_numpy(static["top_mask"].sel(percent=p).values.copy())
         sets.masks[f"random:{p}"] = torch.from_numpy(static["random_mask"].sel(percent=p).values.copy())
     sets.masks["matched"] = torch.from_numpy(static["matched_mask"].values.copy())
-    top = top_percent_mask(_scores(static["wd"].values), group_percent)
+    top = top_percent_mask(wd_scores(static["wd"].values), group_percent)
     for g in range(len(groups)):
         alone, upto = torch.zeros_like(top), torch.zeros_like(top)
         alone[groups[g]] = top[groups[g]]
@@ -111,52 +110,14 @@ def neuron_sets(static: xr.Dataset, group_percent: float, groups: list[list[int]
     return sets
 
 
-def _scores(wd: np.ndarray) -> torch.Tensor:
-    """WD as ranking scores (the cohort rules rank NaN last, for the top and the bottom)."""
-    return torch.from_numpy(np.asarray(wd, dtype=np.float64).copy())
-
-
 def top_and_random_masks(wd: np.ndarray, percents: Sequence[float], seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``[percent, layer, neuron]`` masks: the top WD per layer, and a random control per percent."""
     tops, randoms = [], []
     for i, p in enumerate(percents):
-        top = top_percent_mask(_scores(wd), p)
+        top = top_percent_mask(wd_scores(wd), p)
         tops.append(top.numpy())
         randoms.append(random_control_mask(top, seed=seed + i).numpy())
     return np.stack(tops), np.stack(randoms)
-
-
-def negative_ablation_perplexity(model: torch.nn.Module, windows: torch.Tensor,
-                                 batch_size: int) -> Callable[[torch.Tensor], float]:
-    """``f(mask)``: perplexity on ``windows`` with the negative pre-activations of ``mask`` zeroed."""
-    from dynamics.ablation import ablate
-    from dynamics.syntax.perplexity import perplexity
-
-    def ablated_ppl(mask: torch.Tensor) -> float:
-        with ablate(model, mask, mode="negative"), torch.inference_mode():
-            return perplexity(model, windows, batch_size=batch_size, progress=False)
-
-    return ablated_ppl
-
-
-def match_bottom_percent(wd: np.ndarray, ablated_ppl: Callable[[torch.Tensor], float], target: float, low: float,
-                         high: float, tolerance: float, max_iterations: int) -> tuple[np.ndarray, BisectionResult]:
-    """The bottom-``m``% WD mask whose negative ablation matches ``target`` perplexity."""
-    scores = _scores(wd)
-    bar = tqdm(total=max_iterations + 2, desc="matched control", unit="trial", dynamic_ncols=True)
-
-    def perplexity_at(m: float) -> float:
-        value = ablated_ppl(bottom_percent_mask(scores, m))
-        log.info("matched control: bottom %.4g%% -> perplexity %.4f (target %.4f)", m, value, target)
-        bar.set_postfix_str(f"m {m:.3g}% ppl {value:.4g} target {target:.4g}")
-        bar.update()
-        return value
-
-    with bar:
-        result = bisect_to_target(perplexity_at, target, low, high, tolerance, max_iterations)
-    if not result.converged:
-        log.warning("matched control not found: %s; keeping the closest, m = %.4g%%", result.reason, result.argument)
-    return bottom_percent_mask(scores, result.argument).numpy(), result
 
 
 def static_dataset(wd: xr.Dataset, percents: Sequence[float], top: np.ndarray, random: np.ndarray,

@@ -1,7 +1,7 @@
 """The built-in model organism: a tiny Pythia-architecture suite trained here, on CPU.
 
 :func:`build_toy_suite` generates an English corpus around the TSE phenomena
-(:mod:`dynamics.toy_corpus`), builds a whitespace word-level tokenizer over the grammar's
+(:mod:`dynamics.toy.corpus`), builds a whitespace word-level tokenizer over the grammar's
 lexicon, trains a GPT-NeoX (Pythia's architecture: rotary attention on a quarter of each
 head, parallel residual, GELU MLP with a 4x intermediate size, untied embeddings) from
 scratch with AdamW and warmup + cosine decay on packed sentences separated by
@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from dynamics.config import config_dict, option
 from dynamics.errors import UserInputError
-from dynamics.toy_corpus import corpus_description, generate_sentences, lexicon_words, tse_sentences
+from dynamics.toy.corpus import corpus_description, generate_sentences, lexicon_words, tse_sentences
 
 log = logging.getLogger(__name__)
 

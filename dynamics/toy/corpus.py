@@ -305,7 +305,7 @@ def generate_sentences(count: int, seed: int | str,
 def corpus_description() -> dict[str, Any]:
     """What the corpus is made of, for the suite's provenance (``suite.json``)."""
     return {
-        "generator": "dynamics.toy_corpus (random grammar; see its module docstring)",
+        "generator": "dynamics.toy.corpus (random grammar; see its module docstring)",
         "sentence_mixture": dict(SENTENCE_MIXTURE),
         "subject_modifiers": dict(SUBJECT_MODIFIERS),
         "animate_predicates": dict(ANIMATE_PREDICATES),

@@ -1,8 +1,12 @@
-"""Running a planned study: inputs, the static neuron sets, then one cube unit per condition."""
+"""`dynamics ablate`: the paper's ablation study and its controls on one model, into a cube.
+
+Running a planned study: inputs, the static neuron sets, then one cube unit per condition.
+"""
 
 from __future__ import annotations
 
 import logging
+import platform
 import time
 from functools import partial
 from typing import Any
@@ -12,27 +16,36 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from checkpoints.models import mlp_shape
-from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows, read_corpus_text
-from dynamics.errors import UserInputError
+from checkpoints.adapters import mlp_shape
+from checkpoints.source import Checkpoint
+from dynamics import __version__
+from dynamics.ablation import match_bottom_percent, negative_ablation_perplexity
+from dynamics.config import config_dict
+from dynamics.corpus import corpus_hash
 from dynamics.executor import ExecutorSettings, free_worker_caches, open_executor
-from dynamics.lmeval_bridge import probe_tasks
-from dynamics.measures import neuron_wasserstein
-from dynamics.scan_context import _set_threads as set_threads
-from dynamics.study import StudyConfig, StudyPlan, StudySummary, fetch_model, provenance
-from dynamics.study_conditions import (BLOCKS, layer_groups, match_bottom_percent, negative_ablation_perplexity,
-                                       static_dataset, study_units, top_and_random_masks)
-from dynamics.study_measure import StudyInputs, pos_table
-from dynamics.study_worker import StudySpec, forget_workers, run_condition, seed_worker
-from dynamics.syntax.blimp import load_blimp
-from dynamics.syntax.pairs import stratified_sample
+from dynamics.runtime import gib_to_bytes
+from dynamics.stats.neurons import neuron_wasserstein
+from dynamics.study.conditions import BLOCKS, layer_groups, static_dataset, study_units, top_and_random_masks
+from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study
+from dynamics.study.inputs import build_inputs, load_model
+from dynamics.study.measures import StudyInputs
+from dynamics.study.worker import StudySpec, forget_workers, run_condition, seed_worker
 from dynamics.syntax.perplexity import perplexity
-from dynamics.syntax.scoring import prefix_token_id
-from dynamics.syntax.tse import sample_tse, tse_pairs
 from store.cube import CubeWriter
 from store.units import unit_attrs, write_unit_attrs
 
 log = logging.getLogger(__name__)
+
+
+def run_study(config: StudyConfig, tagger: Any | None = None) -> StudySummary:
+    """Run (or resume) the study of ``config`` into its cube; ``tagger`` overrides spaCy for POS."""
+    return execute(config, plan_study(config), tagger)
+
+
+def provenance(config: StudyConfig, plan: StudyPlan, checkpoint: Checkpoint) -> dict[str, Any]:
+    return {"model": config.model, "model_id": plan.model_ref.location, "revision": checkpoint.revision,
+            "commit": checkpoint.commit, "package_version": __version__, "torch_version": torch.__version__,
+            "config": config_dict(config), "host": platform.node(), "seed": config.seed}
 
 
 def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySummary:
@@ -101,99 +114,12 @@ def _run_units(pool: Any, spec: StudySpec, todo: list[int], cube: CubeWriter, su
     summary.failed.sort()
 
 
-def load_inputs(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> tuple[Any, StudyInputs, torch.Tensor,
-                                                                                  CorpusSpec, Any]:
-    """The model and everything the conditions are measured on, deterministic in the config.
-
-    Returns ``(model, inputs, wd_windows, corpus spec, checkpoint)``. Workers of a cluster
-    call this and get the same benchmark samples and windows as the driver.
-    """
-    checkpoint, model, tokenizer, tse, blimp = load_model(config, plan)
-    inputs, wd_windows, corpus = build_inputs(config, plan, model, tokenizer, tse, blimp, tagger)
-    return model, inputs, wd_windows, corpus, checkpoint
-
-
-def load_model(config: StudyConfig, plan: StudyPlan) -> tuple[Any, Any, Any, list, list]:
-    """``(checkpoint, model, tokenizer, TSE pairs, BLiMP pairs)``; the benchmarks first, so a bad
-    BLiMP source fails before any download."""
-    tse, blimp = _benchmarks(config, plan, config.budgets())
-    checkpoint = fetch_model(config, plan)
-    tokenizer = checkpoint.load_tokenizer()
-    if config.prefix:
-        prefix_token_id(tokenizer, config.prefix_token)  # an unknown --prefix-token fails now, not after WD
-    model = checkpoint.load_model(device=plan.device, dtype=getattr(torch, plan.dtype))
-    set_threads(config.threads, model)
-    return checkpoint, model, tokenizer, tse, blimp
-
-
-def build_inputs(config: StudyConfig, plan: StudyPlan, model: Any, tokenizer: Any, tse: list, blimp: list,
-                 tagger: Any | None) -> tuple[StudyInputs, torch.Tensor, CorpusSpec]:
-    """The corpus windows, the lm-eval plan and the POS lines (with clean surprisals): ``(inputs,
-    wd_windows, corpus spec)``. Only needed when some condition is still to be measured."""
-    budgets = config.budgets()
-    window = config.window or min(2048, int(getattr(model.config, "max_position_embeddings", 2048) or 2048))
-    wd_windows, ppl_windows, corpus = _windows(config, plan, tokenizer, window, budgets["ppl_tokens"])
-    inputs = StudyInputs(
-        tokenizer=tokenizer, tse=tse, blimp=blimp, blimp_paradigms=plan.paradigms, ppl_windows=ppl_windows,
-        tasks=plan.tasks, task_plan=probe_tasks(plan.tasks, config.task_path),
-        lmeval_limit=budgets["lmeval_limit"], pos_texts=[], tagger=None, reduction=config.reduction,
-        prefix=config.prefix, prefix_token=config.prefix_token, batch_size=config.batch_size,
-        task_path=config.task_path, seed=config.seed)
-    _prepare_pos(config, corpus, model, inputs, tagger)
-    return inputs, wd_windows, corpus
-
-
-def _benchmarks(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | None]) -> tuple[list, list]:
-    tse: list = []
-    if config.tse_per_case or config.full:
-        pairs = tse_pairs()
-        tse = list(pairs if budgets["tse_per_case"] is None else sample_tse(pairs, budgets["tse_per_case"], config.seed))
-    blimp: list = []
-    if config.blimp_per_paradigm or config.full:
-        pairs = load_blimp(config.blimp, plan.paradigms)
-        if budgets["blimp_per_paradigm"] is not None:
-            grouped = {p: {"": [x for x in pairs if x.case == p]} for p in plan.paradigms}
-            sample = stratified_sample(grouped, budgets["blimp_per_paradigm"], seed=config.seed)
-            pairs = [x for p in plan.paradigms for x in sample[p][""]]
-        blimp = list(pairs)
-    log.info("benchmarks: %d TSE pairs, %d BLiMP pairs", len(tse), len(blimp))
-    return tse, blimp
-
-
-def _windows(config: StudyConfig, plan: StudyPlan, tokenizer: Any, window: int,
-             ppl_tokens: int | None) -> tuple[torch.Tensor, torch.Tensor, CorpusSpec]:
-    budget = None if ppl_tokens is None else max(config.wd_tokens, ppl_tokens, window)
-    spec = CorpusSpec(source=plan.corpus, split=config.corpus_split, window=window, token_budget=budget)
-    windows = load_token_windows(spec, tokenizer)
-    wd_windows = windows[: max(1, config.wd_tokens // window)]
-    ppl_windows = windows if ppl_tokens is None else windows[: max(1, ppl_tokens // window)]
-    return wd_windows, ppl_windows, spec
-
-
-def _prepare_pos(config: StudyConfig, spec: CorpusSpec, model: Any, inputs: StudyInputs, tagger: Any | None) -> None:
-    """The POS tagger, the tagged lines and the clean model's word surprisals (or one skip line)."""
-    if config.pos == "off" or not config.pos_lines:
-        return
-    if tagger is None:
-        from dynamics.syntax.pos import spacy_tagger
-
-        try:
-            tagger = spacy_tagger()
-        except UserInputError as exc:
-            log.warning("POS excess surprisal skipped: %s", exc)
-            return
-    lines = [line.strip() for line in read_corpus_text(spec).splitlines() if len(line.split()) >= 5]
-    inputs.pos_texts = [" ".join(line.split()[:200]) for line in lines[: config.pos_lines]]
-    inputs.tagger = tagger
-    inputs.clean_pos = pos_table(model, inputs)
-
-
 def _fix_neuron_sets(config: StudyConfig, plan: StudyPlan, model: Any, wd_windows: torch.Tensor,
                      inputs: StudyInputs, groups: list[list[int]], cube: CubeWriter) -> xr.Dataset:
     """WD of every neuron, the top/random sets per percent and the perplexity-matched control."""
     start = time.perf_counter()
     with torch.inference_mode():
-        wd = neuron_wasserstein(model, wd_windows, int(config.memory_budget_gib * 2**30), config.batch_size,
+        wd = neuron_wasserstein(model, wd_windows, gib_to_bytes(config.memory_budget_gib), config.batch_size,
                                 progress=True)
     top, random = top_and_random_masks(wd["wd"].values, plan.percents, config.seed)
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
 import torch
 
 from dynamics.errors import UserInputError
@@ -222,3 +223,8 @@ def bisect_to_target(
             return closest("")
         low, high = (middle, high) if value < target else (low, middle)
     return closest(f"not within {tolerance:.1%} of {target:.4g} after {max_iterations} iterations")
+
+
+def wd_scores(wd: np.ndarray) -> torch.Tensor:
+    """WD as ranking scores (the cohort rules rank NaN last, for the top and the bottom)."""
+    return torch.from_numpy(np.asarray(wd, dtype=np.float64).copy())

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from dynamics.plots import accuracy_bars_figure
+from dynamics.report.figures import accuracy_bars_figure
 
 CONDITION_LABELS = {
     "clean": "clean",

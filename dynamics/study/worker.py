@@ -17,9 +17,11 @@ from typing import Any
 import torch
 import xarray as xr
 
-from dynamics.study import StudyConfig, StudyPlan
-from dynamics.study_conditions import NeuronSets, Unit, neuron_sets
-from dynamics.study_measure import StudyInputs, measure_unit
+from dynamics.runtime import resolve_device
+from dynamics.study.conditions import NeuronSets, Unit, neuron_sets
+from dynamics.study.config import StudyConfig, StudyPlan
+from dynamics.study.inputs import load_inputs
+from dynamics.study.measures import StudyInputs, measure_unit
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,6 @@ def run_condition(spec: StudySpec, number: int) -> xr.Dataset:
 
 def _build_worker(spec: StudySpec) -> StudyWorker:
     """Load the model and rebuild the run's inputs exactly as the driver did (same seeds)."""
-    from dynamics.scan import resolve_device
-    from dynamics.study_run import load_inputs
-
     config = spec.config
     plan = replace(spec.plan, device=resolve_device(config.device))  # this worker's own device; the dtype is the run's
     log.info("worker: loading %s for the study on %s", config.model, plan.device)

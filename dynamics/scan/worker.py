@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import platform
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,14 +27,17 @@ import numpy as np
 import torch
 import xarray as xr
 
-from checkpoints.models import resolve_model
+from checkpoints.names import resolve_model
 from checkpoints.source import Checkpoint, CheckpointSource, RetryPolicy, open_source
-from checkpoints.stream import _in_background, _outcome
-from dynamics.cohort import random_control_mask, top_percent_mask
+from checkpoints.stream import Prefetcher
+from dynamics.ablation import match_bottom_percent, negative_ablation_perplexity
 from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows
 from dynamics.errors import CheckpointError
-from dynamics.measures import input_weights, neuron_wasserstein, syntax_and_perplexity, weight_drift
-from dynamics.scan import ScanConfig, resolve_device, step_result, timed
+from dynamics.runtime import default_window, gib_to_bytes, load_checkpoint_model, resolve_device, set_threads, timed
+from dynamics.scan.config import ScanConfig
+from dynamics.scan.measures import step_result, syntax_and_perplexity
+from dynamics.stats.cohort import random_control_mask, top_percent_mask
+from dynamics.stats.neurons import input_weights, neuron_wasserstein, weight_drift
 from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
 
 log = logging.getLogger(__name__)
@@ -89,30 +91,25 @@ class WorkerContext:
     pairs: list[Any]
     reference_weights: torch.Tensor  # [layer, neuron, d_model]
     reference_model: Any = None  # kept only until the cohort is fixed
-    prefetched: dict[int, Future[Checkpoint]] = field(default_factory=dict)
+    prefetcher: Prefetcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prefetcher = Prefetcher(self.source)
 
     @property
     def memory_budget(self) -> int:
-        return int(self.spec.config.memory_budget_gib * 2**30)
+        return gib_to_bytes(self.spec.config.memory_budget_gib)
 
     def fetch(self, step: int) -> Checkpoint:
         """The checkpoint of ``step`` (prefetched when it was announced); raises on failure."""
-        pending = self.prefetched.pop(step, None)
-        checkpoint = _outcome(pending.result if pending else lambda: self.source.fetch(step), step)
+        checkpoint = self.prefetcher.fetch(step)
         if not checkpoint.ok:
             raise CheckpointError(checkpoint.error)
         return checkpoint
 
     def prefetch(self, step: int | None) -> None:
         """Start fetching ``step`` in the background; anything else announced earlier is released."""
-        for stale in [s for s in self.prefetched if s != step]:
-            self.prefetched.pop(stale).add_done_callback(self._release_quietly)
-        if step is not None and step not in self.prefetched:
-            self.prefetched[step] = _in_background(self.source, step)
-
-    def _release_quietly(self, future: Future[Checkpoint]) -> None:
-        if future.exception() is None:
-            self.source.release(future.result())
+        self.prefetcher.prefetch(step)
 
     def measure(self, checkpoint: Checkpoint, cohort: np.ndarray, control: np.ndarray,
                 matched: np.ndarray | None = None) -> xr.Dataset:
@@ -120,7 +117,7 @@ class WorkerContext:
         config = self.spec.config
         timings = {"download": checkpoint.seconds}
         with timed(timings, "load"):
-            model = _load(checkpoint, self.device, config.dtype)
+            model = load_checkpoint_model(checkpoint, self.device, config.dtype)
         with timed(timings, "statistics"), torch.inference_mode():
             wd = neuron_wasserstein(model, self.wd_windows, self.memory_budget, config.batch_size)
             weights = input_weights(model)
@@ -191,9 +188,9 @@ def build_context(spec: RunSpec) -> WorkerContext:
         raise CheckpointError(f"the reference step {spec.reference_step} is needed first and could not be fetched: {exc}") from exc
     try:
         tokenizer = reference.load_tokenizer()
-        model = _load(reference, device, config.dtype)
-        _set_threads(config.threads, model)
-        window = config.window or min(2048, int(getattr(model.config, "max_position_embeddings", 2048) or 2048))
+        model = load_checkpoint_model(reference, device, config.dtype)
+        set_threads(config.threads, model)
+        window = default_window(model, config.window)
         corpus = CorpusSpec(source=spec.corpus, split=config.corpus_split, window=window,
                             token_budget=max(config.wd_tokens, config.ppl_tokens, window))
         windows = load_token_windows(corpus, tokenizer)
@@ -237,7 +234,7 @@ def prepare_reference(spec: RunSpec) -> dict[str, Any]:
 def _reload_reference(context: WorkerContext) -> Any:
     checkpoint = context.fetch(context.spec.reference_step)
     try:
-        return _load(checkpoint, context.device, context.spec.config.dtype)
+        return load_checkpoint_model(checkpoint, context.device, context.spec.config.dtype)
     finally:
         context.source.release(checkpoint)
 
@@ -259,7 +256,7 @@ def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
 
 def fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
     with torch.inference_mode():
-        wd = neuron_wasserstein(model, windows, int(config.memory_budget_gib * 2**30), config.batch_size, progress=True)
+        wd = neuron_wasserstein(model, windows, gib_to_bytes(config.memory_budget_gib), config.batch_size, progress=True)
     scores = torch.from_numpy(np.nan_to_num(wd["wd"].values, nan=-np.inf))
     cohort = top_percent_mask(scores, config.cohort_percent, config.cohort_scope)
     control = random_control_mask(cohort, seed=config.seed)
@@ -280,8 +277,6 @@ def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tenso
     ablation's perplexity is within 2% of the cohort's (the closest trial is kept, and
     ``matched_converged`` says so, when it cannot be matched).
     """
-    from dynamics.study_conditions import match_bottom_percent, negative_ablation_perplexity
-
     ablated_ppl = negative_ablation_perplexity(model, ppl_windows, config.batch_size)
     target = ablated_ppl(torch.from_numpy(static["cohort"].values))
     mask, match = match_bottom_percent(static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.02, 12)
@@ -295,18 +290,3 @@ def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tenso
         matched_target_ppl=((), float(target), {"long_name": "perplexity with neg_cohort at the reference step"}),
         matched_converged=((), bool(match.converged), {"long_name": "matched within 2%", "reason": match.reason}),
     )
-
-
-SMALL_MODEL_PARAMETERS = 50_000_000
-
-
-def _set_threads(threads: int, model: Any) -> None:
-    """Measured on the toy organism on 2 loaded cores: 1 thread scored TSE 17x faster than 2."""
-    if threads == 0:
-        small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
-        threads = 1 if small else torch.get_num_threads()
-    torch.set_num_threads(threads)
-
-
-def _load(checkpoint: Checkpoint, device: str, dtype: str) -> Any:
-    return checkpoint.load_model(device=device, dtype=getattr(torch, dtype))
