@@ -28,9 +28,9 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ class _RssSampler:
         while not self._stop.wait(0.005):
             self.peak = max(self.peak, self._rss())
 
-    def __enter__(self) -> "_RssSampler":
+    def __enter__(self) -> _RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self

@@ -42,7 +42,7 @@ def syntax_and_perplexity(
     acc = np.full((len(conditions), len(cases)), np.nan)
     margin = np.full((len(conditions), len(cases)), np.nan)
     ppl = np.full(len(conditions), np.nan)
-    for i, (name, mask) in enumerate(conditions.items()):
+    for i, mask in enumerate(conditions.values()):
         context = ablate(model, mask, mode="negative") if mask is not None else nullcontext()
         with context:
             if pairs:

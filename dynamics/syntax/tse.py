@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
+from functools import cache
 from itertools import product
 
 from dynamics.syntax.pairs import MinimalPair, check_names, stratified_sample
@@ -199,7 +199,7 @@ def _npi_case(case: str) -> dict[str, tuple[tuple[str, str, str], ...]]:
     return subcases
 
 
-@lru_cache(maxsize=None)
+@cache
 def generated_case(case: str) -> dict[str, tuple[tuple[str, ...], ...]]:
     return _npi_case(case) if case in NPI_TEMPLATES else _agreement_case(case)
 

@@ -249,7 +249,7 @@ def test_a_local_gpu_cluster_gives_each_worker_its_own_gpu():
 
 def test_a_study_on_dask_equals_the_serial_study_with_a_worker_killed(cluster, tmp_path):
     """`dynamics ablate --executor dask`: conditions fan out; same cube as the serial run."""
-    from study_fixtures import save_tiny_model, write_blimp, write_corpus
+    from fixtures.study import save_tiny_model, write_blimp, write_corpus
     from test_study import study_config
 
     from dynamics.study.driver import run_study

@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from hub_fixtures import fake_commit, make_local_suite, plant_hub_revision, tiny_pythia
+from fixtures.hub import fake_commit, make_local_suite, plant_hub_revision, tiny_pythia
 
 from checkpoints.names import resolve_model
 from checkpoints.source import HubSource, LocalSuiteSource, RetryPolicy, SingleModelSource, weight_files

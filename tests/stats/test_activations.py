@@ -9,7 +9,7 @@ import weakref
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import TINY_FAMILIES, VOCAB, tiny_model
+from fixtures.tiny_models import TINY_FAMILIES, VOCAB, tiny_model
 
 from checkpoints.adapters import mlp_shape, pre_activation_modules, transformer_layers
 from dynamics.errors import UserInputError

@@ -5,9 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from tiny_models import D_MODEL, N_LAYERS, TINY_FAMILIES, tiny_config, tiny_input_ids, tiny_model
+from fixtures.tiny_models import D_MODEL, N_LAYERS, TINY_FAMILIES, tiny_config, tiny_input_ids, tiny_model
 
-from checkpoints.adapters import SUPPORTED_FAMILIES, activation_function, adapter_for, mlp_shape, neuron_input_biases, neuron_input_weights, pre_activation_modules, transformer_layers
+from checkpoints.adapters import (
+    SUPPORTED_FAMILIES,
+    activation_function,
+    adapter_for,
+    mlp_shape,
+    neuron_input_biases,
+    neuron_input_weights,
+    pre_activation_modules,
+    transformer_layers,
+)
 from dynamics.errors import UserInputError
 
 # Written out independently of the adapter table: family -> (activation, gated, width).

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from hub_fixtures import fake_commit, plant_hub_revision
+from fixtures.hub import fake_commit, plant_hub_revision
 
 from dynamics.cli import build_parser, main
 from dynamics.scan.config import ScanConfig

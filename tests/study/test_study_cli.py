@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from study_fixtures import save_tiny_model, write_blimp, write_corpus
+from fixtures.study import save_tiny_model, write_blimp, write_corpus
 from test_study import study_config, tiny_model_from
 
 import dynamics.study.worker as study_worker
@@ -195,7 +195,7 @@ def choice_log_likelihoods(model, tokenizer, question: str, choices: list[str]) 
 
 @pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
 def test_lm_eval_scores_the_ablated_model(data, tmp_path):
-    from study_fixtures import write_lm_eval_task
+    from fixtures.study import write_lm_eval_task
     from transformers import AutoTokenizer
 
     docs = write_lm_eval_task(tmp_path / "tasks")

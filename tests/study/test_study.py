@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from study_fixtures import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
-from tiny_models import N_LAYERS, TINY_FAMILIES
+from fixtures.study import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
+from fixtures.tiny_models import N_LAYERS, TINY_FAMILIES
 
 from dynamics.ablation import ablate
 from dynamics.corpus import CorpusSpec, load_token_windows
