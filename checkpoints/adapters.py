@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dynamics.errors import DynamicsError, UserInputError
 
@@ -88,7 +88,7 @@ _CANONICAL_ACTIVATION = {
 }
 
 
-def _config_of(model_or_config: object) -> object:
+def _config_of(model_or_config: object) -> Any:
     config = getattr(model_or_config, "config", model_or_config)
     if not hasattr(config, "model_type"):
         raise UserInputError(
@@ -167,7 +167,7 @@ def neuron_input_weights(model: torch.nn.Module, layer: int) -> torch.Tensor:
     """
     import torch
 
-    weight = _checked_layer(model, layer).weight.detach()
+    weight = _checked_layer(model, layer).weight.detach()  # type: ignore[operator]
     if adapter_for(model).transposed_weight:
         weight = weight.T
     return weight.to(torch.float32, copy=True).contiguous()

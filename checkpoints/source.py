@@ -270,6 +270,7 @@ class SingleModelSource:
         self.ref = ref
         self.model_id = ref.location
         location = Path(ref.location)
+        self.gguf_file: str | None
         if ref.kind == "gguf":
             self.path, self.gguf_file = location.parent, location.name
         else:

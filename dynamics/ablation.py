@@ -137,7 +137,7 @@ def ablate(model: torch.nn.Module, neurons: Any, mode: Mode = "negative") -> Ite
     try:
         for layer, index in indices.items():
             module = modules[layer]
-            handles.append(module.register_forward_hook(_make_hook(mode, index.to(module.weight.device))))
+            handles.append(module.register_forward_hook(_make_hook(mode, index.to(module.weight.device))))  # type: ignore[arg-type]
         yield indices
     finally:
         for handle in handles:

@@ -176,7 +176,7 @@ def tse_cases_figure(ds: xr.Dataset, plt, sns) -> object:
                                 title=f"TSE per case at step {int(ds['step'].values[-1])}", size=(8, 7))
 
 
-def histogram_steps(steps: Sequence[int], count: int = 3) -> list[int]:
+def histogram_steps(steps: Sequence[int] | np.ndarray, count: int = 3) -> list[int]:
     """First, middle and last step (fewer when the cube has fewer)."""
     steps = list(steps)
     picks = [steps[round(i * (len(steps) - 1) / max(count - 1, 1))] for i in range(count)]

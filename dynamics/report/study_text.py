@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import xarray as xr
 
@@ -73,7 +75,7 @@ def group_table(ds: xr.Dataset) -> str:
     rows = []
     layers = ds["layer_group_of"].values if "layer_group_of" in ds else None
     for g in ds["layer_group"].values:
-        members = np.flatnonzero(layers == g) if layers is not None else []
+        members: Any = np.flatnonzero(layers == g) if layers is not None else []
         span = f"{members[0]}-{members[-1]}" if len(members) else "?"
         row = [str(int(g)), span]
         for scope in ("alone", "cumulative"):

@@ -219,6 +219,7 @@ def prepare_reference(spec: RunSpec) -> dict[str, Any]:
         model = context.reference_model or _reload_reference(context)
         static = fix_cohort(model, context.wd_windows, spec.config)
         if spec.config.matched:
+            assert context.ppl_windows is not None  # plan_scan: --matched needs --ppl-tokens > 0
             static = add_matched_control(static, model, context.ppl_windows, spec.config)
     context.reference_model = None
     config = spec.config

@@ -87,7 +87,7 @@ def iter_layer_captures(
     out_device: torch.device | str | None = None,
     progress: bool = True,
     resume_passes: bool = True,
-) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+) -> Iterator[tuple[int, dict[Site, torch.Tensor]]]:
     """Yield ``(layer, {site: float32 tensor [tokens, width]})`` for each layer, in order.
 
     Args:
@@ -211,7 +211,7 @@ def _restore_blocks(blocks: torch.nn.ModuleList, originals: list[object]) -> Non
         if original is None:
             del block.forward
         else:
-            block.forward = original
+            block.forward = original  # type: ignore[assignment]
 
 
 def _capture_group(
@@ -219,7 +219,7 @@ def _capture_group(
     modules: list[torch.nn.Module],
     blocks: torch.nn.ModuleList,
     windows: torch.Tensor,
-    buffers: dict[int, dict[str, torch.Tensor]],
+    buffers: dict[int, dict[Site, torch.Tensor]],
     group: list[int],
     batch_size: int,
     device: torch.device,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from dynamics.ablation import Mode
 from dynamics.stats.cohort import BisectionResult, random_control_mask, top_percent_mask, wd_scores
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Unit:
     block: str
     labels: dict[str, Any]
     neurons: str | None  # a key of NeuronSets.masks; None for the clean model
-    mode: str = "negative"
+    mode: Mode = "negative"
     measures: tuple[str, ...] = FULL_MEASURES
 
     def record(self) -> dict[str, Any]:
@@ -69,11 +70,14 @@ def layer_groups(n_layers: int, n_groups: int) -> list[list[int]]:
     return [chunk.tolist() for chunk in np.array_split(np.arange(n_layers), n_groups)]
 
 
+SIGNED_ABLATIONS: tuple[tuple[str, Mode], ...] = (("neg", "negative"), ("pos", "positive"), ("both", "both"))
+
+
 def study_units(percents: Sequence[float], match_percent: float, n_groups: int, with_groups: bool) -> list[Unit]:
     units = [Unit(MAIN, {"condition": "clean"}, None)]
     for p in percents:
         units += [Unit(MAIN, {"condition": f"{short}_top", "percent": p}, f"top:{p}", mode)
-                  for short, mode in (("neg", "negative"), ("pos", "positive"), ("both", "both"))]
+                  for short, mode in SIGNED_ABLATIONS]
         units.append(Unit(MAIN, {"condition": "neg_random", "percent": p}, f"random:{p}"))
     units.append(Unit(MAIN, {"condition": "neg_matched", "percent": match_percent}, "matched"))
     if with_groups:

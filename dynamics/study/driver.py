@@ -73,9 +73,11 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
             if static is None:
                 static = _fix_neuron_sets(config, plan, model, wd_windows, inputs, groups, cube)
                 cube.write_static(static)
+            ppl_windows = inputs.ppl_windows
+            assert ppl_windows is not None  # build_inputs always cuts them
             cube.record_provenance({
-                "corpus": corpus.to_attrs(), "corpus_hash": corpus_hash(inputs.ppl_windows),
-                "wd_tokens": int(wd_windows.numel()), "ppl_tokens": int(inputs.ppl_windows.numel()),
+                "corpus": corpus.to_attrs(), "corpus_hash": corpus_hash(ppl_windows),
+                "wd_tokens": int(wd_windows.numel()), "ppl_tokens": int(ppl_windows.numel()),
                 "tse_pairs": len(inputs.tse), "blimp_pairs": len(inputs.blimp), "lmeval_limit": inputs.lmeval_limit,
                 "lmeval_skipped": inputs.task_plan.skipped,
                 "pos": "skipped" if inputs.tagger is None else f"{len(inputs.pos_texts)} lines", "layer_groups": groups,
@@ -123,6 +125,7 @@ def _fix_neuron_sets(config: StudyConfig, plan: StudyPlan, model: Any, wd_window
                                 progress=True)
     top, random = top_and_random_masks(wd["wd"].values, plan.percents, config.seed)
 
+    assert inputs.ppl_windows is not None  # build_inputs always cuts them
     ablated_ppl = negative_ablation_perplexity(model, inputs.ppl_windows, config.batch_size)
     clean = perplexity(model, inputs.ppl_windows, batch_size=config.batch_size, progress=False)
     target = ablated_ppl(torch.from_numpy(top[plan.percents.index(config.match_percent)]))

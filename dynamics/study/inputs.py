@@ -33,12 +33,12 @@ def fetch_model(config: StudyConfig, plan: StudyPlan) -> Checkpoint:
         source = RevisionSource(ref, plan.revision or "main", cache_dir=config.cache_dir,
                                  retry=RetryPolicy(attempts=config.retries), keep=True)
         return source.fetch(0)
-    source = open_source(ref)
-    steps = source.available_steps() or [0]
+    local = open_source(ref)
+    steps = local.available_steps() or [0]
     step = int(plan.revision.removeprefix("step")) if plan.revision else steps[-1]
     if step not in steps:
         raise UserInputError(f"--revision {plan.revision}: {ref.name!r} has steps {', '.join(map(str, steps[-5:]))}...")
-    return source.fetch(step)
+    return local.fetch(step)
 
 
 def load_inputs(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> tuple[Any, StudyInputs, torch.Tensor,

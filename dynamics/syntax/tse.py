@@ -138,7 +138,7 @@ def _keeps_last(phrase: str, prefix: str, terminals: Mapping[str, tuple[str, ...
 def _expand(slots: Sequence[Sequence[str]], terminals: Mapping[str, tuple[str, ...]],
             keep_repeats: bool = False) -> list[str]:
     """Every sentence of the slots' word lists, first slot slowest, filtered unless told."""
-    sentences = []
+    sentences: list[str] = []
     for words in product(*slots[:-1]):
         prefix = " ".join(words) + " "
         sentences.extend(prefix + last for last in slots[-1]
@@ -201,7 +201,7 @@ def _npi_case(case: str) -> dict[str, tuple[tuple[str, str, str], ...]]:
 
 @cache
 def generated_case(case: str) -> dict[str, tuple[tuple[str, ...], ...]]:
-    return _npi_case(case) if case in NPI_TEMPLATES else _agreement_case(case)
+    return _npi_case(case) if case in NPI_TEMPLATES else _agreement_case(case)  # type: ignore[return-value]
 
 
 def check_cases(cases: Iterable[str] | None) -> tuple[str, ...]:
