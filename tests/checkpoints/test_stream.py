@@ -87,3 +87,86 @@ def test_breaking_out_releases_everything():
     time.sleep(0.2)  # the prefetched step 3 is released when its download lands
     assert not source.on_disk
     assert sorted(source.released) == [1, 2, 3]
+
+
+class SlowSuite:
+    """A real local suite whose downloads take ``d`` seconds; records when each fetch ran."""
+
+    def __init__(self, inner, d: float) -> None:
+        self.inner, self.d = inner, d
+        self.model_id = inner.model_id
+        self.fetches: dict[int, tuple[float, float]] = {}
+
+    def available_steps(self):
+        return self.inner.available_steps()
+
+    def fetch(self, step: int) -> Checkpoint:
+        start = time.perf_counter()
+        time.sleep(self.d)
+        checkpoint = self.inner.fetch(step)
+        self.fetches[step] = (start, time.perf_counter())
+        return checkpoint
+
+    def release(self, checkpoint: Checkpoint) -> None:
+        self.inner.release(checkpoint)
+
+
+def scan_with_slow_source(monkeypatch, suite, out, d, c, prefetch):
+    """The real serial scan of steps 0, 1, 2, 4 (cohort at step 8) with d s downloads and >= c s compute.
+
+    Returns ``(seconds from the first step's fetch to the last step's measurement, fetch
+    intervals, compute intervals)``; each step's compute is its real measurement padded to ``c``.
+    """
+    from checkpoints.source import open_source
+    from dynamics.scan import worker
+    from dynamics.scan.config import ScanConfig
+    from dynamics.scan.driver import run_scan
+
+    sources: list[SlowSuite] = []
+
+    def slow_open_source(ref, **options):
+        sources.append(SlowSuite(open_source(ref, **options), d))
+        return sources[-1]
+
+    real_measure, computes = worker.WorkerContext.measure, {}
+
+    def padded_measure(self, checkpoint, *args, **kwargs):
+        start = time.perf_counter()
+        result = real_measure(self, checkpoint, *args, **kwargs)
+        time.sleep(max(0.0, c - (time.perf_counter() - start)))
+        computes[checkpoint.step] = (start, time.perf_counter())
+        return result
+
+    worker.forget_contexts()
+    monkeypatch.setattr(worker, "open_source", slow_open_source)
+    monkeypatch.setattr(worker.WorkerContext, "measure", padded_measure)
+    summary = run_scan(ScanConfig(model=str(suite), out=str(out), steps="0,1,2,4", reference_step=8, prefetch=prefetch,
+                                  wd_tokens=256, ppl_tokens=0, tse_per_case=1, cohort_percent=5.0))
+    assert summary.done == [0, 1, 2, 4] and not summary.failed
+    (source,) = sources
+    steps = [0, 1, 2, 4]
+    elapsed = computes[steps[-1]][1] - source.fetches[steps[0]][0]
+    return elapsed, [source.fetches[s] for s in steps], [computes[s] for s in steps]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d, c", [(0.8, 0.4), (0.4, 0.8)])
+def test_the_serial_scan_overlaps_download_and_compute(monkeypatch, tiny_suite, tmp_path, d, c):
+    """N steps of d s download and c s compute take about N x max(d, c) + min(d, c), not N x (d + c)."""
+    n = 4
+    elapsed, fetches, computes = scan_with_slow_source(monkeypatch, tiny_suite, tmp_path / "p.zarr", d, c, True)
+    compute = max(end - start for start, end in computes)  # >= c; more if the machine is slow
+    overlapped = n * max(d, compute) + min(d, compute)
+    assert elapsed <= overlapped + 0.25 * n, (elapsed, overlapped)
+    assert elapsed < n * (d + compute) - 0.5 * min(d, compute), (elapsed, n * (d + compute))
+    for i in range(n - 1):  # step i+1 was downloading while step i was measured
+        assert fetches[i + 1][0] < computes[i][1]
+
+
+@pytest.mark.slow
+def test_the_serial_scan_without_prefetch_adds_the_times(monkeypatch, tiny_suite, tmp_path):
+    n, d, c = 4, 0.4, 0.4
+    elapsed, fetches, computes = scan_with_slow_source(monkeypatch, tiny_suite, tmp_path / "s.zarr", d, c, False)
+    assert elapsed >= n * (d + c) - 0.05
+    for i in range(n - 1):  # nothing is fetched ahead
+        assert fetches[i + 1][0] >= computes[i][1]
