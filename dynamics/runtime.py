@@ -16,7 +16,6 @@ import torch
 from checkpoints.source import Checkpoint
 from dynamics.errors import UserInputError
 
-DTYPES = ("float32", "bfloat16", "float16")
 SMALL_MODEL_PARAMETERS = 50_000_000
 DEFAULT_WINDOW = 2048
 

@@ -25,10 +25,10 @@ from checkpoints.names import resolve_model
 from checkpoints.source import CheckpointSource, RetryPolicy, open_source
 from checkpoints.steps import parse_steps
 from dynamics import __version__
-from dynamics.config import config_dict
+from dynamics.config import DTYPES, check_numbers, config_dict, shared_checks
 from dynamics.errors import CheckpointError, UserInputError
 from dynamics.executor import Completed, ExecutorSettings, check_settings, free_worker_caches, open_executor
-from dynamics.runtime import DTYPES, resolve_device
+from dynamics.runtime import resolve_device
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.measures import PHASES
 from dynamics.scan.worker import RunSpec, StepTask, forget_contexts, measure_step, prepare_reference
@@ -82,21 +82,12 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
 
 
 def _check_numbers(config: ScanConfig) -> None:
-    checks = [
-        ("retries", config.retries >= 1, "at least 1"),
-        ("wd-tokens", config.wd_tokens >= 2, "at least 2 tokens"),
+    check_numbers(config, [
+        *shared_checks(config),
         ("ppl-tokens", config.ppl_tokens >= 0, "0 or more tokens"),
-        ("tse-per-case", config.tse_per_case >= 0, "0 or more pairs"),
         ("cohort-percent", 0 < config.cohort_percent <= 100, "a percent in (0, 100]"),
-        ("memory-budget-gib", config.memory_budget_gib > 0, "a positive number of GiB"),
-        ("batch-size", config.batch_size >= 1, "at least 1"),
-        ("window", config.window is None or config.window >= 2, "at least 2 tokens"),
-        ("threads", config.threads >= 0, "0 (auto) or a positive number"),
         ("ppl-tokens", not config.matched or config.ppl_tokens > 0, "more than 0 with --matched (the match is on perplexity)"),
-    ]
-    for name, ok, accepted in checks:
-        if not ok:
-            raise UserInputError(f"--{name} {getattr(config, name.replace('-', '_'))!r}: expected {accepted}")
+    ])
     if config.dtype not in DTYPES:
         raise UserInputError(f"--dtype {config.dtype!r} is not one of {', '.join(DTYPES)}")
 

@@ -16,39 +16,46 @@ from pathlib import Path
 from typing import Any, Literal
 
 from checkpoints.names import resolve_model
-from dynamics.config import config_dict, option
+from dynamics.config import (
+    DTYPES,
+    BudgetOptions,
+    CubeOptions,
+    ModelOptions,
+    RuntimeOptions,
+    ScoringOptions,
+    check_numbers,
+    config_dict,
+    option,
+    redefault,
+    shared_checks,
+    titled,
+)
 from dynamics.errors import UserInputError
-from dynamics.executor import HELP as EXECUTOR_HELP
 from dynamics.executor import ExecutorSettings, check_settings
-from dynamics.runtime import DTYPES, resolve_device, resolve_dtype
+from dynamics.runtime import resolve_device, resolve_dtype
 from dynamics.study.lmeval import check_task_names, parse_tasks
 from dynamics.syntax.blimp import check_paradigms
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class StudyConfig:
+@titled("ablate")
+@dataclass(frozen=True, kw_only=True)
+class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, RuntimeOptions, ExecutorSettings):
     """`dynamics ablate`: WD of every neuron, the top-WD sets and their random and perplexity-matched
     controls ablated by sign, scored on TSE, BLiMP, perplexity, lm-eval tasks and POS surprisal,
     into a resumable cube (one unit per condition)."""
 
-    model: str = option(help="Hub id, Pythia alias, local directory, local suite or .gguf file", flag="-m")
-    out: str = option(help="the study cube to create or resume (a .zarr directory)", flag="-o")
     revision: str | None = option(None, help="Hub revision (branch, tag or commit; Pythia: stepN or N); "
                                   "a local suite: its step N (default: main / the suite's last step)")
     corpus: str = option("wikitext2", help="wikitext2 or a local text file (WD, perplexity, POS texts)")
-    corpus_split: str = option("test", help="WikiText-2 split (ignored for a file)")
-    window: int | None = option(None, help="tokens per corpus window (default: min(2048, the model's context))")
-    wd_tokens: int = option(65536, help="corpus tokens whose pre-activations give each neuron's WD")
-    ppl_tokens: int = option(16384, help="corpus tokens for perplexity (and the matched-control search)")
     percents: str = option("0.5,1,2,5", help="top-WD percents per layer to ablate, comma-separated")
     match_percent: float = option(1.0, help="the top percent whose perplexity the matched control matches")
     match_tolerance: float = option(0.02, help="relative perplexity tolerance of the match")
     match_iterations: int = option(12, help="bisection iterations at most")
     match_low: float = option(0.1, help="lower end of the bracket for m (percent of lowest-WD neurons)")
     match_high: float = option(90.0, help="upper end of the bracket for m")
-    tse_per_case: int = option(50, help="TSE pairs per case (stratified over sub-cases; 0: skip TSE)")
+    tse_per_case: int = redefault(BudgetOptions, "tse_per_case", 50)
     blimp: str = option("hub", help="BLiMP source: hub (nyu-mll/blimp) or a directory of <paradigm>.jsonl files")
     blimp_per_paradigm: int = option(50, help="BLiMP pairs per paradigm (seeded sample; 0: skip BLiMP)")
     blimp_paradigms: str = option("all", help="comma-separated BLiMP paradigms, or all")
@@ -63,24 +70,9 @@ class StudyConfig:
     group_percent: float = option(1.0, help="top percent ablated in the layer-group conditions")
     full: bool = option(False, help="the paper's complete sets: every TSE and BLiMP pair, the whole corpus "
                         "split for perplexity, every lm-eval example")
-    seed: int = option(0, help="seed of the random controls and the pair samples")
-    reduction: Literal["sum", "mean"] = option("sum", help="sentence score: sum or mean of token log-probabilities")
-    prefix: bool = option(True, help="score every token, conditioning on a prefix token")
     prefix_token: str | None = option(None, help="the prefix token (default: BOS, else EOS), e.g. '<|endoftext|>'")
-    batch_size: int = option(4, help="corpus windows per forward pass")
-    memory_budget_gib: float = option(2.0, help="GiB of pre-activations held at once (WD)")
-    overwrite: bool = option(False, help="recompute units that are already done")
-    retries: int = option(4, help="attempts per model download")
-    cache_dir: str | None = option(None, help="Hugging Face cache directory (default: the hub's own)")
-    device: str = option("auto", help="cuda, cuda:N, cpu or auto (CUDA when present)")
-    dtype: str = option("auto", help="model weights dtype (auto: bfloat16 on CUDA, float32 on CPU)",
-                        choices=["auto", *DTYPES])
-    threads: int = option(0, help="torch CPU threads; 0: auto (1 for models under 50M parameters, else torch's default)")
-    executor: Literal["serial", "dask"] = option("serial", help=EXECUTOR_HELP["executor"])
-    scheduler: str = option("local", help=EXECUTOR_HELP["scheduler"])
-    workers: int = option(0, help=EXECUTOR_HELP["workers"])
-    task_retries: int = option(1, help=EXECUTOR_HELP["task_retries"])
-    resources: str = option("", help=EXECUTOR_HELP["resources"])
+    dtype: str = redefault(RuntimeOptions, "dtype", "auto", help="model weights dtype (auto: bfloat16 on CUDA, "
+                           "float32 on CPU)", choices=["auto", *DTYPES])
 
     def analysis(self) -> dict[str, Any]:
         """The settings that make two study cubes comparable (part of the identity)."""
@@ -158,28 +150,19 @@ def plan_study(config: StudyConfig) -> StudyPlan:
 
 
 def _check_numbers(config: StudyConfig) -> None:
-    checks = [
-        ("wd-tokens", config.wd_tokens >= 2, "at least 2 tokens"),
+    check_numbers(config, [
+        *shared_checks(config),
         ("ppl-tokens", config.ppl_tokens >= 2, "at least 2 tokens (the matched control needs perplexity)"),
-        ("window", config.window is None or config.window >= 2, "at least 2 tokens"),
         ("match-tolerance", 0 < config.match_tolerance < 1, "a fraction in (0, 1), e.g. 0.02"),
         ("match-iterations", config.match_iterations >= 1, "at least 1"),
         ("match-low", 0 < config.match_low < 100, "a percent in (0, 100)"),
         ("match-high", config.match_low < config.match_high <= 100, "a percent above --match-low, at most 100"),
-        ("tse-per-case", config.tse_per_case >= 0, "0 or more pairs"),
         ("blimp-per-paradigm", config.blimp_per_paradigm >= 0, "0 or more pairs"),
         ("lmeval-limit", config.lmeval_limit >= 0, "0 (all) or more examples"),
         ("pos-lines", config.pos_lines >= 0, "0 or more lines"),
         ("layer-groups", config.layer_groups >= 0, "0 (skip) or more groups"),
         ("group-percent", 0 < config.group_percent <= 100, "a percent in (0, 100]"),
-        ("batch-size", config.batch_size >= 1, "at least 1"),
-        ("memory-budget-gib", config.memory_budget_gib > 0, "a positive number of GiB"),
-        ("retries", config.retries >= 1, "at least 1"),
-        ("threads", config.threads >= 0, "0 (default) or a positive number"),
-    ]
-    for name, ok, accepted in checks:
-        if not ok:
-            raise UserInputError(f"--{name} {getattr(config, name.replace('-', '_'))!r}: expected {accepted}")
+    ])
     if config.dtype not in ("auto", *DTYPES):
         raise UserInputError(f"--dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
 
