@@ -6,6 +6,7 @@ The architecture adapters, which say where a family's MLP pre-activation lives, 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,23 @@ _PYTHIA_ALIAS = re.compile(r"^pythia-(?P<size>[0-9.]+[mb])(?P<suffix>(-deduped)?
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 ModelKind = Literal["hub", "local_suite", "local_model", "gguf"]
+
+TOY_ALIAS = "toy"  # the built-in model organism, built on first use (dynamics.toy.builtin)
+CACHE_ENV = "DYNAMICS_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """This tool's own cache: ``$DYNAMICS_CACHE_DIR``, else ``$XDG_CACHE_HOME/wasserstein-dynamics``
+    (``~/.cache/wasserstein-dynamics``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "wasserstein-dynamics"
+
+
+def toy_suite_dir() -> Path:
+    """Where the ``toy`` alias's suite lives (it may not be built yet)."""
+    return cache_dir() / "toy-suite"
 
 
 @dataclass(frozen=True)
@@ -46,7 +64,9 @@ def resolve_model(name: str) -> ModelRef:
 
     Pythia aliases (``pythia-70m``, ``pythia-1.4b-deduped``) become ``EleutherAI/<name>``;
     an existing directory is a local suite (``step<N>/`` sub-directories) or one saved
-    model; an existing ``.gguf`` file is one model; ``owner/name`` is any Hub id.
+    model; an existing ``.gguf`` file is one model; ``toy`` is the built-in model organism's
+    suite in this tool's cache (:func:`toy_suite_dir`, built on first use by the commands);
+    ``owner/name`` is any Hub id.
     """
     if not name or not name.strip():
         raise UserInputError("--model is empty: give a Pythia alias such as pythia-70m, a Hub id, a directory or a .gguf file")
@@ -64,6 +84,8 @@ def resolve_model(name: str) -> ModelRef:
             f"directory {name!r} is neither a checkpoint suite (step<N>/ sub-directories) "
             "nor a saved model (config.json or a .gguf file)"
         )
+    if name == TOY_ALIAS:  # no such file or directory here: the built-in suite in the cache
+        return ModelRef(name, "local_suite", str(toy_suite_dir().resolve()))
     if name.lower().endswith(".gguf"):
         raise UserInputError(f"GGUF file {name!r} does not exist")
     match = _PYTHIA_ALIAS.match(name)
@@ -77,5 +99,5 @@ def resolve_model(name: str) -> ModelRef:
         return ModelRef(name, "hub", name)
     raise UserInputError(
         f"unknown model {name!r}: give a Pythia alias (pythia-70m ... pythia-12b, optionally -deduped), "
-        "a Hub id (owner/name), an existing directory or a .gguf file"
+        "a Hub id (owner/name), toy (the built-in model organism), an existing directory or a .gguf file"
     )

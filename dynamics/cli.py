@@ -33,8 +33,12 @@ def run_steps(config: StepsConfig) -> int:
     from checkpoints.names import resolve_model
     from checkpoints.source import open_source
     from checkpoints.steps import parse_steps
+    from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
 
-    available = open_source(resolve_model(config.model)).available_steps() if config.model else None
+    ref = resolve_model(config.model) if config.model else None
+    if ref is not None and is_toy_alias(ref):
+        ensure_toy_suite(ref)
+    available = open_source(ref).available_steps() if ref is not None else None
     steps = parse_steps(config.spec, available)
     print(f"{len(steps)} steps: {' '.join(str(s) for s in steps)}")
     return 0

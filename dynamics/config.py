@@ -62,8 +62,8 @@ class ModelOptions:
     """Options of the part "model" (one definition each, shared by every command that uses them)."""
 
 
-    model: str = option(help="Pythia alias (pythia-1.4b), Hub id, local suite directory, saved model directory or "
-                        ".gguf file", flag="-m")
+    model: str = option(help="Pythia alias (pythia-1.4b), Hub id, toy (the built-in model organism, trained on "
+                        "first use), local suite directory, saved model directory or .gguf file", flag="-m")
 
 
 @titled("cube", lead=True)

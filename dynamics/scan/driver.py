@@ -32,6 +32,7 @@ from dynamics.runtime import resolve_device
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.measures import PHASES
 from dynamics.scan.worker import RunSpec, StepTask, forget_contexts, measure_step, prepare_reference
+from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
 from store.cube import CubeWriter, read_identity
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
         raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
     check_settings(ExecutorSettings.of(config))
     device = resolve_device(config.device, here=config.executor == "serial")
+    if is_toy_alias(ref):  # every option checked: now the built-in suite may be trained (once)
+        ensure_toy_suite(ref)
     corpus = _resolve_corpus(config.corpus, ref.location if ref.kind == "local_suite" else None)
     if source is None:
         source = open_source(
