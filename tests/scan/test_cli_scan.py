@@ -31,6 +31,7 @@ def test_help_lists_every_option_with_its_default():
 FAST_ARGS = ["--wd-tokens", "512", "--ppl-tokens", "64", "--tse-per-case", "1"]
 
 
+@pytest.mark.slow
 def test_scan_a_local_suite_then_resume(tiny_suite, tmp_path):
     out = tmp_path / "toy.zarr"
     assert main(["scan", "--model", str(tiny_suite), "--steps", "0:4:2", "--out", str(out), *FAST_ARGS]) == 0
@@ -49,6 +50,7 @@ def plant_suite(cache, suite, steps):
         plant_hub_revision(cache, "EleutherAI/pythia-70m", step, copy_from=suite / f"step{step}")
 
 
+@pytest.mark.slow
 def test_scan_from_an_offline_hub_cache(tiny_suite, tmp_path):
     cache = tmp_path / "hf"
     plant_suite(cache, tiny_suite, [1, 2])
@@ -66,6 +68,7 @@ def test_scan_from_an_offline_hub_cache(tiny_suite, tmp_path):
     assert (cache / "models--EleutherAI--pythia-70m" / "refs" / "step1").exists()  # cached before: kept
 
 
+@pytest.mark.slow
 def test_a_missing_reference_step_stops_before_the_cube_gets_steps(tiny_suite, tmp_path):
     cache = tmp_path / "hf"
     plant_suite(cache, tiny_suite, [1])
@@ -157,6 +160,7 @@ def test_a_corrupt_checkpoint_is_recorded_and_the_scan_goes_on(tiny_suite, tmp_p
     assert "step 2: cannot load the model" in ds.attrs["steps"]["2"]["error"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_every_completed_step(tiny_suite, tmp_path):
     import json
     import signal

@@ -66,6 +66,7 @@ def assert_same_cube(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(x[name].values, y[name].values, err_msg=name)
 
 
+@pytest.mark.slow
 def test_dask_cube_equals_the_serial_cube_with_a_worker_killed_mid_run(cluster, full_cube, tiny_suite, tmp_path):
     marker = tmp_path / "killed"
     cluster.register_plugin(KillFirstStepWorker(str(marker)), name="kill-first-step")
@@ -83,6 +84,7 @@ def test_dask_cube_equals_the_serial_cube_with_a_worker_killed_mid_run(cluster, 
     assert markers(full_cube) == markers(out)
 
 
+@pytest.mark.slow
 def test_a_step_that_always_fails_is_retried_then_recorded(cluster, full_cube, tiny_suite, tmp_path):
     suite = tmp_path / "suite"
     shutil.copytree(tiny_suite, suite)
@@ -109,6 +111,7 @@ def test_serial_retries_a_failing_step_the_same_way(full_cube, tiny_suite, tmp_p
     assert open_cube(out, include_pending=True).attrs["steps"]["1"]["task_attempts"] == 2
 
 
+@pytest.mark.slow
 def test_scheduler_local_starts_its_own_cluster(full_cube, tiny_suite, tmp_path):
     out = tmp_path / "local.zarr"
     summary = run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="0,4,8", stepwise=True, executor="dask",
@@ -175,6 +178,7 @@ def test_map_yields_every_unit_with_its_attempts(cluster, tmp_path, executor):
     assert done[3].error == "RuntimeError: unit 3 is broken" and done[2].error is None
 
 
+@pytest.mark.slow
 def test_workers_forget_the_run_after_a_scan_on_a_running_cluster(cluster, tiny_suite, tmp_path):
     """The reference weights are cached per worker during a run and freed after it."""
     from dynamics.scan import worker as scan_worker
@@ -200,6 +204,7 @@ def test_a_scheduler_file_and_waiting_for_workers(cluster, full_cube, tiny_suite
     np.testing.assert_array_equal(open_cube(out)["wd"].values, open_cube(full_cube)["wd"].sel(step=[1]).values)
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_dask_scan_and_keeps_done_steps(tiny_suite, tmp_path):
     import json
     import signal
@@ -236,6 +241,7 @@ def test_ctrl_c_cancels_the_dask_scan_and_keeps_done_steps(tiny_suite, tmp_path)
     assert 1 <= len(done) < 5
 
 
+@pytest.mark.slow
 def test_a_local_gpu_cluster_gives_each_worker_its_own_gpu():
     """Without dask-cuda, one worker per GPU through CUDA_VISIBLE_DEVICES, each with the GPU resource."""
     from dynamics.executor import _gpu_cluster
@@ -247,6 +253,7 @@ def test_a_local_gpu_cluster_gives_each_worker_its_own_gpu():
         assert [w["resources"] for w in client.scheduler_info()["workers"].values()] == [{"GPU": 1}] * 3
 
 
+@pytest.mark.slow
 def test_a_study_on_dask_equals_the_serial_study_with_a_worker_killed(cluster, tmp_path):
     """`dynamics ablate --executor dask`: conditions fan out; same cube as the serial run."""
     from fixtures.study import save_tiny_model, write_blimp, write_corpus

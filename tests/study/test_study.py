@@ -41,7 +41,12 @@ def data(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module", params=TINY_FAMILIES)
+# Each family's study takes seconds: two families (plain and gated MLP) stay in the quick run.
+QUICK_FAMILIES = ("gpt_neox", "llama")
+
+
+@pytest.fixture(scope="module", params=[f if f in QUICK_FAMILIES else pytest.param(f, marks=pytest.mark.slow)
+                                        for f in TINY_FAMILIES])
 def family_study(request, data, tmp_path_factory):
     family = request.param
     root = tmp_path_factory.mktemp(f"study_{family}")

@@ -49,6 +49,7 @@ def pos_study(data, tmp_path_factory):
     return config
 
 
+@pytest.mark.slow
 def test_an_interrupted_study_resumes_to_the_same_cube(data, tmp_path, monkeypatch):
     whole = study_config(data / "llama", tmp_path / "whole.zarr", data, layer_groups=0)
     run_study(whole)
@@ -90,7 +91,7 @@ def test_a_different_analysis_is_refused_on_the_same_cube(data, tmp_path):
     (["--match-high", "0.05"], "--match-high 0.05: expected a percent above --match-low, at most 100"),
     (["--lmeval-limit", "-1"], "--lmeval-limit -1: expected 0 (all) or more examples"),
     (["--blimp", "/no/such/dir"], "--blimp '/no/such/dir' is neither hub nor a directory"),
-    (["--revision", "step5"], "--revision 'step5':"),
+    pytest.param(["--revision", "step5"], "--revision 'step5':", marks=pytest.mark.slow),
     (["--blimp-paradigms", "nope"], "unknown BLiMP paradigm 'nope'"),
     (["--blimp", "BLIMP_DIR"], "has no adjunct_island.jsonl (65 of 67 paradigms missing); choose them with"),
     (["--tasks", ","], "--tasks ',': expected comma-separated lm-eval task names"),
@@ -193,6 +194,7 @@ def choice_log_likelihoods(model, tokenizer, question: str, choices: list[str]) 
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
 def test_lm_eval_scores_the_ablated_model(data, tmp_path):
     from fixtures.study import write_lm_eval_task
