@@ -1,8 +1,8 @@
 """Checkpoint sources: Hub revisions, local suites, single models; fetch, load, evict.
 
 A source turns a training step into a :class:`Checkpoint` on local disk (``fetch``) and
-forgets it again (``release``). :func:`checkpoints.stream.stream_checkpoints` drives a
-source with one step of prefetch; nothing here knows what is computed from the weights.
+forgets it again (``release``). :class:`checkpoints.stream.Prefetcher` drives a source
+with one step of prefetch (the scan's worker holds one); nothing here knows what is computed from the weights.
 """
 
 from __future__ import annotations

@@ -38,10 +38,10 @@ from scipy import stats
 
 from dynamics.stats.mapping_difficulty import mapping_difficulty
 from dynamics.stats.wasserstein import (
-    _column_chunks,
     _one_torch_thread,
     _Scratch,
     _sorted_rows,
+    column_chunks,
     wasserstein_split,
     wasserstein_to_gaussian,
 )
@@ -164,7 +164,7 @@ def scipy_reference(x: torch.Tensor, count: int, seed: int) -> tuple[float, np.n
 
 def engine_sort(x: torch.Tensor) -> None:
     """Only the sorting step of the engine, done as the engine does it."""
-    chunks = _column_chunks(x.shape[0], x.shape[1], x.device)
+    chunks = column_chunks(x.shape[0], x.shape[1], x.device)
     if x.device.type != "cpu":
         for cols in chunks:
             _sorted_rows(x, cols, torch.float32, None)
