@@ -132,3 +132,20 @@ def test_subpackages_do_not_lean_on_each_other_both_ways():
     arrows = {(package(a), package(b)) for a, targets in import_graph().items() for b in targets if package(a) != package(b)}
     both_ways = sorted(f"{a} <-> {b}" for a, b in arrows if (b, a) in arrows and a < b)
     assert both_ways == []
+
+
+def test_the_shared_layer_never_imports_a_command():
+    """errors, config, runtime, executor, corpus, ablation, stats and syntax serve the commands, not the reverse."""
+    commands = ("dynamics.scan", "dynamics.study", "dynamics.report", "dynamics.toy", "dynamics.cli")
+
+    def is_command(module: str) -> bool:
+        return any(module == c or module.startswith(c + ".") for c in commands)
+
+    upward = sorted(f"{a} -> {b}" for a, targets in import_graph().items() for b in targets
+                    if a.startswith("dynamics.") and not is_command(a) and is_command(b))
+    assert upward == []
+    sideways = sorted(f"{a} -> {b}" for a, targets in import_graph().items() for b in targets
+                      if (a.startswith("dynamics.scan") and b.startswith("dynamics.study"))
+                      or (a.startswith("dynamics.study") and b.startswith("dynamics.scan"))
+                      or (a.startswith("dynamics.report") and (b.startswith("dynamics.scan") or b.startswith("dynamics.study"))))
+    assert sideways == []

@@ -10,6 +10,7 @@ from dynamics.report.scan_text import report
 from store import open_cube
 
 
+@pytest.mark.slow
 def test_plot_writes_every_figure(full_cube, tmp_path, capsys):
     assert main(["plot", str(full_cube), "--out", str(tmp_path / "figs")]) == 0
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())

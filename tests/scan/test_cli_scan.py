@@ -18,6 +18,7 @@ def cli(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_help_lists_every_option_with_its_default():
     for command, cls in [("scan", ScanConfig)]:
         text = build_parser()._subparsers._group_actions[0].choices[command].format_help()
@@ -121,6 +122,7 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(tmp_path, a
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_errors_in_a_real_process_are_one_line_without_traceback(tmp_path):
     proc = cli("scan", "-m", "pythia-70m", "--steps", "1500", "-o", str(tmp_path / "x.zarr"), env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2
@@ -195,6 +197,7 @@ def test_ctrl_c_keeps_every_completed_step(tiny_suite, tmp_path):
                                tse_per_case=5)).skipped == done
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_done_steps(tiny_suite, tmp_path, monkeypatch, capsys):
     """ENOSPC raised by the store itself while the third step's arrays are written."""
     import errno

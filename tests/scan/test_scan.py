@@ -106,6 +106,7 @@ def test_drift_prev_skips_steps_that_are_not_done(full_cube, tiny_suite, tmp_pat
     assert np.isnan(pending["drift_prev"].sel(step=2)).all()
 
 
+@pytest.mark.slow
 def test_a_resumed_scan_gives_the_same_cube(full_cube, tiny_suite, tmp_path):
     out = tmp_path / "resumed.zarr"
     scan(tiny_suite, out, steps="0,1", reference_step=8, stepwise=True)

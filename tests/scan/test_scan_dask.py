@@ -162,6 +162,7 @@ def flaky_square(marker_dir: str, unit: int) -> int:
     return unit * unit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["serial", "dask"])
 def test_map_yields_every_unit_with_its_attempts(cluster, tmp_path, executor):
     """The generic hook other commands use: results in completion order, retries counted, errors reported."""
@@ -191,6 +192,7 @@ def test_workers_forget_the_run_after_a_scan_on_a_running_cluster(cluster, tiny_
     assert scan_worker._CONTEXT == {}
 
 
+@pytest.mark.slow
 def test_a_scheduler_file_and_waiting_for_workers(cluster, full_cube, tiny_suite, tmp_path):
     """`dask scheduler --scheduler-file F` writes the address there; --workers N waits for N workers."""
     import json

@@ -118,6 +118,7 @@ def test_an_out_that_is_not_a_cube_name_is_refused(data, capsys):
     assert "--out 'results': a cube is a directory whose name ends in .zarr" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
 def test_an_unknown_lm_eval_task_is_refused_before_anything_runs(data, tmp_path, capsys):
     assert main(["ablate", "--model", str(data / "llama"), "--out", str(tmp_path / "t.zarr"),
