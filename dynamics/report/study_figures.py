@@ -85,7 +85,7 @@ def _group_label(ds: xr.Dataset, group: int) -> str:
 
 
 def study_figures(ds: xr.Dataset, plt, sns) -> list[tuple[str, list[str], Callable[[], object]]]:
-    """(name, variables needed, maker) of every study figure, for :func:`dynamics.plots.plot_cube`."""
+    """(name, variables needed, maker) of every study figure, for :func:`dynamics.report.scan_figures.plot_cube`."""
     figures = [("study_conditions", ["done"], lambda: conditions_figure(ds, plt, sns)),
                ("study_blimp_phenomena", ["blimp_term_acc"], lambda: phenomena_figure(ds, plt, sns))]
     if "group_done" in ds and bool(np.asarray(ds["group_done"]).any()):

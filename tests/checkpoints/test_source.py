@@ -9,6 +9,9 @@ from checkpoints.names import resolve_model
 from checkpoints.source import HubSource, LocalSuiteSource, RetryPolicy, SingleModelSource, weight_files
 from dynamics.errors import CheckpointError
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 REPO = "EleutherAI/pythia-70m"
 
 

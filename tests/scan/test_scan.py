@@ -14,6 +14,9 @@ from dynamics.scan.driver import plan_scan, run_scan
 from dynamics.stats.neurons import neuron_wasserstein
 from store import open_cube
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 
 def scan(suite, out, steps="all", **kw):
     return run_scan(ScanConfig(model=str(suite), out=str(out), steps=steps, **{**FAST, **kw}))

@@ -15,6 +15,9 @@ from checkpoints.adapters import mlp_shape, pre_activation_modules, transformer_
 from dynamics.errors import UserInputError
 from dynamics.stats.activations import iter_layer_captures, iter_pre_activations, plan_layer_groups
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 WINDOW = 10
 
 

@@ -23,6 +23,9 @@ from dynamics.syntax.scoring import score_pairs
 from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
 from store import open_cube
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 
 def study_config(model_dir, out, data, **overrides) -> StudyConfig:
     values = dict(model=str(model_dir), out=str(out), corpus=str(data / "corpus.txt"), window=64, wd_tokens=512,
