@@ -1,8 +1,8 @@
 """Checkpoint sources: Hub revisions, local suites, single models; fetch, load, evict.
 
 A source turns a training step into a :class:`Checkpoint` on local disk (``fetch``) and
-forgets it again (``release``). :func:`checkpoints.stream.stream_checkpoints` drives a
-source with one step of prefetch; nothing here knows what is computed from the weights.
+forgets it again (``release``). :class:`checkpoints.stream.Prefetcher` drives a source
+with one step of prefetch (the scan's worker holds one); nothing here knows what is computed from the weights.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from checkpoints.models import ModelRef
+from checkpoints.names import ModelRef
 from checkpoints.steps import PYTHIA_STEPS
 from dynamics.errors import CheckpointError, DynamicsError
 
@@ -69,7 +69,7 @@ class Checkpoint:
         try:
             model = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
         except Exception as exc:  # transformers raises many types for a bad file
-            raise CheckpointError(f"step {self.step}: cannot load the model from {self.path}: {_one_line(exc)}") from exc
+            raise CheckpointError(f"step {self.step}: cannot load the model from {self.path}: {one_line(exc)}") from exc
         model = model.to(device).eval()
         bad = first_non_finite_parameter(model)
         if bad is not None:
@@ -85,7 +85,7 @@ class Checkpoint:
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.path, **kwargs)
         except Exception as exc:
-            raise CheckpointError(f"step {self.step}: cannot load the tokenizer from {self.path}: {_one_line(exc)}") from exc
+            raise CheckpointError(f"step {self.step}: cannot load the tokenizer from {self.path}: {one_line(exc)}") from exc
         problem = tokenizer_problem(tokenizer)
         if problem:
             raise CheckpointError(f"step {self.step}: the tokenizer in {self.path} is unusable: {problem}")
@@ -106,7 +106,7 @@ def tokenizer_problem(tokenizer: Any) -> str | None:
     try:
         ids = list(tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
     except Exception as exc:  # a tokenizer that cannot even encode
-        return f"it cannot encode text ({_one_line(exc)})"
+        return f"it cannot encode text ({one_line(exc)})"
     unknown = getattr(tokenizer, "unk_token_id", None)
     known = [i for i in ids if i != unknown]
     words = len(TOKENIZER_PROBE.split())
@@ -156,9 +156,9 @@ class RetryPolicy:
                 return fn(), attempt
             except Exception as exc:
                 if is_permanent(exc) or attempt == self.attempts:
-                    raise CheckpointError(f"{what}: {_one_line(exc)} (after {attempt} attempt(s))") from exc
+                    raise CheckpointError(f"{what}: {one_line(exc)} (after {attempt} attempt(s))") from exc
                 wait = min(self.backoff * 2 ** (attempt - 1), self.max_wait)
-                log.warning("%s failed (%s); retrying in %.1fs", what, _one_line(exc), wait)
+                log.warning("%s failed (%s); retrying in %.1fs", what, one_line(exc), wait)
                 self.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -221,7 +221,7 @@ class HubSource:
 
                 names = [b.name for b in HfApi().list_repo_refs(self.model_id).branches]
             except Exception as exc:  # validation must not fail on a flaky listing
-                log.warning("could not list the branches of %s: %s", self.model_id, _one_line(exc))
+                log.warning("could not list the branches of %s: %s", self.model_id, one_line(exc))
                 return None
         steps = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"step(\d+)", n)))
         return steps or None
@@ -271,6 +271,17 @@ class HubSource:
             log.warning("could not delete %s@%s from the cache: %s", self.model_id, checkpoint.revision, exc)
 
 
+class RevisionSource(HubSource):
+    """A Hub repository at one named revision (a branch, tag or commit), offered as step 0."""
+
+    def __init__(self, ref: Any, revision: str, **options: Any) -> None:
+        super().__init__(ref, **options)
+        self._revision = revision
+
+    def revision(self, step: int) -> str:
+        return self._revision
+
+
 class LocalSuiteSource:
     """A directory with one saved model per step: ``step0/``, ``step1000/``, ..."""
 
@@ -303,6 +314,7 @@ class SingleModelSource:
         self.ref = ref
         self.model_id = ref.location
         location = Path(ref.location)
+        self.gguf_file: str | None
         if ref.kind == "gguf":
             self.path, self.gguf_file = location.parent, location.name
         else:
@@ -371,6 +383,6 @@ def _suite_fingerprint(path: Path) -> str:
     return "local-" + h.hexdigest()[:16]
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."

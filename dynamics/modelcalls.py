@@ -122,10 +122,16 @@ def decoder_states(
     return hidden, (_find_cache(output) if use_cache else None)
 
 
+def _output_embedding(model: torch.nn.Module) -> Any:
+    """The module that maps final hidden states to logits (``None`` if the model has none)."""
+    method: Any = getattr(model, "get_output_embeddings", None)  # torch types module attributes as Tensors
+    return method() if callable(method) else None
+
+
 def project(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Logits of hidden states ``[..., d_model]``: the output embedding, then the family's
     final-logit soft-capping (Gemma 2/3) and logit scaling (Cohere, Granite) where set."""
-    logits = model.get_output_embeddings()(hidden)  # type: ignore[operator]
+    logits = _output_embedding(model)(hidden)
     config = _text_config(model)
     scale = getattr(config, "logit_scale", None)
     if isinstance(scale, (int, float)) and not isinstance(scale, bool):
@@ -140,8 +146,7 @@ def project(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _vocab_size(model: torch.nn.Module) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    weight = getattr(head, "weight", None)
+    weight = getattr(_output_embedding(model), "weight", None)
     if isinstance(weight, torch.Tensor):
         return int(weight.shape[0])
     return int(getattr(_text_config(model), "vocab_size", 0) or 1)
@@ -247,7 +252,7 @@ def _probe(model: torch.nn.Module) -> Capabilities:
     with eval_mode(model):
         full = model(input_ids=ids, use_cache=False).logits
         decoder_head = False
-        if _decoder(model) is not None and hasattr(model, "get_output_embeddings"):
+        if _decoder(model) is not None and _output_embedding(model) is not None:
             try:
                 hidden, _ = decoder_states(model, ids)
                 decoder_head = _close(project(model, hidden), full)
