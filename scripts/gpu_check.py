@@ -26,8 +26,8 @@ The cubes and the cache live under ``--work`` (big, many files); ``--out`` gets 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -39,19 +39,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from gpu_check_cache import SHAPES, build_hub_cache, cached_steps  # noqa: E402
+from gpu_check_cache import SHAPES, Shape, build_hub_cache, cached_steps  # noqa: E402
 from gpu_check_table import environment_lines, scan_section, study_section  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 STEPS = (142000, 143000)
+CLI = [sys.executable, "-m", "dynamics.cli", "-v"]
 # Small budgets for a CPU smoke test; the GPU check runs the command's own defaults.
 QUICK_SCAN = ["--window", "256", "--wd-tokens", "2048", "--ppl-tokens", "512", "--tse-per-case", "4"]
 QUICK_ABLATE = ["--window", "256", "--wd-tokens", "2048", "--ppl-tokens", "512", "--tse-per-case", "4",
                 "--blimp-per-paradigm", "2", "--match-iterations", "4"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (exit code 2), as the `dynamics` command gives them."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="gpu_check.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--shape", choices=sorted(SHAPES), default="pythia-1.4b", help="model shape (default: %(default)s)")
     add("--out", type=Path, required=True, help="where gpu_check.md and the command logs go (e.g. $OUT)")
@@ -91,13 +100,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(f"--scan-args/--ablate-args: cannot split the string ({exc})")
     args.scan_extra, args.ablate_extra = extra
+    args.device = args.device or default_device()
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        parser.error(f"--device {args.device!r} is not one of cpu, cuda, cuda:N")
+    if args.device.startswith("cuda") and not cuda_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device here; give --device cpu")
+    args.cache = args.work / "hf_home" / "hub"
+    missing = [s for s in STEPS if s not in cached_steps(args.cache, SHAPES[args.shape].repo)]
+    if args.skip_build and missing:
+        parser.error(f"--skip-build, but {args.cache} lacks {SHAPES[args.shape].repo} step(s) "
+                     f"{', '.join(map(str, missing))}; run without --skip-build")
     return args
 
 
-def default_device() -> str:
+def cuda_available() -> bool:
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.cuda.is_available()
+
+
+def default_device() -> str:
+    return "cuda" if cuda_available() else "cpu"
 
 
 def hub_environment(hf_home: Path) -> dict[str, str]:
@@ -140,67 +163,62 @@ def command_lines(name: str, code: int | None, seconds: float, log_path: Path) -
     return lines, ok
 
 
+def scan_check(args: argparse.Namespace, shape: Shape, common: list[str], env: dict[str, str],
+               quick: bool) -> tuple[list[str], bool]:
+    cube = args.work / "scan.zarr"
+    shutil.rmtree(cube, ignore_errors=True)  # a check measures afresh
+    argv = [*CLI, "scan", "--model", shape.alias, "--steps", ",".join(map(str, STEPS)), "--out", str(cube),
+            "--retries", "1", *common, *(QUICK_SCAN if quick else []), *args.scan_extra]
+    code, seconds = run_command(argv, args.out / "scan.log", args.scan_timeout, env)
+    lines, ran_ok = command_lines("scan", code, seconds, args.out / "scan.log")
+    table, table_ok = scan_section(cube, STEPS)
+    return ["", "## dynamics scan", "", *lines, "", *table], ran_ok and table_ok
+
+
+def ablate_check(args: argparse.Namespace, shape: Shape, common: list[str], env: dict[str, str],
+                 quick: bool) -> tuple[list[str], bool]:
+    cube = args.work / "study.zarr"
+    shutil.rmtree(cube, ignore_errors=True)
+    argv = [*CLI, "ablate", "--model", shape.alias, "--revision", str(STEPS[-1]), "--out", str(cube),
+            "--retries", "1", "--blimp", str(args.blimp.resolve()), "--tasks", "none", "--pos", "off",
+            *common, *(QUICK_ABLATE if quick else []), *args.ablate_extra]
+    code, seconds = run_command(argv, args.out / "ablate.log", args.ablate_timeout, env)
+    lines, ran_ok = command_lines("ablate", code, seconds, args.out / "ablate.log")
+    table, table_ok = study_section(cube, seconds)
+    return ["", "## dynamics ablate", "", *lines, "", *table], ran_ok and table_ok
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    device = args.device or default_device()
-    quick = args.budget == "quick" or (args.budget == "auto" and args.shape == "tiny")
     shape = SHAPES[args.shape]
-    hf_home = args.work / "hf_home"
-    cache = hf_home / "hub"
-    report: list[str] = [f"# GPU check: {args.shape} ({shape.repo} shape), device {device}", ""]
-    report += environment_lines(device, args.dtype)
-    ok = True
-
+    quick = args.budget == "quick" or (args.budget == "auto" and args.shape == "tiny")
+    report = [f"# GPU check: {args.shape} ({shape.repo} shape), device {args.device}", "",
+              *environment_lines(args.device, args.dtype), ""]
     if args.skip_build:
-        missing = [s for s in STEPS if s not in cached_steps(cache, shape.repo)]
-        if missing:
-            print(f"gpu_check: --skip-build, but {cache} lacks {shape.repo} step(s) {missing}; run without it",
-                  file=sys.stderr)
-            return 2
-        report += ["", f"cache: reused {cache}"]
+        report.append(f"cache: reused {args.cache}")
     else:
-        seconds = build_hub_cache(cache, shape, args.tokenizer, STEPS, device, args.seed)
-        report += ["", f"cache: built {shape.repo} revisions {', '.join(f'step{s}' for s in STEPS)} "
-                       f"({shape.parameters() / 1e9:.2f} B parameters, float16) in {seconds:.1f} s under {cache}"]
+        seconds = build_hub_cache(args.cache, shape, args.tokenizer, STEPS, args.device, args.seed)
+        report.append(f"cache: built {shape.repo} revisions {', '.join(f'step{s}' for s in STEPS)} "
+                      f"({shape.parameters() / 1e9:.2f} B parameters, float16) in {seconds:.1f} s under {args.cache}")
     print("\n".join(report), flush=True)
 
-    env = hub_environment(hf_home)
-    common = ["--device", device, "--corpus", str(args.corpus.resolve())]
+    env = hub_environment(args.cache.parent)
+    common = ["--device", args.device, "--corpus", str(args.corpus.resolve())]
     common += ["--dtype", args.dtype] if args.dtype else []
     common += ["--memory-budget-gib", str(args.memory_budget_gib)] if args.memory_budget_gib else []
-    cli = [sys.executable, "-m", "dynamics.cli", "-v"]
     sections: list[str] = []
-    if args.only in (None, "scan"):
-        cube = args.work / "scan.zarr"
-        shutil.rmtree(cube, ignore_errors=True)
-        argv_scan = [*cli, "scan", "--model", shape.alias, "--steps", ",".join(map(str, STEPS)), "--out", str(cube),
-                     "--retries", "1", *common, *(QUICK_SCAN if quick else []), *args.scan_extra]
-        code, seconds = run_command(argv_scan, args.out / "scan.log", args.scan_timeout, env)
-        lines, ran_ok = command_lines("scan", code, seconds, args.out / "scan.log")
-        table, table_ok = scan_section(cube, STEPS)
-        sections += ["", "## dynamics scan", "", *lines, "", *table]
-        ok = ok and ran_ok and table_ok
-        print("\n".join(sections), flush=True)
-    if args.only in (None, "ablate"):
-        cube = args.work / "study.zarr"
-        shutil.rmtree(cube, ignore_errors=True)
-        argv_ablate = [*cli, "ablate", "--model", shape.alias, "--revision", str(STEPS[-1]), "--out", str(cube),
-                       "--retries", "1", "--blimp", str(args.blimp.resolve()), "--tasks", "none", "--pos", "off",
-                       *common, *(QUICK_ABLATE if quick else []), *args.ablate_extra]
-        code, seconds = run_command(argv_ablate, args.out / "ablate.log", args.ablate_timeout, env)
-        lines, ran_ok = command_lines("ablate", code, seconds, args.out / "ablate.log")
-        table, table_ok = study_section(cube, seconds)
-        part = ["", "## dynamics ablate", "", *lines, "", *table]
-        sections += part
-        ok = ok and ran_ok and table_ok
-        print("\n".join(part), flush=True)
-
+    ok = True
+    for name, check in (("scan", scan_check), ("ablate", ablate_check)):
+        if args.only in (None, name):
+            part, part_ok = check(args, shape, common, env, quick)
+            print("\n".join(part), flush=True)
+            sections += part
+            ok = ok and part_ok
     verdict = ["", f"**verdict: {'PASS' if ok else 'FAIL'}**"]
     print("\n".join(verdict), flush=True)
     (args.out / "gpu_check.md").write_text("\n".join([*report, *sections, *verdict]) + "\n")
-    (args.out / "gpu_check.json").write_text(json.dumps({"shape": args.shape, "device": device, "ok": ok}) + "\n")
     return 0 if ok else 1
 
 

@@ -41,7 +41,7 @@ def package_version(name: str) -> str:
 
 def source_revision(root: Path) -> str:
     try:
-        proc = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+        proc = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
                               text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -105,8 +105,8 @@ def scan_section(cube: Path, steps: Sequence[int]) -> tuple[list[str], bool]:
             row += ["-"] * (len(phases) + 1 + 2 * len(conditions)) + [failure(record)]
         rows.append(row)
     lines = markdown_table(headers, rows)
-    lines += ["", "TSE: accuracy, mean over the cases; ppl: corpus perplexity; conditions: clean, the "
-              "reference step's top-WD cohort's negative pre-activations ablated (neg_cohort), a random control."]
+    lines += ["", ("TSE: accuracy, mean over the cases; ppl: corpus perplexity; conditions: clean, the reference "
+                   "step's top-WD cohort's negative pre-activations ablated (neg_cohort), a random control.")]
     return lines, ok
 
 
@@ -122,8 +122,8 @@ def study_section(cube: Path, wall_seconds: float) -> tuple[list[str], bool]:
     statuses = [records.get(str(i), {}).get("status", "pending") for i in range(len(units))]
     counts = {s: statuses.count(s) for s in ("done", "failed", "pending")}
     ok = counts["done"] == len(units) > 0
-    lines = [f"wall time {wall_seconds:.1f} s; conditions: {counts['done']} done, {counts['failed']} failed, "
-             f"{counts['pending']} not run, of {len(units)}"]
+    lines = [(f"wall time {wall_seconds:.1f} s; conditions: {counts['done']} done, {counts['failed']} failed, "
+              f"{counts['pending']} not run, of {len(units)}")]
     for i, status in enumerate(statuses):
         if status == "failed":
             labels = " ".join(f"{k}={v}" for k, v in units[i].get("labels", {}).items())
