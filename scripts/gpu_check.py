@@ -81,9 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--shape tiny, else default (default: %(default)s)")
     add("--scan-args", default="", help="extra arguments for `dynamics scan`, one shell-quoted string")
     add("--ablate-args", default="", help="extra arguments for `dynamics ablate`, one shell-quoted string")
-    add("--scan-timeout", type=float, default=300.0, help="seconds before the scan is stopped (default: %(default)s)")
-    add("--ablate-timeout", type=float, default=420.0,
+    add("--scan-timeout", type=float, default=200.0, help="seconds before the scan is stopped (default: %(default)s)")
+    add("--ablate-timeout", type=float, default=300.0,
         help="seconds before the study is stopped (default: %(default)s)")
+    add("--total-timeout", type=float, default=None,
+        help="seconds for the whole check: each command is stopped early enough for the table to be written "
+        "within it (default: no limit beyond the two above)")
     add("--only", choices=["scan", "ablate"], default=None, help="run only one of the two commands")
     add("--skip-build", action="store_true", help="reuse the cache already under --work")
     add("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
@@ -132,6 +135,14 @@ def hub_environment(hf_home: Path) -> dict[str, str]:
     return env
 
 
+def time_left(args: argparse.Namespace, own_limit: float) -> float:
+    """A command's limit: its own, cut so that the whole check ends within --total-timeout."""
+    if args.total_timeout is None:
+        return own_limit
+    reserve = 20.0  # reading the cubes and writing the table
+    return max(1.0, min(own_limit, args.total_timeout - (time.monotonic() - args.started) - reserve))
+
+
 def run_command(argv: list[str], log_path: Path, timeout: float, env: dict[str, str]) -> tuple[int | None, float]:
     """Run one CLI command with its output in ``log_path``; (exit code or None on timeout, seconds)."""
     start = time.perf_counter()
@@ -145,7 +156,7 @@ def run_command(argv: list[str], log_path: Path, timeout: float, env: dict[str, 
             os.killpg(proc.pid, 9)  # the child's own process group: it and whatever it started
             proc.wait()
             code = None
-            log.write(f"\ngpu_check: stopped after {timeout:.0f} s (--scan-timeout/--ablate-timeout)\n")
+            log.write(f"\ngpu_check: stopped after {timeout:.0f} s (a --*-timeout option)\n")
     return code, time.perf_counter() - start
 
 
@@ -169,7 +180,7 @@ def scan_check(args: argparse.Namespace, shape: Shape, common: list[str], env: d
     shutil.rmtree(cube, ignore_errors=True)  # a check measures afresh
     argv = [*CLI, "scan", "--model", shape.alias, "--steps", ",".join(map(str, STEPS)), "--out", str(cube),
             "--retries", "1", *common, *(QUICK_SCAN if quick else []), *args.scan_extra]
-    code, seconds = run_command(argv, args.out / "scan.log", args.scan_timeout, env)
+    code, seconds = run_command(argv, args.out / "scan.log", time_left(args, args.scan_timeout), env)
     lines, ran_ok = command_lines("scan", code, seconds, args.out / "scan.log")
     table, table_ok = scan_section(cube, STEPS)
     return ["", "## dynamics scan", "", *lines, "", *table], ran_ok and table_ok
@@ -182,7 +193,7 @@ def ablate_check(args: argparse.Namespace, shape: Shape, common: list[str], env:
     argv = [*CLI, "ablate", "--model", shape.alias, "--revision", str(STEPS[-1]), "--out", str(cube),
             "--retries", "1", "--blimp", str(args.blimp.resolve()), "--tasks", "none", "--pos", "off",
             *common, *(QUICK_ABLATE if quick else []), *args.ablate_extra]
-    code, seconds = run_command(argv, args.out / "ablate.log", args.ablate_timeout, env)
+    code, seconds = run_command(argv, args.out / "ablate.log", time_left(args, args.ablate_timeout), env)
     lines, ran_ok = command_lines("ablate", code, seconds, args.out / "ablate.log")
     table, table_ok = study_section(cube, seconds)
     return ["", "## dynamics ablate", "", *lines, "", *table], ran_ok and table_ok
@@ -190,6 +201,7 @@ def ablate_check(args: argparse.Namespace, shape: Shape, common: list[str], env:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     shape = SHAPES[args.shape]
@@ -210,15 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     common += ["--memory-budget-gib", str(args.memory_budget_gib)] if args.memory_budget_gib else []
     sections: list[str] = []
     ok = True
+    table = args.out / "gpu_check.md"
+    table.write_text("\n".join(report) + "\n")  # rewritten after each part: a killed check still leaves a table
     for name, check in (("scan", scan_check), ("ablate", ablate_check)):
         if args.only in (None, name):
             part, part_ok = check(args, shape, common, env, quick)
             print("\n".join(part), flush=True)
             sections += part
             ok = ok and part_ok
+            table.write_text("\n".join([*report, *sections]) + "\n")
     verdict = ["", f"**verdict: {'PASS' if ok else 'FAIL'}**"]
     print("\n".join(verdict), flush=True)
-    (args.out / "gpu_check.md").write_text("\n".join([*report, *sections, *verdict]) + "\n")
+    table.write_text("\n".join([*report, *sections, *verdict]) + "\n")
     return 0 if ok else 1
 
 

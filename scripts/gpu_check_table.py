@@ -41,8 +41,8 @@ def package_version(name: str) -> str:
 
 def source_revision(root: Path) -> str:
     try:
-        proc = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
-                              text=True, timeout=10)
+        proc = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], check=False,
+                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return proc.stdout.strip() if proc.returncode == 0 else "unknown (no git checkout)"
@@ -102,7 +102,8 @@ def scan_section(cube: Path, steps: Sequence[int]) -> tuple[list[str], bool]:
             row += [number(v) for v in tse] + [number(v, 1) for v in ppl] + [""]
         else:
             ok = False
-            row += ["-"] * (len(phases) + 1 + 2 * len(conditions)) + [failure(record)]
+            reason = failure(record) if status == "failed" else "not finished (stopped, or the command ended first)"
+            row += ["-"] * (len(phases) + 1 + 2 * len(conditions)) + [reason]
         rows.append(row)
     lines = markdown_table(headers, rows)
     lines += ["", ("TSE: accuracy, mean over the cases; ppl: corpus perplexity; conditions: clean, the reference "
@@ -124,10 +125,14 @@ def study_section(cube: Path, wall_seconds: float) -> tuple[list[str], bool]:
     ok = counts["done"] == len(units) > 0
     lines = [(f"wall time {wall_seconds:.1f} s; conditions: {counts['done']} done, {counts['failed']} failed, "
               f"{counts['pending']} not run, of {len(units)}")]
+    by_reason: dict[str, list[str]] = {}
     for i, status in enumerate(statuses):
         if status == "failed":
             labels = " ".join(f"{k}={v}" for k, v in units[i].get("labels", {}).items())
-            lines.append(f"- failed: unit {i} ({labels}): {failure(records[str(i)])}")
+            by_reason.setdefault(failure(records[str(i)]), []).append(f"{i} ({labels})")
+    for reason, failed in by_reason.items():
+        shown = ", ".join(failed[:4]) + (f" and {len(failed) - 4} more" if len(failed) > 4 else "")
+        lines.append(f"- {len(failed)} failed with {reason}: units {shown}")
     if "seconds" in ds and "phase" in ds.coords:
         per_phase = {str(p): float(np.nansum(ds["seconds"].sel(phase=p).values)) for p in ds["phase"].values}
         if "group_seconds" in ds:
