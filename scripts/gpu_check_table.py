@@ -48,12 +48,22 @@ def source_revision(root: Path) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else "unknown (no git checkout)"
 
 
+def source_fingerprint(root: Path) -> str:
+    """sha256 (first 12 hex digits) of the package sources: names a run where there is no git checkout."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for package in ("checkpoints", "dynamics", "store") for p in (root / package).rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def environment_lines(device: str, dtype: str | None) -> list[str]:
     import torch
 
     root = Path(__file__).resolve().parents[1]
     rows = [["python", platform.python_version()], ["platform", platform.platform()],
-            ["project commit", source_revision(root)]]
+            ["project commit", source_revision(root)], ["source fingerprint", source_fingerprint(root)]]
     rows += [[name, package_version(name)] for name in PACKAGES]
     rows.append(["torch CUDA", str(torch.version.cuda)])
     if torch.cuda.is_available():
