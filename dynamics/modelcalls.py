@@ -288,6 +288,12 @@ def _probe_cache_keyword(model: torch.nn.Module, ids: torch.Tensor, full: torch.
     return None
 
 
+def replicate_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
+    """``copies`` blocks of ``tensor``'s rows one after the other (dimension 0): one block per
+    ablation condition of :func:`dynamics.row_ablation.ablate_rows`."""
+    return tensor if copies == 1 else tensor.repeat(copies, *([1] * (tensor.ndim - 1)))
+
+
 def select_rows(cache: Any, rows: torch.Tensor) -> None:
     """Make row ``i`` of ``cache`` a copy of its old row ``rows[i]`` (in place)."""
     cache.batch_select_indices(rows)

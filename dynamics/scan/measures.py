@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
-from dynamics.ablation import ablate
-from dynamics.syntax.perplexity import perplexity
-from dynamics.syntax.scoring import score_pairs
+from dynamics.row_ablation import ablate_rows, conditions_per_pass
+from dynamics.syntax.perplexity import perplexity_each
+from dynamics.syntax.scoring import DEFAULT_BATCH_TOKENS, score_pairs_each
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +36,25 @@ def syntax_and_perplexity(
     """TSE accuracy and margin per case, and perplexity, under each condition.
 
     ``conditions`` maps a name to a neuron mask [layer, neuron] whose negative
-    pre-activations are zeroed (``None``: the clean model).
+    pre-activations are zeroed (``None``: the clean model). The conditions run together,
+    each batch replicated once per condition (:func:`dynamics.row_ablation.ablate_rows`),
+    with the numbers of one condition at a time.
     """
     acc = np.full((len(conditions), len(cases)), np.nan)
     margin = np.full((len(conditions), len(cases)), np.nan)
     ppl = np.full(len(conditions), np.nan)
-    for i, mask in enumerate(conditions.values()):
-        context = ablate(model, mask, mode="negative") if mask is not None else nullcontext()
-        with context:
-            if pairs:
-                scores = score_pairs(model, tokenizer, pairs, group_by="case", reduction=reduction,  # type: ignore[arg-type]
-                                     prefix=prefix, progress=False)
+    masks = list(conditions.values())
+    if pairs:
+        for first, chunk in _condition_chunks(masks, DEFAULT_BATCH_TOKENS):
+            with ablate_rows(model, chunk, mode="negative") as copies:
+                per_condition = score_pairs_each(model, tokenizer, pairs, copies, group_by="case",
+                                                 reduction=reduction, prefix=prefix, progress=False)  # type: ignore[arg-type]
+            for i, scores in enumerate(per_condition, start=first):
                 acc[i], margin[i] = scores.aligned("accuracy", cases), scores.aligned("margin", cases)
-            if ppl_windows is not None and len(ppl_windows):
-                ppl[i] = perplexity(model, ppl_windows, progress=False)
+    if ppl_windows is not None and len(ppl_windows):
+        for first, chunk in _condition_chunks(masks, int(ppl_windows.shape[1])):
+            with ablate_rows(model, chunk, mode="negative") as copies:
+                ppl[first : first + copies] = perplexity_each(model, ppl_windows, copies, progress=False)
     coords = {"condition": list(conditions), "tse_case": list(cases)}
     return xr.Dataset(
         {
@@ -60,6 +64,12 @@ def syntax_and_perplexity(
         },
         coords=coords,
     )
+
+
+def _condition_chunks(masks: list[Any], tokens_per_batch: int) -> list[tuple[int, list[Any]]]:
+    """The conditions in runs of at most :func:`conditions_per_pass`, with each run's first index."""
+    size = conditions_per_pass(len(masks), tokens_per_batch)
+    return [(first, masks[first : first + size]) for first in range(0, len(masks), size)]
 
 
 def step_result(step: int, parts: list[xr.Dataset], timings: dict[str, float]) -> xr.Dataset:

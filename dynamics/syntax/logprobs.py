@@ -37,6 +37,7 @@ from dynamics.modelcalls import (
     hidden_log_probs,
     kept_log_probs,
     model_device,
+    replicate_rows,
     select_rows,
     sliding_window,
 )
@@ -136,16 +137,20 @@ def _forward_log_probs(
     units: list[list[list[int]]],
     device: torch.device,
     padding_side: PaddingSide,
-) -> list[list[torch.Tensor]]:
-    """Log-probabilities of tokens 1..n-1 of each row given the tokens before it (float32).
+    copies: int = 1,
+) -> list[list[list[torch.Tensor]]]:
+    """Log-probabilities of tokens 1..n-1 of each row given the tokens before it (float32),
+    per copy: ``[copy][unit][row]``.
 
     Units of several rows sharing a first token run in two passes when the model can
     continue from a key-value cache (:func:`dynamics.modelcalls.capabilities`): their
     common prefix once, then each row's suffix on top of the prefix's cache (right padding
     only). The rest run in one pass. Only positions that predict a scored token are
-    projected onto the vocabulary.
+    projected onto the vocabulary. With ``copies > 1`` every pass carries the batch
+    ``copies`` times, one block of rows after the other (one block per ablation condition
+    of :func:`dynamics.row_ablation.ablate_rows`).
     """
-    out: list[list[torch.Tensor] | None] = [None] * len(units)
+    out: list[list[list[torch.Tensor] | None]] = [[None] * len(units) for _ in range(copies)]
     shared = [
         min(min(_common_prefix(unit[0], row) for row in unit), min(len(row) for row in unit) - 1)
         if len(unit) > 1 and padding_side == "right" else 0
@@ -158,10 +163,11 @@ def _forward_log_probs(
         span = max(shared[u] for u in two_pass) + max(len(r) - shared[u] for u in two_pass for r in units[u])
         two_pass = two_pass if span < window else []
     if two_pass and capabilities(model).cache_keyword is not None:
-        results = _prefix_pass(model, [units[u] for u in two_pass], [shared[u] for u in two_pass], device)
-        for u, result in zip(two_pass, results):
-            out[u] = result
-    rest = [u for u in range(len(units)) if out[u] is None]
+        results = _prefix_pass(model, [units[u] for u in two_pass], [shared[u] for u in two_pass], device, copies)
+        for c in range(copies):
+            for u, result in zip(two_pass, results[c]):
+                out[c][u] = result
+    rest = [u for u in range(len(units)) if out[0][u] is None]
     if rest:
         rows = [row for u in rest for row in units[u]]
         ids, mask, starts = _pad(rows, padding_side)
@@ -171,19 +177,23 @@ def _forward_log_probs(
         targets = torch.zeros_like(ids)
         targets[:, :-1] = ids[:, 1:]
         positions = (mask.cumsum(-1) - 1).clamp(min=0).to(device) if padding_side == "left" else None
-        flat, _ = kept_log_probs(model, ids.to(device), keep.to(device), targets[keep].to(device),
-                                 mask.to(device), positions)
-        per_row = iter(torch.split(flat.cpu(), keep.sum(dim=1).tolist()))
-        for u in rest:
-            out[u] = [next(per_row) for _ in units[u]]
+        flat, _ = kept_log_probs(
+            model, replicate_rows(ids, copies).to(device), replicate_rows(keep, copies).to(device),
+            replicate_rows(targets[keep], copies).to(device), replicate_rows(mask, copies).to(device),
+            None if positions is None else replicate_rows(positions, copies),
+        )
+        for c, block in enumerate(flat.cpu().chunk(copies)):
+            per_row = iter(torch.split(block, keep.sum(dim=1).tolist()))
+            for u in rest:
+                out[c][u] = [next(per_row) for _ in units[u]]
     return out  # type: ignore[return-value]
 
 
 def _prefix_pass(
-    model: torch.nn.Module, units: list[list[list[int]]], shared: list[int], device: torch.device
-) -> list[list[torch.Tensor]]:
+    model: torch.nn.Module, units: list[list[list[int]]], shared: list[int], device: torch.device, copies: int = 1
+) -> list[list[list[torch.Tensor]]]:
     """Two passes: each unit's first ``shared`` tokens once, then every row's suffix on the
-    cached prefix (selected once per row)."""
+    cached prefix (selected once per row); ``[copy][unit][row]``."""
     prefix_ids, prefix_mask, _ = _pad([unit[0][:n] for unit, n in zip(units, shared)])
     lengths = torch.tensor(shared)
     # Every real prefix position is kept: a prefix's last position predicts each row's first suffix token.
@@ -194,32 +204,43 @@ def _prefix_pass(
     targets1[:, :-1] = prefix_ids[:, 1:]
     flat_targets1 = targets1[keep1]
     heads_targets = torch.tensor([row[n] for unit, n in zip(units, shared) for row in unit])
+    # Copy c's rows are block c of every tensor; its prefixes are rows c * len(units) + u.
+    n_kept1 = int(keep1.sum())
+    copy_last = torch.cat([last + c * n_kept1 for c in range(copies)])
+    copy_owner = torch.cat([owner + c * len(units) for c in range(copies)])
     found = capabilities(model)
-    hidden1, cache = decoder_states(model, prefix_ids.to(device), prefix_mask.to(device), use_cache=True)
-    kept1 = hidden1[keep1.to(device)]
-    lp1 = hidden_log_probs(model, kept1, flat_targets1.to(device)).cpu()  # wrong at each prefix's last position
-    heads = hidden_log_probs(model, kept1[last.to(device)], heads_targets.to(device)).cpu()
+    hidden1, cache = decoder_states(model, replicate_rows(prefix_ids, copies).to(device),
+                                    replicate_rows(prefix_mask, copies).to(device), use_cache=True)
+    kept1 = hidden1[replicate_rows(keep1, copies).to(device)]
+    # lp1 is wrong at each prefix's last position: the heads replace it.
+    lp1 = hidden_log_probs(model, kept1, replicate_rows(flat_targets1, copies).to(device)).cpu()
+    heads = hidden_log_probs(model, kept1[copy_last.to(device)], replicate_rows(heads_targets, copies).to(device)).cpu()
     suffix_ids, suffix_mask, _ = _pad([row[n:] for unit, n in zip(units, shared) for row in unit])
-    select_rows(cache, owner.to(device))
+    select_rows(cache, copy_owner.to(device))
     keep2 = suffix_mask.bool()
     keep2[torch.arange(len(owner)), suffix_mask.sum(dim=1) - 1] = False
     targets2 = torch.zeros_like(suffix_ids)
     targets2[:, :-1] = suffix_ids[:, 1:]
     offsets = lengths[owner]
     hidden2, _ = decoder_states(
-        model, suffix_ids.to(device), torch.cat([prefix_mask[owner], suffix_mask], dim=1).to(device),
-        (offsets[:, None] + torch.arange(suffix_ids.shape[1])[None]).to(device),
+        model, replicate_rows(suffix_ids, copies).to(device),
+        replicate_rows(torch.cat([prefix_mask[owner], suffix_mask], dim=1), copies).to(device),
+        replicate_rows(offsets[:, None] + torch.arange(suffix_ids.shape[1])[None], copies).to(device),
         cache=cache, cache_keyword=found.cache_keyword, use_cache=True,
     )
-    lp2 = hidden_log_probs(model, hidden2[keep2.to(device)], targets2[keep2].to(device)).cpu()
-    tails = iter(torch.split(lp2, keep2.sum(dim=1).tolist()))
-    results, row = [], 0
-    for unit, n in zip(units, shared):
-        end = int(last[row])
-        common = lp1[end - n + 1 : end]
-        results.append([torch.cat([common, heads[row + k : row + k + 1], next(tails)]) for k in range(len(unit))])
-        row += len(unit)
-    return results
+    lp2 = hidden_log_probs(model, hidden2[replicate_rows(keep2, copies).to(device)],
+                           replicate_rows(targets2[keep2], copies).to(device)).cpu()
+    per_copy = []
+    for lp1_c, heads_c, lp2_c in zip(lp1.chunk(copies), heads.chunk(copies), lp2.chunk(copies)):
+        tails = iter(torch.split(lp2_c, keep2.sum(dim=1).tolist()))
+        results, row = [], 0
+        for unit, n in zip(units, shared):
+            end = int(last[row])
+            common = lp1_c[end - n + 1 : end]
+            results.append([torch.cat([common, heads_c[row + k : row + k + 1], next(tails)]) for k in range(len(unit))])
+            row += len(unit)
+        per_copy.append(results)
+    return per_copy
 
 
 def token_log_probs(
@@ -257,14 +278,38 @@ def token_log_probs(
         One array per sequence, ``len(ids)`` long with a prefix, ``len(ids) - 1`` without
         (empty when nothing is scored).
     """
+    return token_log_probs_each(
+        model, token_ids, prefix_id, 1, units=units, batch_tokens=batch_tokens, max_batch_size=max_batch_size,
+        device=device, padding_side=padding_side, progress=progress,
+    )[0]
+
+
+def token_log_probs_each(
+    model: torch.nn.Module,
+    token_ids: Sequence[Sequence[int]],
+    prefix_id: int | None,
+    copies: int,
+    *,
+    units: Sequence[Sequence[int]] | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    device: torch.device | str | None = None,
+    padding_side: PaddingSide = "right",
+    progress: bool = True,
+) -> list[list[np.ndarray]]:
+    """:func:`token_log_probs` of ``copies`` conditions at once: every batch (packed as for one)
+    runs ``copies`` times over in one pass, block ``c`` being condition ``c`` of
+    :func:`dynamics.row_ablation.ablate_rows`; ``[copy][sequence]``."""
     if batch_tokens < 1 or max_batch_size < 1:
         raise UserInputError(
             f"batch_tokens={batch_tokens} and max_batch_size={max_batch_size} must both be >= 1"
         )
     if padding_side not in ("right", "left"):
         raise UserInputError(f"padding_side={padding_side!r}; expected 'right' or 'left'")
+    if copies < 1:
+        raise UserInputError(f"copies={copies}; expected at least 1")
     rows = [([prefix_id] if prefix_id is not None else []) + list(ids) for ids in token_ids]
-    results: list[np.ndarray] = [np.zeros(0, dtype=np.float64) for _ in rows]
+    results = [[np.zeros(0, dtype=np.float64) for _ in rows] for _ in range(copies)]
     lengths = [len(r) for r in rows]
     if units is None:
         units = [[i] for i in range(len(rows))]
@@ -277,8 +322,9 @@ def token_log_probs(
     ) as bar:
         for batch in _batches(kept, lengths, batch_tokens, max_batch_size):
             unit_rows = [[rows[i] for i in unit] for unit in batch]
-            for unit, unit_lp in zip(batch, _forward_log_probs(model, unit_rows, device, padding_side)):
-                for i, lp in zip(unit, unit_lp):
-                    results[i] = lp.numpy().astype(np.float64)
+            for copy_results, copy_lp in zip(results, _forward_log_probs(model, unit_rows, device, padding_side, copies)):
+                for unit, unit_lp in zip(batch, copy_lp):
+                    for i, lp in zip(unit, unit_lp):
+                        copy_results[i] = lp.numpy().astype(np.float64)
             bar.update(sum(len(unit) for unit in batch))
     return results

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dynamics.errors import UserInputError
-from dynamics.modelcalls import eval_mode, model_device, sequence_log_probs
+from dynamics.modelcalls import eval_mode, model_device, replicate_rows, sequence_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -40,21 +40,37 @@ def window_nll(
     Returns:
         A float64 tensor ``[n_windows]``.
     """
+    return window_nll_each(model, windows, 1, batch_size, device, progress)[0]
+
+
+def window_nll_each(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    copies: int,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """:func:`window_nll` under ``copies`` ablation conditions at once, ``[copy, n_windows]``: each
+    batch of windows runs ``copies`` times over in one pass, block ``c`` being condition ``c`` of
+    :func:`dynamics.row_ablation.ablate_rows`."""
     if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
         raise UserInputError(
             f"token windows of shape {tuple(windows.shape)}; expected [n_windows >= 1, window >= 2]"
         )
     if batch_size < 1:
         raise UserInputError(f"batch_size={batch_size}; expected a positive integer")
+    if copies < 1:
+        raise UserInputError(f"copies={copies}; expected at least 1")
     device = torch.device(device) if device is not None else model_device(model)
-    totals = torch.zeros(windows.shape[0], dtype=torch.float64)
+    totals = torch.zeros((copies, windows.shape[0]), dtype=torch.float64)
     with eval_mode(model), tqdm(
         total=windows.shape[0], unit="window", desc="perplexity", disable=not progress
     ) as bar:
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start : start + batch_size].to(device=device, dtype=torch.long)
-            nll = -sequence_log_probs(model, batch)
-            totals[start : start + batch.shape[0]] = nll.double().sum(dim=1).cpu()
+            nll = -sequence_log_probs(model, replicate_rows(batch, copies))
+            totals[:, start : start + batch.shape[0]] = nll.double().sum(dim=1).cpu().reshape(copies, -1)
             bar.update(batch.shape[0])
     return totals
 
@@ -70,8 +86,21 @@ def perplexity(
 
     See :func:`window_nll` for the arguments.
     """
-    totals = window_nll(model, windows, batch_size=batch_size, device=device, progress=progress)
+    return perplexity_each(model, windows, 1, batch_size, progress, device)[0]
+
+
+def perplexity_each(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    copies: int,
+    batch_size: int = 1,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> list[float]:
+    """:func:`perplexity` under each of ``copies`` conditions (see :func:`window_nll_each`)."""
+    totals = window_nll_each(model, windows, copies, batch_size=batch_size, device=device, progress=progress)
     n_predicted = windows.shape[0] * (windows.shape[1] - 1)
-    value = math.exp(float(totals.sum()) / n_predicted)
-    logger.info("perplexity %.4f over %d windows x %d tokens", value, windows.shape[0], windows.shape[1])
-    return value
+    values = [math.exp(float(row.sum()) / n_predicted) for row in totals]
+    for value in values:
+        logger.info("perplexity %.4f over %d windows x %d tokens", value, windows.shape[0], windows.shape[1])
+    return values

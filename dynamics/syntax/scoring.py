@@ -26,6 +26,7 @@ from dynamics.syntax.logprobs import (  # noqa: F401  (re-exported: the scoring 
     encode,
     prefix_token_id,
     token_log_probs,
+    token_log_probs_each,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def score_sentences(
     per_token = _score_unique(
         model, tokenizer, unique, units, prefix, prefix_token, batch_tokens, max_batch_size,
         device, padding_side, progress,
-    )
+    )[0]
     return reduce_log_probs(per_token, reduction)[index] if sentences else np.zeros(0)
 
 
@@ -197,6 +198,31 @@ def score_pairs(
         max_batch_size: Rows per batch at most.
         padding_side: ``right`` (default) or ``left``.
     """
+    return score_pairs_each(
+        model, tokenizer, pairs, 1, group_by, reduction, prefix, batch_tokens, device, keep_pairs, progress,
+        prefix_token=prefix_token, max_batch_size=max_batch_size, padding_side=padding_side,
+    )[0]
+
+
+def score_pairs_each(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[Any],
+    copies: int,
+    group_by: str = "case",
+    reduction: Reduction = "sum",
+    prefix: bool = True,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    device: torch.device | str | None = None,
+    keep_pairs: bool = False,
+    progress: bool = True,
+    *,
+    prefix_token: int | str | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    padding_side: PaddingSide = "right",
+) -> list[PairScores]:
+    """:func:`score_pairs` under ``copies`` ablation conditions in one pass per batch (inside
+    :func:`dynamics.row_ablation.ablate_rows`): one :class:`PairScores` per condition."""
     _check_reduction(reduction)
     goods = [str(_field(p, "good")) for p in pairs]
     bads = [str(_field(p, "bad")) for p in pairs]
@@ -216,14 +242,17 @@ def score_pairs(
         claimed.update(unit)
         if unit:
             units.append(unit)
-    per_token = _score_unique(
+    per_copy = _score_unique(
         model, tokenizer, unique, units, prefix, prefix_token, batch_tokens, max_batch_size,
-        device, padding_side, progress,
+        device, padding_side, progress, copies,
     )
-    scores = reduce_log_probs(per_token, reduction)
-    intrusive = np.where(intrusive_index >= 0, scores[np.maximum(intrusive_index, 0)], np.nan)
-    good, bad = scores[index[:n]], scores[index[n : 2 * n]]
-    return summarize_pairs(good, bad, labels, intrusive, group_by, keep_pairs)
+    results = []
+    for per_token in per_copy:
+        scores = reduce_log_probs(per_token, reduction)
+        intrusive = np.where(intrusive_index >= 0, scores[np.maximum(intrusive_index, 0)], np.nan)
+        good, bad = scores[index[:n]], scores[index[n : 2 * n]]
+        results.append(summarize_pairs(good, bad, labels, intrusive, group_by, keep_pairs))
+    return results
 
 
 def _score_unique(
@@ -238,10 +267,11 @@ def _score_unique(
     device: torch.device | str | None,
     padding_side: PaddingSide,
     progress: bool,
-) -> list[np.ndarray]:
+    copies: int = 1,
+) -> list[list[np.ndarray]]:
     prefix_id = prefix_token_id(tokenizer, prefix_token) if prefix else None
-    return token_log_probs(
-        model, encode(tokenizer, sentences), prefix_id, units=units, batch_tokens=batch_tokens,
+    return token_log_probs_each(
+        model, encode(tokenizer, sentences), prefix_id, copies, units=units, batch_tokens=batch_tokens,
         max_batch_size=max_batch_size, device=device, padding_side=padding_side, progress=progress,
     )
 
