@@ -101,8 +101,8 @@ def ablate_rows(model: torch.nn.Module, masks: Sequence[Any], mode: Mode = "nega
         for layer, module in enumerate(modules):
             per_block = [(c, chosen[layer]) for c, chosen in enumerate(indices) if layer in chosen]
             if per_block:
-                device = module.weight.device  # type: ignore[union-attr]
-                per_block = [(c, index.to(device)) for c, index in per_block]
+                weight: Any = module.weight  # torch types module attributes loosely
+                per_block = [(c, index.to(weight.device)) for c, index in per_block]
                 handles.append(module.register_forward_hook(_block_hook(rewrite, per_block, len(masks))))
         yield len(masks)
     finally:
