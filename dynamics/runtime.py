@@ -66,12 +66,49 @@ def auto_dtype(checkpoint: Checkpoint, device: str) -> str:
     return checkpoint_dtype(checkpoint) or "float32"
 
 
+def evaluation_flops(model: Any) -> tuple[float, float]:
+    """FLOPs of one evaluated token: ``(body, head)``, the layers' matrix products and the
+    unembedding of a scored position (``2 x d_model x vocabulary``); attention over the
+    context is left out (short sentences dominate the evaluation's calls)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    d = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
+    layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0) or 0)
+    inner = int(getattr(config, "intermediate_size", 0) or getattr(config, "ffn_dim", 0) or getattr(config, "n_inner", 0)
+                or 4 * d)
+    gated = getattr(config, "model_type", "") not in ("gpt_neox", "gpt2", "opt")
+    body = 2.0 * layers * (4 * d * d + (3 if gated else 2) * d * inner)
+    head = 2.0 * d * int(getattr(config, "vocab_size", 0) or 0)
+    return body, head
+
+
 def set_threads(threads: int, model: Any) -> None:
-    """Measured on the toy organism on 2 loaded cores: 1 thread scored TSE 17x faster than 2."""
-    if threads == 0:
-        small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
-        threads = 1 if small else torch.get_num_threads()
-    torch.set_num_threads(threads)
+    """``--threads 0``: :func:`threads_for` the model; any other value as given."""
+    torch.set_num_threads(threads or threads_for(model))
+
+
+def threads_for(model: Any, available: int | None = None) -> int:
+    """The automatic thread count: one for a model under :data:`SMALL_MODEL_PARAMETERS`, all otherwise.
+
+    Measured, not guessed (``scripts/bench_threads.py``, 1 and 2 threads interleaved, 3 rounds
+    each, on this project's 2-core machine shared with other jobs, load average 4.8-7.5),
+    seconds per round, median:
+
+    =====================================  ============  ==========  ==========  =========
+    shape (head share of a token's FLOPs)  task          1 thread    2 threads   1/2
+    =====================================  ============  ==========  ==========  =========
+    Pythia-14m, vocabulary 50304 (85%)     220 TSE pairs 3.74        12.94       0.29
+    Pythia-14m                             2 x 2048 ppl  5.75        12.61       0.46
+    toy organism, vocabulary 285 (8%)      220 TSE pairs 0.50        3.95        0.13
+    toy organism                           16 x 64 ppl   0.06        2.73        0.02
+    =====================================  ============  ==========  ==========  =========
+
+    So a large vocabulary (the head at 85% of the FLOPs, :func:`evaluation_flops`) narrows
+    the gap but does not turn it: a second thread that competes with other jobs for two
+    cores costs more than it brings, and the policy stays one thread for small models
+    whatever their vocabulary. On an idle many-core machine pass ``--threads``.
+    """
+    available = available or torch.get_num_threads()
+    return 1 if sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS else available
 
 
 def load_checkpoint_model(checkpoint: Checkpoint, device: str, dtype: str) -> Any:

@@ -66,3 +66,38 @@ def test_capture_budget(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * 2**30, 140 * 2**30))
     assert capture_budget(0, "cuda") == 50 * 2**30  # half of what is free after loading
     assert capture_budget(3, "cuda") == 3 * 2**30
+
+
+def _neox_on_meta(**shape):  # noqa: ANN003, ANN202
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(GPTNeoXConfig(**shape))
+
+
+PYTHIA_14M = dict(num_hidden_layers=6, hidden_size=128, num_attention_heads=4, intermediate_size=512, vocab_size=50304)
+
+
+def test_evaluation_flops_count_the_weights() -> None:
+    """Body: two FLOPs per weight of the layers' matrix products; head: two per unembedding weight."""
+    model = _neox_on_meta(**PYTHIA_14M)
+    body, head = runtime.evaluation_flops(model)
+    layer_weights = sum(p.numel() for name, p in model.gpt_neox.layers.named_parameters()
+                        if name.endswith(".weight") and p.ndim == 2)
+    assert body == 2 * layer_weights
+    assert head == 2 * model.get_output_embeddings().weight.numel() == 2 * 128 * 50304
+
+
+def test_thread_policy_one_thread_for_small_models_whatever_the_vocabulary() -> None:
+    assert runtime.threads_for(_neox_on_meta(**PYTHIA_14M), available=8) == 1  # head 85% of the FLOPs: still one
+    big = _neox_on_meta(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
+                        vocab_size=50304)  # Pythia-160m's shape
+    assert runtime.threads_for(big, available=8) == 8
+    before = torch.get_num_threads()
+    try:
+        runtime.set_threads(0, _neox_on_meta(**PYTHIA_14M))
+        assert torch.get_num_threads() == 1
+        runtime.set_threads(2, big)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -30,7 +30,7 @@ from dynamics.study.conditions import BLOCKS, layer_groups, static_dataset, stud
 from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study
 from dynamics.study.inputs import build_inputs, load_model
 from dynamics.study.measures import StudyInputs
-from dynamics.study.worker import StudySpec, forget_workers, run_condition, seed_worker
+from dynamics.study.worker import StudySpec, forget_workers, groups_together, run_condition, seed_worker
 from dynamics.syntax.perplexity import perplexity
 from store.cube import CubeWriter
 from store.units import unit_attrs, write_unit_attrs
@@ -83,7 +83,9 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
                 "lmeval_skipped": inputs.task_plan.skipped,
                 "pos": "skipped" if inputs.tagger is None else f"{len(inputs.pos_texts)} lines", "layer_groups": groups,
             })
-            spec = StudySpec(config, plan, tuple(units), static, tuple(tuple(g) for g in groups), tagger)
+            # One process runs every condition in order: same-mode conditions share their passes.
+            together = groups_together(tuple(units), todo) if config.executor == "serial" else ()
+            spec = StudySpec(config, plan, tuple(units), static, tuple(tuple(g) for g in groups), tagger, together)
             if config.executor == "serial":
                 seed_worker(spec, model, inputs)
             del model  # a cluster's workers load their own copy; the serial worker holds the driver's
