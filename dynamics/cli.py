@@ -16,7 +16,7 @@ from typing import Any
 
 from dynamics import __version__
 from dynamics.config import add_config_arguments, config_from_args, option
-from dynamics.errors import DynamicsError
+from dynamics.errors import CubeError, DynamicsError
 
 log = logging.getLogger("dynamics")
 
@@ -81,13 +81,23 @@ class ReportConfig:
     """`dynamics report`: the headline numbers of a cube as plain-text tables."""
 
     cube: str = option(help="the cube (.zarr directory)", positional=True)
+    check: bool = option(False, help="instead of the tables, verify that every done step's stored variables are "
+                         "present and readable (exit 1 naming what is lost)")
 
 
 def run_report(config: ReportConfig) -> int:
     from dynamics.report import report
     from store import open_cube
+    from store.integrity import lost_data_report
 
-    print(report(open_cube(config.cube)))
+    ds = open_cube(config.cube)
+    if config.check:
+        lines, error = lost_data_report(config.cube, ds.attrs)
+        print("\n".join(lines))
+        if error:
+            raise CubeError(error)
+        return 0
+    print(report(ds))
     return 0
 
 
