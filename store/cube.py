@@ -36,9 +36,17 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from dynamics.errors import CubeError, CubeLockedError
+from dynamics.errors import CubeError
 from store.derived import add_derived
-from store.integrity import compact_steps, duplicated_steps, lost_data, unique_positions
+from store.integrity import (
+    compact_steps,
+    duplicated_steps,
+    lost_data,
+    readable_positions,
+    repair_interrupted_write,
+    rollback_extension,
+    unique_positions,
+)
 from store.lock import WriterLock
 from store.safe_files import fresh_directory
 
@@ -71,11 +79,11 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
         raise CubeError(f"no cube at {str(path)!r}: expected a directory written by `dynamics scan` or `dynamics ablate`")
     attrs = _read_attrs(path)
     if "extending" in attrs or "compacting" in attrs:
-        _repair_interrupted_write(path)
+        repair_interrupted_write(path)
         attrs = _read_attrs(path)
     ds = _open_lazily(path, chunks=None)  # numpy-backed, loaded on access (whole-array reductions work)
     records = ds.attrs.get("steps", {})
-    unique = _unique_step_positions(path, ds, records)
+    unique = readable_positions(path, ds["step"].values, records, attrs.get("cube_kind") == "units")
     ds = ds.isel(step=unique)
     status = np.array([records.get(str(int(s)), {}).get("status", PENDING) for s in ds["step"].values])
     if attrs.get("cube_kind") == "units":  # a study: units become labelled arrays (store/units.py)
@@ -94,17 +102,6 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
     derived = [name for name in done.data_vars if name not in ds.data_vars]
     fill = {name: -1 if done[name].dtype.kind == "i" else np.nan for name in derived}
     return ds.assign({name: done[name].reindex(step=ds["step"], fill_value=fill[name]) for name in derived})
-
-
-def _unique_step_positions(path: Path, ds: xr.Dataset, records: Mapping[str, Any]) -> np.ndarray:
-    """Every position of ``step``, or one per step when two writers appended a step twice."""
-    steps = ds["step"].values
-    twice = duplicated_steps(steps)
-    if not twice:
-        return np.arange(len(steps))
-    log.warning("cube %s holds steps %s twice (two writers extended it at once); reading the copy that holds "
-                "the data; the next scan on it repairs the store", path, ", ".join(map(str, twice)))
-    return np.asarray(unique_positions(path, steps, records, ds.attrs.get("cube_kind") == "units"))
 
 
 def _open_lazily(path: Path, chunks: dict | None) -> xr.Dataset:
@@ -171,7 +168,7 @@ class CubeWriter:
         else:
             self._check_identity()
             if "extending" in _read_attrs(self.path):
-                _rollback_extension(self.path)
+                rollback_extension(self.path)
             self._repair_duplicated_steps()
             self._extend([s for s in self.steps if s not in self.stored_steps()])
             self._forget_lost_steps()
@@ -363,36 +360,6 @@ class CubeWriter:
         group = zarr.open_group(self.path, mode="r+", zarr_format=3)
         group.attrs.pop("extending", None)
         zarr.consolidate_metadata(self.path)
-
-
-def _repair_interrupted_write(path: Path) -> None:
-    """Roll back an interrupted extension, finish an interrupted compaction (taking the lock)."""
-    lock = WriterLock(path)
-    try:
-        lock.acquire()
-    except CubeLockedError:
-        raise CubeError(f"cube {str(path)!r} is being extended by a running writer; open it again when it finishes") from None
-    try:
-        if "extending" in _read_attrs(path):
-            _rollback_extension(path)
-        if "compacting" in _read_attrs(path):
-            compact_steps(path)
-    finally:
-        lock.release()
-
-
-def _rollback_extension(path: Path) -> None:
-    """Undo an append that was interrupted: cut every step-dimension array back."""
-    n_old = int(_read_attrs(path)["extending"]["from"])
-    group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)  # the real shapes
-    for _, array in group.arrays():
-        dims = array.metadata.dimension_names or ()
-        if dims and dims[0] == "step" and array.shape[0] != n_old:
-            array.resize((n_old, *array.shape[1:]))
-    kept = {int(s) for s in group["step"][:]}
-    group.attrs["steps"] = {k: v for k, v in group.attrs["steps"].items() if int(k) in kept}
-    group.attrs.pop("extending", None)
-    zarr.consolidate_metadata(path)
 
 
 def _first_difference(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> tuple[str, Any, Any]:

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from dynamics.errors import CubeError, CubeLockedError
+from store.lock import WriterLock
 from store.safe_files import atomic_copy
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ def missing_variables(path: Path, position: int, variables: Iterable[str], read:
         if read:
             try:
                 zarr.open_array(Path(path) / name, mode="r")[position]
-            except Exception:  # any decode failure means the row is not there any more
+            except Exception:  # noqa: BLE001 - any decode failure means the row is not there any more
                 missing.append(name)
     return missing
 
@@ -165,6 +167,16 @@ def unique_positions(path: str | Path, steps: Sequence[int], records: Mapping[st
     return sorted(chosen)
 
 
+def readable_positions(path: Path, steps: Sequence[int], records: Mapping[str, Any], units_cube: bool) -> np.ndarray:
+    """Every position of ``step``, or one per step when two writers appended a step twice (said once)."""
+    twice = duplicated_steps(steps)
+    if not twice:
+        return np.arange(len(steps))
+    log.warning("cube %s holds steps %s twice (two writers extended it at once); reading the copy that holds "
+                "the data; the next scan on it repairs the store", path, ", ".join(map(str, twice)))
+    return np.asarray(unique_positions(path, steps, records, units_cube))
+
+
 def duplicated_steps(steps: Sequence[int]) -> list[int]:
     values, counts = np.unique(np.asarray(steps, dtype="int64"), return_counts=True)
     return [int(v) for v in values[counts > 1]]
@@ -212,3 +224,38 @@ def _move_row(path: Path, name: str, source: int, target: int) -> None:
             atomic_copy(src, dst)
         else:
             dst.unlink(missing_ok=True)
+
+
+def repair_interrupted_write(path: Path) -> None:
+    """Roll back an interrupted extension, finish an interrupted compaction (taking the lock)."""
+    lock = WriterLock(path)
+    try:
+        lock.acquire()
+    except CubeLockedError:
+        raise CubeError(f"cube {str(path)!r} is being extended by a running writer; open it again when it finishes") from None
+    try:
+        if "extending" in _root_attrs(path):
+            rollback_extension(path)
+        if "compacting" in _root_attrs(path):
+            compact_steps(path)
+    finally:
+        lock.release()
+
+
+def rollback_extension(path: Path) -> None:
+    """Undo an append that was interrupted: cut every step-dimension array back."""
+    n_old = int(_root_attrs(path)["extending"]["from"])
+    group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)  # the real shapes
+    for _, array in group.arrays():
+        dims = array.metadata.dimension_names or ()
+        if dims and dims[0] == "step" and array.shape[0] != n_old:
+            array.resize((n_old, *array.shape[1:]))
+    kept = {int(s) for s in group["step"][:]}
+    group.attrs["steps"] = {k: v for k, v in group.attrs["steps"].items() if int(k) in kept}
+    group.attrs.pop("extending", None)
+    zarr.consolidate_metadata(path)
+
+
+def _root_attrs(path: Path) -> dict[str, Any]:
+    with open(Path(path) / "zarr.json", encoding="utf-8") as f:
+        return dict(json.load(f).get("attributes", {}))

@@ -50,10 +50,9 @@ def test_a_second_writer_through_a_symlink_is_refused_with_one_line(tmp_path):
     with CubeWriter(path, [0], ID) as cube:
         cube.write_step(result(0))
     alias.symlink_to(path)
-    with CubeWriter(path, [0, 1], ID):
-        with pytest.raises(CubeLockedError) as caught:
-            with CubeWriter(alias, [0, 2], ID):
-                pass
+    with CubeWriter(path, [0, 1], ID), pytest.raises(CubeLockedError) as caught:
+        with CubeWriter(alias, [0, 2], ID):
+            pass
     message = str(caught.value)
     assert "\n" not in message
     assert "is being written by another process" in message and str(alias) in message and str(path) in message
