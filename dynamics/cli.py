@@ -176,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_handler_for_library_logs() -> None:
+    """huggingface_hub prints its warnings through a handler of its own *and* ours: keep only ours."""
+    import huggingface_hub.utils.logging  # noqa: F401 - adds its handler on import; removed below
+
+    logging.getLogger("huggingface_hub").handlers.clear()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -183,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="dynamics: %(message)s",
     )
+    _one_handler_for_library_logs()
     cls, run, _ = _commands()[args.command_key]
     try:
         return run(config_from_args(cls, args))

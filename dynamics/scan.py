@@ -136,6 +136,7 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
         source = open_source(
             ref, cache_dir=config.cache_dir, retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints
         )
+    source.check_available()
     available = source.available_steps()
     steps = parse_steps(config.steps, available, source=source.model_id)
     stored = read_identity(config.out).get("reference_step")  # a resumed or extended cube keeps its cohort

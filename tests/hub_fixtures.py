@@ -54,3 +54,30 @@ def make_local_suite(root: Path, steps: list[int]) -> Path:
     for step in steps:
         tiny_pythia(step).save_pretrained(root / f"step{step}")
     return root
+
+
+def plant_hub_commit(cache: Path, repo: str, commit: str, files: dict[str, bytes], refs: list[str]) -> Path:
+    """Plant ``files`` as commit ``commit`` of ``repo`` the way the Hub client lays a cache out:
+    content in ``blobs/<sha256>``, ``snapshots/<commit>/<name>`` a relative link to its blob,
+    and each of ``refs`` (``main``, ``step143000``) a file holding the commit hash."""
+    import os
+
+    root = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / commit
+    for name, data in files.items():
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if not blob.exists():
+            blob.write_bytes(data)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    for ref in refs:
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+def model_files(saved: Path) -> dict[str, bytes]:
+    """The files of a saved model directory, by name (for :func:`plant_hub_commit`)."""
+    return {p.name: p.read_bytes() for p in sorted(saved.iterdir()) if p.is_file()}
