@@ -136,13 +136,13 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
         source = open_source(
             ref, cache_dir=config.cache_dir, retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints
         )
-    source.check_available()
     available = source.available_steps()
     steps = parse_steps(config.steps, available, source=source.model_id)
     stored = read_identity(config.out).get("reference_step")  # a resumed or extended cube keeps its cohort
     reference = config.reference_step if config.reference_step is not None else stored if stored is not None else steps[-1]
     if config.reference_step is not None:
         parse_steps(str(reference), available, source=source.model_id)  # same check, same message
+    source.check_available()  # a model missing from an offline cache: one line now, not one per step
     return ScanPlan(source, steps, reference, corpus, device)
 
 
