@@ -170,7 +170,8 @@ class CubeWriter:
             if "extending" in _read_attrs(self.path):
                 rollback_extension(self.path)
             self._repair_duplicated_steps()
-            self._extend([s for s in self.steps if s not in self.stored_steps()])
+            stored = set(self.stored_steps())  # once: each call reads every step's chunk
+            self._extend([s for s in self.steps if s not in stored])
             self._forget_lost_steps()
         attrs = _read_attrs(self.path)
         runs = list(attrs.get("runs", []))

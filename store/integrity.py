@@ -85,11 +85,18 @@ def declared_step_variables(path: Path) -> list[str]:
                   and (meta.get("dimension_names") or [None])[0] == "step" and name != "step")
 
 
-def missing_variables(path: Path, position: int, variables: Iterable[str], read: bool = True) -> list[str]:
-    """The ``variables`` whose row ``position`` has no chunk file (or, with ``read``, does not decode)."""
+def missing_variables(path: Path, position: int, variables: Iterable[str], read: bool = True,
+                      opened: dict[str, Any] | None = None) -> list[str]:
+    """The ``variables`` whose row ``position`` has no chunk file (or, with ``read``, does not decode).
+
+    ``opened`` caches metadata and open arrays across calls (one cube, many steps).
+    """
+    opened = {} if opened is None else opened
     missing = []
     for name in variables:
-        meta = _array_meta(path, name)
+        if name not in opened:
+            opened[name] = _array_meta(path, name)
+        meta = opened[name]
         if meta is None or position >= meta["shape"][0]:
             missing.append(name)
             continue
@@ -98,7 +105,9 @@ def missing_variables(path: Path, position: int, variables: Iterable[str], read:
             continue
         if read:
             try:
-                zarr.open_array(Path(path) / name, mode="r")[position]
+                if f"{name}/array" not in opened:
+                    opened[f"{name}/array"] = zarr.open_array(Path(path) / name, mode="r")
+                opened[f"{name}/array"][position]
             except Exception:  # noqa: BLE001 - any decode failure means the row is not there any more
                 missing.append(name)
     return missing
@@ -123,12 +132,13 @@ def lost_data(path: str | Path, units_cube: bool = False, read: bool = True) -> 
     steps = zarr.open_array(path / "step", mode="r")[:]
     seen: set[int] = set()
     lost: dict[int, list[str]] = {}
+    opened: dict[str, Any] = {}
     for position, step in enumerate(int(s) for s in steps):
         record = records.get(str(step), {})
         if record.get("status") != DONE or step in seen:
             continue
         seen.add(step)
-        missing = missing_variables(path, position, expected_variables(record, fallback), read=read)
+        missing = missing_variables(path, position, expected_variables(record, fallback), read=read, opened=opened)
         if missing:
             lost[step] = missing
     return lost
