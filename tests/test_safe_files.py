@@ -87,3 +87,16 @@ def test_toy_overwrite_removes_a_planted_partial_link_not_what_it_points_to(tmp_
     assert target.read_bytes() == SECRET and sorted(os.listdir(target.parent)) == ["precious.txt"]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("step")) == ["step0", "step1", "step2"]
     assert not any(p.name.startswith(".") for p in out.iterdir())
+
+
+def test_files_and_directories_get_the_usual_permissions(tmp_path):
+    from store.safe_files import fresh_directory
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.txt", b"x")
+        made = fresh_directory(tmp_path, ".d.")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert made.stat().st_mode & 0o777 == 0o755
