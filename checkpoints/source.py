@@ -149,6 +149,7 @@ class HubSource:
         not exist is refused at once. A repo without step branches (or an unreachable Hub)
         gives None, so any step may be asked for.
         """
+        names: list[str] | None
         if offline():
             refs = self._repo_dir / "refs"
             names = [p.name for p in refs.iterdir()] if refs.is_dir() else []

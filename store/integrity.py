@@ -129,7 +129,7 @@ def lost_data(path: str | Path, units_cube: bool = False, read: bool = True) -> 
     with open(path / "zarr.json", encoding="utf-8") as f:
         records = json.load(f).get("attributes", {}).get("steps", {})
     fallback = [] if units_cube else declared_step_variables(path)
-    steps = zarr.open_array(path / "step", mode="r")[:]
+    steps = np.asarray(zarr.open_array(path / "step", mode="r")[:])
     seen: set[int] = set()
     lost: dict[int, list[str]] = {}
     opened: dict[str, Any] = {}
@@ -157,7 +157,7 @@ def lost_data_report(path: str | Path, attrs: Mapping[str, Any]) -> tuple[list[s
                    "to compute them again")
 
 
-def unique_positions(path: str | Path, steps: Sequence[int], records: Mapping[str, Any],
+def unique_positions(path: str | Path, steps: Sequence[int] | np.ndarray, records: Mapping[str, Any],
                      units_cube: bool = False) -> list[int]:
     """One position per step value, in stored order: of a step stored twice, the copy that
     holds its variables (the first copy when none or both do)."""
@@ -177,7 +177,7 @@ def unique_positions(path: str | Path, steps: Sequence[int], records: Mapping[st
     return sorted(chosen)
 
 
-def readable_positions(path: Path, steps: Sequence[int], records: Mapping[str, Any], units_cube: bool) -> np.ndarray:
+def readable_positions(path: Path, steps: Sequence[int] | np.ndarray, records: Mapping[str, Any], units_cube: bool) -> np.ndarray:
     """Every position of ``step``, or one per step when two writers appended a step twice (said once)."""
     twice = duplicated_steps(steps)
     if not twice:
@@ -187,7 +187,7 @@ def readable_positions(path: Path, steps: Sequence[int], records: Mapping[str, A
     return np.asarray(unique_positions(path, steps, records, units_cube))
 
 
-def duplicated_steps(steps: Sequence[int]) -> list[int]:
+def duplicated_steps(steps: Sequence[int] | np.ndarray) -> list[int]:
     values, counts = np.unique(np.asarray(steps, dtype="int64"), return_counts=True)
     return [int(v) for v in values[counts > 1]]
 
@@ -202,7 +202,8 @@ def compact_steps(path: str | Path, keep: Sequence[int] | None = None) -> None:
     """
     path = Path(path)
     group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
-    journal = dict(group.attrs.get("compacting") or {"keep": [int(p) for p in (keep or [])], "next": 0})
+    journal: dict[str, Any] = dict(_root_attrs(path).get("compacting") or {"keep": [int(p) for p in (keep or [])],
+                                                                            "next": 0})
     group.attrs["compacting"] = journal
     rows = list(journal["keep"])
     names = step_arrays(path)
