@@ -10,7 +10,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from dynamics.errors import CubeLockedError
+from dynamics.errors import CubeError, CubeLockedError
 
 
 class WriterLock:
@@ -29,7 +29,12 @@ class WriterLock:
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # O_NOFOLLOW: a link planted at the lock's name must not get another file truncated
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                raise CubeError(f"cannot lock cube {self._name()}: its lock file {self.path} "
+                                f"{'is a symbolic link' if self.path.is_symlink() else f'cannot be opened ({exc.strerror})'}"
+                                "; remove it or choose another --out") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -100,3 +100,14 @@ def test_files_and_directories_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert made.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_link_planted_at_the_lock_name_is_refused_and_its_target_untouched(tmp_path):
+    from dynamics.errors import CubeError
+    from store.cube import CubeWriter
+
+    target = outside_file(tmp_path)
+    (tmp_path / "c.zarr.lock").symlink_to(target)
+    with pytest.raises(CubeError, match=r"lock file .*c\.zarr\.lock is a symbolic link; remove it or choose another --out"):
+        CubeWriter(tmp_path / "c.zarr", [0], {"model": "m"}).__enter__()
+    assert target.read_bytes() == SECRET and not (tmp_path / "c.zarr").exists()
