@@ -75,23 +75,67 @@ class Checkpoint:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one bar per scan, not one per checkpoint
-        kwargs: dict[str, Any] = {_dtype_kwarg(): dtype or torch.float32}
+        kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
         if self.gguf_file:
             kwargs["gguf_file"] = self.gguf_file
         try:
             model = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
         except Exception as exc:  # transformers raises many types for a bad file
             raise CheckpointError(f"step {self.step}: cannot load the model from {self.path}: {one_line(exc)}") from exc
-        return model.to(device).eval()
+        model = model.to(device).eval()
+        bad = first_non_finite_parameter(model)
+        if bad is not None:
+            raise CheckpointError(f"step {self.step}: the weights in {self.path} contain NaN or Inf (first in {bad}); "
+                                  "the checkpoint is unusable")
+        return model
 
     def load_tokenizer(self) -> Any:
+        """The tokenizer; one that cannot load, or that reduces text to almost nothing, raises CheckpointError."""
         from transformers import AutoTokenizer
 
         kwargs = {"gguf_file": self.gguf_file} if self.gguf_file else {}
         try:
-            return AutoTokenizer.from_pretrained(self.path, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(self.path, **kwargs)
         except Exception as exc:
             raise CheckpointError(f"step {self.step}: cannot load the tokenizer from {self.path}: {one_line(exc)}") from exc
+        problem = tokenizer_problem(tokenizer)
+        if problem:
+            raise CheckpointError(f"step {self.step}: the tokenizer in {self.path} is unusable: {problem}")
+        return tokenizer
+
+
+#: A sentence in the TSE vocabulary (which every model this tool evaluates must read) that
+#: any usable tokenizer splits into several distinct known tokens.
+TOKENIZER_PROBE = "the authors that the guard likes laugh and the pilots swim near the old manager"
+
+
+def tokenizer_problem(tokenizer: Any) -> str | None:
+    """Why ``tokenizer`` cannot be used for evaluation, or ``None``.
+
+    A missing ``tokenizer.json`` can still load (as a vocabulary of a few special tokens)
+    and maps any text to unknown tokens: TSE and perplexity would then be meaningless.
+    """
+    try:
+        ids = list(tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
+    except Exception as exc:  # a tokenizer that cannot even encode
+        return f"it cannot encode text ({one_line(exc)})"
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    known = [i for i in ids if i != unknown]
+    words = len(TOKENIZER_PROBE.split())
+    if len(set(known)) < words // 2:
+        return (f"it maps a {words}-word sentence to {len(ids)} tokens, {len(set(known))} distinct known ones "
+                f"(vocabulary of {len(tokenizer)}); is tokenizer.json missing?")
+    return None
+
+
+def first_non_finite_parameter(model: Any) -> str | None:
+    """The name of the first parameter holding NaN or Inf, or ``None``."""
+    import torch
+
+    for name, parameter in model.named_parameters():
+        if parameter.is_floating_point() and not bool(torch.isfinite(parameter).all()):
+            return name
+    return None
 
 
 class CheckpointSource(Protocol):
@@ -342,7 +386,3 @@ def _suite_fingerprint(path: Path) -> str:
     return "local-" + h.hexdigest()[:16]
 
 
-def _dtype_kwarg() -> str:
-    import transformers
-
-    return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"

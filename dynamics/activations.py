@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from checkpoints.models import mlp_shape, pre_activation_modules, transformer_layers
 from dynamics.errors import DynamicsError, UserInputError
+from dynamics.modelcalls import model_device, run_for_hooks
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,6 @@ def _check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
     if bad or not chosen:
         raise UserInputError(f"layers {list(layers)!r} are not valid: the model has layers 0..{n_layers - 1}")
     return chosen
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def iter_layer_captures(
@@ -122,7 +119,7 @@ def iter_layer_captures(
     n_tokens = n_windows * window
     bytes_per_layer = n_tokens * 4 * sum(widths[site] for site in sites)
     groups = plan_layer_groups(_check_layers(layers, n_layers), bytes_per_layer, memory_budget)
-    device = _model_device(model)
+    device = model_device(model)
     out_device = torch.device(out_device) if out_device is not None else device
     n_batches = math.ceil(n_windows / batch_size)
     log.info(
@@ -262,7 +259,7 @@ def _capture_group(
                 batch = windows[start : start + batch_size]
                 rows = slice(start * window, (start + batch.shape[0]) * window)
                 try:
-                    model(input_ids=batch.to(device), use_cache=False)
+                    run_for_hooks(model, batch.to(device))
                 except _StopForward:
                     pass
                 else:

@@ -16,7 +16,8 @@ from typing import Any
 
 from dynamics import __version__
 from dynamics.config import add_config_arguments, config_from_args, option
-from dynamics.errors import CubeError, DynamicsError
+from dynamics.errors import ComputationBug, CubeError, DynamicsError
+from dynamics.executor import last_frames
 
 log = logging.getLogger("dynamics")
 
@@ -194,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cls, run, _ = _commands()[args.command_key]
     try:
         return run(config_from_args(cls, args))
+    except ComputationBug as exc:
+        trace = exc.trace if args.verbose else last_frames(exc.trace)
+        print(trace.rstrip(), file=sys.stderr)
+        print(f"dynamics {args.command_key}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except DynamicsError as exc:
         print(f"dynamics {args.command_key}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -27,3 +27,36 @@ class CubeError(DynamicsError):
 
 class CubeLockedError(CubeError):
     """Another process holds the cube's writer lock."""
+
+
+class ComputationBug(DynamicsError):
+    """An exception from the project's own computation: a bug, which stops a run at once.
+
+    ``trace`` holds the formatted traceback (the CLI prints its last frames, all with
+    ``-v``); the message names the unit (step or condition) and the phase it failed in.
+    """
+
+    def __init__(self, message: str, trace: str = "") -> None:
+        super().__init__(message)
+        self.trace = trace
+
+
+def is_checkpoint_problem(exc: BaseException) -> bool:
+    """Whether a unit's exception is a problem of its input or environment (a checkpoint
+    that cannot be had or used, an I/O error): retried, then recorded, as opposed to a user
+    error (stops with one line) or a bug in our computation (stops with a traceback)."""
+    return isinstance(exc, (CheckpointError, OSError))
+
+
+def failure_phase(exc: BaseException) -> str | None:
+    """The phase (download, load, statistics, evaluation, ...) ``exc`` was raised in, if tagged."""
+    return getattr(exc, "dynamics_phase", None)
+
+
+def tag_phase(exc: BaseException, phase: str) -> None:
+    """Remember the innermost phase an exception came through (kept when it is pickled)."""
+    if getattr(exc, "dynamics_phase", None) is None:
+        try:
+            exc.dynamics_phase = phase  # type: ignore[attr-defined]
+        except AttributeError:  # an exception type with __slots__: the phase is left unknown
+            pass

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -34,7 +35,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dynamics.config import option
-from dynamics.errors import DynamicsError, UserInputError
+from dynamics.errors import (
+    ComputationBug,
+    DynamicsError,
+    UserInputError,
+    failure_phase,
+    is_checkpoint_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +79,71 @@ class ExecutorSettings:
 
 @dataclass
 class Completed:
-    """One unit's outcome: ``result`` or a one-line ``error``; ``attempts`` submissions it took."""
+    """One unit's outcome: ``result`` or a one-line ``error``; ``attempts`` submissions it took.
+
+    A failure also carries ``error_type`` (the exception's class name), ``phase`` (where it
+    was raised, when known), ``trace`` (the formatted traceback) and ``kind``:
+    ``checkpoint`` (a problem of the unit's input, retried and recorded), ``worker`` (the
+    process running it died: retried and recorded), ``user`` (a bad
+    value: stops the run with one line) or ``bug`` (our own computation raised: stops the
+    run with the traceback; never retried).
+    """
 
     unit: Any
     result: Any = None
     error: str | None = None
     attempts: int = 1
+    error_type: str = ""
+    phase: str | None = None
+    trace: str = ""
+    kind: Literal["checkpoint", "worker", "user", "bug", ""] = ""
+
+    @property
+    def retryable(self) -> bool:
+        """A checkpoint problem or a lost worker may pass on another try; a bug or a user error not."""
+        return self.kind in ("checkpoint", "worker")
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def failure_record(self) -> dict[str, Any]:
+        """What the cube stores about a failed unit (error type, phase, the last frames)."""
+        return {"error_type": self.error_type, "phase": self.phase or "", "kind": self.kind,
+                "traceback": last_frames(self.trace), "task_attempts": self.attempts}
+
+
+def failed(unit: Any, exc: BaseException, attempts: int, trace: str | None = None) -> Completed:
+    """The :class:`Completed` of a unit that raised ``exc``."""
+    if trace is None:
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    kind: Literal["checkpoint", "user", "bug"] = (
+        "checkpoint" if is_checkpoint_problem(exc) else "user" if isinstance(exc, DynamicsError) else "bug")
+    return Completed(unit, error=one_line(exc), attempts=attempts, error_type=type(exc).__name__,
+                     phase=failure_phase(exc), trace=trace, kind=kind)
+
+
+def stop_on_unrecoverable(done: Completed, unit_name: str) -> None:
+    """Raise for a failure that must stop the run: a bug (with its traceback) or a user error.
+
+    Called after the failure is recorded, so the cube keeps it and every done unit.
+    """
+    if done.kind == "bug":
+        phase = f" (phase {done.phase})" if done.phase else ""
+        raise ComputationBug(
+            f"bug in dynamics at {unit_name}{phase}: {done.error}; the run stopped and every done unit is kept "
+            "(the traceback is above; -v shows all of it); please report it", done.trace)
+    if done.kind == "user":
+        raise (UserInputError if done.error_type == "UserInputError" else DynamicsError)(done.error or "unknown error")
+
+
+def last_frames(trace: str, frames: int = 3) -> str:
+    """The exception line and the last ``frames`` frames of a formatted traceback."""
+    lines = trace.rstrip().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    if len(starts) <= frames:
+        return "\n".join(lines)
+    return "\n".join(["Traceback (most recent call last, last frames):"] + lines[starts[-frames]:])
 
 
 def check_settings(settings: ExecutorSettings) -> dict[str, float]:
@@ -130,12 +192,12 @@ class SerialExecutor:
             for attempt in range(1, self.settings.task_retries + 2):
                 try:
                     result = fn(unit)
-                except Exception as exc:  # reported, not raised: the caller records failures
-                    error = one_line(exc)
-                    if attempt <= self.settings.task_retries:
-                        log.info("%s %s failed (%s); running it again", name, unit, error)
+                except Exception as exc:  # reported, not raised: the caller decides what a failure means
+                    outcome = failed(unit, exc, attempt)
+                    if outcome.retryable and attempt <= self.settings.task_retries:
+                        log.info("%s %s failed (%s); running it again", name, unit, outcome.error)
                         continue
-                    yield Completed(unit, error=error, attempts=attempt)
+                    yield outcome
                 else:
                     yield Completed(unit, result=result, attempts=attempt)
                 break
@@ -205,12 +267,20 @@ class DaskExecutor:
                 if future.status == "finished":
                     yield Completed(unit, result=future.result(), attempts=attempt)
                     continue
-                error = one_line(future.exception()) if future.status == "error" else f"task {future.status}"
-                if attempt <= self.settings.task_retries:
-                    log.info("%s %s failed (%s); submitting it again", name, unit, error)
+                if future.status == "error":
+                    exc = future.exception()
+                    trace = "".join(traceback.format_exception(type(exc), exc, future.traceback()))
+                    outcome = failed(unit, exc, attempt, trace)
+                    if type(exc).__name__ == "KilledWorker":  # the scheduler gave up on dying workers
+                        outcome.kind = "worker"
+                else:  # cancelled
+                    outcome = Completed(unit, error=f"task {future.status}", attempts=attempt,
+                                        error_type="TaskLost", kind="worker")
+                if outcome.retryable and attempt <= self.settings.task_retries:
+                    log.info("%s %s failed (%s); submitting it again", name, unit, outcome.error)
                     queue.add(submit(unit, attempt + 1))
                 else:
-                    yield Completed(unit, error=error, attempts=attempt)
+                    yield outcome
         finally:
             if attempts:  # closed early: nothing left queued keeps running for nobody
                 self.client.cancel(list(attempts))

@@ -60,6 +60,19 @@ def case_table(ds: xr.Dataset) -> str:
     return text_table(["tse case"] + conditions, rows)
 
 
+def failure_lines(steps: dict[str, dict], unit: str = "step") -> list[str]:
+    """One line per failed unit: its number or name, the kind and phase of the failure, the error."""
+    lines = []
+    for key, record in sorted(steps.items(), key=lambda item: int(item[0])):
+        if record.get("status") != "failed":
+            continue
+        labels = record.get("labels") or {}
+        name = " ".join(f"{k}={v}" for k, v in labels.items()) if labels else f"{unit} {key}"
+        where = "/".join(filter(None, (record.get("kind"), record.get("phase"))))
+        lines.append(f"  failed {name}" + (f" [{where}]" if where else "") + f": {record.get('error', '?')}")
+    return lines
+
+
 def report(ds: xr.Dataset) -> str:
     """The full plain-text report of a scan cube (or of a study cube, see dynamics.study_report)."""
     if ds.attrs.get("cube_kind") == "units":
@@ -75,6 +88,7 @@ def report(ds: xr.Dataset) -> str:
     parts = [
         f"model: {identity.get('model', '?')}   reference step: {identity.get('reference_step', '?')}   "
         f"done steps: {ds.sizes['step']}   failed: {', '.join(map(str, failed)) or 'none'}",
+        *failure_lines(steps),
     ]
     if "cohort" in ds:
         parts.append(f"cohort: {int(ds['cohort'].sum())} neurons of {ds['cohort'].size} "

@@ -30,9 +30,16 @@ from checkpoints.source import CheckpointSource, RetryPolicy, open_source
 from checkpoints.steps import parse_steps
 from dynamics import __version__
 from dynamics.config import config_dict, option
-from dynamics.errors import CheckpointError, UserInputError
+from dynamics.errors import CheckpointError, UserInputError, tag_phase
 from dynamics.executor import HELP as EXECUTOR_HELP
-from dynamics.executor import Completed, ExecutorSettings, check_settings, free_worker_caches, open_executor
+from dynamics.executor import (
+    Completed,
+    ExecutorSettings,
+    check_settings,
+    free_worker_caches,
+    open_executor,
+    stop_on_unrecoverable,
+)
 from store.cube import CubeWriter, read_identity
 
 log = logging.getLogger(__name__)
@@ -263,8 +270,9 @@ def _measure_all(pool: Any, spec: Any, todo: list[int], cube: CubeWriter, summar
 
 def _record_failure(cube: CubeWriter, done: Completed, config: ScanConfig, summary: ScanSummary) -> None:
     step = done.unit.step
-    cube.mark_failed(step, done.error or "unknown error", {"task_attempts": done.attempts})
+    cube.mark_failed(step, done.error or "unknown error", done.failure_record())
     summary.failed.append(step)
+    stop_on_unrecoverable(done, f"step {step}")
     if config.on_error == "stop":
         raise CheckpointError(f"{done.error} (stopping: --on-error stop)")
     log.warning("step %d failed after %d attempt(s), recorded and skipped: %s", step, done.attempts, done.error)
@@ -292,5 +300,8 @@ def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
     start = time.perf_counter()
     try:
         yield
+    except BaseException as exc:
+        tag_phase(exc, phase)
+        raise
     finally:
         timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start

@@ -6,6 +6,7 @@ import numpy as np
 import xarray as xr
 
 from dynamics.errors import UserInputError
+from dynamics.report import failure_lines
 from dynamics.report import fmt as _fmt
 from dynamics.report import text_table as _table
 
@@ -26,6 +27,7 @@ def header(ds: xr.Dataset) -> list[str]:
     done, total = int(len([u for u in ds.attrs["steps"].values() if u.get("status") == "done"])), len(ds.attrs["units"])
     lines = [f"model: {prov.get('model_id', '?')}   revision: {prov.get('revision') or '-'}   "
              f"conditions done: {done} of {total}"]
+    lines += failure_lines(ds.attrs["steps"], unit="condition")
     lines.append(f"budgets: {prov.get('tse_pairs', '?')} TSE pairs, {prov.get('blimp_pairs', '?')} BLiMP pairs, "
                  f"{prov.get('ppl_tokens', '?')} perplexity tokens, {prov.get('wd_tokens', '?')} WD tokens, "
                  f"lm-eval limit {prov.get('lmeval_limit')}")

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from checkpoints.models import mlp_shape
 from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows, read_corpus_text
 from dynamics.errors import UserInputError
-from dynamics.executor import ExecutorSettings, free_worker_caches, open_executor
+from dynamics.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
 from dynamics.lmeval_bridge import probe_tasks
 from dynamics.measures import neuron_wasserstein
 from dynamics.scan_context import _set_threads as set_threads
@@ -90,8 +90,9 @@ def _run_units(pool: Any, spec: StudySpec, todo: list[int], cube: CubeWriter, su
                 cube.write_step(done.result, {**unit.record(), "task_attempts": done.attempts})
                 summary.done.append(done.unit)
             else:
-                cube.mark_failed(done.unit, done.error or "unknown error", {**unit.record(), "task_attempts": done.attempts})
+                cube.mark_failed(done.unit, done.error or "unknown error", {**unit.record(), **done.failure_record()})
                 summary.failed.append(done.unit)
+                stop_on_unrecoverable(done, f"condition {unit.name}")
                 log.warning("condition %s failed, recorded (a re-run retries it): %s", unit.name, done.error)
             bar.update()
     finally:

@@ -13,6 +13,9 @@ from checkpoints.models import mlp_shape, pre_activation_modules
 from dynamics.ablation import MODES, ablate, neuron_indices
 from dynamics.errors import UserInputError
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 # The modes written out independently of the library.
 EXPECTED_MAP = {
     "negative": lambda a: torch.where(a < 0, torch.zeros_like(a), a),

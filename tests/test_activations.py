@@ -15,6 +15,9 @@ from checkpoints.models import mlp_shape, pre_activation_modules, transformer_la
 from dynamics.activations import iter_layer_captures, iter_pre_activations, plan_layer_groups
 from dynamics.errors import UserInputError
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 WINDOW = 10
 
 

@@ -19,6 +19,9 @@ from checkpoints.models import (
 )
 from dynamics.errors import UserInputError
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 # Written out independently of the adapter table: family -> (activation, gated, width).
 EXPECTED = {
     "gpt_neox": ("gelu", False, 128),

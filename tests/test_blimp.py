@@ -11,6 +11,9 @@ from dynamics.errors import DynamicsError, UserInputError
 from dynamics.syntax.blimp import BLIMP_PARADIGMS, blimp_accuracy, load_blimp
 from dynamics.syntax.pairs import MinimalPair
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 
 def test_all_67000_real_pairs_load_with_their_fields(shared_data):
     directory = shared_data / "blimp"

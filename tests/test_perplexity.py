@@ -11,6 +11,9 @@ from transformers import AutoModelForCausalLM, GPTNeoXConfig
 from dynamics.errors import UserInputError
 from dynamics.syntax.perplexity import perplexity, window_nll
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 VOCAB = 97
 
 

@@ -22,6 +22,9 @@ from dynamics.syntax.pos import (
     word_surprisals,
 )
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 TAGS = {"the": "DET", "a": "DET", "author": "NOUN", "authors": "NOUN", "guard": "NOUN",
         "guards": "NOUN", "taxi-driver": "NOUN", "laughs": "VERB", "laugh": "VERB",
         "likes": "VERB", "near": "ADP", "that": "PRON", ".": "PUNCT", "tall": "ADJ", "is": "AUX"}

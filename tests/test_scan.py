@@ -14,6 +14,9 @@ from store import open_cube
 
 from conftest import FAST_SCAN as FAST
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 
 def scan(suite, out, steps="all", **kw):
     return run_scan(ScanConfig(model=str(suite), out=str(out), steps=steps, **{**FAST, **kw}))

@@ -147,9 +147,12 @@ def test_bad_executor_options_are_one_line_before_anything_is_written(tiny_suite
 
 
 def flaky_square(marker_dir: str, unit: int) -> int:
-    """Unit 3 always fails; unit 2 fails on its first run only."""
+    """Unit 3 always fails (a bad checkpoint: retried, then reported); unit 2 fails on its first run only
+    (a transient I/O error). A bug would not be retried (tests/test_failures.py)."""
     if unit == 3:
-        raise RuntimeError("unit 3 is broken")
+        from dynamics.errors import CheckpointError
+
+        raise CheckpointError("unit 3 is broken")
     if unit == 2:
         try:
             os.close(os.open(os.path.join(marker_dir, "ran-2"), os.O_CREAT | os.O_EXCL))
@@ -172,7 +175,8 @@ def test_map_yields_every_unit_with_its_attempts(cluster, tmp_path, executor):
     assert sorted(done) == [0, 1, 2, 3, 4]
     assert {u: c.result for u, c in done.items() if c.ok} == {0: 0, 1: 1, 2: 4, 4: 16}
     assert {u: c.attempts for u, c in done.items()} == {0: 1, 1: 1, 2: 2, 3: 3, 4: 1}
-    assert done[3].error == "RuntimeError: unit 3 is broken" and done[2].error is None
+    assert done[3].error == "unit 3 is broken" and done[2].error is None
+    assert done[3].kind == "checkpoint" and done[3].error_type == "CheckpointError"
 
 
 def test_workers_forget_the_run_after_a_scan_on_a_running_cluster(cluster, tiny_suite, tmp_path):

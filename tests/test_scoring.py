@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from dynamics.errors import UserInputError
+from dynamics.modelcalls import capabilities
 from dynamics.syntax.scoring import (
     encode,
     prefix_token_id,
@@ -25,6 +26,9 @@ from dynamics.syntax.scoring import (
     summarize_pairs,
     token_log_probs,
 )
+
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
 
 WORDS = (
     "the a no most author authors guard guards pilot pilots laugh laughs swim swims "
@@ -223,8 +227,10 @@ def test_no_prefix_pairs_match_slow_loop(model, tokenizer):
 
 def test_shared_prefix_is_computed_once(tokenizer):
     model = tiny_model()
+    assert capabilities(model).cache_keyword is not None  # probed here, before the hook counts calls
     widths = []
-    handle = model.register_forward_hook(
+    # The scorer runs the decoder (``base_model``) and projects only the scored positions.
+    handle = model.base_model.register_forward_hook(
         lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape), with_kwargs=True
     )
     try:

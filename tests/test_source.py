@@ -9,6 +9,9 @@ from checkpoints.source import HubSource, LocalSuiteSource, RetryPolicy, SingleM
 from dynamics.errors import CheckpointError
 from hub_fixtures import fake_commit, make_local_suite, plant_hub_revision, tiny_pythia
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 REPO = "EleutherAI/pythia-70m"
 
 

@@ -22,6 +22,9 @@ from store import open_cube
 from study_fixtures import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
 from tiny_models import N_LAYERS, TINY_FAMILIES
 
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
 
 def study_config(model_dir, out, data, **overrides) -> StudyConfig:
     values = dict(model=str(model_dir), out=str(out), corpus=str(data / "corpus.txt"), window=64, wd_tokens=512,

@@ -12,34 +12,41 @@ with position ids from the attention mask.
 Two savings keep the arithmetic to what the scores need: the sentences of a unit share
 their common prefix (``the author near the guards`` in ``... laughs`` / ``... laugh``),
 which runs once, the suffixes running on its key-value cache; and logits are projected
-onto the vocabulary only at positions that predict a scored token (``logits_to_keep``),
-never at padding or a row's last position.
+onto the vocabulary only at positions that predict a scored token, never at padding or a
+row's last position. Every model call goes through :mod:`dynamics.modelcalls`, which finds
+by behaviour whether a model supports both savings and falls back (with a debug line)
+where it does not.
 """
 
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import transformers
 from tqdm.auto import tqdm
 
 from dynamics.errors import UserInputError
+from dynamics.modelcalls import (
+    capabilities,
+    decoder_states,
+    eval_mode,
+    hidden_log_probs,
+    kept_log_probs,
+    model_device,
+    select_rows,
+    sliding_window,
+)
 
 logger = logging.getLogger(__name__)
 
 PaddingSide = Literal["right", "left"]
 
-_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
-
-#: Default budget of a batch, in tokens (rows x padded length). On CPU the logits of a
-#: 50k-vocabulary model then take about 4096 x 50k x 4 B = 0.8 GB.
+#: Default budget of a batch, in tokens (rows x padded length); logits are projected in
+#: bounded chunks (:data:`dynamics.modelcalls.LOGITS_CHUNK_BYTES`) whatever the budget.
 DEFAULT_BATCH_TOKENS = 4096
 #: Rows per batch at most, whatever the budget (short sentences gain nothing past this).
 DEFAULT_MAX_BATCH_SIZE = 256
@@ -76,23 +83,6 @@ def encode(tokenizer: Any, sentences: Sequence[str]) -> list[list[int]]:
     if not sentences:
         return []
     return [list(ids) for ids in tokenizer(list(sentences), add_special_tokens=False)["input_ids"]]
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter."""
-    return next(model.parameters()).device
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Evaluation mode (no dropout) and no autograd, restoring the training flag on exit."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _batches(
@@ -141,12 +131,6 @@ def _pad(
     return ids, mask, starts
 
 
-def _log_probs_at(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log_softmax(logits)[target]`` per row, as gather - logsumexp (one temporary less)."""
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
-    return (picked - torch.logsumexp(logits.float(), dim=-1)).cpu()
-
-
 def _forward_log_probs(
     model: torch.nn.Module,
     units: list[list[list[int]]],
@@ -155,10 +139,11 @@ def _forward_log_probs(
 ) -> list[list[torch.Tensor]]:
     """Log-probabilities of tokens 1..n-1 of each row given the tokens before it (float32).
 
-    Units of several rows sharing a first token run in two passes: their common prefix
-    once, then each row's suffix on top of the prefix's key-value cache (right padding
-    only). The rest run in one pass. Logits are never projected at padding or at a row's
-    last position.
+    Units of several rows sharing a first token run in two passes when the model can
+    continue from a key-value cache (:func:`dynamics.modelcalls.capabilities`): their
+    common prefix once, then each row's suffix on top of the prefix's cache (right padding
+    only). The rest run in one pass. Only positions that predict a scored token are
+    projected onto the vocabulary.
     """
     out: list[list[torch.Tensor] | None] = [None] * len(units)
     shared = [
@@ -168,15 +153,14 @@ def _forward_log_probs(
     ]
     two_pass = [u for u, n in enumerate(shared) if n >= 1]
     # A sliding window counts padded positions too: the prefix's padding would shorten it.
-    window = _sliding_window(model)
+    window = sliding_window(model)
     if two_pass and window is not None:
         span = max(shared[u] for u in two_pass) + max(len(r) - shared[u] for u in two_pass for r in units[u])
         two_pass = two_pass if span < window else []
-    if two_pass and _accepts(model, "past_key_values"):
+    if two_pass and capabilities(model).cache_keyword is not None:
         results = _prefix_pass(model, [units[u] for u in two_pass], [shared[u] for u in two_pass], device)
-        if results is not None:
-            for u, result in zip(two_pass, results):
-                out[u] = result
+        for u, result in zip(two_pass, results):
+            out[u] = result
     rest = [u for u in range(len(units)) if out[u] is None]
     if rest:
         rows = [row for u in rest for row in units[u]]
@@ -186,13 +170,10 @@ def _forward_log_probs(
             keep[i, starts[i] : starts[i] + len(row) - 1] = True
         targets = torch.zeros_like(ids)
         targets[:, :-1] = ids[:, 1:]
-        kwargs: dict[str, Any] = {
-            "input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": False
-        }
-        if padding_side == "left":
-            kwargs["position_ids"] = (kwargs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        flat = _log_probs_at(_kept_logits(model, kwargs, keep.to(device)), targets[keep].to(device))
-        per_row = iter(torch.split(flat, keep.sum(dim=1).tolist()))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0).to(device) if padding_side == "left" else None
+        flat, _ = kept_log_probs(model, ids.to(device), keep.to(device), targets[keep].to(device),
+                                 mask.to(device), positions)
+        per_row = iter(torch.split(flat.cpu(), keep.sum(dim=1).tolist()))
         for u in rest:
             out[u] = [next(per_row) for _ in units[u]]
     return out  # type: ignore[return-value]
@@ -200,39 +181,37 @@ def _forward_log_probs(
 
 def _prefix_pass(
     model: torch.nn.Module, units: list[list[list[int]]], shared: list[int], device: torch.device
-) -> list[list[torch.Tensor]] | None:
+) -> list[list[torch.Tensor]]:
     """Two passes: each unit's first ``shared`` tokens once, then every row's suffix on the
-    cached prefix. ``None`` when the model returns no key-value cache."""
+    cached prefix (selected once per row)."""
     prefix_ids, prefix_mask, _ = _pad([unit[0][:n] for unit, n in zip(units, shared)])
-    keep1 = prefix_mask.bool()  # all of them: a prefix's last position predicts each suffix's first token
+    lengths = torch.tensor(shared)
+    # Every real prefix position is kept: a prefix's last position predicts each row's first suffix token.
+    keep1 = prefix_mask.bool()
+    owner = torch.tensor([u for u, unit in enumerate(units) for _ in unit])
+    last = torch.cumsum(lengths, 0)[owner] - 1  # row -> its prefix's last position among the kept ones
     targets1 = torch.zeros_like(prefix_ids)
     targets1[:, :-1] = prefix_ids[:, 1:]
-    out1 = model(input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device), use_cache=True,
-                 **_keep_kwargs(model, keep1.to(device)))
-    cache = getattr(out1, "past_key_values", None)
-    if cache is None or not hasattr(cache, "batch_select_indices"):
-        return None
-    logits1 = out1.logits[keep1.to(device)] if out1.logits.ndim == 3 else out1.logits
-    lp1 = _log_probs_at(logits1, targets1[keep1].to(device))  # wrong at each prefix's last position
-    owner = torch.tensor([u for u, unit in enumerate(units) for _ in unit])
-    last = torch.cumsum(torch.tensor(shared), 0)[owner] - 1  # row -> its prefix's last position in logits1
-    heads = _log_probs_at(logits1[last.to(device)],
-                          torch.tensor([row[n] for unit, n in zip(units, shared) for row in unit], device=device))
+    flat_targets1 = targets1[keep1]
+    heads_targets = torch.tensor([row[n] for unit, n in zip(units, shared) for row in unit])
+    found = capabilities(model)
+    hidden1, cache = decoder_states(model, prefix_ids.to(device), prefix_mask.to(device), use_cache=True)
+    kept1 = hidden1[keep1.to(device)]
+    lp1 = hidden_log_probs(model, kept1, flat_targets1.to(device)).cpu()  # wrong at each prefix's last position
+    heads = hidden_log_probs(model, kept1[last.to(device)], heads_targets.to(device)).cpu()
     suffix_ids, suffix_mask, _ = _pad([row[n:] for unit, n in zip(units, shared) for row in unit])
-    cache.batch_select_indices(owner.to(device))
+    select_rows(cache, owner.to(device))
     keep2 = suffix_mask.bool()
     keep2[torch.arange(len(owner)), suffix_mask.sum(dim=1) - 1] = False
     targets2 = torch.zeros_like(suffix_ids)
     targets2[:, :-1] = suffix_ids[:, 1:]
-    offsets = torch.tensor(shared)[owner]
-    kwargs = {
-        "input_ids": suffix_ids.to(device),
-        "attention_mask": torch.cat([prefix_mask[owner], suffix_mask], dim=1).to(device),
-        "position_ids": (offsets[:, None] + torch.arange(suffix_ids.shape[1])[None]).to(device),
-        "past_key_values": cache,
-        "use_cache": True,
-    }
-    lp2 = _log_probs_at(_kept_logits(model, kwargs, keep2.to(device)), targets2[keep2].to(device))
+    offsets = lengths[owner]
+    hidden2, _ = decoder_states(
+        model, suffix_ids.to(device), torch.cat([prefix_mask[owner], suffix_mask], dim=1).to(device),
+        (offsets[:, None] + torch.arange(suffix_ids.shape[1])[None]).to(device),
+        cache=cache, cache_keyword=found.cache_keyword, use_cache=True,
+    )
+    lp2 = hidden_log_probs(model, hidden2[keep2.to(device)], targets2[keep2].to(device)).cpu()
     tails = iter(torch.split(lp2, keep2.sum(dim=1).tolist()))
     results, row = [], 0
     for unit, n in zip(units, shared):
@@ -241,38 +220,6 @@ def _prefix_pass(
         results.append([torch.cat([common, heads[row + k : row + k + 1], next(tails)]) for k in range(len(unit))])
         row += len(unit)
     return results
-
-
-def _keep_kwargs(model: torch.nn.Module, keep: torch.Tensor) -> dict[str, Any]:
-    # A boolean [batch, seq] ``logits_to_keep`` is understood from transformers 5 on.
-    if _TRANSFORMERS_MAJOR >= 5 and _accepts(model, "logits_to_keep"):
-        return {"logits_to_keep": keep}
-    return {}
-
-
-def _sliding_window(model: torch.nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    return getattr(config, "sliding_window", None)
-
-
-def _accepts(model: torch.nn.Module, argument: str) -> bool:
-    return argument in inspect.signature(model.forward).parameters
-
-
-def _kept_logits(model: torch.nn.Module, kwargs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
-    """Logits at the ``keep`` positions only, ``[keep.sum(), vocab]``.
-
-    transformers >= 5 projects only those positions onto the vocabulary when given a boolean
-    ``logits_to_keep``; for a model without the argument all logits are indexed here.
-    """
-    logits = model(**kwargs, **_keep_kwargs(model, keep)).logits
-    if logits.ndim == 3:
-        logits = logits[keep]
-    if logits.shape[0] != int(keep.sum()):
-        raise RuntimeError(f"logits of shape {tuple(logits.shape)} for {int(keep.sum())} kept positions")
-    return logits
 
 
 def token_log_probs(

@@ -12,11 +12,10 @@ import logging
 import math
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dynamics.errors import UserInputError
-from dynamics.syntax.logprobs import eval_mode, model_device
+from dynamics.modelcalls import eval_mode, model_device, sequence_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +53,7 @@ def window_nll(
     ) as bar:
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start : start + batch_size].to(device=device, dtype=torch.long)
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+            nll = -sequence_log_probs(model, batch)
             totals[start : start + batch.shape[0]] = nll.double().sum(dim=1).cpu()
             bar.update(batch.shape[0])
     return totals
