@@ -234,3 +234,45 @@ def test_a_scan_resume_recomputes_a_step_whose_chunk_was_deleted(tiny_suite, tmp
     for name in measured:
         xr.testing.assert_allclose(after[name], before[name], rtol=1e-6)
     assert after["seconds"].sel(step=0).values.sum() > 0
+
+
+def test_an_interrupted_repair_is_finished_by_the_next_open(tmp_path, monkeypatch):
+    import store.integrity
+
+    path = tmp_path / "f.zarr"
+    duplicated_cube(path)
+    expected = open_cube(path).load()
+    moves = []
+    original = store.integrity._move_row
+
+    def crash_after_one_array(path, name, source, target):
+        moves.append((name, source, target))
+        if len(moves) == 2:
+            raise KeyboardInterrupt  # as kill -9 would: one array's row moved, the others' not
+        original(path, name, source, target)
+
+    monkeypatch.setattr(store.integrity, "_move_row", crash_after_one_array)
+    with pytest.raises(KeyboardInterrupt):
+        CubeWriter(path, [400], ID).__enter__()
+    monkeypatch.setattr(store.integrity, "_move_row", original)
+    assert moves[0][1:] == (8, 5)  # the one row to move: step 480's second copy into the first's place
+    assert "compacting" in json.loads((path / "zarr.json").read_text())["attributes"]
+    repaired = open_cube(path)  # finishes the journaled compaction under the lock
+    assert "compacting" not in json.loads((path / "zarr.json").read_text())["attributes"]
+    assert zarr.open_array(path / "step", mode="r")[:].tolist() == [520, 560, 600, 400, 440, 480]
+    xr.testing.assert_identical(repaired.drop_attrs(), expected.drop_attrs())
+
+
+def test_a_study_cube_redoes_a_condition_whose_chunk_was_lost(tmp_path):
+    """Units cubes (dynamics ablate) carry different variables per unit: each record lists its own."""
+    path = tmp_path / "s.zarr"
+    units = [xr.Dataset({"acc": (("step", "case"), [[0.5, 0.7]])}, coords={"step": [0], "case": ["a", "b"]}),
+             xr.Dataset({"ppl": (("step",), [12.5])}, coords={"step": [1]})]
+    with CubeWriter(path, [0, 1], {"model": "m"}, unit="condition") as cube:
+        for unit in units:
+            cube.write_step(unit)
+    assert lost_data(path, units_cube=True) == {}
+    chunk_file(path, "ppl", 1).unlink()
+    assert lost_data(path, units_cube=True) == {1: ["ppl"]}
+    with CubeWriter(path, [0, 1], {"model": "m"}, unit="condition") as cube:
+        assert cube.todo() == [1]
