@@ -16,9 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dynamics.errors import CheckpointError, DynamicsError
+from dynamics.errors import CheckpointError, DynamicsError, UserInputError
 
 log = logging.getLogger(__name__)
+
+
+class ModelUnavailableError(CheckpointError, UserInputError):
+    """A checkpoint that does not exist or cannot be had as asked: a recorded step failure in a
+    scan (a CheckpointError), and the user's input to fix (exit code 2) when it stops a command."""
 
 
 @dataclass
@@ -38,9 +43,11 @@ class RetryPolicy:
                 return fn(), attempt
             except Exception as exc:
                 permanent = is_permanent(exc)
+                told = explain(exc) if permanent and explain else None
+                if told:
+                    raise ModelUnavailableError(f"{told} (after {attempt} attempt(s))") from exc
                 if permanent or attempt == self.attempts:
-                    told = explain(exc) if permanent and explain else None
-                    raise CheckpointError(f"{told or f'{what}: {one_line(exc)}'} (after {attempt} attempt(s))") from exc
+                    raise CheckpointError(f"{what}: {one_line(exc)} (after {attempt} attempt(s))") from exc
                 wait = min(self.backoff * 2 ** (attempt - 1), self.max_wait)
                 log.warning("%s failed (%s); retrying in %.1fs (attempt %d of %d)", what, one_line(exc), wait,
                             attempt + 1, self.attempts)

@@ -57,6 +57,7 @@ def test_permanent_errors_are_one_line_at_once(tmp_path, online, make_error, wor
     assert words in message and TYPO in message and "\n" not in message
     assert "local_files_only" not in message
     assert calls == ["step1000"] and waits == [] and not caplog.records  # no retry, no retry line
+    assert caught.value.exit_code == 2  # the user's input to fix, when it stops a command
 
 
 def test_a_repository_that_does_not_exist_says_what_to_do(tmp_path, online):
