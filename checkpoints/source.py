@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -185,6 +185,7 @@ class HubSource:
         self._list_files = list_files or _list_repo_files
         self._added: set[str] = set()  # cache entries (relative to the repo folder) this run created
         self._cache_lock = threading.Lock()  # a prefetch thread fetches while the driver releases
+        self._unreachable = False  # a fetch used up its retries on transient errors: later ones try once
 
     def available_steps(self) -> list[int] | None:
         """Pythia's schedule; other repos: their ``step<N>`` branches, if any.
@@ -239,10 +240,21 @@ class HubSource:
         start = time.perf_counter()
         with self._cache_lock:
             before = cache_entries(self._repo_dir)
-        path, attempts = self.retry.call(
-            lambda: self._fetch_once(revision), f"{self.model_id}@{revision}",
-            lambda exc: explain_hub_error(exc, self.model_id, revision, self.cache_dir),
-        )
+        # Once one fetch has used up its retries on a Hub that cannot be reached, the next ones try
+        # once each (one line each, no backoff) until one arrives: a dead network costs one wait.
+        retry = replace(self.retry, attempts=1) if self._unreachable else self.retry
+        try:
+            path, attempts = retry.call(
+                lambda: self._fetch_once(revision), f"{self.model_id}@{revision}",
+                lambda exc: explain_hub_error(exc, self.model_id, revision, self.cache_dir),
+            )
+        except CheckpointError as exc:
+            if not self._unreachable and retry.attempts > 1 and not is_permanent(exc.__cause__ or exc):
+                self._unreachable = True
+                log.warning("the Hugging Face Hub did not answer for %s after %d attempts; the next checkpoints "
+                            "are tried once each until one arrives", self.model_id, retry.attempts)
+            raise
+        self._unreachable = False
         path = Path(path)
         with self._cache_lock:
             added = cache_entries(self._repo_dir) - before
