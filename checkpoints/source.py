@@ -1,8 +1,8 @@
 """Checkpoint sources: Hub revisions, local suites, single models; fetch, load, evict.
 
 A source turns a training step into a :class:`Checkpoint` on local disk (``fetch``) and
-forgets it again (``release``). :func:`checkpoints.stream.stream_checkpoints` drives a
-source with one step of prefetch; nothing here knows what is computed from the weights.
+forgets it again (``release``). :class:`checkpoints.stream.Prefetcher` drives a source
+with one step of prefetch (the scan's worker holds one); nothing here knows what is computed from the weights.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from checkpoints.hub_errors import (
     offline,
     one_line,
 )
-from checkpoints.models import ModelRef
+from checkpoints.names import ModelRef
 from checkpoints.steps import PYTHIA_STEPS
 from dynamics.errors import CheckpointError, UserInputError
 
-__all__ = ["Checkpoint", "CheckpointSource", "HubSource", "LocalSuiteSource", "RetryPolicy", "SingleModelSource",
-           "is_permanent", "open_source", "weight_files"]
-_one_line = one_line  # the old private name, still imported by checkpoints.stream
+__all__ = ["Checkpoint", "CheckpointSource", "HubSource", "LocalSuiteSource", "RetryPolicy", "RevisionSource",
+           "SingleModelSource", "is_permanent", "one_line", "open_source", "weight_files"]
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +297,17 @@ class HubSource:
         return self.cache_dir / ("models--" + self.model_id.replace("/", "--"))
 
 
+class RevisionSource(HubSource):
+    """A Hub repository at one named revision (a branch, tag or commit), offered as step 0."""
+
+    def __init__(self, ref: Any, revision: str, **options: Any) -> None:
+        super().__init__(ref, **options)
+        self._revision = revision
+
+    def revision(self, step: int) -> str:
+        return self._revision
+
+
 class LocalSuiteSource:
     """A directory with one saved model per step: ``step0/``, ``step1000/``, ..."""
 
@@ -333,6 +343,7 @@ class SingleModelSource:
         self.ref = ref
         self.model_id = ref.location
         location = Path(ref.location)
+        self.gguf_file: str | None
         if ref.kind == "gguf":
             self.path, self.gguf_file = location.parent, location.name
         else:
@@ -396,5 +407,3 @@ def _suite_fingerprint(path: Path) -> str:
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return "local-" + h.hexdigest()[:16]
-
-

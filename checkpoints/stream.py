@@ -13,11 +13,11 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 
-from checkpoints.source import Checkpoint, CheckpointSource, _one_line
+from checkpoints.source import Checkpoint, CheckpointSource, one_line
 from dynamics.errors import CheckpointError
 
 
-def _in_background(source: CheckpointSource, step: int) -> Future[Checkpoint]:
+def fetch_in_background(source: CheckpointSource, step: int) -> Future[Checkpoint]:
     """Fetch on a daemon thread (a pending download must not keep Ctrl-C from exiting)."""
     future: Future[Checkpoint] = Future()
 
@@ -31,14 +31,44 @@ def _in_background(source: CheckpointSource, step: int) -> Future[Checkpoint]:
     return future
 
 
-def _outcome(fetch: Callable[[], Checkpoint], step: int) -> Checkpoint:
+def fetch_outcome(fetch: Callable[[], Checkpoint], step: int) -> Checkpoint:
     """The fetched checkpoint, or one carrying the error that stopped the fetch."""
     try:
         return fetch()
     except CheckpointError as exc:
         return Checkpoint(step=step, revision=None, path=None, error=str(exc))
     except Exception as exc:
-        return Checkpoint(step=step, revision=None, path=None, error=f"step {step}: {_one_line(exc)}")
+        return Checkpoint(step=step, revision=None, path=None, error=f"step {step}: {one_line(exc)}")
+
+
+class Prefetcher:
+    """Fetches announced steps in the background; what is fetched is the caller's to release.
+
+    ``prefetch(step)`` starts fetching ``step`` on a daemon thread (and lets go of anything
+    announced earlier and not asked for); ``fetch(step)`` returns it, waiting for a pending
+    download or fetching it now. The scan's worker holds one per run
+    (:class:`dynamics.scan.worker.WorkerContext`).
+    """
+
+    def __init__(self, source: CheckpointSource) -> None:
+        self.source = source
+        self.pending: dict[int, Future[Checkpoint]] = {}
+
+    def fetch(self, step: int) -> Checkpoint:
+        """The checkpoint of ``step``, or one whose ``error`` says why it could not be had."""
+        pending = self.pending.pop(step, None)
+        return fetch_outcome(pending.result if pending else lambda: self.source.fetch(step), step)
+
+    def prefetch(self, step: int | None) -> None:
+        """Start fetching ``step``; a stale download is released when it lands (never waited on)."""
+        for stale in [s for s in self.pending if s != step]:
+            self.pending.pop(stale).add_done_callback(lambda f: _release_quietly(self.source, f))
+        if step is not None and step not in self.pending:
+            self.pending[step] = fetch_in_background(self.source, step)
+
+    def close(self) -> None:
+        """Let go of every pending download (each is released when it lands)."""
+        self.prefetch(None)
 
 
 def stream_checkpoints(source: CheckpointSource, steps: Sequence[int], prefetch: bool = True) -> Iterator[Checkpoint]:
@@ -48,18 +78,15 @@ def stream_checkpoints(source: CheckpointSource, steps: Sequence[int], prefetch:
     still held is released when the generator is closed (a ``break``, an exception, Ctrl-C).
     """
     steps = list(steps)
-    if not steps:
-        return
-    pending: Future[Checkpoint] | None = _in_background(source, steps[0]) if prefetch else None
+    prefetcher = Prefetcher(source)
     current: Checkpoint | None = None
     try:
+        if prefetch and steps:
+            prefetcher.prefetch(steps[0])
         for i, step in enumerate(steps):
+            current = prefetcher.fetch(step)
             if prefetch:
-                assert pending is not None
-                current = _outcome(pending.result, step)
-                pending = _in_background(source, steps[i + 1]) if i + 1 < len(steps) else None
-            else:
-                current = _outcome(lambda: source.fetch(step), step)
+                prefetcher.prefetch(steps[i + 1] if i + 1 < len(steps) else None)
             yield current
             if current.ok:
                 source.release(current)
@@ -67,9 +94,8 @@ def stream_checkpoints(source: CheckpointSource, steps: Sequence[int], prefetch:
     finally:
         if current is not None and current.ok:
             source.release(current)
-        if pending is not None:
-            # Never wait on a download here (Ctrl-C must be quick): release it when it lands.
-            pending.add_done_callback(lambda f: _release_quietly(source, f))
+        # Never wait on a download here (Ctrl-C must be quick): release it when it lands.
+        prefetcher.close()
 
 
 def _release_quietly(source: CheckpointSource, future: Future[Checkpoint]) -> None:

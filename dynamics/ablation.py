@@ -23,15 +23,21 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from checkpoints.models import mlp_shape, pre_activation_modules
+from checkpoints.adapters import mlp_shape, pre_activation_modules
 from dynamics.errors import UserInputError
+from dynamics.stats.cohort import BisectionResult, bisect_to_target, bottom_percent_mask, wd_scores
+from dynamics.syntax.perplexity import perplexity
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["negative", "positive", "both", "signflip"]
 MODES: tuple[str, ...] = ("negative", "positive", "both", "signflip")
@@ -111,7 +117,7 @@ def ablate(model: torch.nn.Module, neurons: Any, mode: Mode = "negative") -> Ite
     """Ablate the chosen neurons' pre-activations by sign while the context is open.
 
     Args:
-        model: a model of a supported family (see ``checkpoints.models``).
+        model: a model of a supported family (see ``checkpoints.adapters``).
         neurons: boolean mask [layer, neuron] (torch or numpy), ``{layer: indices}``, or one
             index list per layer.
         mode: ``negative`` (a' = max(a, 0)), ``positive`` (min(a, 0)), ``both`` (0) or
@@ -131,7 +137,7 @@ def ablate(model: torch.nn.Module, neurons: Any, mode: Mode = "negative") -> Ite
     try:
         for layer, index in indices.items():
             module = modules[layer]
-            handles.append(module.register_forward_hook(_make_hook(mode, index.to(module.weight.device))))
+            handles.append(module.register_forward_hook(_make_hook(mode, index.to(module.weight.device))))  # type: ignore[arg-type]
         yield indices
     finally:
         for handle in handles:
@@ -149,3 +155,33 @@ def ablation_function(mode: Mode) -> Any:
     if mode not in functions:
         raise UserInputError(f"ablation mode {mode!r} is unknown; use one of {', '.join(MODES)}")
     return functions[mode]
+
+
+def negative_ablation_perplexity(model: torch.nn.Module, windows: torch.Tensor,
+                                 batch_size: int) -> Callable[[torch.Tensor], float]:
+    """``f(mask)``: perplexity on ``windows`` with the negative pre-activations of ``mask`` zeroed."""
+    def ablated_ppl(mask: torch.Tensor) -> float:
+        with ablate(model, mask, mode="negative"), torch.inference_mode():
+            return perplexity(model, windows, batch_size=batch_size, progress=False)
+
+    return ablated_ppl
+
+
+def match_bottom_percent(wd: np.ndarray, ablated_ppl: Callable[[torch.Tensor], float], target: float, low: float,
+                         high: float, tolerance: float, max_iterations: int) -> tuple[np.ndarray, BisectionResult]:
+    """The bottom-``m``% WD mask whose negative ablation matches ``target`` perplexity."""
+    scores = wd_scores(wd)
+    bar = tqdm(total=max_iterations + 2, desc="matched control", unit="trial", dynamic_ncols=True)
+
+    def perplexity_at(m: float) -> float:
+        value = ablated_ppl(bottom_percent_mask(scores, m))
+        log.info("matched control: bottom %.4g%% -> perplexity %.4f (target %.4f)", m, value, target)
+        bar.set_postfix_str(f"m {m:.3g}% ppl {value:.4g} target {target:.4g}")
+        bar.update()
+        return value
+
+    with bar:
+        result = bisect_to_target(perplexity_at, target, low, high, tolerance, max_iterations)
+    if not result.converged:
+        log.warning("matched control not found: %s; keeping the closest, m = %.4g%%", result.reason, result.argument)
+    return bottom_percent_mask(scores, result.argument).numpy(), result

@@ -31,11 +31,15 @@ class StepsConfig:
 
 
 def run_steps(config: StepsConfig) -> int:
-    from checkpoints.models import resolve_model
+    from checkpoints.names import resolve_model
     from checkpoints.source import open_source
     from checkpoints.steps import parse_steps
+    from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
 
-    available = open_source(resolve_model(config.model)).available_steps() if config.model else None
+    ref = resolve_model(config.model) if config.model else None
+    if ref is not None and is_toy_alias(ref):
+        ensure_toy_suite(ref)
+    available = open_source(ref).available_steps() if ref is not None else None
     steps = parse_steps(config.spec, available)
     print(f"{len(steps)} steps: {' '.join(str(s) for s in steps)}")
     return 0
@@ -69,7 +73,7 @@ class PlotConfig:
 
 
 def run_plot(config: PlotConfig) -> int:
-    from dynamics.plots import plot_cube
+    from dynamics.report.scan_figures import plot_cube
     from store import open_cube
 
     paths = plot_cube(open_cube(config.cube), config.out, [f.strip() for f in config.formats.split(",") if f.strip()])
@@ -87,7 +91,7 @@ class ReportConfig:
 
 
 def run_report(config: ReportConfig) -> int:
-    from dynamics.report import report
+    from dynamics.report.scan_text import report
     from store import open_cube
     from store.integrity import lost_data_report
 
@@ -103,7 +107,7 @@ def run_report(config: ReportConfig) -> int:
 
 
 def run_toy(config: Any) -> int:
-    from dynamics.toy import build_toy_suite
+    from dynamics.toy.suite import build_toy_suite
 
     path = build_toy_suite(config.out, config)
     print(f"toy suite written to {path}; scan it with: dynamics scan --model {path} --steps all --out toy.zarr")
@@ -111,7 +115,7 @@ def run_toy(config: Any) -> int:
 
 
 def run_scan_command(config: Any) -> int:
-    from dynamics.scan import run_scan
+    from dynamics.scan.driver import run_scan
 
     summary = run_scan(config)
     print(
@@ -122,7 +126,7 @@ def run_scan_command(config: Any) -> int:
 
 
 def run_ablate_command(config: Any) -> int:
-    from dynamics.study import run_study
+    from dynamics.study.driver import run_study
 
     summary = run_study(config)
     print(f"{config.out}: {len(summary.done)} conditions computed, {len(summary.skipped)} already done, "
@@ -131,9 +135,9 @@ def run_ablate_command(config: Any) -> int:
 
 
 def _commands() -> dict[str, tuple[type, Callable[[Any], int], str]]:
-    from dynamics.scan import ScanConfig
-    from dynamics.study import StudyConfig
-    from dynamics.toy import ToyConfig
+    from dynamics.scan.config import ScanConfig
+    from dynamics.study.config import StudyConfig
+    from dynamics.toy.suite import ToyConfig
 
     return {
         "scan": (ScanConfig, run_scan_command, "stream a model's checkpoints into a cube (resumable)"),

@@ -1,17 +1,29 @@
-"""Frozen dataclass configs and the argparse options generated from them.
+"""Frozen dataclass configs composed of shared option parts, and the argparse options generated from them.
 
-One config class per command; each field's ``metadata`` carries its help text (and
-optionally ``positional``, ``choices``, ``flag``). ``--help`` shows every default.
+Each option is defined once, as a field of one part (:class:`ModelOptions`, :class:`CubeOptions`,
+:class:`BudgetOptions`, :class:`ScoringOptions`, :class:`RuntimeOptions`, and
+:class:`dynamics.executor.ExecutorSettings`); a command's config inherits the parts it needs
+and adds its own fields (a command that needs another default for a shared option says so
+with :func:`redefault`, keeping the part's help text). A field's ``metadata`` carries its
+help text (and optionally ``positional``, ``choices``, ``flag``). The CLI flattens the parts
+into one option list, grouped by part in ``--help``, which shows every default.
 """
+
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
-from dataclasses import MISSING, Field
-from typing import Any, TypeVar
+from collections.abc import Callable
+from dataclasses import MISSING, Field, dataclass
+from typing import Any, Literal, TypeVar
+
+from dynamics.errors import UserInputError
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 T = TypeVar("T")
 
@@ -22,6 +34,120 @@ def option(default: Any = MISSING, help: str = "", **extra: Any) -> Any:  # noqa
     if default is MISSING:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def titled(title: str, lead: bool = False) -> Callable[[type[T]], type[T]]:
+    """Name an option part (or a command's own options) for the groups of ``--help``.
+
+    ``lead``: list the part before the command's own options (the model, the cube). Set as
+    plain class attributes after the dataclass is made, so they are not config fields.
+    """
+
+    def mark(cls: type[T]) -> type[T]:
+        cls.options_title = title  # type: ignore[attr-defined]
+        cls.options_lead = lead  # type: ignore[attr-defined]
+        return cls
+
+    return mark
+
+
+def redefault(part: type, name: str, default: Any, **metadata: Any) -> Any:
+    """The option ``name`` of ``part`` with another default (and optionally help or choices) for one command."""
+    (field,) = [f for f in dataclasses.fields(part) if f.name == name]
+    return option(default, **{**field.metadata, **metadata})
+
+
+@titled("model", lead=True)
+@dataclass(frozen=True, kw_only=True)
+class ModelOptions:
+    """Options of the part "model" (one definition each, shared by every command that uses them)."""
+
+
+    model: str = option(help="Pythia alias (pythia-1.4b), Hub id, toy (the built-in model organism, trained on "
+                        "first use), local suite directory, saved model directory or .gguf file", flag="-m")
+
+
+@titled("cube", lead=True)
+@dataclass(frozen=True, kw_only=True)
+class CubeOptions:
+    """Options of the part "cube" (one definition each, shared by every command that uses them)."""
+
+
+    out: str = option(help="the cube to create or resume (a .zarr directory)", flag="-o")
+    overwrite: bool = option(False, help="recompute units (steps, conditions) that are already done in the cube")
+
+
+@titled("corpus and budgets")
+@dataclass(frozen=True, kw_only=True)
+class BudgetOptions:
+    """Options of the part "corpus and budgets" (one definition each, shared by every command that uses them)."""
+
+
+    corpus_split: str = option("test", help="WikiText-2 split (ignored for a file)")
+    window: int | None = option(None, help="tokens per corpus window (default: min(2048, the model's context))")
+    wd_tokens: int = option(65536, help="corpus tokens whose pre-activations give each neuron's WD")
+    ppl_tokens: int = option(16384, help="corpus tokens for perplexity under each condition (0: skip where allowed; "
+                             "the matched control needs them)")
+    tse_per_case: int = option(100, help="TSE pairs per case (stratified over sub-cases; 0: skip TSE)")
+
+
+@titled("scoring protocol")
+@dataclass(frozen=True, kw_only=True)
+class ScoringOptions:
+    """Options of the part "scoring protocol" (one definition each, shared by every command that uses them)."""
+
+
+    reduction: Literal["sum", "mean"] = option("sum", help="sentence score: sum or mean of token log-probabilities")
+    prefix: bool = option(True, help="score every token, conditioning on a prefix token (BOS, else EOS; --no-prefix: "
+                          "leave the first unscored)")
+    seed: int = option(0, help="seed of the random controls and the benchmark samples")
+
+
+@titled("runtime")
+@dataclass(frozen=True, kw_only=True)
+class RuntimeOptions:
+    """Options of the part "runtime" (one definition each, shared by every command that uses them)."""
+
+
+    device: str = option("auto", help="cuda, cuda:N, cpu or auto (CUDA when present)")
+    dtype: str = option("auto", help="model weights dtype; auto: on CUDA the checkpoint's own (float16 for Pythia; "
+                        "bfloat16 where float16 overflows), on the CPU float32 (statistics are float32 either way)",
+                        choices=["auto", *DTYPES])
+    threads: int = option(0, help="torch CPU threads; 0: auto (1 for models under 50M parameters, whose small "
+                          "ops stall on thread barriers, else torch's default)")
+    batch_size: int = option(4, help="corpus windows per forward pass")
+    memory_budget_gib: float = option(0.0, help="GiB of pre-activations held at once (decides layers per pass); "
+                                      "0: auto (on CUDA half the device memory free after loading, on the CPU 2)")
+    retries: int = option(4, help="attempts per checkpoint download (transient errors back off exponentially)")
+    cache_dir: str | None = option(None, help="Hugging Face cache directory (default: the hub's own, "
+                                   "~/.cache/huggingface/hub)")
+
+
+def check_numbers(config: Any, checks: list[tuple[str, bool, str]]) -> None:
+    """Raise the first failed check as one line: ``--name VALUE: expected ACCEPTED``."""
+    for name, ok, accepted in checks:
+        if not ok:
+            raise UserInputError(f"--{name} {getattr(config, name.replace('-', '_'))!r}: expected {accepted}")
+
+
+def shared_checks(config: BudgetOptions | RuntimeOptions) -> list[tuple[str, bool, str]]:
+    """The range checks of the budget and runtime options a config carries (name, ok, what is accepted)."""
+    checks: list[tuple[str, bool, str]] = []
+    if isinstance(config, BudgetOptions):
+        checks += [
+            ("wd-tokens", config.wd_tokens >= 2, "at least 2 tokens"),
+            ("window", config.window is None or config.window >= 2, "at least 2 tokens"),
+            ("tse-per-case", config.tse_per_case >= 0, "0 or more pairs"),
+        ]
+    if isinstance(config, RuntimeOptions):
+        checks += [
+            ("retries", config.retries >= 1, "at least 1"),
+            ("memory-budget-gib", math.isfinite(config.memory_budget_gib) and config.memory_budget_gib >= 0,
+             "0 (auto) or a positive, finite number of GiB"),
+            ("batch-size", config.batch_size >= 1, "at least 1"),
+            ("threads", config.threads >= 0, "0 (auto) or a positive number"),
+        ]
+    return checks
 
 
 def _base_type(annotation: Any) -> tuple[type, bool]:
@@ -35,49 +161,78 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
+def option_parts(cls: type) -> list[type]:
+    """The option parts ``cls`` is composed of, in the order of its bases."""
+    return [base for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)]
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one option per field of the dataclass ``cls`` to ``parser``."""
+    """Add one option per field of the dataclass ``cls`` to ``parser``, grouped by option part.
+
+    Order: the leading parts (the model, the cube), the command's own options, then the
+    other parts in the order of the config's bases.
+    """
     hints = typing.get_type_hints(cls)
+    parts = option_parts(cls)
+    names = {part: {f.name for f in dataclasses.fields(part)} for part in parts}
+    order: list[type | None] = [p for p in parts if p.__dict__.get("options_lead", False)]
+    order += [None] + [p for p in parts if p not in order]
+    fields: dict[type | None, list[Field]] = {part: [] for part in order}
     for f in dataclasses.fields(cls):
-        meta = f.metadata
-        kind, nullable = _base_type(hints[f.name])
-        choices = meta.get("choices")
-        if choices is None and typing.get_origin(hints[f.name]) is typing.Literal:
-            choices = list(typing.get_args(hints[f.name]))
-        help_text = meta.get("help", "")
-        if meta.get("positional"):
-            parser.add_argument(f.name, type=_converter(kind), help=help_text, metavar=f.name.upper())
+        fields[next((p for p in parts if f.name in names[p]), None)].append(f)
+    for part in order:
+        if not fields[part]:
             continue
-        names = [f"--{f.name.replace('_', '-')}"] + ([meta["flag"]] if "flag" in meta else [])
-        required = f.default is MISSING and f.default_factory is MISSING  # type: ignore[misc]
-        default = None if required else _default(f)
-        if kind is bool:
-            parser.add_argument(
-                *names,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=f"{help_text} (default: {'on' if default else 'off'})",
-            )
-            continue
-        shown = "required" if required else f"default: {default}"
-        if "(default" in help_text:  # the help already says what the default means
-            shown = shown if required else ""
+        if part is None:  # the command's own options: a group of their own once the config has parts
+            title = cls.__dict__.get("options_title", cls.__name__)
+            group = parser.add_argument_group(f"{title} options") if parts else parser
+        else:
+            group = parser.add_argument_group(f"{part.__dict__.get('options_title', part.__name__)} options")
+        for f in fields[part]:
+            _add_field(group, f, hints)
+
+
+def _add_field(parser: Any, f: Field, hints: dict[str, Any]) -> None:
+    """One field as one option (or positional) of ``parser``."""
+    meta = f.metadata
+    kind, nullable = _base_type(hints[f.name])
+    choices = meta.get("choices")
+    if choices is None and typing.get_origin(hints[f.name]) is typing.Literal:
+        choices = list(typing.get_args(hints[f.name]))
+    help_text = meta.get("help", "")
+    if meta.get("positional"):
+        parser.add_argument(f.name, type=_converter(kind), help=help_text, metavar=f.name.upper())
+        return
+    names = [f"--{f.name.replace('_', '-')}"] + ([meta["flag"]] if "flag" in meta else [])
+    required = f.default is MISSING and f.default_factory is MISSING
+    default = None if required else _default(f)
+    if kind is bool:
         parser.add_argument(
             *names,
-            type=_converter(kind),
+            action=argparse.BooleanOptionalAction,
             default=default,
-            required=required,
-            choices=choices,
-            metavar=None if choices else f.name.upper(),
-            help=f"{help_text} ({shown})" if shown else help_text,
+            help=f"{help_text} (default: {'on' if default else 'off'})",
         )
-        del nullable  # None defaults are shown as "default: None"
+        return
+    shown = "required" if required else f"default: {default}"
+    if "(default" in help_text:  # the help already says what the default means
+        shown = shown if required else ""
+    parser.add_argument(
+        *names,
+        type=_converter(kind),
+        default=default,
+        required=required,
+        choices=choices,
+        metavar=None if choices else f.name.upper(),
+        help=f"{help_text} ({shown})" if shown else help_text,
+    )
+    del nullable  # None defaults are shown as "default: None"
 
 
 def _default(f: Field) -> Any:
     if f.default is not MISSING:
         return f.default
-    return f.default_factory()  # type: ignore[misc]
+    return f.default_factory()  # type: ignore[operator]  # not MISSING here
 
 
 def _converter(kind: type) -> Any:
@@ -88,7 +243,7 @@ def _converter(kind: type) -> Any:
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     """Build the config ``cls`` from parsed arguments (fields not on the CLI keep defaults)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}  # type: ignore[arg-type]
     return cls(**values)
 
 

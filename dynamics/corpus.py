@@ -1,4 +1,4 @@
-"""Token windows: the text every statistic is computed on.
+r"""Token windows: the text every statistic is computed on.
 
 A :class:`CorpusSpec` fixes the exact token ids (together with the tokenizer): the text is
 tokenized as one string *without* special tokens (no BOS/EOS is inserted anywhere), cut

@@ -4,6 +4,8 @@ The CLI turns every :class:`DynamicsError` into one line on stderr and a non-zer
 code; anything else is a bug and keeps its traceback.
 """
 
+import contextlib
+
 
 class DynamicsError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -56,7 +58,5 @@ def failure_phase(exc: BaseException) -> str | None:
 def tag_phase(exc: BaseException, phase: str) -> None:
     """Remember the innermost phase an exception came through (kept when it is pickled)."""
     if getattr(exc, "dynamics_phase", None) is None:
-        try:
+        with contextlib.suppress(AttributeError):  # an exception type with __slots__: the phase stays unknown
             exc.dynamics_phase = phase  # type: ignore[attr-defined]
-        except AttributeError:  # an exception type with __slots__: the phase is left unknown
-            pass

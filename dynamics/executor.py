@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from dynamics.config import option
+from dynamics.config import option, titled
 from dynamics.errors import (
     ComputationBug,
     DynamicsError,
@@ -61,9 +61,10 @@ HELP = {
 }
 
 
-@dataclass(frozen=True)
+@titled("executor")
+@dataclass(frozen=True, kw_only=True)
 class ExecutorSettings:
-    """Where units run. Commands carry the same fields in their own configs (help: :data:`HELP`)."""
+    """Where units run: an option part of every command that fans work out (help: :data:`HELP`)."""
 
     executor: Literal["serial", "dask"] = option("serial", help=HELP["executor"])
     scheduler: str = option("local", help=HELP["scheduler"])

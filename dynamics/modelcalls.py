@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -122,10 +122,16 @@ def decoder_states(
     return hidden, (_find_cache(output) if use_cache else None)
 
 
+def _output_embedding(model: torch.nn.Module) -> Any:
+    """The module that maps final hidden states to logits (``None`` if the model has none)."""
+    method: Any = getattr(model, "get_output_embeddings", None)  # torch types module attributes as Tensors
+    return method() if callable(method) else None
+
+
 def project(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Logits of hidden states ``[..., d_model]``: the output embedding, then the family's
     final-logit soft-capping (Gemma 2/3) and logit scaling (Cohere, Granite) where set."""
-    logits = model.get_output_embeddings()(hidden)  # type: ignore[operator]
+    logits = _output_embedding(model)(hidden)
     config = _text_config(model)
     scale = getattr(config, "logit_scale", None)
     if isinstance(scale, (int, float)) and not isinstance(scale, bool):
@@ -140,8 +146,7 @@ def project(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _vocab_size(model: torch.nn.Module) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    weight = getattr(head, "weight", None)
+    weight = getattr(_output_embedding(model), "weight", None)
     if isinstance(weight, torch.Tensor):
         return int(weight.shape[0])
     return int(getattr(_text_config(model), "vocab_size", 0) or 1)
@@ -247,7 +252,7 @@ def _probe(model: torch.nn.Module) -> Capabilities:
     with eval_mode(model):
         full = model(input_ids=ids, use_cache=False).logits
         decoder_head = False
-        if _decoder(model) is not None and hasattr(model, "get_output_embeddings"):
+        if _decoder(model) is not None and _output_embedding(model) is not None:
             try:
                 hidden, _ = decoder_states(model, ids)
                 decoder_head = _close(project(model, hidden), full)
@@ -288,9 +293,8 @@ def select_rows(cache: Any, rows: torch.Tensor) -> None:
     cache.batch_select_indices(rows)
 
 
-def first_logits_finite(model: torch.nn.Module, ids: Sequence[int]) -> bool:
-    """Whether a forward pass over ``ids`` gives finite logits (an unusable checkpoint does not)."""
+def logits_finite(model: torch.nn.Module) -> bool:
+    """Whether a short forward pass gives finite logits (float16 weights may overflow)."""
     with eval_mode(model):
-        x = torch.tensor([list(ids)], dtype=torch.long, device=model_device(model))
-        lp = sequence_log_probs(model, x)
-    return bool(torch.isfinite(lp).all())
+        logits = model(input_ids=_probe_ids(model), use_cache=False).logits
+    return bool(torch.isfinite(logits).all())

@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-from checkpoints.models import mlp_shape, pre_activation_modules
+from checkpoints.adapters import mlp_shape, pre_activation_modules
 from dynamics.ablation import ablate
 
 

@@ -20,7 +20,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-from dynamics.activations import iter_pre_activations
+from dynamics.stats.activations import iter_pre_activations
 
 
 def build_model(layers: int, d_model: int, seed: int) -> torch.nn.Module:

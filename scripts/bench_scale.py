@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamics.scan import ScanConfig, run_scan
-from dynamics.toy import ToyConfig, build_toy_suite
+from dynamics.scan.config import ScanConfig
+from dynamics.scan.driver import run_scan
+from dynamics.toy.suite import ToyConfig, build_toy_suite
 from store import open_cube
 from store.cube import CubeWriter
 

@@ -28,20 +28,20 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from scipy import stats
 
-from dynamics.mapping_difficulty import mapping_difficulty
-from dynamics.wasserstein import (
-    _column_chunks,
+from dynamics.stats.mapping_difficulty import mapping_difficulty
+from dynamics.stats.wasserstein import (
     _one_torch_thread,
     _Scratch,
     _sorted_rows,
+    column_chunks,
     wasserstein_split,
     wasserstein_to_gaussian,
 )
@@ -78,7 +78,7 @@ class _RssSampler:
         while not self._stop.wait(0.005):
             self.peak = max(self.peak, self._rss())
 
-    def __enter__(self) -> "_RssSampler":
+    def __enter__(self) -> _RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -164,7 +164,7 @@ def scipy_reference(x: torch.Tensor, count: int, seed: int) -> tuple[float, np.n
 
 def engine_sort(x: torch.Tensor) -> None:
     """Only the sorting step of the engine, done as the engine does it."""
-    chunks = _column_chunks(x.shape[0], x.shape[1], x.device)
+    chunks = column_chunks(x.shape[0], x.shape[1], x.device)
     if x.device.type != "cpu":
         for cols in chunks:
             _sorted_rows(x, cols, torch.float32, None)

@@ -44,8 +44,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from dynamics.report import report
-    from dynamics.study import StudyConfig, run_study
+    from dynamics.report.scan_text import report
+    from dynamics.study.config import StudyConfig
+    from dynamics.study.driver import run_study
     from store import open_cube
 
     config = StudyConfig(

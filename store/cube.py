@@ -99,9 +99,9 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
         done = done.assign({name: derived[name] for name in derived.data_vars if name not in done.data_vars})
     if not include_pending:
         return done
-    derived = [name for name in done.data_vars if name not in ds.data_vars]
-    fill = {name: -1 if done[name].dtype.kind == "i" else np.nan for name in derived}
-    return ds.assign({name: done[name].reindex(step=ds["step"], fill_value=fill[name]) for name in derived})
+    derived_names = [name for name in done.data_vars if name not in ds.data_vars]
+    fill = {name: -1 if done[name].dtype.kind == "i" else np.nan for name in derived_names}
+    return ds.assign({name: done[name].reindex(step=ds["step"], fill_value=fill[name]) for name in derived_names})
 
 
 def _open_lazily(path: Path, chunks: dict | None) -> xr.Dataset:

@@ -24,7 +24,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_suite(tmp_path_factory) -> Path:
     """A tiny built-in toy suite (steps 0, 1, 2, 4, 8) with tokenizer and heldout.txt."""
-    from dynamics.toy import ToyConfig, build_toy_suite
+    from dynamics.toy.suite import ToyConfig, build_toy_suite
 
     out = tmp_path_factory.mktemp("suites") / "tiny"
     config = ToyConfig(out=str(out), sentences=2000, heldout_sentences=300, hidden_size=16, layers=2, heads=2,
@@ -38,7 +38,8 @@ FAST_SCAN = dict(wd_tokens=512, ppl_tokens=64, tse_per_case=2, cohort_percent=5.
 @pytest.fixture(scope="session")
 def full_cube(tiny_suite, tmp_path_factory) -> Path:
     """A scan of every step of the tiny suite (with the stepwise condition)."""
-    from dynamics.scan import ScanConfig, run_scan
+    from dynamics.scan.config import ScanConfig
+    from dynamics.scan.driver import run_scan
 
     out = tmp_path_factory.mktemp("cubes") / "full.zarr"
     summary = run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="all", stepwise=True, **FAST_SCAN))

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import xarray as xr
-from tiny_models import N_LAYERS, TINY_FAMILIES, tiny_input_ids, tiny_model
+from fixtures.tiny_models import N_LAYERS, TINY_FAMILIES, tiny_input_ids, tiny_model
 
-from checkpoints.models import mlp_shape, pre_activation_modules
+from checkpoints.adapters import mlp_shape, pre_activation_modules
 from dynamics.ablation import MODES, ablate, neuron_indices
 from dynamics.errors import UserInputError
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from tiny_models import TINY_FAMILIES, VOCAB, tiny_config, tiny_input_ids, tiny_model
+from fixtures.tiny_models import TINY_FAMILIES, VOCAB, tiny_config, tiny_input_ids, tiny_model
 from transformers import AutoModelForCausalLM
 
 from dynamics import modelcalls

@@ -269,13 +269,13 @@ def token_log_probs(
     if units is None:
         units = [[i] for i in range(len(rows))]
     # A row of length < 2 has nothing to predict: leave it out of the forward passes.
-    units = [[i for i in unit if lengths[i] >= 2] for unit in units]
-    units = [unit for unit in units if unit]
+    kept = [[i for i in unit if lengths[i] >= 2] for unit in units]
+    kept = [unit for unit in kept if unit]
     device = torch.device(device) if device is not None else model_device(model)
     with eval_mode(model), tqdm(
-        total=sum(len(u) for u in units), unit="sent", desc="scoring", disable=not progress
+        total=sum(len(u) for u in kept), unit="sent", desc="scoring", disable=not progress
     ) as bar:
-        for batch in _batches(units, lengths, batch_tokens, max_batch_size):
+        for batch in _batches(kept, lengths, batch_tokens, max_batch_size):
             unit_rows = [[rows[i] for i in unit] for unit in batch]
             for unit, unit_lp in zip(batch, _forward_log_probs(model, unit_rows, device, padding_side)):
                 for i, lp in zip(unit, unit_lp):

@@ -89,7 +89,7 @@ def align_tokens_to_words(
 def word_surprisals(
     text: str,
     token_offsets: Sequence[tuple[int, int]],
-    token_surprisals: Sequence[float],
+    token_surprisals: Sequence[float] | np.ndarray,
     words: Sequence[tuple[int, int, str]],
     text_index: int = 0,
 ) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
+from functools import cache
 from itertools import product
 
 from dynamics.syntax.pairs import MinimalPair, check_names, stratified_sample
@@ -138,7 +138,7 @@ def _keeps_last(phrase: str, prefix: str, terminals: Mapping[str, tuple[str, ...
 def _expand(slots: Sequence[Sequence[str]], terminals: Mapping[str, tuple[str, ...]],
             keep_repeats: bool = False) -> list[str]:
     """Every sentence of the slots' word lists, first slot slowest, filtered unless told."""
-    sentences = []
+    sentences: list[str] = []
     for words in product(*slots[:-1]):
         prefix = " ".join(words) + " "
         sentences.extend(prefix + last for last in slots[-1]
@@ -199,9 +199,9 @@ def _npi_case(case: str) -> dict[str, tuple[tuple[str, str, str], ...]]:
     return subcases
 
 
-@lru_cache(maxsize=None)
-def _generated_case(case: str) -> dict[str, tuple[tuple[str, ...], ...]]:
-    return _npi_case(case) if case in NPI_TEMPLATES else _agreement_case(case)
+@cache
+def generated_case(case: str) -> dict[str, tuple[tuple[str, ...], ...]]:
+    return _npi_case(case) if case in NPI_TEMPLATES else _agreement_case(case)  # type: ignore[return-value]
 
 
 def check_cases(cases: Iterable[str] | None) -> tuple[str, ...]:
@@ -224,7 +224,7 @@ def generate_tse(cases: Iterable[str] | None = None) -> TseData:
         ``{case: {sub-case: [(good, bad) | (good, intrusive, bad), ...]}}``, a fresh copy
         the caller may modify; the same call always returns the same data, in order.
     """
-    return {case: {sub: list(items) for sub, items in _generated_case(case).items()}
+    return {case: {sub: list(items) for sub, items in generated_case(case).items()}
             for case in check_cases(cases)}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from dynamics.errors import DynamicsError, UserInputError
-from dynamics.syntax.tse import TSE_CASES, TseData, _generated_case, check_cases
+from dynamics.syntax.tse import TSE_CASES, TseData, check_cases, generated_case
 from store.safe_files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def _case_bytes(case: str, format: str) -> bytes:
-    subcases = _generated_case(case)
+    subcases = generated_case(case)
     if format == "pickle":
         return pickle.dumps({sub: list(items) for sub, items in subcases.items()}, protocol=4)
     lines = []

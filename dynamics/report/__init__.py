@@ -1,0 +1,1 @@
+"""Plain-text reports and seaborn figures of scan and study cubes."""

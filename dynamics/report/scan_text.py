@@ -1,0 +1,79 @@
+"""`dynamics report`: the headline numbers of a cube as plain-text tables."""
+
+from __future__ import annotations
+
+import xarray as xr
+
+from dynamics.errors import UserInputError
+from dynamics.report.study_text import study_report
+from dynamics.report.tables import failure_lines, fmt, text_table
+
+
+def _conditions(ds: xr.Dataset) -> list[str]:
+    return [str(c) for c in ds["condition"].values] if "condition" in ds.coords else []
+
+
+def step_table(ds: xr.Dataset) -> str:
+    """One row per done step: cohort vs population WD, TSE and perplexity per condition, drift."""
+    conditions = _conditions(ds)
+    headers = ["step"]
+    if "wd" in ds:
+        headers += ["wd median", "wd cohort"]
+    headers += [f"tse {c}" for c in conditions if "tse_acc" in ds]
+    headers += [f"ppl {c}" for c in conditions if "ppl" in ds]
+    if "drift_ref" in ds and "cohort" in ds:
+        headers += ["drift_ref cohort"]
+    rows = []
+    for step in ds["step"].values:
+        at = ds.sel(step=step)
+        row = [str(int(step))]
+        if "wd" in ds:
+            row += [fmt(float(at["wd"].median())),
+                    fmt(float(at["wd"].where(ds["cohort"]).mean())) if "cohort" in ds else "-"]
+        if "tse_acc" in ds:
+            row += [fmt(float(at["tse_acc"].sel(condition=c).mean())) for c in conditions]
+        if "ppl" in ds:
+            row += [fmt(float(at["ppl"].sel(condition=c)), 2) for c in conditions]
+        if "drift_ref" in ds and "cohort" in ds:
+            row += [fmt(float(at["drift_ref"].where(ds["cohort"]).mean()), 4)]
+        rows.append(row)
+    return text_table(headers, rows)
+
+
+def case_table(ds: xr.Dataset) -> str:
+    """TSE accuracy per case and condition at the last done step."""
+    final = ds["tse_acc"].isel(step=-1)
+    conditions = _conditions(ds)
+    rows = [[str(case)] + [fmt(float(final.sel(tse_case=case, condition=c))) for c in conditions]
+            for case in ds["tse_case"].values]
+    return text_table(["tse case"] + conditions, rows)
+
+
+def report(ds: xr.Dataset) -> str:
+    """The full plain-text report of a scan cube (or of a study cube, see dynamics.report.study_text)."""
+    if ds.attrs.get("cube_kind") == "units":
+        return study_report(ds)
+    if ds.sizes.get("step", 0) == 0:
+        raise UserInputError("the cube has no done steps to report yet")
+    attrs = ds.attrs
+    steps = attrs.get("steps", {})
+    failed = sorted(int(s) for s, r in steps.items() if r.get("status") == "failed")
+    identity = attrs.get("identity", {})
+    parts = [
+        f"model: {identity.get('model', '?')}   reference step: {identity.get('reference_step', '?')}   "
+        f"done steps: {ds.sizes['step']}   failed: {', '.join(map(str, failed)) or 'none'}",
+        *failure_lines(steps),
+    ]
+    if "cohort" in ds:
+        parts.append(f"cohort: {int(ds['cohort'].sum())} neurons of {ds['cohort'].size} "
+                     f"({100 * float(ds['cohort'].mean()):.2f}%)")
+    if "matched_control" in ds:
+        converged = bool(ds["matched_converged"])
+        parts.append(f"matched control: bottom {float(ds['matched_percent']):.3g}% per layer, perplexity "
+                     f"{float(ds['matched_ppl']):.4g} vs the cohort's {float(ds['matched_target_ppl']):.4g} at the "
+                     f"reference step" + ("" if converged else
+                                          f" (NOT matched: {ds['matched_converged'].attrs.get('reason', '')})"))
+    parts += ["", step_table(ds)]
+    if "tse_acc" in ds:
+        parts += ["", f"TSE accuracy per case at step {int(ds['step'].values[-1])}:", case_table(ds)]
+    return "\n".join(parts)

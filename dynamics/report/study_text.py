@@ -1,0 +1,108 @@
+"""`dynamics report` on a study cube: the headline numbers as plain-text tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from dynamics.errors import UserInputError
+from dynamics.report.tables import failure_lines
+from dynamics.report.tables import fmt as _fmt
+from dynamics.report.tables import text_table as _table
+
+HEADLINE = ("clean", "neg_top", "neg_random", "neg_matched")
+
+
+def match_percent(ds: xr.Dataset) -> float:
+    """The percent at which the matched control was run."""
+    return float(ds.attrs["identity"]["analysis"]["match_percent"])
+
+
+def _at(ds: xr.Dataset, name: str, condition: str, percent: float) -> xr.DataArray:
+    return ds[name].sel(condition=condition, percent=percent)
+
+
+def header(ds: xr.Dataset) -> list[str]:
+    prov = ds.attrs.get("provenance", {})
+    done, total = int(len([u for u in ds.attrs["steps"].values() if u.get("status") == "done"])), len(ds.attrs["units"])
+    lines = [f"model: {prov.get('model_id', '?')}   revision: {prov.get('revision') or '-'}   "
+             f"conditions done: {done} of {total}"]
+    lines += failure_lines(ds.attrs["steps"], unit="condition")
+    lines.append(f"budgets: {prov.get('tse_pairs', '?')} TSE pairs, {prov.get('blimp_pairs', '?')} BLiMP pairs, "
+                 f"{prov.get('ppl_tokens', '?')} perplexity tokens, {prov.get('wd_tokens', '?')} WD tokens, "
+                 f"lm-eval limit {prov.get('lmeval_limit')}")
+    if "matched_percent" in ds:
+        record = prov.get("matched_control", {})
+        state = "matched" if bool(ds["matched_converged"]) else f"NOT matched ({record.get('reason', '?')})"
+        lines.append(f"matched control: bottom m = {float(ds['matched_percent']):.4g}% of each layer by WD; "
+                     f"perplexity {float(ds['matched_ppl']):.4f} vs top-{match_percent(ds):g}% "
+                     f"{float(ds['matched_target_ppl']):.4f} (clean {float(ds['matched_clean_ppl']):.4f}; "
+                     f"{len(record.get('trials', []))} trials): {state}")
+    skipped = prov.get("lmeval_skipped") or {}
+    if skipped:
+        lines.append(f"lm-eval tasks skipped: {', '.join(skipped)} (reason in attrs provenance.lmeval_skipped)")
+    return lines
+
+
+def condition_table(ds: xr.Dataset) -> str:
+    """Every condition and percent: perplexity (and its change), TSE, BLiMP, mean lm-eval accuracy."""
+    clean_ppl = float(ds["ppl"].sel(condition="clean").max()) if "ppl" in ds else np.nan
+    rows = []
+    for condition in ds["condition"].values:
+        percents = ds["percent"].values[:1] if condition == "clean" else ds["percent"].values
+        for p in percents:
+            if not bool(ds["done"].sel(condition=condition, percent=p)):
+                continue
+            ppl = float(_at(ds, "ppl", condition, p)) if "ppl" in ds else np.nan
+            row = [str(condition), "-" if condition == "clean" else f"{p:g}", _fmt(ppl, 3),
+                   _fmt(100 * (ppl / clean_ppl - 1), 2)]
+            row += [_fmt(float(_at(ds, v, condition, p))) if v in ds else "-" for v in ("tse_acc_all", "blimp_acc_all")]
+            lm = _at(ds, "lmeval_acc", condition, p).values if "lmeval_acc" in ds else np.array([np.nan])
+            row.append(_fmt(float(np.nanmean(lm))) if np.isfinite(lm).any() else "-")
+            rows.append(row)
+    return _table(["condition", "percent", "ppl", "ppl +%", "TSE", "BLiMP", "lm-eval mean acc"], rows)
+
+
+def _per_label_table(ds: xr.Dataset, name: str, dim: str, title: str) -> str:
+    p = match_percent(ds)
+    conditions = [c for c in HEADLINE if bool(ds["done"].sel(condition=c, percent=p))]
+    rows = [[str(label)] + [_fmt(float(_at(ds, name, c, p).sel({dim: label}))) for c in conditions]
+            for label in ds[dim].values]
+    return _table([title] + [f"{c}" for c in conditions], rows)
+
+
+def group_table(ds: xr.Dataset) -> str:
+    rows = []
+    layers = ds["layer_group_of"].values if "layer_group_of" in ds else None
+    for g in ds["layer_group"].values:
+        members: Any = np.flatnonzero(layers == g) if layers is not None else []
+        span = f"{members[0]}-{members[-1]}" if len(members) else "?"
+        row = [str(int(g)), span]
+        for scope in ("alone", "cumulative"):
+            for v in ("group_tse_acc_all", "group_blimp_acc_all"):
+                row.append(_fmt(float(ds[v].sel(group_scope=scope, layer_group=g))) if v in ds else "-")
+        rows.append(row)
+    return _table(["group", "layers", "alone TSE", "alone BLiMP", "cumul. TSE", "cumul. BLiMP"], rows)
+
+
+def study_report(ds: xr.Dataset) -> str:
+    """The full plain-text report of a study cube."""
+    if not bool(ds["done"].any()):
+        raise UserInputError("the study cube has no done conditions to report yet")
+    p = match_percent(ds)
+    parts = [*header(ds), "", "Conditions (ppl +%: change against clean):", condition_table(ds)]
+    if "tse_acc" in ds:
+        parts += ["", f"TSE accuracy per case at {p:g}%:", _per_label_table(ds, "tse_acc", "tse_case", "tse case")]
+    if "blimp_term_acc" in ds:
+        parts += ["", f"BLiMP accuracy per phenomenon at {p:g}%:",
+                  _per_label_table(ds, "blimp_term_acc", "blimp_phenomenon", "phenomenon")]
+    if "lmeval_acc" in ds and np.isfinite(ds["lmeval_acc"].values).any():
+        parts += ["", f"lm-eval accuracy per task at {p:g}%:", _per_label_table(ds, "lmeval_acc", "task", "task")]
+    if "pos_excess" in ds and np.isfinite(ds["pos_excess"].values).any():
+        parts += ["", f"POS excess surprisal (nats) at {p:g}%:", _per_label_table(ds, "pos_excess", "pos", "pos")]
+    if "group_done" in ds and bool(ds["group_done"].any()):
+        parts += ["", "Negative ablation of the top neurons by layer group (alone / cumulative from group 0):",
+                  group_table(ds)]
+    return "\n".join(parts)

@@ -1,0 +1,30 @@
+"""Plain-text table pieces shared by the scan's and the study's reports."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Right-aligned columns under a dashed rule."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; "-" where there is none (NaN: not measured)."""
+    return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def failure_lines(steps: dict[str, dict], unit: str = "step") -> list[str]:
+    """One line per failed unit: its number or name, the kind and phase of the failure, the error."""
+    lines = []
+    for key, record in sorted(steps.items(), key=lambda item: int(item[0])):
+        if record.get("status") != "failed":
+            continue
+        labels = record.get("labels") or {}
+        name = " ".join(f"{k}={v}" for k, v in labels.items()) if labels else f"{unit} {key}"
+        where = "/".join(filter(None, (record.get("kind"), record.get("phase"))))
+        lines.append(f"  failed {name}" + (f" [{where}]" if where else "") + f": {record.get('error', '?')}")
+    return lines

@@ -1,0 +1,127 @@
+"""Where and how a model runs: device, dtype, CPU threads, loading, timing, memory budgets.
+
+Shared by the scan (:mod:`dynamics.scan`) and the study (:mod:`dynamics.study`), so both
+resolve ``--device auto``, load a checkpoint and pick their thread count the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from checkpoints.source import Checkpoint
+from dynamics.errors import UserInputError, tag_phase
+from dynamics.modelcalls import logits_finite
+
+log = logging.getLogger(__name__)
+
+SMALL_MODEL_PARAMETERS = 50_000_000
+DEFAULT_WINDOW = 2048
+
+
+def resolve_device(device: str, here: bool = True) -> str:
+    """The torch device for ``device``; ``here=False`` only checks the spelling (workers resolve it)."""
+    if device == "auto":
+        return ("cuda" if torch.cuda.is_available() else "cpu") if here else device
+    if device == "cpu" or device.startswith("cuda"):
+        if here and device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserInputError(f"--device {device}: CUDA is not available here; use cpu or auto")
+        return device
+    raise UserInputError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+HALF_DTYPES = ("float16", "bfloat16")
+#: The capture budget on the CPU when --memory-budget-gib is 0 (auto).
+CPU_MEMORY_BUDGET_GIB = 2.0
+#: The share of the device memory free after loading that an automatic capture budget takes.
+CUDA_MEMORY_SHARE = 0.5
+
+
+def checkpoint_dtype(checkpoint: Checkpoint) -> str | None:
+    """The dtype the checkpoint's ``config.json`` declares (``torch_dtype`` or ``dtype``), if any."""
+    if checkpoint.path is None or checkpoint.gguf_file:
+        return None  # GGUF weights are dequantized to float32
+    try:
+        config = json.loads((Path(checkpoint.path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for key in ("dtype", "torch_dtype"):
+        value = config.get(key)
+        if isinstance(value, str) and value in ("float32", *HALF_DTYPES):
+            return value
+    return None
+
+
+def auto_dtype(checkpoint: Checkpoint, device: str) -> str:
+    """``--dtype auto``: on CUDA the checkpoint's own dtype (float32 if it declares none), on the CPU float32."""
+    if not device.startswith("cuda"):
+        return "float32"
+    return checkpoint_dtype(checkpoint) or "float32"
+
+
+def set_threads(threads: int, model: Any) -> None:
+    """Measured on the toy organism on 2 loaded cores: 1 thread scored TSE 17x faster than 2."""
+    if threads == 0:
+        small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
+        threads = 1 if small else torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+
+def load_checkpoint_model(checkpoint: Checkpoint, device: str, dtype: str) -> Any:
+    """The checkpoint's model on ``device`` in the dtype named ``dtype`` (e.g. ``"float32"``, or ``"auto"``).
+
+    With ``auto`` a float16 model whose logits overflow (not finite on a probe) is loaded
+    again in bfloat16, which has float32's range.
+    """
+    name = auto_dtype(checkpoint, device) if dtype == "auto" else dtype
+    model = checkpoint.load_model(device=device, dtype=getattr(torch, name))
+    if dtype == "auto" and name == "float16" and not logits_finite(model):
+        log.info("step %s: float16 logits overflow; loading it in bfloat16 instead", checkpoint.step)
+        del model
+        model = checkpoint.load_model(device=device, dtype=torch.bfloat16)
+    log.debug("step %s loaded in %s on %s", checkpoint.step, next(model.parameters()).dtype, device)
+    return model
+
+
+def capture_budget(memory_budget_gib: float, device: str) -> int:
+    """Bytes of captures held at once: the given GiB, or for 0 (auto) on CUDA a share of the
+    memory free now (call it after the model is loaded), on the CPU :data:`CPU_MEMORY_BUDGET_GIB`."""
+    if memory_budget_gib > 0:
+        return gib_to_bytes(memory_budget_gib)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return max(gib_to_bytes(0.25), int(CUDA_MEMORY_SHARE * free))
+    return gib_to_bytes(CPU_MEMORY_BUDGET_GIB)
+
+
+def default_window(model: Any, window: int | None) -> int:
+    """``window`` if given, else the model's context length capped at 2048 tokens."""
+    if window:
+        return window
+    context = getattr(model.config, "max_position_embeddings", DEFAULT_WINDOW) or DEFAULT_WINDOW
+    return min(DEFAULT_WINDOW, int(context))
+
+
+def gib_to_bytes(gib: float) -> int:
+    """A memory budget given in GiB, in bytes."""
+    return int(gib * 2**30)
+
+
+@contextmanager
+def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the wall time of the body to ``timings[phase]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    except BaseException as exc:
+        tag_phase(exc, phase)
+        raise
+    finally:
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start

@@ -1,0 +1,37 @@
+"""The options of `dynamics scan`: the shared option parts plus the scan's own (the CLI is generated from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from dynamics.config import BudgetOptions, CubeOptions, ModelOptions, RuntimeOptions, ScoringOptions, option, titled
+from dynamics.executor import ExecutorSettings
+
+
+@titled("scan")
+@dataclass(frozen=True, kw_only=True)
+class ScanConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, RuntimeOptions, ExecutorSettings):
+    """Everything `dynamics scan` needs; the CLI is generated from these fields."""
+
+    steps: str = option("final", help="step spec: START:STOP:STEP (STOP inclusive), N, a,b,c, pythia, log, final, all")
+    reference_step: int | None = option(None, help="step whose top neurons form the cohort (default: the cube's own, "
+                                        "else the last step asked for)")
+    corpus: str = option("auto", help="wikitext2, a text file, or auto (a local suite's heldout.txt, else wikitext2)")
+    cohort_percent: float = option(1.0, help="percent of neurons in the cohort (top WD at the reference step)")
+    cohort_scope: Literal["layer", "global"] = option("layer", help="top percent per layer or over all layers")
+    stepwise: bool = option(False, help="also ablate each step's own top neurons (condition neg_stepwise)")
+    matched: bool = option(False, help="also ablate a perplexity-matched control (condition neg_matched): the bottom "
+                           "m%% WD neurons per layer at the reference step, m bisected so that perplexity there "
+                           "matches neg_cohort's within 2%%")
+    on_error: Literal["skip", "stop"] = option("skip", help="a checkpoint that fails after retries: record it and go "
+                                               "on, or stop")
+    keep_checkpoints: bool = option(False, help="keep downloaded revisions in the Hugging Face cache")
+    prefetch: bool = option(True, help="download step t+1 while step t is analysed")
+
+    def analysis(self) -> dict[str, Any]:
+        """The settings that make two cubes' numbers comparable (the cube's identity)."""
+        keys = ("corpus_split", "window", "wd_tokens", "ppl_tokens", "tse_per_case", "cohort_percent",
+                "cohort_scope", "stepwise", "seed", "reduction", "prefix", "dtype")
+        extra = ("matched",) if self.matched else ()  # absent when off: cubes made before --matched still resume
+        return {k: getattr(self, k) for k in keys + extra}

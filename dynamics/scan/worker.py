@@ -1,0 +1,307 @@
+"""The worker side of a scan: what is fixed once per run, and one step measured against it.
+
+Two pure entry points, the same for every executor (they run in this process for
+``--executor serial`` and on Dask workers otherwise):
+
+- :func:`prepare_reference` (once per run): fixes the cohort at the reference step when the
+  cube has none yet, and returns the corpus provenance.
+- :func:`measure_step` (once per step): fetches one checkpoint on the worker (its own
+  Hugging Face cache), turns it into a step result and releases it.
+
+Both build the expensive per-run inputs (tokenizer, corpus windows, TSE sample, the
+reference step's input weights for ``drift_ref``) once per worker process, cached by the
+run's identity (:class:`RunSpec.key`), so a worker loads the reference checkpoint once,
+not once per step. A step never needs another step's weights: ``drift_prev`` is derived
+when the cube is opened, from each step's stored ``cohort_weights``
+(:func:`store.derived.cosine_to_previous_step`), so step order and resumes do not matter.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from checkpoints.names import resolve_model
+from checkpoints.source import Checkpoint, CheckpointSource, RetryPolicy, open_source
+from checkpoints.stream import Prefetcher
+from dynamics.ablation import match_bottom_percent, negative_ablation_perplexity
+from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows
+from dynamics.errors import CheckpointError
+from dynamics.modelcalls import model_device
+from dynamics.runtime import (
+    capture_budget,
+    default_window,
+    load_checkpoint_model,
+    resolve_device,
+    set_threads,
+    timed,
+)
+from dynamics.scan.config import ScanConfig
+from dynamics.scan.measures import step_result, syntax_and_perplexity
+from dynamics.stats.cohort import random_control_mask, top_percent_mask
+from dynamics.stats.neurons import input_weights, neuron_wasserstein, weight_drift
+from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker needs to measure a step of this run (small, picklable)."""
+
+    config: ScanConfig
+    reference_step: int
+    corpus: str
+    cohort: np.ndarray | None = field(default=None, compare=False)  # [layer, neuron] bool, None before it is fixed
+    control: np.ndarray | None = field(default=None, compare=False)
+    matched: np.ndarray | None = field(default=None, compare=False)  # with --matched
+
+    def __str__(self) -> str:
+        return f"{self.config.model}@{self.reference_step}"
+
+    @property
+    def key(self) -> str:
+        """The run's identity for the per-worker cache (the cohort is not part of it)."""
+        c = self.config
+        return repr((c.model, self.reference_step, self.corpus, c.analysis(), c.device, c.cache_dir, c.keep_checkpoints,
+                     c.retries, c.threads, c.memory_budget_gib, c.batch_size))
+
+
+@dataclass(frozen=True)
+class StepTask:
+    """One step to measure; ``prefetch`` is the step this worker will be asked for next, if known."""
+
+    step: int
+    prefetch: int | None = None
+
+    def __str__(self) -> str:
+        return str(self.step)
+
+
+@dataclass
+class WorkerContext:
+    """The per-run inputs of one worker process."""
+
+    spec: RunSpec
+    source: CheckpointSource
+    device: str
+    tokenizer: Any
+    corpus: CorpusSpec
+    windows: torch.Tensor
+    wd_windows: torch.Tensor
+    ppl_windows: torch.Tensor | None
+    pairs: list[Any]
+    reference_weights: torch.Tensor  # [layer, neuron, d_model]
+    reference_model: Any = None  # kept only until the cohort is fixed
+    prefetcher: Prefetcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prefetcher = Prefetcher(self.source)
+
+    @property
+    def memory_budget(self) -> int:
+        return capture_budget(self.spec.config.memory_budget_gib, self.device)
+
+    def fetch(self, step: int) -> Checkpoint:
+        """The checkpoint of ``step`` (prefetched when it was announced); raises on failure."""
+        checkpoint = self.prefetcher.fetch(step)
+        if not checkpoint.ok:
+            raise CheckpointError(checkpoint.error)
+        return checkpoint
+
+    def prefetch(self, step: int | None) -> None:
+        """Start fetching ``step`` in the background; anything else announced earlier is released."""
+        self.prefetcher.prefetch(step)
+
+    def measure(self, checkpoint: Checkpoint, cohort: np.ndarray, control: np.ndarray,
+                matched: np.ndarray | None = None) -> xr.Dataset:
+        """Load one checkpoint and turn it into a step result."""
+        config = self.spec.config
+        timings = {"download": checkpoint.seconds}
+        with timed(timings, "load"):
+            model = load_checkpoint_model(checkpoint, self.device, config.dtype)
+        with timed(timings, "statistics"), torch.inference_mode():
+            wd = neuron_wasserstein(model, self.wd_windows, self.memory_budget, config.batch_size)
+            weights = input_weights(model)
+            drift = drift_measures(weights, self.reference_weights, cohort, control)
+        conditions: dict[str, torch.Tensor | None] = {
+            "clean": None, "neg_cohort": torch.from_numpy(cohort), "neg_random": torch.from_numpy(control)}
+        if matched is not None:
+            conditions["neg_matched"] = torch.from_numpy(matched)
+        if config.stepwise:
+            conditions["neg_stepwise"] = top_percent_mask(torch.from_numpy(wd["wd"].values), config.cohort_percent,
+                                                          config.cohort_scope)
+        with timed(timings, "evaluation"), torch.inference_mode():
+            evaluation = syntax_and_perplexity(model, self.tokenizer, self.pairs, self.ppl_windows, conditions,
+                                               TSE_CASES, config.reduction, config.prefix)
+        loaded = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                  "capture_budget_bytes": self.memory_budget}
+        del model
+        result = step_result(checkpoint.step, [wd, drift, evaluation], timings)
+        result.attrs["loaded"] = loaded
+        return result
+
+
+def drift_measures(weights: torch.Tensor, reference: torch.Tensor, cohort: np.ndarray, control: np.ndarray) -> xr.Dataset:
+    """``drift_ref`` for every neuron, and the input-weight rows of the cohort and control neurons.
+
+    ``cohort_weights`` [member, d_model] lists the members in (layer, neuron) order; the
+    member coordinates say which neuron each row is and which set it belongs to.
+    """
+    layers, neurons = np.nonzero(cohort | control)
+    member_set = np.where(cohort[layers, neurons], "cohort", "random_control")
+    rows = weights[torch.from_numpy(layers), torch.from_numpy(neurons)].numpy()
+    return xr.Dataset(
+        {
+            "drift_ref": (("layer", "neuron"), weight_drift(weights, reference),
+                          {"long_name": "1 - cos of input weights vs the reference step"}),
+            "cohort_weights": (("member", "d_model"), rows.astype(np.float32),
+                               {"long_name": "input-weight rows of the cohort and random-control neurons"}),
+        },
+        coords={"member": np.arange(len(layers)), "member_layer": ("member", layers),
+                "member_neuron": ("member", neurons), "member_set": ("member", member_set)},
+    )
+
+
+_CONTEXT: dict[str, WorkerContext] = {}  # one run per worker process at a time (the reference weights are big)
+
+
+def worker_context(spec: RunSpec) -> WorkerContext:
+    """This process's context for ``spec``'s run, built on first use."""
+    context = _CONTEXT.get(spec.key)
+    if context is None:
+        forget_contexts()
+        context = _CONTEXT[spec.key] = build_context(spec)
+    return context
+
+
+def forget_contexts() -> None:
+    """Free this process's per-run inputs (the reference weights are as big as a checkpoint's MLPs)."""
+    for old in _CONTEXT.values():
+        old.prefetch(None)
+    _CONTEXT.clear()
+
+
+def build_context(spec: RunSpec) -> WorkerContext:
+    """Fetch the reference step once: tokenizer, corpus windows, reference input weights."""
+    config = spec.config
+    device = resolve_device(config.device)
+    source = open_source(resolve_model(config.model), cache_dir=config.cache_dir,
+                         retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints)
+    try:
+        reference = source.fetch(spec.reference_step)
+    except CheckpointError as exc:
+        raise CheckpointError(f"the reference step {spec.reference_step} is needed first and could not be fetched: {exc}") from exc
+    try:
+        tokenizer = reference.load_tokenizer()
+        model = load_checkpoint_model(reference, device, config.dtype)
+        set_threads(config.threads, model)
+        window = default_window(model, config.window)
+        corpus = CorpusSpec(source=spec.corpus, split=config.corpus_split, window=window,
+                            token_budget=max(config.wd_tokens, config.ppl_tokens, window))
+        windows = load_token_windows(corpus, tokenizer)
+        with torch.inference_mode():
+            reference_weights = input_weights(model)
+    finally:
+        # Every worker needs the reference step, and workers on one node may share a cache:
+        # on a cluster it stays cached (deleting it could pull it from under a neighbour).
+        if config.executor == "serial":
+            source.release(reference)
+    pairs = sample_tse(tse_pairs(), per_case=config.tse_per_case, seed=config.seed) if config.tse_per_case else []
+    return WorkerContext(
+        spec=spec, source=source, device=device, tokenizer=tokenizer, corpus=corpus, windows=windows,
+        wd_windows=windows[: max(1, config.wd_tokens // window)],
+        ppl_windows=windows[: config.ppl_tokens // window] if config.ppl_tokens else None,
+        pairs=list(pairs), reference_weights=reference_weights,
+        reference_model=model if spec.cohort is None else None,
+    )
+
+
+def prepare_reference(spec: RunSpec) -> dict[str, Any]:
+    """``{"static": the cohort Dataset or None if the spec has one, "provenance": {...}}``."""
+    context = worker_context(spec)
+    static = None
+    if spec.cohort is None:
+        model = context.reference_model or _reload_reference(context)
+        static = fix_cohort(model, context.wd_windows, spec.config)
+        if spec.config.matched:
+            assert context.ppl_windows is not None  # plan_scan: --matched needs --ppl-tokens > 0
+            static = add_matched_control(static, model, context.ppl_windows, spec.config)
+    context.reference_model = None
+    config = spec.config
+    provenance = {
+        "corpus": context.corpus.to_attrs(), "corpus_hash": corpus_hash(context.windows),
+        "wd_tokens": int(context.wd_windows.numel()),
+        "ppl_tokens": int(context.ppl_windows.numel()) if context.ppl_windows is not None else 0,
+        "seed": config.seed, "tse_pairs": config.tse_per_case * len(TSE_CASES),
+    }
+    return {"static": static, "provenance": provenance}
+
+
+def _reload_reference(context: WorkerContext) -> Any:
+    checkpoint = context.fetch(context.spec.reference_step)
+    try:
+        return load_checkpoint_model(checkpoint, context.device, context.spec.config.dtype)
+    finally:
+        context.source.release(checkpoint)
+
+
+def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
+    """One step result; its checkpoint's record travels in ``attrs["checkpoint"]``."""
+    if spec.cohort is None or spec.control is None:
+        raise ValueError("measure_step needs the run's cohort: run prepare_reference first")
+    context = worker_context(spec)
+    checkpoint = context.fetch(task.step)
+    try:
+        context.prefetch(task.prefetch)
+        result = context.measure(checkpoint, spec.cohort, spec.control, spec.matched)
+    finally:
+        context.source.release(checkpoint)
+    result.attrs["checkpoint"] = {**checkpoint.record(), **result.attrs.pop("loaded", {}), "attempts": checkpoint.attempts,
+                                  "host": platform.node()}
+    return result
+
+
+def fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
+    with torch.inference_mode():
+        budget = capture_budget(config.memory_budget_gib, str(model_device(model)))
+        wd = neuron_wasserstein(model, windows, budget, config.batch_size, progress=True)
+    scores = torch.from_numpy(np.nan_to_num(wd["wd"].values, nan=-np.inf))
+    cohort = top_percent_mask(scores, config.cohort_percent, config.cohort_scope)
+    control = random_control_mask(cohort, seed=config.seed)
+    return xr.Dataset(
+        {
+            "cohort": (("layer", "neuron"), cohort.numpy(), {"long_name": "top WD neurons at the reference step"}),
+            "random_control": (("layer", "neuron"), control.numpy(), {"long_name": "random non-cohort neurons, same count per layer"}),
+            "reference_wd": wd["wd"].astype("float32"),
+        },
+        coords=wd.coords,
+    )
+
+
+def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
+    """The perplexity-matched control at the reference step (``--matched``), as in `dynamics ablate`.
+
+    The bottom m% of each layer by reference WD, m bisected in [0.1, 90] until the negative
+    ablation's perplexity is within 2% of the cohort's (the closest trial is kept, and
+    ``matched_converged`` says so, when it cannot be matched).
+    """
+    ablated_ppl = negative_ablation_perplexity(model, ppl_windows, config.batch_size)
+    target = ablated_ppl(torch.from_numpy(static["cohort"].values))
+    mask, match = match_bottom_percent(static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.02, 12)
+    log.info("matched control: m = %.4g%%, perplexity %.4f vs the cohort's %.4f (%s)", match.argument, match.value,
+             target, "matched" if match.converged else match.reason)
+    return static.assign(
+        matched_control=(("layer", "neuron"), mask, {"long_name": "bottom-m% WD neurons per layer at the reference step, "
+                                                                  "perplexity-matched to the cohort's ablation"}),
+        matched_percent=((), float(match.argument), {"units": "%", "long_name": "m"}),
+        matched_ppl=((), float(match.value), {"long_name": "perplexity with neg_matched at the reference step"}),
+        matched_target_ppl=((), float(target), {"long_name": "perplexity with neg_cohort at the reference step"}),
+        matched_converged=((), bool(match.converged), {"long_name": "matched within 2%", "reason": match.reason}),
+    )

@@ -1,0 +1,1 @@
+"""Neuron statistics: pre-activation capture, Wasserstein distances, cohorts, drift, mapping difficulty."""

@@ -1,0 +1,272 @@
+"""Capture of MLP pre-activations (and MLP inputs) for many layers per forward pass.
+
+Layers are split into groups whose captures fit a memory budget
+(tokens x group layers x width x 4 bytes); each group costs one pass over the corpus, and
+each pass stops right after its last hooked layer (a private exception raised by the last
+hook), so later blocks and the LM head are never run. A pass also keeps the residual stream
+entering the block where it stops, and the next pass resumes there: the blocks before it
+are swapped for a lookup of that stored stream, so a block runs at most twice over all
+passes (the block a pass stops in is re-run by the next) instead of once per pass that
+reaches it: with one layer per pass, 2L - 1 block runs instead of L(L + 1) / 2. Captures are float32 whatever the model dtype. A caller consumes one layer at a time::
+
+    for layer, pre in iter_pre_activations(model, windows):
+        wd[layer] = wasserstein_to_gaussian(pre)   # pre: [tokens, neurons] float32
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from checkpoints.adapters import mlp_shape, pre_activation_modules, transformer_layers
+from dynamics.errors import DynamicsError, UserInputError
+from dynamics.modelcalls import model_device, run_for_hooks
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of captured float32 values held at once
+Site = Literal["pre_activation", "mlp_input"]
+SITES: tuple[str, ...] = ("pre_activation", "mlp_input")
+
+
+class _StopForward(Exception):
+    """Raised by the last hook of a pass: the rest of the model is not needed."""
+
+
+def plan_layer_groups(layers: Sequence[int], bytes_per_layer: int, memory_budget: int) -> list[list[int]]:
+    """Split ``layers`` (in order) into the fewest groups whose captures fit ``memory_budget``.
+
+    Passes stop after their last layer, so with the number of passes fixed the cheapest
+    split puts the short group first (e.g. 12 layers, 5 per group -> 2, 5, 5). A layer that
+    alone exceeds the budget still gets its own group (it must be held whole), with a warning.
+    """
+    if memory_budget < 1:
+        raise UserInputError(f"memory budget {memory_budget!r} must be a positive number of bytes, e.g. 2147483648")
+    layers = list(layers)
+    if not layers:
+        return []
+    per_group = memory_budget // max(1, bytes_per_layer)
+    if per_group < 1:
+        log.warning(
+            "one layer's capture (%.2f GiB) exceeds the memory budget (%.2f GiB); capturing one layer per pass",
+            bytes_per_layer / 2**30, memory_budget / 2**30,
+        )
+        per_group = 1
+    n_groups = math.ceil(len(layers) / per_group)
+    first = len(layers) - (n_groups - 1) * per_group
+    bounds = [0, first] + [first + per_group * i for i in range(1, n_groups)]
+    return [layers[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers))
+    chosen = sorted(set(int(layer) for layer in layers))
+    bad = [layer for layer in chosen if not 0 <= layer < n_layers]
+    if bad or not chosen:
+        raise UserInputError(f"layers {list(layers)!r} are not valid: the model has layers 0..{n_layers - 1}")
+    return chosen
+
+
+def iter_layer_captures(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    *,
+    layers: Sequence[int] | None = None,
+    sites: Sequence[Site] = ("pre_activation",),
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    batch_size: int = 1,
+    out_device: torch.device | str | None = None,
+    progress: bool = True,
+    resume_passes: bool = True,
+) -> Iterator[tuple[int, dict[Site, torch.Tensor]]]:
+    """Yield ``(layer, {site: float32 tensor [tokens, width]})`` for each layer, in order.
+
+    Args:
+        model: a causal LM of a supported family (see ``checkpoints.adapters``).
+        windows: token ids [n_windows, window] (``dynamics.corpus.load_token_windows``).
+        layers: which layers (default all).
+        sites: ``"pre_activation"`` (the adapter module's output, width n_neurons) and/or
+            ``"mlp_input"`` (that module's input, width d_model).
+        memory_budget: bytes of captures held at once; decides the layers per pass.
+        batch_size: windows per forward pass.
+        out_device: where captures are stored (default: the model's device).
+        progress: show a tqdm bar over passes x batches.
+        resume_passes: start each pass from the residual stream stored by the previous one
+            (costs tokens x d_model in the model's dtype on its device); False re-runs the
+            earlier blocks in every pass (the slow baseline the benchmark compares with).
+
+    Row ``w * window + t`` of every tensor is token ``t`` of window ``w``. Only the yielded
+    layer's tensors and those of the rest of its group are alive; drop each after use.
+    """
+    if windows.ndim != 2 or windows.dtype != torch.long:
+        raise UserInputError(f"token windows must be a LongTensor [n_windows, window], got {windows.dtype} {tuple(windows.shape)}")
+    if batch_size < 1:
+        raise UserInputError(f"batch size {batch_size!r} must be a positive number of windows")
+    unknown = [site for site in sites if site not in SITES]
+    if unknown or not sites:
+        raise UserInputError(f"capture sites {list(sites)!r} are not valid; use {' and/or '.join(SITES)}")
+    n_layers, n_neurons = mlp_shape(model)
+    modules = pre_activation_modules(model)
+    d_model = _input_width(modules[0])
+    widths = {"pre_activation": n_neurons, "mlp_input": d_model}
+    n_windows, window = windows.shape
+    n_tokens = n_windows * window
+    bytes_per_layer = n_tokens * 4 * sum(widths[site] for site in sites)
+    groups = plan_layer_groups(_check_layers(layers, n_layers), bytes_per_layer, memory_budget)
+    device = model_device(model)
+    out_device = torch.device(out_device) if out_device is not None else device
+    n_batches = math.ceil(n_windows / batch_size)
+    log.info(
+        "capturing %s of %d layers: %d tokens, %d pass(es), %.2f GiB per layer",
+        "+".join(sites), sum(map(len, groups)), n_tokens, len(groups), bytes_per_layer / 2**30,
+    )
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
+    blocks = transformer_layers(model)
+    resume: _ResumePoint | None = None
+    try:
+        for index, group in enumerate(groups):
+            bar.set_postfix(passes=f"{index + 1}/{len(groups)}", layers=f"{group[0]}-{group[-1]}")
+            buffers = {
+                layer: {site: torch.empty(n_tokens, widths[site], dtype=torch.float32, device=out_device) for site in sites}
+                for layer in group
+            }
+            keep_next = resume_passes and index + 1 < len(groups) and group[-1] > 0
+            resume = _capture_group(model, modules, blocks, windows, buffers, group, batch_size, device, bar,
+                                    resume_from=resume, keep_stream_before=group[-1] if keep_next else None)
+            for layer in group:
+                yield layer, buffers.pop(layer)
+    finally:
+        bar.close()
+        model.train(was_training)
+
+
+def iter_pre_activations(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    *,
+    layers: Sequence[int] | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    batch_size: int = 1,
+    out_device: torch.device | str | None = None,
+    progress: bool = True,
+    resume_passes: bool = True,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(layer, pre-activations [tokens, n_neurons] float32)`` for each layer, in order.
+
+    See :func:`iter_layer_captures` for the arguments and the memory behaviour.
+    """
+    for layer, captured in iter_layer_captures(
+        model, windows, layers=layers, sites=("pre_activation",), memory_budget=memory_budget,
+        batch_size=batch_size, out_device=out_device, progress=progress, resume_passes=resume_passes,
+    ):
+        yield layer, captured["pre_activation"]
+
+
+def _input_width(module: torch.nn.Module) -> int:
+    width = getattr(module, "in_features", None) or getattr(module, "nx", None)  # Linear / GPT-2 Conv1D
+    if width is None:
+        raise DynamicsError(f"cannot tell the input width of a {type(module).__name__} pre-activation module")
+    return int(width)
+
+
+class _ResumePoint:
+    """The output of block ``block - 1`` for every batch of a pass: where the next pass starts.
+
+    The object each block returned (a tensor or a tuple, depending on the family and the
+    transformers version) is kept as it is, so the model's own loop unpacks it as usual.
+    """
+
+    def __init__(self, block: int) -> None:
+        self.block = block
+        self.outputs: list[object] = []
+
+
+def _skip_blocks(blocks: torch.nn.ModuleList, resume: _ResumePoint, batch: list[int]) -> list[object]:
+    """Swap the forward of blocks ``0 .. resume.block - 1`` for a lookup of the stored stream.
+
+    The model's forward still builds its embeddings, masks and rotary tables for every
+    block (cheap); only the skipped blocks' computation is replaced. ``batch[0]`` names the
+    batch whose stored output the swapped blocks return. Returns the original forwards.
+    """
+    originals = []
+    for block in blocks[: resume.block]:
+        originals.append(block.__dict__.get("forward"))
+        block.forward = lambda *args, **kwargs: resume.outputs[batch[0]]
+    return originals
+
+
+def _restore_blocks(blocks: torch.nn.ModuleList, originals: list[object]) -> None:
+    for block, original in zip(blocks, originals):
+        if original is None:
+            del block.forward
+        else:
+            block.forward = original  # type: ignore[assignment]
+
+
+def _capture_group(
+    model: torch.nn.Module,
+    modules: list[torch.nn.Module],
+    blocks: torch.nn.ModuleList,
+    windows: torch.Tensor,
+    buffers: dict[int, dict[Site, torch.Tensor]],
+    group: list[int],
+    batch_size: int,
+    device: torch.device,
+    bar: tqdm,
+    resume_from: _ResumePoint | None = None,
+    keep_stream_before: int | None = None,
+) -> _ResumePoint | None:
+    """One pass over all windows with hooks on ``group`` only; fills ``buffers`` in place.
+
+    ``resume_from`` skips the blocks before its block (their output is looked up);
+    ``keep_stream_before`` stores, for the next pass, the output of the block before it.
+    """
+    rows = slice(0, 0)
+    last = group[-1]
+    batch_index = [0]
+    kept = _ResumePoint(keep_stream_before) if keep_stream_before is not None else None
+
+    def make_hook(layer: int):  # noqa: ANN202
+        targets = buffers[layer]
+
+        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if "pre_activation" in targets:
+                targets["pre_activation"][rows].copy_(output.reshape(-1, output.shape[-1]))
+            if "mlp_input" in targets:
+                targets["mlp_input"][rows].copy_(args[0].reshape(-1, args[0].shape[-1]))
+            if layer == last:
+                raise _StopForward
+
+        return hook
+
+    handles = [modules[layer].register_forward_hook(make_hook(layer)) for layer in group]
+    if kept is not None:
+        handles.append(blocks[kept.block - 1].register_forward_hook(lambda m, a, output: kept.outputs.append(output)))
+    originals = _skip_blocks(blocks, resume_from, batch_index) if resume_from is not None else []
+    window = windows.shape[1]
+    try:
+        with torch.inference_mode():
+            for index, start in enumerate(range(0, windows.shape[0], batch_size)):
+                batch_index[0] = index
+                batch = windows[start : start + batch_size]
+                rows = slice(start * window, (start + batch.shape[0]) * window)
+                try:
+                    run_for_hooks(model, batch.to(device))
+                except _StopForward:
+                    pass
+                else:
+                    raise DynamicsError(f"the forward pass ended without reaching layer {last}'s MLP")
+                bar.update(1)
+    finally:
+        for handle in handles:
+            handle.remove()
+        _restore_blocks(blocks, originals)
+    return kept

@@ -1,0 +1,1 @@
+"""`dynamics ablate`: the cross-model ablation study (config, driver, worker, conditions, measures)."""

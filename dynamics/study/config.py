@@ -1,0 +1,182 @@
+"""The options of `dynamics ablate` (:class:`StudyConfig`) and their validation (:func:`plan_study`).
+
+Flow of a study: validate every option (:func:`plan_study`) -> load the benchmarks -> fetch
+and load the model (:mod:`dynamics.study.inputs`) -> open the cube (one unit per condition,
+:mod:`dynamics.study.conditions`) -> once: WD of every neuron, the neuron sets and the
+perplexity-matched control, stored as static variables -> each unit not done yet: its
+measures (:mod:`dynamics.study.measures`) written as one region, then marked done
+(:mod:`dynamics.study.driver`). A re-run skips done units; Ctrl-C keeps them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from checkpoints.names import resolve_model
+from dynamics.config import (
+    DTYPES,
+    BudgetOptions,
+    CubeOptions,
+    ModelOptions,
+    RuntimeOptions,
+    ScoringOptions,
+    check_numbers,
+    config_dict,
+    option,
+    redefault,
+    shared_checks,
+    titled,
+)
+from dynamics.errors import UserInputError
+from dynamics.executor import ExecutorSettings, check_settings
+from dynamics.runtime import resolve_device
+from dynamics.study.lmeval import check_task_names, parse_tasks
+from dynamics.syntax.blimp import check_paradigms
+from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
+
+log = logging.getLogger(__name__)
+
+
+@titled("ablate")
+@dataclass(frozen=True, kw_only=True)
+class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, RuntimeOptions, ExecutorSettings):
+    """`dynamics ablate`: WD of every neuron, the top-WD sets and their random and perplexity-matched
+    controls ablated by sign, scored on TSE, BLiMP, perplexity, lm-eval tasks and POS surprisal,
+    into a resumable cube (one unit per condition)."""
+
+    revision: str | None = option(None, help="Hub revision (branch, tag or commit; Pythia: stepN or N); "
+                                  "a local suite: its step N (default: main / the suite's last step)")
+    corpus: str = option("wikitext2", help="wikitext2 or a local text file (WD, perplexity, POS texts)")
+    percents: str = option("0.5,1,2,5", help="top-WD percents per layer to ablate, comma-separated")
+    match_percent: float = option(1.0, help="the top percent whose perplexity the matched control matches")
+    match_tolerance: float = option(0.02, help="relative perplexity tolerance of the match")
+    match_iterations: int = option(12, help="bisection iterations at most")
+    match_low: float = option(0.1, help="lower end of the bracket for m (percent of lowest-WD neurons)")
+    match_high: float = option(90.0, help="upper end of the bracket for m")
+    tse_per_case: int = redefault(BudgetOptions, "tse_per_case", 50)
+    blimp: str = option("hub", help="BLiMP source: hub (nyu-mll/blimp) or a directory of <paradigm>.jsonl files")
+    blimp_per_paradigm: int = option(50, help="BLiMP pairs per paradigm (seeded sample; 0: skip BLiMP)")
+    blimp_paradigms: str = option("all", help="comma-separated BLiMP paradigms, or all")
+    tasks: str = option("default", help="lm-eval tasks, comma-separated; default: arc_easy, arc_challenge, piqa, "
+                        "hellaswag, winogrande, boolq, openbookqa, lambada_openai; none: skip")
+    lmeval_limit: int = option(100, help="lm-eval examples per task (0: all)")
+    task_path: str | None = option(None, help="a directory of extra lm-eval task YAML files")
+    pos: Literal["auto", "off"] = option("auto", help="POS excess surprisal (auto: when spaCy and en_core_web_sm "
+                                         "are installed)")
+    pos_lines: int = option(64, help="corpus lines tagged for POS surprisal")
+    layer_groups: int = option(8, help="groups of consecutive layers for the per-group ablations (0: skip)")
+    group_percent: float = option(1.0, help="top percent ablated in the layer-group conditions")
+    full: bool = option(False, help="the paper's complete sets: every TSE and BLiMP pair, the whole corpus "
+                        "split for perplexity, every lm-eval example")
+    prefix_token: str | None = option(None, help="the prefix token (default: BOS, else EOS), e.g. '<|endoftext|>'")
+    dtype: str = redefault(RuntimeOptions, "dtype", "auto", help="model weights dtype (auto: bfloat16 on CUDA, "
+                           "float32 on CPU)", choices=["auto", *DTYPES])
+
+    def analysis(self) -> dict[str, Any]:
+        """The settings that make two study cubes comparable (part of the identity)."""
+        skip = {"model", "out", "revision", "overwrite", "retries", "cache_dir", "device", "threads", "batch_size",
+                "memory_budget_gib", "executor", "scheduler", "workers", "task_retries", "resources"}
+        return {k: v for k, v in config_dict(self).items() if k not in skip}
+
+    def budgets(self) -> dict[str, int | None]:
+        """Per-benchmark budgets after --full (None: everything)."""
+        return {"tse_per_case": None if self.full else self.tse_per_case,
+                "blimp_per_paradigm": None if self.full else self.blimp_per_paradigm,
+                "ppl_tokens": None if self.full else self.ppl_tokens,
+                "lmeval_limit": None if self.full or self.lmeval_limit == 0 else self.lmeval_limit}
+
+
+@dataclass
+class StudyPlan:
+    model_ref: Any
+    revision: str | None
+    corpus: str
+    percents: tuple[float, ...]
+    tasks: tuple[str, ...]
+    paradigms: tuple[str, ...]
+    device: str
+    dtype: str = "float32"
+
+
+@dataclass
+class StudySummary:
+    done: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    units: int = 0
+
+
+def parse_percents(spec: str) -> tuple[float, ...]:
+    try:
+        values = tuple(dict.fromkeys(float(p) for p in spec.split(",") if p.strip()))
+    except ValueError:
+        raise UserInputError(f"--percents {spec!r}: expected comma-separated numbers in (0, 100], e.g. 0.5,1,2,5") from None
+    if not values or any(not 0 < p <= 100 for p in values):
+        raise UserInputError(f"--percents {spec!r}: expected comma-separated numbers in (0, 100], e.g. 0.5,1,2,5")
+    return tuple(sorted(values))
+
+
+def plan_study(config: StudyConfig) -> StudyPlan:
+    """Validate the whole request before anything is loaded, downloaded or written."""
+    ref = resolve_model(config.model)
+    if not config.out.endswith(".zarr"):
+        raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
+    _check_numbers(config)
+    check_settings(ExecutorSettings.of(config))
+    percents = parse_percents(config.percents)
+    if config.match_percent not in percents:
+        raise UserInputError(f"--match-percent {config.match_percent!r}: expected one of --percents "
+                             f"({', '.join(f'{p:g}' for p in percents)})")
+    if config.corpus != "wikitext2" and not Path(config.corpus).expanduser().is_file():
+        raise UserInputError(f"--corpus {config.corpus!r} is neither wikitext2 nor an existing text file")
+    if config.blimp != "hub" and config.blimp_per_paradigm and not Path(config.blimp).is_dir():
+        raise UserInputError(f"--blimp {config.blimp!r} is neither hub nor a directory of <paradigm>.jsonl files")
+    paradigms = check_paradigms(None if config.blimp_paradigms == "all" else config.blimp_paradigms.split(","))
+    if config.blimp != "hub" and (config.blimp_per_paradigm or config.full):
+        missing = [p for p in paradigms if not (Path(config.blimp) / f"{p}.jsonl").is_file()]
+        if missing:
+            raise UserInputError(f"--blimp {config.blimp!r} has no {missing[0]}.jsonl ({len(missing)} of "
+                                 f"{len(paradigms)} paradigms missing); choose them with --blimp-paradigms")
+    if config.task_path is not None and not Path(config.task_path).is_dir():
+        raise UserInputError(f"--task-path {config.task_path!r} is not a directory of lm-eval task YAML files")
+    tasks = parse_tasks(config.tasks)
+    check_task_names(tasks, config.task_path)
+    revision = _revision(ref, config.revision)
+    device = resolve_device(config.device)
+    dtype = config.dtype  # auto is resolved per checkpoint when it is loaded
+    if is_toy_alias(ref):  # every option checked: now the built-in suite may be trained (once)
+        ensure_toy_suite(ref)
+    return StudyPlan(ref, revision, config.corpus, percents, tasks, paradigms, device, dtype)
+
+
+def _check_numbers(config: StudyConfig) -> None:
+    check_numbers(config, [
+        *shared_checks(config),
+        ("ppl-tokens", config.ppl_tokens >= 2, "at least 2 tokens (the matched control needs perplexity)"),
+        ("match-tolerance", 0 < config.match_tolerance < 1, "a fraction in (0, 1), e.g. 0.02"),
+        ("match-iterations", config.match_iterations >= 1, "at least 1"),
+        ("match-low", 0 < config.match_low < 100, "a percent in (0, 100)"),
+        ("match-high", config.match_low < config.match_high <= 100, "a percent above --match-low, at most 100"),
+        ("blimp-per-paradigm", config.blimp_per_paradigm >= 0, "0 or more pairs"),
+        ("lmeval-limit", config.lmeval_limit >= 0, "0 (all) or more examples"),
+        ("pos-lines", config.pos_lines >= 0, "0 or more lines"),
+        ("layer-groups", config.layer_groups >= 0, "0 (skip) or more groups"),
+        ("group-percent", 0 < config.group_percent <= 100, "a percent in (0, 100]"),
+    ])
+    if config.dtype not in ("auto", *DTYPES):
+        raise UserInputError(f"--dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
+
+
+def _revision(ref: Any, revision: str | None) -> str | None:
+    if ref.kind in ("gguf", "local_model"):
+        if revision is not None:
+            raise UserInputError(f"--revision {revision!r}: {ref.name!r} is a single local model without revisions")
+        return None
+    if ref.kind == "local_suite" or ref.is_pythia:
+        if revision is not None and not revision.removeprefix("step").isdigit():
+            raise UserInputError(f"--revision {revision!r}: expected a step such as step143000 or 143000")
+        return None if revision is None else f"step{revision.removeprefix('step')}"
+    return revision or "main"

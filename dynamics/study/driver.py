@@ -1,0 +1,149 @@
+"""`dynamics ablate`: the paper's ablation study and its controls on one model, into a cube.
+
+Running a planned study: inputs, the static neuron sets, then one cube unit per condition.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from checkpoints.adapters import mlp_shape
+from checkpoints.source import Checkpoint
+from dynamics import __version__
+from dynamics.ablation import match_bottom_percent, negative_ablation_perplexity
+from dynamics.config import config_dict
+from dynamics.corpus import corpus_hash
+from dynamics.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
+from dynamics.modelcalls import model_device
+from dynamics.runtime import capture_budget
+from dynamics.stats.neurons import neuron_wasserstein
+from dynamics.study.conditions import BLOCKS, layer_groups, static_dataset, study_units, top_and_random_masks
+from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study
+from dynamics.study.inputs import build_inputs, load_model
+from dynamics.study.measures import StudyInputs
+from dynamics.study.worker import StudySpec, forget_workers, run_condition, seed_worker
+from dynamics.syntax.perplexity import perplexity
+from store.cube import CubeWriter
+from store.units import unit_attrs, write_unit_attrs
+
+log = logging.getLogger(__name__)
+
+
+def run_study(config: StudyConfig, tagger: Any | None = None) -> StudySummary:
+    """Run (or resume) the study of ``config`` into its cube; ``tagger`` overrides spaCy for POS."""
+    return execute(config, plan_study(config), tagger)
+
+
+def provenance(config: StudyConfig, plan: StudyPlan, checkpoint: Checkpoint) -> dict[str, Any]:
+    return {"model": config.model, "model_id": plan.model_ref.location, "revision": checkpoint.revision,
+            "commit": checkpoint.commit, "package_version": __version__, "torch_version": torch.__version__,
+            "config": config_dict(config), "host": platform.node(), "seed": config.seed}
+
+
+def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySummary:
+    """Fix the neuron sets here (the driver), then run every condition not done yet on the executor."""
+    with open_executor(ExecutorSettings.of(config)) as pool:  # a bad scheduler fails before any download
+        checkpoint, model, tokenizer, tse, blimp = load_model(config, plan)
+        n_layers, _ = mlp_shape(model)
+        groups = layer_groups(n_layers, config.layer_groups) if config.layer_groups else []
+        if config.layer_groups > n_layers:
+            log.warning("--layer-groups %d: the model has %d layers, using %d groups", config.layer_groups, n_layers,
+                        n_layers)
+        units = study_units(plan.percents, config.match_percent, len(groups), bool(groups))
+        identity = {"model": plan.model_ref.location, "revision": checkpoint.revision, "commit": checkpoint.commit,
+                    "corpus": plan.corpus, "analysis": config.analysis(), "dtype": plan.dtype, "units": len(units)}
+        summary = StudySummary(units=len(units))
+        with CubeWriter(config.out, range(len(units)), identity, provenance(config, plan, checkpoint),
+                        overwrite=config.overwrite, unit="condition") as cube:
+            write_unit_attrs(cube.path, unit_attrs(BLOCKS, [u.record() for u in units]))
+            todo = cube.todo()
+            summary.skipped = [i for i in range(len(units)) if i not in todo]
+            if not todo:
+                return summary
+            inputs, wd_windows, corpus = build_inputs(config, plan, model, tokenizer, tse, blimp, tagger)
+            static = cube.read_static()
+            if static is None:
+                static = _fix_neuron_sets(config, plan, model, wd_windows, inputs, groups, cube)
+                cube.write_static(static)
+            ppl_windows = inputs.ppl_windows
+            assert ppl_windows is not None  # build_inputs always cuts them
+            cube.record_provenance({
+                "corpus": corpus.to_attrs(), "corpus_hash": corpus_hash(ppl_windows),
+                "wd_tokens": int(wd_windows.numel()), "ppl_tokens": int(ppl_windows.numel()),
+                "tse_pairs": len(inputs.tse), "blimp_pairs": len(inputs.blimp), "lmeval_limit": inputs.lmeval_limit,
+                "lmeval_skipped": inputs.task_plan.skipped,
+                "pos": "skipped" if inputs.tagger is None else f"{len(inputs.pos_texts)} lines", "layer_groups": groups,
+            })
+            spec = StudySpec(config, plan, tuple(units), static, tuple(tuple(g) for g in groups), tagger)
+            if config.executor == "serial":
+                seed_worker(spec, model, inputs)
+            del model  # a cluster's workers load their own copy; the serial worker holds the driver's
+            try:
+                _run_units(pool, spec, todo, cube, summary)
+            finally:
+                free_worker_caches(pool, forget_workers)  # the cached models
+    return summary
+
+
+def _run_units(pool: Any, spec: StudySpec, todo: list[int], cube: CubeWriter, summary: StudySummary) -> None:
+    """Fan the conditions out; write each result as it completes, in any order."""
+    bar = tqdm(total=len(todo), desc=f"ablate {spec.config.model}", unit="condition", dynamic_ncols=True)
+    results = pool.map(partial(run_condition, spec), todo, name="condition")
+    try:
+        for done in results:
+            unit = spec.units[done.unit]
+            bar.set_postfix_str(unit.name)
+            if done.ok:
+                cube.write_step(done.result, {**unit.record(), "task_attempts": done.attempts})
+                summary.done.append(done.unit)
+            else:
+                cube.mark_failed(done.unit, done.error or "unknown error", {**unit.record(), **done.failure_record()})
+                summary.failed.append(done.unit)
+                stop_on_unrecoverable(done, f"condition {unit.name}")
+                log.warning("condition %s failed, recorded (a re-run retries it): %s", unit.name, done.error)
+            bar.update()
+    finally:
+        results.close()  # Ctrl-C: cancel what is still queued
+        bar.close()
+    summary.done.sort()
+    summary.failed.sort()
+
+
+def _fix_neuron_sets(config: StudyConfig, plan: StudyPlan, model: Any, wd_windows: torch.Tensor,
+                     inputs: StudyInputs, groups: list[list[int]], cube: CubeWriter) -> xr.Dataset:
+    """WD of every neuron, the top/random sets per percent and the perplexity-matched control."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        wd = neuron_wasserstein(model, wd_windows, capture_budget(config.memory_budget_gib, str(model_device(model))),
+                                config.batch_size,
+                                progress=True)
+    top, random = top_and_random_masks(wd["wd"].values, plan.percents, config.seed)
+
+    assert inputs.ppl_windows is not None  # build_inputs always cuts them
+    ablated_ppl = negative_ablation_perplexity(model, inputs.ppl_windows, config.batch_size)
+    clean = perplexity(model, inputs.ppl_windows, batch_size=config.batch_size, progress=False)
+    target = ablated_ppl(torch.from_numpy(top[plan.percents.index(config.match_percent)]))
+    matched, match = match_bottom_percent(wd["wd"].values, ablated_ppl, target, config.match_low, config.match_high,
+                                          config.match_tolerance, config.match_iterations)
+    log.info("matched control: m = %.4g%%, perplexity %.4f vs top-%g%% %.4f (clean %.4f), %s", match.argument,
+             match.value, config.match_percent, target, clean, "matched" if match.converged else match.reason)
+    static = static_dataset(wd, plan.percents, top, random, matched, match, clean, groups)
+    static.attrs = {}
+    static["matched_trials"] = (("trial", "trial_field"), np.asarray(match.trials, dtype=float).reshape(-1, 2),
+                                {"long_name": "bisection trials: (m percent, perplexity)"})
+    static = static.assign_coords(trial_field=["m_percent", "ppl"])
+    cube.record_provenance({"matched_control": {
+        "m_percent": match.argument, "ppl": match.value, "target_ppl": target, "clean_ppl": clean,
+        "converged": match.converged, "reason": match.reason, "trials": match.trials,
+        "tolerance": config.match_tolerance, "bracket": [config.match_low, config.match_high]}})
+    log.info("neuron sets fixed in %.1fs", time.perf_counter() - start)
+    return static

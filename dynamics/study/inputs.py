@@ -1,0 +1,128 @@
+"""The model and the inputs a study measures on, built the same way by the driver and every worker.
+
+Everything here is deterministic in the config (seeded samples, fixed windows), so a worker
+on a cluster rebuilds exactly what the driver measured the neuron sets on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from checkpoints.source import Checkpoint, RetryPolicy, RevisionSource, open_source
+from dynamics.corpus import CorpusSpec, load_token_windows, read_corpus_text
+from dynamics.errors import UserInputError
+from dynamics.runtime import default_window, load_checkpoint_model, set_threads
+from dynamics.study.config import StudyConfig, StudyPlan
+from dynamics.study.lmeval import probe_tasks
+from dynamics.study.measures import StudyInputs, pos_table
+from dynamics.syntax.blimp import load_blimp
+from dynamics.syntax.pairs import stratified_sample
+from dynamics.syntax.scoring import prefix_token_id
+from dynamics.syntax.tse import sample_tse, tse_pairs
+
+log = logging.getLogger(__name__)
+
+
+def fetch_model(config: StudyConfig, plan: StudyPlan) -> Checkpoint:
+    """The checkpoint the study runs on (downloaded models are kept in the cache)."""
+    ref = plan.model_ref
+    if ref.kind == "hub":
+        source = RevisionSource(ref, plan.revision or "main", cache_dir=config.cache_dir,
+                                 retry=RetryPolicy(attempts=config.retries), keep=True)
+        return source.fetch(0)
+    local = open_source(ref)
+    steps = local.available_steps() or [0]
+    step = int(plan.revision.removeprefix("step")) if plan.revision else steps[-1]
+    if step not in steps:
+        raise UserInputError(f"--revision {plan.revision}: {ref.name!r} has steps {', '.join(map(str, steps[-5:]))}...")
+    return local.fetch(step)
+
+
+def load_inputs(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> tuple[Any, StudyInputs, torch.Tensor,
+                                                                                  CorpusSpec, Any]:
+    """The model and everything the conditions are measured on, deterministic in the config.
+
+    Returns ``(model, inputs, wd_windows, corpus spec, checkpoint)``. Workers of a cluster
+    call this and get the same benchmark samples and windows as the driver.
+    """
+    checkpoint, model, tokenizer, tse, blimp = load_model(config, plan)
+    inputs, wd_windows, corpus = build_inputs(config, plan, model, tokenizer, tse, blimp, tagger)
+    return model, inputs, wd_windows, corpus, checkpoint
+
+
+def load_model(config: StudyConfig, plan: StudyPlan) -> tuple[Any, Any, Any, list, list]:
+    """``(checkpoint, model, tokenizer, TSE pairs, BLiMP pairs)``; the benchmarks first, so a bad
+    BLiMP source fails before any download."""
+    tse, blimp = _benchmarks(config, plan, config.budgets())
+    checkpoint = fetch_model(config, plan)
+    tokenizer = checkpoint.load_tokenizer()
+    if config.prefix:
+        prefix_token_id(tokenizer, config.prefix_token)  # an unknown --prefix-token fails now, not after WD
+    model = load_checkpoint_model(checkpoint, plan.device, plan.dtype)
+    set_threads(config.threads, model)
+    return checkpoint, model, tokenizer, tse, blimp
+
+
+def build_inputs(config: StudyConfig, plan: StudyPlan, model: Any, tokenizer: Any, tse: list, blimp: list,
+                 tagger: Any | None) -> tuple[StudyInputs, torch.Tensor, CorpusSpec]:
+    """The corpus windows, the lm-eval plan and the POS lines (with clean surprisals): ``(inputs,
+    wd_windows, corpus spec)``. Only needed when some condition is still to be measured."""
+    budgets = config.budgets()
+    window = default_window(model, config.window)
+    wd_windows, ppl_windows, corpus = _windows(config, plan, tokenizer, window, budgets["ppl_tokens"])
+    inputs = StudyInputs(
+        tokenizer=tokenizer, tse=tse, blimp=blimp, blimp_paradigms=plan.paradigms, ppl_windows=ppl_windows,
+        tasks=plan.tasks, task_plan=probe_tasks(plan.tasks, config.task_path),
+        lmeval_limit=budgets["lmeval_limit"], pos_texts=[], tagger=None, reduction=config.reduction,
+        prefix=config.prefix, prefix_token=config.prefix_token, batch_size=config.batch_size,
+        task_path=config.task_path, seed=config.seed)
+    _prepare_pos(config, corpus, model, inputs, tagger)
+    return inputs, wd_windows, corpus
+
+
+def _benchmarks(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | None]) -> tuple[list, list]:
+    tse: list = []
+    if config.tse_per_case or config.full:
+        pairs = tse_pairs()
+        tse = list(pairs if budgets["tse_per_case"] is None else sample_tse(pairs, budgets["tse_per_case"], config.seed))
+    blimp: list = []
+    if config.blimp_per_paradigm or config.full:
+        pairs = load_blimp(config.blimp, plan.paradigms)
+        if budgets["blimp_per_paradigm"] is not None:
+            grouped = {p: {"": [x for x in pairs if x.case == p]} for p in plan.paradigms}
+            sample = stratified_sample(grouped, budgets["blimp_per_paradigm"], seed=config.seed)
+            pairs = [x for p in plan.paradigms for x in sample[p][""]]
+        blimp = list(pairs)
+    log.info("benchmarks: %d TSE pairs, %d BLiMP pairs", len(tse), len(blimp))
+    return tse, blimp
+
+
+def _windows(config: StudyConfig, plan: StudyPlan, tokenizer: Any, window: int,
+             ppl_tokens: int | None) -> tuple[torch.Tensor, torch.Tensor, CorpusSpec]:
+    budget = None if ppl_tokens is None else max(config.wd_tokens, ppl_tokens, window)
+    spec = CorpusSpec(source=plan.corpus, split=config.corpus_split, window=window, token_budget=budget)
+    windows = load_token_windows(spec, tokenizer)
+    wd_windows = windows[: max(1, config.wd_tokens // window)]
+    ppl_windows = windows if ppl_tokens is None else windows[: max(1, ppl_tokens // window)]
+    return wd_windows, ppl_windows, spec
+
+
+def _prepare_pos(config: StudyConfig, spec: CorpusSpec, model: Any, inputs: StudyInputs, tagger: Any | None) -> None:
+    """The POS tagger, the tagged lines and the clean model's word surprisals (or one skip line)."""
+    if config.pos == "off" or not config.pos_lines:
+        return
+    if tagger is None:
+        from dynamics.syntax.pos import spacy_tagger
+
+        try:
+            tagger = spacy_tagger()
+        except UserInputError as exc:
+            log.warning("POS excess surprisal skipped: %s", exc)
+            return
+    lines = [line.strip() for line in read_corpus_text(spec).splitlines() if len(line.split()) >= 5]
+    inputs.pos_texts = [" ".join(line.split()[:200]) for line in lines[: config.pos_lines]]
+    inputs.tagger = tagger
+    inputs.clean_pos = pos_table(model, inputs)

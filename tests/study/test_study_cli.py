@@ -1,0 +1,297 @@
+"""`dynamics ablate`: resume, identity, one-line errors, lm-eval skips, POS, report and plot."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from fixtures.study import save_tiny_model, write_blimp, write_corpus
+from test_study import study_config, tiny_model_from
+
+import dynamics.study.worker as study_worker
+from dynamics.ablation import ablate
+from dynamics.cli import main
+from dynamics.errors import CubeError
+from dynamics.report.scan_text import report
+from dynamics.study.driver import run_study
+from dynamics.study.lmeval import MISSING, lm_eval_installed, probe_tasks
+from dynamics.syntax.pos import excess_surprisal, pos_surprisal
+from store import open_cube
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study_cli_data")
+    write_corpus(root)
+    write_blimp(root / "blimp")
+    save_tiny_model("llama", root / "llama")
+    return root
+
+
+def fake_tagger(text: str) -> list[tuple[int, int, str]]:
+    """Whitespace words; long words are nouns, short ones determiners (deterministic, offline)."""
+    words, start = [], 0
+    for word in text.split():
+        start = text.index(word, start)
+        words.append((start, start + len(word), "NOUN" if len(word) > 4 else "DET"))
+        start += len(word)
+    return words
+
+
+@pytest.fixture(scope="module")
+def pos_study(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pos") / "pos.zarr"
+    config = study_config(data / "llama", out, data, percents="10", tasks="arc_easy", layer_groups=0, pos="auto",
+                          pos_lines=3)
+    run_study(config, tagger=fake_tagger)
+    return config
+
+
+@pytest.mark.slow
+def test_an_interrupted_study_resumes_to_the_same_cube(data, tmp_path, monkeypatch):
+    whole = study_config(data / "llama", tmp_path / "whole.zarr", data, layer_groups=0)
+    run_study(whole)
+    config = study_config(data / "llama", tmp_path / "cut.zarr", data, layer_groups=0)
+    real, calls = study_worker.measure_unit, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study_worker, "measure_unit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config)
+    assert int(open_cube(config.out)["done"].sum()) == 2 + 2  # clean (fills both percents), neg_top and pos_top at 5%
+    monkeypatch.setattr(study_worker, "measure_unit", real)
+    summary = run_study(config)
+    assert summary.skipped == [0, 1, 2] and summary.done == list(range(3, 10))
+    a, b = open_cube(whole.out), open_cube(config.out)
+    for name in ("tse_acc", "tse_margin", "blimp_acc", "ppl", "top_mask", "matched_mask", "wd"):
+        np.testing.assert_allclose(a[name].values.astype(float), b[name].values.astype(float), rtol=1e-9, err_msg=name)
+    assert run_study(config).done == []
+
+
+def test_a_different_analysis_is_refused_on_the_same_cube(data, tmp_path):
+    config = study_config(data / "llama", tmp_path / "s.zarr", data, layer_groups=0, tse_per_case=0,
+                          blimp_per_paradigm=0, percents="10")
+    run_study(config)
+    other = study_config(data / "llama", config.out, data, layer_groups=0, tse_per_case=0, blimp_per_paradigm=0,
+                         percents="10", seed=1)
+    with pytest.raises(CubeError, match=r"was made with analysis.seed=0, this run has analysis.seed=1; use the same settings or another --out"):
+        run_study(other)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--percents", "0,1"], "--percents '0,1': expected comma-separated numbers in (0, 100]"),
+    (["--match-percent", "3"], "--match-percent 3.0: expected one of --percents (0.5, 1, 2, 5)"),
+    (["--match-high", "0.05"], "--match-high 0.05: expected a percent above --match-low, at most 100"),
+    (["--lmeval-limit", "-1"], "--lmeval-limit -1: expected 0 (all) or more examples"),
+    (["--blimp", "/no/such/dir"], "--blimp '/no/such/dir' is neither hub nor a directory"),
+    pytest.param(["--revision", "step5"], "--revision 'step5':", marks=pytest.mark.slow),
+    (["--blimp-paradigms", "nope"], "unknown BLiMP paradigm 'nope'"),
+    (["--blimp", "BLIMP_DIR"], "has no adjunct_island.jsonl (65 of 67 paradigms missing); choose them with"),
+    (["--tasks", ","], "--tasks ',': expected comma-separated lm-eval task names"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_is_written(data, tmp_path, capsys, args, message):
+    out = tmp_path / "bad.zarr"
+    args = [str(data / "blimp") if a == "BLIMP_DIR" else a for a in args]
+    code = main(["ablate", "--model", str(data / "llama"), "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err and err.startswith("dynamics ablate: error: ")
+    assert not out.exists()
+
+
+def test_an_unknown_prefix_token_is_refused_before_the_cube_is_made(data, tmp_path, capsys):
+    out = tmp_path / "p.zarr"
+    assert main(["ablate", "--model", str(data / "llama"), "--out", str(out), "--prefix-token", "<s>",
+                 "--blimp-per-paradigm", "0", "--corpus", str(data / "corpus.txt"), "--tasks", "none"]) == 2
+    assert "prefix token '<s>' is not in the tokenizer's vocabulary" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_out_that_is_not_a_cube_name_is_refused(data, capsys):
+    assert main(["ablate", "--model", str(data / "llama"), "--out", "results"]) == 2
+    assert "--out 'results': a cube is a directory whose name ends in .zarr" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
+def test_an_unknown_lm_eval_task_is_refused_before_anything_runs(data, tmp_path, capsys):
+    assert main(["ablate", "--model", str(data / "llama"), "--out", str(tmp_path / "t.zarr"),
+                 "--tasks", "arc_easy,no_such_task_zz"]) == 2
+    assert "--tasks: unknown lm-eval task 'no_such_task_zz'" in capsys.readouterr().err
+
+
+def test_missing_lm_eval_is_one_line_and_every_task_is_skipped(monkeypatch, caplog):
+    monkeypatch.setattr("dynamics.study.lmeval.lm_eval_installed", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="dynamics.study.lmeval"):
+        plan = probe_tasks(["arc_easy", "piqa"])
+    assert [r.getMessage() for r in caplog.records] == [f"{MISSING}; skipping the lm-eval tasks arc_easy, piqa"]
+    assert plan.runnable == [] and plan.skipped == {"arc_easy": MISSING, "piqa": MISSING}
+
+
+@pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
+def test_offline_tasks_are_skipped_with_one_line_each_and_recorded(pos_study, caplog):
+    with caplog.at_level(logging.WARNING, logger="dynamics.study.lmeval"):
+        plan = probe_tasks(["arc_easy", "piqa"])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[0].startswith("lm-eval task arc_easy skipped: its data cannot be loaded (")
+    assert plan.runnable == [] and set(plan.skipped) == {"arc_easy", "piqa"}
+    ds = open_cube(pos_study.out)
+    assert ds["task"].values.tolist() == ["arc_easy"] and np.isnan(ds["lmeval_acc"].values).all()
+    assert "arc_easy" in ds.attrs["provenance"]["lmeval_skipped"]
+
+
+def test_pos_excess_surprisal_equals_the_direct_computation(pos_study):
+    ds = open_cube(pos_study.out)
+    from transformers import AutoTokenizer
+
+    model, tokenizer = tiny_model_from(pos_study.model), AutoTokenizer.from_pretrained(pos_study.model)
+    lines = [line.strip() for line in open(pos_study.corpus, encoding="utf-8").read().splitlines()][:3]
+    with torch.inference_mode():
+        clean = pos_surprisal(model, tokenizer, lines, tagger=fake_tagger, progress=False)
+        with ablate(model, torch.from_numpy(ds["top_mask"].sel(percent=10.0).values), mode="both"):
+            ablated = pos_surprisal(model, tokenizer, lines, tagger=fake_tagger, progress=False)
+    direct = excess_surprisal(clean, ablated)
+    for tag in ("NOUN", "DET"):
+        assert float(ds["pos_excess"].sel(condition="both_top", percent=10.0, pos=tag)) == pytest.approx(
+            direct.loc[tag, "excess"], rel=1e-6, abs=1e-9)
+        assert float(ds["pos_excess"].sel(condition="clean", percent=10.0, pos=tag)) == 0.0
+    assert np.isnan(float(ds["pos_excess"].sel(condition="clean", percent=10.0, pos="VERB")))
+
+
+def test_report_and_plot_of_a_study_cube(pos_study, tmp_path, capsys):
+    ds = open_cube(pos_study.out)
+    text = report(ds)
+    assert text.splitlines()[0].endswith("conditions done: 6 of 6")
+    assert f"matched control: bottom m = {float(ds['matched_percent']):.4g}%" in text
+    row = next(line for line in text.splitlines() if line.split()[:2] == ["neg_top", "10"])
+    assert float(row.split()[2]) == pytest.approx(float(ds["ppl"].sel(condition="neg_top", percent=10.0)), abs=1e-3)
+    assert float(row.split()[4]) == pytest.approx(float(ds["tse_acc_all"].sel(condition="neg_top", percent=10.0)),
+                                                  abs=1e-3)
+    assert "lm-eval tasks skipped: arc_easy" in text and "POS excess surprisal" in text
+    assert "group_tse_acc" not in ds and "layer_group" not in ds.dims  # --layer-groups 0: no empty block
+    assert main(["plot", pos_study.out, "--out", str(tmp_path / "figs"), "--formats", "png"]) == 0
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert names == ["study_blimp_phenomena.png", "study_conditions.png"]  # no layer groups in this study
+    assert main(["report", pos_study.out]) == 0 and "Conditions" in capsys.readouterr().out
+
+
+def choice_log_likelihoods(model, tokenizer, question: str, choices: list[str]) -> list[float]:
+    """log p(" " + choice | question), summed over the choice's tokens: lm-eval's definition, by hand."""
+    context = tokenizer(question, add_special_tokens=False)["input_ids"]
+    out = []
+    for choice in choices:
+        whole = tokenizer(question + " " + choice, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([whole])
+        log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), dim=-1)
+        targets = ids[0, 1:]
+        scored = range(len(context) - 1, len(whole) - 1)
+        out.append(float(sum(log_probs[i, targets[i]] for i in scored)))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
+def test_lm_eval_scores_the_ablated_model(data, tmp_path):
+    from fixtures.study import write_lm_eval_task
+    from transformers import AutoTokenizer
+
+    docs = write_lm_eval_task(tmp_path / "tasks")
+    config = study_config(data / "llama", tmp_path / "lm.zarr", data, percents="10", tasks="tiny_mc",
+                          task_path=str(tmp_path / "tasks"), layer_groups=0, tse_per_case=0, blimp_per_paradigm=0)
+    run_study(config)
+    ds = open_cube(config.out)
+    model, tokenizer = tiny_model_from(config.model), AutoTokenizer.from_pretrained(config.model)
+    top = torch.from_numpy(ds["top_mask"].sel(percent=10.0).values)
+    expected = {}
+    with torch.inference_mode():
+        for condition, context in (("clean", None), ("both_top", top)):
+            with ablate(model, context, mode="both") if context is not None else torch.inference_mode():
+                scores = [choice_log_likelihoods(model, tokenizer, d["question"], d["choices"]) for d in docs]
+            expected[condition] = scores
+            acc = np.mean([int(np.argmax(s)) == d["label"] for s, d in zip(scores, docs)])
+            norm = np.mean([int(np.argmax(np.array(s) / [len(c) for c in d["choices"]])) == d["label"]
+                            for s, d in zip(scores, docs)])
+            stored = ds.sel(condition=condition, percent=10.0, task="tiny_mc")
+            assert float(stored["lmeval_acc"]) == pytest.approx(acc) and float(stored["lmeval_acc_norm"]) == pytest.approx(norm)
+    assert not np.allclose(expected["clean"], expected["both_top"])  # the hook is live inside lm-eval's forward passes
+
+
+def test_help_lists_every_study_option_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ablate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0
+    for expected in ("--percents PERCENTS", "(default: 0.5,1,2,5)", "--match-tolerance", "(default: 0.02)",
+                     "--layer-groups", "(default: 8)", "--lmeval-limit", "(default: 100)", "--full"):
+        assert expected in text
+
+
+def test_full_lifts_every_budget_and_limit_zero_means_all():
+    from dynamics.study.config import StudyConfig
+
+    assert StudyConfig(model="m", out="o.zarr", full=True).budgets() == {
+        "tse_per_case": None, "blimp_per_paradigm": None, "ppl_tokens": None, "lmeval_limit": None}
+    assert StudyConfig(model="m", out="o.zarr", lmeval_limit=0).budgets() == {
+        "tse_per_case": 50, "blimp_per_paradigm": 50, "ppl_tokens": 16384, "lmeval_limit": None}
+
+
+def test_a_hub_model_is_studied_at_its_main_revision_from_an_offline_cache(data, tmp_path):
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "models--someone--tiny-llama"
+    shutil.copytree(data / "llama", repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    config = study_config("someone/tiny-llama", tmp_path / "hub.zarr", data, percents="10", layer_groups=0,
+                          tse_per_case=0, blimp_per_paradigm=0, cache_dir=str(tmp_path / "hf"))
+    assert run_study(config).done == list(range(6))
+    ds = open_cube(config.out)
+    assert ds.attrs["provenance"]["revision"] == "main" and ds.attrs["provenance"]["commit"] == commit
+    assert ds.attrs["identity"]["model"] == "someone/tiny-llama" and ds.attrs["identity"]["commit"] == commit
+    assert (repo / "snapshots" / commit).is_dir()  # a study keeps the model it downloaded or found
+    local = open_cube(run_local(data, tmp_path))
+    np.testing.assert_allclose(ds["ppl"].values, local["ppl"].values, rtol=1e-9)
+
+
+def run_local(data, tmp_path):
+    config = study_config(data / "llama", tmp_path / "local.zarr", data, percents="10", layer_groups=0,
+                          tse_per_case=0, blimp_per_paradigm=0)
+    run_study(config)
+    return config.out
+
+
+def test_a_local_suite_is_studied_at_the_step_asked_for(tiny_suite, data, tmp_path):
+    from dynamics.errors import UserInputError
+
+    config = study_config(tiny_suite, tmp_path / "suite.zarr", data, percents="10", layer_groups=0,
+                          blimp_per_paradigm=0, revision="4", corpus=str(tiny_suite / "heldout.txt"), window=32)
+    assert run_study(config).done == list(range(6))
+    ds = open_cube(config.out)
+    assert ds.attrs["provenance"]["revision"] == "step4" and ds.attrs["identity"]["revision"] == "step4"
+    with pytest.raises(UserInputError, match=r"--revision step3: .* has steps 0, 1, 2, 4, 8"):
+        run_study(study_config(tiny_suite, tmp_path / "x.zarr", data, revision="3", blimp_per_paradigm=0))
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_pos_is_skipped_with_one_line_without_spacy(data, tmp_path, monkeypatch, caplog):
+    from dynamics.errors import UserInputError
+    from dynamics.syntax import pos
+
+    def missing(*args, **kwargs):
+        raise UserInputError(pos.SPACY_MISSING)
+
+    monkeypatch.setattr(pos, "spacy_tagger", missing)
+    config = study_config(data / "llama", tmp_path / "nopos.zarr", data, percents="10", layer_groups=0,
+                          tse_per_case=0, blimp_per_paradigm=0, pos="auto")
+    with caplog.at_level(logging.WARNING, logger="dynamics.study.driver"):
+        run_study(config)
+    assert [r.getMessage() for r in caplog.records] == [f"POS excess surprisal skipped: {pos.SPACY_MISSING}"]
+    ds = open_cube(config.out)
+    assert "pos_excess" not in ds and ds.attrs["provenance"]["pos"] == "skipped"
