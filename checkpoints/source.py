@@ -11,14 +11,16 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from checkpoints.fingerprints import tokenizer_fingerprint, weight_fingerprints
 from checkpoints.names import ModelRef
+from checkpoints.revisions import DEFAULT_TEMPLATE, RevisionIndex, RevisionTemplate, index_revisions
 from checkpoints.steps import PYTHIA_STEPS
-from dynamics.errors import CheckpointError, DynamicsError
+from dynamics.errors import CheckpointError, DynamicsError, UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,12 @@ class Checkpoint:
         return self.error is None
 
     def record(self) -> dict[str, Any]:
-        """Provenance of this checkpoint for the cube's per-step record."""
-        return {"revision": self.revision, "commit": self.commit, "path": str(self.path) if self.path else None}
+        """Provenance of this checkpoint for the cube's per-step record: revision, commit, path, and the
+        fingerprints (sha256 of every weight file, one sha256 of the tokenizer files); call it before release."""
+        path = self.path
+        return {"revision": self.revision, "commit": self.commit, "path": str(path) if path else None,
+                "weights_sha256": weight_fingerprints(path, self.gguf_file) if path else {},
+                "tokenizer_sha256": tokenizer_fingerprint(path) if path else None}
 
     def load_model(self, device: str = "cpu", dtype: Any = None) -> Any:
         """The model, in eval mode, on ``device``; a corrupt checkpoint raises CheckpointError."""
@@ -134,6 +140,9 @@ class CheckpointSource(Protocol):
     def available_steps(self) -> list[int] | None:
         """The steps this source offers, or None when it cannot tell without the network."""
 
+    def weight_fingerprint(self, step: int) -> dict[str, str] | None:
+        """``{weight file: sha256}`` of ``step`` without downloading it, or None when it cannot be had."""
+
     def fetch(self, step: int) -> Checkpoint:
         """Make ``step`` available on local disk; raises on failure."""
 
@@ -178,9 +187,10 @@ def is_permanent(exc: BaseException) -> bool:
 
 
 class HubSource:
-    """Revisions ``step{N}`` of a Hub repository, through the Hugging Face cache.
+    """The revisions of a Hub repository (``step{N}``, or ``revision_template``), through the Hugging Face cache.
 
-    Only config, tokenizer and weights are downloaded (safetensors preferred, else
+    The repository's refs are listed once (online ``list_repo_refs``; offline the cache's
+    ``refs/`` folder) and matched against the template: they are the steps on offer. Only config, tokenizer and weights are downloaded (safetensors preferred, else
     ``pytorch_model*.bin``; sharded or not). ``release`` deletes a revision from the cache
     if this run downloaded it; revisions that were cached before the run are left alone.
     """
@@ -193,6 +203,9 @@ class HubSource:
         keep: bool = False,
         download: Callable[..., str] | None = None,
         list_files: Callable[[str, str], list[str]] | None = None,
+        revision_template: str = DEFAULT_TEMPLATE,
+        revisions: Mapping[int, str] | None = None,
+        list_refs: Callable[[str], list[str]] | None = None,
     ) -> None:
         from huggingface_hub import constants, snapshot_download
 
@@ -203,31 +216,73 @@ class HubSource:
         self.keep = keep
         self._download = download or snapshot_download
         self._list_files = list_files or _list_repo_files
+        self._list_refs = list_refs or _list_repo_refs
+        self.template = RevisionTemplate(revision_template)
+        self._index: RevisionIndex | None = (
+            RevisionIndex(self.template, dict(revisions), where="the run's listing") if revisions is not None else None)
+
+    @property
+    def _repo_dir(self) -> Path:
+        return self.cache_dir / ("models--" + self.model_id.replace("/", "--"))
+
+    def revisions(self) -> RevisionIndex:
+        """The repository's refs matched against the template, listed once per source.
+
+        Online, the Hub's branches and tags (retried like a download); offline, the cache's
+        ``refs/`` folder, which holds exactly the revisions that can be loaded without the network.
+        """
+        if self._index is None:
+            if _offline() and self.ref.is_pythia and not (self._repo_dir / "refs").is_dir():
+                # nothing of it cached to check against: Pythia's published schedule (the fetch will tell)
+                where = "Pythia's published schedule (offline, nothing cached)"
+                names = [self.template.format(s) for s in PYTHIA_STEPS] if not self.template.needs_listing else []
+            elif _offline():
+                where = f"the offline cache {self._repo_dir / 'refs'}"
+                names = cached_ref_names(self._repo_dir)
+            else:
+                where = "the Hub"
+                names, _ = self.retry.call(lambda: self._list_refs(self.model_id), f"listing the refs of {self.model_id}")
+            self._index = index_revisions(names, self.template, where)
+        return self._index
 
     def available_steps(self) -> list[int] | None:
-        """Pythia's schedule without asking; other repos: their ``step<N>`` branches, if any.
+        """The steps whose revision exists (see :meth:`revisions`); None when no ref fits the template."""
+        return self.revisions().steps or None
 
-        Offline, the branches are read from the cache's ``refs/``; a repo without step
-        branches (or an unreachable Hub) gives None, so any step may be asked for.
-        """
-        if self.ref.is_pythia:
-            return list(PYTHIA_STEPS)
-        if _offline():
-            refs = self.cache_dir / ("models--" + self.model_id.replace("/", "--")) / "refs"
-            names = [p.name for p in refs.iterdir()] if refs.is_dir() else []
-        else:
-            try:
-                from huggingface_hub import HfApi
-
-                names = [b.name for b in HfApi().list_repo_refs(self.model_id).branches]
-            except Exception as exc:  # validation must not fail on a flaky listing
-                log.warning("could not list the branches of %s: %s", self.model_id, one_line(exc))
-                return None
-        steps = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"step(\d+)", n)))
-        return steps or None
+    def verified_steps(self) -> list[int]:
+        """:meth:`available_steps`, where none at all is one clear error (for commands that need steps)."""
+        index = self.revisions()
+        if not index.steps:
+            raise UserInputError(f"{self.model_id} has no revision named like {self.template.text!r} in {index.where}; "
+                                 "choose --revision-template to match its branches" +
+                                 (" (offline: only cached revisions can be used)" if _offline() else ""))
+        return index.steps
 
     def revision(self, step: int) -> str:
-        return f"step{step}"
+        known = self._index.revisions.get(step) if self._index is not None else None
+        if known is not None:
+            return known
+        if self.template.needs_listing:
+            listed = self.revisions().revisions.get(step)
+            if listed is None:
+                raise CheckpointError(f"{self.model_id} has no revision for step {step} named like {self.template.text!r}")
+            return listed
+        return self.template.format(step)
+
+    def weight_fingerprint(self, step: int) -> dict[str, str] | None:
+        """From the cached snapshot (blob names are the LFS sha256), else online from the Hub's file metadata."""
+        revision = self.revision(step)
+        snapshot = self._cached_snapshot(revision)
+        if snapshot is not None:
+            return weight_fingerprints(snapshot) or None
+        if _offline():
+            return None
+        try:
+            files = self._list_files(self.model_id, revision)
+            return _lfs_sha256(self.model_id, revision, weight_files(files)) or None
+        except Exception as exc:  # a fingerprint is an optimisation: the step is then measured as it is
+            log.warning("no weight fingerprint for %s@%s: %s", self.model_id, revision, one_line(exc))
+            return None
 
     def fetch(self, step: int) -> Checkpoint:
         revision = self.revision(step)
@@ -253,7 +308,7 @@ class HubSource:
         return self._download(self.model_id, allow_patterns=CONFIG_AND_TOKENIZER + weight_files(files), **common)
 
     def _cached_snapshot(self, revision: str) -> Path | None:
-        repo = self.cache_dir / ("models--" + self.model_id.replace("/", "--"))
+        repo = self._repo_dir
         ref = repo / "refs" / revision
         if not ref.is_file():
             return None
@@ -281,6 +336,9 @@ class RevisionSource(HubSource):
     def revision(self, step: int) -> str:
         return self._revision
 
+    def available_steps(self) -> list[int]:
+        return [0]
+
 
 class LocalSuiteSource:
     """A directory with one saved model per step: ``step0/``, ``step1000/``, ..."""
@@ -302,6 +360,9 @@ class LocalSuiteSource:
         if not path.is_dir():
             raise CheckpointError(f"{self.root} has no step{step}/ directory")
         return Checkpoint(step=step, revision=f"step{step}", path=path, commit=_suite_fingerprint(path))
+
+    def weight_fingerprint(self, step: int) -> dict[str, str] | None:
+        return weight_fingerprints(self.root / f"step{step}") or None
 
     def release(self, checkpoint: Checkpoint) -> None:
         """Local suites belong to the user: nothing is ever deleted."""
@@ -329,6 +390,9 @@ class SingleModelSource:
         if step != 0:
             raise CheckpointError(f"{self.model_id} is a single model: its only step is 0")
         return Checkpoint(step=0, revision=None, path=self.path, gguf_file=self.gguf_file)
+
+    def weight_fingerprint(self, step: int) -> dict[str, str] | None:
+        return weight_fingerprints(self.path, self.gguf_file) or None
 
     def release(self, checkpoint: Checkpoint) -> None:
         """A single local model belongs to the user: nothing is deleted."""
@@ -363,6 +427,29 @@ def _offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def cached_ref_names(repo_dir: Path) -> list[str]:
+    """The revision names a Hugging Face cache holds for a repository (``refs/<name>``, nested names too)."""
+    refs = repo_dir / "refs"
+    if not refs.is_dir():
+        return []
+    return sorted(str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file())
+
+
+def _list_repo_refs(repo_id: str) -> list[str]:
+    from huggingface_hub import HfApi
+
+    refs = HfApi().list_repo_refs(repo_id)
+    return [r.name for r in [*refs.branches, *refs.tags]]
+
+
+def _lfs_sha256(repo_id: str, revision: str, files: list[str]) -> dict[str, str]:
+    """The LFS sha256 of ``files`` at ``revision`` from the Hub's metadata (no download)."""
+    from huggingface_hub import HfApi
+
+    infos = HfApi().get_paths_info(repo_id, files, revision=revision)
+    return {info.path: info.lfs.sha256 for info in infos if getattr(info, "lfs", None) is not None}
 
 
 def _list_repo_files(repo_id: str, revision: str) -> list[str]:

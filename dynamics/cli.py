@@ -27,21 +27,34 @@ class StepsConfig:
     """`dynamics steps`: show the steps a spec selects."""
 
     spec: str = option(help="step spec, e.g. 0:143000:1000, pythia, log, final, all", positional=True)
-    model: str | None = option(None, help="check the steps against this model's checkpoints")
+    model: str | None = option(None, help="check the steps against this model's checkpoints (a Hub repo's refs are "
+                               "listed: offline, its cached ones)")
+    revision_template: str = option("step{step}", help="the Hub revision name of a step: {step} and optionally "
+                                    "{tokens} (e.g. stage1-step{step}-tokens{tokens}B)")
+    cache_dir: str | None = option(None, help="Hugging Face cache directory (default: the hub's own)")
 
 
 def run_steps(config: StepsConfig) -> int:
     from checkpoints.names import resolve_model
-    from checkpoints.source import open_source
+    from checkpoints.revisions import RevisionTemplate
+    from checkpoints.source import HubSource, open_source
     from checkpoints.steps import parse_steps
     from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
 
+    RevisionTemplate(config.revision_template)  # a malformed template is one line
     ref = resolve_model(config.model) if config.model else None
     if ref is not None and is_toy_alias(ref):
         ensure_toy_suite(ref)
-    available = open_source(ref).available_steps() if ref is not None else None
-    steps = parse_steps(config.spec, available)
+    source = open_source(ref, cache_dir=config.cache_dir, revision_template=config.revision_template) if ref else None
+    available = (source.verified_steps() if isinstance(source, HubSource) else source.available_steps()) \
+        if source is not None else None
+    steps = parse_steps(config.spec, available, source=source.model_id if source else "")
     print(f"{len(steps)} steps: {' '.join(str(s) for s in steps)}")
+    if source is not None and available is not None:
+        where = source.revisions().where if isinstance(source, HubSource) else source.model_id
+        shown = " ".join(str(s) for s in available) if len(available) <= 40 else (
+            " ".join(map(str, available[:20])) + " ... " + " ".join(map(str, available[-10:])))
+        print(f"{source.model_id} offers {len(available)} steps ({where}): {shown}")
     return 0
 
 
@@ -109,7 +122,10 @@ def run_scan_command(config: Any) -> int:
 
     summary = run_scan(config)
     print(
-        f"{config.out}: {len(summary.done)} steps computed, {len(summary.skipped)} already done, "
+        f"{config.out}: {len(summary.done) - len(summary.copied)} steps computed, "
+        + (f"{len(summary.copied)} copied from an earlier step with the same weights "
+           f"({', '.join(f'{s}={o}' for s, o in sorted(summary.copied.items()))}), " if summary.copied else "")
+        + f"{len(summary.skipped)} already done, "
         f"{len(summary.failed)} failed" + (f" ({', '.join(map(str, summary.failed))})" if summary.failed else "")
     )
     return 0 if not summary.failed else 1
