@@ -17,6 +17,9 @@ def step_table(ds: xr.Dataset) -> str:
     """One row per done step: cohort vs population WD, TSE and perplexity per condition, drift."""
     conditions = _conditions(ds)
     headers = ["step"]
+    with_tokens = "tokens" in ds.coords and bool((ds["tokens"] >= 0).any())
+    if with_tokens:
+        headers += ["tokens"]
     if "wd" in ds:
         headers += ["wd median", "wd cohort"]
     headers += [f"tse {c}" for c in conditions if "tse_acc" in ds]
@@ -27,6 +30,9 @@ def step_table(ds: xr.Dataset) -> str:
     for step in ds["step"].values:
         at = ds.sel(step=step)
         row = [str(int(step))]
+        if with_tokens:
+            tokens = int(at["tokens"])
+            row += [f"{tokens:,}" if tokens >= 0 else "-"]
         if "wd" in ds:
             row += [fmt(float(at["wd"].median())),
                     fmt(float(at["wd"].where(ds["cohort"]).mean())) if "cohort" in ds else "-"]
@@ -49,6 +55,20 @@ def case_table(ds: xr.Dataset) -> str:
     return text_table(["tse case"] + conditions, rows)
 
 
+def duplicate_lines(ds: xr.Dataset) -> list[str]:
+    """One line per step whose weight files equal an earlier step's (``duplicate_of``)."""
+    if "duplicate_of" not in ds.coords:
+        return []
+    records = ds.attrs.get("steps", {})
+    lines = []
+    for step, original in zip(ds["step"].values, ds["duplicate_of"].values):
+        if int(original) >= 0:
+            copied = "copied_from" in records.get(str(int(step)), {})
+            lines.append(f"step {int(step)}: duplicate_of={int(original)} (same weight files as step {int(original)}; "
+                         + ("its numbers are copied from it)" if copied else "measured anyway)"))
+    return lines
+
+
 def report(ds: xr.Dataset) -> str:
     """The full plain-text report of a scan cube (or of a study cube, see dynamics.report.study_text)."""
     if ds.attrs.get("cube_kind") == "units":
@@ -64,6 +84,7 @@ def report(ds: xr.Dataset) -> str:
         f"done steps: {ds.sizes['step']}   failed: {', '.join(map(str, failed)) or 'none'}",
         *failure_lines(steps),
     ]
+    parts += duplicate_lines(ds)
     if "cohort" in ds:
         parts.append(f"cohort: {int(ds['cohort'].sum())} neurons of {ds['cohort'].size} "
                      f"({100 * float(ds['cohort'].mean()):.2f}%)")
