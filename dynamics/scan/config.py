@@ -40,14 +40,16 @@ class ScanConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runti
                         "or a directory of <paradigm>.jsonl files")
     blimp_per_paradigm: int = option(10, help="BLiMP pairs per paradigm measured at every step and condition "
                                      "(seeded sample of all 67 paradigms; 0: skip)")
+    blimp_paradigms: str = option("all", help="comma-separated BLiMP paradigms measured per step, or all")
     tasks: str = option("none", help="lm-eval tasks measured at every step and condition (comma-separated, default "
                         "or none)")
     lmeval_limit: int = option(100, help="examples per lm-eval task and step")
+    task_path: str | None = option(None, help="a directory of extra lm-eval task YAML files")
 
     def analysis(self) -> dict[str, Any]:
         """The settings that make two cubes' numbers comparable (the cube's identity)."""
         keys = ("corpus_split", "window", "wd_tokens", "ppl_tokens", "tse_per_case", "cohort_percent",
                 "cohort_scope", "stepwise", "seed", "reduction", "prefix", "dtype")
-        extra = ("matched",) if self.matched else ()  # absent when off: cubes made before --matched still resume
+        extra: tuple[str, ...] = ("matched",) if self.matched else ()  # absent when off: older cubes still resume
         extra += ("lmeval_limit",) if self.tasks.strip().lower() != "none" else ()
         return {k: getattr(self, k) for k in keys + extra}

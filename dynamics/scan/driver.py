@@ -84,7 +84,8 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     if config.revision_template != DEFAULT_TEMPLATE and ref.kind != "hub":
         raise UserInputError(f"--revision-template {config.revision_template!r} applies to Hub repositories; "
                              f"{config.model!r} is a {ref.kind.replace('_', ' ')} (its steps are step<N>/ directories)")
-    tasks = check_benchmark_options(config.blimp, config.blimp_per_paradigm, config.tasks)
+    request = check_benchmark_options(config.blimp, config.blimp_per_paradigm, config.blimp_paradigms, config.tasks,
+                                      config.task_path, config.seed)
     if not config.out.endswith(".zarr"):
         raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
     check_settings(ExecutorSettings.of(config))
@@ -107,7 +108,7 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     index = source.revisions() if isinstance(source, HubSource) else None
     tokens = tokens_of_steps(steps, tokens_per_step(config, ref), index.tokens if index else None)
     revisions = {s: index.revisions[s] for s in {*steps, reference} if s in index.revisions} if index else None
-    benchmarks = plan_benchmarks(config.blimp, config.blimp_per_paradigm, tasks, config.seed)
+    benchmarks = plan_benchmarks(request)
     return ScanPlan(source, steps, reference, corpus, device, tokens, revisions, benchmarks)
 
 

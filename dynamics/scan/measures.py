@@ -40,6 +40,7 @@ def syntax_and_perplexity(
     tasks: Sequence[str] = (),
     lmeval_limit: int | None = None,
     seed: int = 0,
+    task_path: str | None = None,
 ) -> xr.Dataset:
     """TSE accuracy and margin per case, BLiMP accuracy per paradigm, lm-eval tasks and perplexity,
     under each condition.
@@ -64,10 +65,11 @@ def syntax_and_perplexity(
             if blimp:
                 scores = score_pairs(model, tokenizer, blimp, group_by="case", reduction=reduction,  # type: ignore[arg-type]
                                      prefix=prefix, progress=False, keep_pairs=True)
+                assert scores.correct is not None  # keep_pairs=True
                 per_paradigm = blimp_accuracy(blimp, scores.correct).per_paradigm
                 blimp_acc[i] = [per_paradigm.get(p, np.nan) for p in paradigms]
             if tasks:
-                results = evaluate_tasks(model, tokenizer, tasks, lmeval_limit, seed=seed)
+                results = evaluate_tasks(model, tokenizer, tasks, lmeval_limit, include_path=task_path, seed=seed)
                 lmeval[i] = [[results[t][m] for m in METRICS] for t in tasks]
             if ppl_windows is not None and len(ppl_windows):
                 ppl[i] = perplexity(model, ppl_windows, progress=False)

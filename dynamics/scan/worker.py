@@ -138,7 +138,8 @@ class WorkerContext:
             evaluation = syntax_and_perplexity(model, self.tokenizer, self.pairs, self.ppl_windows, conditions,
                                                TSE_CASES, config.reduction, config.prefix, blimp=benchmarks.blimp,
                                                paradigms=benchmarks.paradigms, tasks=benchmarks.tasks,
-                                               lmeval_limit=config.lmeval_limit, seed=config.seed)
+                                               lmeval_limit=config.lmeval_limit, seed=config.seed,
+                                               task_path=benchmarks.task_path)
         del model
         return step_result(checkpoint.step, [wd, drift, evaluation], timings)
 
