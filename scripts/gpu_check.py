@@ -73,9 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--blimp", type=Path, default=SHARED / "blimp",
         help="a directory of BLiMP <paradigm>.jsonl files (default: %(default)s)")
     add("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present, else cpu)")
-    add("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-        help="passed to both commands (default: each command's own: scan float32, ablate bfloat16 on CUDA)")
-    add("--memory-budget-gib", type=float, default=None, help="passed to both commands (default: theirs, 2 GiB)")
+    add("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None,
+        help="passed to both commands (default: theirs, auto: the checkpoint's own dtype on CUDA)")
+    add("--memory-budget-gib", type=float, default=None,
+        help="passed to both commands (default: theirs, 0: auto, sized from free device memory)")
     add("--budget", choices=["auto", "default", "quick"], default="auto",
         help="default: the commands' own budgets; quick: tiny budgets for a CPU smoke test; auto: quick for "
         "--shape tiny, else default (default: %(default)s)")

@@ -135,8 +135,8 @@ def _check_numbers(config: ScanConfig) -> None:
         ("tokens-per-step", config.tokens_per_step is None or config.tokens_per_step >= 1, "a positive number of tokens"),
         ("lmeval-limit", config.lmeval_limit >= 1, "at least 1 example"),
     ])
-    if config.dtype not in DTYPES:
-        raise UserInputError(f"--dtype {config.dtype!r} is not one of {', '.join(DTYPES)}")
+    if config.dtype not in ("auto", *DTYPES):
+        raise UserInputError(f"--dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
 
 
 def _resolve_corpus(corpus: str, suite: str | None) -> str:

@@ -33,7 +33,15 @@ from checkpoints.stream import Prefetcher
 from dynamics.ablation import match_bottom_percent, negative_ablation_perplexity
 from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows
 from dynamics.errors import CheckpointError
-from dynamics.runtime import default_window, gib_to_bytes, load_checkpoint_model, resolve_device, set_threads, timed
+from dynamics.modelcalls import model_device
+from dynamics.runtime import (
+    capture_budget,
+    default_window,
+    load_checkpoint_model,
+    resolve_device,
+    set_threads,
+    timed,
+)
 from dynamics.scan.benchmarks import ScanBenchmarks
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.measures import step_result, syntax_and_perplexity
@@ -102,7 +110,7 @@ class WorkerContext:
 
     @property
     def memory_budget(self) -> int:
-        return gib_to_bytes(self.spec.config.memory_budget_gib)
+        return capture_budget(self.spec.config.memory_budget_gib, self.device)
 
     def fetch(self, step: int) -> Checkpoint:
         """The checkpoint of ``step`` (prefetched when it was announced); raises on failure."""
@@ -140,8 +148,12 @@ class WorkerContext:
                                                paradigms=benchmarks.paradigms, tasks=benchmarks.tasks,
                                                lmeval_limit=config.lmeval_limit, seed=config.seed,
                                                task_path=benchmarks.task_path)
+        loaded = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                  "capture_budget_bytes": self.memory_budget}
         del model
-        return step_result(checkpoint.step, [wd, drift, evaluation], timings)
+        result = step_result(checkpoint.step, [wd, drift, evaluation], timings)
+        result.attrs["loaded"] = loaded
+        return result
 
 
 def drift_measures(weights: torch.Tensor, reference: torch.Tensor, cohort: np.ndarray, control: np.ndarray) -> xr.Dataset:
@@ -261,13 +273,15 @@ def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
         record = checkpoint.record()  # the fingerprints are read from the files: before they are released
     finally:
         context.source.release(checkpoint)
-    result.attrs["checkpoint"] = {**record, "attempts": checkpoint.attempts, "host": platform.node()}
+    result.attrs["checkpoint"] = {**record, **result.attrs.pop("loaded", {}), "attempts": checkpoint.attempts,
+                                  "host": platform.node()}
     return result
 
 
 def fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
     with torch.inference_mode():
-        wd = neuron_wasserstein(model, windows, gib_to_bytes(config.memory_budget_gib), config.batch_size, progress=True)
+        budget = capture_budget(config.memory_budget_gib, str(model_device(model)))
+        wd = neuron_wasserstein(model, windows, budget, config.batch_size, progress=True)
     scores = torch.from_numpy(np.nan_to_num(wd["wd"].values, nan=-np.inf))
     cohort = top_percent_mask(scores, config.cohort_percent, config.cohort_scope)
     control = random_control_mask(cohort, seed=config.seed)
