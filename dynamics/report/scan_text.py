@@ -18,21 +18,18 @@ def step_table(ds: xr.Dataset) -> str:
     conditions = _conditions(ds)
     headers = ["step"]
     with_tokens = "tokens" in ds.coords and bool((ds["tokens"] >= 0).any())
-    if with_tokens:
-        headers += ["tokens"]
     if "wd" in ds:
         headers += ["wd median", "wd cohort"]
     headers += [f"tse {c}" for c in conditions if "tse_acc" in ds]
     headers += [f"ppl {c}" for c in conditions if "ppl" in ds]
     if "drift_ref" in ds and "cohort" in ds:
         headers += ["drift_ref cohort"]
+    if with_tokens:
+        headers += ["tokens"]
     rows = []
     for step in ds["step"].values:
         at = ds.sel(step=step)
         row = [str(int(step))]
-        if with_tokens:
-            tokens = int(at["tokens"])
-            row += [f"{tokens:,}" if tokens >= 0 else "-"]
         if "wd" in ds:
             row += [fmt(float(at["wd"].median())),
                     fmt(float(at["wd"].where(ds["cohort"]).mean())) if "cohort" in ds else "-"]
@@ -42,6 +39,9 @@ def step_table(ds: xr.Dataset) -> str:
             row += [fmt(float(at["ppl"].sel(condition=c)), 2) for c in conditions]
         if "drift_ref" in ds and "cohort" in ds:
             row += [fmt(float(at["drift_ref"].where(ds["cohort"]).mean()), 4)]
+        if with_tokens:
+            tokens = int(at["tokens"])
+            row += [f"{tokens:,}" if tokens >= 0 else "-"]
         rows.append(row)
     return text_table(headers, rows)
 
