@@ -80,16 +80,22 @@ def run_tse_export(config: TseExportConfig) -> int:
 class PlotConfig:
     """`dynamics plot`: seaborn figures of a cube (PNG and PDF)."""
 
-    cube: str = option(help="the cube (.zarr directory)", positional=True)
+    cube: list[str] = option(help="the cube (.zarr directory); several scan cubes of one model size trained with "
+                             "different seeds: their mean and a band from the lowest to the highest seed",
+                             positional=True, nargs="+", metavar="CUBE")
     out: str = option("figures", help="directory for the figures", flag="-o")
     formats: str = option("png,pdf", help="comma-separated file formats: png, pdf, svg")
+    x: str = option("step", help="x axis of the training-dynamics figures: step or tokens (tokens seen)",
+                    choices=["step", "tokens"])
 
 
 def run_plot(config: PlotConfig) -> int:
     from dynamics.report.scan_figures import plot_cube
-    from store import open_cube
+    from store import open_cube, open_cubes
 
-    paths = plot_cube(open_cube(config.cube), config.out, [f.strip() for f in config.formats.split(",") if f.strip()])
+    cubes = [config.cube] if isinstance(config.cube, str) else list(config.cube)
+    ds = open_cube(cubes[0]) if len(cubes) == 1 else open_cubes(cubes, dim="seed")
+    paths = plot_cube(ds, config.out, [f.strip() for f in config.formats.split(",") if f.strip()], x=config.x)
     print(f"wrote {len(paths)} files to {config.out}")
     return 0
 

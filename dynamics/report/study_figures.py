@@ -70,7 +70,7 @@ def layer_group_figure(ds: xr.Dataset, plt) -> object:
         ax.set_xlabel("layer group (layers)")
         ax.set_ylabel(label)
         ax.set_xticks(groups, [_group_label(ds, g) for g in groups])
-        values = ds[f"group_{name}"] if f"group_{name}" in ds else None
+        values = ds.get(f"group_{name}")
         if values is None or not bool(np.isfinite(np.asarray(values, dtype=float)).any()):
             what = "BLiMP" if name.startswith("blimp") else "TSE"
             ax.text(0.5, 0.5, f"no {what} in this study\n(--{'blimp-per-paradigm' if what == 'BLiMP' else 'tse-per-case'} 0,"

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from checkpoints.names import ModelRef, resolve_model
+from checkpoints.names import ModelRef, resolve_model, training_seed
 from checkpoints.revisions import DEFAULT_TEMPLATE, PYTHIA_TOKENS_PER_STEP, RevisionTemplate, tokens_of_steps
 from checkpoints.source import CheckpointSource, HubSource, RetryPolicy, open_source
 from checkpoints.steps import parse_steps
@@ -162,7 +162,8 @@ def run_scan(config: ScanConfig) -> ScanSummary:
         identity["benchmarks"] = plan.benchmarks.identity()
     provenance = {"model": config.model, "model_id": plan.source.model_id, "package_version": __version__,
                   "torch_version": torch.__version__, "config": config_dict(config), "host": platform.node(),
-                  "revision_template": config.revision_template, "benchmarks_skipped": plan.benchmarks.skipped}
+                  "revision_template": config.revision_template, "benchmarks_skipped": plan.benchmarks.skipped,
+                  "model_seed": training_seed(resolve_model(config.model))}
     summary = ScanSummary()
     with open_executor(ExecutorSettings.of(config)) as pool, \
             CubeWriter(config.out, plan.steps, identity, provenance, overwrite=config.overwrite) as cube:
