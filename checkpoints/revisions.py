@@ -77,13 +77,15 @@ class RevisionIndex:
     revisions: Mapping[int, str]
     tokens: Mapping[int, int] = field(default_factory=dict)
     where: str = ""  # "the Hub" or the cache's refs/ folder, for messages
+    verified: bool = True  # False: a known schedule stands in for a listing that could not be made
 
     @property
     def steps(self) -> list[int]:
         return sorted(self.revisions)
 
 
-def index_revisions(names: Iterable[str], template: RevisionTemplate, where: str = "") -> RevisionIndex:
+def index_revisions(names: Iterable[str], template: RevisionTemplate, where: str = "",
+                    verified: bool = True) -> RevisionIndex:
     """Match every ref name against ``template``; two names of one step keep the first in sorted order."""
     revisions: dict[int, str] = {}
     tokens: dict[int, int] = {}
@@ -95,7 +97,7 @@ def index_revisions(names: Iterable[str], template: RevisionTemplate, where: str
         revisions[step] = name
         if seen is not None:
             tokens[step] = seen
-    return RevisionIndex(template, revisions, tokens, where)
+    return RevisionIndex(template, revisions, tokens, where, verified)
 
 
 def tokens_of_steps(steps: Iterable[int], per_step: int | None, named: Mapping[int, int] | None = None) -> dict[int, int]:

@@ -8,19 +8,30 @@ with one step of prefetch (the scan's worker holds one); nothing here knows what
 from __future__ import annotations
 
 import logging
-import os
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from checkpoints.fingerprints import tokenizer_fingerprint, weight_fingerprints
+from checkpoints.hub_cache import cache_entries, evict_added
+from checkpoints.hub_errors import (
+    RetryPolicy,
+    explain_hub_error,
+    is_permanent,
+    offline,
+    one_line,
+)
 from checkpoints.names import ModelRef
 from checkpoints.revisions import DEFAULT_TEMPLATE, RevisionIndex, RevisionTemplate, index_revisions
 from checkpoints.steps import PYTHIA_STEPS
-from dynamics.errors import CheckpointError, DynamicsError, UserInputError
+from dynamics.errors import CheckpointError, UserInputError
+
+__all__ = ["Checkpoint", "CheckpointSource", "HubSource", "LocalSuiteSource", "RetryPolicy", "RevisionSource",
+           "SingleModelSource", "is_permanent", "one_line", "open_source", "weight_files"]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +151,9 @@ class CheckpointSource(Protocol):
     def available_steps(self) -> list[int] | None:
         """The steps this source offers, or None when it cannot tell without the network."""
 
+    def check_available(self) -> None:
+        """Raise a UserInputError now when no step could be fetched at all (the model cannot be had)."""
+
     def weight_fingerprint(self, step: int) -> dict[str, str] | None:
         """``{weight file: sha256}`` of ``step`` without downloading it, or None when it cannot be had."""
 
@@ -150,49 +164,15 @@ class CheckpointSource(Protocol):
         """Free what ``fetch`` took (disk space), if it is ours to free."""
 
 
-@dataclass
-class RetryPolicy:
-    """Transient failures are retried ``attempts - 1`` times, waiting backoff * 2**k."""
-
-    attempts: int = 4
-    backoff: float = 2.0
-    max_wait: float = 60.0
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
-
-    def call(self, fn: Callable[[], Any], what: str) -> tuple[Any, int]:
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn(), attempt
-            except Exception as exc:
-                if is_permanent(exc) or attempt == self.attempts:
-                    raise CheckpointError(f"{what}: {one_line(exc)} (after {attempt} attempt(s))") from exc
-                wait = min(self.backoff * 2 ** (attempt - 1), self.max_wait)
-                log.warning("%s failed (%s); retrying in %.1fs", what, one_line(exc), wait)
-                self.sleep(wait)
-        raise AssertionError("unreachable")
-
-
-def is_permanent(exc: BaseException) -> bool:
-    """Errors that retrying cannot fix: missing repos, revisions or files, no network allowed."""
-    from huggingface_hub import errors
-
-    permanent = (
-        errors.RepositoryNotFoundError,
-        errors.RevisionNotFoundError,
-        errors.EntryNotFoundError,  # includes LocalEntryNotFoundError (offline and not cached)
-        errors.GatedRepoError,
-        DynamicsError,
-    )
-    return isinstance(exc, permanent)
-
-
 class HubSource:
     """The revisions of a Hub repository (``step{N}``, or ``revision_template``), through the Hugging Face cache.
 
-    The repository's refs are listed once (online ``list_repo_refs``; offline the cache's
-    ``refs/`` folder) and matched against the template: they are the steps on offer. Only config, tokenizer and weights are downloaded (safetensors preferred, else
-    ``pytorch_model*.bin``; sharded or not). ``release`` deletes a revision from the cache
-    if this run downloaded it; revisions that were cached before the run are left alone.
+    The repository's refs are listed once (online ``list_repo_refs``, branches and tags;
+    offline the cache's ``refs/`` folder) and matched against the template: they are the
+    steps on offer (:meth:`revisions`). Only config, tokenizer and weights are downloaded (safetensors preferred, else
+    ``pytorch_model*.bin``; sharded or not). ``release`` deletes from the cache what this
+    run added to it; what was cached before the run (by commit and blob, whatever ref
+    named it) is left alone.
     """
 
     def __init__(
@@ -216,47 +196,73 @@ class HubSource:
         self.keep = keep
         self._download = download or snapshot_download
         self._list_files = list_files or _list_repo_files
+        self._added: set[str] = set()  # cache entries (relative to the repo folder) this run created
+        self._cache_lock = threading.Lock()  # a prefetch thread fetches while the driver releases
+        self._unreachable = False  # a fetch used up its retries on transient errors: later ones try once
         self._list_refs = list_refs or _list_repo_refs
         self.template = RevisionTemplate(revision_template)
         self._index: RevisionIndex | None = (
             RevisionIndex(self.template, dict(revisions), where="the run's listing") if revisions is not None else None)
 
-    @property
-    def _repo_dir(self) -> Path:
-        return self.cache_dir / ("models--" + self.model_id.replace("/", "--"))
-
     def revisions(self) -> RevisionIndex:
         """The repository's refs matched against the template, listed once per source.
 
-        Online, the Hub's branches and tags (retried like a download); offline, the cache's
-        ``refs/`` folder, which holds exactly the revisions that can be loaded without the network.
+        Online, the Hub's branches and tags (a repository the Hub does not have is refused at
+        once; a Hub that cannot be asked now leaves the steps unverified, ``verified=False``:
+        Pythia's published schedule, else none); offline, the cache's ``refs/`` folder, which
+        holds exactly the revisions that can be loaded without the network (with nothing of a
+        Pythia repo cached, its published schedule, unverified).
         """
         if self._index is None:
-            if _offline() and self.ref.is_pythia and not (self._repo_dir / "refs").is_dir():
-                # nothing of it cached to check against: Pythia's published schedule (the fetch will tell)
-                where = "Pythia's published schedule (offline, nothing cached)"
-                names = [self.template.format(s) for s in PYTHIA_STEPS] if not self.template.needs_listing else []
-            elif _offline():
+            names: list[str] | None
+            if offline():
+                names = cached_ref_names(self._repo_dir) if (self._repo_dir / "refs").is_dir() else None
                 where = f"the offline cache {self._repo_dir / 'refs'}"
-                names = cached_ref_names(self._repo_dir)
             else:
-                where = "the Hub"
-                names, _ = self.retry.call(lambda: self._list_refs(self.model_id), f"listing the refs of {self.model_id}")
-            self._index = index_revisions(names, self.template, where)
+                names, where = self._hub_refs(), "the Hub"
+            verified = names is not None
+            if names is None:
+                where = "Pythia's published schedule (unverified)" if self.ref.is_pythia else "nowhere (unverified)"
+                schedule = self.ref.is_pythia and not self.template.needs_listing
+                names = [self.template.format(s) for s in PYTHIA_STEPS] if schedule else []
+            self._index = index_revisions(names, self.template, where, verified=verified)
         return self._index
 
     def available_steps(self) -> list[int] | None:
         """The steps whose revision exists (see :meth:`revisions`); None when no ref fits the template."""
         return self.revisions().steps or None
 
-    def verified_steps(self) -> list[int]:
-        """:meth:`available_steps`, where none at all is one clear error (for commands that need steps)."""
+    def verified_steps(self) -> list[int] | None:
+        """:meth:`available_steps`, where a listing that found no revision of the template is one clear error."""
         index = self.revisions()
-        if not index.steps:
+        if not index.steps and index.verified:
             raise UserInputError(f"{self.model_id} has no revision named like {self.template.text!r} in {index.where}; "
                                  "choose --revision-template to match its branches" +
-                                 (" (offline: only cached revisions can be used)" if _offline() else ""))
-        return index.steps
+                                 (" (offline: only cached revisions can be used)" if offline() else ""))
+        return index.steps or None
+
+    def check_available(self) -> None:
+        """Refuse at once, before any cube exists, a repository that cannot be had at all.
+
+        Offline that is a repository with nothing in the cache (every step would fail the
+        same way); online :meth:`revisions` already refuses one the Hub does not have.
+        """
+        if offline() and not self._repo_dir.is_dir():
+            raise UserInputError(
+                f"{self.model_id} is not in the Hugging Face cache at {self.cache_dir}, and HF_HUB_OFFLINE=1 "
+                "forbids downloading it: pass --cache-dir with the cache that holds it, use an alias such as "
+                "pythia-70m or a local directory, or unset HF_HUB_OFFLINE")
+
+    def _hub_refs(self) -> list[str] | None:
+        """The repository's branch and tag names; None when the Hub cannot be asked now (validation goes on)."""
+        try:
+            return self._list_refs(self.model_id)
+        except Exception as exc:
+            told = explain_hub_error(exc, self.model_id, None, self.cache_dir) if is_permanent(exc) else None
+            if told:  # the repository does not exist (for us): say so now, not once per step
+                raise UserInputError(told) from exc
+            log.warning("could not list the refs of %s: %s", self.model_id, one_line(exc))
+            return None
 
     def revision(self, step: int) -> str:
         known = self._index.revisions.get(step) if self._index is not None else None
@@ -275,7 +281,7 @@ class HubSource:
         snapshot = self._cached_snapshot(revision)
         if snapshot is not None:
             return weight_fingerprints(snapshot) or None
-        if _offline():
+        if offline():
             return None
         try:
             files = self._list_files(self.model_id, revision)
@@ -284,46 +290,74 @@ class HubSource:
             log.warning("no weight fingerprint for %s@%s: %s", self.model_id, revision, one_line(exc))
             return None
 
+    def _cached_snapshot(self, revision: str) -> Path | None:
+        ref = self._repo_dir / "refs" / revision
+        if not ref.is_file():
+            return None
+        snapshot = self._repo_dir / "snapshots" / ref.read_text().strip()
+        return snapshot if snapshot.is_dir() else None
+
     def fetch(self, step: int) -> Checkpoint:
         revision = self.revision(step)
-        cached_before = self._cached_snapshot(revision) is not None
         start = time.perf_counter()
-        path, attempts = self.retry.call(lambda: self._fetch_once(revision), f"{self.model_id}@{revision}")
+        with self._cache_lock:
+            before = cache_entries(self._repo_dir)
+        # Once one fetch has used up its retries on a Hub that cannot be reached, the next ones try
+        # once each (one line each, no backoff) until one arrives: a dead network costs one wait.
+        retry = replace(self.retry, attempts=1) if self._unreachable else self.retry
+        try:
+            path, attempts = retry.call(
+                lambda: self._fetch_once(revision), f"{self.model_id}@{revision}",
+                lambda exc: explain_hub_error(exc, self.model_id, revision, self.cache_dir),
+            )
+        except CheckpointError as exc:
+            if not self._unreachable and retry.attempts > 1 and not is_permanent(exc.__cause__ or exc):
+                self._unreachable = True
+                log.warning("the Hugging Face Hub did not answer for %s after %d attempts; the next checkpoints "
+                            "are tried once each until one arrives", self.model_id, retry.attempts)
+            raise
+        self._unreachable = False
         path = Path(path)
+        with self._cache_lock:
+            added = cache_entries(self._repo_dir) - before
+            self._added |= added
+        snapshot = f"snapshots/{path.name}"
         return Checkpoint(
             step=step,
             revision=revision,
             path=path,
             commit=path.name,  # snapshots/<commit hash>/
             seconds=time.perf_counter() - start,
-            downloaded=not cached_before,
+            # Ours to evict only if this run put files there: a commit the user already had under
+            # another ref (Pythia's main is step143000) is theirs, whatever the ref's name.
+            downloaded=any(entry == snapshot or entry.startswith(snapshot + "/") for entry in added),
             attempts=attempts,
         )
 
     def _fetch_once(self, revision: str) -> str:
         common = {"revision": revision, "cache_dir": str(self.cache_dir)}
-        if _offline():
+        if offline():
             return self._download(self.model_id, local_files_only=True, **common)
         files = self._list_files(self.model_id, revision)
         return self._download(self.model_id, allow_patterns=CONFIG_AND_TOKENIZER + weight_files(files), **common)
 
-    def _cached_snapshot(self, revision: str) -> Path | None:
-        repo = self._repo_dir
-        ref = repo / "refs" / revision
-        if not ref.is_file():
-            return None
-        snapshot = repo / "snapshots" / ref.read_text().strip()
-        return snapshot if snapshot.is_dir() else None
-
     def release(self, checkpoint: Checkpoint) -> None:
+        """Delete what this run added to the cache for ``checkpoint``, and nothing anyone else uses.
+
+        The snapshot goes only if this run created it and no ref from before the run points
+        to it; a blob goes only if this run created it and no remaining snapshot links to it.
+        """
         if self.keep or not checkpoint.downloaded or not checkpoint.commit:
             return
-        from huggingface_hub import scan_cache_dir
-
         try:
-            scan_cache_dir(self.cache_dir).delete_revisions(checkpoint.commit).execute()
-        except Exception as exc:  # eviction is hygiene: never lose a stored step over it
+            with self._cache_lock:
+                self._added -= evict_added(self._repo_dir, checkpoint.commit, self._added)
+        except OSError as exc:  # eviction is hygiene: never lose a stored step over it
             log.warning("could not delete %s@%s from the cache: %s", self.model_id, checkpoint.revision, exc)
+
+    @property
+    def _repo_dir(self) -> Path:
+        return self.cache_dir / ("models--" + self.model_id.replace("/", "--"))
 
 
 class RevisionSource(HubSource):
@@ -364,6 +398,9 @@ class LocalSuiteSource:
     def weight_fingerprint(self, step: int) -> dict[str, str] | None:
         return weight_fingerprints(self.root / f"step{step}") or None
 
+    def check_available(self) -> None:
+        """A local suite that resolved is there."""
+
     def release(self, checkpoint: Checkpoint) -> None:
         """Local suites belong to the user: nothing is ever deleted."""
 
@@ -394,6 +431,9 @@ class SingleModelSource:
     def weight_fingerprint(self, step: int) -> dict[str, str] | None:
         return weight_fingerprints(self.path, self.gguf_file) or None
 
+    def check_available(self) -> None:
+        """A local model that resolved is there."""
+
     def release(self, checkpoint: Checkpoint) -> None:
         """A single local model belongs to the user: nothing is deleted."""
 
@@ -421,12 +461,6 @@ def weight_files(files: Sequence[str]) -> list[str]:
         "no weights in this revision: expected model.safetensors or pytorch_model.bin (sharded or not), "
         f"found {', '.join(sorted(top)) or 'no files'}"
     )
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def cached_ref_names(repo_dir: Path) -> list[str]:
@@ -468,8 +502,3 @@ def _suite_fingerprint(path: Path) -> str:
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return "local-" + h.hexdigest()[:16]
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -10,6 +10,7 @@ the lowest to the highest seed.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ import xarray as xr
 from dynamics.errors import UserInputError
 from dynamics.report.figures import accuracy_bars_figure, legend_below
 from dynamics.report.study_figures import study_figures
+from store.safe_files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,9 @@ def _save(fig, out: Path, name: str, formats: Sequence[str]) -> list[Path]:
         fig.tight_layout()
     for fmt in formats:
         path = out / f"{name}.{fmt}"
-        fig.savefig(path, dpi=150, bbox_inches="tight")  # legends below the axes are part of the figure
+        image = io.BytesIO()
+        fig.savefig(image, format=fmt, dpi=150, bbox_inches="tight")  # legends below the axes are part of it
+        atomic_write_bytes(path, image.getvalue())  # never written through a link planted at the name
         paths.append(path)
     return paths
 
