@@ -33,10 +33,11 @@ CONDITION_LABELS = {
     "neg_matched": "negative ablation, perplexity-matched control",
 }
 # One colour and line style per condition in every figure: the clean model a thick solid black
-# line drawn on top, each ablation a thinner dashed or dotted line beneath it.
+# line drawn on top (half transparent), each ablation a thinner dashed or dotted line beneath it.
 CONDITION_COLORS = dict(zip(CONDITION_LABELS.values(), ("0.1", "tab:red", "tab:blue", "tab:purple", "tab:green")))
 CONDITION_STYLES = {
-    "clean": {"ls": "-", "lw": 2.6, "marker": "o", "ms": 6, "zorder": 10},
+    # on top, half transparent with hollow markers: an ablation line that coincides with it shows through
+    "clean": {"ls": "-", "lw": 3.2, "marker": "o", "ms": 7, "mfc": "none", "mew": 1.6, "alpha": 0.55, "zorder": 10},
     "neg_cohort": {"ls": "--", "lw": 1.5, "marker": "s", "ms": 4, "zorder": 5},
     "neg_random": {"ls": ":", "lw": 1.5, "marker": "^", "ms": 4, "zorder": 4},
     "neg_stepwise": {"ls": "-.", "lw": 1.3, "marker": "v", "ms": 4, "zorder": 3},
@@ -181,7 +182,7 @@ def drift_figure(ds: xr.Dataset, plt, x: str = "step") -> object:
     panels = ((axes[0], "drift_ref", 1.0, "1 - cos of input weights", "against the reference step"),
               (axes[1], "drift_prev", 1.0, "1 - cos of input weights", "against the previous done step"),
               (axes[2], "drift_prev", gaps, "(1 - cos) / steps since the previous done step",
-               "against the previous done step, per step of gap"))
+               "vs the previous done step, per step of gap"))
     for ax, name, scale, ylabel, title in panels:
         for group, color, label in (("all", "0.4", "all neurons"), ("cohort", "C3", "cohort"),
                                     ("random_control", "C0", "random control")):
@@ -194,6 +195,8 @@ def drift_figure(ds: xr.Dataset, plt, x: str = "step") -> object:
     legend_below(axes[0], fig, columns=3)
     if gaps is not None and len(np.unique(gaps[np.isfinite(gaps)])) > 1:
         finite = gaps[np.isfinite(gaps)]
+        low, high = axes[1].get_ylim()
+        axes[1].set_ylim(low, high + 0.25 * (high - low))  # room for the note above the curves
         axes[1].text(0.02, 0.97, f"uneven gaps between checkpoints: {int(finite.min())} to {int(finite.max())} "
                      "steps;\neach point compares with the step before it (see the right panel)",
                      transform=axes[1].transAxes, va="top", fontsize=7.5, color="0.25")
