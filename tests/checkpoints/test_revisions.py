@@ -94,3 +94,23 @@ def test_steps_command_shows_what_exists(tmp_path, capsys):
     assert out[1].startswith("EleutherAI/pythia-70m offers 3 steps (the offline cache ") and out[1].endswith(": 0 4 16")
     assert main(["steps", "8", "--model", "pythia-70m", "--cache-dir", str(tmp_path)]) == 2
     assert "step 8 has no checkpoint for EleutherAI/pythia-70m; nearest available: 4, 16" in capsys.readouterr().err
+
+
+def test_online_fingerprints_come_from_the_hub_metadata_without_download(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    asked = []
+
+    def paths_info(self, repo_id, paths, revision=None):
+        asked.append((repo_id, list(paths), revision))
+        return [SimpleNamespace(path=p, lfs=SimpleNamespace(sha256=f"{revision}-{p}")) for p in paths]
+
+    monkeypatch.setattr("huggingface_hub.HfApi.get_paths_info", paths_info)
+    downloads = []
+    source = HubSource(resolve_model("pythia-70m"), cache_dir=tmp_path, list_refs=lambda repo: ["step0", "step1"],
+                       list_files=lambda repo, rev: ["config.json", "model.safetensors", "README.md"],
+                       download=lambda *a, **k: downloads.append(k))
+    assert source.weight_fingerprint(1) == {"model.safetensors": "step1-model.safetensors"}
+    assert asked == [("EleutherAI/pythia-70m", ["model.safetensors"], "step1")] and downloads == []
