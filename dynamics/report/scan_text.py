@@ -14,13 +14,14 @@ def _conditions(ds: xr.Dataset) -> list[str]:
 
 
 def step_table(ds: xr.Dataset) -> str:
-    """One row per done step: cohort vs population WD, TSE and perplexity per condition, drift."""
+    """One row per done step: cohort vs population WD, TSE, BLiMP and perplexity per condition, drift, tokens."""
     conditions = _conditions(ds)
     headers = ["step"]
     with_tokens = "tokens" in ds.coords and bool((ds["tokens"] >= 0).any())
     if "wd" in ds:
         headers += ["wd median", "wd cohort"]
     headers += [f"tse {c}" for c in conditions if "tse_acc" in ds]
+    headers += [f"blimp {c}" for c in conditions if "blimp_acc" in ds]
     headers += [f"ppl {c}" for c in conditions if "ppl" in ds]
     if "drift_ref" in ds and "cohort" in ds:
         headers += ["drift_ref cohort"]
@@ -35,6 +36,8 @@ def step_table(ds: xr.Dataset) -> str:
                     fmt(float(at["wd"].where(ds["cohort"]).mean())) if "cohort" in ds else "-"]
         if "tse_acc" in ds:
             row += [fmt(float(at["tse_acc"].sel(condition=c).mean())) for c in conditions]
+        if "blimp_acc" in ds:  # mean over paradigms (each with the same number of sampled pairs)
+            row += [fmt(float(at["blimp_acc"].sel(condition=c).mean())) for c in conditions]
         if "ppl" in ds:
             row += [fmt(float(at["ppl"].sel(condition=c)), 2) for c in conditions]
         if "drift_ref" in ds and "cohort" in ds:
@@ -85,6 +88,8 @@ def report(ds: xr.Dataset) -> str:
         *failure_lines(steps),
     ]
     parts += duplicate_lines(ds)
+    skipped = attrs.get("provenance", {}).get("benchmarks_skipped") or {}
+    parts += [f"not measured: {name} ({why})" for name, why in skipped.items()]
     if "cohort" in ds:
         parts.append(f"cohort: {int(ds['cohort'].sum())} neurons of {ds['cohort'].size} "
                      f"({100 * float(ds['cohort'].mean()):.2f}%)")

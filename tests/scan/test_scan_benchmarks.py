@@ -102,3 +102,25 @@ def test_lm_eval_tasks_per_step(tiny_suite, tmp_path):
     np.testing.assert_allclose(sixths, np.round(sixths), atol=1e-9)
     assert ds.attrs["identity"]["benchmarks"] == {"lmeval_tasks": ["tiny_mc"]}
     assert ds.attrs["identity"]["analysis"]["lmeval_limit"] == 6
+
+
+def test_report_shows_blimp_per_condition_and_what_was_skipped(tiny_suite, tmp_path, monkeypatch):
+    from dynamics.report.scan_text import report
+
+    blimp = write_blimp(tmp_path / "blimp", pairs=4)
+    out = tmp_path / "r.zarr"
+    run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="8",
+                        **{**FAST_SCAN, "blimp": str(blimp), "blimp_per_paradigm": 2, "blimp_paradigms": ",".join(PARADIGMS)}))
+    ds = open_cube(out)
+    lines = report(ds).splitlines()
+    header = next(line for line in lines if line.split()[:1] == ["step"])
+    assert "tse neg_random" in header and header.index("blimp clean") > header.index("tse neg_random")
+    row = next(line for line in lines if line.split()[:1] == ["8"]).split()
+    # the step table's cells in header order: step, wd median, wd cohort, tse x3, blimp x3, ...
+    blimp_clean = row[1 + 2 + 3]
+    assert float(blimp_clean) == pytest.approx(float(ds["blimp_acc"].sel(step=8, condition="clean").mean()), abs=1e-3)
+    offline = tmp_path / "offline.zarr"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run_scan(ScanConfig(model=str(tiny_suite), out=str(offline), steps="8", **{**FAST_SCAN, "blimp_per_paradigm": 2}))
+    text = report(open_cube(offline))
+    assert "not measured: blimp (the Hub is offline; pass --blimp with a directory of <paradigm>.jsonl files)" in text
