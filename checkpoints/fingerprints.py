@@ -78,3 +78,11 @@ def weights_identity(fingerprints: Mapping[str, str] | None) -> str | None:
     if not fingerprints:
         return None
     return hashlib.sha256(";".join(f"{k}:{v}" for k, v in sorted(fingerprints.items())).encode()).hexdigest()
+
+
+def hub_lfs_sha256(repo_id: str, revision: str, files: list[str]) -> dict[str, str]:
+    """The LFS sha256 of ``files`` at ``revision`` from the Hub's file metadata (one request, no download)."""
+    from huggingface_hub import HfApi
+
+    infos = HfApi().get_paths_info(repo_id, files, revision=revision)
+    return {info.path: info.lfs.sha256 for info in infos if getattr(info, "lfs", None) is not None}

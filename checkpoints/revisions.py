@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dynamics.errors import UserInputError
 
@@ -105,3 +106,19 @@ def tokens_of_steps(steps: Iterable[int], per_step: int | None, named: Mapping[i
     -1 where neither is known."""
     named = named or {}
     return {s: named.get(s, s * per_step if per_step else -1) for s in steps}
+
+
+def cached_ref_names(repo_dir: Path) -> list[str]:
+    """The revision names a Hugging Face cache holds for a repository (``refs/<name>``, nested names too)."""
+    refs = repo_dir / "refs"
+    if not refs.is_dir():
+        return []
+    return sorted(str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file())
+
+
+def hub_ref_names(repo_id: str) -> list[str]:
+    """A Hub repository's branch and tag names (one request)."""
+    from huggingface_hub import HfApi
+
+    refs = HfApi().list_repo_refs(repo_id)
+    return [r.name for r in [*refs.branches, *refs.tags]]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from checkpoints.fingerprints import tokenizer_fingerprint, weight_fingerprints
+from checkpoints.fingerprints import hub_lfs_sha256, tokenizer_fingerprint, weight_fingerprints
 from checkpoints.hub_cache import cache_entries, evict_added
 from checkpoints.hub_errors import (
     RetryPolicy,
@@ -26,7 +26,14 @@ from checkpoints.hub_errors import (
     one_line,
 )
 from checkpoints.names import ModelRef
-from checkpoints.revisions import DEFAULT_TEMPLATE, RevisionIndex, RevisionTemplate, index_revisions
+from checkpoints.revisions import (
+    DEFAULT_TEMPLATE,
+    RevisionIndex,
+    RevisionTemplate,
+    cached_ref_names,
+    hub_ref_names,
+    index_revisions,
+)
 from checkpoints.steps import PYTHIA_STEPS
 from dynamics.errors import CheckpointError, UserInputError
 
@@ -199,7 +206,7 @@ class HubSource:
         self._added: set[str] = set()  # cache entries (relative to the repo folder) this run created
         self._cache_lock = threading.Lock()  # a prefetch thread fetches while the driver releases
         self._unreachable = False  # a fetch used up its retries on transient errors: later ones try once
-        self._list_refs = list_refs or _list_repo_refs
+        self._list_refs = list_refs or hub_ref_names
         self.template = RevisionTemplate(revision_template)
         self._index: RevisionIndex | None = (
             RevisionIndex(self.template, dict(revisions), where="the run's listing") if revisions is not None else None)
@@ -285,7 +292,7 @@ class HubSource:
             return None
         try:
             files = self._list_files(self.model_id, revision)
-            return _lfs_sha256(self.model_id, revision, weight_files(files)) or None
+            return hub_lfs_sha256(self.model_id, revision, weight_files(files)) or None
         except Exception as exc:  # a fingerprint is an optimisation: the step is then measured as it is
             log.warning("no weight fingerprint for %s@%s: %s", self.model_id, revision, one_line(exc))
             return None
@@ -461,29 +468,6 @@ def weight_files(files: Sequence[str]) -> list[str]:
         "no weights in this revision: expected model.safetensors or pytorch_model.bin (sharded or not), "
         f"found {', '.join(sorted(top)) or 'no files'}"
     )
-
-
-def cached_ref_names(repo_dir: Path) -> list[str]:
-    """The revision names a Hugging Face cache holds for a repository (``refs/<name>``, nested names too)."""
-    refs = repo_dir / "refs"
-    if not refs.is_dir():
-        return []
-    return sorted(str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file())
-
-
-def _list_repo_refs(repo_id: str) -> list[str]:
-    from huggingface_hub import HfApi
-
-    refs = HfApi().list_repo_refs(repo_id)
-    return [r.name for r in [*refs.branches, *refs.tags]]
-
-
-def _lfs_sha256(repo_id: str, revision: str, files: list[str]) -> dict[str, str]:
-    """The LFS sha256 of ``files`` at ``revision`` from the Hub's metadata (no download)."""
-    from huggingface_hub import HfApi
-
-    infos = HfApi().get_paths_info(repo_id, files, revision=revision)
-    return {info.path: info.lfs.sha256 for info in infos if getattr(info, "lfs", None) is not None}
 
 
 def _list_repo_files(repo_id: str, revision: str) -> list[str]:
