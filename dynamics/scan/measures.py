@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
+from dynamics.ablation import ablate
+from dynamics.lmeval import METRICS, evaluate_tasks
 from dynamics.row_ablation import ablate_rows, conditions_per_pass
+from dynamics.syntax.blimp import blimp_accuracy
 from dynamics.syntax.perplexity import perplexity_each
 from dynamics.syntax.scoring import DEFAULT_BATCH_TOKENS, score_pairs_each
 
@@ -32,16 +36,27 @@ def syntax_and_perplexity(
     cases: Sequence[str],
     reduction: str = "sum",
     prefix: bool = True,
+    blimp: Sequence[Any] = (),
+    paradigms: Sequence[str] = (),
+    tasks: Sequence[str] = (),
+    lmeval_limit: int | None = None,
+    seed: int = 0,
+    task_path: str | None = None,
 ) -> xr.Dataset:
-    """TSE accuracy and margin per case, and perplexity, under each condition.
+    """TSE accuracy and margin per case, BLiMP accuracy per paradigm, lm-eval tasks and perplexity,
+    under each condition.
 
     ``conditions`` maps a name to a neuron mask [layer, neuron] whose negative
-    pre-activations are zeroed (``None``: the clean model). The conditions run together,
+    pre-activations are zeroed (``None``: the clean model). BLiMP is scored with the same
+    protocol (reduction, prefix) as TSE; ``blimp_acc`` is absent without BLiMP pairs, and
+    ``lmeval_acc`` without tasks. TSE, BLiMP and perplexity run their conditions together,
     each batch replicated once per condition (:func:`dynamics.row_ablation.ablate_rows`),
-    with the numbers of one condition at a time.
+    with the numbers of one condition at a time; lm-eval runs one condition at a time.
     """
     acc = np.full((len(conditions), len(cases)), np.nan)
     margin = np.full((len(conditions), len(cases)), np.nan)
+    blimp_acc = np.full((len(conditions), len(paradigms)), np.nan)
+    lmeval = np.full((len(conditions), len(tasks), len(METRICS)), np.nan)
     ppl = np.full(len(conditions), np.nan)
     masks = list(conditions.values())
     if pairs:
@@ -51,19 +66,39 @@ def syntax_and_perplexity(
                                                  reduction=reduction, prefix=prefix, progress=False)  # type: ignore[arg-type]
             for i, scores in enumerate(per_condition, start=first):
                 acc[i], margin[i] = scores.aligned("accuracy", cases), scores.aligned("margin", cases)
+    if blimp:
+        for first, chunk in _condition_chunks(masks, DEFAULT_BATCH_TOKENS):
+            with ablate_rows(model, chunk, mode="negative") as copies:
+                per_condition = score_pairs_each(model, tokenizer, blimp, copies, group_by="case", reduction=reduction,  # type: ignore[arg-type]
+                                                 prefix=prefix, progress=False, keep_pairs=True)
+            for i, scores in enumerate(per_condition, start=first):
+                assert scores.correct is not None  # keep_pairs=True
+                per_paradigm = blimp_accuracy(blimp, scores.correct).per_paradigm
+                blimp_acc[i] = [per_paradigm.get(p, np.nan) for p in paradigms]
+    if tasks:
+        for i, mask in enumerate(masks):
+            with ablate(model, mask, mode="negative") if mask is not None else nullcontext():
+                results = evaluate_tasks(model, tokenizer, tasks, lmeval_limit, include_path=task_path, seed=seed)
+            lmeval[i] = [[results[t][m] for m in METRICS] for t in tasks]
     if ppl_windows is not None and len(ppl_windows):
         for first, chunk in _condition_chunks(masks, int(ppl_windows.shape[1])):
             with ablate_rows(model, chunk, mode="negative") as copies:
                 ppl[first : first + copies] = perplexity_each(model, ppl_windows, copies, progress=False)
-    coords = {"condition": list(conditions), "tse_case": list(cases)}
-    return xr.Dataset(
-        {
-            "tse_acc": (("condition", "tse_case"), acc, {"long_name": "TSE accuracy (good scores above bad)"}),
-            "tse_margin": (("condition", "tse_case"), margin, {"units": "nats", "long_name": "mean log p(good) - log p(bad)"}),
-            "ppl": (("condition",), ppl, {"long_name": "perplexity on the corpus windows"}),
-        },
-        coords=coords,
-    )
+    coords: dict[str, Any] = {"condition": list(conditions), "tse_case": list(cases)}
+    data: dict[str, Any] = {
+        "tse_acc": (("condition", "tse_case"), acc, {"long_name": "TSE accuracy (good scores above bad)"}),
+        "tse_margin": (("condition", "tse_case"), margin, {"units": "nats", "long_name": "mean log p(good) - log p(bad)"}),
+        "ppl": (("condition",), ppl, {"long_name": "perplexity on the corpus windows"}),
+    }
+    if blimp:
+        coords["blimp_paradigm"] = list(paradigms)
+        data["blimp_acc"] = (("condition", "blimp_paradigm"), blimp_acc,
+                             {"long_name": "BLiMP accuracy per paradigm (sampled pairs, same protocol as TSE)"})
+    if tasks:
+        coords["task"] = list(tasks)
+        data["lmeval_acc"] = (("condition", "task"), lmeval[:, :, 0], {"long_name": "lm-eval acc,none"})
+        data["lmeval_acc_norm"] = (("condition", "task"), lmeval[:, :, 1], {"long_name": "lm-eval acc_norm,none"})
+    return xr.Dataset(data, coords=coords)
 
 
 def _condition_chunks(masks: list[Any], tokens_per_batch: int) -> list[tuple[int, list[Any]]]:

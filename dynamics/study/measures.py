@@ -22,9 +22,9 @@ import torch
 import xarray as xr
 
 from dynamics.ablation import ablate
+from dynamics.lmeval import TaskPlan, evaluate_tasks
 from dynamics.row_ablation import ablate_rows, conditions_per_pass
 from dynamics.study.conditions import Unit
-from dynamics.study.lmeval import TaskPlan, evaluate_tasks
 from dynamics.syntax.blimp import blimp_accuracy
 from dynamics.syntax.pairs import MinimalPair
 from dynamics.syntax.perplexity import perplexity_each

@@ -9,8 +9,8 @@ from fixtures.study import char_tokenizer
 from fixtures.tiny_models import tiny_input_ids, tiny_model
 
 from checkpoints.adapters import mlp_shape
+from dynamics.lmeval import TaskPlan
 from dynamics.study.conditions import Unit, study_units
-from dynamics.study.lmeval import TaskPlan
 from dynamics.study.measures import StudyInputs, measure_together, measure_unit
 from dynamics.study.worker import groups_together
 from dynamics.syntax.pairs import MinimalPair
