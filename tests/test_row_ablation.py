@@ -24,6 +24,8 @@ from dynamics.ablation import ablate
 from dynamics.errors import UserInputError
 from dynamics.row_ablation import ablate_rows, conditions_per_pass
 from dynamics.scan.measures import syntax_and_perplexity
+from dynamics.syntax.blimp import blimp_accuracy
+from dynamics.syntax.pairs import MinimalPair
 from dynamics.syntax.perplexity import perplexity, perplexity_each, window_nll, window_nll_each
 from dynamics.syntax.scoring import score_pairs, score_pairs_each
 
@@ -109,8 +111,17 @@ def test_scan_evaluation_equals_the_loop_over_conditions() -> None:
     masks = _masks(model)
     conditions = dict(zip(("clean", "neg_cohort", "neg_random"), masks))
     windows = tiny_input_ids(batch=2, length=16, seed=1)
+    blimp = [MinimalPair("craig explored that store.", "craig explored that stores.", "det_noun", linguistics_term="agr"),
+             MinimalPair("she helped herself.", "she helped himself.", "anaphor", linguistics_term="anaphora"),
+             MinimalPair("he helped himself.", "he helped herself.", "anaphor", linguistics_term="anaphora")]
     with torch.inference_mode():
-        result = syntax_and_perplexity(model, tokenizer, PAIRS, windows, conditions, ["simple", "across", "npi", "none"])
+        result = syntax_and_perplexity(model, tokenizer, PAIRS, windows, conditions, ["simple", "across", "npi", "none"],
+                                       blimp=blimp, paradigms=["anaphor", "det_noun", "absent"])
+    single_blimp = _one_at_a_time(model, masks, "negative", lambda: score_pairs(model, tokenizer, blimp, keep_pairs=True,
+                                                                                 progress=False))
+    for i, scores in enumerate(single_blimp):
+        per_paradigm = blimp_accuracy(blimp, scores.correct).per_paradigm
+        np.testing.assert_array_equal(result["blimp_acc"].values[i], [per_paradigm["anaphor"], per_paradigm["det_noun"], np.nan])
     single = _one_at_a_time(model, masks, "negative",
                             lambda: score_pairs(model, tokenizer, PAIRS, group_by="case", progress=False))
     single_ppl = _one_at_a_time(model, masks, "negative", lambda: perplexity(model, windows, progress=False))
