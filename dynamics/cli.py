@@ -17,7 +17,8 @@ from typing import Any
 from dynamics import __version__
 from dynamics.config import add_config_arguments, config_from_args, option
 from dynamics.errors import ComputationBug, CubeError, DynamicsError
-from dynamics.executor import last_frames
+from dynamics.executor import last_frames, one_line
+from dynamics.paths import check_output_dir, explain_os_error
 
 log = logging.getLogger("dynamics")
 
@@ -58,6 +59,7 @@ class TseExportConfig:
 def run_tse_export(config: TseExportConfig) -> int:
     from dynamics.syntax.tse_io import export_tse
 
+    check_output_dir(config.directory, "DIR")
     paths = export_tse(config.directory, format=config.format, overwrite=config.overwrite)  # type: ignore[arg-type]
     print(f"wrote {len(paths)} files to {config.directory}")
     return 0
@@ -76,7 +78,9 @@ def run_plot(config: PlotConfig) -> int:
     from dynamics.report.scan_figures import plot_cube
     from store import open_cube
 
-    paths = plot_cube(open_cube(config.cube), config.out, [f.strip() for f in config.formats.split(",") if f.strip()])
+    cube = open_cube(config.cube)
+    check_output_dir(config.out, "--out")
+    paths = plot_cube(cube, config.out, [f.strip() for f in config.formats.split(",") if f.strip()])
     print(f"wrote {len(paths)} files to {config.out}")
     return 0
 
@@ -109,6 +113,7 @@ def run_report(config: ReportConfig) -> int:
 def run_toy(config: Any) -> int:
     from dynamics.toy.suite import build_toy_suite
 
+    check_output_dir(config.out, "--out")
     path = build_toy_suite(config.out, config)
     print(f"toy suite written to {path}; scan it with: dynamics scan --model {path} --steps all --out toy.zarr")
     return 0
@@ -197,8 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _one_handler_for_library_logs()
     cls, run, _ = _commands()[args.command_key]
+    config = None
     try:
-        return run(config_from_args(cls, args))
+        config = config_from_args(cls, args)
+        return run(config)
     except ComputationBug as exc:
         trace = exc.trace if args.verbose else last_frames(exc.trace)
         print(trace.rstrip(), file=sys.stderr)
@@ -216,6 +223,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `dynamics report CUBE | head`: the reader left, nothing is wrong
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep Python's exit flush from failing again
         return 0
+    except OSError as exc:  # on a path the user gave (a disk that filled up, ...): their input, exit 2
+        told = explain_os_error(exc, _user_paths(config))
+        if args.verbose and not told:
+            log.exception("the error in full")
+        print(f"dynamics {args.command_key}: error: {told or one_line(exc)}", file=sys.stderr)
+        return 2 if told else 1
+
+
+#: The config fields that name files or directories the user chose.
+PATH_FIELDS = ("out", "cube", "directory", "corpus", "cache_dir", "task_path", "blimp", "model")
+
+
+def _user_paths(config: Any) -> list[str]:
+    return [value for name in PATH_FIELDS if isinstance(value := getattr(config, name, None), str) and value]
 
 
 if __name__ == "__main__":

@@ -19,12 +19,23 @@ class UserInputError(DynamicsError, ValueError):
     exit_code = 2
 
 
+class PathError(UserInputError):
+    """A path the user gave cannot be used: under a file, not writable, on a full disk, ..."""
+
+
 class CheckpointError(DynamicsError):
     """A checkpoint could not be downloaded or loaded, even after retries."""
 
 
 class CubeError(DynamicsError):
     """The results store is in a state the request cannot proceed from."""
+
+
+class DamagedCubeError(CubeError):
+    """A cube's own files are damaged (unreadable metadata, malformed step records): the
+    cube the user named cannot be used as it is; nothing is changed in it."""
+
+    exit_code = 2
 
 
 class CubeLockedError(CubeError):

@@ -36,7 +36,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from dynamics.errors import CubeError
+from dynamics.errors import CubeError, DamagedCubeError, PathError
 from store.derived import add_derived
 from store.integrity import (
     compact_steps,
@@ -47,6 +47,7 @@ from store.integrity import (
     rollback_extension,
     unique_positions,
 )
+from store.leftovers import discard_new_cube, has_done_steps, missing_ancestors, remove_directories, set_aside
 from store.lock import WriterLock
 from store.safe_files import fresh_directory
 
@@ -146,27 +147,46 @@ class CubeWriter:
         self.overwrite = overwrite
         self._lock = WriterLock(self.path)
         self._index: dict[int, int] = {}
+        self._created = False  # this run made the cube: a failure before its first done step removes it
+        self._made_dirs: list[Path] = []  # and the parent directories made for it
 
     # -- life cycle -------------------------------------------------------------------------
     def __enter__(self) -> CubeWriter:
+        self._made_dirs = missing_ancestors(Path(os.path.realpath(self.path)).parent)
         self._lock.acquire()
         try:
             self._prepare()
         except BaseException:
-            self._lock.release()
+            self._close(failed=True)
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._close(failed=exc_type is not None)
+
+    def _close(self, failed: bool) -> None:
+        """Release the lock; a run that fails before its first done step leaves nothing behind."""
+        discard = False
+        if failed and self._created:
+            try:
+                discard = not has_done_steps(_read_attrs(self.path))
+            except (OSError, CubeError):  # unreadable now: leave it to be looked at
+                discard = False
+        if discard:
+            discard_new_cube(self.path)
         self._lock.release()
+        if discard:
+            remove_directories(self._made_dirs)
 
     def _prepare(self) -> None:
         if self.path.exists() and not (self.path / "zarr.json").is_file():
             raise CubeError(f"{str(self.path)!r} exists but is not a cube; choose another --out")
+        if self.path.exists() and self._reinitialise():
+            return self._prepare()
         if not self.path.exists():
             self._create()
+            self._created = True
         else:
-            self._check_identity()
             if "extending" in _read_attrs(self.path):
                 rollback_extension(self.path)
             self._repair_duplicated_steps()
@@ -207,6 +227,14 @@ class CubeWriter:
 
     def _create(self) -> None:
         real = Path(os.path.realpath(self.path))  # a link to a cube yet to be made: make it where the link points
+        try:
+            self._write_new(real)
+        except OSError as exc:  # a full disk, a directory made read-only meanwhile: the user's --out, one line
+            reason = "no space left on the device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
+            raise PathError(f"cannot create cube {str(self.path)!r}: {reason or exc}; free space or choose "
+                            "another --out") from None
+
+    def _write_new(self, real: Path) -> None:
         tmp = fresh_directory(real.parent, f".{real.name}.creating.")
         ds = xr.Dataset(coords={"step": np.asarray(self.steps, dtype="int64")})
         if self.static is not None:
@@ -225,6 +253,19 @@ class CubeWriter:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _reinitialise(self) -> bool:
+        """Replace a cube made with other settings that has no done step yet (says so in one line)."""
+        attrs = _read_attrs(self.path)
+        stored = attrs.get("identity", {})
+        if stored == self.identity or has_done_steps(attrs):
+            return False  # the same settings, or done steps that _check_identity protects
+        key, was, now = _first_difference(stored, self.identity)
+        log.warning("cube %s has no done %s and was made with %s=%s: re-initialising it for this run's %s=%s",
+                    self.path, self.unit, key, json.dumps(was), key, json.dumps(now))
+        old = set_aside(self.path)
+        shutil.rmtree(old.parent, ignore_errors=True)
+        return True
 
     def _check_identity(self) -> None:
         stored = _read_attrs(self.path).get("identity", {})
@@ -381,8 +422,24 @@ def read_identity(path: str | Path) -> dict[str, Any]:
 
 
 def _read_attrs(path: Path) -> dict[str, Any]:
-    with open(path / "zarr.json", encoding="utf-8") as f:
-        return dict(json.load(f).get("attributes", {}))
+    """The root attributes; damaged metadata or step records are one line (DamagedCubeError), never a traceback."""
+    try:
+        with open(path / "zarr.json", encoding="utf-8") as f:
+            meta = json.load(f)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise DamagedCubeError(f"cube {str(path)!r} is damaged: its zarr.json is not valid JSON ({exc}); nothing was "
+                               "changed: restore the cube from a copy or choose another one") from None
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else None
+    steps = attrs.get("steps", {}) if isinstance(attrs, dict) else None
+    if not isinstance(steps, dict):
+        raise DamagedCubeError(f"cube {str(path)!r} is damaged: the attributes of its zarr.json are not a cube's "
+                               "(no step records); nothing was changed: restore it from a copy or choose another one")
+    for key, record in steps.items():
+        if not isinstance(record, dict) or not isinstance(record.get("status", PENDING), str):
+            raise DamagedCubeError(f"cube {str(path)!r} is damaged: the record of step {key} in its zarr.json is "
+                                   f"{json.dumps(record)[:60]}, not a step record; nothing was changed: restore the "
+                                   "cube from a copy or choose another one")
+    return dict(attrs)
 
 
 def _fill_value(dtype: np.dtype) -> Any:
