@@ -31,11 +31,14 @@ class CubeError(DynamicsError):
     """The results store is in a state the request cannot proceed from."""
 
 
-class DamagedCubeError(CubeError):
-    """A cube's own files are damaged (unreadable metadata, malformed step records): the
-    cube the user named cannot be used as it is; nothing is changed in it."""
+class CubeInputError(CubeError):
+    """The cube the user named cannot be used: missing, not a cube, its lock path unusable."""
 
     exit_code = 2
+
+
+class DamagedCubeError(CubeInputError):
+    """A cube's own files are damaged (unreadable metadata, malformed step records); nothing is changed in it."""
 
 
 class CubeLockedError(CubeError):

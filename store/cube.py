@@ -36,7 +36,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from dynamics.errors import CubeError, DamagedCubeError, PathError
+from dynamics.errors import CubeError, CubeInputError, DamagedCubeError, PathError
 from store.derived import add_derived
 from store.integrity import (
     compact_steps,
@@ -47,7 +47,14 @@ from store.integrity import (
     rollback_extension,
     unique_positions,
 )
-from store.leftovers import discard_new_cube, has_done_steps, missing_ancestors, remove_directories, set_aside
+from store.leftovers import (
+    discard_new_cube,
+    has_done_steps,
+    missing_ancestors,
+    reinitialisable,
+    remove_directories,
+    set_aside,
+)
 from store.lock import WriterLock
 from store.safe_files import fresh_directory
 
@@ -77,7 +84,7 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
     """
     path = Path(path)
     if not (path / "zarr.json").is_file():
-        raise CubeError(f"no cube at {str(path)!r}: expected a directory written by `dynamics scan` or `dynamics ablate`")
+        raise CubeInputError(f"no cube at {str(path)!r}: expected a directory written by `dynamics scan` or `dynamics ablate`")
     attrs = _read_attrs(path)
     if "extending" in attrs or "compacting" in attrs:
         repair_interrupted_write(path)
@@ -147,7 +154,7 @@ class CubeWriter:
         self.overwrite = overwrite
         self._lock = WriterLock(self.path)
         self._index: dict[int, int] = {}
-        self._created = False  # this run made the cube: a failure before its first done step removes it
+        self._created = False  # this run made the cube: bad input found before its first done step removes it
         self._made_dirs: list[Path] = []  # and the parent directories made for it
 
     # -- life cycle -------------------------------------------------------------------------
@@ -156,18 +163,23 @@ class CubeWriter:
         self._lock.acquire()
         try:
             self._prepare()
-        except BaseException:
-            self._close(failed=True)
+        except BaseException as exc:
+            self._close(exc)
             raise
         return self
 
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        self._close(failed=exc_type is not None)
+    def __exit__(self, exc_type: object, exc: BaseException | None, *rest: object) -> None:
+        self._close(exc)
 
-    def _close(self, failed: bool) -> None:
-        """Release the lock; a run that fails before its first done step leaves nothing behind."""
+    def _close(self, exc: BaseException | None) -> None:
+        """Release the lock. A run stopped by the user's input (exit code 2) before its first done step
+        leaves nothing behind; other failures keep the cube (its records, and a re-run resumes it)."""
         discard = False
-        if failed and self._created:
+        if exc is None and (self.path / "zarr.json").is_file():  # a cube a run ended normally on is kept as it is
+            runs = list(_read_attrs(self.path).get("runs", []))
+            if runs and isinstance(runs[-1], dict):
+                self._update_attrs(runs=[*runs[:-1], {**runs[-1], "ended": _now()}])
+        if getattr(exc, "exit_code", None) == 2 and self._created:
             try:
                 discard = not has_done_steps(_read_attrs(self.path))
             except (OSError, CubeError):  # unreadable now: leave it to be looked at
@@ -180,13 +192,14 @@ class CubeWriter:
 
     def _prepare(self) -> None:
         if self.path.exists() and not (self.path / "zarr.json").is_file():
-            raise CubeError(f"{str(self.path)!r} exists but is not a cube; choose another --out")
+            raise CubeInputError(f"{str(self.path)!r} exists but is not a cube; choose another --out")
         if self.path.exists() and self._reinitialise():
             return self._prepare()
         if not self.path.exists():
             self._create()
             self._created = True
         else:
+            self._check_identity()
             if "extending" in _read_attrs(self.path):
                 rollback_extension(self.path)
             self._repair_duplicated_steps()
@@ -255,11 +268,11 @@ class CubeWriter:
             raise
 
     def _reinitialise(self) -> bool:
-        """Replace a cube made with other settings that has no done step yet (says so in one line)."""
+        """Replace a cube made with other settings that no run finished and that has no done step (one line)."""
         attrs = _read_attrs(self.path)
         stored = attrs.get("identity", {})
-        if stored == self.identity or has_done_steps(attrs):
-            return False  # the same settings, or done steps that _check_identity protects
+        if stored == self.identity or not reinitialisable(attrs):
+            return False  # the same settings, or a cube _check_identity protects
         key, was, now = _first_difference(stored, self.identity)
         log.warning("cube %s has no done %s and was made with %s=%s: re-initialising it for this run's %s=%s",
                     self.path, self.unit, key, json.dumps(was), key, json.dumps(now))
@@ -272,7 +285,7 @@ class CubeWriter:
         if stored == self.identity:
             return
         key, was, now = _first_difference(stored, self.identity)
-        raise CubeError(
+        raise CubeInputError(
             f"cube {str(self.path)!r} was made with {key}={json.dumps(was)}, "
             f"this run has {key}={json.dumps(now)}; use the same settings or another --out"
         )

@@ -1,10 +1,11 @@
 """Nothing left behind by a run that fails before its first step.
 
-A cube this run created is removed again when the run stops (an error, Ctrl-C) before any
-step is done, together with the parent directories the run made for it; a cube another run
-left with no done step may be re-initialised with other settings
-(:meth:`store.cube.CubeWriter`). Only cubes with no done step are ever removed: a done step
-is data, and data is never deleted here.
+A cube this run created is removed again when the user's input stops the run (exit code
+2) before any step is done, together with the parent directories the run made for it. A
+cube that no run ever finished (each stopped by an error, Ctrl-C or ``kill``) and that has
+no done step may be re-initialised by a run with other settings (:class:`store.cube.CubeWriter`).
+Only cubes with no done step are ever removed: a done step is data, and data is never
+deleted here.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def missing_ancestors(directory: Path) -> list[Path]:
 def has_done_steps(attrs: Mapping[str, Any]) -> bool:
     """Whether any step record of a cube's root attributes says ``done``."""
     return any(isinstance(r, Mapping) and r.get("status") == "done" for r in attrs.get("steps", {}).values())
+
+
+def reinitialisable(attrs: Mapping[str, Any]) -> bool:
+    """No done step, and no run that used the cube ended normally (a cube someone made on purpose stays)."""
+    runs = attrs.get("runs", [])
+    ended = any(isinstance(run, Mapping) and "ended" in run for run in runs) if isinstance(runs, list) else True
+    return not has_done_steps(attrs) and not ended
 
 
 def remove_directories(made: list[Path]) -> None:
