@@ -443,7 +443,7 @@ def _read_attrs(path: Path) -> dict[str, Any]:
         raise DamagedCubeError(f"cube {str(path)!r} is damaged: its zarr.json is not valid JSON ({exc}); nothing was "
                                "changed: restore the cube from a copy or choose another one") from None
     attrs = meta.get("attributes", {}) if isinstance(meta, dict) else None
-    steps = attrs.get("steps", {}) if isinstance(attrs, dict) else None
+    steps = attrs.get("steps") if isinstance(attrs, dict) else None
     if not isinstance(steps, dict):
         raise DamagedCubeError(f"cube {str(path)!r} is damaged: the attributes of its zarr.json are not a cube's "
                                "(no step records); nothing was changed: restore it from a copy or choose another one")

@@ -48,7 +48,8 @@ def _scan(*extra: str, out: str = "{ws}/new.zarr") -> tuple[str, ...]:
 
 
 def _ablate(*extra: str, out: str = "{ws}/study.zarr") -> tuple[str, ...]:
-    return ("ablate", "--model", "{suite}", "--out", out, "--corpus", "{suite}/heldout.txt", "--tasks", "none",
+    return ("ablate", "--model", "{suite}", "--out", out, "--corpus", "{suite}/heldout.txt", "--percents", "1,2",
+            "--match-percent", "1", "--tasks", "none",
             "--blimp-per-paradigm", "0", "--pos", "off", "--layer-groups", "0", *FAST, *extra)
 
 
