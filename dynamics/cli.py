@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _one_handler_for_library_logs()
     cls, run, _ = _commands()[args.command_key]
-    config = None
+    config: Any = None
     try:
         config = config_from_args(cls, args)
         return run(config)

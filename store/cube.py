@@ -36,7 +36,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from dynamics.errors import CubeError, CubeInputError, DamagedCubeError, PathError
+from dynamics.errors import CubeError, CubeInputError, PathError
 from store.derived import add_derived
 from store.integrity import (
     compact_steps,
@@ -52,10 +52,11 @@ from store.leftovers import (
     has_done_steps,
     missing_ancestors,
     reinitialisable,
+    remove_abandoned_cube,
     remove_directories,
-    set_aside,
 )
 from store.lock import WriterLock
+from store.metadata import read_root_attrs as _read_attrs
 from store.safe_files import fresh_directory
 
 log = logging.getLogger(__name__)
@@ -276,8 +277,7 @@ class CubeWriter:
         key, was, now = _first_difference(stored, self.identity)
         log.warning("cube %s has no done %s and was made with %s=%s: re-initialising it for this run's %s=%s",
                     self.path, self.unit, key, json.dumps(was), key, json.dumps(now))
-        old = set_aside(self.path)
-        shutil.rmtree(old.parent, ignore_errors=True)
+        remove_abandoned_cube(self.path)
         return True
 
     def _check_identity(self) -> None:
@@ -432,27 +432,6 @@ def read_identity(path: str | Path) -> dict[str, Any]:
     """The identity a cube was made with ({} when there is no cube at ``path``)."""
     path = Path(path)
     return dict(_read_attrs(path).get("identity", {})) if (path / "zarr.json").is_file() else {}
-
-
-def _read_attrs(path: Path) -> dict[str, Any]:
-    """The root attributes; damaged metadata or step records are one line (DamagedCubeError), never a traceback."""
-    try:
-        with open(path / "zarr.json", encoding="utf-8") as f:
-            meta = json.load(f)
-    except ValueError as exc:  # not JSON, or not UTF-8
-        raise DamagedCubeError(f"cube {str(path)!r} is damaged: its zarr.json is not valid JSON ({exc}); nothing was "
-                               "changed: restore the cube from a copy or choose another one") from None
-    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else None
-    steps = attrs.get("steps") if isinstance(attrs, dict) else None
-    if not isinstance(steps, dict):
-        raise DamagedCubeError(f"cube {str(path)!r} is damaged: the attributes of its zarr.json are not a cube's "
-                               "(no step records); nothing was changed: restore it from a copy or choose another one")
-    for key, record in steps.items():
-        if not isinstance(record, dict) or not isinstance(record.get("status", PENDING), str):
-            raise DamagedCubeError(f"cube {str(path)!r} is damaged: the record of step {key} in its zarr.json is "
-                                   f"{json.dumps(record)[:60]}, not a step record; nothing was changed: restore the "
-                                   "cube from a copy or choose another one")
-    return dict(attrs)
 
 
 def _fill_value(dtype: np.dtype) -> Any:

@@ -59,10 +59,9 @@ def discard_new_cube(path: Path) -> None:
     log.info("removed %s: the run stopped before its first step was done", path)
 
 
-def set_aside(path: Path) -> Path:
-    """Move the cube at ``path`` into a fresh hidden directory beside it (one rename); returns where it went."""
+def remove_abandoned_cube(path: Path) -> None:
+    """Remove a cube that :func:`reinitialisable` allows to go: renamed aside first (one atomic step), then deleted."""
     real = Path(os.path.realpath(path))
     aside = fresh_directory(real.parent, f".{real.name}.replaced.")
-    target = aside / real.name
-    os.rename(real, target)
-    return target
+    os.rename(real, aside / real.name)
+    shutil.rmtree(aside, ignore_errors=True)
