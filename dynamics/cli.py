@@ -16,7 +16,7 @@ from typing import Any
 
 from dynamics import __version__
 from dynamics.config import add_config_arguments, config_from_args, option
-from dynamics.errors import ComputationBug, CubeError, DynamicsError
+from dynamics.errors import ComputationBug, CubeError, DamagedCubeError, DynamicsError
 from dynamics.executor import last_frames, one_line
 from dynamics.paths import check_output_dir, explain_os_error
 
@@ -79,6 +79,7 @@ def run_plot(config: PlotConfig) -> int:
     from store import open_cube
 
     cube = open_cube(config.cube)
+    _require_data(config.cube, cube.attrs)
     check_output_dir(config.out, "--out")
     paths = plot_cube(cube, config.out, [f.strip() for f in config.formats.split(",") if f.strip()])
     print(f"wrote {len(paths)} files to {config.out}")
@@ -106,8 +107,18 @@ def run_report(config: ReportConfig) -> int:
         if error:
             raise CubeError(error)
         return 0
+    _require_data(config.cube, ds.attrs)
     print(report(ds))
     return 0
+
+
+def _require_data(cube: str, attrs: dict[str, Any]) -> None:
+    """Tables and figures of a cube some of whose done steps lost data would be wrong: one line instead."""
+    from store.integrity import lost_data_report
+
+    _, error = lost_data_report(cube, attrs)
+    if error:
+        raise DamagedCubeError(f"{error} (`dynamics report --check {cube}` names what is lost)")
 
 
 def run_toy(config: Any) -> int:

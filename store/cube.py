@@ -56,6 +56,7 @@ from store.leftovers import (
     remove_directories,
 )
 from store.lock import WriterLock
+from store.metadata import check_arrays_readable
 from store.metadata import read_root_attrs as _read_attrs
 from store.safe_files import fresh_directory
 
@@ -87,6 +88,7 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
     if not (path / "zarr.json").is_file():
         raise CubeInputError(f"no cube at {str(path)!r}: expected a directory written by `dynamics scan` or `dynamics ablate`")
     attrs = _read_attrs(path)
+    check_arrays_readable(path)
     if "extending" in attrs or "compacting" in attrs:
         repair_interrupted_write(path)
         attrs = _read_attrs(path)
@@ -200,6 +202,7 @@ class CubeWriter:
             self._create()
             self._created = True
         else:
+            check_arrays_readable(self.path)
             self._check_identity()
             if "extending" in _read_attrs(self.path):
                 rollback_extension(self.path)

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import zarr
+
 from dynamics.errors import DamagedCubeError
 
 PENDING = "pending"
@@ -35,3 +37,25 @@ def read_root_attrs(path: Path) -> dict[str, Any]:
                                    f"{json.dumps(record)[:60]}, not a step record; nothing was changed: restore the "
                                    "cube from a copy or choose another one")
     return dict(attrs)
+
+
+def check_arrays_readable(path: Path) -> None:
+    """Every variable's metadata parses and the ``step`` coordinate decodes, else DamagedCubeError.
+
+    Cheap (one small file per variable, one chunk per step): run on every open and resume, so
+    a damaged store is one line here and not an exception from deep inside zarr later.
+    """
+    for child in sorted(path.iterdir()):
+        if child.is_dir() and (child / "zarr.json").is_file():
+            try:
+                json.loads((child / "zarr.json").read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise DamagedCubeError(f"cube {str(path)!r} is damaged: the metadata of its variable {child.name} "
+                                       f"({child.name}/zarr.json) is not valid JSON ({exc}); nothing was changed: "
+                                       "restore the cube from a copy or choose another one") from None
+    try:
+        zarr.open_array(path / "step", mode="r")[:]
+    except Exception as exc:  # noqa: BLE001 - zarr and its codecs raise many kinds for a damaged chunk
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DamagedCubeError(f"cube {str(path)!r} is damaged: its step coordinate cannot be read ({reason}); "
+                               "nothing was changed: restore the cube from a copy or choose another one") from None

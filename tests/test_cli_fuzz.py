@@ -97,6 +97,8 @@ ATTACKS: list[Attack] = [
     Attack("scan --out a file named .zarr", _scan(out="{ws}/file.zarr")),
     Attack("scan resume: corrupt zarr.json", _scan(out="{ws}/bad_json.zarr")),
     Attack("scan resume: corrupt step record", _scan(out="{ws}/bad_record.zarr")),
+    Attack("scan resume: corrupt step chunk", _scan(out="{ws}/bad_step.zarr")),
+    Attack("scan resume: corrupt variable metadata", _scan(out="{ws}/bad_array.zarr")),
     # ablate
     Attack("ablate --percents 1e-9 (no neuron)", _ablate("--percents", "1e-9", "--match-percent", "1e-9")),
     Attack("ablate --group-percent 1e-9", _ablate("--layer-groups", "1", "--group-percent", "1e-9")),
@@ -125,6 +127,10 @@ ATTACKS: list[Attack] = [
     Attack("report a corrupt zarr.json", ("report", "{ws}/bad_json.zarr")),
     Attack("report a corrupt step record", ("report", "{ws}/bad_record.zarr")),
     Attack("report --check a corrupt zarr.json", ("report", "--check", "{ws}/bad_json.zarr")),
+    Attack("report a corrupt data chunk", ("report", "{ws}/bad_chunk.zarr")),
+    Attack("report a corrupt step chunk", ("report", "{ws}/bad_step.zarr")),
+    Attack("report --check a corrupt step chunk", ("report", "--check", "{ws}/bad_step.zarr")),
+    Attack("report a corrupt variable metadata", ("report", "{ws}/bad_array.zarr")),
     # plot
     Attack("plot --out under a file", ("plot", "{cube}", "--out", "{ws}/afile/figs")),
     Attack("plot --out in /proc", ("plot", "{cube}", "--out", "/proc/figs")),
@@ -132,6 +138,9 @@ ATTACKS: list[Attack] = [
     Attack("plot --formats bmp", ("plot", "{cube}", "--out", "{ws}/figs", "--formats", "bmp")),
     Attack("plot a corrupt zarr.json", ("plot", "{ws}/bad_json.zarr", "--out", "{ws}/figs")),
     Attack("plot a corrupt step record", ("plot", "{ws}/bad_record.zarr", "--out", "{ws}/figs")),
+    Attack("plot a corrupt data chunk", ("plot", "{ws}/bad_chunk.zarr", "--out", "{ws}/figs")),
+    Attack("plot a corrupt step chunk", ("plot", "{ws}/bad_step.zarr", "--out", "{ws}/figs")),
+    Attack("plot a corrupt variable metadata", ("plot", "{ws}/bad_array.zarr", "--out", "{ws}/figs")),
     # steps
     Attack("steps 0:1000000000000:1", ("steps", "0:1000000000000:1")),
     Attack("steps ²", ("steps", "²")),
@@ -186,6 +195,13 @@ def build_workspace(ws: Path, suite: Path) -> dict[str, str]:
     meta = json.loads((ws / "bad_record.zarr" / "zarr.json").read_text())
     meta["attributes"]["steps"]["8"] = "done"
     (ws / "bad_record.zarr" / "zarr.json").write_text(json.dumps(meta))
+    for name, variable in (("bad_chunk", "wd"), ("bad_step", "step")):  # every chunk of one variable: garbage
+        shutil.copytree(cube, ws / f"{name}.zarr")
+        for chunk in (ws / f"{name}.zarr" / variable / "c").rglob("*"):
+            if chunk.is_file():
+                chunk.write_bytes(b"not a zstd frame")
+    shutil.copytree(cube, ws / "bad_array.zarr")
+    (ws / "bad_array.zarr" / "wd" / "zarr.json").write_text("{not json")
     commit = "0123456789abcdef0123456789abcdef01234567"
     plant_hub_commit(ws / "hub", "acme/tiny", commit, model_files(suite / "step8"), refs=["main"])
     return {"ws": str(ws), "suite": str(suite), "cube": str(cube), "hub": str(ws / "hub")}
