@@ -284,10 +284,12 @@ def _in_process(argv: list[str]) -> tuple[int | None, str, bool]:
     return code, err.getvalue(), traceback or "Traceback" in err.getvalue()
 
 
-def _subprocess(argv: list[str]) -> tuple[int | None, str, bool]:
+def _subprocess(argv: list[str], cwd: str) -> tuple[int | None, str, bool]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # Run where no checkout is (``-m`` puts the working directory first on sys.path): the installed
+    # package, or the checkout PYTHONPATH names.
     done = subprocess.run([sys.executable, "-m", "dynamics.cli", *argv], capture_output=True, text=True, env=env,
-                          timeout=600)
+                          timeout=600, cwd=cwd)
     return done.returncode, done.stderr, "Traceback" in done.stderr
 
 
@@ -295,7 +297,7 @@ def run_attack(attack: Attack, places: dict[str, str]) -> Outcome:
     ws = Path(places["ws"])
     argv = [part.format(**places) for part in attack.argv]
     before = listing(ws)
-    code, stderr, traceback = (_subprocess if attack.subprocess else _in_process)(argv)
+    code, stderr, traceback = _subprocess(argv, str(ws)) if attack.subprocess else _in_process(argv)
     after = listing(ws)
     return Outcome(code, stderr, traceback, created=sorted(set(after) - set(before)),
                    changed=sorted(k for k in before if after.get(k) != before[k]))

@@ -136,3 +136,42 @@ def test_a_missing_cube_is_the_users_to_fix(tmp_path):
     with pytest.raises(CubeInputError, match="no cube at") as caught:
         open_cube(tmp_path / "nope.zarr")
     assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("metadata", r"the metadata of its variable wd \(wd/zarr.json\) is not valid JSON"),
+    ("step", r"its step coordinate cannot be read \("),
+])
+def test_damaged_arrays_are_one_line_on_open_and_resume(tmp_path, damage, message):
+    path = tmp_path / "c.zarr"
+    with CubeWriter(path, [0, 1], ID) as cube:
+        cube.write_step(result(0))
+    if damage == "metadata":
+        (path / "wd" / "zarr.json").write_text("{not json")
+    else:
+        for chunk in (path / "step" / "c").rglob("*"):
+            chunk.write_bytes(b"not a zstd frame")
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    with pytest.raises(DamagedCubeError, match=message):
+        open_cube(path)
+    with pytest.raises(DamagedCubeError, match=message), CubeWriter(path, [0, 1], ID):
+        pass
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+
+
+def test_report_and_plot_refuse_a_cube_whose_done_steps_lost_data(tmp_path, capsys):
+    from dynamics.cli import main
+
+    path = tmp_path / "c.zarr"
+    with CubeWriter(path, [0, 1], ID) as cube:
+        cube.write_step(result(0))
+        cube.write_step(result(1))
+    for chunk in (path / "wd" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"not a zstd frame")
+    for argv in (["report", str(path)], ["plot", str(path), "--out", str(tmp_path / "figs")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == (f"dynamics {argv[0]}: error: 2 of 2 done steps of {path} lost data; re-run the command that made "
+                       f"the cube to compute them again (`dynamics report --check {path}` names what is lost)\n")
+    assert not (tmp_path / "figs").exists()
