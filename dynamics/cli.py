@@ -38,6 +38,7 @@ def run_steps(config: StepsConfig) -> int:
     from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
 
     ref = resolve_model(config.model) if config.model else None
+    parse_steps(config.spec)  # the spec's form, before a toy suite is trained
     if ref is not None and is_toy_alias(ref):
         ensure_toy_suite(ref)
     available = open_source(ref).available_steps() if ref is not None else None

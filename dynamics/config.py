@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar
 from dynamics.errors import UserInputError
 
 DTYPES = ("float32", "bfloat16", "float16")
+MAX_THREADS = 1024  # torch takes a C int; more threads than this is a typo, not a machine
 
 T = TypeVar("T")
 
@@ -147,7 +148,7 @@ def shared_checks(config: BudgetOptions | RuntimeOptions | ScoringOptions) -> li
             ("memory-budget-gib", math.isfinite(config.memory_budget_gib) and config.memory_budget_gib >= 0,
              "0 (auto) or a positive, finite number of GiB"),
             ("batch-size", config.batch_size >= 1, "at least 1"),
-            ("threads", config.threads >= 0, "0 (auto) or a positive number"),
+            ("threads", 0 <= config.threads <= MAX_THREADS, f"0 (auto) or 1 to {MAX_THREADS}"),
         ]
     return checks
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoints.names import ModelRef
+from dynamics.corpus import WIKITEXT2, WIKITEXT2_SPLITS
 from dynamics.errors import UserInputError
 from dynamics.stats.cohort import cohort_size
 
@@ -113,9 +114,12 @@ def check_model_fit(config: Any, window: int | None, percents: Iterable[tuple[st
         check_percents(percents, *layout, scope=scope)
 
 
-def check_corpus_file(corpus: str) -> None:
-    """A corpus file must be UTF-8 text with something in it (``wikitext2`` is checked when loaded)."""
-    if corpus == "wikitext2":
+def check_corpus_file(corpus: str, split: str = "test") -> None:
+    """A corpus file must be UTF-8 text with something in it; WikiText-2 must be asked for by a split it has
+    (whether it can be had offline is known only when it is loaded)."""
+    if corpus == WIKITEXT2:
+        if split not in WIKITEXT2_SPLITS:
+            raise UserInputError(f"--corpus-split {split!r}: expected one of {', '.join(WIKITEXT2_SPLITS)}")
         return
     path = Path(corpus).expanduser()
     try:

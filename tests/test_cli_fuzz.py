@@ -69,6 +69,8 @@ ATTACKS: list[Attack] = [
     Attack("scan --threads -1", _scan("--threads", "-1")),
     Attack("scan --retries 0", _scan("--retries", "0")),
     Attack("scan --seed huge", _scan("--seed", HUGE)),
+    Attack("scan --threads 99999999999", _scan("--threads", "99999999999")),
+    Attack("scan --corpus-split bogus", _scan("--corpus", "wikitext2", "--corpus-split", "bogus")),
     # scan: steps
     Attack("scan --steps ²", _scan("--steps", "²")),
     Attack("scan --steps 0:1000000000000:1", _scan("--steps", "0:1000000000000:1")),
@@ -86,6 +88,7 @@ ATTACKS: list[Attack] = [
     Attack("scan --model mistyped Hub id", ("scan", "--model", "acme/missing", "--out", "{ws}/m.zarr", *FAST)),
     Attack("scan --model missing directory", ("scan", "--model", "{ws}/nope/suite", "--out", "{ws}/m.zarr")),
     Attack("scan --device tpu", _scan("--device", "tpu")),
+    Attack("scan ² on the toy alias (nothing trained)", ("scan", "--model", "toy", "--out", "{ws}/t.zarr", "--steps", "²")),
     # scan: where the cube goes
     Attack("scan --out under a file", _scan(out="{ws}/afile/x.zarr")),
     Attack("scan --out in a read-only directory", _scan(out="{ws}/ro/x.zarr"), needs_non_root=True),
@@ -121,6 +124,7 @@ ATTACKS: list[Attack] = [
     Attack("toy --heads 3", ("toy", "--out", "{ws}/t", "--heads", "3")),
     Attack("toy --learning-rate inf", ("toy", "--out", "{ws}/t", "--learning-rate", "inf")),
     Attack("toy --seed -1", ("toy", "--out", "{ws}/t", "--seed", "-1")),
+    Attack("toy --threads 99999999999", ("toy", "--out", "{ws}/t", "--threads", "99999999999")),
     # report
     Attack("report a missing cube", ("report", "{ws}/nope.zarr")),
     Attack("report a file", ("report", "{ws}/afile")),
@@ -146,6 +150,7 @@ ATTACKS: list[Attack] = [
     Attack("steps ²", ("steps", "²")),
     Attack("steps huge on a Hub id", ("steps", HUGE, "--model", "acme/tiny")),
     Attack("steps empty", ("steps", "")),
+    Attack("steps ² on the toy alias (nothing trained)", ("steps", "²", "--model", "toy")),
     Attack("steps -5", ("steps", "-5")),
     Attack("steps 0:10:0", ("steps", "0:10:0")),
     Attack("steps --model missing directory", ("steps", "all", "--model", "{ws}/nope/suite")),

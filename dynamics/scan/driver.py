@@ -78,10 +78,11 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     check_output_dir(config.out, "--out")
     check_settings(ExecutorSettings.of(config))
     device = resolve_device(config.device, here=config.executor == "serial")
+    parse_steps(config.steps)  # the spec's form, before a toy suite is trained (its steps are checked below)
     if is_toy_alias(ref):  # every option checked: now the built-in suite may be trained (once)
         ensure_toy_suite(ref)
     corpus = _resolve_corpus(config.corpus, ref.location if ref.kind == "local_suite" else None)
-    check_corpus_file(corpus)
+    check_corpus_file(corpus, config.corpus_split)
     if source is None:
         source = open_source(
             ref, cache_dir=config.cache_dir, retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints

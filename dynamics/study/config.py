@@ -135,7 +135,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
                              f"({', '.join(f'{p:g}' for p in percents)})")
     if config.corpus != "wikitext2" and not Path(config.corpus).expanduser().is_file():
         raise UserInputError(f"--corpus {config.corpus!r} is neither wikitext2 nor an existing text file")
-    check_corpus_file(config.corpus)
+    check_corpus_file(config.corpus, config.corpus_split)
     if config.blimp != "hub" and config.blimp_per_paradigm and not Path(config.blimp).is_dir():
         raise UserInputError(f"--blimp {config.blimp!r} is neither hub nor a directory of <paradigm>.jsonl files")
     paradigms = check_paradigms(None if config.blimp_paradigms == "all" else config.blimp_paradigms.split(","))
