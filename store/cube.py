@@ -177,20 +177,20 @@ class CubeWriter:
     def _close(self, exc: BaseException | None) -> None:
         """Release the lock. A run stopped by the user's input (exit code 2) before its first done step
         leaves nothing behind; other failures keep the cube (its records, and a re-run resumes it)."""
-        discard = False
-        if exc is None and (self.path / "zarr.json").is_file():  # a cube a run ended normally on is kept as it is
-            runs = list(_read_attrs(self.path).get("runs", []))
-            if runs and isinstance(runs[-1], dict):
-                self._update_attrs(runs=[*runs[:-1], {**runs[-1], "ended": _now()}])
-        if getattr(exc, "exit_code", None) == 2 and self._created:
-            try:
+        discard, users_input = False, getattr(exc, "exit_code", None) == 2
+        try:
+            if exc is None:  # a cube a run ended normally on is never re-initialised (store/leftovers.py)
+                runs = list(_read_attrs(self.path).get("runs", []))
+                if runs and isinstance(runs[-1], dict):
+                    self._update_attrs(runs=[*runs[:-1], {**runs[-1], "ended": _now()}])
+            elif users_input and self._created:
                 discard = not has_done_steps(_read_attrs(self.path))
-            except (OSError, CubeError):  # unreadable now: leave it to be looked at
-                discard = False
+        except (OSError, CubeError) as problem:  # changed under us: leave it as it is to be looked at
+            log.warning("could not close cube %s cleanly: %s", self.path, problem)
         if discard:
             discard_new_cube(self.path)
         self._lock.release()
-        if discard:
+        if users_input and not self.path.exists():  # nothing made, or made and removed: its new parents go too
             remove_directories(self._made_dirs)
 
     def _prepare(self) -> None:

@@ -113,7 +113,7 @@ def test_a_full_disk_at_creation_is_one_line_and_leaves_nothing(tmp_path, monkey
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(xr.Dataset, "to_zarr", full)
-    path = tmp_path / "c.zarr"
+    path = tmp_path / "new" / "c.zarr"
     with pytest.raises(PathError, match=f"cannot create cube '{path}': no space left on the device; free space or "
                                         "choose another --out") as caught:
         with CubeWriter(path, [0], ID):
