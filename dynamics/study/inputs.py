@@ -14,9 +14,9 @@ import torch
 from checkpoints.source import Checkpoint, RetryPolicy, RevisionSource, open_source
 from dynamics.corpus import CorpusSpec, load_token_windows, read_corpus_text
 from dynamics.errors import UserInputError
+from dynamics.lmeval import probe_tasks
 from dynamics.runtime import default_window, load_checkpoint_model, set_threads
 from dynamics.study.config import StudyConfig, StudyPlan
-from dynamics.study.lmeval import probe_tasks
 from dynamics.study.measures import StudyInputs, pos_table
 from dynamics.syntax.blimp import load_blimp
 from dynamics.syntax.pairs import stratified_sample
