@@ -25,7 +25,11 @@ LOG_STEPS: tuple[int, ...] = (
     (0,) + tuple(2**k for k in range(10)) + tuple(1000 * 2**k for k in range(8)) + (PYTHIA_FINAL_STEP,)
 )
 
-_RANGE = re.compile(r"^(\d+):(\d+):(\d+)$")
+_RANGE = re.compile(r"^([0-9]+):([0-9]+):([0-9]+)$")  # ASCII digits: "²".isdigit() is True, int("²") fails
+#: The largest step (the cube stores steps as int64).
+MAX_STEP = 2**63 - 1
+#: The most steps one spec may select (every selected step is one checkpoint to fetch).
+MAX_SELECTED = 1_000_000
 _GRAMMAR = "START:STOP:STEP, N, a comma list, pythia, log, final or all"
 
 
@@ -51,9 +55,12 @@ def parse_steps(spec: str, available: Sequence[int] | None = None, source: str =
     steps: set[int] = set()
     for term in (t.strip() for t in spec.split(",")):
         steps.update(_parse_term(term, spec, offered))
+        if len(steps) > MAX_SELECTED:
+            raise UserInputError(f"step spec {spec!r} selects more than {MAX_SELECTED} steps; choose fewer")
     if offered is not None:
+        offered_set = set(offered)
         for step in sorted(steps):
-            if step not in offered:
+            if step not in offered_set:
                 where = f" for {source}" if source else ""
                 raise UserInputError(
                     f"step {step} has no checkpoint{where}; nearest available: {nearest_steps(step, offered)}"
@@ -70,21 +77,31 @@ def _parse_term(term: str, spec: str, offered: list[int] | None) -> list[int]:
         return [offered[-1] if offered else PYTHIA_FINAL_STEP]
     if term == "all":
         return list(offered) if offered else list(PYTHIA_STEPS)
-    if term.isdigit():
-        return [int(term)]
+    if re.fullmatch(r"[0-9]+", term):
+        return [_in_range(int(term), term)]
     match = _RANGE.match(term)
     if match:
-        start, stop, stride = (int(g) for g in match.groups())
+        start, stop, stride = (_in_range(int(g), term) for g in match.groups())
         if stride == 0:
             raise UserInputError(f"step spec {term!r} has STEP 0: STEP must be a positive integer")
         if stop < start:
             raise UserInputError(f"step spec {term!r} has STOP {stop} < START {start}")
+        count = (stop - start) // stride + 1
+        if count > MAX_SELECTED:  # refused before it is materialised (a list of 10**12 steps is a MemoryError)
+            raise UserInputError(f"step spec {term!r} selects {count} steps, more than {MAX_SELECTED}; "
+                                 "choose a larger STEP or a shorter range")
         return list(range(start, stop + 1, stride))
     if term.lstrip().startswith("-") or re.search(r"(^|:)-\d", term):
         raise UserInputError(f"step spec {term!r} is negative: steps are integers >= 0")
     if not term:
         raise UserInputError(f"step spec {spec!r} has an empty term: expected {_GRAMMAR}")
     raise UserInputError(f"cannot parse step spec {term!r}: expected {_GRAMMAR}")
+
+
+def _in_range(value: int, term: str) -> int:
+    if value > MAX_STEP:
+        raise UserInputError(f"step spec {term!r}: {value} is too large; steps are integers from 0 to {MAX_STEP}")
+    return value
 
 
 def nearest_steps(step: int, offered: Sequence[int]) -> str:

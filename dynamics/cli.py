@@ -16,8 +16,9 @@ from typing import Any
 
 from dynamics import __version__
 from dynamics.config import add_config_arguments, config_from_args, option
-from dynamics.errors import ComputationBug, CubeError, DynamicsError
-from dynamics.executor import last_frames
+from dynamics.errors import ComputationBug, CubeError, DamagedCubeError, DynamicsError
+from dynamics.executor import last_frames, one_line
+from dynamics.paths import check_output_dir, explain_os_error
 
 log = logging.getLogger("dynamics")
 
@@ -43,6 +44,7 @@ def run_steps(config: StepsConfig) -> int:
 
     RevisionTemplate(config.revision_template)  # a malformed template is one line
     ref = resolve_model(config.model) if config.model else None
+    parse_steps(config.spec)  # the spec's form, before a toy suite is trained
     if ref is not None and is_toy_alias(ref):
         ensure_toy_suite(ref)
     source = open_source(ref, cache_dir=config.cache_dir, revision_template=config.revision_template) if ref else None
@@ -71,6 +73,7 @@ class TseExportConfig:
 def run_tse_export(config: TseExportConfig) -> int:
     from dynamics.syntax.tse_io import export_tse
 
+    check_output_dir(config.directory, "DIR")
     paths = export_tse(config.directory, format=config.format, overwrite=config.overwrite)  # type: ignore[arg-type]
     print(f"wrote {len(paths)} files to {config.directory}")
     return 0
@@ -95,6 +98,9 @@ def run_plot(config: PlotConfig) -> int:
 
     cubes = [config.cube] if isinstance(config.cube, str) else list(config.cube)
     ds = open_cube(cubes[0]) if len(cubes) == 1 else open_cubes(cubes, dim="seed")
+    for cube in cubes:
+        _require_data(cube)
+    check_output_dir(config.out, "--out")
     paths = plot_cube(ds, config.out, [f.strip() for f in config.formats.split(",") if f.strip()], x=config.x)
     print(f"wrote {len(paths)} files to {config.out}")
     return 0
@@ -121,13 +127,27 @@ def run_report(config: ReportConfig) -> int:
         if error:
             raise CubeError(error)
         return 0
+    _require_data(config.cube)
     print(report(ds))
     return 0
+
+
+def _require_data(cube: str) -> None:
+    """Tables and figures of a cube some of whose done steps lost data would be wrong: one line instead."""
+    from pathlib import Path
+
+    from store.integrity import lost_data_report
+    from store.metadata import read_root_attrs
+
+    _, error = lost_data_report(cube, read_root_attrs(Path(cube)))
+    if error:
+        raise DamagedCubeError(f"{error} (`dynamics report --check {cube}` names what is lost)")
 
 
 def run_toy(config: Any) -> int:
     from dynamics.toy.suite import build_toy_suite
 
+    check_output_dir(config.out, "--out")
     path = build_toy_suite(config.out, config)
     print(f"toy suite written to {path}; scan it with: dynamics scan --model {path} --steps all --out toy.zarr")
     return 0
@@ -219,8 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _one_handler_for_library_logs()
     cls, run, _ = _commands()[args.command_key]
+    config: Any = None
     try:
-        return run(config_from_args(cls, args))
+        config = config_from_args(cls, args)
+        return run(config)
     except ComputationBug as exc:
         trace = exc.trace if args.verbose else last_frames(exc.trace)
         print(trace.rstrip(), file=sys.stderr)
@@ -238,6 +260,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `dynamics report CUBE | head`: the reader left, nothing is wrong
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep Python's exit flush from failing again
         return 0
+    except OSError as exc:  # on a path the user gave (a disk that filled up, ...): their input, exit 2
+        told = explain_os_error(exc, _user_paths(config))
+        if args.verbose and not told:
+            log.exception("the error in full")
+        print(f"dynamics {args.command_key}: error: {told or one_line(exc)}", file=sys.stderr)
+        return 2 if told else 1
+
+
+#: The config fields that name files or directories the user chose.
+PATH_FIELDS = ("out", "cube", "directory", "corpus", "cache_dir", "task_path", "blimp", "model")
+
+
+def _user_paths(config: Any) -> list[str]:
+    values = [getattr(config, name, None) for name in PATH_FIELDS]
+    flat = [v for value in values for v in (value if isinstance(value, list) else [value])]  # plot takes several cubes
+    return [v for v in flat if isinstance(v, str) and v]
 
 
 if __name__ == "__main__":

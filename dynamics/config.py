@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar
 from dynamics.errors import UserInputError
 
 DTYPES = ("float32", "bfloat16", "float16")
+MAX_THREADS = 1024  # torch takes a C int; more threads than this is a typo, not a machine
 
 T = TypeVar("T")
 
@@ -130,9 +131,11 @@ def check_numbers(config: Any, checks: list[tuple[str, bool, str]]) -> None:
             raise UserInputError(f"--{name} {getattr(config, name.replace('-', '_'))!r}: expected {accepted}")
 
 
-def shared_checks(config: BudgetOptions | RuntimeOptions) -> list[tuple[str, bool, str]]:
-    """The range checks of the budget and runtime options a config carries (name, ok, what is accepted)."""
+def shared_checks(config: BudgetOptions | RuntimeOptions | ScoringOptions) -> list[tuple[str, bool, str]]:
+    """The range checks of the budget, scoring and runtime options a config carries (name, ok, what is accepted)."""
     checks: list[tuple[str, bool, str]] = []
+    if isinstance(config, ScoringOptions):
+        checks += [("seed", 0 <= config.seed < 2**32, "a whole number from 0 to 4294967295")]
     if isinstance(config, BudgetOptions):
         checks += [
             ("wd-tokens", config.wd_tokens >= 2, "at least 2 tokens"),
@@ -145,7 +148,7 @@ def shared_checks(config: BudgetOptions | RuntimeOptions) -> list[tuple[str, boo
             ("memory-budget-gib", math.isfinite(config.memory_budget_gib) and config.memory_budget_gib >= 0,
              "0 (auto) or a positive, finite number of GiB"),
             ("batch-size", config.batch_size >= 1, "at least 1"),
-            ("threads", config.threads >= 0, "0 (auto) or a positive number"),
+            ("threads", 0 <= config.threads <= MAX_THREADS, f"0 (auto) or 1 to {MAX_THREADS}"),
         ]
     return checks
 
@@ -236,9 +239,39 @@ def _default(f: Field) -> Any:
     return f.default_factory()  # type: ignore[operator]  # not MISSING here
 
 
+#: The largest whole number an option takes (steps, seeds and counts are stored as int64).
+MAX_INT = 2**63 - 1
+
+
+def _finite_float(text: str) -> float:
+    """A float option: ``nan`` and ``inf`` are refused by argparse as one line, like any bad number."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    """An int option: ASCII digits (``²`` is not a number) within int64."""
+    if not text.strip().lstrip("+-").isascii():
+        raise ValueError(text)
+    value = int(text)
+    if abs(value) > MAX_INT:
+        raise ValueError(text)
+    return value
+
+
+_finite_float.__name__ = "finite number"  # argparse names the type in its message: "invalid finite number value"
+_bounded_int.__name__ = "whole number"
+
+
 def _converter(kind: type) -> Any:
-    if kind in (int, float, str):
-        return kind
+    if kind is float:
+        return _finite_float
+    if kind is int:
+        return _bounded_int
+    if kind is str:
+        return str
     return str  # list[str] (a positional with nargs) too: argparse makes the list
 
 

@@ -19,12 +19,26 @@ class UserInputError(DynamicsError, ValueError):
     exit_code = 2
 
 
+class PathError(UserInputError):
+    """A path the user gave cannot be used: under a file, not writable, on a full disk, ..."""
+
+
 class CheckpointError(DynamicsError):
     """A checkpoint could not be downloaded or loaded, even after retries."""
 
 
 class CubeError(DynamicsError):
     """The results store is in a state the request cannot proceed from."""
+
+
+class CubeInputError(CubeError):
+    """The cube the user named cannot be used: missing, not a cube, its lock path unusable."""
+
+    exit_code = 2
+
+
+class DamagedCubeError(CubeInputError):
+    """A cube's own files are damaged (unreadable metadata, malformed step records); nothing is changed in it."""
 
 
 class CubeLockedError(CubeError):

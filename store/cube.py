@@ -36,7 +36,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from dynamics.errors import CubeError
+from dynamics.errors import CubeError, CubeInputError, PathError
 from store.derived import add_derived
 from store.integrity import (
     compact_steps,
@@ -47,7 +47,17 @@ from store.integrity import (
     rollback_extension,
     unique_positions,
 )
+from store.leftovers import (
+    discard_new_cube,
+    has_done_steps,
+    missing_ancestors,
+    reinitialisable,
+    remove_abandoned_cube,
+    remove_directories,
+)
 from store.lock import WriterLock
+from store.metadata import check_arrays_readable
+from store.metadata import read_root_attrs as _read_attrs
 from store.safe_files import fresh_directory
 
 log = logging.getLogger(__name__)
@@ -78,8 +88,9 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
     """
     path = Path(path)
     if not (path / "zarr.json").is_file():
-        raise CubeError(f"no cube at {str(path)!r}: expected a directory written by `dynamics scan` or `dynamics ablate`")
+        raise CubeInputError(f"no cube at {str(path)!r}: expected a directory written by `dynamics scan` or `dynamics ablate`")
     attrs = _read_attrs(path)
+    check_arrays_readable(path)
     if "extending" in attrs or "compacting" in attrs:
         repair_interrupted_write(path)
         attrs = _read_attrs(path)
@@ -149,26 +160,52 @@ class CubeWriter:
         self.overwrite = overwrite
         self._lock = WriterLock(self.path)
         self._index: dict[int, int] = {}
+        self._created = False  # this run made the cube: bad input found before its first done step removes it
+        self._made_dirs: list[Path] = []  # and the parent directories made for it
 
     # -- life cycle -------------------------------------------------------------------------
     def __enter__(self) -> CubeWriter:
+        self._made_dirs = missing_ancestors(Path(os.path.realpath(self.path)).parent)
         self._lock.acquire()
         try:
             self._prepare()
-        except BaseException:
-            self._lock.release()
+        except BaseException as exc:
+            self._close(exc)
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, *rest: object) -> None:
+        self._close(exc)
+
+    def _close(self, exc: BaseException | None) -> None:
+        """Release the lock. A run stopped by the user's input (exit code 2) before its first done step
+        leaves nothing behind; other failures keep the cube (its records, and a re-run resumes it)."""
+        discard, users_input = False, getattr(exc, "exit_code", None) == 2
+        try:
+            if exc is None:  # a cube a run ended normally on is never re-initialised (store/leftovers.py)
+                runs = list(_read_attrs(self.path).get("runs", []))
+                if runs and isinstance(runs[-1], dict):
+                    self._update_attrs(runs=[*runs[:-1], {**runs[-1], "ended": _now()}])
+            elif users_input and self._created:
+                discard = not has_done_steps(_read_attrs(self.path))
+        except (OSError, CubeError) as problem:  # changed under us: leave it as it is to be looked at
+            log.warning("could not close cube %s cleanly: %s", self.path, problem)
+        if discard:
+            discard_new_cube(self.path)
         self._lock.release()
+        if users_input and not self.path.exists():  # nothing made, or made and removed: its new parents go too
+            remove_directories(self._made_dirs)
 
     def _prepare(self) -> None:
         if self.path.exists() and not (self.path / "zarr.json").is_file():
-            raise CubeError(f"{str(self.path)!r} exists but is not a cube; choose another --out")
+            raise CubeInputError(f"{str(self.path)!r} exists but is not a cube; choose another --out")
+        if self.path.exists() and self._reinitialise():
+            return self._prepare()
         if not self.path.exists():
             self._create()
+            self._created = True
         else:
+            check_arrays_readable(self.path)
             self._check_identity()
             if "extending" in _read_attrs(self.path):
                 rollback_extension(self.path)
@@ -210,6 +247,14 @@ class CubeWriter:
 
     def _create(self) -> None:
         real = Path(os.path.realpath(self.path))  # a link to a cube yet to be made: make it where the link points
+        try:
+            self._write_new(real)
+        except OSError as exc:  # a full disk, a directory made read-only meanwhile: the user's --out, one line
+            reason = "no space left on the device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
+            raise PathError(f"cannot create cube {str(self.path)!r}: {reason or exc}; free space or choose "
+                            "another --out") from None
+
+    def _write_new(self, real: Path) -> None:
         tmp = fresh_directory(real.parent, f".{real.name}.creating.")
         ds = xr.Dataset(coords={"step": np.asarray(self.steps, dtype="int64")})
         if self.static is not None:
@@ -229,12 +274,24 @@ class CubeWriter:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    def _reinitialise(self) -> bool:
+        """Replace a cube made with other settings that no run finished and that has no done step (one line)."""
+        attrs = _read_attrs(self.path)
+        stored = attrs.get("identity", {})
+        if stored == self.identity or not reinitialisable(attrs):
+            return False  # the same settings, or a cube _check_identity protects
+        key, was, now = _first_difference(stored, self.identity)
+        log.warning("cube %s has no done %s and was made with %s=%s: re-initialising it for this run's %s=%s",
+                    self.path, self.unit, key, json.dumps(was), key, json.dumps(now))
+        remove_abandoned_cube(self.path)
+        return True
+
     def _check_identity(self) -> None:
         stored = _read_attrs(self.path).get("identity", {})
         if stored == self.identity:
             return
         key, was, now = _first_difference(stored, self.identity)
-        raise CubeError(
+        raise CubeInputError(
             f"cube {str(self.path)!r} was made with {key}={json.dumps(was)}, "
             f"this run has {key}={json.dumps(now)}; use the same settings or another --out"
         )
@@ -391,11 +448,6 @@ def read_identity(path: str | Path) -> dict[str, Any]:
     """The identity a cube was made with ({} when there is no cube at ``path``)."""
     path = Path(path)
     return dict(_read_attrs(path).get("identity", {})) if (path / "zarr.json").is_file() else {}
-
-
-def _read_attrs(path: Path) -> dict[str, Any]:
-    with open(path / "zarr.json", encoding="utf-8") as f:
-        return dict(json.load(f).get("attributes", {}))
 
 
 def _fill_value(dtype: np.dtype) -> Any:

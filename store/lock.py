@@ -10,7 +10,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from dynamics.errors import CubeError, CubeLockedError
+from dynamics.errors import CubeInputError, CubeLockedError
 
 
 class WriterLock:
@@ -27,12 +27,16 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CubeInputError(f"cannot create the directory of cube {self._name()}: {exc.strerror or exc}; "
+                            "choose another --out") from None
         while True:
             try:  # O_NOFOLLOW: a link planted at the lock's name must not get another file truncated
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             except OSError as exc:
-                raise CubeError(f"cannot lock cube {self._name()}: its lock file {self.path} "
+                raise CubeInputError(f"cannot lock cube {self._name()}: its lock file {self.path} "
                                 f"{'is a symbolic link' if self.path.is_symlink() else f'cannot be opened ({exc.strerror})'}"
                                 "; remove it or choose another --out") from None
             try:

@@ -38,6 +38,8 @@ from dynamics.executor import (
     open_executor,
     stop_on_unrecoverable,
 )
+from dynamics.paths import check_output_dir
+from dynamics.preflight import check_corpus_file, check_model_fit, config_on_disk
 from dynamics.runtime import resolve_device
 from dynamics.scan.benchmarks import ScanBenchmarks, check_benchmark_options, plan_benchmarks
 from dynamics.scan.config import ScanConfig
@@ -88,11 +90,14 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
                                       config.task_path, config.seed)
     if not config.out.endswith(".zarr"):
         raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
+    check_output_dir(config.out, "--out")
     check_settings(ExecutorSettings.of(config))
     device = resolve_device(config.device, here=config.executor == "serial")
+    parse_steps(config.steps)  # the spec's form, before a toy suite is trained (its steps are checked below)
     if is_toy_alias(ref):  # every option checked: now the built-in suite may be trained (once)
         ensure_toy_suite(ref)
     corpus = _resolve_corpus(config.corpus, ref.location if ref.kind == "local_suite" else None)
+    check_corpus_file(corpus, config.corpus_split)
     if source is None:
         source = open_source(
             ref, cache_dir=config.cache_dir, retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints,
@@ -106,6 +111,11 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     if config.reference_step is not None:
         parse_steps(str(reference), available, source=source.model_id)  # same check, same message
     source.check_available()  # a model missing from an offline cache: one line now, not one per step
+    revision = getattr(source, "revision", None)
+    on_disk = config_on_disk(ref, step=reference, revision=revision(reference) if revision else None,
+                             cache_dir=config.cache_dir)
+    if on_disk is not None:  # else the same checks run when the reference step is loaded
+        check_model_fit(on_disk, config.window, [("--cohort-percent", config.cohort_percent)], config.cohort_scope)
     index = source.revisions() if isinstance(source, HubSource) else None
     tokens = tokens_of_steps(steps, tokens_per_step(config, ref), index.tokens if index else None)
     revisions = {s: index.revisions[s] for s in {*steps, reference} if s in index.revisions} if index else None
@@ -209,6 +219,7 @@ def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) ->
                        matched=_matched_mask(static))
     outcome = next(iter(pool.map(prepare_reference, [spec], name="reference")))
     if not outcome.ok:
+        stop_on_unrecoverable(outcome, f"the reference step {plan.reference_step}")  # a bad option: exit 2
         raise CheckpointError(outcome.error)
     if static is None:
         static = outcome.result["static"]

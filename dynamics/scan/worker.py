@@ -34,6 +34,7 @@ from dynamics.ablation import match_bottom_percent, negative_ablation_perplexity
 from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows
 from dynamics.errors import CheckpointError
 from dynamics.modelcalls import model_device
+from dynamics.preflight import check_loaded_model
 from dynamics.runtime import (
     capture_budget,
     default_window,
@@ -211,6 +212,7 @@ def build_context(spec: RunSpec) -> WorkerContext:
         tokenizer = reference.load_tokenizer()
         model = load_checkpoint_model(reference, device, config.dtype)
         set_threads(config.threads, model)
+        check_loaded_model(model, config.window, [("--cohort-percent", config.cohort_percent)], config.cohort_scope)
         window = default_window(model, config.window)
         corpus = CorpusSpec(source=spec.corpus, split=config.corpus_split, window=window,
                             token_budget=max(config.wd_tokens, config.ppl_tokens, window))

@@ -33,6 +33,8 @@ from dynamics.config import (
 from dynamics.errors import UserInputError
 from dynamics.executor import ExecutorSettings, check_settings
 from dynamics.lmeval import check_task_names, parse_tasks
+from dynamics.paths import check_output_dir
+from dynamics.preflight import check_corpus_file
 from dynamics.runtime import resolve_device
 from dynamics.syntax.blimp import check_paradigms
 from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
@@ -124,6 +126,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     ref = resolve_model(config.model)
     if not config.out.endswith(".zarr"):
         raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
+    check_output_dir(config.out, "--out")
     _check_numbers(config)
     check_settings(ExecutorSettings.of(config))
     percents = parse_percents(config.percents)
@@ -132,6 +135,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
                              f"({', '.join(f'{p:g}' for p in percents)})")
     if config.corpus != "wikitext2" and not Path(config.corpus).expanduser().is_file():
         raise UserInputError(f"--corpus {config.corpus!r} is neither wikitext2 nor an existing text file")
+    check_corpus_file(config.corpus, config.corpus_split)
     if config.blimp != "hub" and config.blimp_per_paradigm and not Path(config.blimp).is_dir():
         raise UserInputError(f"--blimp {config.blimp!r} is neither hub nor a directory of <paradigm>.jsonl files")
     paradigms = check_paradigms(None if config.blimp_paradigms == "all" else config.blimp_paradigms.split(","))

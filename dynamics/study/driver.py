@@ -24,6 +24,7 @@ from dynamics.config import config_dict
 from dynamics.corpus import corpus_hash
 from dynamics.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
 from dynamics.modelcalls import model_device
+from dynamics.preflight import check_loaded_model
 from dynamics.runtime import capture_budget
 from dynamics.stats.neurons import neuron_wasserstein
 from dynamics.study.conditions import BLOCKS, layer_groups, static_dataset, study_units, top_and_random_masks
@@ -54,6 +55,9 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
     with open_executor(ExecutorSettings.of(config)) as pool:  # a bad scheduler fails before any download
         checkpoint, model, tokenizer, tse, blimp = load_model(config, plan)
         n_layers, _ = mlp_shape(model)
+        percents = [("--percents", p) for p in plan.percents]  # --match-percent is one of them
+        check_loaded_model(model, config.window, percents + ([("--group-percent", config.group_percent)]
+                                                             if config.layer_groups else []))  # before the cube
         groups = layer_groups(n_layers, config.layer_groups) if config.layer_groups else []
         if config.layer_groups > n_layers:
             log.warning("--layer-groups %d: the model has %d layers, using %d groups", config.layer_groups, n_layers,

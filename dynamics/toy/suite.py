@@ -99,6 +99,10 @@ class ToyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserInputError(f"--{name.replace('_', '-')} {value!r}: expected a positive integer")
+        if self.threads > 1024:
+            raise UserInputError(f"--threads {self.threads}: expected 1 to 1024")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise UserInputError(f"--seed {self.seed!r}: expected a whole number from 0 to 4294967295")
         if self.hidden_size % self.heads:
             raise UserInputError(f"--heads {self.heads} must divide --hidden-size {self.hidden_size}")
         if (self.hidden_size // self.heads) % 4:

@@ -63,3 +63,25 @@ def test_step_without_revision_names_the_nearest():
         parse_steps("150000", available=PYTHIA_STEPS)
     with pytest.raises(UserInputError, match=r"step 3 has no checkpoint; nearest available: 2, 4"):
         parse_steps("3", available=PYTHIA_STEPS)
+
+
+@pytest.mark.parametrize("spec", ["²", "1²", "٣", "0:²:1", "١:5:1"])
+def test_non_ascii_digits_are_not_steps(spec):
+    # "²".isdigit() is True but int("²") fails; "٣" is a decimal digit int() would take: neither is a step spec
+    with pytest.raises(UserInputError, match=f"cannot parse step spec '{spec}': expected START:STOP:STEP"):
+        parse_steps(spec)
+
+
+def test_a_step_beyond_int64_is_refused_whatever_the_source():
+    with pytest.raises(UserInputError, match="99999999999999999999999 is too large; steps are integers from 0 to "
+                                             "9223372036854775807"):
+        parse_steps("99999999999999999999999")  # a Hub id without step branches: no list to check against
+    assert parse_steps(str(2**63 - 1)) == [2**63 - 1]
+
+
+def test_a_range_of_too_many_steps_is_refused_before_it_is_built():
+    with pytest.raises(UserInputError, match="'0:1000000000000:1' selects 1000000000001 steps, more than 1000000"):
+        parse_steps("0:1000000000000:1")
+    assert len(parse_steps("0:999999:1")) == 1_000_000  # the limit itself is allowed
+    with pytest.raises(UserInputError, match="selects more than 1000000 steps"):
+        parse_steps("0:999999:1,1000000:1000001:1")  # the union counts too

@@ -1,0 +1,90 @@
+"""User-given paths: checked up front (nothing created), OS errors on them one line with exit code 2."""
+
+import errno
+import os
+
+import pytest
+
+from dynamics.cli import main
+from dynamics.errors import PathError
+from dynamics.paths import check_output_dir, explain_os_error, is_under
+
+
+def listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_a_new_directory_in_a_writable_place_passes_and_nothing_is_created(tmp_path):
+    assert check_output_dir(str(tmp_path / "a" / "b" / "c.zarr"), "--out") == tmp_path / "a" / "b" / "c.zarr"
+    assert check_output_dir(str(tmp_path), "--out") == tmp_path  # an existing directory (a cube to resume)
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize(("make", "typed", "message"), [
+    (lambda t: (t / "f").write_text("x"), "f/sub/c.zarr", "{t}/f is a file, not a directory"),
+    (lambda t: (t / "f").write_text("x"), "f", "exists and is a file, not a directory"),
+    (lambda t: None, "/proc/c.zarr", r"cannot write in /proc \(No such file or directory\); choose a writable"),
+    (lambda t: None, "x" * 300, "is longer than 255 bytes"),
+    (lambda t: None, "a\0b", "contains a NUL character"),
+    (lambda t: None, "", "--out is empty"),
+])
+def test_unusable_output_paths_are_one_line(tmp_path, make, typed, message):
+    make(tmp_path)
+    before = listing(tmp_path)
+    path = typed if typed.startswith("/") or not typed else str(tmp_path / typed)
+    with pytest.raises(PathError, match=message.format(t=tmp_path)) as caught:
+        check_output_dir(path, "--out")
+    assert caught.value.exit_code == 2
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_directory_is_refused(tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    with pytest.raises(PathError, match=r"cannot write in .*ro \(Permission denied\)"):
+        check_output_dir(str(tmp_path / "ro" / "c.zarr"), "--out")
+
+
+def test_a_link_to_a_place_under_a_file_is_judged_where_it_points(tmp_path):
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "f" / "c.zarr")
+    with pytest.raises(PathError, match="is a file, not a directory"):
+        check_output_dir(str(tmp_path / "link.zarr"), "--out")
+
+
+def test_os_errors_are_the_users_only_on_the_users_paths(tmp_path):
+    out = str(tmp_path / "figs")
+    assert is_under(tmp_path / "figs" / "a.png", [out]) and is_under(tmp_path, [out])
+    assert not is_under("/etc/passwd", [out])
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "figs" / "a.png"))
+    assert explain_os_error(full, [out]) == f"no space left writing {tmp_path}/figs/a.png: free space or choose another path"
+    denied = OSError(errno.EACCES, "Permission denied", str(tmp_path / "figs"))
+    assert explain_os_error(denied, [out]) == f"cannot use {tmp_path}/figs: Permission denied"
+    assert explain_os_error(OSError(errno.EACCES, "Permission denied", "/etc/shadow"), [out]) is None
+    assert explain_os_error(OSError(errno.EIO, "Input/output error", out), [out]) is None  # the disk, not the input
+
+
+def test_the_cli_turns_an_os_error_on_an_output_path_into_one_line_exit_2(tmp_path, monkeypatch, capsys, full_cube):
+    # The figures directory is fine up front but the disk fills up while the figures are written.
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "figs" / "cohort_wd.png"))
+
+    import dynamics.report.scan_figures as figures
+
+    monkeypatch.setattr(figures, "_save", full)
+    assert main(["plot", str(full_cube), "--out", str(tmp_path / "figs")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"dynamics plot: error: no space left writing {tmp_path}/figs/cohort_wd.png: free space or choose "
+                   "another path\n")
+
+
+def test_the_cli_keeps_exit_1_for_os_errors_elsewhere(tmp_path, monkeypatch, capsys, full_cube):
+    def elsewhere(*args, **kwargs):
+        raise OSError(errno.EACCES, "Permission denied", "/usr/share/fonts/x.ttf")
+
+    import dynamics.report.scan_figures as figures
+
+    monkeypatch.setattr(figures, "_save", elsewhere)
+    assert main(["plot", str(full_cube), "--out", str(tmp_path / "figs")]) == 1
+    err = capsys.readouterr().err
+    assert err == "dynamics plot: error: PermissionError: [Errno 13] Permission denied: '/usr/share/fonts/x.ttf'\n"
