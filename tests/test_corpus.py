@@ -167,4 +167,5 @@ def test_pythia_tokenizer_on_wikitext_file(shared_data: Path) -> None:
     assert windows.flatten().tolist() == full[:65536]
     assert text.startswith(tokenizer.decode(windows[:2].flatten().tolist()))  # no BOS, nothing inserted
     assert corpus_hash(windows) == corpus_hash(load_token_windows(spec, tokenizer))
-    assert spec.to_attrs() == {"source": str(path), "split": "test", "window": 2048, "token_budget": 65536}
+    assert spec.to_attrs() == {"source": str(path), "split": "test", "window": 2048, "token_budget": 65536,
+                               "stride": None, "joiner": "\n\n", "window_bos": "none", "start": 0}

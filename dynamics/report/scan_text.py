@@ -6,7 +6,7 @@ import xarray as xr
 
 from dynamics.errors import UserInputError
 from dynamics.report.study_text import study_report
-from dynamics.report.tables import failure_lines, fmt, text_table
+from dynamics.report.tables import failure_lines, fmt, protocol_line, text_table
 
 
 def _conditions(ds: xr.Dataset) -> list[str]:
@@ -63,6 +63,7 @@ def report(ds: xr.Dataset) -> str:
         f"model: {identity.get('model', '?')}   reference step: {identity.get('reference_step', '?')}   "
         f"done steps: {ds.sizes['step']}   failed: {', '.join(map(str, failed)) or 'none'}",
         *failure_lines(steps),
+        protocol_line(attrs.get("provenance", {})),
     ]
     if "cohort" in ds:
         parts.append(f"cohort: {int(ds['cohort'].sum())} neurons of {ds['cohort'].size} "

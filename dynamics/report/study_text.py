@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 
 from dynamics.errors import UserInputError
-from dynamics.report.tables import failure_lines
+from dynamics.report.tables import failure_lines, protocol_line
 from dynamics.report.tables import fmt as _fmt
 from dynamics.report.tables import text_table as _table
 
@@ -30,6 +30,7 @@ def header(ds: xr.Dataset) -> list[str]:
     lines = [f"model: {prov.get('model_id', '?')}   revision: {prov.get('revision') or '-'}   "
              f"conditions done: {done} of {total}"]
     lines += failure_lines(ds.attrs["steps"], unit="condition")
+    lines.append(protocol_line(prov))
     lines.append(f"budgets: {prov.get('tse_pairs', '?')} TSE pairs, {prov.get('blimp_pairs', '?')} BLiMP pairs, "
                  f"{prov.get('ppl_tokens', '?')} perplexity tokens, {prov.get('wd_tokens', '?')} WD tokens, "
                  f"lm-eval limit {prov.get('lmeval_limit')}")

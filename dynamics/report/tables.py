@@ -28,3 +28,14 @@ def failure_lines(steps: dict[str, dict], unit: str = "step") -> list[str]:
         where = "/".join(filter(None, (record.get("kind"), record.get("phase"))))
         lines.append(f"  failed {name}" + (f" [{where}]" if where else "") + f": {record.get('error', '?')}")
     return lines
+
+
+def protocol_line(provenance: dict) -> str:
+    """The scoring protocol and every resolved choice, as stored in the cube's provenance."""
+    record = provenance.get("protocol")
+    if not record:
+        return "protocol: not recorded (a cube made before --protocol)"
+    return (f"protocol {record['name']}: TSE {record['tse_reduction']}, BLiMP {record['blimp_reduction']}, "
+            f"prefix {record['prefix']}, NPI vs {record['npi']}, random control from {record['random_control']} "
+            f"neurons, BOS on {record['window_bos']} window(s), WikiText-2 WD split joined by "
+            f"{record['wd_joiner']!r}")

@@ -25,7 +25,8 @@ from checkpoints.names import resolve_model
 from checkpoints.source import CheckpointSource, RetryPolicy, open_source
 from checkpoints.steps import parse_steps
 from dynamics import __version__
-from dynamics.config import DTYPES, check_numbers, config_dict, shared_checks
+from dynamics.config import DTYPES, check_numbers, config_dict, resolve_protocol, shared_checks
+from dynamics.corpus import check_texts
 from dynamics.errors import CheckpointError, UserInputError
 from dynamics.executor import (
     Completed,
@@ -71,6 +72,7 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     """Validate the whole request before anything is downloaded or written."""
     ref = resolve_model(config.model)
     _check_numbers(config)
+    resolve_protocol(config)
     if not config.out.endswith(".zarr"):
         raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
     check_settings(ExecutorSettings.of(config))
@@ -78,6 +80,7 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     if is_toy_alias(ref):  # every option checked: now the built-in suite may be trained (once)
         ensure_toy_suite(ref)
     corpus = _resolve_corpus(config.corpus, ref.location if ref.kind == "local_suite" else None)
+    check_texts(config, corpus)
     if source is None:
         source = open_source(
             ref, cache_dir=config.cache_dir, retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints
@@ -94,9 +97,10 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
 def _check_numbers(config: ScanConfig) -> None:
     check_numbers(config, [
         *shared_checks(config),
-        ("ppl-tokens", config.ppl_tokens >= 0, "0 or more tokens"),
+        ("ppl-tokens", config.ppl_tokens is None or config.ppl_tokens >= 0, "0 or more tokens"),
         ("cohort-percent", 0 < config.cohort_percent <= 100, "a percent in (0, 100]"),
-        ("ppl-tokens", not config.matched or config.ppl_tokens > 0, "more than 0 with --matched (the match is on perplexity)"),
+        ("ppl-tokens", not config.matched or config.ppl_tokens != 0,
+         "more than 0 with --matched (the match is on perplexity)"),
     ])
     if config.dtype not in DTYPES:
         raise UserInputError(f"--dtype {config.dtype!r} is not one of {', '.join(DTYPES)}")
@@ -106,7 +110,7 @@ def _resolve_corpus(corpus: str, suite: str | None) -> str:
     if corpus == "auto":
         heldout = Path(suite) / "heldout.txt" if suite else None
         return str(heldout) if heldout is not None and heldout.is_file() else "wikitext2"
-    if corpus != "wikitext2" and not Path(corpus).expanduser().is_file():
+    if corpus != "wikitext2" and not corpus.startswith("wikitext2:") and not Path(corpus).expanduser().is_file():
         raise UserInputError(f"--corpus {corpus!r} is neither wikitext2, auto nor an existing text file")
     return corpus
 
@@ -122,7 +126,8 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     identity = {"model": plan.source.model_id, "reference_step": plan.reference_step, "corpus": plan.corpus,
                 "analysis": config.analysis(), "derived": DRIFT_PREV}
     provenance = {"model": config.model, "model_id": plan.source.model_id, "package_version": __version__,
-                  "torch_version": torch.__version__, "config": config_dict(config), "host": platform.node()}
+                  "torch_version": torch.__version__, "config": config_dict(config), "host": platform.node(),
+                  "protocol": resolve_protocol(config).record()}
     summary = ScanSummary()
     with open_executor(ExecutorSettings.of(config)) as pool, \
             CubeWriter(config.out, plan.steps, identity, provenance, overwrite=config.overwrite) as cube:

@@ -32,12 +32,14 @@ def syntax_and_perplexity(
     conditions: Mapping[str, torch.Tensor | None],
     cases: Sequence[str],
     reduction: str = "sum",
-    prefix: bool = True,
+    prefix: bool | str = "bos",
+    npi: str = "intrusive",
 ) -> xr.Dataset:
     """TSE accuracy and margin per case, and perplexity, under each condition.
 
     ``conditions`` maps a name to a neuron mask [layer, neuron] whose negative
-    pre-activations are zeroed (``None``: the clean model).
+    pre-activations are zeroed (``None``: the clean model). ``reduction``, ``prefix`` and
+    ``npi``: the TSE scoring choices (:func:`dynamics.syntax.scoring.score_pairs`).
     """
     acc = np.full((len(conditions), len(cases)), np.nan)
     margin = np.full((len(conditions), len(cases)), np.nan)
@@ -47,7 +49,7 @@ def syntax_and_perplexity(
         with context:
             if pairs:
                 scores = score_pairs(model, tokenizer, pairs, group_by="case", reduction=reduction,  # type: ignore[arg-type]
-                                     prefix=prefix, progress=False)
+                                     prefix=prefix, npi=npi, progress=False)  # type: ignore[arg-type]
                 acc[i], margin[i] = scores.aligned("accuracy", cases), scores.aligned("margin", cases)
             if ppl_windows is not None and len(ppl_windows):
                 ppl[i] = perplexity(model, ppl_windows, progress=False)

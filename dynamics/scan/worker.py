@@ -31,7 +31,8 @@ from checkpoints.names import resolve_model
 from checkpoints.source import Checkpoint, CheckpointSource, RetryPolicy, open_source
 from checkpoints.stream import Prefetcher
 from dynamics.ablation import match_bottom_percent, negative_ablation_perplexity
-from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows
+from dynamics.config import Protocol, resolve_protocol
+from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows, load_wd_and_ppl_windows, text_specs
 from dynamics.errors import CheckpointError
 from dynamics.runtime import default_window, gib_to_bytes, load_checkpoint_model, resolve_device, set_threads, timed
 from dynamics.scan.config import ScanConfig
@@ -84,8 +85,9 @@ class WorkerContext:
     source: CheckpointSource
     device: str
     tokenizer: Any
-    corpus: CorpusSpec
-    windows: torch.Tensor
+    protocol: Protocol
+    wd_corpus: CorpusSpec
+    ppl_corpus: CorpusSpec | None
     wd_windows: torch.Tensor
     ppl_windows: torch.Tensor | None
     pairs: list[Any]
@@ -131,7 +133,8 @@ class WorkerContext:
                                                           config.cohort_scope)
         with timed(timings, "evaluation"), torch.inference_mode():
             evaluation = syntax_and_perplexity(model, self.tokenizer, self.pairs, self.ppl_windows, conditions,
-                                               TSE_CASES, config.reduction, config.prefix)
+                                               TSE_CASES, self.protocol.tse_reduction, self.protocol.prefix,
+                                               self.protocol.npi)
         del model
         return step_result(checkpoint.step, [wd, drift, evaluation], timings)
 
@@ -191,9 +194,12 @@ def build_context(spec: RunSpec) -> WorkerContext:
         model = load_checkpoint_model(reference, device, config.dtype)
         set_threads(config.threads, model)
         window = default_window(model, config.window)
-        corpus = CorpusSpec(source=spec.corpus, split=config.corpus_split, window=window,
-                            token_budget=max(config.wd_tokens, config.ppl_tokens, window))
-        windows = load_token_windows(corpus, tokenizer)
+        protocol = resolve_protocol(config)
+        wd_corpus, ppl_corpus, one_text = text_specs(config, protocol, spec.corpus, window)
+        if ppl_corpus is None:
+            wd_windows, ppl_windows = load_token_windows(wd_corpus, tokenizer), None
+        else:
+            wd_windows, ppl_windows, ppl_corpus = load_wd_and_ppl_windows(wd_corpus, ppl_corpus, tokenizer, one_text)
         with torch.inference_mode():
             reference_weights = input_weights(model)
     finally:
@@ -203,10 +209,8 @@ def build_context(spec: RunSpec) -> WorkerContext:
             source.release(reference)
     pairs = sample_tse(tse_pairs(), per_case=config.tse_per_case, seed=config.seed) if config.tse_per_case else []
     return WorkerContext(
-        spec=spec, source=source, device=device, tokenizer=tokenizer, corpus=corpus, windows=windows,
-        wd_windows=windows[: max(1, config.wd_tokens // window)],
-        ppl_windows=windows[: config.ppl_tokens // window] if config.ppl_tokens else None,
-        pairs=list(pairs), reference_weights=reference_weights,
+        spec=spec, source=source, device=device, tokenizer=tokenizer, protocol=protocol, wd_corpus=wd_corpus,
+        ppl_corpus=ppl_corpus, wd_windows=wd_windows, ppl_windows=ppl_windows, pairs=list(pairs), reference_weights=reference_weights,
         reference_model=model if spec.cohort is None else None,
     )
 
@@ -224,8 +228,10 @@ def prepare_reference(spec: RunSpec) -> dict[str, Any]:
     context.reference_model = None
     config = spec.config
     provenance = {
-        "corpus": context.corpus.to_attrs(), "corpus_hash": corpus_hash(context.windows),
-        "wd_tokens": int(context.wd_windows.numel()),
+        "corpus": context.wd_corpus.to_attrs(), "corpus_hash": corpus_hash(context.wd_windows),
+        "ppl_corpus": context.ppl_corpus.to_attrs() if context.ppl_corpus is not None else None,
+        "ppl_corpus_hash": corpus_hash(context.ppl_windows) if context.ppl_windows is not None else None,
+        "protocol": context.protocol.record(), "wd_tokens": int(context.wd_windows.numel()),
         "ppl_tokens": int(context.ppl_windows.numel()) if context.ppl_windows is not None else 0,
         "seed": config.seed, "tse_pairs": config.tse_per_case * len(TSE_CASES),
     }
@@ -260,11 +266,13 @@ def fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Data
         wd = neuron_wasserstein(model, windows, gib_to_bytes(config.memory_budget_gib), config.batch_size, progress=True)
     scores = torch.from_numpy(np.nan_to_num(wd["wd"].values, nan=-np.inf))
     cohort = top_percent_mask(scores, config.cohort_percent, config.cohort_scope)
-    control = random_control_mask(cohort, seed=config.seed)
+    pool = resolve_protocol(config).random_control
+    control = random_control_mask(cohort, seed=config.seed, pool=pool)
     return xr.Dataset(
         {
             "cohort": (("layer", "neuron"), cohort.numpy(), {"long_name": "top WD neurons at the reference step"}),
-            "random_control": (("layer", "neuron"), control.numpy(), {"long_name": "random non-cohort neurons, same count per layer"}),
+            "random_control": (("layer", "neuron"), control.numpy(),
+                               {"long_name": f"random neurons drawn from {pool} neurons, same count per layer"}),
             "reference_wd": wd["wd"].astype("float32"),
         },
         coords=wd.coords,

@@ -107,27 +107,32 @@ def bottom_percent_mask(scores: torch.Tensor, percent: float = 1.0, scope: str =
     return _extreme_mask(scores, percent, scope, descending=False)
 
 
-def random_control_mask(cohort_mask: torch.Tensor, seed: int) -> torch.Tensor:
-    """A random set with as many neurons per layer as the cohort, drawn from the others.
+def random_control_mask(cohort_mask: torch.Tensor, seed: int, pool: str = "non-top") -> torch.Tensor:
+    """A random set with as many neurons per layer as the cohort.
 
-    Layer by layer (in order), ``torch.randperm`` of that layer's non-cohort neurons from
-    one ``torch.Generator().manual_seed(seed)`` picks the members.
+    ``pool="all"`` draws them from every neuron of the layer (the official code, so the set
+    may share members with the cohort); ``pool="non-top"`` from the layer's non-cohort
+    neurons. Layer by layer (in order), ``torch.randperm`` of the pool from one
+    ``torch.Generator().manual_seed(seed)`` picks the members.
 
     Raises:
-        UserInputError: a layer has fewer non-cohort neurons than cohort neurons.
+        UserInputError: an unknown pool, or (non-top) a layer with fewer non-cohort neurons
+            than cohort neurons.
     """
     _check_scores(cohort_mask)
+    if pool not in ("all", "non-top"):
+        raise UserInputError(f"random control pool {pool!r}: expected 'all' or 'non-top'")
     cohort = cohort_mask.to(torch.bool).cpu()
     generator = torch.Generator().manual_seed(seed)
     control = torch.zeros_like(cohort)
     for layer, row in enumerate(cohort):
         size = int(row.sum())
-        others = torch.nonzero(~row).view(-1)
-        if size > len(others):
+        candidates = torch.arange(len(row)) if pool == "all" else torch.nonzero(~row).view(-1)
+        if size > len(candidates):
             raise UserInputError(
-                f"layer {layer} has {size} cohort neurons but only {len(others)} others to draw a control from"
+                f"layer {layer} has {size} cohort neurons but only {len(candidates)} others to draw a control from"
             )
-        control[layer, others[torch.randperm(len(others), generator=generator)[:size]]] = True
+        control[layer, candidates[torch.randperm(len(candidates), generator=generator)[:size]]] = True
     return control.to(cohort_mask.device)
 
 

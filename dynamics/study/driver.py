@@ -20,7 +20,7 @@ from checkpoints.adapters import mlp_shape
 from checkpoints.source import Checkpoint
 from dynamics import __version__
 from dynamics.ablation import match_bottom_percent, negative_ablation_perplexity
-from dynamics.config import config_dict
+from dynamics.config import config_dict, resolve_protocol
 from dynamics.corpus import corpus_hash
 from dynamics.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
 from dynamics.runtime import gib_to_bytes
@@ -45,7 +45,8 @@ def run_study(config: StudyConfig, tagger: Any | None = None) -> StudySummary:
 def provenance(config: StudyConfig, plan: StudyPlan, checkpoint: Checkpoint) -> dict[str, Any]:
     return {"model": config.model, "model_id": plan.model_ref.location, "revision": checkpoint.revision,
             "commit": checkpoint.commit, "package_version": __version__, "torch_version": torch.__version__,
-            "config": config_dict(config), "host": platform.node(), "seed": config.seed}
+            "config": config_dict(config), "host": platform.node(), "seed": config.seed,
+            "protocol": resolve_protocol(config).record()}
 
 
 def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySummary:
@@ -77,6 +78,7 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
             assert ppl_windows is not None  # build_inputs always cuts them
             cube.record_provenance({
                 "corpus": corpus.to_attrs(), "corpus_hash": corpus_hash(ppl_windows),
+                "wd_corpus_hash": corpus_hash(wd_windows),
                 "wd_tokens": int(wd_windows.numel()), "ppl_tokens": int(ppl_windows.numel()),
                 "tse_pairs": len(inputs.tse), "blimp_pairs": len(inputs.blimp), "lmeval_limit": inputs.lmeval_limit,
                 "lmeval_skipped": inputs.task_plan.skipped,
@@ -124,7 +126,8 @@ def _fix_neuron_sets(config: StudyConfig, plan: StudyPlan, model: Any, wd_window
     with torch.inference_mode():
         wd = neuron_wasserstein(model, wd_windows, gib_to_bytes(config.memory_budget_gib), config.batch_size,
                                 progress=True)
-    top, random = top_and_random_masks(wd["wd"].values, plan.percents, config.seed)
+    top, random = top_and_random_masks(wd["wd"].values, plan.percents, config.seed,
+                                       resolve_protocol(config).random_control)
 
     assert inputs.ppl_windows is not None  # build_inputs always cuts them
     ablated_ppl = negative_ablation_perplexity(model, inputs.ppl_windows, config.batch_size)

@@ -7,12 +7,14 @@ on a cluster rebuilds exactly what the driver measured the neuron sets on.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from checkpoints.source import Checkpoint, RetryPolicy, RevisionSource, open_source
-from dynamics.corpus import CorpusSpec, load_token_windows, read_corpus_text
+from dynamics.config import resolve_protocol
+from dynamics.corpus import CorpusSpec, load_wd_and_ppl_windows, read_corpus_text, text_specs
 from dynamics.errors import UserInputError
 from dynamics.runtime import default_window, load_checkpoint_model, set_threads
 from dynamics.study.config import StudyConfig, StudyPlan
@@ -20,7 +22,7 @@ from dynamics.study.lmeval import probe_tasks
 from dynamics.study.measures import StudyInputs, pos_table
 from dynamics.syntax.blimp import load_blimp
 from dynamics.syntax.pairs import stratified_sample
-from dynamics.syntax.scoring import prefix_token_id
+from dynamics.syntax.scoring import encode_with_prefix
 from dynamics.syntax.tse import sample_tse, tse_pairs
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,7 @@ def load_model(config: StudyConfig, plan: StudyPlan) -> tuple[Any, Any, Any, lis
     tse, blimp = _benchmarks(config, plan, config.budgets())
     checkpoint = fetch_model(config, plan)
     tokenizer = checkpoint.load_tokenizer()
-    if config.prefix:
-        prefix_token_id(tokenizer, config.prefix_token)  # an unknown --prefix-token fails now, not after WD
+    encode_with_prefix(tokenizer, ["a"], resolve_protocol(config).prefix)  # an unknown --prefix fails now, not after WD
     model = load_checkpoint_model(checkpoint, plan.device, plan.dtype)
     set_threads(config.threads, model)
     return checkpoint, model, tokenizer, tse, blimp
@@ -73,12 +74,13 @@ def build_inputs(config: StudyConfig, plan: StudyPlan, model: Any, tokenizer: An
     budgets = config.budgets()
     window = default_window(model, config.window)
     wd_windows, ppl_windows, corpus = _windows(config, plan, tokenizer, window, budgets["ppl_tokens"])
+    protocol = resolve_protocol(config)
     inputs = StudyInputs(
         tokenizer=tokenizer, tse=tse, blimp=blimp, blimp_paradigms=plan.paradigms, ppl_windows=ppl_windows,
         tasks=plan.tasks, task_plan=probe_tasks(plan.tasks, config.task_path),
-        lmeval_limit=budgets["lmeval_limit"], pos_texts=[], tagger=None, reduction=config.reduction,
-        prefix=config.prefix, prefix_token=config.prefix_token, batch_size=config.batch_size,
-        task_path=config.task_path, seed=config.seed)
+        lmeval_limit=budgets["lmeval_limit"], pos_texts=[], tagger=None, tse_reduction=protocol.tse_reduction,
+        blimp_reduction=protocol.blimp_reduction, prefix=protocol.prefix, npi=protocol.npi,
+        batch_size=config.batch_size, task_path=config.task_path, seed=config.seed)
     _prepare_pos(config, corpus, model, inputs, tagger)
     return inputs, wd_windows, corpus
 
@@ -102,12 +104,12 @@ def _benchmarks(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | N
 
 def _windows(config: StudyConfig, plan: StudyPlan, tokenizer: Any, window: int,
              ppl_tokens: int | None) -> tuple[torch.Tensor, torch.Tensor, CorpusSpec]:
-    budget = None if ppl_tokens is None else max(config.wd_tokens, ppl_tokens, window)
-    spec = CorpusSpec(source=plan.corpus, split=config.corpus_split, window=window, token_budget=budget)
-    windows = load_token_windows(spec, tokenizer)
-    wd_windows = windows[: max(1, config.wd_tokens // window)]
-    ppl_windows = windows if ppl_tokens is None else windows[: max(1, ppl_tokens // window)]
-    return wd_windows, ppl_windows, spec
+    """WD windows, perplexity windows (``--full``: the whole split) and the perplexity corpus."""
+    wd_spec, ppl_spec, one_text = text_specs(config, resolve_protocol(config), plan.corpus, window)
+    assert ppl_spec is not None  # plan_study: --ppl-tokens >= 2
+    ppl_spec = replace(ppl_spec, token_budget=None if ppl_tokens is None else max(ppl_tokens, window))
+    wd_windows, ppl_windows, ppl_spec = load_wd_and_ppl_windows(wd_spec, ppl_spec, tokenizer, one_text)
+    return wd_windows, ppl_windows, ppl_spec
 
 
 def _prepare_pos(config: StudyConfig, spec: CorpusSpec, model: Any, inputs: StudyInputs, tagger: Any | None) -> None:

@@ -53,9 +53,10 @@ class StudyInputs:
     lmeval_limit: int | None
     pos_texts: list[str]
     tagger: Any | None  # None: POS skipped
-    reduction: str = "sum"
-    prefix: bool = True
-    prefix_token: str | None = None
+    tse_reduction: str = "mean"
+    blimp_reduction: str = "sum"
+    prefix: str = "auto"
+    npi: str = "last"
     batch_size: int = 4
     task_path: str | None = None
     seed: int = 0
@@ -88,20 +89,20 @@ def measure_unit(model: torch.nn.Module, number: int, unit: Unit, mask: torch.Te
     return result
 
 
-def _score(model: torch.nn.Module, inputs: StudyInputs, pairs: Sequence[MinimalPair]) -> Any:
+def _score(model: torch.nn.Module, inputs: StudyInputs, pairs: Sequence[MinimalPair], reduction: str) -> Any:
     with torch.inference_mode():
-        return score_pairs(model, inputs.tokenizer, pairs, group_by="case", reduction=inputs.reduction,  # type: ignore[arg-type]
-                           prefix=inputs.prefix, prefix_token=inputs.prefix_token, keep_pairs=True, progress=False)
+        return score_pairs(model, inputs.tokenizer, pairs, group_by="case", reduction=reduction,  # type: ignore[arg-type]
+                           prefix=inputs.prefix, npi=inputs.npi, keep_pairs=True, progress=False)  # type: ignore[arg-type]
 
 
 def _tse(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
     if not inputs.tse:
         return None
-    scores = _score(model, inputs, inputs.tse)
+    scores = _score(model, inputs, inputs.tse, inputs.tse_reduction)
     acc, margin = scores.aligned("accuracy", TSE_CASES), scores.aligned("margin", TSE_CASES)
     return xr.Dataset(
         {
-            "tse_acc": ("tse_case", acc, {"long_name": "TSE accuracy (good above bad, and above intrusive for NPI)"}),
+            "tse_acc": ("tse_case", acc, {"long_name": f"TSE accuracy (good above bad; NPI: vs {inputs.npi})"}),
             "tse_margin": ("tse_case", margin, {"units": "nats", "long_name": "mean log p(good) - log p(bad)"}),
             "tse_acc_all": ((), scores.overall_accuracy, {"long_name": "TSE accuracy over all pairs"}),
         },
@@ -112,7 +113,7 @@ def _tse(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
 def _blimp(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
     if not inputs.blimp:
         return None
-    scores = _score(model, inputs, inputs.blimp)
+    scores = _score(model, inputs, inputs.blimp, inputs.blimp_reduction)
     acc = blimp_accuracy(inputs.blimp, scores.correct)
     terms = inputs.blimp_terms
     return xr.Dataset(

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from dynamics.errors import UserInputError
-from dynamics.syntax.logprobs import DEFAULT_BATCH_TOKENS, prefix_token_id, token_log_probs
+from dynamics.syntax.logprobs import DEFAULT_BATCH_TOKENS, prefix_mode, prefix_token_id, token_log_probs
 
 Tagger = Callable[[str], Sequence[tuple[int, int, str]]]
 
@@ -126,7 +126,7 @@ def pos_surprisal(
     tokenizer: Any,
     texts: Sequence[str],
     tagger: Tagger | None = None,
-    prefix: bool = True,
+    prefix: bool | str = "bos",
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -138,7 +138,9 @@ def pos_surprisal(
         tokenizer: Its fast Hugging Face tokenizer (offset mapping needed).
         texts: Sentences or short paragraphs (each within the model's context).
         tagger: ``text -> [(start, end, pos)]``; default spaCy ``en_core_web_sm``.
-        prefix: Condition on BOS/EOS so that every token is scored.
+        prefix: ``auto`` (the tokenizer's own special tokens), ``none``, ``bos`` (default: BOS,
+            else EOS, so that every token is scored) or a token string (``True``/``False``:
+            ``bos``/``none``), as in :func:`dynamics.syntax.scoring.score_pairs`.
         batch_tokens: Token budget of a batch.
         device: Where the inputs go; default the model's device.
         progress: Show a tqdm bar.
@@ -150,8 +152,9 @@ def pos_surprisal(
     tagger = tagger if tagger is not None else spacy_tagger()
     if not getattr(tokenizer, "is_fast", False):
         raise UserInputError("POS alignment needs a fast tokenizer (character offsets); got a slow one")
-    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
-    prefix_id = prefix_token_id(tokenizer) if prefix else None
+    mode = prefix_mode(prefix)
+    encoded = tokenizer(list(texts), add_special_tokens=mode == "auto", return_offsets_mapping=True)
+    prefix_id = None if mode in ("auto", "none") else prefix_token_id(tokenizer, None if mode == "bos" else mode)
     log_probs = token_log_probs(
         model, encoded["input_ids"], prefix_id, batch_tokens=batch_tokens, device=device, progress=progress
     )
