@@ -171,8 +171,9 @@ def test_matched_control_matches_the_cohorts_perplexity_at_the_reference_step(ti
     model = checkpoint.load_model(device="cpu", dtype=torch.float32)
     window = min(2048, model.config.max_position_embeddings)
     windows = load_token_windows(CorpusSpec(source=str(tiny_suite / "heldout.txt"), window=window,
-                                            token_budget=max(FAST["wd_tokens"], 256, window)), checkpoint.load_tokenizer())
-    ppl_windows = windows[: 256 // window]
+                                            token_budget=FAST["wd_tokens"] + 256), checkpoint.load_tokenizer())
+    wd_windows = FAST["wd_tokens"] // window
+    ppl_windows = windows[wd_windows : wd_windows + 256 // window]  # one file: perplexity after the WD windows
     with torch.inference_mode(), ablate(model, torch.from_numpy(ds["matched_control"].values), mode="negative"):
         by_hand = perplexity(model, ppl_windows, progress=False)
     np.testing.assert_allclose(float(ds["matched_ppl"]), by_hand, rtol=1e-5)

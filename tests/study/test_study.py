@@ -32,7 +32,7 @@ def study_config(model_dir, out, data, **overrides) -> StudyConfig:
                   ppl_tokens=256, percents="5,10", match_percent=10.0, match_tolerance=1e-4, match_iterations=4,
                   tse_per_case=1, blimp=str(data / "blimp"), blimp_per_paradigm=2,
                   blimp_paradigms=",".join(BLIMP_TINY), tasks="none", layer_groups=2, group_percent=10.0,
-                  pos="off", threads=1)
+                  pos="off", threads=1, protocol="strict")  # strict: the scoring from before --protocol
     return StudyConfig(**{**values, **overrides})
 
 
@@ -112,8 +112,8 @@ def _load(config):
 
     model = tiny_model_from(config.model)
     tokenizer = AutoTokenizer.from_pretrained(config.model)  # as the study loads it (some families wrap it)
-    windows = load_token_windows(CorpusSpec(source=config.corpus, window=64, token_budget=512), tokenizer)
-    return model, tokenizer, windows
+    windows = load_token_windows(CorpusSpec(source=config.corpus, window=64, token_budget=512 + 256), tokenizer)
+    return model, tokenizer, windows[8:]  # one file: the perplexity windows follow the 8 WD windows
 
 
 def tiny_model_from(path):
