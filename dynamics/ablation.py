@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from checkpoints.adapters import adapter_for, mlp_shape, pre_activation_modules, transformer_layers
 from dynamics.errors import UserInputError
 from dynamics.stats.cohort import BisectionResult, bisect_to_target, bottom_percent_mask, wd_scores
-from dynamics.syntax.perplexity import perplexity
+from dynamics.syntax.perplexity import perplexity, window_nll
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +213,37 @@ def negative_ablation_perplexity(model: torch.nn.Module, windows: torch.Tensor,
     return ablated_ppl
 
 
+def negative_ablation_window_nll(model: torch.nn.Module, windows: torch.Tensor, batch_size: int,
+                                 mask: torch.Tensor | None) -> torch.Tensor:
+    """Summed NLL per window with ``mask``'s negative pre-activations zeroed (``None``: clean)."""
+    if mask is None:
+        with torch.inference_mode():
+            return window_nll(model, windows, batch_size=batch_size, progress=False)
+    with ablate(model, mask, mode="negative"), torch.inference_mode():
+        return window_nll(model, windows, batch_size=batch_size, progress=False)
+
+
+def paired_increase(clean_nll: torch.Tensor, ablated_nll: torch.Tensor, predicted_per_window: int) -> tuple[float, float]:
+    """(relative perplexity increase, its standard error) of an ablation, from per-window NLL on the same windows.
+
+    The increase is ``exp(mean d) - 1`` with ``d`` the per-window change of the mean NLL per
+    predicted token; its standard error ``exp(mean d) * std(d) / sqrt(n)`` (the delta method;
+    NaN with one window). Paired windows cancel the text's own variation.
+    """
+    d = (ablated_nll.double() - clean_nll.double()).numpy() / predicted_per_window
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return float(np.expm1(mean)), float(np.exp(mean) * se)
+
+
 def match_bottom_percent(wd: np.ndarray, ablated_ppl: Callable[[torch.Tensor], float], target: float, low: float,
-                         high: float, tolerance: float, max_iterations: int) -> tuple[np.ndarray, BisectionResult]:
-    """The bottom-``m``% WD mask whose negative ablation matches ``target`` perplexity."""
+                         high: float, tolerance: float, max_iterations: int,
+                         clean: float | None = None) -> tuple[np.ndarray, BisectionResult]:
+    """The bottom-``m``% WD mask whose negative ablation matches ``target`` perplexity.
+
+    With ``clean`` (the clean perplexity) the tolerance is relative to the target's increase
+    over it and a trial below clean never matches (:func:`bisect_to_target`).
+    """
     scores = wd_scores(wd)
     bar = tqdm(total=max_iterations + 2, desc="matched control", unit="trial", dynamic_ncols=True)
 
@@ -227,7 +255,15 @@ def match_bottom_percent(wd: np.ndarray, ablated_ppl: Callable[[torch.Tensor], f
         return value
 
     with bar:
-        result = bisect_to_target(perplexity_at, target, low, high, tolerance, max_iterations)
+        result = bisect_to_target(perplexity_at, target, low, high, tolerance, max_iterations, baseline=clean)
     if not result.converged:
         log.warning("matched control not found: %s; keeping the closest, m = %.4g%%", result.reason, result.argument)
     return bottom_percent_mask(scores, result.argument).numpy(), result
+
+
+def noise_warning(increase: float, standard_error: float) -> str:
+    """A warning when the top set's own perplexity increase is within two standard errors of zero ("" otherwise)."""
+    if np.isfinite(standard_error) and abs(increase) <= 2 * standard_error:
+        return (f"the top set's own perplexity increase ({100 * increase:+.2f}%) is within the noise of the estimate "
+                f"(2 standard errors = {200 * standard_error:.2f}%); the match means little: use more --ppl-tokens")
+    return ""

@@ -41,6 +41,8 @@ def header(ds: xr.Dataset) -> list[str]:
                      f"perplexity {float(ds['matched_ppl']):.4f} vs top-{match_percent(ds):g}% "
                      f"{float(ds['matched_target_ppl']):.4f} (clean {float(ds['matched_clean_ppl']):.4f}; "
                      f"{len(record.get('trials', []))} trials): {state}")
+        if record.get("noise_warning"):
+            lines.append(f"WARNING: {record['noise_warning']}")
     skipped = prov.get("lmeval_skipped") or {}
     if skipped:
         lines.append(f"lm-eval tasks skipped: {', '.join(skipped)} (reason in attrs provenance.lmeval_skipped)")

@@ -30,7 +30,13 @@ import xarray as xr
 from checkpoints.names import resolve_model
 from checkpoints.source import Checkpoint, CheckpointSource, RetryPolicy, open_source
 from checkpoints.stream import Prefetcher
-from dynamics.ablation import match_bottom_percent, negative_ablation_perplexity
+from dynamics.ablation import (
+    match_bottom_percent,
+    negative_ablation_perplexity,
+    negative_ablation_window_nll,
+    noise_warning,
+    paired_increase,
+)
 from dynamics.config import Protocol, resolve_protocol
 from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows, load_wd_and_ppl_windows, text_specs
 from dynamics.errors import CheckpointError
@@ -283,19 +289,32 @@ def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tenso
     """The perplexity-matched control at the reference step (``--matched``), as in `dynamics ablate`.
 
     The bottom m% of each layer by reference WD, m bisected in [0.1, 90] until the negative
-    ablation's perplexity is within 2% of the cohort's (the closest trial is kept, and
-    ``matched_converged`` says so, when it cannot be matched).
+    ablation's perplexity increase over clean is within 5% of the cohort's (the closest trial is
+    kept, and ``matched_converged`` says so, when it cannot be matched).
     """
     ablated_ppl = negative_ablation_perplexity(model, ppl_windows, config.batch_size)
-    target = ablated_ppl(torch.from_numpy(static["cohort"].values))
-    mask, match = match_bottom_percent(static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.02, 12)
-    log.info("matched control: m = %.4g%%, perplexity %.4f vs the cohort's %.4f (%s)", match.argument, match.value,
-             target, "matched" if match.converged else match.reason)
+    predicted = ppl_windows.shape[0] * (ppl_windows.shape[1] - 1)
+    clean_nll = negative_ablation_window_nll(model, ppl_windows, config.batch_size, None)
+    cohort_nll = negative_ablation_window_nll(model, ppl_windows, config.batch_size,
+                                              torch.from_numpy(static["cohort"].values))
+    clean, target = float(np.exp(float(clean_nll.sum()) / predicted)), float(np.exp(float(cohort_nll.sum()) / predicted))
+    increase, increase_se = paired_increase(clean_nll, cohort_nll, ppl_windows.shape[1] - 1)
+    noise = noise_warning(increase, increase_se)
+    if noise:
+        log.warning("matched control: %s", noise)
+    mask, match = match_bottom_percent(static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.05, 12,
+                                       clean=clean)
+    log.info("matched control: m = %.4g%%, perplexity %.4f vs the cohort's %.4f (clean %.4f; %s)", match.argument,
+             match.value, target, clean, "matched" if match.converged else match.reason)
     return static.assign(
         matched_control=(("layer", "neuron"), mask, {"long_name": "bottom-m% WD neurons per layer at the reference step, "
                                                                   "perplexity-matched to the cohort's ablation"}),
         matched_percent=((), float(match.argument), {"units": "%", "long_name": "m"}),
         matched_ppl=((), float(match.value), {"long_name": "perplexity with neg_matched at the reference step"}),
         matched_target_ppl=((), float(target), {"long_name": "perplexity with neg_cohort at the reference step"}),
-        matched_converged=((), bool(match.converged), {"long_name": "matched within 2%", "reason": match.reason}),
+        matched_clean_ppl=((), clean, {"long_name": "clean perplexity at the reference step"}),
+        matched_converged=((), bool(match.converged), {"long_name": "increase over clean within 5% of the cohort's",
+                                                       "reason": match.reason, "noise_warning": noise}),
+        matched_top_increase=((), increase, {"long_name": "relative perplexity increase of the cohort"}),
+        matched_top_increase_se=((), increase_se, {"long_name": "its standard error (paired windows)"}),
     )

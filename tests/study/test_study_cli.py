@@ -227,7 +227,7 @@ def test_help_lists_every_study_option_with_its_default(capsys):
         main(["ablate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert exit_info.value.code == 0
-    for expected in ("--percents PERCENTS", "(default: 0.5,1,2,5)", "--match-tolerance", "(default: 0.02)",
+    for expected in ("--percents PERCENTS", "(default: 0.5,1,2,5)", "--match-tolerance", "(default: 0.05)",
                      "--layer-groups", "(default: 8)", "--lmeval-limit", "(default: 100)", "--full"):
         assert expected in text
 
@@ -237,8 +237,11 @@ def test_full_lifts_every_budget_and_limit_zero_means_all():
 
     assert StudyConfig(model="m", out="o.zarr", full=True).budgets() == {
         "tse_per_case": None, "blimp_per_paradigm": None, "ppl_tokens": None, "lmeval_limit": None}
-    assert StudyConfig(model="m", out="o.zarr", lmeval_limit=0).budgets() == {
+    assert StudyConfig(model="m", out="o.zarr", lmeval_limit=0, protocol="strict").budgets() == {
         "tse_per_case": 50, "blimp_per_paradigm": 50, "ppl_tokens": 16384, "lmeval_limit": None}
+    # the paper's protocol: perplexity on the whole validation split, as the official code
+    assert StudyConfig(model="m", out="o.zarr", lmeval_limit=0).budgets() == {
+        "tse_per_case": 50, "blimp_per_paradigm": 50, "ppl_tokens": None, "lmeval_limit": None}
 
 
 def test_a_hub_model_is_studied_at_its_main_revision_from_an_offline_cache(data, tmp_path):
