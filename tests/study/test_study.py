@@ -177,7 +177,11 @@ def test_the_matched_percent_reproduces_its_recorded_perplexity(family_study):
     assert float(ds["matched_target_ppl"]) == pytest.approx(target, rel=1e-6)
     record = ds.attrs["provenance"]["matched_control"]
     assert record["m_percent"] == pytest.approx(float(ds["matched_percent"]))
-    assert bool(ds["matched_converged"]) == (abs(again / target - 1) <= 1e-4) == record["converged"]
+    with torch.inference_mode():
+        clean = perplexity(model, windows[:4], progress=False)
+    assert float(ds["matched_clean_ppl"]) == pytest.approx(clean, rel=1e-6)
+    # the tolerance (1e-4 here) is relative to the top set's increase over clean
+    assert bool(ds["matched_converged"]) == (abs(again - target) <= 1e-4 * (target - clean)) == record["converged"]
     if family == "opt":  # ReLU: max(a, 0) before a ReLU changes nothing, so every negative ablation is clean
         clean = ds.sel(condition="clean", percent=10.0)
         for condition in ("neg_top", "neg_random", "neg_matched"):

@@ -107,7 +107,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_written(data, tmp_path, cap
 
 def test_an_unknown_prefix_token_is_refused_before_the_cube_is_made(data, tmp_path, capsys):
     out = tmp_path / "p.zarr"
-    assert main(["ablate", "--model", str(data / "llama"), "--out", str(out), "--prefix-token", "<s>",
+    assert main(["ablate", "--model", str(data / "llama"), "--out", str(out), "--prefix", "<s>",
                  "--blimp-per-paradigm", "0", "--corpus", str(data / "corpus.txt"), "--tasks", "none"]) == 2
     assert "prefix token '<s>' is not in the tokenizer's vocabulary" in capsys.readouterr().err
     assert not out.exists()
@@ -295,6 +295,8 @@ def test_pos_is_skipped_with_one_line_without_spacy(data, tmp_path, monkeypatch,
                           tse_per_case=0, blimp_per_paradigm=0, pos="auto")
     with caplog.at_level(logging.WARNING, logger="dynamics.study.driver"):
         run_study(config)
-    assert [r.getMessage() for r in caplog.records] == [f"POS excess surprisal skipped: {pos.SPACY_MISSING}"]
+    # (the matched control may warn too: this tiny model's top set barely moves perplexity)
+    assert [r.getMessage() for r in caplog.records if r.name != "dynamics.ablation"] == [
+        f"POS excess surprisal skipped: {pos.SPACY_MISSING}"]
     ds = open_cube(config.out)
     assert "pos_excess" not in ds and ds.attrs["provenance"]["pos"] == "skipped"
