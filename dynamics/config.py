@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -215,11 +216,14 @@ class RuntimeOptions:
 
 
     device: str = option("auto", help="cuda, cuda:N, cpu or auto (CUDA when present)")
-    dtype: str = option("float32", help="model weights dtype", choices=list(DTYPES))
+    dtype: str = option("auto", help="model weights dtype; auto: on CUDA the checkpoint's own (float16 for Pythia; "
+                        "bfloat16 where float16 overflows), on the CPU float32 (statistics are float32 either way)",
+                        choices=["auto", *DTYPES])
     threads: int = option(0, help="torch CPU threads; 0: auto (1 for models under 50M parameters, whose small "
                           "ops stall on thread barriers, else torch's default)")
     batch_size: int = option(4, help="corpus windows per forward pass")
-    memory_budget_gib: float = option(2.0, help="GiB of pre-activations held at once (decides layers per pass)")
+    memory_budget_gib: float = option(0.0, help="GiB of pre-activations held at once (decides layers per pass); "
+                                      "0: auto (on CUDA half the device memory free after loading, on the CPU 2)")
     retries: int = option(4, help="attempts per checkpoint download (transient errors back off exponentially)")
     cache_dir: str | None = option(None, help="Hugging Face cache directory (default: the hub's own, "
                                    "~/.cache/huggingface/hub)")
@@ -245,7 +249,8 @@ def shared_checks(config: BudgetOptions | RuntimeOptions) -> list[tuple[str, boo
     if isinstance(config, RuntimeOptions):
         checks += [
             ("retries", config.retries >= 1, "at least 1"),
-            ("memory-budget-gib", config.memory_budget_gib > 0, "a positive number of GiB"),
+            ("memory-budget-gib", math.isfinite(config.memory_budget_gib) and config.memory_budget_gib >= 0,
+             "0 (auto) or a positive, finite number of GiB"),
             ("batch-size", config.batch_size >= 1, "at least 1"),
             ("threads", config.threads >= 0, "0 (auto) or a positive number"),
         ]

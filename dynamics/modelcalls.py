@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -293,9 +293,8 @@ def select_rows(cache: Any, rows: torch.Tensor) -> None:
     cache.batch_select_indices(rows)
 
 
-def first_logits_finite(model: torch.nn.Module, ids: Sequence[int]) -> bool:
-    """Whether a forward pass over ``ids`` gives finite logits (an unusable checkpoint does not)."""
+def logits_finite(model: torch.nn.Module) -> bool:
+    """Whether a short forward pass gives finite logits (float16 weights may overflow)."""
     with eval_mode(model):
-        x = torch.tensor([list(ids)], dtype=torch.long, device=model_device(model))
-        lp = sequence_log_probs(model, x)
-    return bool(torch.isfinite(lp).all())
+        logits = model(input_ids=_probe_ids(model), use_cache=False).logits
+    return bool(torch.isfinite(logits).all())

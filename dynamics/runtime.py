@@ -6,15 +6,21 @@ resolve ``--device auto``, load a checkpoint and pick their thread count the sam
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from checkpoints.source import Checkpoint
 from dynamics.errors import UserInputError, tag_phase
+from dynamics.modelcalls import logits_finite
+
+log = logging.getLogger(__name__)
 
 SMALL_MODEL_PARAMETERS = 50_000_000
 DEFAULT_WINDOW = 2048
@@ -31,11 +37,33 @@ def resolve_device(device: str, here: bool = True) -> str:
     raise UserInputError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto``: bfloat16 on CUDA, float32 on the CPU; any other name is kept."""
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if device.startswith("cuda") else "float32"
+HALF_DTYPES = ("float16", "bfloat16")
+#: The capture budget on the CPU when --memory-budget-gib is 0 (auto).
+CPU_MEMORY_BUDGET_GIB = 2.0
+#: The share of the device memory free after loading that an automatic capture budget takes.
+CUDA_MEMORY_SHARE = 0.5
+
+
+def checkpoint_dtype(checkpoint: Checkpoint) -> str | None:
+    """The dtype the checkpoint's ``config.json`` declares (``torch_dtype`` or ``dtype``), if any."""
+    if checkpoint.path is None or checkpoint.gguf_file:
+        return None  # GGUF weights are dequantized to float32
+    try:
+        config = json.loads((Path(checkpoint.path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for key in ("dtype", "torch_dtype"):
+        value = config.get(key)
+        if isinstance(value, str) and value in ("float32", *HALF_DTYPES):
+            return value
+    return None
+
+
+def auto_dtype(checkpoint: Checkpoint, device: str) -> str:
+    """``--dtype auto``: on CUDA the checkpoint's own dtype (float32 if it declares none), on the CPU float32."""
+    if not device.startswith("cuda"):
+        return "float32"
+    return checkpoint_dtype(checkpoint) or "float32"
 
 
 def set_threads(threads: int, model: Any) -> None:
@@ -47,8 +75,30 @@ def set_threads(threads: int, model: Any) -> None:
 
 
 def load_checkpoint_model(checkpoint: Checkpoint, device: str, dtype: str) -> Any:
-    """The checkpoint's model on ``device`` in the dtype named ``dtype`` (e.g. ``"float32"``)."""
-    return checkpoint.load_model(device=device, dtype=getattr(torch, dtype))
+    """The checkpoint's model on ``device`` in the dtype named ``dtype`` (e.g. ``"float32"``, or ``"auto"``).
+
+    With ``auto`` a float16 model whose logits overflow (not finite on a probe) is loaded
+    again in bfloat16, which has float32's range.
+    """
+    name = auto_dtype(checkpoint, device) if dtype == "auto" else dtype
+    model = checkpoint.load_model(device=device, dtype=getattr(torch, name))
+    if dtype == "auto" and name == "float16" and not logits_finite(model):
+        log.info("step %s: float16 logits overflow; loading it in bfloat16 instead", checkpoint.step)
+        del model
+        model = checkpoint.load_model(device=device, dtype=torch.bfloat16)
+    log.debug("step %s loaded in %s on %s", checkpoint.step, next(model.parameters()).dtype, device)
+    return model
+
+
+def capture_budget(memory_budget_gib: float, device: str) -> int:
+    """Bytes of captures held at once: the given GiB, or for 0 (auto) on CUDA a share of the
+    memory free now (call it after the model is loaded), on the CPU :data:`CPU_MEMORY_BUDGET_GIB`."""
+    if memory_budget_gib > 0:
+        return gib_to_bytes(memory_budget_gib)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return max(gib_to_bytes(0.25), int(CUDA_MEMORY_SHARE * free))
+    return gib_to_bytes(CPU_MEMORY_BUDGET_GIB)
 
 
 def default_window(model: Any, window: int | None) -> int:

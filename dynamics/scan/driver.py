@@ -102,8 +102,8 @@ def _check_numbers(config: ScanConfig) -> None:
         ("ppl-tokens", not config.matched or config.ppl_tokens != 0,
          "more than 0 with --matched (the match is on perplexity)"),
     ])
-    if config.dtype not in DTYPES:
-        raise UserInputError(f"--dtype {config.dtype!r} is not one of {', '.join(DTYPES)}")
+    if config.dtype not in ("auto", *DTYPES):
+        raise UserInputError(f"--dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
 
 
 def _resolve_corpus(corpus: str, suite: str | None) -> str:

@@ -40,7 +40,15 @@ from dynamics.ablation import (
 from dynamics.config import Protocol, resolve_protocol
 from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows, load_wd_and_ppl_windows, text_specs
 from dynamics.errors import CheckpointError
-from dynamics.runtime import default_window, gib_to_bytes, load_checkpoint_model, resolve_device, set_threads, timed
+from dynamics.modelcalls import model_device
+from dynamics.runtime import (
+    capture_budget,
+    default_window,
+    load_checkpoint_model,
+    resolve_device,
+    set_threads,
+    timed,
+)
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.measures import step_result, syntax_and_perplexity
 from dynamics.stats.cohort import random_control_mask, top_percent_mask
@@ -106,7 +114,7 @@ class WorkerContext:
 
     @property
     def memory_budget(self) -> int:
-        return gib_to_bytes(self.spec.config.memory_budget_gib)
+        return capture_budget(self.spec.config.memory_budget_gib, self.device)
 
     def fetch(self, step: int) -> Checkpoint:
         """The checkpoint of ``step`` (prefetched when it was announced); raises on failure."""
@@ -141,8 +149,12 @@ class WorkerContext:
             evaluation = syntax_and_perplexity(model, self.tokenizer, self.pairs, self.ppl_windows, conditions,
                                                TSE_CASES, self.protocol.tse_reduction, self.protocol.prefix,
                                                self.protocol.npi)
+        loaded = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                  "capture_budget_bytes": self.memory_budget}
         del model
-        return step_result(checkpoint.step, [wd, drift, evaluation], timings)
+        result = step_result(checkpoint.step, [wd, drift, evaluation], timings)
+        result.attrs["loaded"] = loaded
+        return result
 
 
 def drift_measures(weights: torch.Tensor, reference: torch.Tensor, cohort: np.ndarray, control: np.ndarray) -> xr.Dataset:
@@ -263,13 +275,15 @@ def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
         result = context.measure(checkpoint, spec.cohort, spec.control, spec.matched)
     finally:
         context.source.release(checkpoint)
-    result.attrs["checkpoint"] = {**checkpoint.record(), "attempts": checkpoint.attempts, "host": platform.node()}
+    result.attrs["checkpoint"] = {**checkpoint.record(), **result.attrs.pop("loaded", {}), "attempts": checkpoint.attempts,
+                                  "host": platform.node()}
     return result
 
 
 def fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
     with torch.inference_mode():
-        wd = neuron_wasserstein(model, windows, gib_to_bytes(config.memory_budget_gib), config.batch_size, progress=True)
+        budget = capture_budget(config.memory_budget_gib, str(model_device(model)))
+        wd = neuron_wasserstein(model, windows, budget, config.batch_size, progress=True)
     scores = torch.from_numpy(np.nan_to_num(wd["wd"].values, nan=-np.inf))
     cohort = top_percent_mask(scores, config.cohort_percent, config.cohort_scope)
     pool = resolve_protocol(config).random_control

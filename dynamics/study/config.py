@@ -35,7 +35,7 @@ from dynamics.config import (
 from dynamics.corpus import check_texts
 from dynamics.errors import UserInputError
 from dynamics.executor import ExecutorSettings, check_settings
-from dynamics.runtime import resolve_device, resolve_dtype
+from dynamics.runtime import resolve_device
 from dynamics.study.lmeval import check_task_names, parse_tasks
 from dynamics.syntax.blimp import check_paradigms
 from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
@@ -153,7 +153,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     check_task_names(tasks, config.task_path)
     revision = _revision(ref, config.revision)
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    dtype = config.dtype  # auto is resolved per checkpoint when it is loaded
     if is_toy_alias(ref):  # every option checked: now the built-in suite may be trained (once)
         ensure_toy_suite(ref)
     return StudyPlan(ref, revision, config.corpus, percents, tasks, paradigms, device, dtype)

@@ -29,7 +29,8 @@ from dynamics.ablation import (
 from dynamics.config import config_dict, resolve_protocol
 from dynamics.corpus import corpus_hash
 from dynamics.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
-from dynamics.runtime import gib_to_bytes
+from dynamics.modelcalls import model_device
+from dynamics.runtime import capture_budget
 from dynamics.stats.neurons import neuron_wasserstein
 from dynamics.study.conditions import BLOCKS, layer_groups, static_dataset, study_units, top_and_random_masks
 from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study
@@ -129,7 +130,8 @@ def _fix_neuron_sets(config: StudyConfig, plan: StudyPlan, model: Any, wd_window
     """WD of every neuron, the top/random sets per percent and the perplexity-matched control."""
     start = time.perf_counter()
     with torch.inference_mode():
-        wd = neuron_wasserstein(model, wd_windows, gib_to_bytes(config.memory_budget_gib), config.batch_size,
+        wd = neuron_wasserstein(model, wd_windows, capture_budget(config.memory_budget_gib, str(model_device(model))),
+                                config.batch_size,
                                 progress=True)
     top, random = top_and_random_masks(wd["wd"].values, plan.percents, config.seed,
                                        resolve_protocol(config).random_control)
