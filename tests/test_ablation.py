@@ -333,3 +333,19 @@ def test_bad_neuron_sets(neurons: object, mode: str, message: str) -> None:
         with ablate(model, neurons, mode=mode):
             pass
     assert all(len(m._forward_hooks) == 0 for m in pre_activation_modules(model))
+
+
+def test_paired_increase_and_its_noise_warning() -> None:
+    from dynamics.ablation import noise_warning, paired_increase
+
+    clean = torch.tensor([200.0, 180.0, 220.0, 210.0], dtype=torch.float64)
+    ablated = torch.tensor([202.0, 181.0, 224.0, 209.0], dtype=torch.float64)
+    increase, se = paired_increase(clean, ablated, predicted_per_window=100)
+    d = [(a - c) / 100 for a, c in zip(ablated.tolist(), clean.tolist())]
+    mean = sum(d) / 4
+    sd = (sum((x - mean) ** 2 for x in d) / 3) ** 0.5
+    assert increase == pytest.approx(np.exp(mean) - 1) and se == pytest.approx(np.exp(mean) * sd / 2)
+    # the perplexities themselves: exp(total NLL / tokens)
+    assert (1 + increase) == pytest.approx(np.exp(ablated.sum().item() / 400) / np.exp(clean.sum().item() / 400))
+    assert "within the noise" in noise_warning(increase, se)  # +1.5% with a 1.0% standard error
+    assert noise_warning(0.2, 0.01) == ""

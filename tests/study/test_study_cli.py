@@ -169,6 +169,10 @@ def test_report_and_plot_of_a_study_cube(pos_study, tmp_path, capsys):
     text = report(ds)
     assert text.splitlines()[0].endswith("conditions done: 6 of 6")
     assert f"matched control: bottom m = {float(ds['matched_percent']):.4g}%" in text
+    record = ds.attrs["provenance"]["protocol"]
+    assert record == ds.attrs["identity"]["analysis"]["resolved_protocol"]
+    assert (f"protocol {record['name']}: TSE {record['tse_reduction']}, BLiMP {record['blimp_reduction']}, "
+            f"prefix {record['prefix']}, NPI vs {record['npi']}") in text
     row = next(line for line in text.splitlines() if line.split()[:2] == ["neg_top", "10"])
     assert float(row.split()[2]) == pytest.approx(float(ds["ppl"].sel(condition="neg_top", percent=10.0)), abs=1e-3)
     assert float(row.split()[4]) == pytest.approx(float(ds["tse_acc_all"].sel(condition="neg_top", percent=10.0)),
