@@ -102,6 +102,9 @@ class BudgetOptions:
                                     "protocol's: paper the whole split, strict 16384; 0: skip where allowed; the "
                                     "matched control needs them)")
     tse_per_case: int = option(100, help="TSE pairs per case (stratified over sub-cases; 0: skip TSE)")
+    mapping_difficulty: bool = option(False, help="also store each neuron's mapping difficulty (MD, on the WD "
+                                      "tokens, 10,000 seeded token pairs per layer); the report gives its Spearman "
+                                      "correlation with WD per layer")
 
 
 @titled("scoring protocol")

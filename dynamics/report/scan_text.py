@@ -6,7 +6,7 @@ import xarray as xr
 
 from dynamics.errors import UserInputError
 from dynamics.report.study_text import study_report
-from dynamics.report.tables import failure_lines, fmt, protocol_line, text_table
+from dynamics.report.tables import failure_lines, fmt, protocol_line, text_table, wd_md_lines
 
 
 def _conditions(ds: xr.Dataset) -> list[str]:
@@ -77,4 +77,7 @@ def report(ds: xr.Dataset) -> str:
     parts += ["", step_table(ds)]
     if "tse_acc" in ds:
         parts += ["", f"TSE accuracy per case at step {int(ds['step'].values[-1])}:", case_table(ds)]
+    if "md" in ds:
+        last = int(ds["step"].values[-1])
+        parts += ["", *wd_md_lines(ds["wd"].sel(step=last).values, ds["md"].sel(step=last).values, f"step {last}")]
     return "\n".join(parts)

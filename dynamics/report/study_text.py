@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 
 from dynamics.errors import UserInputError
-from dynamics.report.tables import failure_lines, protocol_line
+from dynamics.report.tables import failure_lines, protocol_line, wd_md_lines
 from dynamics.report.tables import fmt as _fmt
 from dynamics.report.tables import text_table as _table
 
@@ -105,6 +105,8 @@ def study_report(ds: xr.Dataset) -> str:
         parts += ["", f"lm-eval accuracy per task at {p:g}%:", _per_label_table(ds, "lmeval_acc", "task", "task")]
     if "pos_excess" in ds and np.isfinite(ds["pos_excess"].values).any():
         parts += ["", f"POS excess surprisal (nats) at {p:g}%:", _per_label_table(ds, "pos_excess", "pos", "pos")]
+    if "md" in ds:
+        parts += ["", *wd_md_lines(ds["wd"].values, ds["md"].values, "the WD windows")]
     if "group_done" in ds and bool(ds["group_done"].any()):
         parts += ["", "Negative ablation of the top neurons by layer group (alone / cumulative from group 0):",
                   group_table(ds)]

@@ -39,3 +39,12 @@ def protocol_line(provenance: dict) -> str:
             f"prefix {record['prefix']}, NPI vs {record['npi']}, random control from {record['random_control']} "
             f"neurons, BOS on {record['window_bos']} window(s), WikiText-2 WD split joined by "
             f"{record['wd_joiner']!r}")
+
+
+def wd_md_lines(wd: np.ndarray, md: np.ndarray, where: str) -> list[str]:
+    """The WD-MD Spearman correlation per layer (one table), from [layer, neuron] arrays."""
+    from dynamics.stats.neurons import spearman_by_layer
+
+    rho = spearman_by_layer(np.asarray(wd, dtype=float), np.asarray(md, dtype=float))
+    rows = [[str(layer), fmt(float(r))] for layer, r in enumerate(rho)]
+    return [f"WD-MD Spearman correlation per layer ({where}):", text_table(["layer", "spearman"], rows)]

@@ -42,5 +42,6 @@ class ScanConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runti
         """The settings that make two cubes' numbers comparable (the cube's identity)."""
         keys = ("wd_corpus", "ppl_corpus", "window", "wd_tokens", "wd_stride", "ppl_tokens", "tse_per_case",
                 "cohort_percent", "cohort_scope", "stepwise", "seed", "dtype")
-        extra = ("matched",) if self.matched else ()  # absent when off: cubes made before --matched still resume
+        # absent when off: cubes made before --matched / --mapping-difficulty still resume
+        extra = tuple(k for k in ("matched", "mapping_difficulty") if getattr(self, k))
         return {**{k: getattr(self, k) for k in keys + extra}, "protocol": resolve_protocol(self).record()}

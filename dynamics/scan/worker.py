@@ -135,7 +135,8 @@ class WorkerContext:
         with timed(timings, "load"):
             model = load_checkpoint_model(checkpoint, self.device, config.dtype)
         with timed(timings, "statistics"), torch.inference_mode():
-            wd = neuron_wasserstein(model, self.wd_windows, self.memory_budget, config.batch_size)
+            wd = neuron_wasserstein(model, self.wd_windows, self.memory_budget, config.batch_size,
+                                    with_mapping_difficulty=config.mapping_difficulty, seed=config.seed)
             weights = input_weights(model)
             drift = drift_measures(weights, self.reference_weights, cohort, control)
         conditions: dict[str, torch.Tensor | None] = {

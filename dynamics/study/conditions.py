@@ -136,7 +136,7 @@ def static_dataset(wd: xr.Dataset, percents: Sequence[float], top: np.ndarray, r
         group_of[layers] = g
     return xr.Dataset(
         {
-            **{name: wd[name].astype("float32") for name in ("wd", "wd_neg", "wd_pos")},
+            **{name: wd[name].astype("float32") for name in ("wd", "wd_neg", "wd_pos", "md") if name in wd},
             "top_mask": (dims, top, {"long_name": "top percent of each layer's neurons by WD"}),
             "random_mask": (dims, random, {"long_name": "random neurons, as many per layer as the top set"}),
             "matched_mask": (("layer", "neuron"), matched, {"long_name": "bottom matched_percent by WD"}),

@@ -131,8 +131,8 @@ def _fix_neuron_sets(config: StudyConfig, plan: StudyPlan, model: Any, wd_window
     start = time.perf_counter()
     with torch.inference_mode():
         wd = neuron_wasserstein(model, wd_windows, capture_budget(config.memory_budget_gib, str(model_device(model))),
-                                config.batch_size,
-                                progress=True)
+                                config.batch_size, progress=True,
+                                with_mapping_difficulty=config.mapping_difficulty, seed=config.seed)
     top, random = top_and_random_masks(wd["wd"].values, plan.percents, config.seed,
                                        resolve_protocol(config).random_control)
 

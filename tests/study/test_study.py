@@ -209,3 +209,27 @@ def test_layer_group_units_ablate_only_their_layers(family_study):
     np.testing.assert_allclose(ds["group_tse_margin"].sel(group_scope="cumulative", layer_group=1),
                                ds["tse_margin"].sel(condition="neg_top", percent=10.0), rtol=1e-9)
     assert N_LAYERS == 3
+
+
+def test_mapping_difficulty_goes_into_the_static_sets_and_the_report():
+    """--mapping-difficulty in a study: md [layer, neuron] beside wd in the static variables; the report's
+    Spearman table."""
+    import xarray as xr
+    from scipy.stats import spearmanr
+
+    from dynamics.report.tables import wd_md_lines
+    from dynamics.stats.cohort import BisectionResult
+    from dynamics.study.conditions import static_dataset
+
+    rng = np.random.default_rng(0)
+    wd_values = rng.random((2, 20)).astype(np.float32)
+    md_values = (wd_values + 0.3 * rng.random((2, 20))).astype(np.float32)
+    dims = ("layer", "neuron")
+    wd = xr.Dataset({"wd": (dims, wd_values), "wd_neg": (dims, wd_values / 2), "wd_pos": (dims, wd_values / 2),
+                     "md": (dims, md_values)}, coords={"layer": [0, 1], "neuron": np.arange(20)})
+    masks = np.zeros((1, 2, 20), bool)
+    static = static_dataset(wd, [5.0], masks, masks, masks[0], BisectionResult(1.0, 2.0, 2.0, True, ()), 1.5, [[0, 1]])
+    np.testing.assert_array_equal(static["md"].values, md_values)
+    table = wd_md_lines(static["wd"].values, static["md"].values, "the WD windows")[1].splitlines()
+    for layer in range(2):
+        assert table[2 + layer].split() == [str(layer), f"{spearmanr(wd_values[layer], md_values[layer]).statistic:.3f}"]
