@@ -29,6 +29,7 @@ REDUCTIONS = ("sum", "mean")
 NPI_RULES = ("last", "intrusive")
 RANDOM_POOLS = ("all", "non-top")
 WINDOW_BOS = ("first", "every")
+POS_UNITS = ("tokens", "words")
 
 T = TypeVar("T")
 
@@ -132,15 +133,18 @@ class ScoringOptions:
                                     "the tokenizer's BOS; every: each WD and perplexity window starts with it (where "
                                     "the tokenizer adds one) (default: the protocol's: paper first, strict every)",
                                     choices=list(WINDOW_BOS))
+    pos_unit: str | None = option(None, help="POS excess surprisal per model token inside the perplexity windows "
+                                  "(tokens, as the official tagging) or per word of --pos-lines corpus lines (words) "
+                                  "(default: the protocol's: paper tokens, strict words)", choices=list(POS_UNITS))
     seed: int = option(0, help="seed of the random controls and the benchmark samples")
 
 
 #: What each protocol chooses where an option is not given (docs/protocol.md has the table).
 PROTOCOL_CHOICES: dict[str, dict[str, str]] = {
     "paper": {"tse_reduction": "mean", "blimp_reduction": "sum", "prefix": "auto", "npi": "last",
-              "random_control": "all", "window_bos": "first"},
+              "random_control": "all", "window_bos": "first", "pos_unit": "tokens"},
     "strict": {"tse_reduction": "sum", "blimp_reduction": "sum", "prefix": "bos", "npi": "intrusive",
-               "random_control": "non-top", "window_bos": "every"},
+               "random_control": "non-top", "window_bos": "every", "pos_unit": "words"},
 }
 #: The official WD text: 256 windows, consecutive windows half a window apart, the train split joined by spaces.
 PAPER_WD_WINDOWS = 256
@@ -160,6 +164,7 @@ class Protocol:
     npi: str  # last | intrusive
     random_control: str  # all | non-top
     window_bos: str  # first | every
+    pos_unit: str  # tokens | words
     wd_joiner: str  # how WikiText-2's WD split is joined (the perplexity split: always "\n\n")
 
     def record(self) -> dict[str, str]:
@@ -178,7 +183,7 @@ def resolve_protocol(options: ScoringOptions) -> Protocol:
         raise UserInputError(f"--protocol {options.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     choices = dict(PROTOCOL_CHOICES[options.protocol])
     for name, accepted in (("tse_reduction", REDUCTIONS), ("blimp_reduction", REDUCTIONS), ("npi", NPI_RULES),
-                           ("random_control", RANDOM_POOLS), ("window_bos", WINDOW_BOS)):
+                           ("random_control", RANDOM_POOLS), ("window_bos", WINDOW_BOS), ("pos_unit", POS_UNITS)):
         value = getattr(options, name)
         if value is not None and value not in accepted:
             raise UserInputError(f"--{name.replace('_', '-')} {value!r}: expected one of {', '.join(accepted)}")

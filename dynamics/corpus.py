@@ -215,6 +215,35 @@ def _cut_windows(spec: CorpusSpec, tokenizer: Any, text: str) -> tuple[torch.Ten
     return windows, starts[-1] + body
 
 
+def windows_with_offsets(spec: CorpusSpec, tokenizer: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray, str]:
+    """The windows of ``spec`` with each token's character span in the text and whether it is special.
+
+    Returns ``(windows [n, window], offsets [n, window, 2], special [n, window] bool, text)``;
+    the windows equal :func:`load_token_windows`'s (a leading BOS added to every window has
+    the span ``(0, 0)`` and is special). Needs a fast tokenizer (character offsets).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer
+    if not hasattr(backend, "encode_batch"):
+        raise UserInputError("token offsets need a fast tokenizer (character offsets); got a slow one")
+    text = read_corpus_text(spec)
+    windows, _ = _cut_windows(spec, tokenizer, text)
+    encoding = backend.encode(text, add_special_tokens=spec.window_bos == "first")
+    ids, offsets, special = encoding.ids, np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2), \
+        np.asarray(encoding.special_tokens_mask, dtype=bool)
+    lead = leading_special_ids(tokenizer) if spec.window_bos == "every" else []
+    body = spec.window - len(lead)
+    stride = spec.stride or body
+    starts = [spec.start + k * stride for k in range(windows.shape[0])]
+    window_offsets = np.zeros((windows.shape[0], spec.window, 2), dtype=np.int64)
+    window_special = np.ones((windows.shape[0], spec.window), dtype=bool)
+    for k, s in enumerate(starts):
+        if ids[s : s + body] != windows[k, len(lead):].tolist():
+            raise DynamicsError("token offsets: the whole-text tokenization differs from the windows'")
+        window_offsets[k, len(lead):] = offsets[s : s + body]
+        window_special[k, len(lead):] = special[s : s + body]
+    return windows, window_offsets, window_special, text
+
+
 def load_wd_and_ppl_windows(wd: CorpusSpec, ppl: CorpusSpec, tokenizer: Any,
                             same_text: bool) -> tuple[torch.Tensor, torch.Tensor, CorpusSpec]:
     """The WD windows and the perplexity windows, and the perplexity spec actually used.

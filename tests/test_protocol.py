@@ -91,7 +91,8 @@ def known_pairs() -> list[dict]:
 def test_the_default_protocol_is_the_papers() -> None:
     chosen = paper()
     assert chosen.record() == {"name": "paper", "tse_reduction": "mean", "blimp_reduction": "sum", "prefix": "auto",
-                               "npi": "last", "random_control": "all", "window_bos": "first", "wd_joiner": " "}
+                               "npi": "last", "random_control": "all", "window_bos": "first", "pos_unit": "tokens",
+                               "wd_joiner": " "}
     strict = resolve_protocol(ScoringOptions(protocol="strict"))
     assert (strict.tse_reduction, strict.prefix, strict.npi, strict.random_control, strict.window_bos) == (
         "sum", "bos", "intrusive", "non-top", "every")
@@ -263,3 +264,88 @@ def test_strict_windows_each_start_with_bos_where_the_tokenizer_adds_one(monkeyp
             valid = tokenizer("\n\n".join(datasets.load_dataset("wikitext", split="validation")["text"]),
                               add_special_tokens=False)["input_ids"]
             assert ppl.flatten().tolist() == valid[:64]
+
+
+def _official_tags(text: str, offsets: list, special: list, tagger) -> list[str]:  # noqa: ANN001
+    """utils/tagging.py align_pos_with_pretokenized, for one window (offsets relative to its slice)."""
+    spans = [(s, e, p) for s, e, p in tagger(text)]
+    tags = []
+    for (start, end), is_special in zip(offsets, special):
+        if is_special or end <= start:
+            tags.append("SPECIAL")
+            continue
+        best, overlap_best = "X", 0
+        for s0, s1, p in spans:
+            if s0 >= end:
+                break
+            overlap = max(0, min(end, s1) - max(start, s0))
+            if overlap > overlap_best:
+                best, overlap_best = p, overlap
+        if overlap_best == 0:
+            for s0, s1, p in spans:
+                if s0 <= start < s1:
+                    best, overlap_best = p, s1 - s0
+                    break
+        tags.append(best if overlap_best > 0 else "X")
+    return tags
+
+
+def test_pos_excess_per_model_token_inside_the_perplexity_windows(tmp_path) -> None:
+    """The study's default POS excess surprisal: every token of the perplexity windows tagged as the official
+    tagging does (tagger on each window's covering text, largest character overlap), mean ablated - clean NLL."""
+    from fixtures.study import CORPUS, save_tiny_model, write_blimp
+
+    from dynamics.study.driver import run_study
+    from dynamics.study.measures import UPOS
+    from store import open_cube
+
+    def tagger(text: str) -> list[tuple[int, int, str]]:  # whitespace words: long ones NOUN, short ones DET
+        words, start = [], 0
+        for word in text.split():
+            start = text.index(word, start)
+            words.append((start, start + len(word), "NOUN" if len(word) > 4 else "DET"))
+            start += len(word)
+        return words
+
+    model_dir = save_tiny_model("llama", tmp_path / "llama")
+    write_blimp(tmp_path / "blimp")
+    (tmp_path / "wd.txt").write_text(CORPUS * 12, encoding="utf-8")
+    ppl_text = "".join(f"line {i} of the held out text, with several longer wording choices.\n" for i in range(40))
+    (tmp_path / "ppl.txt").write_text(ppl_text, encoding="utf-8")
+    config = StudyConfig(model=str(model_dir), out=str(tmp_path / "s.zarr"), wd_corpus=str(tmp_path / "wd.txt"),
+                         ppl_corpus=str(tmp_path / "ppl.txt"), corpus=str(tmp_path / "wd.txt"), window=64,
+                         wd_tokens=512, ppl_tokens=256, percents="10", match_percent=10.0, match_iterations=2,
+                         tse_per_case=0, blimp=str(tmp_path / "blimp"), blimp_per_paradigm=0, tasks="none",
+                         layer_groups=0, pos="auto", threads=1)
+    assert resolve_protocol(config).pos_unit == "tokens"
+    run_study(config, tagger=tagger)
+    ds = open_cube(config.out)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    enc = tokenizer(ppl_text, return_offsets_mapping=True, return_special_tokens_mask=True, add_special_tokens=True)
+    ids, offsets, special = enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
+    windows, tags = [], []
+    for k in range(4):
+        sl = slice(k * 64, k * 64 + 64)
+        spans = [(s, e) for (s, e), m in zip(offsets[sl], special[sl]) if m == 0 and e > s]
+        first, last = min(s for s, _ in spans), max(e for _, e in spans)
+        relative = [(max(0, s - first), max(0, e - first)) if e > s else (0, 0) for s, e in offsets[sl]]
+        tags += _official_tags(ppl_text[first:last], relative, special[sl], tagger)[1:]
+        windows.append(ids[sl])
+    x = torch.tensor(windows)
+
+    def nll() -> np.ndarray:
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=x).logits[:, :-1].double(), dim=-1)
+        return (-lp.gather(-1, x[:, 1:, None])[..., 0]).reshape(-1).numpy()
+
+    clean = nll()
+    with ablate(model, torch.from_numpy(ds["top_mask"].sel(percent=10.0).values), mode="both"):
+        ablated = nll()
+    for tag in ("NOUN", "DET"):
+        chosen = np.array(tags) == tag
+        assert chosen.any()
+        got = float(ds["pos_excess"].sel(condition="both_top", percent=10.0, pos=tag))
+        assert got == pytest.approx(float(np.mean(ablated[chosen] - clean[chosen])), rel=1e-4, abs=1e-6)
+    assert set(tags) <= {"NOUN", "DET", "X"} and "VERB" in UPOS
+    assert ds.attrs["provenance"]["pos"] == "every token of 4 perplexity windows"

@@ -71,7 +71,7 @@ class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runt
     task_path: str | None = option(None, help="a directory of extra lm-eval task YAML files")
     pos: Literal["auto", "off"] = option("auto", help="POS excess surprisal (auto: when spaCy and en_core_web_sm "
                                          "are installed)")
-    pos_lines: int = option(64, help="corpus lines tagged for POS surprisal")
+    pos_lines: int = option(64, help="corpus lines tagged for POS surprisal with --pos-unit words")
     layer_groups: int = option(8, help="groups of consecutive layers for the per-group ablations (0: skip)")
     group_percent: float = option(1.0, help="top percent ablated in the layer-group conditions")
     full: bool = option(False, help="the paper's complete sets: every TSE and BLiMP pair, the whole corpus "

@@ -88,7 +88,8 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
                 "wd_tokens": int(wd_windows.numel()), "ppl_tokens": int(ppl_windows.numel()),
                 "tse_pairs": len(inputs.tse), "blimp_pairs": len(inputs.blimp), "lmeval_limit": inputs.lmeval_limit,
                 "lmeval_skipped": inputs.task_plan.skipped,
-                "pos": "skipped" if inputs.tagger is None else f"{len(inputs.pos_texts)} lines", "layer_groups": groups,
+                "pos": ("skipped" if inputs.tagger is None else f"{len(inputs.pos_texts)} lines" if inputs.pos_unit == "words"
+                        else f"every token of {len(ppl_windows)} perplexity windows"), "layer_groups": groups,
             })
             spec = StudySpec(config, plan, tuple(units), static, tuple(tuple(g) for g in groups), tagger)
             if config.executor == "serial":

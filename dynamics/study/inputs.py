@@ -14,7 +14,7 @@ import torch
 
 from checkpoints.source import Checkpoint, RetryPolicy, RevisionSource, open_source
 from dynamics.config import resolve_protocol
-from dynamics.corpus import CorpusSpec, load_wd_and_ppl_windows, read_corpus_text, text_specs
+from dynamics.corpus import CorpusSpec, load_wd_and_ppl_windows, read_corpus_text, text_specs, windows_with_offsets
 from dynamics.errors import UserInputError
 from dynamics.runtime import default_window, load_checkpoint_model, set_threads
 from dynamics.study.config import StudyConfig, StudyPlan
@@ -80,7 +80,7 @@ def build_inputs(config: StudyConfig, plan: StudyPlan, model: Any, tokenizer: An
         tasks=plan.tasks, task_plan=probe_tasks(plan.tasks, config.task_path),
         lmeval_limit=budgets["lmeval_limit"], pos_texts=[], tagger=None, tse_reduction=protocol.tse_reduction,
         blimp_reduction=protocol.blimp_reduction, prefix=protocol.prefix, npi=protocol.npi,
-        batch_size=config.batch_size, task_path=config.task_path, seed=config.seed)
+        pos_unit=protocol.pos_unit, batch_size=config.batch_size, task_path=config.task_path, seed=config.seed)
     _prepare_pos(config, corpus, model, inputs, tagger)
     return inputs, wd_windows, corpus
 
@@ -113,18 +113,30 @@ def _windows(config: StudyConfig, plan: StudyPlan, tokenizer: Any, window: int,
 
 
 def _prepare_pos(config: StudyConfig, spec: CorpusSpec, model: Any, inputs: StudyInputs, tagger: Any | None) -> None:
-    """The POS tagger, the tagged lines and the clean model's word surprisals (or one skip line)."""
-    if config.pos == "off" or not config.pos_lines:
+    """The POS tagger and what the clean model gives (or one skip line): per token of the perplexity
+    windows (``--pos-unit tokens``) or per word of ``--pos-lines`` lines of the perplexity text (``words``)."""
+    tokens = inputs.pos_unit == "tokens"
+    if config.pos == "off" or (not tokens and not config.pos_lines):
         return
     if tagger is None:
         from dynamics.syntax.pos import spacy_tagger
 
         try:
-            tagger = spacy_tagger()
+            tagger = spacy_tagger(keep_space=tokens)
         except UserInputError as exc:
             log.warning("POS excess surprisal skipped: %s", exc)
             return
+    inputs.tagger = tagger
+    if tokens:
+        from dynamics.syntax.perplexity import token_nll
+        from dynamics.syntax.pos import window_token_tags
+
+        windows, offsets, special, text = windows_with_offsets(spec, inputs.tokenizer)
+        assert inputs.ppl_windows is not None and torch.equal(windows, inputs.ppl_windows)
+        inputs.pos_tags = window_token_tags(text, offsets, special, tagger)
+        with torch.inference_mode():
+            inputs.clean_token_nll = token_nll(model, windows, batch_size=config.batch_size, progress=False).numpy()
+        return
     lines = [line.strip() for line in read_corpus_text(spec).splitlines() if len(line.split()) >= 5]
     inputs.pos_texts = [" ".join(line.split()[:200]) for line in lines[: config.pos_lines]]
-    inputs.tagger = tagger
     inputs.clean_pos = pos_table(model, inputs)

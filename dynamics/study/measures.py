@@ -26,8 +26,8 @@ from dynamics.study.conditions import Unit
 from dynamics.study.lmeval import TaskPlan, evaluate_tasks
 from dynamics.syntax.blimp import blimp_accuracy
 from dynamics.syntax.pairs import MinimalPair
-from dynamics.syntax.perplexity import perplexity
-from dynamics.syntax.pos import excess_surprisal, pos_surprisal
+from dynamics.syntax.perplexity import perplexity_of, token_nll
+from dynamics.syntax.pos import excess_surprisal, pos_surprisal, token_excess
 from dynamics.syntax.scoring import score_pairs
 from dynamics.syntax.tse import TSE_CASES
 
@@ -57,6 +57,10 @@ class StudyInputs:
     blimp_reduction: str = "sum"
     prefix: str = "auto"
     npi: str = "last"
+    pos_unit: str = "tokens"
+    pos_tags: np.ndarray | None = field(default=None, repr=False)  # [window, token] tags of the perplexity windows
+    clean_token_nll: np.ndarray | None = field(default=None, repr=False)
+    unit_token_nll: np.ndarray | None = field(default=None, repr=False)  # the current unit's, from its ppl phase
     batch_size: int = 4
     task_path: str | None = None
     seed: int = 0
@@ -72,6 +76,7 @@ def measure_unit(model: torch.nn.Module, number: int, unit: Unit, mask: torch.Te
     """Every measure of ``unit`` under its ablation, as unit ``number`` of the cube."""
     seconds = dict.fromkeys(PHASES, 0.0)
     parts: list[xr.Dataset] = []
+    inputs.unit_token_nll = None
     ablation = ablate(model, mask, mode=unit.mode) if mask is not None else nullcontext()
     with ablation:
         for phase, measure in (("tse", _tse), ("blimp", _blimp), ("ppl", _ppl), ("lmeval", _lmeval), ("pos", _pos)):
@@ -131,7 +136,10 @@ def _blimp(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
 def _ppl(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
     if inputs.ppl_windows is None:
         return None
-    value = perplexity(model, inputs.ppl_windows, batch_size=inputs.batch_size, progress=False)
+    with torch.inference_mode():
+        nll = token_nll(model, inputs.ppl_windows, batch_size=inputs.batch_size, progress=False)
+    inputs.unit_token_nll = nll.numpy()
+    value = perplexity_of(nll.sum(dim=1), nll.numel())
     return xr.Dataset({"ppl": ((), value, {"long_name": "perplexity on the corpus windows"})})
 
 
@@ -157,15 +165,25 @@ def pos_table(model: torch.nn.Module, inputs: StudyInputs) -> pd.DataFrame:
 
 
 def _pos(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
-    if inputs.tagger is None or not inputs.pos_texts or inputs.clean_pos is None:
+    if inputs.pos_unit == "tokens" and inputs.pos_tags is not None and inputs.clean_token_nll is not None:
+        ablated = inputs.unit_token_nll
+        if ablated is None:
+            assert inputs.ppl_windows is not None  # pos_tags come from them
+            with torch.inference_mode():
+                ablated = token_nll(model, inputs.ppl_windows, batch_size=inputs.batch_size, progress=False).numpy()
+        excess = token_excess(inputs.clean_token_nll, ablated, inputs.pos_tags)
+    elif inputs.tagger is None or not inputs.pos_texts or inputs.clean_pos is None:
         return None
-    excess = excess_surprisal(inputs.clean_pos, pos_table(model, inputs))
+    else:
+        excess = excess_surprisal(inputs.clean_pos, pos_table(model, inputs))
     surprisal = excess["ablated"].reindex(list(UPOS)).to_numpy(dtype=float)
     return xr.Dataset(
         {
-            "pos_surprisal": ("pos", surprisal, {"units": "nats", "long_name": "mean word surprisal per POS"}),
+            "pos_surprisal": ("pos", surprisal, {"units": "nats",
+                                                 "long_name": f"mean surprisal per POS (per {inputs.pos_unit[:-1]})"}),
             "pos_excess": ("pos", excess["excess"].reindex(list(UPOS)).to_numpy(dtype=float),
-                           {"units": "nats", "long_name": "mean surprisal minus the clean model's, same words"}),
+                           {"units": "nats", "long_name": f"mean surprisal minus the clean model's, same "
+                                                         f"{inputs.pos_unit}"}),
         },
         coords={"pos": list(UPOS)},
     )
