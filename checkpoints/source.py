@@ -8,17 +8,28 @@ with one step of prefetch (the scan's worker holds one); nothing here knows what
 from __future__ import annotations
 
 import logging
-import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from checkpoints.hub_cache import cache_entries, evict_added
+from checkpoints.hub_errors import (
+    RetryPolicy,
+    explain_hub_error,
+    is_permanent,
+    offline,
+    one_line,
+)
 from checkpoints.names import ModelRef
 from checkpoints.steps import PYTHIA_STEPS
-from dynamics.errors import CheckpointError, DynamicsError
+from dynamics.errors import CheckpointError, UserInputError
+
+__all__ = ["Checkpoint", "CheckpointSource", "HubSource", "LocalSuiteSource", "RetryPolicy", "RevisionSource",
+           "SingleModelSource", "is_permanent", "one_line", "open_source", "weight_files"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +145,9 @@ class CheckpointSource(Protocol):
     def available_steps(self) -> list[int] | None:
         """The steps this source offers, or None when it cannot tell without the network."""
 
+    def check_available(self) -> None:
+        """Raise a UserInputError now when no step could be fetched at all (the model cannot be had)."""
+
     def fetch(self, step: int) -> Checkpoint:
         """Make ``step`` available on local disk; raises on failure."""
 
@@ -141,48 +155,13 @@ class CheckpointSource(Protocol):
         """Free what ``fetch`` took (disk space), if it is ours to free."""
 
 
-@dataclass
-class RetryPolicy:
-    """Transient failures are retried ``attempts - 1`` times, waiting backoff * 2**k."""
-
-    attempts: int = 4
-    backoff: float = 2.0
-    max_wait: float = 60.0
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
-
-    def call(self, fn: Callable[[], Any], what: str) -> tuple[Any, int]:
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn(), attempt
-            except Exception as exc:
-                if is_permanent(exc) or attempt == self.attempts:
-                    raise CheckpointError(f"{what}: {one_line(exc)} (after {attempt} attempt(s))") from exc
-                wait = min(self.backoff * 2 ** (attempt - 1), self.max_wait)
-                log.warning("%s failed (%s); retrying in %.1fs", what, one_line(exc), wait)
-                self.sleep(wait)
-        raise AssertionError("unreachable")
-
-
-def is_permanent(exc: BaseException) -> bool:
-    """Errors that retrying cannot fix: missing repos, revisions or files, no network allowed."""
-    from huggingface_hub import errors
-
-    permanent = (
-        errors.RepositoryNotFoundError,
-        errors.RevisionNotFoundError,
-        errors.EntryNotFoundError,  # includes LocalEntryNotFoundError (offline and not cached)
-        errors.GatedRepoError,
-        DynamicsError,
-    )
-    return isinstance(exc, permanent)
-
-
 class HubSource:
     """Revisions ``step{N}`` of a Hub repository, through the Hugging Face cache.
 
     Only config, tokenizer and weights are downloaded (safetensors preferred, else
-    ``pytorch_model*.bin``; sharded or not). ``release`` deletes a revision from the cache
-    if this run downloaded it; revisions that were cached before the run are left alone.
+    ``pytorch_model*.bin``; sharded or not). ``release`` deletes from the cache what this
+    run added to it; what was cached before the run (by commit and blob, whatever ref
+    named it) is left alone.
     """
 
     def __init__(
@@ -203,72 +182,119 @@ class HubSource:
         self.keep = keep
         self._download = download or snapshot_download
         self._list_files = list_files or _list_repo_files
+        self._added: set[str] = set()  # cache entries (relative to the repo folder) this run created
+        self._cache_lock = threading.Lock()  # a prefetch thread fetches while the driver releases
+        self._unreachable = False  # a fetch used up its retries on transient errors: later ones try once
 
     def available_steps(self) -> list[int] | None:
-        """Pythia's schedule without asking; other repos: their ``step<N>`` branches, if any.
+        """Pythia's schedule; other repos: their ``step<N>`` branches, if any.
 
-        Offline, the branches are read from the cache's ``refs/``; a repo without step
-        branches (or an unreachable Hub) gives None, so any step may be asked for.
+        Offline, the branches are read from the cache's ``refs/``; online, a repo that does
+        not exist is refused at once. A repo without step branches (or an unreachable Hub)
+        gives None, so any step may be asked for.
         """
-        if self.ref.is_pythia:
-            return list(PYTHIA_STEPS)
-        if _offline():
-            refs = self.cache_dir / ("models--" + self.model_id.replace("/", "--")) / "refs"
+        names: list[str] | None
+        if offline():
+            refs = self._repo_dir / "refs"
             names = [p.name for p in refs.iterdir()] if refs.is_dir() else []
         else:
-            try:
-                from huggingface_hub import HfApi
-
-                names = [b.name for b in HfApi().list_repo_refs(self.model_id).branches]
-            except Exception as exc:  # validation must not fail on a flaky listing
-                log.warning("could not list the branches of %s: %s", self.model_id, one_line(exc))
-                return None
+            names = self._hub_branches()  # also says at once when the repository does not exist
+        if self.ref.is_pythia:
+            return list(PYTHIA_STEPS)  # a known schedule, whatever is cached
+        if names is None:
+            return None
         steps = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"step(\d+)", n)))
         return steps or None
+
+    def check_available(self) -> None:
+        """Refuse at once, before any cube exists, a repository that cannot be had at all.
+
+        Offline that is a repository with nothing in the cache (every step would fail the
+        same way); online :meth:`available_steps` already refuses one the Hub does not have.
+        """
+        if offline() and not self._repo_dir.is_dir():
+            raise UserInputError(
+                f"{self.model_id} is not in the Hugging Face cache at {self.cache_dir}, and HF_HUB_OFFLINE=1 "
+                "forbids downloading it: pass --cache-dir with the cache that holds it, use an alias such as "
+                "pythia-70m or a local directory, or unset HF_HUB_OFFLINE")
+
+    def _hub_branches(self) -> list[str] | None:
+        """The repository's branch names; None when the Hub cannot be asked now (validation goes on)."""
+        from huggingface_hub import HfApi
+
+        try:
+            return [b.name for b in HfApi().list_repo_refs(self.model_id).branches]
+        except Exception as exc:
+            told = explain_hub_error(exc, self.model_id, None, self.cache_dir) if is_permanent(exc) else None
+            if told:  # the repository does not exist (for us): say so now, not once per step
+                raise UserInputError(told) from exc
+            log.warning("could not list the branches of %s: %s", self.model_id, one_line(exc))
+            return None
 
     def revision(self, step: int) -> str:
         return f"step{step}"
 
     def fetch(self, step: int) -> Checkpoint:
         revision = self.revision(step)
-        cached_before = self._cached_snapshot(revision) is not None
         start = time.perf_counter()
-        path, attempts = self.retry.call(lambda: self._fetch_once(revision), f"{self.model_id}@{revision}")
+        with self._cache_lock:
+            before = cache_entries(self._repo_dir)
+        # Once one fetch has used up its retries on a Hub that cannot be reached, the next ones try
+        # once each (one line each, no backoff) until one arrives: a dead network costs one wait.
+        retry = replace(self.retry, attempts=1) if self._unreachable else self.retry
+        try:
+            path, attempts = retry.call(
+                lambda: self._fetch_once(revision), f"{self.model_id}@{revision}",
+                lambda exc: explain_hub_error(exc, self.model_id, revision, self.cache_dir),
+            )
+        except CheckpointError as exc:
+            if not self._unreachable and retry.attempts > 1 and not is_permanent(exc.__cause__ or exc):
+                self._unreachable = True
+                log.warning("the Hugging Face Hub did not answer for %s after %d attempts; the next checkpoints "
+                            "are tried once each until one arrives", self.model_id, retry.attempts)
+            raise
+        self._unreachable = False
         path = Path(path)
+        with self._cache_lock:
+            added = cache_entries(self._repo_dir) - before
+            self._added |= added
+        snapshot = f"snapshots/{path.name}"
         return Checkpoint(
             step=step,
             revision=revision,
             path=path,
             commit=path.name,  # snapshots/<commit hash>/
             seconds=time.perf_counter() - start,
-            downloaded=not cached_before,
+            # Ours to evict only if this run put files there: a commit the user already had under
+            # another ref (Pythia's main is step143000) is theirs, whatever the ref's name.
+            downloaded=any(entry == snapshot or entry.startswith(snapshot + "/") for entry in added),
             attempts=attempts,
         )
 
     def _fetch_once(self, revision: str) -> str:
         common = {"revision": revision, "cache_dir": str(self.cache_dir)}
-        if _offline():
+        if offline():
             return self._download(self.model_id, local_files_only=True, **common)
         files = self._list_files(self.model_id, revision)
         return self._download(self.model_id, allow_patterns=CONFIG_AND_TOKENIZER + weight_files(files), **common)
 
-    def _cached_snapshot(self, revision: str) -> Path | None:
-        repo = self.cache_dir / ("models--" + self.model_id.replace("/", "--"))
-        ref = repo / "refs" / revision
-        if not ref.is_file():
-            return None
-        snapshot = repo / "snapshots" / ref.read_text().strip()
-        return snapshot if snapshot.is_dir() else None
-
     def release(self, checkpoint: Checkpoint) -> None:
+        """Delete what this run added to the cache for ``checkpoint``, and nothing anyone else uses.
+
+        The snapshot goes only if this run created it and no ref from before the run points
+        to it; a blob goes only if this run created it and no remaining snapshot links to it.
+        """
         if self.keep or not checkpoint.downloaded or not checkpoint.commit:
             return
-        from huggingface_hub import scan_cache_dir
-
         try:
-            scan_cache_dir(self.cache_dir).delete_revisions(checkpoint.commit).execute()
-        except Exception as exc:  # eviction is hygiene: never lose a stored step over it
+            with self._cache_lock:
+                self._added -= evict_added(self._repo_dir, checkpoint.commit, self._added)
+        except OSError as exc:  # eviction is hygiene: never lose a stored step over it
             log.warning("could not delete %s@%s from the cache: %s", self.model_id, checkpoint.revision, exc)
+
+    @property
+    def _repo_dir(self) -> Path:
+        return self.cache_dir / ("models--" + self.model_id.replace("/", "--"))
 
 
 class RevisionSource(HubSource):
@@ -303,6 +329,9 @@ class LocalSuiteSource:
             raise CheckpointError(f"{self.root} has no step{step}/ directory")
         return Checkpoint(step=step, revision=f"step{step}", path=path, commit=_suite_fingerprint(path))
 
+    def check_available(self) -> None:
+        """A local suite that resolved is there."""
+
     def release(self, checkpoint: Checkpoint) -> None:
         """Local suites belong to the user: nothing is ever deleted."""
 
@@ -329,6 +358,9 @@ class SingleModelSource:
         if step != 0:
             raise CheckpointError(f"{self.model_id} is a single model: its only step is 0")
         return Checkpoint(step=0, revision=None, path=self.path, gguf_file=self.gguf_file)
+
+    def check_available(self) -> None:
+        """A local model that resolved is there."""
 
     def release(self, checkpoint: Checkpoint) -> None:
         """A single local model belongs to the user: nothing is deleted."""
@@ -359,12 +391,6 @@ def weight_files(files: Sequence[str]) -> list[str]:
     )
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
 def _list_repo_files(repo_id: str, revision: str) -> list[str]:
     from huggingface_hub import HfApi
 
@@ -381,8 +407,3 @@ def _suite_fingerprint(path: Path) -> str:
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return "local-" + h.hexdigest()[:16]
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -16,7 +16,7 @@ from typing import Any
 
 from dynamics import __version__
 from dynamics.config import add_config_arguments, config_from_args, option
-from dynamics.errors import ComputationBug, DynamicsError
+from dynamics.errors import ComputationBug, CubeError, DynamicsError
 from dynamics.executor import last_frames
 
 log = logging.getLogger("dynamics")
@@ -86,13 +86,23 @@ class ReportConfig:
     """`dynamics report`: the headline numbers of a cube as plain-text tables."""
 
     cube: str = option(help="the cube (.zarr directory)", positional=True)
+    check: bool = option(False, help="instead of the tables, verify that every done step's stored variables are "
+                         "present and readable (exit 1 naming what is lost)")
 
 
 def run_report(config: ReportConfig) -> int:
     from dynamics.report.scan_text import report
     from store import open_cube
+    from store.integrity import lost_data_report
 
-    print(report(open_cube(config.cube)))
+    ds = open_cube(config.cube)
+    if config.check:
+        lines, error = lost_data_report(config.cube, ds.attrs)
+        print("\n".join(lines))
+        if error:
+            raise CubeError(error)
+        return 0
+    print(report(ds))
     return 0
 
 
@@ -171,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_handler_for_library_logs() -> None:
+    """huggingface_hub prints its warnings through a handler of its own *and* ours: keep only ours."""
+    import huggingface_hub.utils.logging  # noqa: F401 - adds its handler on import; removed below
+
+    logging.getLogger("huggingface_hub").handlers.clear()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -178,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="dynamics: %(message)s",
     )
+    _one_handler_for_library_logs()
     cls, run, _ = _commands()[args.command_key]
     try:
         return run(config_from_args(cls, args))

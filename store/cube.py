@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
+import os
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
@@ -34,9 +36,21 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from dynamics.errors import CubeError, CubeLockedError
+from dynamics.errors import CubeError
 from store.derived import add_derived
+from store.integrity import (
+    compact_steps,
+    duplicated_steps,
+    lost_data,
+    readable_positions,
+    repair_interrupted_write,
+    rollback_extension,
+    unique_positions,
+)
 from store.lock import WriterLock
+from store.safe_files import fresh_directory
+
+log = logging.getLogger(__name__)
 
 CUBE_FORMAT = 1
 DONE, FAILED, PENDING = "done", "failed", "pending"
@@ -64,10 +78,13 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
     if not (path / "zarr.json").is_file():
         raise CubeError(f"no cube at {str(path)!r}: expected a directory written by `dynamics scan` or `dynamics ablate`")
     attrs = _read_attrs(path)
-    if "extending" in attrs:
-        _repair_interrupted_extension(path)
+    if "extending" in attrs or "compacting" in attrs:
+        repair_interrupted_write(path)
+        attrs = _read_attrs(path)
     ds = _open_lazily(path, chunks=None)  # numpy-backed, loaded on access (whole-array reductions work)
     records = ds.attrs.get("steps", {})
+    unique = readable_positions(path, ds["step"].values, records, attrs.get("cube_kind") == "units")
+    ds = ds.isel(step=unique)
     status = np.array([records.get(str(int(s)), {}).get("status", PENDING) for s in ds["step"].values])
     if attrs.get("cube_kind") == "units":  # a study: units become labelled arrays (store/units.py)
         from store.units import assemble_units
@@ -77,7 +94,7 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
     declared = attrs.get("identity", {}).get("derived", {})
     done = ds.isel(step=np.flatnonzero(ds["status"].values == DONE))
     if declared:  # derived from dask-backed sources, so a big cube opens without reading them
-        sources = _open_lazily(path, chunks={}).assign_coords(status=ds["status"]).sortby("step")
+        sources = _open_lazily(path, chunks={}).isel(step=unique).assign_coords(status=ds["status"]).sortby("step")
         derived = add_derived(sources.isel(step=np.flatnonzero(sources["status"].values == DONE)), declared)
         done = done.assign({name: derived[name] for name in derived.data_vars if name not in done.data_vars})
     if not include_pending:
@@ -151,17 +168,46 @@ class CubeWriter:
         else:
             self._check_identity()
             if "extending" in _read_attrs(self.path):
-                _rollback_extension(self.path)
-            self._extend([s for s in self.steps if s not in self.stored_steps()])
+                rollback_extension(self.path)
+            self._repair_duplicated_steps()
+            stored = set(self.stored_steps())  # once: each call reads every step's chunk
+            self._extend([s for s in self.steps if s not in stored])
+            self._forget_lost_steps()
         attrs = _read_attrs(self.path)
         runs = list(attrs.get("runs", []))
         runs.append({"started": _now(), "steps_requested": len(self.steps), **self.provenance})
         self._update_attrs(runs=runs, provenance=self.provenance)
         self._index = {s: i for i, s in enumerate(self.stored_steps())}
 
+    def _repair_duplicated_steps(self) -> None:
+        """Compact a cube two writers appended the same steps to (or finish such a repair)."""
+        attrs = _read_attrs(self.path)
+        if "compacting" in attrs:
+            compact_steps(self.path)
+        steps = self.stored_steps()
+        twice = duplicated_steps(steps)
+        if twice:
+            keep = unique_positions(self.path, steps, attrs["steps"], attrs.get("cube_kind") == "units")
+            compact_steps(self.path, keep)
+            log.warning("repaired cube %s: %ss %s were stored twice; kept the copy holding the data", self.path,
+                        self.unit, ", ".join(map(str, twice)))
+
+    def _forget_lost_steps(self) -> None:
+        """Done steps whose data is gone (a deleted chunk or variable) become pending again."""
+        lost = lost_data(self.path, units_cube=_read_attrs(self.path).get("cube_kind") == "units")
+        if not lost:
+            return
+        records = dict(_read_attrs(self.path)["steps"])
+        for step, names in lost.items():
+            records[str(step)] = {"status": PENDING, "lost": names}
+            log.warning("%s %d was done but its %s %s missing or unreadable: it will be computed again",
+                        self.unit, step, ", ".join(names), "is" if len(names) == 1 else "are")
+        self._update_attrs(steps=records)
+        zarr.consolidate_metadata(self.path)  # forget variables whose folder is gone; the next write recreates them
+
     def _create(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.creating")
-        shutil.rmtree(tmp, ignore_errors=True)  # a creation that crashed earlier; we hold the lock
+        real = Path(os.path.realpath(self.path))  # a link to a cube yet to be made: make it where the link points
+        tmp = fresh_directory(real.parent, f".{real.name}.creating.")
         ds = xr.Dataset(coords={"step": np.asarray(self.steps, dtype="int64")})
         if self.static is not None:
             if "step" in self.static.dims:
@@ -173,8 +219,12 @@ class CubeWriter:
             "created": _now(),
             "steps": {str(s): {"status": PENDING} for s in self.steps},
         }
-        ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding={"step": {"chunks": (1,)}})
-        tmp.rename(self.path)  # atomic: the cube appears whole or not at all
+        try:
+            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding={"step": {"chunks": (1,)}})
+            tmp.rename(real)  # atomic: the cube appears whole or not at all
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def _check_identity(self) -> None:
         stored = _read_attrs(self.path).get("identity", {})
@@ -240,8 +290,11 @@ class CubeWriter:
             body = result.drop_vars([name for name in result.variables if "step" not in result[name].dims])
             body = body.drop_vars("step")
             body.attrs = {}
-            body.to_zarr(self.path, region={"step": slice(i, i + 1)}, mode="r+", consolidated=False)
-            self._set_record(step, {**(record or {}), "status": DONE, "written": _now()})
+            # Every chunk is written, fill values included, so a missing chunk always means lost data.
+            body.to_zarr(self.path, region={"step": slice(i, i + 1)}, mode="r+", consolidated=False,
+                         write_empty_chunks=True)
+            self._set_record(step, {**(record or {}), "status": DONE, "written": _now(),
+                                    "variables": sorted(str(name) for name in body.variables)})
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise CubeError(f"disk full while writing {self.unit} {step} to {self.path}; free space and re-run "
@@ -308,33 +361,6 @@ class CubeWriter:
         group = zarr.open_group(self.path, mode="r+", zarr_format=3)
         group.attrs.pop("extending", None)
         zarr.consolidate_metadata(self.path)
-
-
-def _repair_interrupted_extension(path: Path) -> None:
-    lock = WriterLock(path)
-    try:
-        lock.acquire()
-    except CubeLockedError:
-        raise CubeError(f"cube {str(path)!r} is being extended by a running writer; open it again when it finishes") from None
-    try:
-        if "extending" in _read_attrs(path):
-            _rollback_extension(path)
-    finally:
-        lock.release()
-
-
-def _rollback_extension(path: Path) -> None:
-    """Undo an append that was interrupted: cut every step-dimension array back."""
-    n_old = int(_read_attrs(path)["extending"]["from"])
-    group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)  # the real shapes
-    for _, array in group.arrays():
-        dims = array.metadata.dimension_names or ()
-        if dims and dims[0] == "step" and array.shape[0] != n_old:
-            array.resize((n_old, *array.shape[1:]))
-    kept = {int(s) for s in group["step"][:]}
-    group.attrs["steps"] = {k: v for k, v in group.attrs["steps"].items() if int(k) in kept}
-    group.attrs.pop("extending", None)
-    zarr.consolidate_metadata(path)
 
 
 def _first_difference(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> tuple[str, Any, Any]:

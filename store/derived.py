@@ -33,13 +33,16 @@ def cosine_to_previous_step(values: xr.DataArray, over: str) -> tuple[xr.DataArr
         raise CubeError(f"cannot derive a cosine over {over!r} from {values.name!r} with dims {values.dims}")
     current = values.astype("float64")
     n = current.sizes["step"]
+    steps = values["step"].values
+    if n == 0:  # no done step yet (a crash during the first step's write): empty, not an error
+        empty = xr.DataArray(np.zeros((0,), dtype="int64"), dims="step", coords={"step": steps})
+        return current.isel({over: 0}, drop=True).astype("float32"), empty
     # Index with the step before (not .shift, which dask cannot do on one step); the first has none.
     previous = current.isel(step=np.r_[0, np.arange(n - 1)][:n]).assign_coords(step=current["step"])
     previous = previous.where(xr.DataArray(np.arange(n) > 0, dims="step", coords={"step": current["step"]}))
     dot = (current * previous).sum(over, skipna=False)
     norms = np.sqrt((current**2).sum(over, skipna=False) * (previous**2).sum(over, skipna=False))
     cosine = (dot / norms.where(norms > 0)).clip(-1.0, 1.0)
-    steps = values["step"].values
     previous_step = xr.DataArray(np.concatenate([[-1], steps[:-1]]).astype("int64"), dims="step",
                                  coords={"step": steps})
     return (1.0 - cosine).astype("float32"), previous_step

@@ -10,27 +10,38 @@ import fcntl
 import os
 from pathlib import Path
 
-from dynamics.errors import CubeLockedError
+from dynamics.errors import CubeError, CubeLockedError
 
 
 class WriterLock:
-    """Exclusive, non-blocking lock on ``<cube>.lock``; a second writer fails at once."""
+    """Exclusive, non-blocking lock on ``<cube>.lock``; a second writer fails at once.
+
+    The lock sits beside the cube's *real* directory (symlinks resolved), so two writers
+    that name one cube by different paths (``f.zarr`` and a link to it) share one lock.
+    """
 
     def __init__(self, cube_path: Path) -> None:
-        self.path = cube_path.with_name(cube_path.name + ".lock")
+        self.cube = Path(cube_path)
+        real = Path(os.path.realpath(cube_path))
+        self.path = real.with_name(real.name + ".lock")
         self._fd: int | None = None
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # O_NOFOLLOW: a link planted at the lock's name must not get another file truncated
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                raise CubeError(f"cannot lock cube {self._name()}: its lock file {self.path} "
+                                f"{'is a symbolic link' if self.path.is_symlink() else f'cannot be opened ({exc.strerror})'}"
+                                "; remove it or choose another --out") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
                 raise CubeLockedError(
-                    f"cube {self.path.with_suffix('')} is being written by another process (pid {holder}); "
+                    f"cube {self._name()} is being written by another process (pid {holder}); "
                     "wait for it to finish or stop it, or choose another --out"
                 ) from None
             # The previous holder may have unlinked the file between our open and flock:
@@ -45,6 +56,11 @@ class WriterLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
+
+    def _name(self) -> str:
+        real = self.path.with_name(self.path.name.removesuffix(".lock"))
+        typed = Path(os.path.abspath(self.cube))
+        return str(self.cube) if typed == real else f"{self.cube} (that is {real})"
 
     def release(self) -> None:
         if self._fd is None:

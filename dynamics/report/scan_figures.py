@@ -7,6 +7,7 @@ more than the random control, how far do the weights move.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import xarray as xr
 from dynamics.errors import UserInputError
 from dynamics.report.figures import accuracy_bars_figure
 from dynamics.report.study_figures import study_figures
+from store.safe_files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ def _save(fig, out: Path, name: str, formats: Sequence[str]) -> list[Path]:
     fig.tight_layout()
     for fmt in formats:
         path = out / f"{name}.{fmt}"
-        fig.savefig(path, dpi=150)
+        image = io.BytesIO()
+        fig.savefig(image, format=fmt, dpi=150)
+        atomic_write_bytes(path, image.getvalue())  # never written through a link planted at the name
         paths.append(path)
     return paths
 

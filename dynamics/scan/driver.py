@@ -91,6 +91,7 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     reference = config.reference_step if config.reference_step is not None else stored if stored is not None else steps[-1]
     if config.reference_step is not None:
         parse_steps(str(reference), available, source=source.model_id)  # same check, same message
+    source.check_available()  # a model missing from an offline cache: one line now, not one per step
     return ScanPlan(source, steps, reference, corpus, device)
 
 

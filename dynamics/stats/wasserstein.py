@@ -80,6 +80,7 @@ class _GaussianCells:
 
 _CELLS: dict[int, _GaussianCells] = {}
 _CELLS_ON_DEVICE: dict[tuple[int, str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+_CELL_TABLES_ON_DEVICE: dict[tuple[int, str, torch.dtype], tuple[torch.Tensor, ...]] = {}
 
 
 def _gaussian_cells(n: int) -> _GaussianCells:
@@ -191,13 +192,30 @@ def _center_(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return inv_std, -rest * inv_std, undefined
 
 
+def _cell_tables(n: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``(lower, upper, pdf_lower, pdf_upper, mean)`` of the cells, float64 on ``device`` (cached).
+
+    On a GPU the millions of cells a chunk may look up are gathered there: a gather on the
+    host plus two transfers cost more than all the dense passes of the chunk together.
+    """
+    cells = _gaussian_cells(n)
+    tables = (cells.lower, cells.upper, cells.pdf_lower, cells.pdf_upper, cells.mean)
+    if device.type == "cpu":
+        return tables
+    key = (n, str(device), torch.float64)
+    found = _CELL_TABLES_ON_DEVICE.get(key)
+    if found is None:
+        found = tuple(t.to(device) for t in tables)
+        if len(_CELL_TABLES_ON_DEVICE) > 4:
+            _CELL_TABLES_ON_DEVICE.clear()
+        _CELL_TABLES_ON_DEVICE[key] = found
+    return found
+
+
 def _cell_extras(z: torch.Tensor, cell: torch.Tensor, n: int) -> torch.Tensor:
     """Exact ``extra_i`` (see the module docstring) in float64 at values ``z`` of cells ``cell``."""
-    cells = _gaussian_cells(n)
-    idx = cell.cpu()
-    lower, upper, pdf_lower, pdf_upper, mean = (
-        t[idx].to(z.device) for t in (cells.lower, cells.upper, cells.pdf_lower, cells.pdf_upper, cells.mean)
-    )
+    idx = cell.to(z.device)
+    lower, upper, pdf_lower, pdf_upper, mean = (t[idx] for t in _cell_tables(n, z.device))
     cell = cell.to(torch.float64)
     c = torch.minimum(torch.maximum(z, lower), upper)
     pdf_c = _pdf(c)

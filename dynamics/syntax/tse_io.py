@@ -18,6 +18,7 @@ from typing import Literal
 
 from dynamics.errors import DynamicsError, UserInputError
 from dynamics.syntax.tse import TSE_CASES, TseData, check_cases, generated_case
+from store.safe_files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,7 @@ def export_tse(directory: str | os.PathLike, format: Literal["pickle", "jsonl"] 
                                      "overwrite=True (--overwrite) to replace it")
     directory.mkdir(parents=True, exist_ok=True)
     for path, data in changed.items():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)  # a fresh O_EXCL temporary file: a planted link is never followed
     log.info("wrote %d of %d TSE %s files to %s", len(changed), len(contents), format,
              directory)
     return list(contents)

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from dynamics.config import config_dict, option
 from dynamics.errors import UserInputError
 from dynamics.toy.corpus import corpus_description, generate_sentences, lexicon_words, tse_sentences
+from store.safe_files import atomic_write_bytes, fresh_directory
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +245,12 @@ def _prepare_out_dir(path: Path, overwrite: bool) -> None:
             raise UserInputError(
                 f"--out {path}: the directory is not empty; choose a new one or pass --overwrite to replace its suite")
         for child in path.iterdir():  # only what a build writes; anything else stays
-            if child.is_dir() and re.fullmatch(r"\.?step\d+(\.partial)?", child.name):
+            if not (re.fullmatch(r"\.?step\d+(\.partial\.?\w*)?", child.name) or child.name in (SUITE_FILE, HELDOUT_FILE)):
+                continue
+            if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
-            elif child.name in (SUITE_FILE, HELDOUT_FILE):
-                child.unlink()
+            else:
+                child.unlink()  # a file, or a link (never what it points to)
     path.mkdir(parents=True, exist_ok=True)
 
 
@@ -255,9 +258,7 @@ def _save_checkpoint(model: Any, tokenizer: Any, out: Path, step: int) -> None:
     """Write ``out/step{step}`` atomically (a temporary directory renamed into place)."""
     from transformers.utils import logging as hf_logging
 
-    tmp = out / f".step{step}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = fresh_directory(out, f".step{step}.partial.")  # a new directory: nothing planted is written through
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one bar for the build, not one per checkpoint
     try:
@@ -287,7 +288,7 @@ def build_toy_suite(out_dir: str | os.PathLike | None = None, config: ToyConfig 
     _prepare_out_dir(out, config.overwrite)
     started = time.perf_counter()
     corpus = _make_corpus(config)
-    (out / HELDOUT_FILE).write_text("".join(f"{EOS_TOKEN} {s}\n" for s in corpus.heldout), encoding="utf-8")
+    atomic_write_bytes(out / HELDOUT_FILE, "".join(f"{EOS_TOKEN} {s}\n" for s in corpus.heldout).encode("utf-8"))
     timings = {"corpus": time.perf_counter() - started}
     log.info("toy corpus: %d sentences, %d tokens, vocabulary %d", len(corpus.train), len(corpus.stream),
              len(vocabulary()))
@@ -390,4 +391,4 @@ def _write_manifest(out: Path, config: ToyConfig, schedule: list[int], model: An
         "seconds": timings,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
-    (out / SUITE_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    atomic_write_bytes(out / SUITE_FILE, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
