@@ -284,10 +284,16 @@ def same_text(a: tuple[str, str], b: tuple[str, str]) -> bool:
     return first.resolve() == second.resolve() or first.read_bytes() == second.read_bytes()
 
 
+#: Lines shorter than this (in words) are not compared: headings such as ``= = History = =`` recur across texts.
+OVERLAP_MIN_WORDS = 10
+
+
 def shared_lines(wd_path: str, ppl_path: str) -> tuple[int, int]:
-    """(lines of the perplexity file that also occur in the WD file, its non-blank lines)."""
+    """(lines of the perplexity file that also occur in the WD file, its lines), counting lines of at least
+    :data:`OVERLAP_MIN_WORDS` words."""
     def lines(path: str) -> list[str]:
-        return [line.strip() for line in Path(path).expanduser().read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+        return [line.strip() for line in text.splitlines() if len(line.split()) >= OVERLAP_MIN_WORDS]
 
     seen = set(lines(wd_path))
     ppl_lines = lines(ppl_path)
@@ -300,7 +306,8 @@ def warn_if_overlapping(wd: tuple[str, str], ppl: tuple[str, str]) -> None:
         return
     shared, total = shared_lines(wd[0], ppl[0])
     if shared:
-        log.warning("OVERLAPPING TEXTS: %d of the %d lines of the perplexity corpus %r also occur in the WD corpus %r; "
+        log.warning("OVERLAPPING TEXTS: %d of the %d lines (of 10+ words) of the perplexity corpus %r also occur in the "
+                    "WD corpus %r; "
                     "neurons are selected and judged partly on the same text", shared, total, ppl[0], wd[0])
 
 

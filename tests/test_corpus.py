@@ -192,13 +192,16 @@ def test_overlapping_files_warn_loudly_and_a_bad_corpus_is_one_line(tmp_path: Pa
     from dynamics.corpus import check_texts
 
     wd, ppl = tmp_path / "wd.txt", tmp_path / "ppl.txt"
-    wd.write_text("alpha beta gamma\ndelta epsilon\nzeta eta theta\n", encoding="utf-8")
-    ppl.write_text("iota kappa\ndelta epsilon\nlambda mu\n", encoding="utf-8")
+    sentence = "the same long sentence of more than ten words appears in both texts here"
+    wd.write_text(f"alpha beta gamma\n{sentence}\n= = History = =\nzeta eta theta\n", encoding="utf-8")
+    ppl.write_text(f"{sentence} and more words\n{sentence}\n= = History = =\n{sentence} too\n", encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="dynamics.corpus"):
         check_texts(BudgetOptions(wd_corpus=str(wd), ppl_corpus=str(ppl)), "wikitext2")
-    assert f"OVERLAPPING TEXTS: 1 of the 3 lines of the perplexity corpus {str(ppl)!r} also occur" in caplog.text
+    # the heading is not compared (fewer than 10 words): 1 of the 3 long lines is shared
+    assert (f"OVERLAPPING TEXTS: 1 of the 3 lines (of 10+ words) of the perplexity corpus {str(ppl)!r} also occur"
+            in caplog.text)
     caplog.clear()
-    ppl.write_text("iota kappa\nlambda mu\n", encoding="utf-8")
+    ppl.write_text("iota kappa\n= = History = =\nlambda mu\n", encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="dynamics.corpus"):
         check_texts(BudgetOptions(wd_corpus=str(wd), ppl_corpus=str(ppl)), "wikitext2")
         check_texts(BudgetOptions(), "wikitext2")  # train vs validation: disjoint by construction
