@@ -15,7 +15,13 @@ from typing import Literal
 from dynamics.errors import UserInputError
 
 PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
-_PYTHIA_ALIAS = re.compile(r"^pythia-(?P<size>[0-9.]+[mb])(?P<suffix>(-deduped)?(-v0)?)$")
+#: PolyPythias (arXiv 2503.09543): sizes retrained with seeds 1 to 9 (``pythia-160m-seed3``; 160m also
+#: ``-data-seed<N>`` and ``-weight-seed<N>``), the same checkpoint schedule as Pythia.
+POLYPYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m")
+POLYPYTHIA_SEEDS = range(1, 10)
+_PYTHIA_ALIAS = re.compile(
+    r"^pythia-(?P<size>[0-9.]+[mb])(?P<suffix>(-deduped)?(-v0)?)(?P<seed>-(data-|weight-)?seed(?P<number>\d+))?$")
+_SEED_SUFFIX = re.compile(r"-(?:data-|weight-)?seed(\d+)$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 ModelKind = Literal["hub", "local_suite", "local_model", "gguf"]
@@ -50,6 +56,21 @@ class ModelRef:
     def is_pythia(self) -> bool:
         """True for EleutherAI's Pythia suites, whose revisions are ``step{N}``."""
         return self.kind == "hub" and self.location.lower().startswith("eleutherai/pythia-")
+
+
+def training_seed(ref: ModelRef) -> int | None:
+    """The training seed a model's name or suite says (``-seed3`` of a PolyPythia run, a toy suite's
+    ``suite.json``), or None."""
+    if ref.kind == "hub":
+        match = _SEED_SUFFIX.search(ref.location)
+        return int(match.group(1)) if match else None
+    manifest = Path(ref.location) / "suite.json"
+    if ref.kind == "local_suite" and manifest.is_file():
+        import json
+
+        seed = json.loads(manifest.read_text(encoding="utf-8")).get("seed")
+        return int(seed) if isinstance(seed, int) else None
+    return None
 
 
 def is_local_suite(path: Path) -> bool:
@@ -93,6 +114,12 @@ def resolve_model(name: str) -> ModelRef:
         if match["size"] not in PYTHIA_SIZES:
             raise UserInputError(
                 f"unknown Pythia size {match['size']!r} in {name!r}; sizes are {', '.join(PYTHIA_SIZES)}"
+            )
+        if match["seed"] and (match["size"] not in POLYPYTHIA_SIZES or match["suffix"]
+                              or int(match["number"]) not in POLYPYTHIA_SEEDS):
+            raise UserInputError(
+                f"no PolyPythia run {name!r}: seeds 1 to 9 exist for pythia-{{{','.join(POLYPYTHIA_SIZES)}}}-seed<N> "
+                "(e.g. pythia-160m-seed3)"
             )
         return ModelRef(name, "hub", f"EleutherAI/{name}")
     if _HUB_ID.match(name):

@@ -11,11 +11,12 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from checkpoints.fingerprints import hub_lfs_sha256, tokenizer_fingerprint, weight_fingerprints
 from checkpoints.hub_cache import cache_entries, evict_added
 from checkpoints.hub_errors import (
     RetryPolicy,
@@ -25,6 +26,14 @@ from checkpoints.hub_errors import (
     one_line,
 )
 from checkpoints.names import ModelRef
+from checkpoints.revisions import (
+    DEFAULT_TEMPLATE,
+    RevisionIndex,
+    RevisionTemplate,
+    cached_ref_names,
+    hub_ref_names,
+    index_revisions,
+)
 from checkpoints.steps import PYTHIA_STEPS
 from dynamics.errors import CheckpointError, UserInputError
 
@@ -64,8 +73,12 @@ class Checkpoint:
         return self.error is None
 
     def record(self) -> dict[str, Any]:
-        """Provenance of this checkpoint for the cube's per-step record."""
-        return {"revision": self.revision, "commit": self.commit, "path": str(self.path) if self.path else None}
+        """Provenance of this checkpoint for the cube's per-step record: revision, commit, path, and the
+        fingerprints (sha256 of every weight file, one sha256 of the tokenizer files); call it before release."""
+        path = self.path
+        return {"revision": self.revision, "commit": self.commit, "path": str(path) if path else None,
+                "weights_sha256": weight_fingerprints(path, self.gguf_file) if path else {},
+                "tokenizer_sha256": tokenizer_fingerprint(path) if path else None}
 
     def load_model(self, device: str = "cpu", dtype: Any = None) -> Any:
         """The model, in eval mode, on ``device``; a corrupt checkpoint raises CheckpointError."""
@@ -148,6 +161,9 @@ class CheckpointSource(Protocol):
     def check_available(self) -> None:
         """Raise a UserInputError now when no step could be fetched at all (the model cannot be had)."""
 
+    def weight_fingerprint(self, step: int) -> dict[str, str] | None:
+        """``{weight file: sha256}`` of ``step`` without downloading it, or None when it cannot be had."""
+
     def fetch(self, step: int) -> Checkpoint:
         """Make ``step`` available on local disk; raises on failure."""
 
@@ -156,9 +172,11 @@ class CheckpointSource(Protocol):
 
 
 class HubSource:
-    """Revisions ``step{N}`` of a Hub repository, through the Hugging Face cache.
+    """The revisions of a Hub repository (``step{N}``, or ``revision_template``), through the Hugging Face cache.
 
-    Only config, tokenizer and weights are downloaded (safetensors preferred, else
+    The repository's refs are listed once (online ``list_repo_refs``, branches and tags;
+    offline the cache's ``refs/`` folder) and matched against the template: they are the
+    steps on offer (:meth:`revisions`). Only config, tokenizer and weights are downloaded (safetensors preferred, else
     ``pytorch_model*.bin``; sharded or not). ``release`` deletes from the cache what this
     run added to it; what was cached before the run (by commit and blob, whatever ref
     named it) is left alone.
@@ -172,6 +190,9 @@ class HubSource:
         keep: bool = False,
         download: Callable[..., str] | None = None,
         list_files: Callable[[str, str], list[str]] | None = None,
+        revision_template: str = DEFAULT_TEMPLATE,
+        revisions: Mapping[int, str] | None = None,
+        list_refs: Callable[[str], list[str]] | None = None,
     ) -> None:
         from huggingface_hub import constants, snapshot_download
 
@@ -185,32 +206,53 @@ class HubSource:
         self._added: set[str] = set()  # cache entries (relative to the repo folder) this run created
         self._cache_lock = threading.Lock()  # a prefetch thread fetches while the driver releases
         self._unreachable = False  # a fetch used up its retries on transient errors: later ones try once
+        self._list_refs = list_refs or hub_ref_names
+        self.template = RevisionTemplate(revision_template)
+        self._index: RevisionIndex | None = (
+            RevisionIndex(self.template, dict(revisions), where="the run's listing") if revisions is not None else None)
+
+    def revisions(self) -> RevisionIndex:
+        """The repository's refs matched against the template, listed once per source.
+
+        Online, the Hub's branches and tags (a repository the Hub does not have is refused at
+        once; a Hub that cannot be asked now leaves the steps unverified, ``verified=False``:
+        Pythia's published schedule, else none); offline, the cache's ``refs/`` folder, which
+        holds exactly the revisions that can be loaded without the network (with nothing of a
+        Pythia repo cached, its published schedule, unverified).
+        """
+        if self._index is None:
+            names: list[str] | None
+            if offline():
+                names = cached_ref_names(self._repo_dir) if (self._repo_dir / "refs").is_dir() else None
+                where = f"the offline cache {self._repo_dir / 'refs'}"
+            else:
+                names, where = self._hub_refs(), "the Hub"
+            verified = names is not None
+            if names is None:
+                where = "Pythia's published schedule (unverified)" if self.ref.is_pythia else "nowhere (unverified)"
+                schedule = self.ref.is_pythia and not self.template.needs_listing
+                names = [self.template.format(s) for s in PYTHIA_STEPS] if schedule else []
+            self._index = index_revisions(names, self.template, where, verified=verified)
+        return self._index
 
     def available_steps(self) -> list[int] | None:
-        """Pythia's schedule; other repos: their ``step<N>`` branches, if any.
+        """The steps whose revision exists (see :meth:`revisions`); None when no ref fits the template."""
+        return self.revisions().steps or None
 
-        Offline, the branches are read from the cache's ``refs/``; online, a repo that does
-        not exist is refused at once. A repo without step branches (or an unreachable Hub)
-        gives None, so any step may be asked for.
-        """
-        names: list[str] | None
-        if offline():
-            refs = self._repo_dir / "refs"
-            names = [p.name for p in refs.iterdir()] if refs.is_dir() else []
-        else:
-            names = self._hub_branches()  # also says at once when the repository does not exist
-        if self.ref.is_pythia:
-            return list(PYTHIA_STEPS)  # a known schedule, whatever is cached
-        if names is None:
-            return None
-        steps = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"step(\d+)", n)))
-        return steps or None
+    def verified_steps(self) -> list[int] | None:
+        """:meth:`available_steps`, where a listing that found no revision of the template is one clear error."""
+        index = self.revisions()
+        if not index.steps and index.verified:
+            raise UserInputError(f"{self.model_id} has no revision named like {self.template.text!r} in {index.where}; "
+                                 "choose --revision-template to match its branches" +
+                                 (" (offline: only cached revisions can be used)" if offline() else ""))
+        return index.steps or None
 
     def check_available(self) -> None:
         """Refuse at once, before any cube exists, a repository that cannot be had at all.
 
         Offline that is a repository with nothing in the cache (every step would fail the
-        same way); online :meth:`available_steps` already refuses one the Hub does not have.
+        same way); online :meth:`revisions` already refuses one the Hub does not have.
         """
         if offline() and not self._repo_dir.is_dir():
             raise UserInputError(
@@ -218,21 +260,49 @@ class HubSource:
                 "forbids downloading it: pass --cache-dir with the cache that holds it, use an alias such as "
                 "pythia-70m or a local directory, or unset HF_HUB_OFFLINE")
 
-    def _hub_branches(self) -> list[str] | None:
-        """The repository's branch names; None when the Hub cannot be asked now (validation goes on)."""
-        from huggingface_hub import HfApi
-
+    def _hub_refs(self) -> list[str] | None:
+        """The repository's branch and tag names; None when the Hub cannot be asked now (validation goes on)."""
         try:
-            return [b.name for b in HfApi().list_repo_refs(self.model_id).branches]
+            return self._list_refs(self.model_id)
         except Exception as exc:
             told = explain_hub_error(exc, self.model_id, None, self.cache_dir) if is_permanent(exc) else None
             if told:  # the repository does not exist (for us): say so now, not once per step
                 raise UserInputError(told) from exc
-            log.warning("could not list the branches of %s: %s", self.model_id, one_line(exc))
+            log.warning("could not list the refs of %s: %s", self.model_id, one_line(exc))
             return None
 
     def revision(self, step: int) -> str:
-        return f"step{step}"
+        known = self._index.revisions.get(step) if self._index is not None else None
+        if known is not None:
+            return known
+        if self.template.needs_listing:
+            listed = self.revisions().revisions.get(step)
+            if listed is None:
+                raise CheckpointError(f"{self.model_id} has no revision for step {step} named like {self.template.text!r}")
+            return listed
+        return self.template.format(step)
+
+    def weight_fingerprint(self, step: int) -> dict[str, str] | None:
+        """From the cached snapshot (blob names are the LFS sha256), else online from the Hub's file metadata."""
+        revision = self.revision(step)
+        snapshot = self._cached_snapshot(revision)
+        if snapshot is not None:
+            return weight_fingerprints(snapshot) or None
+        if offline():
+            return None
+        try:
+            files = self._list_files(self.model_id, revision)
+            return hub_lfs_sha256(self.model_id, revision, weight_files(files)) or None
+        except Exception as exc:  # a fingerprint is an optimisation: the step is then measured as it is
+            log.warning("no weight fingerprint for %s@%s: %s", self.model_id, revision, one_line(exc))
+            return None
+
+    def _cached_snapshot(self, revision: str) -> Path | None:
+        ref = self._repo_dir / "refs" / revision
+        if not ref.is_file():
+            return None
+        snapshot = self._repo_dir / "snapshots" / ref.read_text().strip()
+        return snapshot if snapshot.is_dir() else None
 
     def fetch(self, step: int) -> Checkpoint:
         revision = self.revision(step)
@@ -307,6 +377,9 @@ class RevisionSource(HubSource):
     def revision(self, step: int) -> str:
         return self._revision
 
+    def available_steps(self) -> list[int]:
+        return [0]
+
 
 class LocalSuiteSource:
     """A directory with one saved model per step: ``step0/``, ``step1000/``, ..."""
@@ -328,6 +401,9 @@ class LocalSuiteSource:
         if not path.is_dir():
             raise CheckpointError(f"{self.root} has no step{step}/ directory")
         return Checkpoint(step=step, revision=f"step{step}", path=path, commit=_suite_fingerprint(path))
+
+    def weight_fingerprint(self, step: int) -> dict[str, str] | None:
+        return weight_fingerprints(self.root / f"step{step}") or None
 
     def check_available(self) -> None:
         """A local suite that resolved is there."""
@@ -358,6 +434,9 @@ class SingleModelSource:
         if step != 0:
             raise CheckpointError(f"{self.model_id} is a single model: its only step is 0")
         return Checkpoint(step=0, revision=None, path=self.path, gguf_file=self.gguf_file)
+
+    def weight_fingerprint(self, step: int) -> dict[str, str] | None:
+        return weight_fingerprints(self.path, self.gguf_file) or None
 
     def check_available(self) -> None:
         """A local model that resolved is there."""

@@ -27,21 +27,34 @@ class StepsConfig:
     """`dynamics steps`: show the steps a spec selects."""
 
     spec: str = option(help="step spec, e.g. 0:143000:1000, pythia, log, final, all", positional=True)
-    model: str | None = option(None, help="check the steps against this model's checkpoints")
+    model: str | None = option(None, help="check the steps against this model's checkpoints (a Hub repo's refs are "
+                               "listed: offline, its cached ones)")
+    revision_template: str = option("step{step}", help="the Hub revision name of a step: {step} and optionally "
+                                    "{tokens} (e.g. stage1-step{step}-tokens{tokens}B)")
+    cache_dir: str | None = option(None, help="Hugging Face cache directory (default: the hub's own)")
 
 
 def run_steps(config: StepsConfig) -> int:
     from checkpoints.names import resolve_model
-    from checkpoints.source import open_source
+    from checkpoints.revisions import RevisionTemplate
+    from checkpoints.source import HubSource, open_source
     from checkpoints.steps import parse_steps
     from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
 
+    RevisionTemplate(config.revision_template)  # a malformed template is one line
     ref = resolve_model(config.model) if config.model else None
     if ref is not None and is_toy_alias(ref):
         ensure_toy_suite(ref)
-    available = open_source(ref).available_steps() if ref is not None else None
-    steps = parse_steps(config.spec, available)
+    source = open_source(ref, cache_dir=config.cache_dir, revision_template=config.revision_template) if ref else None
+    available = (source.verified_steps() if isinstance(source, HubSource) else source.available_steps()) \
+        if source is not None else None
+    steps = parse_steps(config.spec, available, source=source.model_id if source else "")
     print(f"{len(steps)} steps: {' '.join(str(s) for s in steps)}")
+    if source is not None and available is not None:
+        where = source.revisions().where if isinstance(source, HubSource) else source.model_id
+        shown = " ".join(str(s) for s in available) if len(available) <= 40 else (
+            " ".join(map(str, available[:20])) + " ... " + " ".join(map(str, available[-10:])))
+        print(f"{source.model_id} offers {len(available)} steps ({where}): {shown}")
     return 0
 
 
@@ -67,16 +80,22 @@ def run_tse_export(config: TseExportConfig) -> int:
 class PlotConfig:
     """`dynamics plot`: seaborn figures of a cube (PNG and PDF)."""
 
-    cube: str = option(help="the cube (.zarr directory)", positional=True)
+    cube: list[str] = option(help="the cube (.zarr directory); several scan cubes of one model size trained with "
+                             "different seeds: their mean and a band from the lowest to the highest seed",
+                             positional=True, nargs="+", metavar="CUBE")
     out: str = option("figures", help="directory for the figures", flag="-o")
     formats: str = option("png,pdf", help="comma-separated file formats: png, pdf, svg")
+    x: str = option("step", help="x axis of the training-dynamics figures: step or tokens (tokens seen)",
+                    choices=["step", "tokens"])
 
 
 def run_plot(config: PlotConfig) -> int:
     from dynamics.report.scan_figures import plot_cube
-    from store import open_cube
+    from store import open_cube, open_cubes
 
-    paths = plot_cube(open_cube(config.cube), config.out, [f.strip() for f in config.formats.split(",") if f.strip()])
+    cubes = [config.cube] if isinstance(config.cube, str) else list(config.cube)
+    ds = open_cube(cubes[0]) if len(cubes) == 1 else open_cubes(cubes, dim="seed")
+    paths = plot_cube(ds, config.out, [f.strip() for f in config.formats.split(",") if f.strip()], x=config.x)
     print(f"wrote {len(paths)} files to {config.out}")
     return 0
 
@@ -119,7 +138,10 @@ def run_scan_command(config: Any) -> int:
 
     summary = run_scan(config)
     print(
-        f"{config.out}: {len(summary.done)} steps computed, {len(summary.skipped)} already done, "
+        f"{config.out}: {len(summary.done) - len(summary.copied)} steps computed, "
+        + (f"{len(summary.copied)} copied from an earlier step with the same weights "
+           f"({', '.join(f'{s}={o}' for s, o in sorted(summary.copied.items()))}), " if summary.copied else "")
+        + f"{len(summary.skipped)} already done, "
         f"{len(summary.failed)} failed" + (f" ({', '.join(map(str, summary.failed))})" if summary.failed else "")
     )
     return 0 if not summary.failed else 1

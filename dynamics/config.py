@@ -316,7 +316,8 @@ def _add_field(parser: Any, f: Field, hints: dict[str, Any]) -> None:
         choices = list(typing.get_args(hints[f.name]))
     help_text = meta.get("help", "")
     if meta.get("positional"):
-        parser.add_argument(f.name, type=_converter(kind), help=help_text, metavar=f.name.upper())
+        parser.add_argument(f.name, type=_converter(kind), help=help_text, metavar=meta.get("metavar", f.name.upper()),
+                            nargs=meta.get("nargs"))
         return
     names = [f"--{f.name.replace('_', '-')}"] + ([meta["flag"]] if "flag" in meta else [])
     required = f.default is MISSING and f.default_factory is MISSING
@@ -353,7 +354,7 @@ def _default(f: Field) -> Any:
 def _converter(kind: type) -> Any:
     if kind in (int, float, str):
         return kind
-    return str
+    return str  # list[str] (a positional with nargs) too: argparse makes the list
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:

@@ -53,6 +53,8 @@ from store.safe_files import fresh_directory
 log = logging.getLogger(__name__)
 
 CUBE_FORMAT = 1
+#: Per-step variables that label steps rather than measure them: coordinates along ``step`` when opened.
+STEP_COORDINATES = ("tokens", "duplicate_of")
 DONE, FAILED, PENDING = "done", "failed", "pending"
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
@@ -91,6 +93,7 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
 
         return assemble_units(ds, status)
     ds = ds.assign_coords(status=("step", status)).sortby("step")
+    ds = ds.set_coords([name for name in STEP_COORDINATES if name in ds.data_vars])
     declared = attrs.get("identity", {}).get("derived", {})
     done = ds.isel(step=np.flatnonzero(ds["status"].values == DONE))
     if declared:  # derived from dask-backed sources, so a big cube opens without reading them
@@ -249,6 +252,16 @@ class CubeWriter:
         if self.overwrite:
             return list(self.steps)
         return [s for s in self.steps if records.get(str(s), {}).get("status") != DONE]
+
+    def records(self) -> dict[int, dict[str, Any]]:
+        """Every stored step's record (status, revision, fingerprints, ...), by step."""
+        return {int(s): dict(r) for s, r in _read_attrs(self.path)["steps"].items()}
+
+    def read_step(self, step: int) -> xr.Dataset:
+        """The stored variables of one step (a length-1 ``step`` dimension), loaded; e.g. to copy it."""
+        with xr.open_zarr(self.path, consolidated=False, chunks=None) as stored:
+            names = [n for n, v in stored.data_vars.items() if "step" in v.dims]
+            return stored[names].isel(step=[self._index[step]]).load()
 
     def read_static(self) -> xr.Dataset | None:
         """The static variables (no ``step`` dimension), or None before they are written."""

@@ -77,12 +77,18 @@ def test_the_planted_cache_is_read_by_the_hub_client_and_transformers(shared_dat
 
 def test_bad_arguments_are_one_line_and_exit_2_before_anything_is_written(tmp_path):
     work = tmp_path / "work"
+    # Inputs that exist whether or not ../shared/data is present, so the --skip-build check is the one that fails.
+    tokenizer, corpus, blimp = tmp_path / "tokenizer.json", tmp_path / "corpus.txt", tmp_path / "blimp"
+    tokenizer.write_text("{}")
+    corpus.write_text("text\n")
+    blimp.mkdir()
     proc = run_check("--shape", "tiny", "--device", "cpu", "--out", str(tmp_path / "out"), "--work", str(work),
-                     "--skip-build")
+                     "--tokenizer", str(tokenizer), "--corpus", str(corpus), "--blimp", str(blimp), "--skip-build")
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"gpu_check.py: error: --skip-build, but {work}/hf_home/hub lacks {REPO} step(s) "
                                    "142000, 143000; run without --skip-build (see gpu_check.py --help)")
-    proc = run_check("--out", str(tmp_path / "out"), "--device", "tpu")
+    proc = run_check("--out", str(tmp_path / "out"), "--tokenizer", str(tokenizer), "--corpus", str(corpus),
+                     "--blimp", str(blimp), "--device", "tpu")
     assert proc.returncode == 2 and proc.stderr.strip().startswith("gpu_check.py: error: --device 'tpu' is not one of")
     assert not (tmp_path / "out").exists() and not work.exists()
 

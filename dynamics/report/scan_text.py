@@ -14,15 +14,19 @@ def _conditions(ds: xr.Dataset) -> list[str]:
 
 
 def step_table(ds: xr.Dataset) -> str:
-    """One row per done step: cohort vs population WD, TSE and perplexity per condition, drift."""
+    """One row per done step: cohort vs population WD, TSE, BLiMP and perplexity per condition, drift, tokens."""
     conditions = _conditions(ds)
     headers = ["step"]
+    with_tokens = "tokens" in ds.coords and bool((ds["tokens"] >= 0).any())
     if "wd" in ds:
         headers += ["wd median", "wd cohort"]
     headers += [f"tse {c}" for c in conditions if "tse_acc" in ds]
+    headers += [f"blimp {c}" for c in conditions if "blimp_acc" in ds]
     headers += [f"ppl {c}" for c in conditions if "ppl" in ds]
     if "drift_ref" in ds and "cohort" in ds:
         headers += ["drift_ref cohort"]
+    if with_tokens:
+        headers += ["tokens"]
     rows = []
     for step in ds["step"].values:
         at = ds.sel(step=step)
@@ -32,10 +36,15 @@ def step_table(ds: xr.Dataset) -> str:
                     fmt(float(at["wd"].where(ds["cohort"]).mean())) if "cohort" in ds else "-"]
         if "tse_acc" in ds:
             row += [fmt(float(at["tse_acc"].sel(condition=c).mean())) for c in conditions]
+        if "blimp_acc" in ds:  # mean over paradigms (each with the same number of sampled pairs)
+            row += [fmt(float(at["blimp_acc"].sel(condition=c).mean())) for c in conditions]
         if "ppl" in ds:
             row += [fmt(float(at["ppl"].sel(condition=c)), 2) for c in conditions]
         if "drift_ref" in ds and "cohort" in ds:
             row += [fmt(float(at["drift_ref"].where(ds["cohort"]).mean()), 4)]
+        if with_tokens:
+            tokens = int(at["tokens"])
+            row += [f"{tokens:,}" if tokens >= 0 else "-"]
         rows.append(row)
     return text_table(headers, rows)
 
@@ -47,6 +56,20 @@ def case_table(ds: xr.Dataset) -> str:
     rows = [[str(case)] + [fmt(float(final.sel(tse_case=case, condition=c))) for c in conditions]
             for case in ds["tse_case"].values]
     return text_table(["tse case"] + conditions, rows)
+
+
+def duplicate_lines(ds: xr.Dataset) -> list[str]:
+    """One line per step whose weight files equal an earlier step's (``duplicate_of``)."""
+    if "duplicate_of" not in ds.coords:
+        return []
+    records = ds.attrs.get("steps", {})
+    lines = []
+    for step, original in zip(ds["step"].values, ds["duplicate_of"].values):
+        if int(original) >= 0:
+            copied = "copied_from" in records.get(str(int(step)), {})
+            lines.append(f"step {int(step)}: duplicate_of={int(original)} (same weight files as step {int(original)}; "
+                         + ("its numbers are copied from it)" if copied else "measured anyway)"))
+    return lines
 
 
 def report(ds: xr.Dataset) -> str:
@@ -65,6 +88,9 @@ def report(ds: xr.Dataset) -> str:
         *failure_lines(steps),
         protocol_line(attrs.get("provenance", {})),
     ]
+    parts += duplicate_lines(ds)
+    skipped = attrs.get("provenance", {}).get("benchmarks_skipped") or {}
+    parts += [f"not measured: {name} ({why})" for name, why in skipped.items()]
     if "cohort" in ds:
         parts.append(f"cohort: {int(ds['cohort'].sum())} neurons of {ds['cohort'].size} "
                      f"({100 * float(ds['cohort'].mean()):.2f}%)")

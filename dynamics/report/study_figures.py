@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from dynamics.report.figures import accuracy_bars_figure
+from dynamics.report.figures import accuracy_bars_figure, legend_below
 
 CONDITION_LABELS = {
     "clean": "clean",
@@ -28,7 +28,9 @@ def _frame(ds: xr.Dataset, name: str) -> Any:
 
 
 def conditions_figure(ds: xr.Dataset, plt, sns) -> object:
-    """Bars per percent and condition: TSE, BLiMP and perplexity."""
+    """Bars per percent and condition: TSE, BLiMP and perplexity (a linear axis from 0, each bar's value on it)."""
+    from matplotlib.ticker import ScalarFormatter
+
     panels = [(n, label) for n, label in PANELS if n in ds]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
     order = [CONDITION_LABELS.get(str(c), str(c)) for c in ds["condition"].values]
@@ -37,14 +39,17 @@ def conditions_figure(ds: xr.Dataset, plt, sns) -> object:
         ax.set_xlabel("percent of neurons per layer")
         ax.set_ylabel(label)
         if name != "ppl":
-            ax.axhline(0.5, color="0.5", ls=":", lw=1)
+            ax.axhline(0.5, color="0.5", ls=":", lw=1, label="chance")
             ax.set_ylim(0, 1.02)
-        else:
-            ax.set_yscale("log")
-        ax.legend().remove()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    axes[0][-1].legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        else:  # linear from 0: the bars' lengths are the perplexities; the labels tell close values apart
+            formatter = ScalarFormatter(useOffset=False)
+            formatter.set_scientific(False)
+            ax.yaxis.set_major_formatter(formatter)
+            for bars in ax.containers:
+                ax.bar_label(bars, fmt="%.4g", rotation=90, fontsize=6.5, padding=2)
+            ax.set_ylim(0, float(np.nanmax(_frame(ds, name)["value"])) * 1.25)
     fig.suptitle("Ablation of the top-WD neurons and its controls")
+    legend_below(axes[0][0], fig, columns=3)
     return fig
 
 
@@ -58,22 +63,28 @@ def phenomena_figure(ds: xr.Dataset, plt, sns) -> object:
 
 
 def layer_group_figure(ds: xr.Dataset, plt) -> object:
-    """TSE and BLiMP when only one group of layers (or groups 0..g) is ablated."""
+    """TSE and BLiMP when only one group of layers (or groups 0..g) is ablated; a panel without data says why."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     groups = ds["layer_group"].values
     for ax, (name, label) in zip(axes, (("tse_acc_all", "TSE accuracy"), ("blimp_acc_all", "BLiMP accuracy"))):
-        if f"group_{name}" not in ds:
-            continue
-        for scope, style in (("alone", "-o"), ("cumulative", "--s")):
-            ax.plot(groups, ds[f"group_{name}"].sel(group_scope=scope).values, style, label=f"{scope}")
-        if name in ds:
-            clean = float(ds[name].sel(condition="clean").max())
-            ax.axhline(clean, color="0.4", ls=":", lw=1, label="clean")
         ax.set_xlabel("layer group (layers)")
         ax.set_ylabel(label)
         ax.set_xticks(groups, [_group_label(ds, g) for g in groups])
-        ax.legend(fontsize=8)
+        values = ds.get(f"group_{name}")
+        if values is None or not bool(np.isfinite(np.asarray(values, dtype=float)).any()):
+            what = "BLiMP" if name.startswith("blimp") else "TSE"
+            ax.text(0.5, 0.5, f"no {what} in this study\n(--{'blimp-per-paradigm' if what == 'BLiMP' else 'tse-per-case'} 0,"
+                    " or its data could not be loaded)", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=10, color="0.35")
+            ax.set_yticks([])
+            continue
+        for scope, style in (("alone", "-o"), ("cumulative", "--s")):
+            ax.plot(groups, values.sel(group_scope=scope).values, style, label=f"{scope}")
+        if name in ds:
+            clean = float(ds[name].sel(condition="clean").max())
+            ax.axhline(clean, color="0.4", ls=":", lw=1, label="clean")
     fig.suptitle("Negative ablation of the top-WD neurons by layer group")
+    legend_below(axes[0], fig, columns=3)
     return fig
 
 

@@ -37,11 +37,29 @@ class ScanConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runti
                                                "on, or stop")
     keep_checkpoints: bool = option(False, help="keep downloaded revisions in the Hugging Face cache")
     prefetch: bool = option(True, help="download step t+1 while step t is analysed")
+    revision_template: str = option("step{step}", help="the Hub revision name of a step: {step} and optionally {tokens} "
+                                    "(e.g. stage1-step{step}-tokens{tokens}B for OLMo); the repo's refs are listed once "
+                                    "and every step is checked against them, `all` is every matching ref")
+    tokens_per_step: int | None = option(None, help="training tokens per step, for the tokens coordinate (default: "
+                                         "2097152 for Pythia, a toy suite's own, {tokens} of the revision names; "
+                                         "else -1, unknown)")
+    recompute_duplicates: bool = option(False, help="measure a step whose weight files equal an earlier step's too "
+                                        "(default: copy the earlier step's numbers, flagged duplicate_of)")
+    blimp: str = option("hub", help="BLiMP source: hub (nyu-mll/blimp; skipped with one warning when unreachable) "
+                        "or a directory of <paradigm>.jsonl files")
+    blimp_per_paradigm: int = option(10, help="BLiMP pairs per paradigm measured at every step and condition "
+                                     "(seeded sample of all 67 paradigms; 0: skip)")
+    blimp_paradigms: str = option("all", help="comma-separated BLiMP paradigms measured per step, or all")
+    tasks: str = option("none", help="lm-eval tasks measured at every step and condition (comma-separated, default "
+                        "or none)")
+    lmeval_limit: int = option(100, help="examples per lm-eval task and step")
+    task_path: str | None = option(None, help="a directory of extra lm-eval task YAML files")
 
     def analysis(self) -> dict[str, Any]:
         """The settings that make two cubes' numbers comparable (the cube's identity)."""
         keys = ("wd_corpus", "ppl_corpus", "window", "wd_tokens", "wd_stride", "ppl_tokens", "tse_per_case",
                 "cohort_percent", "cohort_scope", "stepwise", "seed", "dtype")
         # absent when off: cubes made before --matched / --mapping-difficulty still resume
-        extra = tuple(k for k in ("matched", "mapping_difficulty") if getattr(self, k))
+        extra: tuple[str, ...] = tuple(k for k in ("matched", "mapping_difficulty") if getattr(self, k))
+        extra += ("lmeval_limit",) if self.tasks.strip().lower() != "none" else ()
         return {**{k: getattr(self, k) for k in keys + extra}, "protocol": resolve_protocol(self).record()}

@@ -11,6 +11,7 @@ Both are static variables of the cube, so every step is measured on the same neu
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 from dataclasses import dataclass, field, replace
@@ -18,11 +19,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from checkpoints.names import resolve_model
-from checkpoints.source import CheckpointSource, RetryPolicy, open_source
+from checkpoints.names import ModelRef, resolve_model, training_seed
+from checkpoints.revisions import DEFAULT_TEMPLATE, PYTHIA_TOKENS_PER_STEP, RevisionTemplate, tokens_of_steps
+from checkpoints.source import CheckpointSource, HubSource, RetryPolicy, open_source
 from checkpoints.steps import parse_steps
 from dynamics import __version__
 from dynamics.config import DTYPES, check_numbers, config_dict, resolve_protocol, shared_checks
@@ -37,7 +40,9 @@ from dynamics.executor import (
     stop_on_unrecoverable,
 )
 from dynamics.runtime import resolve_device
+from dynamics.scan.benchmarks import ScanBenchmarks, check_benchmark_options, plan_benchmarks
 from dynamics.scan.config import ScanConfig
+from dynamics.scan.duplicates import copied_result, plan_duplicates
 from dynamics.scan.measures import PHASES
 from dynamics.scan.worker import RunSpec, StepTask, forget_contexts, measure_step, prepare_reference
 from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
@@ -57,6 +62,7 @@ class ScanSummary:
     done: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)  # already done before this run
+    copied: dict[int, int] = field(default_factory=dict)  # duplicate step -> the step its numbers were copied from
 
 
 @dataclass
@@ -66,6 +72,9 @@ class ScanPlan:
     reference_step: int
     corpus: str
     device: str
+    tokens: dict[int, int] = field(default_factory=dict)  # step -> training tokens seen (-1: unknown)
+    revisions: dict[int, str] | None = None  # step -> Hub revision name, as listed
+    benchmarks: ScanBenchmarks = field(default_factory=ScanBenchmarks)
 
 
 def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> ScanPlan:
@@ -73,6 +82,12 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     ref = resolve_model(config.model)
     _check_numbers(config)
     resolve_protocol(config)
+    template = RevisionTemplate(config.revision_template)  # a malformed template is one line
+    if config.revision_template != DEFAULT_TEMPLATE and ref.kind != "hub":
+        raise UserInputError(f"--revision-template {config.revision_template!r} applies to Hub repositories; "
+                             f"{config.model!r} is a {ref.kind.replace('_', ' ')} (its steps are step<N>/ directories)")
+    request = check_benchmark_options(config.blimp, config.blimp_per_paradigm, config.blimp_paradigms, config.tasks,
+                                      config.task_path, config.seed)
     if not config.out.endswith(".zarr"):
         raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
     check_settings(ExecutorSettings.of(config))
@@ -83,16 +98,36 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     check_texts(config, corpus)
     if source is None:
         source = open_source(
-            ref, cache_dir=config.cache_dir, retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints
+            ref, cache_dir=config.cache_dir, retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints,
+            revision_template=template.text,
         )
-    available = source.available_steps()
+    # a Hub repo's refs, listed once: every step is checked against them
+    available = source.verified_steps() if isinstance(source, HubSource) else source.available_steps()
     steps = parse_steps(config.steps, available, source=source.model_id)
     stored = read_identity(config.out).get("reference_step")  # a resumed or extended cube keeps its cohort
     reference = config.reference_step if config.reference_step is not None else stored if stored is not None else steps[-1]
     if config.reference_step is not None:
         parse_steps(str(reference), available, source=source.model_id)  # same check, same message
     source.check_available()  # a model missing from an offline cache: one line now, not one per step
-    return ScanPlan(source, steps, reference, corpus, device)
+    index = source.revisions() if isinstance(source, HubSource) else None
+    tokens = tokens_of_steps(steps, tokens_per_step(config, ref), index.tokens if index else None)
+    revisions = {s: index.revisions[s] for s in {*steps, reference} if s in index.revisions} if index else None
+    benchmarks = plan_benchmarks(request)
+    return ScanPlan(source, steps, reference, corpus, device, tokens, revisions, benchmarks)
+
+
+def tokens_per_step(config: ScanConfig, ref: ModelRef) -> int | None:
+    """``--tokens-per-step``, else Pythia's 2,097,152, else a toy suite's batch x context, else None."""
+    if config.tokens_per_step is not None:
+        return config.tokens_per_step
+    if ref.is_pythia:
+        return PYTHIA_TOKENS_PER_STEP
+    manifest = Path(ref.location) / "suite.json" if ref.kind == "local_suite" else None
+    if manifest is not None and manifest.is_file():
+        settings = json.loads(manifest.read_text(encoding="utf-8")).get("config", {})
+        if isinstance(settings.get("batch_size"), int) and isinstance(settings.get("context"), int):
+            return int(settings["batch_size"]) * int(settings["context"])
+    return None
 
 
 def _check_numbers(config: ScanConfig) -> None:
@@ -102,6 +137,8 @@ def _check_numbers(config: ScanConfig) -> None:
         ("cohort-percent", 0 < config.cohort_percent <= 100, "a percent in (0, 100]"),
         ("ppl-tokens", not config.matched or config.ppl_tokens != 0,
          "more than 0 with --matched (the match is on perplexity)"),
+        ("tokens-per-step", config.tokens_per_step is None or config.tokens_per_step >= 1, "a positive number of tokens"),
+        ("lmeval-limit", config.lmeval_limit >= 1, "at least 1 example"),
     ])
     if config.dtype not in ("auto", *DTYPES):
         raise UserInputError(f"--dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
@@ -126,9 +163,12 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     plan = plan_scan(config)
     identity = {"model": plan.source.model_id, "reference_step": plan.reference_step, "corpus": plan.corpus,
                 "analysis": config.analysis(), "derived": DRIFT_PREV}
+    if plan.benchmarks.identity():  # absent when none is measured: cubes made before BLiMP per step still resume
+        identity["benchmarks"] = plan.benchmarks.identity()
     provenance = {"model": config.model, "model_id": plan.source.model_id, "package_version": __version__,
                   "torch_version": torch.__version__, "config": config_dict(config), "host": platform.node(),
-                  "protocol": resolve_protocol(config).record()}
+                  "revision_template": config.revision_template, "benchmarks_skipped": plan.benchmarks.skipped,
+                  "model_seed": training_seed(resolve_model(config.model)), "protocol": resolve_protocol(config).record()}
     summary = ScanSummary()
     with open_executor(ExecutorSettings.of(config)) as pool, \
             CubeWriter(config.out, plan.steps, identity, provenance, overwrite=config.overwrite) as cube:
@@ -136,13 +176,26 @@ def run_scan(config: ScanConfig) -> ScanSummary:
         summary.skipped = [s for s in plan.steps if s not in todo]
         if not todo:
             return summary
+        duplicates, prints = plan_duplicates(todo, cube.records(), plan.source.weight_fingerprint)
+        labels = StepLabels(plan.tokens, duplicates, prints)
+        copies = {} if config.recompute_duplicates else duplicates
+        for step, original in duplicates.items():
+            log.warning("step %d has the same weight files as step %d: %s", step, original,
+                        "measured anyway (--recompute-duplicates)" if config.recompute_duplicates else
+                        f"its numbers are copied from step {original}, flagged duplicate_of")
+        measure = [s for s in todo if s not in copies]
+        for step, original in sorted(copies.items()):  # originals done by an earlier run: copy now
+            if original not in measure:
+                _copy(cube, step, original, labels, summary)
         try:
-            _measure_all(pool, _prepare(pool, config, plan, cube), todo, cube, summary)
+            if measure:
+                _measure_all(pool, _prepare(pool, config, plan, cube), measure, cube, summary, labels, copies)
         finally:
             if config.executor == "serial":
                 _forget(pool)
         if config.executor == "dask" and config.scheduler != "local":  # a local cluster stops anyway
             _forget(pool)
+    summary.done.sort()
     return summary
 
 
@@ -154,7 +207,7 @@ def _forget(pool: Any) -> None:
 def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) -> Any:
     """Fix (or read) the cohort and record the corpus provenance: one unit on the executor."""
     static = cube.read_static()
-    spec = RunSpec(config, plan.reference_step, plan.corpus)
+    spec = RunSpec(config, plan.reference_step, plan.corpus, benchmarks=plan.benchmarks, revisions=plan.revisions)
     if static is not None:
         spec = replace(spec, cohort=static["cohort"].values, control=static["random_control"].values,
                        matched=_matched_mask(static))
@@ -173,7 +226,40 @@ def _matched_mask(static: Any) -> Any:
     return static["matched_control"].values if "matched_control" in static else None
 
 
-def _measure_all(pool: Any, spec: Any, todo: list[int], cube: CubeWriter, summary: ScanSummary) -> None:
+@dataclass
+class StepLabels:
+    """What the driver adds to every step it writes: tokens seen, duplicate flags, fingerprints."""
+
+    tokens: dict[int, int]
+    duplicates: dict[int, int]  # step -> the earlier step with the same weights
+    fingerprints: dict[int, dict[str, str] | None]
+
+    def label(self, result: Any, step: int) -> Any:
+        """``result`` with its ``tokens`` and ``duplicate_of`` (coordinates along step when the cube is opened)."""
+        result["tokens"] = ("step", np.array([self.tokens.get(step, -1)], dtype="int64"),
+                            {"long_name": "training tokens seen at this step (-1: unknown)"})
+        if "duplicate_of" not in result:
+            result["duplicate_of"] = ("step", np.array([self.duplicates.get(step, -1)], dtype="int64"),
+                                      {"long_name": "the earlier step with the same weight files (-1: none)"})
+        return result
+
+
+def _copy(cube: CubeWriter, step: int, original: int, labels: StepLabels, summary: ScanSummary) -> None:
+    """Write the stored numbers of ``original`` as those of its duplicate ``step``, marked as a copy."""
+    record = cube.records().get(original, {})
+    if record.get("status") != "done":
+        cube.mark_failed(step, f"step {step} duplicates step {original}, which is not done: its numbers cannot be copied")
+        summary.failed.append(step)
+        return
+    copy = labels.label(copied_result(cube.read_step(original), step, original), step)
+    cube.write_step(copy, {"weights_sha256": labels.fingerprints.get(step), "duplicate_of": original,
+                           "copied_from": original})
+    summary.copied[step] = original
+    summary.done.append(step)
+
+
+def _measure_all(pool: Any, spec: Any, todo: list[int], cube: CubeWriter, summary: ScanSummary, labels: StepLabels,
+                 copies: dict[int, int]) -> None:
     """Fan the steps out; write each result as it completes, in any order."""
     # Serially one worker takes the steps in order, so it can fetch the next one while measuring this one.
     ahead = spec.config.executor == "serial" and spec.config.prefetch
@@ -183,8 +269,10 @@ def _measure_all(pool: Any, spec: Any, todo: list[int], cube: CubeWriter, summar
     try:
         for done in results:
             if done.ok:
-                _write(cube, done)
+                _write(cube, done, labels)
                 summary.done.append(done.unit.step)
+                for step in sorted(s for s, original in copies.items() if original == done.unit.step):
+                    _copy(cube, step, done.unit.step, labels, summary)
                 phases = done.result["seconds"].values[0]
                 bar.set_postfix_str(f"step {done.unit.step} " + " ".join(f"{p} {t:.1f}s" for p, t in zip(PHASES, phases)))
             else:
@@ -207,7 +295,10 @@ def _record_failure(cube: CubeWriter, done: Completed, config: ScanConfig, summa
     log.warning("step %d failed after %d attempt(s), recorded and skipped: %s", step, done.attempts, done.error)
 
 
-def _write(cube: CubeWriter, done: Completed) -> None:
-    result = done.result
+def _write(cube: CubeWriter, done: Completed, labels: StepLabels) -> None:
+    step = done.unit.step
+    result = labels.label(done.result, step)
     record = {**result.attrs.pop("checkpoint", {}), "task_attempts": done.attempts}
+    if step in labels.duplicates:
+        record["duplicate_of"] = labels.duplicates[step]
     cube.write_step(result, record)  # a full disk is one line (CubeError), done steps kept

@@ -16,6 +16,8 @@ import torch
 import xarray as xr
 
 from dynamics.ablation import ablate
+from dynamics.lmeval import METRICS, evaluate_tasks
+from dynamics.syntax.blimp import blimp_accuracy
 from dynamics.syntax.perplexity import perplexity
 from dynamics.syntax.scoring import score_pairs
 
@@ -34,15 +36,27 @@ def syntax_and_perplexity(
     reduction: str = "sum",
     prefix: bool | str = "bos",
     npi: str = "intrusive",
+    blimp: Sequence[Any] = (),
+    paradigms: Sequence[str] = (),
+    tasks: Sequence[str] = (),
+    lmeval_limit: int | None = None,
+    seed: int = 0,
+    task_path: str | None = None,
+    blimp_reduction: str = "sum",
 ) -> xr.Dataset:
-    """TSE accuracy and margin per case, and perplexity, under each condition.
+    """TSE accuracy and margin per case, BLiMP accuracy per paradigm, lm-eval tasks and perplexity,
+    under each condition.
 
     ``conditions`` maps a name to a neuron mask [layer, neuron] whose negative
     pre-activations are zeroed (``None``: the clean model). ``reduction``, ``prefix`` and
-    ``npi``: the TSE scoring choices (:func:`dynamics.syntax.scoring.score_pairs`).
+    ``npi``: the TSE scoring choices (:func:`dynamics.syntax.scoring.score_pairs`); BLiMP is
+    scored with ``blimp_reduction`` and the same prefix; ``blimp_acc`` is absent without BLiMP
+    pairs, and ``lmeval_acc`` without tasks.
     """
     acc = np.full((len(conditions), len(cases)), np.nan)
     margin = np.full((len(conditions), len(cases)), np.nan)
+    blimp_acc = np.full((len(conditions), len(paradigms)), np.nan)
+    lmeval = np.full((len(conditions), len(tasks), len(METRICS)), np.nan)
     ppl = np.full(len(conditions), np.nan)
     for i, mask in enumerate(conditions.values()):
         context = ablate(model, mask, mode="negative") if mask is not None else nullcontext()
@@ -51,17 +65,33 @@ def syntax_and_perplexity(
                 scores = score_pairs(model, tokenizer, pairs, group_by="case", reduction=reduction,  # type: ignore[arg-type]
                                      prefix=prefix, npi=npi, progress=False)  # type: ignore[arg-type]
                 acc[i], margin[i] = scores.aligned("accuracy", cases), scores.aligned("margin", cases)
+            if blimp:
+                scores = score_pairs(model, tokenizer, blimp, group_by="case",
+                                     reduction=blimp_reduction,  # type: ignore[arg-type]
+                                     prefix=prefix, progress=False, keep_pairs=True)
+                assert scores.correct is not None  # keep_pairs=True
+                per_paradigm = blimp_accuracy(blimp, scores.correct).per_paradigm
+                blimp_acc[i] = [per_paradigm.get(p, np.nan) for p in paradigms]
+            if tasks:
+                results = evaluate_tasks(model, tokenizer, tasks, lmeval_limit, include_path=task_path, seed=seed)
+                lmeval[i] = [[results[t][m] for m in METRICS] for t in tasks]
             if ppl_windows is not None and len(ppl_windows):
                 ppl[i] = perplexity(model, ppl_windows, progress=False)
-    coords = {"condition": list(conditions), "tse_case": list(cases)}
-    return xr.Dataset(
-        {
-            "tse_acc": (("condition", "tse_case"), acc, {"long_name": "TSE accuracy (good scores above bad)"}),
-            "tse_margin": (("condition", "tse_case"), margin, {"units": "nats", "long_name": "mean log p(good) - log p(bad)"}),
-            "ppl": (("condition",), ppl, {"long_name": "perplexity on the corpus windows"}),
-        },
-        coords=coords,
-    )
+    coords: dict[str, Any] = {"condition": list(conditions), "tse_case": list(cases)}
+    data: dict[str, Any] = {
+        "tse_acc": (("condition", "tse_case"), acc, {"long_name": "TSE accuracy (good scores above bad)"}),
+        "tse_margin": (("condition", "tse_case"), margin, {"units": "nats", "long_name": "mean log p(good) - log p(bad)"}),
+        "ppl": (("condition",), ppl, {"long_name": "perplexity on the corpus windows"}),
+    }
+    if blimp:
+        coords["blimp_paradigm"] = list(paradigms)
+        data["blimp_acc"] = (("condition", "blimp_paradigm"), blimp_acc,
+                             {"long_name": "BLiMP accuracy per paradigm (sampled pairs, the protocol's BLiMP score)"})
+    if tasks:
+        coords["task"] = list(tasks)
+        data["lmeval_acc"] = (("condition", "task"), lmeval[:, :, 0], {"long_name": "lm-eval acc,none"})
+        data["lmeval_acc_norm"] = (("condition", "task"), lmeval[:, :, 1], {"long_name": "lm-eval acc_norm,none"})
+    return xr.Dataset(data, coords=coords)
 
 
 def step_result(step: int, parts: list[xr.Dataset], timings: dict[str, float]) -> xr.Dataset:

@@ -49,6 +49,7 @@ from dynamics.runtime import (
     set_threads,
     timed,
 )
+from dynamics.scan.benchmarks import ScanBenchmarks
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.measures import step_result, syntax_and_perplexity
 from dynamics.stats.cohort import random_control_mask, top_percent_mask
@@ -68,6 +69,8 @@ class RunSpec:
     cohort: np.ndarray | None = field(default=None, compare=False)  # [layer, neuron] bool, None before it is fixed
     control: np.ndarray | None = field(default=None, compare=False)
     matched: np.ndarray | None = field(default=None, compare=False)  # with --matched
+    benchmarks: ScanBenchmarks = field(default_factory=ScanBenchmarks, compare=False)
+    revisions: dict[int, str] | None = field(default=None, compare=False)  # step -> Hub revision, listed by the driver
 
     def __str__(self) -> str:
         return f"{self.config.model}@{self.reference_step}"
@@ -77,7 +80,8 @@ class RunSpec:
         """The run's identity for the per-worker cache (the cohort is not part of it)."""
         c = self.config
         return repr((c.model, self.reference_step, self.corpus, c.analysis(), c.device, c.cache_dir, c.keep_checkpoints,
-                     c.retries, c.threads, c.memory_budget_gib, c.batch_size))
+                     c.retries, c.threads, c.memory_budget_gib, c.batch_size, c.revision_template,
+                     self.benchmarks.identity()))
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,15 @@ class WorkerContext:
         if config.stepwise:
             conditions["neg_stepwise"] = top_percent_mask(torch.from_numpy(wd["wd"].values), config.cohort_percent,
                                                           config.cohort_scope)
+        benchmarks = self.spec.benchmarks
         with timed(timings, "evaluation"), torch.inference_mode():
             evaluation = syntax_and_perplexity(model, self.tokenizer, self.pairs, self.ppl_windows, conditions,
                                                TSE_CASES, self.protocol.tse_reduction, self.protocol.prefix,
-                                               self.protocol.npi)
+                                               self.protocol.npi, blimp=benchmarks.blimp,
+                                               paradigms=benchmarks.paradigms, tasks=benchmarks.tasks,
+                                               lmeval_limit=config.lmeval_limit, seed=config.seed,
+                                               task_path=benchmarks.task_path,
+                                               blimp_reduction=self.protocol.blimp_reduction)
         loaded = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                   "capture_budget_bytes": self.memory_budget}
         del model
@@ -203,7 +212,8 @@ def build_context(spec: RunSpec) -> WorkerContext:
     config = spec.config
     device = resolve_device(config.device)
     source = open_source(resolve_model(config.model), cache_dir=config.cache_dir,
-                         retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints)
+                         retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints,
+                         revision_template=config.revision_template, revisions=spec.revisions)
     try:
         reference = source.fetch(spec.reference_step)
     except CheckpointError as exc:
@@ -274,9 +284,10 @@ def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
     try:
         context.prefetch(task.prefetch)
         result = context.measure(checkpoint, spec.cohort, spec.control, spec.matched)
+        record = checkpoint.record()  # the fingerprints are read from the files: before they are released
     finally:
         context.source.release(checkpoint)
-    result.attrs["checkpoint"] = {**checkpoint.record(), **result.attrs.pop("loaded", {}), "attempts": checkpoint.attempts,
+    result.attrs["checkpoint"] = {**record, **result.attrs.pop("loaded", {}), "attempts": checkpoint.attempts,
                                   "host": platform.node()}
     return result
 

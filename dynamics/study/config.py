@@ -35,8 +35,8 @@ from dynamics.config import (
 from dynamics.corpus import check_texts
 from dynamics.errors import UserInputError
 from dynamics.executor import ExecutorSettings, check_settings
+from dynamics.lmeval import check_task_names, parse_tasks
 from dynamics.runtime import resolve_device
-from dynamics.study.lmeval import check_task_names, parse_tasks
 from dynamics.syntax.blimp import check_paradigms
 from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
 

@@ -16,9 +16,9 @@ from checkpoints.source import Checkpoint, RetryPolicy, RevisionSource, open_sou
 from dynamics.config import resolve_protocol
 from dynamics.corpus import CorpusSpec, load_wd_and_ppl_windows, read_corpus_text, text_specs, windows_with_offsets
 from dynamics.errors import UserInputError
+from dynamics.lmeval import probe_tasks
 from dynamics.runtime import default_window, load_checkpoint_model, set_threads
 from dynamics.study.config import StudyConfig, StudyPlan
-from dynamics.study.lmeval import probe_tasks
 from dynamics.study.measures import StudyInputs, pos_table
 from dynamics.syntax.blimp import load_blimp
 from dynamics.syntax.pairs import stratified_sample

@@ -22,8 +22,8 @@ import torch
 import xarray as xr
 
 from dynamics.ablation import ablate
+from dynamics.lmeval import TaskPlan, evaluate_tasks
 from dynamics.study.conditions import Unit
-from dynamics.study.lmeval import TaskPlan, evaluate_tasks
 from dynamics.syntax.blimp import blimp_accuracy
 from dynamics.syntax.pairs import MinimalPair
 from dynamics.syntax.perplexity import perplexity_of, token_nll

@@ -1,6 +1,7 @@
 """`dynamics` end to end from the command line, offline."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -51,10 +52,18 @@ def plant_suite(cache, suite, steps):
         plant_hub_revision(cache, "EleutherAI/pythia-70m", step, copy_from=suite / f"step{step}")
 
 
+def plant_lost_revision(cache, step):
+    """A revision the cache lists (its ref) but cannot load offline (its snapshot is gone): it passes the
+    up-front check of the refs and fails when fetched."""
+    snapshot = plant_hub_revision(cache, "EleutherAI/pythia-70m", step)
+    shutil.rmtree(snapshot)
+
+
 @pytest.mark.slow
 def test_scan_from_an_offline_hub_cache(tiny_suite, tmp_path):
     cache = tmp_path / "hf"
     plant_suite(cache, tiny_suite, [1, 2])
+    plant_lost_revision(cache, 4)
     out = tmp_path / "p70.zarr"
     proc = cli("scan", "-m", "pythia-70m", "--steps", "1,2,4", "--reference-step", "2", "--cache-dir", str(cache),
                "-o", str(out), "--retries", "1", "--corpus", str(tiny_suite / "heldout.txt"), *FAST_ARGS,
@@ -73,6 +82,7 @@ def test_scan_from_an_offline_hub_cache(tiny_suite, tmp_path):
 def test_a_missing_reference_step_stops_before_the_cube_gets_steps(tiny_suite, tmp_path):
     cache = tmp_path / "hf"
     plant_suite(cache, tiny_suite, [1])
+    plant_lost_revision(cache, 2)
     proc = cli("scan", "-m", "pythia-70m", "--steps", "1,2", "--cache-dir", str(cache), "-o", str(tmp_path / "r.zarr"),
                "--retries", "1", "--corpus", str(tiny_suite / "heldout.txt"), env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 1
@@ -83,6 +93,7 @@ def test_a_missing_reference_step_stops_before_the_cube_gets_steps(tiny_suite, t
 def test_on_error_stop_stops_and_keeps_done_steps(tiny_suite, tmp_path):
     cache = tmp_path / "hf"
     plant_suite(cache, tiny_suite, [1, 4])
+    plant_lost_revision(cache, 2)
     out = tmp_path / "p.zarr"
     config = ScanConfig(model="pythia-70m", out=str(out), steps="1,2,4", on_error="stop", retries=1,
                         cache_dir=str(cache), corpus=str(tiny_suite / "heldout.txt"), wd_tokens=512, ppl_tokens=64,

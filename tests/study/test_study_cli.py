@@ -14,9 +14,9 @@ import dynamics.study.worker as study_worker
 from dynamics.ablation import ablate
 from dynamics.cli import main
 from dynamics.errors import CubeError
+from dynamics.lmeval import MISSING, lm_eval_installed, probe_tasks
 from dynamics.report.scan_text import report
 from dynamics.study.driver import run_study
-from dynamics.study.lmeval import MISSING, lm_eval_installed, probe_tasks
 from dynamics.syntax.pos import excess_surprisal, pos_surprisal
 from store import open_cube
 
@@ -127,8 +127,8 @@ def test_an_unknown_lm_eval_task_is_refused_before_anything_runs(data, tmp_path,
 
 
 def test_missing_lm_eval_is_one_line_and_every_task_is_skipped(monkeypatch, caplog):
-    monkeypatch.setattr("dynamics.study.lmeval.lm_eval_installed", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="dynamics.study.lmeval"):
+    monkeypatch.setattr("dynamics.lmeval.lm_eval_installed", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="dynamics.lmeval"):
         plan = probe_tasks(["arc_easy", "piqa"])
     assert [r.getMessage() for r in caplog.records] == [f"{MISSING}; skipping the lm-eval tasks arc_easy, piqa"]
     assert plan.runnable == [] and plan.skipped == {"arc_easy": MISSING, "piqa": MISSING}
@@ -136,7 +136,7 @@ def test_missing_lm_eval_is_one_line_and_every_task_is_skipped(monkeypatch, capl
 
 @pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
 def test_offline_tasks_are_skipped_with_one_line_each_and_recorded(pos_study, caplog):
-    with caplog.at_level(logging.WARNING, logger="dynamics.study.lmeval"):
+    with caplog.at_level(logging.WARNING, logger="dynamics.lmeval"):
         plan = probe_tasks(["arc_easy", "piqa"])
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and lines[0].startswith("lm-eval task arc_easy skipped: its data cannot be loaded (")

@@ -1,0 +1,108 @@
+"""The benchmarks a scan measures at every step besides TSE: a BLiMP sample and optional lm-eval tasks.
+
+Both are fixed once per run by the driver (:func:`plan_benchmarks`), before the cube is
+created: the BLiMP sample (``--blimp-per-paradigm`` pairs of each of the 67 paradigms,
+seeded as in `dynamics ablate`) travels to the workers with the run, and the lm-eval tasks
+are probed once so that a task whose data cannot be reached is skipped with one line, not
+retried at every step. A BLiMP source that cannot be reached (the Hub, offline) is skipped
+the same way; a local directory that lacks a paradigm is a user error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dynamics.errors import DynamicsError, UserInputError
+from dynamics.lmeval import check_task_names, parse_tasks, probe_tasks
+from dynamics.syntax.blimp import check_paradigms, load_blimp
+from dynamics.syntax.pairs import MinimalPair, stratified_sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanBenchmarks:
+    """What every step is evaluated on besides TSE and perplexity (small, picklable)."""
+
+    blimp: tuple[MinimalPair, ...] = ()
+    paradigms: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()  # runnable lm-eval tasks
+    skipped: dict[str, str] = field(default_factory=dict)  # benchmark or task -> why it is not measured
+    task_path: str | None = None  # extra lm-eval task YAML files
+
+    def identity(self) -> dict[str, object]:
+        """What of the benchmarks makes two cubes comparable (empty when neither is measured)."""
+        out: dict[str, object] = {}
+        if self.blimp:
+            out["blimp_pairs"] = len(self.blimp)
+            out["blimp_paradigms"] = len(self.paradigms)
+        if self.tasks:
+            out["lmeval_tasks"] = list(self.tasks)
+        return out
+
+
+@dataclass(frozen=True)
+class BenchmarkRequest:
+    """The benchmark options of a scan, checked (:func:`check_benchmark_options`)."""
+
+    blimp: str
+    per_paradigm: int
+    paradigms: tuple[str, ...]
+    tasks: tuple[str, ...]
+    task_path: str | None
+    seed: int
+
+
+def check_benchmark_options(blimp: str, per_paradigm: int, paradigms: str, tasks: str, task_path: str | None,
+                            seed: int) -> BenchmarkRequest:
+    """One line for a bad --blimp, --blimp-per-paradigm, --blimp-paradigms, --tasks or --task-path."""
+    if per_paradigm < 0:
+        raise UserInputError(f"--blimp-per-paradigm {per_paradigm!r}: expected 0 or more pairs")
+    chosen = check_paradigms(None if paradigms.strip() == "all" else [p.strip() for p in paradigms.split(",")])
+    if blimp != "hub" and per_paradigm:
+        directory = Path(blimp)
+        if not directory.is_dir():
+            raise UserInputError(f"--blimp {blimp!r} is neither hub nor a directory of <paradigm>.jsonl files")
+        missing = [p for p in chosen if not (directory / f"{p}.jsonl").is_file()]
+        if missing:
+            raise UserInputError(f"--blimp {blimp!r} has no {missing[0]}.jsonl ({len(missing)} of {len(chosen)} "
+                                 "paradigms missing); choose them with --blimp-paradigms")
+    if task_path is not None and not Path(task_path).is_dir():
+        raise UserInputError(f"--task-path {task_path!r} is not a directory of lm-eval task YAML files")
+    names = parse_tasks(tasks)
+    check_task_names(names, task_path)
+    return BenchmarkRequest(blimp, per_paradigm, chosen, names, task_path, seed)
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face libraries are told not to use the network."""
+    return any(os.environ.get(name, "0").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def plan_benchmarks(request: BenchmarkRequest) -> ScanBenchmarks:
+    """Load the BLiMP sample and probe the lm-eval tasks, once per run."""
+    blimp, per_paradigm, paradigms = request.blimp, request.per_paradigm, request.paradigms
+    skipped: dict[str, str] = {}
+    pairs: list[MinimalPair] = []
+    if per_paradigm and blimp == "hub" and hub_offline():
+        log.info("BLiMP skipped: the Hub is offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE); pass --blimp DIR")
+        skipped["blimp"] = "the Hub is offline; pass --blimp with a directory of <paradigm>.jsonl files"
+    elif per_paradigm:
+        try:
+            loaded = load_blimp(blimp, paradigms)
+        except DynamicsError as exc:
+            if blimp != "hub":
+                raise
+            log.warning("BLiMP skipped: %s", exc)
+            skipped["blimp"] = str(exc)
+        else:
+            grouped = {p: {"": [x for x in loaded if x.case == p]} for p in paradigms}
+            sample = stratified_sample(grouped, per_paradigm, seed=request.seed)
+            pairs = [x for p in paradigms for x in sample[p][""]]
+    task_plan = probe_tasks(request.tasks, request.task_path)
+    skipped.update({f"lmeval:{t}": why for t, why in task_plan.skipped.items()})
+    return ScanBenchmarks(tuple(pairs), paradigms if pairs else (), tuple(task_plan.runnable), skipped,
+                          request.task_path)
