@@ -46,7 +46,8 @@ SHARED = ROOT.parent / "shared" / "data"
 STEPS = (142000, 143000)
 CLI = [sys.executable, "-m", "dynamics.cli", "-v"]
 # Small budgets for a CPU smoke test; the GPU check runs the command's own defaults.
-QUICK_SCAN = ["--window", "256", "--wd-tokens", "2048", "--ppl-tokens", "512", "--tse-per-case", "4"]
+QUICK_SCAN = ["--window", "256", "--wd-tokens", "2048", "--ppl-tokens", "512", "--tse-per-case", "4",
+              "--blimp-per-paradigm", "2"]
 QUICK_ABLATE = ["--window", "256", "--wd-tokens", "2048", "--ppl-tokens", "512", "--tse-per-case", "4",
                 "--blimp-per-paradigm", "2", "--match-iterations", "4"]
 
@@ -180,7 +181,8 @@ def scan_check(args: argparse.Namespace, shape: Shape, common: list[str], env: d
     cube = args.work / "scan.zarr"
     shutil.rmtree(cube, ignore_errors=True)  # a check measures afresh
     argv = [*CLI, "scan", "--model", shape.alias, "--steps", ",".join(map(str, STEPS)), "--out", str(cube),
-            "--retries", "1", *common, *(QUICK_SCAN if quick else []), *args.scan_extra]
+            "--retries", "1", "--blimp", str(args.blimp.resolve()), *common, *(QUICK_SCAN if quick else []),
+            *args.scan_extra]
     code, seconds = run_command(argv, args.out / "scan.log", time_left(args, args.scan_timeout), env)
     lines, ran_ok = command_lines("scan", code, seconds, args.out / "scan.log")
     table, table_ok = scan_section(cube, STEPS)

@@ -95,7 +95,7 @@ def scan_section(cube: Path, steps: Sequence[int]) -> tuple[list[str], bool]:
     phases = [str(p) for p in ds["phase"].values] if "phase" in ds.coords else []
     conditions = [c for c in SCAN_CONDITIONS if "condition" in ds.coords and c in ds["condition"].values]
     headers = ["step", "status", *[f"{p} s" for p in phases], "total s", *[f"TSE {c}" for c in conditions],
-               *[f"ppl {c}" for c in conditions], "dtype", "failure"]
+               *[f"ppl {c}" for c in conditions], "BLiMP clean", "dtype", "failure"]
     rows, ok = [], True
     for step in steps:
         record = records.get(str(step), {})
@@ -109,11 +109,13 @@ def scan_section(cube: Path, steps: Sequence[int]) -> tuple[list[str], bool]:
             headline = tse + ppl
             ok = ok and bool(conditions) and all(np.isfinite(headline))
             row += [number(s, 1) for s in seconds] + [number(sum(seconds), 1)]
-            row += [number(v) for v in tse] + [number(v, 1) for v in ppl] + [str(record.get("dtype", "-")), ""]
+            blimp = float(at["blimp_acc"].sel(condition="clean").mean()) if "blimp_acc" in ds else np.nan
+            row += [number(v) for v in tse] + [number(v, 1) for v in ppl] + [number(blimp)]
+            row += [str(record.get("dtype", "-")), ""]
         else:
             ok = False
             reason = failure(record) if status == "failed" else "not finished (stopped, or the command ended first)"
-            row += ["-"] * (len(phases) + 2 + 2 * len(conditions)) + [reason]
+            row += ["-"] * (len(phases) + 3 + 2 * len(conditions)) + [reason]
         rows.append(row)
     lines = markdown_table(headers, rows)
     lines += ["", ("TSE: accuracy, mean over the cases; ppl: corpus perplexity; conditions: clean, the reference "

@@ -263,7 +263,7 @@ def test_a_local_gpu_cluster_gives_each_worker_its_own_gpu():
 def test_a_study_on_dask_equals_the_serial_study_with_a_worker_killed(cluster, tmp_path):
     """`dynamics ablate --executor dask`: conditions fan out; same cube as the serial run."""
     from fixtures.study import save_tiny_model, write_blimp, write_corpus
-    from test_study import study_config
+    from study.test_study import study_config  # by its path under tests/, so this test also runs alone
 
     from dynamics.study.driver import run_study
 

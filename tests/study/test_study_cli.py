@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures.study import save_tiny_model, write_blimp, write_corpus
-from test_study import study_config, tiny_model_from
+from study.test_study import study_config, tiny_model_from
 
 import dynamics.study.worker as study_worker
 from dynamics.ablation import ablate
