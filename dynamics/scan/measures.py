@@ -34,21 +34,24 @@ def syntax_and_perplexity(
     conditions: Mapping[str, torch.Tensor | None],
     cases: Sequence[str],
     reduction: str = "sum",
-    prefix: bool = True,
+    prefix: bool | str = "bos",
+    npi: str = "intrusive",
     blimp: Sequence[Any] = (),
     paradigms: Sequence[str] = (),
     tasks: Sequence[str] = (),
     lmeval_limit: int | None = None,
     seed: int = 0,
     task_path: str | None = None,
+    blimp_reduction: str = "sum",
 ) -> xr.Dataset:
     """TSE accuracy and margin per case, BLiMP accuracy per paradigm, lm-eval tasks and perplexity,
     under each condition.
 
     ``conditions`` maps a name to a neuron mask [layer, neuron] whose negative
-    pre-activations are zeroed (``None``: the clean model). BLiMP is scored with the same
-    protocol (reduction, prefix) as TSE; ``blimp_acc`` is absent without BLiMP pairs, and
-    ``lmeval_acc`` without tasks.
+    pre-activations are zeroed (``None``: the clean model). ``reduction``, ``prefix`` and
+    ``npi``: the TSE scoring choices (:func:`dynamics.syntax.scoring.score_pairs`); BLiMP is
+    scored with ``blimp_reduction`` and the same prefix; ``blimp_acc`` is absent without BLiMP
+    pairs, and ``lmeval_acc`` without tasks.
     """
     acc = np.full((len(conditions), len(cases)), np.nan)
     margin = np.full((len(conditions), len(cases)), np.nan)
@@ -60,10 +63,11 @@ def syntax_and_perplexity(
         with context:
             if pairs:
                 scores = score_pairs(model, tokenizer, pairs, group_by="case", reduction=reduction,  # type: ignore[arg-type]
-                                     prefix=prefix, progress=False)
+                                     prefix=prefix, npi=npi, progress=False)  # type: ignore[arg-type]
                 acc[i], margin[i] = scores.aligned("accuracy", cases), scores.aligned("margin", cases)
             if blimp:
-                scores = score_pairs(model, tokenizer, blimp, group_by="case", reduction=reduction,  # type: ignore[arg-type]
+                scores = score_pairs(model, tokenizer, blimp, group_by="case",
+                                     reduction=blimp_reduction,  # type: ignore[arg-type]
                                      prefix=prefix, progress=False, keep_pairs=True)
                 assert scores.correct is not None  # keep_pairs=True
                 per_paradigm = blimp_accuracy(blimp, scores.correct).per_paradigm
@@ -82,7 +86,7 @@ def syntax_and_perplexity(
     if blimp:
         coords["blimp_paradigm"] = list(paradigms)
         data["blimp_acc"] = (("condition", "blimp_paradigm"), blimp_acc,
-                             {"long_name": "BLiMP accuracy per paradigm (sampled pairs, same protocol as TSE)"})
+                             {"long_name": "BLiMP accuracy per paradigm (sampled pairs, the protocol's BLiMP score)"})
     if tasks:
         coords["task"] = list(tasks)
         data["lmeval_acc"] = (("condition", "task"), lmeval[:, :, 0], {"long_name": "lm-eval acc,none"})

@@ -26,8 +26,8 @@ from dynamics.lmeval import TaskPlan, evaluate_tasks
 from dynamics.study.conditions import Unit
 from dynamics.syntax.blimp import blimp_accuracy
 from dynamics.syntax.pairs import MinimalPair
-from dynamics.syntax.perplexity import perplexity
-from dynamics.syntax.pos import excess_surprisal, pos_surprisal
+from dynamics.syntax.perplexity import perplexity_of, token_nll
+from dynamics.syntax.pos import excess_surprisal, pos_surprisal, token_excess
 from dynamics.syntax.scoring import score_pairs
 from dynamics.syntax.tse import TSE_CASES
 
@@ -53,9 +53,14 @@ class StudyInputs:
     lmeval_limit: int | None
     pos_texts: list[str]
     tagger: Any | None  # None: POS skipped
-    reduction: str = "sum"
-    prefix: bool = True
-    prefix_token: str | None = None
+    tse_reduction: str = "mean"
+    blimp_reduction: str = "sum"
+    prefix: str = "auto"
+    npi: str = "last"
+    pos_unit: str = "tokens"
+    pos_tags: np.ndarray | None = field(default=None, repr=False)  # [window, token] tags of the perplexity windows
+    clean_token_nll: np.ndarray | None = field(default=None, repr=False)
+    unit_token_nll: np.ndarray | None = field(default=None, repr=False)  # the current unit's, from its ppl phase
     batch_size: int = 4
     task_path: str | None = None
     seed: int = 0
@@ -71,6 +76,7 @@ def measure_unit(model: torch.nn.Module, number: int, unit: Unit, mask: torch.Te
     """Every measure of ``unit`` under its ablation, as unit ``number`` of the cube."""
     seconds = dict.fromkeys(PHASES, 0.0)
     parts: list[xr.Dataset] = []
+    inputs.unit_token_nll = None
     ablation = ablate(model, mask, mode=unit.mode) if mask is not None else nullcontext()
     with ablation:
         for phase, measure in (("tse", _tse), ("blimp", _blimp), ("ppl", _ppl), ("lmeval", _lmeval), ("pos", _pos)):
@@ -88,20 +94,20 @@ def measure_unit(model: torch.nn.Module, number: int, unit: Unit, mask: torch.Te
     return result
 
 
-def _score(model: torch.nn.Module, inputs: StudyInputs, pairs: Sequence[MinimalPair]) -> Any:
+def _score(model: torch.nn.Module, inputs: StudyInputs, pairs: Sequence[MinimalPair], reduction: str) -> Any:
     with torch.inference_mode():
-        return score_pairs(model, inputs.tokenizer, pairs, group_by="case", reduction=inputs.reduction,  # type: ignore[arg-type]
-                           prefix=inputs.prefix, prefix_token=inputs.prefix_token, keep_pairs=True, progress=False)
+        return score_pairs(model, inputs.tokenizer, pairs, group_by="case", reduction=reduction,  # type: ignore[arg-type]
+                           prefix=inputs.prefix, npi=inputs.npi, keep_pairs=True, progress=False)  # type: ignore[arg-type]
 
 
 def _tse(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
     if not inputs.tse:
         return None
-    scores = _score(model, inputs, inputs.tse)
+    scores = _score(model, inputs, inputs.tse, inputs.tse_reduction)
     acc, margin = scores.aligned("accuracy", TSE_CASES), scores.aligned("margin", TSE_CASES)
     return xr.Dataset(
         {
-            "tse_acc": ("tse_case", acc, {"long_name": "TSE accuracy (good above bad, and above intrusive for NPI)"}),
+            "tse_acc": ("tse_case", acc, {"long_name": f"TSE accuracy (good above bad; NPI: vs {inputs.npi})"}),
             "tse_margin": ("tse_case", margin, {"units": "nats", "long_name": "mean log p(good) - log p(bad)"}),
             "tse_acc_all": ((), scores.overall_accuracy, {"long_name": "TSE accuracy over all pairs"}),
         },
@@ -112,7 +118,7 @@ def _tse(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
 def _blimp(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
     if not inputs.blimp:
         return None
-    scores = _score(model, inputs, inputs.blimp)
+    scores = _score(model, inputs, inputs.blimp, inputs.blimp_reduction)
     acc = blimp_accuracy(inputs.blimp, scores.correct)
     terms = inputs.blimp_terms
     return xr.Dataset(
@@ -130,7 +136,10 @@ def _blimp(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
 def _ppl(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
     if inputs.ppl_windows is None:
         return None
-    value = perplexity(model, inputs.ppl_windows, batch_size=inputs.batch_size, progress=False)
+    with torch.inference_mode():
+        nll = token_nll(model, inputs.ppl_windows, batch_size=inputs.batch_size, progress=False)
+    inputs.unit_token_nll = nll.numpy()
+    value = perplexity_of(nll.sum(dim=1), nll.numel())
     return xr.Dataset({"ppl": ((), value, {"long_name": "perplexity on the corpus windows"})})
 
 
@@ -156,15 +165,25 @@ def pos_table(model: torch.nn.Module, inputs: StudyInputs) -> pd.DataFrame:
 
 
 def _pos(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
-    if inputs.tagger is None or not inputs.pos_texts or inputs.clean_pos is None:
+    if inputs.pos_unit == "tokens" and inputs.pos_tags is not None and inputs.clean_token_nll is not None:
+        ablated = inputs.unit_token_nll
+        if ablated is None:
+            assert inputs.ppl_windows is not None  # pos_tags come from them
+            with torch.inference_mode():
+                ablated = token_nll(model, inputs.ppl_windows, batch_size=inputs.batch_size, progress=False).numpy()
+        excess = token_excess(inputs.clean_token_nll, ablated, inputs.pos_tags)
+    elif inputs.tagger is None or not inputs.pos_texts or inputs.clean_pos is None:
         return None
-    excess = excess_surprisal(inputs.clean_pos, pos_table(model, inputs))
+    else:
+        excess = excess_surprisal(inputs.clean_pos, pos_table(model, inputs))
     surprisal = excess["ablated"].reindex(list(UPOS)).to_numpy(dtype=float)
     return xr.Dataset(
         {
-            "pos_surprisal": ("pos", surprisal, {"units": "nats", "long_name": "mean word surprisal per POS"}),
+            "pos_surprisal": ("pos", surprisal, {"units": "nats",
+                                                 "long_name": f"mean surprisal per POS (per {inputs.pos_unit[:-1]})"}),
             "pos_excess": ("pos", excess["excess"].reindex(list(UPOS)).to_numpy(dtype=float),
-                           {"units": "nats", "long_name": "mean surprisal minus the clean model's, same words"}),
+                           {"units": "nats", "long_name": f"mean surprisal minus the clean model's, same "
+                                                         f"{inputs.pos_unit}"}),
         },
         coords={"pos": list(UPOS)},
     )

@@ -20,14 +20,14 @@ from dynamics.modelcalls import eval_mode, model_device, sequence_log_probs
 logger = logging.getLogger(__name__)
 
 
-def window_nll(
+def token_nll(
     model: torch.nn.Module,
     windows: torch.Tensor,
     batch_size: int = 1,
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Summed negative log-likelihood (nats, float64) of tokens ``1..L-1`` of each window.
+    """Negative log-likelihood (nats, float64) of tokens ``1..L-1`` of each window: ``[n_windows, L - 1]``.
 
     Args:
         model: A causal language model returning ``.logits``.
@@ -36,9 +36,6 @@ def window_nll(
             floats).
         device: Where the windows go; default the model's device.
         progress: Show a tqdm bar over windows.
-
-    Returns:
-        A float64 tensor ``[n_windows]``.
     """
     if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
         raise UserInputError(
@@ -47,16 +44,34 @@ def window_nll(
     if batch_size < 1:
         raise UserInputError(f"batch_size={batch_size}; expected a positive integer")
     device = torch.device(device) if device is not None else model_device(model)
-    totals = torch.zeros(windows.shape[0], dtype=torch.float64)
+    out = torch.zeros((windows.shape[0], windows.shape[1] - 1), dtype=torch.float64)
     with eval_mode(model), tqdm(
         total=windows.shape[0], unit="window", desc="perplexity", disable=not progress
     ) as bar:
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start : start + batch_size].to(device=device, dtype=torch.long)
-            nll = -sequence_log_probs(model, batch)
-            totals[start : start + batch.shape[0]] = nll.double().sum(dim=1).cpu()
+            out[start : start + batch.shape[0]] = (-sequence_log_probs(model, batch)).double().cpu()
             bar.update(batch.shape[0])
-    return totals
+    return out
+
+
+def window_nll(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Summed negative log-likelihood (nats, float64) of tokens ``1..L-1`` of each window, ``[n_windows]``.
+
+    See :func:`token_nll` for the arguments.
+    """
+    return token_nll(model, windows, batch_size, device, progress).sum(dim=1)
+
+
+def perplexity_of(windows_nll: torch.Tensor, predicted: int) -> float:
+    """``exp`` of the mean NLL over ``predicted`` tokens, from per-window sums (as :func:`perplexity`)."""
+    return math.exp(float(windows_nll.sum()) / predicted)
 
 
 def perplexity(
@@ -71,7 +86,6 @@ def perplexity(
     See :func:`window_nll` for the arguments.
     """
     totals = window_nll(model, windows, batch_size=batch_size, device=device, progress=progress)
-    n_predicted = windows.shape[0] * (windows.shape[1] - 1)
-    value = math.exp(float(totals.sum()) / n_predicted)
+    value = perplexity_of(totals, windows.shape[0] * (windows.shape[1] - 1))
     logger.info("perplexity %.4f over %d windows x %d tokens", value, windows.shape[0], windows.shape[1])
     return value
