@@ -1,16 +1,24 @@
 """Sign-specific ablation of chosen MLP neurons, as a context manager.
 
-The hook sits on the output of the adapter's pre-activation module (the input of the
-nonlinearity; the gate of gated MLPs) and rewrites only the chosen neurons' columns:
+The modes are named as the official code names them. Pre-activation modes hook the output
+of the adapter's pre-activation module (the input of the nonlinearity; the gate of gated
+MLPs) and rewrite only the chosen neurons' columns ``a``; activation modes hook the MLP's
+activation module (``act``, ``act_fn`` or ``activation_fn`` beside it) and rewrite the
+chosen columns of its output ``act(a)``:
 
-=========  =====================  ==========================================
-mode       a' =                   meaning
-=========  =====================  ==========================================
-negative   max(a, 0)              the paper's intervention: negative part gone
-positive   min(a, 0)              the contrast: positive part gone
-both       0                      the neuron's pre-activation is zeroed
-signflip   abs(a)                 the negative side is mirrored to positive
-=========  =====================  ==========================================
+=========  ==================================  ===============================================
+mode       the chosen neuron's output is       meaning
+=========  ==================================  ===============================================
+negative   act(max(a, 0))                      the paper's intervention: negative part gone
+positive   act(min(a, 0))                      the contrast: positive part gone
+both       act(0)                              the neuron's pre-activation is zeroed
+signflip   abs(act(a))                         official ``SelectiveSignFlip``: the activation's
+                                               negative outputs mirrored to positive
+posrelu    a if a > 0 else act(a)              official ``SelectivePosReLU``: identity on the
+                                               positive side, the activation on the negative
+abs_pre    act(abs(a))                         the pre-activation's negative side mirrored (the
+                                               ``signflip`` of this project before --protocol)
+=========  ==================================  ===============================================
 
 Layers without a chosen neuron get no hook. Hooks are removed on exit, also after an
 exception. Nested ablations compose: the inner one acts on the outer one's output.
@@ -32,15 +40,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from checkpoints.adapters import mlp_shape, pre_activation_modules
+from checkpoints.adapters import adapter_for, mlp_shape, pre_activation_modules, transformer_layers
 from dynamics.errors import UserInputError
 from dynamics.stats.cohort import BisectionResult, bisect_to_target, bottom_percent_mask, wd_scores
-from dynamics.syntax.perplexity import perplexity
+from dynamics.syntax.perplexity import perplexity, window_nll
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["negative", "positive", "both", "signflip"]
-MODES: tuple[str, ...] = ("negative", "positive", "both", "signflip")
+Mode = Literal["negative", "positive", "both", "signflip", "posrelu", "abs_pre"]
+MODES: tuple[str, ...] = ("negative", "positive", "both", "signflip", "posrelu", "abs_pre")
+#: Modes that rewrite the activation's output rather than its input.
+ACTIVATION_MODES: tuple[str, ...] = ("signflip", "posrelu")
+#: Names under which transformers' MLPs keep their activation module, beside the pre-activation module.
+ACTIVATION_ATTRIBUTES: tuple[str, ...] = ("act", "act_fn", "activation_fn")
 
 
 def neuron_indices(neurons: Any, shape: tuple[int, int]) -> dict[int, torch.Tensor]:
@@ -89,7 +101,8 @@ def _make_hook(mode: str, index: torch.Tensor):  # noqa: ANN202
     Gathering the chosen columns (``index_select``), rewriting them and scattering them back
     (``index_copy_``) touches ~1% of the tensor; a full-width ``torch.where`` with a column
     mask reads and writes all of it (see ``scripts/bench_ablation.py``). In place when no
-    gradient is recorded, out of place otherwise so autograd stays correct.
+    gradient is recorded, out of place otherwise so autograd stays correct. For the
+    activation modes the module is the activation: ``args[0]`` is its input ``a``.
     """
     cache: dict[torch.device, torch.Tensor] = {index.device: index}
 
@@ -105,11 +118,34 @@ def _make_hook(mode: str, index: torch.Tensor):  # noqa: ANN202
             chosen = chosen.clamp_min_(0)
         elif mode == "positive":
             chosen = chosen.clamp_max_(0)
-        else:
+        elif mode == "posrelu":
+            a = args[0].index_select(-1, idx)
+            chosen = torch.where(a > 0, a, chosen)
+        else:  # abs_pre (on the pre-activation) and signflip (on the activation's output)
             chosen = chosen.abs_()
         return output.index_copy_(-1, idx, chosen) if in_place else output.index_copy(-1, idx, chosen)
 
     return hook
+
+
+def activation_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The MLP activation module of each layer: the ``act``/``act_fn``/``activation_fn`` beside the
+    pre-activation module.
+
+    Raises:
+        UserInputError: a family whose MLP keeps its activation elsewhere (no activation mode there).
+    """
+    parent_path = adapter_for(model).pre_activation.rpartition(".")[0]
+    found = []
+    for layer, block in enumerate(transformer_layers(model)):
+        parent = block.get_submodule(parent_path) if parent_path else block
+        module = next((getattr(parent, name) for name in ACTIVATION_ATTRIBUTES
+                       if isinstance(getattr(parent, name, None), torch.nn.Module)), None)
+        if module is None:
+            raise UserInputError(f"layer {layer}: no activation module ({', '.join(ACTIVATION_ATTRIBUTES)}) beside the "
+                                 f"pre-activation; the modes {', '.join(ACTIVATION_MODES)} need one")
+        found.append(module)
+    return found
 
 
 @contextmanager
@@ -120,8 +156,7 @@ def ablate(model: torch.nn.Module, neurons: Any, mode: Mode = "negative") -> Ite
         model: a model of a supported family (see ``checkpoints.adapters``).
         neurons: boolean mask [layer, neuron] (torch or numpy), ``{layer: indices}``, or one
             index list per layer.
-        mode: ``negative`` (a' = max(a, 0)), ``positive`` (min(a, 0)), ``both`` (0) or
-            ``signflip`` (|a|).
+        mode: one of :data:`MODES` (see the module docstring).
 
     Yields:
         ``{layer: indices}`` of the hooked layers (layers with no chosen neuron are absent).
@@ -132,26 +167,37 @@ def ablate(model: torch.nn.Module, neurons: Any, mode: Mode = "negative") -> Ite
     if mode not in MODES:
         raise UserInputError(f"ablation mode {mode!r} is unknown; use one of {', '.join(MODES)}")
     indices = neuron_indices(neurons, mlp_shape(model))
-    modules = pre_activation_modules(model)
+    pre_modules = pre_activation_modules(model)
+    modules = activation_modules(model) if mode in ACTIVATION_MODES else pre_modules
     handles = []
     try:
         for layer, index in indices.items():
-            module = modules[layer]
-            handles.append(module.register_forward_hook(_make_hook(mode, index.to(module.weight.device))))  # type: ignore[arg-type]
+            device = pre_modules[layer].weight.device
+            handles.append(modules[layer].register_forward_hook(_make_hook(mode, index.to(device))))  # type: ignore[arg-type]
         yield indices
     finally:
         for handle in handles:
             handle.remove()
 
 
-def ablation_function(mode: Mode) -> Any:
-    """The elementwise map of ``mode`` on a tensor (out of place), for manual checks and plots."""
-    functions = {
+def ablation_function(mode: Mode, activation: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Any:
+    """The elementwise map of ``mode`` on a chosen neuron (out of place), for manual checks and plots.
+
+    Pre-activation modes: ``a -> a'`` (the activation then applies). Activation modes
+    (``signflip``, ``posrelu``): ``a -> `` the neuron's output, which needs ``activation``.
+    """
+    functions: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "negative": lambda a: a.clamp_min(0),
         "positive": lambda a: a.clamp_max(0),
         "both": torch.zeros_like,
-        "signflip": torch.abs,
+        "abs_pre": torch.abs,
     }
+    if activation is not None:
+        act = activation
+        functions["signflip"] = lambda a: act(a).abs()
+        functions["posrelu"] = lambda a: torch.where(a > 0, a, act(a))
+    if mode in ACTIVATION_MODES and activation is None:
+        raise UserInputError(f"ablation mode {mode!r} rewrites the activation's output: pass the activation")
     if mode not in functions:
         raise UserInputError(f"ablation mode {mode!r} is unknown; use one of {', '.join(MODES)}")
     return functions[mode]
@@ -167,9 +213,37 @@ def negative_ablation_perplexity(model: torch.nn.Module, windows: torch.Tensor,
     return ablated_ppl
 
 
+def negative_ablation_window_nll(model: torch.nn.Module, windows: torch.Tensor, batch_size: int,
+                                 mask: torch.Tensor | None) -> torch.Tensor:
+    """Summed NLL per window with ``mask``'s negative pre-activations zeroed (``None``: clean)."""
+    if mask is None:
+        with torch.inference_mode():
+            return window_nll(model, windows, batch_size=batch_size, progress=False)
+    with ablate(model, mask, mode="negative"), torch.inference_mode():
+        return window_nll(model, windows, batch_size=batch_size, progress=False)
+
+
+def paired_increase(clean_nll: torch.Tensor, ablated_nll: torch.Tensor, predicted_per_window: int) -> tuple[float, float]:
+    """(relative perplexity increase, its standard error) of an ablation, from per-window NLL on the same windows.
+
+    The increase is ``exp(mean d) - 1`` with ``d`` the per-window change of the mean NLL per
+    predicted token; its standard error ``exp(mean d) * std(d) / sqrt(n)`` (the delta method;
+    NaN with one window). Paired windows cancel the text's own variation.
+    """
+    d = (ablated_nll.double() - clean_nll.double()).numpy() / predicted_per_window
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return float(np.expm1(mean)), float(np.exp(mean) * se)
+
+
 def match_bottom_percent(wd: np.ndarray, ablated_ppl: Callable[[torch.Tensor], float], target: float, low: float,
-                         high: float, tolerance: float, max_iterations: int) -> tuple[np.ndarray, BisectionResult]:
-    """The bottom-``m``% WD mask whose negative ablation matches ``target`` perplexity."""
+                         high: float, tolerance: float, max_iterations: int,
+                         clean: float | None = None) -> tuple[np.ndarray, BisectionResult]:
+    """The bottom-``m``% WD mask whose negative ablation matches ``target`` perplexity.
+
+    With ``clean`` (the clean perplexity) the tolerance is relative to the target's increase
+    over it and a trial below clean never matches (:func:`bisect_to_target`).
+    """
     scores = wd_scores(wd)
     bar = tqdm(total=max_iterations + 2, desc="matched control", unit="trial", dynamic_ncols=True)
 
@@ -181,7 +255,15 @@ def match_bottom_percent(wd: np.ndarray, ablated_ppl: Callable[[torch.Tensor], f
         return value
 
     with bar:
-        result = bisect_to_target(perplexity_at, target, low, high, tolerance, max_iterations)
+        result = bisect_to_target(perplexity_at, target, low, high, tolerance, max_iterations, baseline=clean)
     if not result.converged:
         log.warning("matched control not found: %s; keeping the closest, m = %.4g%%", result.reason, result.argument)
     return bottom_percent_mask(scores, result.argument).numpy(), result
+
+
+def noise_warning(increase: float, standard_error: float) -> str:
+    """A warning when the top set's own perplexity increase is within two standard errors of zero ("" otherwise)."""
+    if np.isfinite(standard_error) and abs(increase) <= 2 * standard_error:
+        return (f"the top set's own perplexity increase ({100 * increase:+.2f}%) is within the noise of the estimate "
+                f"(2 standard errors = {200 * standard_error:.2f}%); the match means little: use more --ppl-tokens")
+    return ""

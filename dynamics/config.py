@@ -25,6 +25,12 @@ from dynamics.errors import UserInputError
 
 DTYPES = ("float32", "bfloat16", "float16")
 MAX_THREADS = 1024  # torch takes a C int; more threads than this is a typo, not a machine
+PROTOCOLS = ("paper", "strict")
+REDUCTIONS = ("sum", "mean")
+NPI_RULES = ("last", "intrusive")
+RANDOM_POOLS = ("all", "non-top")
+WINDOW_BOS = ("first", "every")
+POS_UNITS = ("tokens", "words")
 
 T = TypeVar("T")
 
@@ -84,12 +90,23 @@ class BudgetOptions:
     """Options of the part "corpus and budgets" (one definition each, shared by every command that uses them)."""
 
 
-    corpus_split: str = option("test", help="WikiText-2 split (ignored for a file)")
+    wd_corpus: str | None = option(None, help="text of the WD windows: wikitext2[:SPLIT] or a text file (default: "
+                                    "--corpus; WikiText-2: its train split, as the official code)")
+    ppl_corpus: str | None = option(None, help="text of the perplexity windows: wikitext2[:SPLIT] or a text file "
+                                     "(default: --corpus; WikiText-2: its validation split, as the official code; one "
+                                     "file for both: perplexity from the windows after the WD ones)")
     window: int | None = option(None, help="tokens per corpus window (default: min(2048, the model's context))")
-    wd_tokens: int = option(65536, help="corpus tokens whose pre-activations give each neuron's WD")
-    ppl_tokens: int = option(16384, help="corpus tokens for perplexity under each condition (0: skip where allowed; "
-                             "the matched control needs them)")
+    wd_tokens: int | None = option(None, help="corpus tokens (windows x window) whose pre-activations give each "
+                                   "neuron's WD (default: the protocol's: paper 256 windows, strict 65536)")
+    wd_stride: int | None = option(None, help="tokens between the starts of consecutive WD windows (default: the "
+                                   "protocol's: paper half a window, as the official code; strict a whole window)")
+    ppl_tokens: int | None = option(None, help="corpus tokens for perplexity under each condition (default: the "
+                                    "protocol's: paper the whole split, strict 16384; 0: skip where allowed; the "
+                                    "matched control needs them)")
     tse_per_case: int = option(100, help="TSE pairs per case (stratified over sub-cases; 0: skip TSE)")
+    mapping_difficulty: bool = option(False, help="also store each neuron's mapping difficulty (MD, on the WD "
+                                      "tokens, 10,000 seeded token pairs per layer); the report gives its Spearman "
+                                      "correlation with WD per layer")
 
 
 @titled("scoring protocol")
@@ -98,10 +115,107 @@ class ScoringOptions:
     """Options of the part "scoring protocol" (one definition each, shared by every command that uses them)."""
 
 
-    reduction: Literal["sum", "mean"] = option("sum", help="sentence score: sum or mean of token log-probabilities")
-    prefix: bool = option(True, help="score every token, conditioning on a prefix token (BOS, else EOS; --no-prefix: "
-                          "leave the first unscored)")
+    protocol: Literal["paper", "strict"] = option("paper", help="paper: every choice below as the official code "
+                                                  "(docs/protocol.md); strict: the variants this project prefers")
+    tse_reduction: str | None = option(None, help="TSE sentence score: sum or mean of token log-probabilities "
+                                       "(default: the protocol's: paper mean, strict sum)", choices=list(REDUCTIONS))
+    blimp_reduction: str | None = option(None, help="BLiMP sentence score: sum or mean (default: the protocol's: "
+                                         "sum)", choices=list(REDUCTIONS))
+    prefix: str | None = option(None, help="what precedes a sentence: auto (the tokenizer's own special tokens: Pythia "
+                                "none, so its first token is unscored; Llama-style BOS), none, bos (BOS, else EOS, "
+                                "always), or a token string (default: the protocol's: paper auto, strict bos)")
+    npi: str | None = option(None, help="NPI cases: last (good vs the tuple's last, ungrammatical sentence) or "
+                             "intrusive (good must beat the intrusive sentence too) (default: the protocol's: paper "
+                             "last, strict intrusive)", choices=list(NPI_RULES))
+    random_control: str | None = option(None, help="where the random control's neurons come from: all (every neuron "
+                                        "of the layer) or non-top (the others) (default: the protocol's: paper all, "
+                                        "strict non-top)", choices=list(RANDOM_POOLS))
+    window_bos: str | None = option(None, help="first: the text tokenized once, so only the first window starts with "
+                                    "the tokenizer's BOS; every: each WD and perplexity window starts with it (where "
+                                    "the tokenizer adds one) (default: the protocol's: paper first, strict every)",
+                                    choices=list(WINDOW_BOS))
+    pos_unit: str | None = option(None, help="POS excess surprisal per model token inside the perplexity windows "
+                                  "(tokens, as the official tagging) or per word of --pos-lines corpus lines (words) "
+                                  "(default: the protocol's: paper tokens, strict words)", choices=list(POS_UNITS))
     seed: int = option(0, help="seed of the random controls and the benchmark samples")
+
+
+#: What each protocol chooses where an option is not given (docs/protocol.md has the table).
+PROTOCOL_CHOICES: dict[str, dict[str, str]] = {
+    "paper": {"tse_reduction": "mean", "blimp_reduction": "sum", "prefix": "auto", "npi": "last",
+              "random_control": "all", "window_bos": "first", "pos_unit": "tokens"},
+    "strict": {"tse_reduction": "sum", "blimp_reduction": "sum", "prefix": "bos", "npi": "intrusive",
+               "random_control": "non-top", "window_bos": "every", "pos_unit": "words"},
+}
+#: The official WD text: 256 windows, consecutive windows half a window apart, the train split joined by spaces.
+PAPER_WD_WINDOWS = 256
+STRICT_WD_TOKENS = 65536
+STRICT_PPL_TOKENS = 16384
+WD_JOINERS = {"paper": " ", "strict": "\n\n"}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The concrete scoring and data choices of a run: the protocol's, overridden by any option given."""
+
+    name: str
+    tse_reduction: str
+    blimp_reduction: str
+    prefix: str  # auto | none | bos | a token string
+    npi: str  # last | intrusive
+    random_control: str  # all | non-top
+    window_bos: str  # first | every
+    pos_unit: str  # tokens | words
+    wd_joiner: str  # how WikiText-2's WD split is joined (the perplexity split: always "\n\n")
+
+    def record(self) -> dict[str, str]:
+        """Every resolved choice, for the cube's provenance."""
+        return dataclasses.asdict(self)
+
+
+
+def resolve_protocol(options: ScoringOptions) -> Protocol:
+    """The protocol's choices, each replaced by its option where that option was given.
+
+    Raises:
+        UserInputError: an unknown protocol or an empty ``--prefix``.
+    """
+    if options.protocol not in PROTOCOL_CHOICES:
+        raise UserInputError(f"--protocol {options.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    choices = dict(PROTOCOL_CHOICES[options.protocol])
+    for name, accepted in (("tse_reduction", REDUCTIONS), ("blimp_reduction", REDUCTIONS), ("npi", NPI_RULES),
+                           ("random_control", RANDOM_POOLS), ("window_bos", WINDOW_BOS), ("pos_unit", POS_UNITS)):
+        value = getattr(options, name)
+        if value is not None and value not in accepted:
+            raise UserInputError(f"--{name.replace('_', '-')} {value!r}: expected one of {', '.join(accepted)}")
+    if options.prefix is not None and not options.prefix.strip():
+        raise UserInputError("--prefix '': expected auto, none, bos or a token string")
+    for name in choices:
+        value = getattr(options, name)
+        if value is not None:
+            choices[name] = value
+    return Protocol(name=options.protocol, wd_joiner=WD_JOINERS[options.protocol], **choices)
+
+
+def wd_window_count(config: BudgetOptions, protocol: str, window: int) -> int:
+    """WD windows to take: ``--wd-tokens // window`` when given, else the protocol's (at least one)."""
+    if config.wd_tokens is not None:
+        return max(1, config.wd_tokens // window)
+    return PAPER_WD_WINDOWS if protocol == "paper" else max(1, STRICT_WD_TOKENS // window)
+
+
+def wd_stride(config: BudgetOptions, protocol: str, window: int) -> int:
+    """Tokens between WD window starts: ``--wd-stride`` when given, else the protocol's."""
+    if config.wd_stride is not None:
+        return config.wd_stride
+    return max(1, window // 2) if protocol == "paper" else window
+
+
+def ppl_token_budget(config: BudgetOptions, protocol: str) -> int | None:
+    """Perplexity tokens: ``--ppl-tokens`` when given, else the protocol's (``None``: the whole split)."""
+    if config.ppl_tokens is not None:
+        return config.ppl_tokens
+    return None if protocol == "paper" else STRICT_PPL_TOKENS
 
 
 @titled("runtime")
@@ -138,7 +252,8 @@ def shared_checks(config: BudgetOptions | RuntimeOptions | ScoringOptions) -> li
         checks += [("seed", 0 <= config.seed < 2**32, "a whole number from 0 to 4294967295")]
     if isinstance(config, BudgetOptions):
         checks += [
-            ("wd-tokens", config.wd_tokens >= 2, "at least 2 tokens"),
+            ("wd-tokens", config.wd_tokens is None or config.wd_tokens >= 2, "at least 2 tokens"),
+            ("wd-stride", config.wd_stride is None or config.wd_stride >= 1, "at least 1 token"),
             ("window", config.window is None or config.window >= 2, "at least 2 tokens"),
             ("tse-per-case", config.tse_per_case >= 0, "0 or more pairs"),
         ]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoints.names import ModelRef
-from dynamics.corpus import WIKITEXT2, WIKITEXT2_SPLITS
+from dynamics.corpus import WIKITEXT2
 from dynamics.errors import UserInputError
 from dynamics.stats.cohort import cohort_size
 
@@ -114,12 +114,10 @@ def check_model_fit(config: Any, window: int | None, percents: Iterable[tuple[st
         check_percents(percents, *layout, scope=scope)
 
 
-def check_corpus_file(corpus: str, split: str = "test") -> None:
-    """A corpus file must be UTF-8 text with something in it; WikiText-2 must be asked for by a split it has
-    (whether it can be had offline is known only when it is loaded)."""
-    if corpus == WIKITEXT2:
-        if split not in WIKITEXT2_SPLITS:
-            raise UserInputError(f"--corpus-split {split!r}: expected one of {', '.join(WIKITEXT2_SPLITS)}")
+def check_corpus_file(corpus: str) -> None:
+    """A corpus file must be UTF-8 text with something in it (WikiText-2, ``wikitext2[:SPLIT]``, is checked by
+    :func:`dynamics.corpus.check_texts`; whether it can be had offline is known only when it is loaded)."""
+    if corpus == WIKITEXT2 or corpus.startswith(WIKITEXT2 + ":"):
         return
     path = Path(corpus).expanduser()
     try:

@@ -52,16 +52,25 @@ def parse_args() -> argparse.Namespace:
     add("--window", type=int, default=1024, help="perplexity window in tokens (default: %(default)s)")
     add("--ppl-tokens", type=int, default=8192, help="perplexity token budget (default: %(default)s)")
     add("--batch-tokens", type=int, default=2048, help="scoring token budget per batch (default: %(default)s)")
-    add("--reduction", choices=["sum", "mean"], default="sum", help="(default: %(default)s)")
-    add("--no-prefix", action="store_true", help="leave each sentence's first token unscored")
-    add("--prefix-token", default=None,
-        help="condition on this token instead of the tokenizer's BOS, e.g. '<|endoftext|>'")
+    add("--protocol", choices=["paper", "strict"], default="paper", help="scoring protocol (default: %(default)s)")
+    add("--tse-reduction", choices=["sum", "mean"], default=None, help="(default: the protocol's)")
+    add("--blimp-reduction", choices=["sum", "mean"], default=None, help="(default: the protocol's)")
+    add("--prefix", default=None, help="auto, none, bos or a token string such as '<|endoftext|>' "
+        "(default: the protocol's)")
+    add("--npi", choices=["last", "intrusive"], default=None, help="(default: the protocol's)")
     add("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     add("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     add("--skip", nargs="*", choices=["tse", "blimp", "ppl"], default=[], help="parts to skip")
     add("--out", type=Path, default=Path("/tmp/real_check_smollm2.md"),
         help="markdown output (default: %(default)s)")
     return parser.parse_args()
+
+
+def protocol(args):  # noqa: ANN001, ANN201
+    from dynamics.config import ScoringOptions, resolve_protocol
+
+    return resolve_protocol(ScoringOptions(protocol=args.protocol, tse_reduction=args.tse_reduction,
+                                           blimp_reduction=args.blimp_reduction, prefix=args.prefix, npi=args.npi))
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:
@@ -77,9 +86,9 @@ def check_tse(model, tokenizer, args) -> tuple[str, float]:
     from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
 
     pairs = sample_tse(tse_pairs(), per_case=args.tse_per_case, seed=args.seed)
-    result = score_pairs(model, tokenizer, pairs, group_by="case", reduction=args.reduction,
-                         prefix=not args.no_prefix, batch_tokens=args.batch_tokens, keep_pairs=True,
-                         prefix_token=args.prefix_token)
+    chosen = protocol(args)
+    result = score_pairs(model, tokenizer, pairs, group_by="case", reduction=chosen.tse_reduction,
+                         prefix=chosen.prefix, npi=chosen.npi, batch_tokens=args.batch_tokens, keep_pairs=True)
     order = [c for c in TSE_CASES if c in result.groups]
     rows = []
     for case in order:
@@ -92,7 +101,7 @@ def check_tse(model, tokenizer, args) -> tuple[str, float]:
                  float(np.mean(result.good - result.bad))])
     text = (f"### TSE ({len(pairs)} pairs: {args.tse_per_case} per case, stratified over sub-cases, "
             f"seed {args.seed})\n\n"
-            "`accuracy` is the tool's (NPI: good beats bad and intrusive); `good > bad` ignores the "
+            f"`accuracy` is the tool's (NPI: good vs {chosen.npi}); `good > bad` ignores the "
             "intrusive sentence; `margin` is the mean log-probability difference good - bad (nats).\n\n"
             + table(["case", "pairs", "accuracy", "good > bad", "margin"], rows))
     return text, result.overall_accuracy
@@ -111,9 +120,9 @@ def check_blimp(model, tokenizer, args) -> tuple[str, float]:
         sample = stratified_sample(grouped, args.blimp_per_paradigm, seed=args.seed)
         pairs = [p for subcases in sample.values() for items in subcases.values() for p in items]
     # MinimalPair carries the BLiMP paradigm in ``case``.
-    result = score_pairs(model, tokenizer, pairs, group_by="case", reduction=args.reduction,
-                         prefix=not args.no_prefix, batch_tokens=args.batch_tokens, keep_pairs=True,
-                         prefix_token=args.prefix_token)
+    chosen = protocol(args)
+    result = score_pairs(model, tokenizer, pairs, group_by="case", reduction=chosen.blimp_reduction,
+                         prefix=chosen.prefix, batch_tokens=args.batch_tokens, keep_pairs=True)
     acc = blimp_accuracy(pairs, result.correct)
     terms = sorted(acc.per_term)
     count_term = {t: sum(str(p.linguistics_term) == t for p in pairs) for t in terms}
@@ -152,19 +161,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dynamics.syntax.scoring import prefix_token_id
-
     timings = {}
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, gguf_file=args.gguf)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, gguf_file=args.gguf).eval()
     timings["load"] = time.perf_counter() - start
-    prefix = ("none" if args.no_prefix
-              else tokenizer.convert_ids_to_tokens(prefix_token_id(tokenizer, args.prefix_token)))
+    chosen = protocol(args)
     sections = [
         f"## Real check: {args.gguf} (clean, float32, CPU, {torch.get_num_threads()} threads)\n\n"
         f"Command: `python {shlex.join(['scripts/real_check_smollm2.py'] + sys.argv[1:])}`  \n"
-        f"Scoring: reduction `{args.reduction}`, prefix token `{prefix}`, batch_tokens {args.batch_tokens}."
+        f"Scoring: protocol `{chosen.name}`: TSE `{chosen.tse_reduction}`, BLiMP `{chosen.blimp_reduction}`, "
+        f"prefix `{chosen.prefix}`, NPI vs `{chosen.npi}`, batch_tokens {args.batch_tokens}."
     ]
     summary = []
     for name, check in (("tse", check_tse), ("blimp", check_blimp), ("ppl", check_perplexity)):

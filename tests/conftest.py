@@ -32,7 +32,9 @@ def tiny_suite(tmp_path_factory) -> Path:
     return build_toy_suite(out, config)
 
 
-FAST_SCAN = dict(wd_tokens=512, ppl_tokens=64, tse_per_case=2, cohort_percent=5.0, blimp_per_paradigm=0)
+# protocol strict: the scan tests pin the behaviour from before --protocol (tests/test_protocol.py checks paper)
+FAST_SCAN = dict(wd_tokens=512, ppl_tokens=64, tse_per_case=2, cohort_percent=5.0, blimp_per_paradigm=0,
+                 protocol="strict")
 
 
 @pytest.fixture(scope="session")

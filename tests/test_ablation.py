@@ -10,18 +10,26 @@ import xarray as xr
 from fixtures.tiny_models import N_LAYERS, TINY_FAMILIES, tiny_input_ids, tiny_model
 
 from checkpoints.adapters import mlp_shape, pre_activation_modules
-from dynamics.ablation import MODES, ablate, neuron_indices
+from dynamics.ablation import ACTIVATION_MODES, MODES, ablate, ablation_function, activation_modules, neuron_indices
 from dynamics.errors import UserInputError
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
 pytestmark = pytest.mark.models
 
-# The modes written out independently of the library.
+# The pre-activation modes written out independently of the library (abs_pre: this project's
+# old "signflip", act(|a|)).
 EXPECTED_MAP = {
     "negative": lambda a: torch.where(a < 0, torch.zeros_like(a), a),
     "positive": lambda a: torch.where(a > 0, torch.zeros_like(a), a),
     "both": lambda a: a * 0,
-    "signflip": lambda a: torch.where(a < 0, -a, a),
+    "abs_pre": lambda a: torch.where(a < 0, -a, a),
+}
+PRE_MODES = tuple(m for m in MODES if m not in ACTIVATION_MODES)
+# The official activation modes, as utils/ablations.py's SelectiveSignFlip and SelectivePosReLU
+# define them: a function of the pre-activation a and the activation's output y = act(a).
+EXPECTED_POST = {
+    "signflip": lambda a, y: torch.where(y < 0, -y, y),
+    "posrelu": lambda a, y: torch.where(a > 0, a, y),
 }
 
 
@@ -69,7 +77,11 @@ def family_model(request: pytest.FixtureRequest) -> tuple[str, torch.nn.Module]:
     return request.param, tiny_model(request.param)
 
 
-@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_is_checked_here() -> None:
+    assert set(MODES) == set(EXPECTED_MAP) | set(EXPECTED_POST)
+
+
+@pytest.mark.parametrize("mode", PRE_MODES)
 def test_mlp_output_equals_manual_computation(family_model: tuple[str, torch.nn.Module], mode: str) -> None:
     family, model = family_model
     mask = _random_mask(mlp_shape(model))
@@ -107,6 +119,80 @@ def test_mlp_output_equals_manual_computation(family_model: tuple[str, torch.nn.
     assert hit_sign == (0 if (family, mode) == ("opt", "negative") else int(mask.any(dim=1).sum()))
 
 
+def _activation(family: str):  # noqa: ANN202
+    """Each family's nonlinearity, written by hand."""
+    if family == "gpt_neox":
+        return F.gelu
+    if family == "opt":
+        return F.relu
+    if family in {"llama", "mistral", "qwen2", "qwen3"}:
+        return F.silu
+    return lambda a: F.gelu(a, approximate="tanh")  # gpt2 (gelu_new), gemma family (gelu_pytorch_tanh)
+
+
+def _mlp_output_by_hand(model: torch.nn.Module, family: str, layer: int, x: torch.Tensor, post) -> torch.Tensor:  # noqa: ANN001
+    """The MLP output with the activation's output rewritten by ``post(a, act(a))``, by hand per family."""
+    act = _activation(family)
+    if family == "gpt_neox":
+        mlp = model.gpt_neox.layers[layer].mlp
+        a = F.linear(x, mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias)
+        return mlp.dense_4h_to_h(post(a, act(a)))
+    if family == "gpt2":
+        mlp = model.transformer.h[layer].mlp
+        a = x @ mlp.c_fc.weight + mlp.c_fc.bias
+        return post(a, act(a)) @ mlp.c_proj.weight + mlp.c_proj.bias
+    if family == "opt":
+        block = model.model.decoder.layers[layer]
+        a = F.linear(x, block.fc1.weight, block.fc1.bias)
+        return block.fc2(post(a, act(a)))
+    root = model.model.language_model if family == "gemma3" else model.model
+    mlp = root.layers[layer].mlp
+    a = F.linear(x, mlp.gate_proj.weight, mlp.gate_proj.bias)
+    return mlp.down_proj(post(a, act(a)) * F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias))
+
+
+@pytest.mark.parametrize("mode", ACTIVATION_MODES)
+def test_official_activation_modes_equal_a_hand_computation(family_model: tuple[str, torch.nn.Module], mode: str) -> None:
+    """signflip = |act(a)| and posrelu = a if a > 0 else act(a), on the chosen neurons only, every family."""
+    family, model = family_model
+    mask = _random_mask(mlp_shape(model))
+    ids = tiny_input_ids(batch=2, length=9)
+    outputs = [_mlp_parts(model, family, layer)[0] for layer in range(N_LAYERS)]
+    acts = activation_modules(model)
+    with ablate(model, mask, mode=mode):
+        assert [len(m._forward_hooks) for m in acts] == [int(mask[layer].any()) for layer in range(N_LAYERS)]
+        pre = _record(model, pre_activation_modules(model), ids)
+        mlp = _record(model, outputs, ids)
+    assert all(len(m._forward_hooks) == 0 for m in acts)
+    changed = 0
+    for layer in range(N_LAYERS):
+        chosen = mask[layer]
+        x = pre[layer][0]  # the MLP input (fc1's input for OPT)
+
+        def post(a: torch.Tensor, y: torch.Tensor, chosen: torch.Tensor = chosen) -> torch.Tensor:
+            return torch.where(chosen, EXPECTED_POST[mode](a, y), y)
+
+        manual = _mlp_output_by_hand(model, family, layer, x, post)
+        torch.testing.assert_close(mlp[layer][1], manual, atol=1e-5, rtol=1e-5)
+        clean = _mlp_output_by_hand(model, family, layer, x, lambda a, y: y)
+        changed += int(not torch.allclose(manual, clean, atol=1e-6))
+    # ReLU (OPT) has no negative output and is the identity on the positive side: nothing changes.
+    assert changed == (0 if family == "opt" else int(mask.any(dim=1).sum()))
+
+
+def test_signflip_and_posrelu_differ_from_abs_pre() -> None:
+    """The old signflip, act(|a|), is not the official |act(a)|: they differ wherever a < 0."""
+    a = torch.linspace(-3, 3, 13)
+    gelu = F.gelu
+    official = ablation_function("signflip", gelu)(a)
+    torch.testing.assert_close(official, gelu(a).abs())
+    torch.testing.assert_close(ablation_function("posrelu", gelu)(a), torch.where(a > 0, a, gelu(a)))
+    old = gelu(ablation_function("abs_pre")(a))
+    assert not torch.allclose(official[a < 0], old[a < 0])
+    with pytest.raises(UserInputError, match="rewrites the activation's output: pass the activation"):
+        ablation_function("signflip")
+
+
 def _weight_and_bias(module: torch.nn.Module, family: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     weight = module.weight.T if family == "gpt2" else module.weight  # GPT-2 Conv1D is [in, out]
     return weight, module.bias
@@ -129,11 +215,11 @@ def test_logits_change_only_when_the_sign_is_hit(family: str) -> None:
         # (mode, neurons, does the mode's sign range meet these neurons?)
         ("negative", positive, False),
         ("positive", negative, False),
-        ("signflip", positive, False),
+        ("abs_pre", positive, False),
         ("positive", positive, True),
         ("both", positive, True),
         ("both", negative, True),
-        ("signflip", negative, True),
+        ("abs_pre", negative, True),
         ("negative", negative, True),
     ]
     for mode, chosen, hit in cases:
@@ -154,14 +240,14 @@ def test_nested_ablations_compose() -> None:
     outer, inner = _random_mask(mlp_shape(model), seed=1, empty_layer=None), _random_mask(mlp_shape(model), seed=2, empty_layer=None)
     assert (outer & inner).any()
     with ablate(model, outer, mode="positive"):
-        with ablate(model, inner, mode="signflip"):
+        with ablate(model, inner, mode="abs_pre"):
             nested = _record(model, modules, ids)
         only_outer = _record(model, modules, ids)
     for layer in range(N_LAYERS):
         x, got = nested[layer]
         raw = F.linear(x, modules[layer].weight, modules[layer].bias)
         step = torch.where(outer[layer], EXPECTED_MAP["positive"](raw), raw)
-        expected = torch.where(inner[layer], EXPECTED_MAP["signflip"](step), step)
+        expected = torch.where(inner[layer], EXPECTED_MAP["abs_pre"](step), step)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
         # On the overlap: |min(a, 0)|, which the reverse order (min(|a|, 0) = 0) would not give.
         overlap = outer[layer] & inner[layer]
@@ -247,3 +333,19 @@ def test_bad_neuron_sets(neurons: object, mode: str, message: str) -> None:
         with ablate(model, neurons, mode=mode):
             pass
     assert all(len(m._forward_hooks) == 0 for m in pre_activation_modules(model))
+
+
+def test_paired_increase_and_its_noise_warning() -> None:
+    from dynamics.ablation import noise_warning, paired_increase
+
+    clean = torch.tensor([200.0, 180.0, 220.0, 210.0], dtype=torch.float64)
+    ablated = torch.tensor([202.0, 181.0, 224.0, 209.0], dtype=torch.float64)
+    increase, se = paired_increase(clean, ablated, predicted_per_window=100)
+    d = [(a - c) / 100 for a, c in zip(ablated.tolist(), clean.tolist())]
+    mean = sum(d) / 4
+    sd = (sum((x - mean) ** 2 for x in d) / 3) ** 0.5
+    assert increase == pytest.approx(np.exp(mean) - 1) and se == pytest.approx(np.exp(mean) * sd / 2)
+    # the perplexities themselves: exp(total NLL / tokens)
+    assert (1 + increase) == pytest.approx(np.exp(ablated.sum().item() / 400) / np.exp(clean.sum().item() / 400))
+    assert "within the noise" in noise_warning(increase, se)  # +1.5% with a 1.0% standard error
+    assert noise_warning(0.2, 0.01) == ""

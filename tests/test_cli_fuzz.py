@@ -70,7 +70,7 @@ ATTACKS: list[Attack] = [
     Attack("scan --retries 0", _scan("--retries", "0")),
     Attack("scan --seed huge", _scan("--seed", HUGE)),
     Attack("scan --threads 99999999999", _scan("--threads", "99999999999")),
-    Attack("scan --corpus-split bogus", _scan("--corpus", "wikitext2", "--corpus-split", "bogus")),
+    Attack("scan --wd-corpus wikitext2:bogus (no such split)", _scan("--wd-corpus", "wikitext2:bogus")),
     # scan: steps
     Attack("scan --steps ²", _scan("--steps", "²")),
     Attack("scan --steps 0:1000000000000:1", _scan("--steps", "0:1000000000000:1")),

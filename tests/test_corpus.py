@@ -167,4 +167,62 @@ def test_pythia_tokenizer_on_wikitext_file(shared_data: Path) -> None:
     assert windows.flatten().tolist() == full[:65536]
     assert text.startswith(tokenizer.decode(windows[:2].flatten().tolist()))  # no BOS, nothing inserted
     assert corpus_hash(windows) == corpus_hash(load_token_windows(spec, tokenizer))
-    assert spec.to_attrs() == {"source": str(path), "split": "test", "window": 2048, "token_budget": 65536}
+    assert spec.to_attrs() == {"source": str(path), "split": "test", "window": 2048, "token_budget": 65536,
+                               "stride": None, "joiner": "\n\n", "window_bos": "none", "start": 0}
+
+
+# ----------------------------------------------------------------- disjoint WD and perplexity texts
+def test_one_file_for_both_gives_disjoint_token_ranges(word_tokenizer: Tokenizer, text_file: Path) -> None:
+    from dynamics.config import BudgetOptions, ScoringOptions, resolve_protocol
+    from dynamics.corpus import load_wd_and_ppl_windows, text_specs
+
+    full = word_tokenizer.encode(text_file.read_text()).ids
+    for protocol, stride in (("paper", 8), ("strict", 16)):
+        chosen = resolve_protocol(ScoringOptions(protocol=protocol))
+        wd_spec, ppl_spec, one = text_specs(BudgetOptions(wd_tokens=64, ppl_tokens=48), chosen, str(text_file), 16)
+        assert one and ppl_spec is not None
+        wd, ppl, used = load_wd_and_ppl_windows(wd_spec, ppl_spec, word_tokenizer, one)
+        assert wd.tolist() == [full[k * stride : k * stride + 16] for k in range(4)]
+        end = 3 * stride + 16  # the last WD window's end: perplexity starts there
+        assert used.start == end and ppl.flatten().tolist() == full[end : end + 48]
+
+
+def test_overlapping_files_warn_loudly_and_a_bad_corpus_is_one_line(tmp_path: Path, caplog) -> None:
+    from dynamics.config import BudgetOptions
+    from dynamics.corpus import check_texts
+
+    wd, ppl = tmp_path / "wd.txt", tmp_path / "ppl.txt"
+    sentence = "the same long sentence of more than ten words appears in both texts here"
+    wd.write_text(f"alpha beta gamma\n{sentence}\n= = History = =\nzeta eta theta\n", encoding="utf-8")
+    ppl.write_text(f"{sentence} and more words\n{sentence}\n= = History = =\n{sentence} too\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="dynamics.corpus"):
+        check_texts(BudgetOptions(wd_corpus=str(wd), ppl_corpus=str(ppl)), "wikitext2")
+    # the heading is not compared (fewer than 10 words): 1 of the 3 long lines is shared
+    assert (f"OVERLAPPING TEXTS: 1 of the 3 lines (of 10+ words) of the perplexity corpus {str(ppl)!r} also occur"
+            in caplog.text)
+    caplog.clear()
+    ppl.write_text("iota kappa\n= = History = =\nlambda mu\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="dynamics.corpus"):
+        check_texts(BudgetOptions(wd_corpus=str(wd), ppl_corpus=str(ppl)), "wikitext2")
+        check_texts(BudgetOptions(), "wikitext2")  # train vs validation: disjoint by construction
+    assert caplog.text == ""
+    with pytest.raises(UserInputError) as info:
+        check_texts(BudgetOptions(ppl_corpus="wikitext2:dev"), "wikitext2")
+    assert str(info.value) == ("corpus 'wikitext2:dev': WikiText-2 split 'dev' is unknown; use one of train, "
+                               "validation, test")
+    with pytest.raises(UserInputError, match="corpus 'nope.txt' is neither wikitext2"):
+        check_texts(BudgetOptions(wd_corpus="nope.txt"), "wikitext2")
+
+
+def test_strict_windows_lead_with_the_tokenizers_bos(text_file: Path) -> None:
+    from tokenizers import processors
+
+    vocab = {"[UNK]": 0, "<s>": 1, **{f"w{i}": i + 2 for i in range(50)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    full = backend.encode(text_file.read_text(), add_special_tokens=False).ids
+    every = load_token_windows(CorpusSpec(source=str(text_file), window=8, token_budget=24, window_bos="every"), backend)
+    assert every.tolist() == [[1, *full[k * 7 : k * 7 + 7]] for k in range(3)]
+    first = load_token_windows(CorpusSpec(source=str(text_file), window=8, token_budget=24, window_bos="first"), backend)
+    assert first.flatten().tolist() == [1, *full[:23]]

@@ -91,7 +91,7 @@ def test_scores_and_perplexity_equal_one_condition_at_a_time(family: str) -> Non
     assert len(set(batched_ppl)) == 3
 
 
-@pytest.mark.parametrize("mode", ["negative", "positive", "both", "signflip"])
+@pytest.mark.parametrize("mode", ["negative", "positive", "both", "abs_pre"])
 def test_every_preactivation_mode_equal_and_left_padding(mode: str) -> None:
     model, tokenizer = tiny_model("llama"), char_tokenizer()
     masks = _masks(model)

@@ -6,7 +6,7 @@ import xarray as xr
 
 from dynamics.errors import UserInputError
 from dynamics.report.study_text import study_report
-from dynamics.report.tables import failure_lines, fmt, text_table
+from dynamics.report.tables import failure_lines, fmt, protocol_line, text_table, wd_md_lines
 
 
 def _conditions(ds: xr.Dataset) -> list[str]:
@@ -86,6 +86,7 @@ def report(ds: xr.Dataset) -> str:
         f"model: {identity.get('model', '?')}   reference step: {identity.get('reference_step', '?')}   "
         f"done steps: {ds.sizes['step']}   failed: {', '.join(map(str, failed)) or 'none'}",
         *failure_lines(steps),
+        protocol_line(attrs.get("provenance", {})),
     ]
     parts += duplicate_lines(ds)
     skipped = attrs.get("provenance", {}).get("benchmarks_skipped") or {}
@@ -102,4 +103,7 @@ def report(ds: xr.Dataset) -> str:
     parts += ["", step_table(ds)]
     if "tse_acc" in ds:
         parts += ["", f"TSE accuracy per case at step {int(ds['step'].values[-1])}:", case_table(ds)]
+    if "md" in ds:
+        last = int(ds["step"].values[-1])
+        parts += ["", *wd_md_lines(ds["wd"].sel(step=last).values, ds["md"].sel(step=last).values, f"step {last}")]
     return "\n".join(parts)

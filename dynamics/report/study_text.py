@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 
 from dynamics.errors import UserInputError
-from dynamics.report.tables import failure_lines
+from dynamics.report.tables import failure_lines, protocol_line, wd_md_lines
 from dynamics.report.tables import fmt as _fmt
 from dynamics.report.tables import text_table as _table
 
@@ -30,6 +30,7 @@ def header(ds: xr.Dataset) -> list[str]:
     lines = [f"model: {prov.get('model_id', '?')}   revision: {prov.get('revision') or '-'}   "
              f"conditions done: {done} of {total}"]
     lines += failure_lines(ds.attrs["steps"], unit="condition")
+    lines.append(protocol_line(prov))
     lines.append(f"budgets: {prov.get('tse_pairs', '?')} TSE pairs, {prov.get('blimp_pairs', '?')} BLiMP pairs, "
                  f"{prov.get('ppl_tokens', '?')} perplexity tokens, {prov.get('wd_tokens', '?')} WD tokens, "
                  f"lm-eval limit {prov.get('lmeval_limit')}")
@@ -40,6 +41,8 @@ def header(ds: xr.Dataset) -> list[str]:
                      f"perplexity {float(ds['matched_ppl']):.4f} vs top-{match_percent(ds):g}% "
                      f"{float(ds['matched_target_ppl']):.4f} (clean {float(ds['matched_clean_ppl']):.4f}; "
                      f"{len(record.get('trials', []))} trials): {state}")
+        if record.get("noise_warning"):
+            lines.append(f"WARNING: {record['noise_warning']}")
     skipped = prov.get("lmeval_skipped") or {}
     if skipped:
         lines.append(f"lm-eval tasks skipped: {', '.join(skipped)} (reason in attrs provenance.lmeval_skipped)")
@@ -102,6 +105,8 @@ def study_report(ds: xr.Dataset) -> str:
         parts += ["", f"lm-eval accuracy per task at {p:g}%:", _per_label_table(ds, "lmeval_acc", "task", "task")]
     if "pos_excess" in ds and np.isfinite(ds["pos_excess"].values).any():
         parts += ["", f"POS excess surprisal (nats) at {p:g}%:", _per_label_table(ds, "pos_excess", "pos", "pos")]
+    if "md" in ds:
+        parts += ["", *wd_md_lines(ds["wd"].values, ds["md"].values, "the WD windows")]
     if "group_done" in ds and bool(ds["group_done"].any()):
         parts += ["", "Negative ablation of the top neurons by layer group (alone / cumulative from group 0):",
                   group_table(ds)]

@@ -28,3 +28,23 @@ def failure_lines(steps: dict[str, dict], unit: str = "step") -> list[str]:
         where = "/".join(filter(None, (record.get("kind"), record.get("phase"))))
         lines.append(f"  failed {name}" + (f" [{where}]" if where else "") + f": {record.get('error', '?')}")
     return lines
+
+
+def protocol_line(provenance: dict) -> str:
+    """The scoring protocol and every resolved choice, as stored in the cube's provenance."""
+    record = provenance.get("protocol")
+    if not record:
+        return "protocol: not recorded (a cube made before --protocol)"
+    return (f"protocol {record['name']}: TSE {record['tse_reduction']}, BLiMP {record['blimp_reduction']}, "
+            f"prefix {record['prefix']}, NPI vs {record['npi']}, random control from {record['random_control']} "
+            f"neurons, BOS on {record['window_bos']} window(s), POS per {record.get('pos_unit', 'words')[:-1]}, "
+            f"WikiText-2 WD split joined by {record['wd_joiner']!r}")
+
+
+def wd_md_lines(wd: np.ndarray, md: np.ndarray, where: str) -> list[str]:
+    """The WD-MD Spearman correlation per layer (one table), from [layer, neuron] arrays."""
+    from dynamics.stats.neurons import spearman_by_layer
+
+    rho = spearman_by_layer(np.asarray(wd, dtype=float), np.asarray(md, dtype=float))
+    rows = [[str(layer), fmt(float(r))] for layer, r in enumerate(rho)]
+    return [f"WD-MD Spearman correlation per layer ({where}):", text_table(["layer", "spearman"], rows)]

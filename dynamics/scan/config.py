@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dynamics.config import BudgetOptions, CubeOptions, ModelOptions, RuntimeOptions, ScoringOptions, option, titled
+from dynamics.config import (
+    BudgetOptions,
+    CubeOptions,
+    ModelOptions,
+    RuntimeOptions,
+    ScoringOptions,
+    option,
+    resolve_protocol,
+    titled,
+)
 from dynamics.executor import ExecutorSettings
 
 
@@ -23,7 +32,7 @@ class ScanConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runti
     stepwise: bool = option(False, help="also ablate each step's own top neurons (condition neg_stepwise)")
     matched: bool = option(False, help="also ablate a perplexity-matched control (condition neg_matched): the bottom "
                            "m%% WD neurons per layer at the reference step, m bisected so that perplexity there "
-                           "matches neg_cohort's within 2%%")
+                           "matches neg_cohort's (its increase over clean within 5%%)")
     on_error: Literal["skip", "stop"] = option("skip", help="a checkpoint that fails after retries: record it and go "
                                                "on, or stop")
     keep_checkpoints: bool = option(False, help="keep downloaded revisions in the Hugging Face cache")
@@ -48,8 +57,9 @@ class ScanConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runti
 
     def analysis(self) -> dict[str, Any]:
         """The settings that make two cubes' numbers comparable (the cube's identity)."""
-        keys = ("corpus_split", "window", "wd_tokens", "ppl_tokens", "tse_per_case", "cohort_percent",
-                "cohort_scope", "stepwise", "seed", "reduction", "prefix", "dtype")
-        extra: tuple[str, ...] = ("matched",) if self.matched else ()  # absent when off: older cubes still resume
+        keys = ("wd_corpus", "ppl_corpus", "window", "wd_tokens", "wd_stride", "ppl_tokens", "tse_per_case",
+                "cohort_percent", "cohort_scope", "stepwise", "seed", "dtype")
+        # absent when off: cubes made before --matched / --mapping-difficulty still resume
+        extra: tuple[str, ...] = tuple(k for k in ("matched", "mapping_difficulty") if getattr(self, k))
         extra += ("lmeval_limit",) if self.tasks.strip().lower() != "none" else ()
-        return {k: getattr(self, k) for k in keys + extra}
+        return {**{k: getattr(self, k) for k in keys + extra}, "protocol": resolve_protocol(self).record()}

@@ -28,7 +28,8 @@ from checkpoints.revisions import DEFAULT_TEMPLATE, PYTHIA_TOKENS_PER_STEP, Revi
 from checkpoints.source import CheckpointSource, HubSource, RetryPolicy, open_source
 from checkpoints.steps import parse_steps
 from dynamics import __version__
-from dynamics.config import DTYPES, check_numbers, config_dict, shared_checks
+from dynamics.config import DTYPES, check_numbers, config_dict, resolve_protocol, shared_checks
+from dynamics.corpus import check_texts
 from dynamics.errors import CheckpointError, UserInputError
 from dynamics.executor import (
     Completed,
@@ -82,6 +83,7 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     """Validate the whole request before anything is downloaded or written."""
     ref = resolve_model(config.model)
     _check_numbers(config)
+    resolve_protocol(config)
     template = RevisionTemplate(config.revision_template)  # a malformed template is one line
     if config.revision_template != DEFAULT_TEMPLATE and ref.kind != "hub":
         raise UserInputError(f"--revision-template {config.revision_template!r} applies to Hub repositories; "
@@ -97,7 +99,9 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     if is_toy_alias(ref):  # every option checked: now the built-in suite may be trained (once)
         ensure_toy_suite(ref)
     corpus = _resolve_corpus(config.corpus, ref.location if ref.kind == "local_suite" else None)
-    check_corpus_file(corpus, config.corpus_split)
+    check_texts(config, corpus)
+    for text in {config.wd_corpus or corpus, config.ppl_corpus or corpus}:
+        check_corpus_file(text)
     if source is None:
         source = open_source(
             ref, cache_dir=config.cache_dir, retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints,
@@ -140,9 +144,10 @@ def tokens_per_step(config: ScanConfig, ref: ModelRef) -> int | None:
 def _check_numbers(config: ScanConfig) -> None:
     check_numbers(config, [
         *shared_checks(config),
-        ("ppl-tokens", config.ppl_tokens >= 0, "0 or more tokens"),
+        ("ppl-tokens", config.ppl_tokens is None or config.ppl_tokens >= 0, "0 or more tokens"),
         ("cohort-percent", 0 < config.cohort_percent <= 100, "a percent in (0, 100]"),
-        ("ppl-tokens", not config.matched or config.ppl_tokens > 0, "more than 0 with --matched (the match is on perplexity)"),
+        ("ppl-tokens", not config.matched or config.ppl_tokens != 0,
+         "more than 0 with --matched (the match is on perplexity)"),
         ("tokens-per-step", config.tokens_per_step is None or config.tokens_per_step >= 1, "a positive number of tokens"),
         ("lmeval-limit", config.lmeval_limit >= 1, "at least 1 example"),
     ])
@@ -154,7 +159,7 @@ def _resolve_corpus(corpus: str, suite: str | None) -> str:
     if corpus == "auto":
         heldout = Path(suite) / "heldout.txt" if suite else None
         return str(heldout) if heldout is not None and heldout.is_file() else "wikitext2"
-    if corpus != "wikitext2" and not Path(corpus).expanduser().is_file():
+    if corpus != "wikitext2" and not corpus.startswith("wikitext2:") and not Path(corpus).expanduser().is_file():
         raise UserInputError(f"--corpus {corpus!r} is neither wikitext2, auto nor an existing text file")
     return corpus
 
@@ -174,7 +179,7 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     provenance = {"model": config.model, "model_id": plan.source.model_id, "package_version": __version__,
                   "torch_version": torch.__version__, "config": config_dict(config), "host": platform.node(),
                   "revision_template": config.revision_template, "benchmarks_skipped": plan.benchmarks.skipped,
-                  "model_seed": training_seed(resolve_model(config.model))}
+                  "model_seed": training_seed(resolve_model(config.model)), "protocol": resolve_protocol(config).record()}
     summary = ScanSummary()
     with open_executor(ExecutorSettings.of(config)) as pool, \
             CubeWriter(config.out, plan.steps, identity, provenance, overwrite=config.overwrite) as cube:

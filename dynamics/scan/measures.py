@@ -35,22 +35,25 @@ def syntax_and_perplexity(
     conditions: Mapping[str, torch.Tensor | None],
     cases: Sequence[str],
     reduction: str = "sum",
-    prefix: bool = True,
+    prefix: bool | str = "bos",
+    npi: str = "intrusive",
     blimp: Sequence[Any] = (),
     paradigms: Sequence[str] = (),
     tasks: Sequence[str] = (),
     lmeval_limit: int | None = None,
     seed: int = 0,
     task_path: str | None = None,
+    blimp_reduction: str = "sum",
 ) -> xr.Dataset:
     """TSE accuracy and margin per case, BLiMP accuracy per paradigm, lm-eval tasks and perplexity,
     under each condition.
 
     ``conditions`` maps a name to a neuron mask [layer, neuron] whose negative
-    pre-activations are zeroed (``None``: the clean model). BLiMP is scored with the same
-    protocol (reduction, prefix) as TSE; ``blimp_acc`` is absent without BLiMP pairs, and
-    ``lmeval_acc`` without tasks. TSE, BLiMP and perplexity run their conditions together,
-    each batch replicated once per condition (:func:`dynamics.row_ablation.ablate_rows`),
+    pre-activations are zeroed (``None``: the clean model). ``reduction``, ``prefix`` and
+    ``npi``: the TSE scoring choices (:func:`dynamics.syntax.scoring.score_pairs`); BLiMP is
+    scored with ``blimp_reduction`` and the same prefix; ``blimp_acc`` is absent without BLiMP
+    pairs, and ``lmeval_acc`` without tasks. TSE, BLiMP and perplexity run their conditions
+    together, each batch replicated once per condition (:func:`dynamics.row_ablation.ablate_rows`),
     with the numbers of one condition at a time; lm-eval runs one condition at a time.
     """
     acc = np.full((len(conditions), len(cases)), np.nan)
@@ -62,14 +65,15 @@ def syntax_and_perplexity(
     if pairs:
         for first, chunk in _condition_chunks(masks, DEFAULT_BATCH_TOKENS):
             with ablate_rows(model, chunk, mode="negative") as copies:
-                per_condition = score_pairs_each(model, tokenizer, pairs, copies, group_by="case",
-                                                 reduction=reduction, prefix=prefix, progress=False)  # type: ignore[arg-type]
+                per_condition = score_pairs_each(model, tokenizer, pairs, copies, group_by="case", reduction=reduction,  # type: ignore[arg-type]
+                                                 prefix=prefix, npi=npi, progress=False)  # type: ignore[arg-type]
             for i, scores in enumerate(per_condition, start=first):
                 acc[i], margin[i] = scores.aligned("accuracy", cases), scores.aligned("margin", cases)
     if blimp:
         for first, chunk in _condition_chunks(masks, DEFAULT_BATCH_TOKENS):
             with ablate_rows(model, chunk, mode="negative") as copies:
-                per_condition = score_pairs_each(model, tokenizer, blimp, copies, group_by="case", reduction=reduction,  # type: ignore[arg-type]
+                per_condition = score_pairs_each(model, tokenizer, blimp, copies, group_by="case",
+                                                 reduction=blimp_reduction,  # type: ignore[arg-type]
                                                  prefix=prefix, progress=False, keep_pairs=True)
             for i, scores in enumerate(per_condition, start=first):
                 assert scores.correct is not None  # keep_pairs=True
@@ -93,7 +97,7 @@ def syntax_and_perplexity(
     if blimp:
         coords["blimp_paradigm"] = list(paradigms)
         data["blimp_acc"] = (("condition", "blimp_paradigm"), blimp_acc,
-                             {"long_name": "BLiMP accuracy per paradigm (sampled pairs, same protocol as TSE)"})
+                             {"long_name": "BLiMP accuracy per paradigm (sampled pairs, the protocol's BLiMP score)"})
     if tasks:
         coords["task"] = list(tasks)
         data["lmeval_acc"] = (("condition", "task"), lmeval[:, :, 0], {"long_name": "lm-eval acc,none"})

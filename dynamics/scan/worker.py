@@ -30,8 +30,15 @@ import xarray as xr
 from checkpoints.names import resolve_model
 from checkpoints.source import Checkpoint, CheckpointSource, RetryPolicy, open_source
 from checkpoints.stream import Prefetcher
-from dynamics.ablation import match_bottom_percent, negative_ablation_perplexity
-from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows
+from dynamics.ablation import (
+    match_bottom_percent,
+    negative_ablation_perplexity,
+    negative_ablation_window_nll,
+    noise_warning,
+    paired_increase,
+)
+from dynamics.config import Protocol, resolve_protocol
+from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows, load_wd_and_ppl_windows, text_specs
 from dynamics.errors import CheckpointError
 from dynamics.modelcalls import model_device
 from dynamics.preflight import check_loaded_model
@@ -97,8 +104,9 @@ class WorkerContext:
     source: CheckpointSource
     device: str
     tokenizer: Any
-    corpus: CorpusSpec
-    windows: torch.Tensor
+    protocol: Protocol
+    wd_corpus: CorpusSpec
+    ppl_corpus: CorpusSpec | None
     wd_windows: torch.Tensor
     ppl_windows: torch.Tensor | None
     pairs: list[Any]
@@ -132,7 +140,8 @@ class WorkerContext:
         with timed(timings, "load"):
             model = load_checkpoint_model(checkpoint, self.device, config.dtype)
         with timed(timings, "statistics"), torch.inference_mode():
-            wd = neuron_wasserstein(model, self.wd_windows, self.memory_budget, config.batch_size)
+            wd = neuron_wasserstein(model, self.wd_windows, self.memory_budget, config.batch_size,
+                                    with_mapping_difficulty=config.mapping_difficulty, seed=config.seed)
             weights = input_weights(model)
             drift = drift_measures(weights, self.reference_weights, cohort, control)
         conditions: dict[str, torch.Tensor | None] = {
@@ -145,10 +154,12 @@ class WorkerContext:
         benchmarks = self.spec.benchmarks
         with timed(timings, "evaluation"), torch.inference_mode():
             evaluation = syntax_and_perplexity(model, self.tokenizer, self.pairs, self.ppl_windows, conditions,
-                                               TSE_CASES, config.reduction, config.prefix, blimp=benchmarks.blimp,
+                                               TSE_CASES, self.protocol.tse_reduction, self.protocol.prefix,
+                                               self.protocol.npi, blimp=benchmarks.blimp,
                                                paradigms=benchmarks.paradigms, tasks=benchmarks.tasks,
                                                lmeval_limit=config.lmeval_limit, seed=config.seed,
-                                               task_path=benchmarks.task_path)
+                                               task_path=benchmarks.task_path,
+                                               blimp_reduction=self.protocol.blimp_reduction)
         loaded = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                   "capture_budget_bytes": self.memory_budget}
         del model
@@ -214,9 +225,12 @@ def build_context(spec: RunSpec) -> WorkerContext:
         set_threads(config.threads, model)
         check_loaded_model(model, config.window, [("--cohort-percent", config.cohort_percent)], config.cohort_scope)
         window = default_window(model, config.window)
-        corpus = CorpusSpec(source=spec.corpus, split=config.corpus_split, window=window,
-                            token_budget=max(config.wd_tokens, config.ppl_tokens, window))
-        windows = load_token_windows(corpus, tokenizer)
+        protocol = resolve_protocol(config)
+        wd_corpus, ppl_corpus, one_text = text_specs(config, protocol, spec.corpus, window)
+        if ppl_corpus is None:
+            wd_windows, ppl_windows = load_token_windows(wd_corpus, tokenizer), None
+        else:
+            wd_windows, ppl_windows, ppl_corpus = load_wd_and_ppl_windows(wd_corpus, ppl_corpus, tokenizer, one_text)
         with torch.inference_mode():
             reference_weights = input_weights(model)
     finally:
@@ -226,10 +240,8 @@ def build_context(spec: RunSpec) -> WorkerContext:
             source.release(reference)
     pairs = sample_tse(tse_pairs(), per_case=config.tse_per_case, seed=config.seed) if config.tse_per_case else []
     return WorkerContext(
-        spec=spec, source=source, device=device, tokenizer=tokenizer, corpus=corpus, windows=windows,
-        wd_windows=windows[: max(1, config.wd_tokens // window)],
-        ppl_windows=windows[: config.ppl_tokens // window] if config.ppl_tokens else None,
-        pairs=list(pairs), reference_weights=reference_weights,
+        spec=spec, source=source, device=device, tokenizer=tokenizer, protocol=protocol, wd_corpus=wd_corpus,
+        ppl_corpus=ppl_corpus, wd_windows=wd_windows, ppl_windows=ppl_windows, pairs=list(pairs), reference_weights=reference_weights,
         reference_model=model if spec.cohort is None else None,
     )
 
@@ -247,8 +259,10 @@ def prepare_reference(spec: RunSpec) -> dict[str, Any]:
     context.reference_model = None
     config = spec.config
     provenance = {
-        "corpus": context.corpus.to_attrs(), "corpus_hash": corpus_hash(context.windows),
-        "wd_tokens": int(context.wd_windows.numel()),
+        "corpus": context.wd_corpus.to_attrs(), "corpus_hash": corpus_hash(context.wd_windows),
+        "ppl_corpus": context.ppl_corpus.to_attrs() if context.ppl_corpus is not None else None,
+        "ppl_corpus_hash": corpus_hash(context.ppl_windows) if context.ppl_windows is not None else None,
+        "protocol": context.protocol.record(), "wd_tokens": int(context.wd_windows.numel()),
         "ppl_tokens": int(context.ppl_windows.numel()) if context.ppl_windows is not None else 0,
         "seed": config.seed, "tse_pairs": config.tse_per_case * len(TSE_CASES),
     }
@@ -286,11 +300,13 @@ def fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Data
         wd = neuron_wasserstein(model, windows, budget, config.batch_size, progress=True)
     scores = torch.from_numpy(np.nan_to_num(wd["wd"].values, nan=-np.inf))
     cohort = top_percent_mask(scores, config.cohort_percent, config.cohort_scope)
-    control = random_control_mask(cohort, seed=config.seed)
+    pool = resolve_protocol(config).random_control
+    control = random_control_mask(cohort, seed=config.seed, pool=pool)
     return xr.Dataset(
         {
             "cohort": (("layer", "neuron"), cohort.numpy(), {"long_name": "top WD neurons at the reference step"}),
-            "random_control": (("layer", "neuron"), control.numpy(), {"long_name": "random non-cohort neurons, same count per layer"}),
+            "random_control": (("layer", "neuron"), control.numpy(),
+                               {"long_name": f"random neurons drawn from {pool} neurons, same count per layer"}),
             "reference_wd": wd["wd"].astype("float32"),
         },
         coords=wd.coords,
@@ -301,19 +317,32 @@ def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tenso
     """The perplexity-matched control at the reference step (``--matched``), as in `dynamics ablate`.
 
     The bottom m% of each layer by reference WD, m bisected in [0.1, 90] until the negative
-    ablation's perplexity is within 2% of the cohort's (the closest trial is kept, and
-    ``matched_converged`` says so, when it cannot be matched).
+    ablation's perplexity increase over clean is within 5% of the cohort's (the closest trial is
+    kept, and ``matched_converged`` says so, when it cannot be matched).
     """
     ablated_ppl = negative_ablation_perplexity(model, ppl_windows, config.batch_size)
-    target = ablated_ppl(torch.from_numpy(static["cohort"].values))
-    mask, match = match_bottom_percent(static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.02, 12)
-    log.info("matched control: m = %.4g%%, perplexity %.4f vs the cohort's %.4f (%s)", match.argument, match.value,
-             target, "matched" if match.converged else match.reason)
+    predicted = ppl_windows.shape[0] * (ppl_windows.shape[1] - 1)
+    clean_nll = negative_ablation_window_nll(model, ppl_windows, config.batch_size, None)
+    cohort_nll = negative_ablation_window_nll(model, ppl_windows, config.batch_size,
+                                              torch.from_numpy(static["cohort"].values))
+    clean, target = float(np.exp(float(clean_nll.sum()) / predicted)), float(np.exp(float(cohort_nll.sum()) / predicted))
+    increase, increase_se = paired_increase(clean_nll, cohort_nll, ppl_windows.shape[1] - 1)
+    noise = noise_warning(increase, increase_se)
+    if noise:
+        log.warning("matched control: %s", noise)
+    mask, match = match_bottom_percent(static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.05, 12,
+                                       clean=clean)
+    log.info("matched control: m = %.4g%%, perplexity %.4f vs the cohort's %.4f (clean %.4f; %s)", match.argument,
+             match.value, target, clean, "matched" if match.converged else match.reason)
     return static.assign(
         matched_control=(("layer", "neuron"), mask, {"long_name": "bottom-m% WD neurons per layer at the reference step, "
                                                                   "perplexity-matched to the cohort's ablation"}),
         matched_percent=((), float(match.argument), {"units": "%", "long_name": "m"}),
         matched_ppl=((), float(match.value), {"long_name": "perplexity with neg_matched at the reference step"}),
         matched_target_ppl=((), float(target), {"long_name": "perplexity with neg_cohort at the reference step"}),
-        matched_converged=((), bool(match.converged), {"long_name": "matched within 2%", "reason": match.reason}),
+        matched_clean_ppl=((), clean, {"long_name": "clean perplexity at the reference step"}),
+        matched_converged=((), bool(match.converged), {"long_name": "increase over clean within 5% of the cohort's",
+                                                       "reason": match.reason, "noise_warning": noise}),
+        matched_top_increase=((), increase, {"long_name": "relative perplexity increase of the cohort"}),
+        matched_top_increase_se=((), increase_se, {"long_name": "its standard error (paired windows)"}),
     )

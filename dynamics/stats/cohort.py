@@ -10,9 +10,12 @@ bottom); equal scores are broken by the lower index first (within a layer for th
 scope, by flat index ``layer * neurons + neuron`` for the global scope); NaN scores rank
 after every number in both directions, so they are picked last.
 
-Matching: :func:`bisect_to_target` finds the argument of a non-decreasing function (the
-perplexity as the bottom-m% are ablated) whose value is within a relative tolerance of a
-target, and says honestly when the target lies outside the bracket.
+Matching: :func:`bisect_to_target` finds the argument of a function (the perplexity as the
+bottom-m% are ablated) whose value is within a tolerance of a target, keeping a bracket
+whose ends lie on either side of the target (so a non-monotone function is still refined
+towards a crossing), and says honestly when the target lies outside the bracket. With a
+``baseline`` (the clean perplexity) the tolerance is relative to the target's distance from
+it (the top set's *increase*), and a value on the baseline's side of it never matches.
 """
 
 from __future__ import annotations
@@ -107,27 +110,32 @@ def bottom_percent_mask(scores: torch.Tensor, percent: float = 1.0, scope: str =
     return _extreme_mask(scores, percent, scope, descending=False)
 
 
-def random_control_mask(cohort_mask: torch.Tensor, seed: int) -> torch.Tensor:
-    """A random set with as many neurons per layer as the cohort, drawn from the others.
+def random_control_mask(cohort_mask: torch.Tensor, seed: int, pool: str = "non-top") -> torch.Tensor:
+    """A random set with as many neurons per layer as the cohort.
 
-    Layer by layer (in order), ``torch.randperm`` of that layer's non-cohort neurons from
-    one ``torch.Generator().manual_seed(seed)`` picks the members.
+    ``pool="all"`` draws them from every neuron of the layer (the official code, so the set
+    may share members with the cohort); ``pool="non-top"`` from the layer's non-cohort
+    neurons. Layer by layer (in order), ``torch.randperm`` of the pool from one
+    ``torch.Generator().manual_seed(seed)`` picks the members.
 
     Raises:
-        UserInputError: a layer has fewer non-cohort neurons than cohort neurons.
+        UserInputError: an unknown pool, or (non-top) a layer with fewer non-cohort neurons
+            than cohort neurons.
     """
     _check_scores(cohort_mask)
+    if pool not in ("all", "non-top"):
+        raise UserInputError(f"random control pool {pool!r}: expected 'all' or 'non-top'")
     cohort = cohort_mask.to(torch.bool).cpu()
     generator = torch.Generator().manual_seed(seed)
     control = torch.zeros_like(cohort)
     for layer, row in enumerate(cohort):
         size = int(row.sum())
-        others = torch.nonzero(~row).view(-1)
-        if size > len(others):
+        candidates = torch.arange(len(row)) if pool == "all" else torch.nonzero(~row).view(-1)
+        if size > len(candidates):
             raise UserInputError(
-                f"layer {layer} has {size} cohort neurons but only {len(others)} others to draw a control from"
+                f"layer {layer} has {size} cohort neurons but only {len(candidates)} others to draw a control from"
             )
-        control[layer, others[torch.randperm(len(others), generator=generator)[:size]]] = True
+        control[layer, candidates[torch.randperm(len(candidates), generator=generator)[:size]]] = True
     return control.to(cohort_mask.device)
 
 
@@ -160,9 +168,13 @@ class BisectionResult:
         argument: the best argument tried (the matched one when ``converged``).
         value: ``f(argument)``.
         target: the value asked for.
-        converged: ``|value / target - 1| <= tolerance``.
+        converged: ``|value - target| <= band``.
         trials: every ``(argument, value)`` evaluated, in order.
         reason: why it did not converge ("" when it did).
+        band: the accepted distance from the target (``tolerance * target`` without a
+            baseline, ``tolerance * |target - baseline|`` with one).
+        bracket: the last ``(low, high)`` arguments whose values lay below and above the target
+            (empty when the target was never bracketed).
     """
 
     argument: float
@@ -171,6 +183,8 @@ class BisectionResult:
     converged: bool
     trials: tuple[tuple[float, float], ...]
     reason: str = ""
+    band: float = float("nan")
+    bracket: tuple[float, ...] = ()
 
     @property
     def relative_gap(self) -> float:
@@ -179,14 +193,20 @@ class BisectionResult:
 
 def bisect_to_target(
     f: Callable[[float], float], target: float, low: float, high: float, tolerance: float = 0.02,
-    max_iterations: int = 12,
+    max_iterations: int = 12, baseline: float | None = None,
 ) -> BisectionResult:
-    """Find ``x`` in ``[low, high]`` with ``f(x)`` within ``tolerance`` (relative) of ``target``.
+    """Find ``x`` in ``[low, high]`` with ``f(x)`` within the tolerance of ``target``.
 
-    ``f`` must be non-decreasing (perplexity as more neurons are ablated). The bracket's ends
-    are evaluated first; a target outside ``[f(low), f(high)]`` cannot be matched, and the
-    closer end is returned with ``converged=False`` and the reason. Each iteration halves the
-    bracket; after ``max_iterations`` midpoints the closest trial is returned, converged or not.
+    The tolerance is relative to ``target`` (``|f / target - 1| <= tolerance``), or, with a
+    ``baseline``, to the target's distance from it (``|f - target| <= tolerance * |target -
+    baseline|``: the matched control's perplexity increase within 5% of the top set's for
+    ``tolerance=0.05``); a value on the baseline's side of the target by more than the band
+    never matches, so a trial below clean cannot match a top set above clean. The bracket's
+    ends are evaluated first; a target outside ``[f(low), f(high)]`` cannot be matched, and
+    the closer end is returned with ``converged=False`` and the reason. Each iteration
+    evaluates the midpoint and keeps the half whose ends still lie on either side of the
+    target, so a non-monotone ``f`` is refined towards a crossing too; after
+    ``max_iterations`` midpoints the closest trial is returned, converged or not.
 
     Raises:
         UserInputError: an empty bracket, a non-positive tolerance or target, or no iterations.
@@ -196,7 +216,9 @@ def bisect_to_target(
     if tolerance <= 0 or not math.isfinite(target) or target <= 0 or max_iterations < 1:
         raise UserInputError(f"bisection needs tolerance > 0, a positive finite target and iterations >= 1; "
                              f"got tolerance {tolerance}, target {target}, iterations {max_iterations}")
+    band = tolerance * (target if baseline is None else abs(target - baseline))
     trials: list[tuple[float, float]] = []
+    bracket: tuple[float, ...] = ()
 
     def trial(x: float) -> float:
         value = float(f(x))
@@ -204,12 +226,16 @@ def bisect_to_target(
         return value
 
     def within(value: float) -> bool:
-        return abs(value / target - 1.0) <= tolerance
+        return math.isfinite(value) and abs(value - target) <= band
 
     def closest(reason: str) -> BisectionResult:
-        x, value = min(trials, key=lambda t: abs(t[1] / target - 1.0))
-        return BisectionResult(x, value, target, within(value), tuple(trials), "" if within(value) else reason)
+        x, value = min(trials, key=lambda t: abs(t[1] - target) if math.isfinite(t[1]) else math.inf)
+        return BisectionResult(x, value, target, within(value), tuple(trials), "" if within(value) else reason,
+                               band, bracket)
 
+    if baseline is not None and not target > baseline:
+        trial(low)
+        return closest(f"the top set's perplexity {target:.4g} is not above clean {baseline:.4g}: nothing to match")
     f_low = trial(low)
     if within(f_low) or f_low > target:
         return closest(f"f({low:g}) = {f_low:.4g} is already above the target {target:.4g}")
@@ -217,12 +243,15 @@ def bisect_to_target(
     if within(f_high) or f_high < target:
         return closest(f"f({high:g}) = {f_high:.4g} is still below the target {target:.4g}")
     for _ in range(max_iterations):
+        bracket = (low, high)
         middle = (low + high) / 2
         value = trial(middle)
         if within(value):
             return closest("")
         low, high = (middle, high) if value < target else (low, middle)
-    return closest(f"not within {tolerance:.1%} of {target:.4g} after {max_iterations} iterations")
+    bracket = (low, high)
+    return closest(f"not within {band:.4g} of {target:.4g} after {max_iterations} iterations "
+                   f"(bracket m in [{low:.4g}, {high:.4g}])")
 
 
 def wd_scores(wd: np.ndarray) -> torch.Tensor:

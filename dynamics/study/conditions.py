@@ -3,7 +3,8 @@
 Neuron sets, fixed once per study and stored as static variables of the cube:
 
 - ``top_mask[percent]``: the top ``percent``% of each layer's neurons by WD;
-- ``random_mask[percent]``: as many random other neurons per layer (seeded per percent);
+- ``random_mask[percent]``: as many random neurons per layer (seeded per percent), drawn from
+  all of the layer's neurons (``--random-control all``, the paper's) or the non-top ones;
 - ``matched_mask``: the bottom ``m``% by WD, ``m`` found by bisection so that perplexity with
   their negative pre-activations zeroed matches the top ``--match-percent`` ablation's;
 - layer groups: ``--layer-groups`` runs of consecutive layers (``numpy.array_split``).
@@ -114,13 +115,15 @@ def neuron_sets(static: xr.Dataset, group_percent: float, groups: list[list[int]
     return sets
 
 
-def top_and_random_masks(wd: np.ndarray, percents: Sequence[float], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``[percent, layer, neuron]`` masks: the top WD per layer, and a random control per percent."""
+def top_and_random_masks(wd: np.ndarray, percents: Sequence[float], seed: int,
+                         pool: str = "non-top") -> tuple[np.ndarray, np.ndarray]:
+    """``[percent, layer, neuron]`` masks: the top WD per layer, and a random control per percent
+    (drawn from ``pool``: ``all`` neurons of the layer or the ``non-top`` ones)."""
     tops, randoms = [], []
     for i, p in enumerate(percents):
         top = top_percent_mask(wd_scores(wd), p)
         tops.append(top.numpy())
-        randoms.append(random_control_mask(top, seed=seed + i).numpy())
+        randoms.append(random_control_mask(top, seed=seed + i, pool=pool).numpy())
     return np.stack(tops), np.stack(randoms)
 
 
@@ -133,9 +136,9 @@ def static_dataset(wd: xr.Dataset, percents: Sequence[float], top: np.ndarray, r
         group_of[layers] = g
     return xr.Dataset(
         {
-            **{name: wd[name].astype("float32") for name in ("wd", "wd_neg", "wd_pos")},
+            **{name: wd[name].astype("float32") for name in ("wd", "wd_neg", "wd_pos", "md") if name in wd},
             "top_mask": (dims, top, {"long_name": "top percent of each layer's neurons by WD"}),
-            "random_mask": (dims, random, {"long_name": "random non-top neurons, as many per layer"}),
+            "random_mask": (dims, random, {"long_name": "random neurons, as many per layer as the top set"}),
             "matched_mask": (("layer", "neuron"), matched, {"long_name": "bottom matched_percent by WD"}),
             "matched_percent": ((), float(match.argument), {"long_name": "m: percent of lowest-WD neurons per layer"}),
             "matched_ppl": ((), float(match.value), {"long_name": "perplexity with the matched set ablated"}),

@@ -26,10 +26,13 @@ from dynamics.config import (
     check_numbers,
     config_dict,
     option,
+    ppl_token_budget,
     redefault,
+    resolve_protocol,
     shared_checks,
     titled,
 )
+from dynamics.corpus import check_texts
 from dynamics.errors import UserInputError
 from dynamics.executor import ExecutorSettings, check_settings
 from dynamics.lmeval import check_task_names, parse_tasks
@@ -51,10 +54,12 @@ class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runt
 
     revision: str | None = option(None, help="Hub revision (branch, tag or commit; Pythia: stepN or N); "
                                   "a local suite: its step N (default: main / the suite's last step)")
-    corpus: str = option("wikitext2", help="wikitext2 or a local text file (WD, perplexity, POS texts)")
+    corpus: str = option("wikitext2", help="wikitext2 or a local text file (WD, perplexity, POS texts; see "
+                         "--wd-corpus and --ppl-corpus)")
     percents: str = option("0.5,1,2,5", help="top-WD percents per layer to ablate, comma-separated")
     match_percent: float = option(1.0, help="the top percent whose perplexity the matched control matches")
-    match_tolerance: float = option(0.02, help="relative perplexity tolerance of the match")
+    match_tolerance: float = option(0.05, help="the match's tolerance, relative to the top set's perplexity "
+                                    "increase over clean (0.05: within 5%% of that increase)")
     match_iterations: int = option(12, help="bisection iterations at most")
     match_low: float = option(0.1, help="lower end of the bracket for m (percent of lowest-WD neurons)")
     match_high: float = option(90.0, help="upper end of the bracket for m")
@@ -68,12 +73,11 @@ class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runt
     task_path: str | None = option(None, help="a directory of extra lm-eval task YAML files")
     pos: Literal["auto", "off"] = option("auto", help="POS excess surprisal (auto: when spaCy and en_core_web_sm "
                                          "are installed)")
-    pos_lines: int = option(64, help="corpus lines tagged for POS surprisal")
+    pos_lines: int = option(64, help="corpus lines tagged for POS surprisal with --pos-unit words")
     layer_groups: int = option(8, help="groups of consecutive layers for the per-group ablations (0: skip)")
     group_percent: float = option(1.0, help="top percent ablated in the layer-group conditions")
     full: bool = option(False, help="the paper's complete sets: every TSE and BLiMP pair, the whole corpus "
                         "split for perplexity, every lm-eval example")
-    prefix_token: str | None = option(None, help="the prefix token (default: BOS, else EOS), e.g. '<|endoftext|>'")
     dtype: str = redefault(RuntimeOptions, "dtype", "auto", help="model weights dtype (auto: bfloat16 on CUDA, "
                            "float32 on CPU)", choices=["auto", *DTYPES])
 
@@ -81,13 +85,14 @@ class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runt
         """The settings that make two study cubes comparable (part of the identity)."""
         skip = {"model", "out", "revision", "overwrite", "retries", "cache_dir", "device", "threads", "batch_size",
                 "memory_budget_gib", "executor", "scheduler", "workers", "task_retries", "resources"}
-        return {k: v for k, v in config_dict(self).items() if k not in skip}
+        return {**{k: v for k, v in config_dict(self).items() if k not in skip},
+                "resolved_protocol": resolve_protocol(self).record()}
 
     def budgets(self) -> dict[str, int | None]:
         """Per-benchmark budgets after --full (None: everything)."""
         return {"tse_per_case": None if self.full else self.tse_per_case,
                 "blimp_per_paradigm": None if self.full else self.blimp_per_paradigm,
-                "ppl_tokens": None if self.full else self.ppl_tokens,
+                "ppl_tokens": None if self.full else ppl_token_budget(self, self.protocol),
                 "lmeval_limit": None if self.full or self.lmeval_limit == 0 else self.lmeval_limit}
 
 
@@ -135,7 +140,10 @@ def plan_study(config: StudyConfig) -> StudyPlan:
                              f"({', '.join(f'{p:g}' for p in percents)})")
     if config.corpus != "wikitext2" and not Path(config.corpus).expanduser().is_file():
         raise UserInputError(f"--corpus {config.corpus!r} is neither wikitext2 nor an existing text file")
-    check_corpus_file(config.corpus, config.corpus_split)
+    resolve_protocol(config)
+    check_texts(config, config.corpus)
+    for text in {config.wd_corpus or config.corpus, config.ppl_corpus or config.corpus}:
+        check_corpus_file(text)
     if config.blimp != "hub" and config.blimp_per_paradigm and not Path(config.blimp).is_dir():
         raise UserInputError(f"--blimp {config.blimp!r} is neither hub nor a directory of <paradigm>.jsonl files")
     paradigms = check_paradigms(None if config.blimp_paradigms == "all" else config.blimp_paradigms.split(","))
@@ -159,7 +167,8 @@ def plan_study(config: StudyConfig) -> StudyPlan:
 def _check_numbers(config: StudyConfig) -> None:
     check_numbers(config, [
         *shared_checks(config),
-        ("ppl-tokens", config.ppl_tokens >= 2, "at least 2 tokens (the matched control needs perplexity)"),
+        ("ppl-tokens", config.ppl_tokens is None or config.ppl_tokens >= 2,
+         "at least 2 tokens (the matched control needs perplexity)"),
         ("match-tolerance", 0 < config.match_tolerance < 1, "a fraction in (0, 1), e.g. 0.02"),
         ("match-iterations", config.match_iterations >= 1, "at least 1"),
         ("match-low", 0 < config.match_low < 100, "a percent in (0, 100)"),

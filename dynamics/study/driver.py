@@ -19,8 +19,14 @@ from tqdm.auto import tqdm
 from checkpoints.adapters import mlp_shape
 from checkpoints.source import Checkpoint
 from dynamics import __version__
-from dynamics.ablation import match_bottom_percent, negative_ablation_perplexity
-from dynamics.config import config_dict
+from dynamics.ablation import (
+    match_bottom_percent,
+    negative_ablation_perplexity,
+    negative_ablation_window_nll,
+    noise_warning,
+    paired_increase,
+)
+from dynamics.config import config_dict, resolve_protocol
 from dynamics.corpus import corpus_hash
 from dynamics.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
 from dynamics.modelcalls import model_device
@@ -31,8 +37,7 @@ from dynamics.study.conditions import BLOCKS, layer_groups, static_dataset, stud
 from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study
 from dynamics.study.inputs import build_inputs, load_model
 from dynamics.study.measures import StudyInputs
-from dynamics.study.worker import StudySpec, forget_workers, groups_together, run_condition, seed_worker
-from dynamics.syntax.perplexity import perplexity
+from dynamics.study.worker import StudySpec, forget_workers, run_condition, seed_worker
 from store.cube import CubeWriter
 from store.units import unit_attrs, write_unit_attrs
 
@@ -47,7 +52,8 @@ def run_study(config: StudyConfig, tagger: Any | None = None) -> StudySummary:
 def provenance(config: StudyConfig, plan: StudyPlan, checkpoint: Checkpoint) -> dict[str, Any]:
     return {"model": config.model, "model_id": plan.model_ref.location, "revision": checkpoint.revision,
             "commit": checkpoint.commit, "package_version": __version__, "torch_version": torch.__version__,
-            "config": config_dict(config), "host": platform.node(), "seed": config.seed}
+            "config": config_dict(config), "host": platform.node(), "seed": config.seed,
+            "protocol": resolve_protocol(config).record()}
 
 
 def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySummary:
@@ -82,14 +88,14 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
             assert ppl_windows is not None  # build_inputs always cuts them
             cube.record_provenance({
                 "corpus": corpus.to_attrs(), "corpus_hash": corpus_hash(ppl_windows),
+                "wd_corpus_hash": corpus_hash(wd_windows),
                 "wd_tokens": int(wd_windows.numel()), "ppl_tokens": int(ppl_windows.numel()),
                 "tse_pairs": len(inputs.tse), "blimp_pairs": len(inputs.blimp), "lmeval_limit": inputs.lmeval_limit,
                 "lmeval_skipped": inputs.task_plan.skipped,
-                "pos": "skipped" if inputs.tagger is None else f"{len(inputs.pos_texts)} lines", "layer_groups": groups,
+                "pos": ("skipped" if inputs.tagger is None else f"{len(inputs.pos_texts)} lines" if inputs.pos_unit == "words"
+                        else f"every token of {len(ppl_windows)} perplexity windows"), "layer_groups": groups,
             })
-            # One process runs every condition in order: same-mode conditions share their passes.
-            together = groups_together(tuple(units), todo) if config.executor == "serial" else ()
-            spec = StudySpec(config, plan, tuple(units), static, tuple(tuple(g) for g in groups), tagger, together)
+            spec = StudySpec(config, plan, tuple(units), static, tuple(tuple(g) for g in groups), tagger)
             if config.executor == "serial":
                 seed_worker(spec, model, inputs)
             del model  # a cluster's workers load their own copy; the serial worker holds the driver's
@@ -130,16 +136,25 @@ def _fix_neuron_sets(config: StudyConfig, plan: StudyPlan, model: Any, wd_window
     start = time.perf_counter()
     with torch.inference_mode():
         wd = neuron_wasserstein(model, wd_windows, capture_budget(config.memory_budget_gib, str(model_device(model))),
-                                config.batch_size,
-                                progress=True)
-    top, random = top_and_random_masks(wd["wd"].values, plan.percents, config.seed)
+                                config.batch_size, progress=True,
+                                with_mapping_difficulty=config.mapping_difficulty, seed=config.seed)
+    top, random = top_and_random_masks(wd["wd"].values, plan.percents, config.seed,
+                                       resolve_protocol(config).random_control)
 
-    assert inputs.ppl_windows is not None  # build_inputs always cuts them
-    ablated_ppl = negative_ablation_perplexity(model, inputs.ppl_windows, config.batch_size)
-    clean = perplexity(model, inputs.ppl_windows, batch_size=config.batch_size, progress=False)
-    target = ablated_ppl(torch.from_numpy(top[plan.percents.index(config.match_percent)]))
+    windows = inputs.ppl_windows
+    assert windows is not None  # build_inputs always cuts them
+    ablated_ppl = negative_ablation_perplexity(model, windows, config.batch_size)
+    predicted = windows.shape[0] * (windows.shape[1] - 1)
+    clean_nll = negative_ablation_window_nll(model, windows, config.batch_size, None)
+    top_nll = negative_ablation_window_nll(model, windows, config.batch_size,
+                                           torch.from_numpy(top[plan.percents.index(config.match_percent)]))
+    clean, target = float(np.exp(float(clean_nll.sum()) / predicted)), float(np.exp(float(top_nll.sum()) / predicted))
+    increase, increase_se = paired_increase(clean_nll, top_nll, windows.shape[1] - 1)
+    noise = noise_warning(increase, increase_se)
+    if noise:
+        log.warning("matched control: %s", noise)
     matched, match = match_bottom_percent(wd["wd"].values, ablated_ppl, target, config.match_low, config.match_high,
-                                          config.match_tolerance, config.match_iterations)
+                                          config.match_tolerance, config.match_iterations, clean=clean)
     log.info("matched control: m = %.4g%%, perplexity %.4f vs top-%g%% %.4f (clean %.4f), %s", match.argument,
              match.value, config.match_percent, target, clean, "matched" if match.converged else match.reason)
     static = static_dataset(wd, plan.percents, top, random, matched, match, clean, groups)
@@ -147,9 +162,14 @@ def _fix_neuron_sets(config: StudyConfig, plan: StudyPlan, model: Any, wd_window
     static["matched_trials"] = (("trial", "trial_field"), np.asarray(match.trials, dtype=float).reshape(-1, 2),
                                 {"long_name": "bisection trials: (m percent, perplexity)"})
     static = static.assign_coords(trial_field=["m_percent", "ppl"])
+    static["matched_top_increase"] = ((), increase, {"long_name": "relative perplexity increase of the top set"})
+    static["matched_top_increase_se"] = ((), increase_se, {"long_name": "its standard error (paired windows)"})
     cube.record_provenance({"matched_control": {
         "m_percent": match.argument, "ppl": match.value, "target_ppl": target, "clean_ppl": clean,
         "converged": match.converged, "reason": match.reason, "trials": match.trials,
-        "tolerance": config.match_tolerance, "bracket": [config.match_low, config.match_high]}})
+        "tolerance": config.match_tolerance, "tolerance_of": "the top set's increase over clean",
+        "band_ppl": match.band, "bracket": [config.match_low, config.match_high],
+        "last_bracket": list(match.bracket), "top_increase": increase, "top_increase_se": increase_se,
+        "noise_warning": noise}})
     log.info("neuron sets fixed in %.1fs", time.perf_counter() - start)
     return static

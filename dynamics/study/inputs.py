@@ -7,12 +7,14 @@ on a cluster rebuilds exactly what the driver measured the neuron sets on.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from checkpoints.source import Checkpoint, RetryPolicy, RevisionSource, open_source
-from dynamics.corpus import CorpusSpec, load_token_windows, read_corpus_text
+from dynamics.config import resolve_protocol
+from dynamics.corpus import CorpusSpec, load_wd_and_ppl_windows, read_corpus_text, text_specs, windows_with_offsets
 from dynamics.errors import UserInputError
 from dynamics.lmeval import probe_tasks
 from dynamics.runtime import default_window, load_checkpoint_model, set_threads
@@ -20,7 +22,7 @@ from dynamics.study.config import StudyConfig, StudyPlan
 from dynamics.study.measures import StudyInputs, pos_table
 from dynamics.syntax.blimp import load_blimp
 from dynamics.syntax.pairs import stratified_sample
-from dynamics.syntax.scoring import prefix_token_id
+from dynamics.syntax.scoring import encode_with_prefix
 from dynamics.syntax.tse import sample_tse, tse_pairs
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,7 @@ def load_model(config: StudyConfig, plan: StudyPlan) -> tuple[Any, Any, Any, lis
     tse, blimp = _benchmarks(config, plan, config.budgets())
     checkpoint = fetch_model(config, plan)
     tokenizer = checkpoint.load_tokenizer()
-    if config.prefix:
-        prefix_token_id(tokenizer, config.prefix_token)  # an unknown --prefix-token fails now, not after WD
+    encode_with_prefix(tokenizer, ["a"], resolve_protocol(config).prefix)  # an unknown --prefix fails now, not after WD
     model = load_checkpoint_model(checkpoint, plan.device, plan.dtype)
     set_threads(config.threads, model)
     return checkpoint, model, tokenizer, tse, blimp
@@ -73,12 +74,13 @@ def build_inputs(config: StudyConfig, plan: StudyPlan, model: Any, tokenizer: An
     budgets = config.budgets()
     window = default_window(model, config.window)
     wd_windows, ppl_windows, corpus = _windows(config, plan, tokenizer, window, budgets["ppl_tokens"])
+    protocol = resolve_protocol(config)
     inputs = StudyInputs(
         tokenizer=tokenizer, tse=tse, blimp=blimp, blimp_paradigms=plan.paradigms, ppl_windows=ppl_windows,
         tasks=plan.tasks, task_plan=probe_tasks(plan.tasks, config.task_path),
-        lmeval_limit=budgets["lmeval_limit"], pos_texts=[], tagger=None, reduction=config.reduction,
-        prefix=config.prefix, prefix_token=config.prefix_token, batch_size=config.batch_size,
-        task_path=config.task_path, seed=config.seed)
+        lmeval_limit=budgets["lmeval_limit"], pos_texts=[], tagger=None, tse_reduction=protocol.tse_reduction,
+        blimp_reduction=protocol.blimp_reduction, prefix=protocol.prefix, npi=protocol.npi,
+        pos_unit=protocol.pos_unit, batch_size=config.batch_size, task_path=config.task_path, seed=config.seed)
     _prepare_pos(config, corpus, model, inputs, tagger)
     return inputs, wd_windows, corpus
 
@@ -102,27 +104,39 @@ def _benchmarks(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | N
 
 def _windows(config: StudyConfig, plan: StudyPlan, tokenizer: Any, window: int,
              ppl_tokens: int | None) -> tuple[torch.Tensor, torch.Tensor, CorpusSpec]:
-    budget = None if ppl_tokens is None else max(config.wd_tokens, ppl_tokens, window)
-    spec = CorpusSpec(source=plan.corpus, split=config.corpus_split, window=window, token_budget=budget)
-    windows = load_token_windows(spec, tokenizer)
-    wd_windows = windows[: max(1, config.wd_tokens // window)]
-    ppl_windows = windows if ppl_tokens is None else windows[: max(1, ppl_tokens // window)]
-    return wd_windows, ppl_windows, spec
+    """WD windows, perplexity windows (``--full``: the whole split) and the perplexity corpus."""
+    wd_spec, ppl_spec, one_text = text_specs(config, resolve_protocol(config), plan.corpus, window)
+    assert ppl_spec is not None  # plan_study: --ppl-tokens >= 2
+    ppl_spec = replace(ppl_spec, token_budget=None if ppl_tokens is None else max(ppl_tokens, window))
+    wd_windows, ppl_windows, ppl_spec = load_wd_and_ppl_windows(wd_spec, ppl_spec, tokenizer, one_text)
+    return wd_windows, ppl_windows, ppl_spec
 
 
 def _prepare_pos(config: StudyConfig, spec: CorpusSpec, model: Any, inputs: StudyInputs, tagger: Any | None) -> None:
-    """The POS tagger, the tagged lines and the clean model's word surprisals (or one skip line)."""
-    if config.pos == "off" or not config.pos_lines:
+    """The POS tagger and what the clean model gives (or one skip line): per token of the perplexity
+    windows (``--pos-unit tokens``) or per word of ``--pos-lines`` lines of the perplexity text (``words``)."""
+    tokens = inputs.pos_unit == "tokens"
+    if config.pos == "off" or (not tokens and not config.pos_lines):
         return
     if tagger is None:
         from dynamics.syntax.pos import spacy_tagger
 
         try:
-            tagger = spacy_tagger()
+            tagger = spacy_tagger(keep_space=tokens)
         except UserInputError as exc:
             log.warning("POS excess surprisal skipped: %s", exc)
             return
+    inputs.tagger = tagger
+    if tokens:
+        from dynamics.syntax.perplexity import token_nll
+        from dynamics.syntax.pos import window_token_tags
+
+        windows, offsets, special, text = windows_with_offsets(spec, inputs.tokenizer)
+        assert inputs.ppl_windows is not None and torch.equal(windows, inputs.ppl_windows)
+        inputs.pos_tags = window_token_tags(text, offsets, special, tagger)
+        with torch.inference_mode():
+            inputs.clean_token_nll = token_nll(model, windows, batch_size=config.batch_size, progress=False).numpy()
+        return
     lines = [line.strip() for line in read_corpus_text(spec).splitlines() if len(line.split()) >= 5]
     inputs.pos_texts = [" ".join(line.split()[:200]) for line in lines[: config.pos_lines]]
-    inputs.tagger = tagger
     inputs.clean_pos = pos_table(model, inputs)

@@ -23,13 +23,12 @@ import xarray as xr
 
 from dynamics.ablation import ablate
 from dynamics.lmeval import TaskPlan, evaluate_tasks
-from dynamics.row_ablation import ablate_rows, conditions_per_pass
 from dynamics.study.conditions import Unit
 from dynamics.syntax.blimp import blimp_accuracy
 from dynamics.syntax.pairs import MinimalPair
-from dynamics.syntax.perplexity import perplexity_each
-from dynamics.syntax.pos import excess_surprisal, pos_surprisal
-from dynamics.syntax.scoring import DEFAULT_BATCH_TOKENS, score_pairs_each
+from dynamics.syntax.perplexity import perplexity_of, token_nll
+from dynamics.syntax.pos import excess_surprisal, pos_surprisal, token_excess
+from dynamics.syntax.scoring import score_pairs
 from dynamics.syntax.tse import TSE_CASES
 
 log = logging.getLogger(__name__)
@@ -54,9 +53,14 @@ class StudyInputs:
     lmeval_limit: int | None
     pos_texts: list[str]
     tagger: Any | None  # None: POS skipped
-    reduction: str = "sum"
-    prefix: bool = True
-    prefix_token: str | None = None
+    tse_reduction: str = "mean"
+    blimp_reduction: str = "sum"
+    prefix: str = "auto"
+    npi: str = "last"
+    pos_unit: str = "tokens"
+    pos_tags: np.ndarray | None = field(default=None, repr=False)  # [window, token] tags of the perplexity windows
+    clean_token_nll: np.ndarray | None = field(default=None, repr=False)
+    unit_token_nll: np.ndarray | None = field(default=None, repr=False)  # the current unit's, from its ppl phase
     batch_size: int = 4
     task_path: str | None = None
     seed: int = 0
@@ -67,29 +71,16 @@ class StudyInputs:
         return sorted({str(p.linguistics_term) for p in self.blimp})
 
 
-@dataclass
-class Measured:
-    """Phases of a unit already measured (in a pass shared with other units): their parts and seconds."""
-
-    parts: list[xr.Dataset] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-#: The phases that several units of one ablation mode measure in one pass (:func:`measure_together`).
-SHARED_PHASES = ("tse", "blimp", "ppl")
-
-
 def measure_unit(model: torch.nn.Module, number: int, unit: Unit, mask: torch.Tensor | None,
-                 inputs: StudyInputs, measured: Measured | None = None) -> xr.Dataset:
-    """Every measure of ``unit`` under its ablation, as unit ``number`` of the cube; the phases in
-    ``measured`` (from :func:`measure_together`) are taken from there."""
-    measured = measured or Measured()
-    seconds = dict.fromkeys(PHASES, 0.0) | measured.seconds
-    parts: list[xr.Dataset] = list(measured.parts)
+                 inputs: StudyInputs) -> xr.Dataset:
+    """Every measure of ``unit`` under its ablation, as unit ``number`` of the cube."""
+    seconds = dict.fromkeys(PHASES, 0.0)
+    parts: list[xr.Dataset] = []
+    inputs.unit_token_nll = None
     ablation = ablate(model, mask, mode=unit.mode) if mask is not None else nullcontext()
     with ablation:
         for phase, measure in (("tse", _tse), ("blimp", _blimp), ("ppl", _ppl), ("lmeval", _lmeval), ("pos", _pos)):
-            if phase not in unit.measures or phase in measured.seconds:
+            if phase not in unit.measures:
                 continue
             start = time.perf_counter()
             part = measure(model, inputs)
@@ -103,56 +94,20 @@ def measure_unit(model: torch.nn.Module, number: int, unit: Unit, mask: torch.Te
     return result
 
 
-def measure_together(model: torch.nn.Module, units: Sequence[Unit], masks: Sequence[torch.Tensor | None],
-                     inputs: StudyInputs) -> list[Measured]:
-    """TSE, BLiMP and perplexity of several units of one ablation mode, each batch replicated once
-    per unit (:func:`dynamics.row_ablation.ablate_rows`): the weights are read once per batch for
-    all of them. A phase's seconds are shared equally among the units that measured it."""
-    modes = {unit.mode for unit in units}
-    if len(modes) > 1:
-        raise ValueError(f"units measured together share one ablation mode, got {sorted(modes)}")
-    measured = [Measured() for _ in units]
-    for phase in SHARED_PHASES:
-        chosen = [i for i, unit in enumerate(units) if phase in unit.measures]
-        tokens = DEFAULT_BATCH_TOKENS
-        if phase == "ppl" and inputs.ppl_windows is not None:
-            tokens = inputs.batch_size * int(inputs.ppl_windows.shape[1])
-        size = conditions_per_pass(len(chosen), tokens)
-        for first in range(0, len(chosen), size):
-            run = chosen[first : first + size]
-            start = time.perf_counter()
-            with ablate_rows(model, [masks[i] for i in run], mode=units[run[0]].mode) as copies:
-                parts = _SHARED_MEASURES[phase](model, inputs, copies)
-            share = (time.perf_counter() - start) / len(run)
-            for i, part in zip(run, parts):
-                measured[i].seconds[phase] = share
-                if part is not None:
-                    measured[i].parts.append(part)
-    return measured
-
-
-def _score(model: torch.nn.Module, inputs: StudyInputs, pairs: Sequence[MinimalPair], copies: int = 1) -> list[Any]:
+def _score(model: torch.nn.Module, inputs: StudyInputs, pairs: Sequence[MinimalPair], reduction: str) -> Any:
     with torch.inference_mode():
-        return score_pairs_each(model, inputs.tokenizer, pairs, copies, group_by="case",
-                                reduction=inputs.reduction, prefix=inputs.prefix,  # type: ignore[arg-type]
-                                prefix_token=inputs.prefix_token, keep_pairs=True, progress=False)
+        return score_pairs(model, inputs.tokenizer, pairs, group_by="case", reduction=reduction,  # type: ignore[arg-type]
+                           prefix=inputs.prefix, npi=inputs.npi, keep_pairs=True, progress=False)  # type: ignore[arg-type]
 
 
 def _tse(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
-    return _tse_each(model, inputs, 1)[0]
-
-
-def _tse_each(model: torch.nn.Module, inputs: StudyInputs, copies: int) -> list[xr.Dataset | None]:
     if not inputs.tse:
-        return [None] * copies
-    return [_tse_dataset(scores) for scores in _score(model, inputs, inputs.tse, copies)]
-
-
-def _tse_dataset(scores: Any) -> xr.Dataset:
+        return None
+    scores = _score(model, inputs, inputs.tse, inputs.tse_reduction)
     acc, margin = scores.aligned("accuracy", TSE_CASES), scores.aligned("margin", TSE_CASES)
     return xr.Dataset(
         {
-            "tse_acc": ("tse_case", acc, {"long_name": "TSE accuracy (good above bad, and above intrusive for NPI)"}),
+            "tse_acc": ("tse_case", acc, {"long_name": f"TSE accuracy (good above bad; NPI: vs {inputs.npi})"}),
             "tse_margin": ("tse_case", margin, {"units": "nats", "long_name": "mean log p(good) - log p(bad)"}),
             "tse_acc_all": ((), scores.overall_accuracy, {"long_name": "TSE accuracy over all pairs"}),
         },
@@ -161,16 +116,9 @@ def _tse_dataset(scores: Any) -> xr.Dataset:
 
 
 def _blimp(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
-    return _blimp_each(model, inputs, 1)[0]
-
-
-def _blimp_each(model: torch.nn.Module, inputs: StudyInputs, copies: int) -> list[xr.Dataset | None]:
     if not inputs.blimp:
-        return [None] * copies
-    return [_blimp_dataset(inputs, scores) for scores in _score(model, inputs, inputs.blimp, copies)]
-
-
-def _blimp_dataset(inputs: StudyInputs, scores: Any) -> xr.Dataset:
+        return None
+    scores = _score(model, inputs, inputs.blimp, inputs.blimp_reduction)
     acc = blimp_accuracy(inputs.blimp, scores.correct)
     terms = inputs.blimp_terms
     return xr.Dataset(
@@ -186,18 +134,13 @@ def _blimp_dataset(inputs: StudyInputs, scores: Any) -> xr.Dataset:
 
 
 def _ppl(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
-    return _ppl_each(model, inputs, 1)[0]
-
-
-def _ppl_each(model: torch.nn.Module, inputs: StudyInputs, copies: int) -> list[xr.Dataset | None]:
     if inputs.ppl_windows is None:
-        return [None] * copies
+        return None
     with torch.inference_mode():
-        values = perplexity_each(model, inputs.ppl_windows, copies, batch_size=inputs.batch_size, progress=False)
-    return [xr.Dataset({"ppl": ((), value, {"long_name": "perplexity on the corpus windows"})}) for value in values]
-
-
-_SHARED_MEASURES = {"tse": _tse_each, "blimp": _blimp_each, "ppl": _ppl_each}
+        nll = token_nll(model, inputs.ppl_windows, batch_size=inputs.batch_size, progress=False)
+    inputs.unit_token_nll = nll.numpy()
+    value = perplexity_of(nll.sum(dim=1), nll.numel())
+    return xr.Dataset({"ppl": ((), value, {"long_name": "perplexity on the corpus windows"})})
 
 
 def _lmeval(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
@@ -222,15 +165,25 @@ def pos_table(model: torch.nn.Module, inputs: StudyInputs) -> pd.DataFrame:
 
 
 def _pos(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
-    if inputs.tagger is None or not inputs.pos_texts or inputs.clean_pos is None:
+    if inputs.pos_unit == "tokens" and inputs.pos_tags is not None and inputs.clean_token_nll is not None:
+        ablated = inputs.unit_token_nll
+        if ablated is None:
+            assert inputs.ppl_windows is not None  # pos_tags come from them
+            with torch.inference_mode():
+                ablated = token_nll(model, inputs.ppl_windows, batch_size=inputs.batch_size, progress=False).numpy()
+        excess = token_excess(inputs.clean_token_nll, ablated, inputs.pos_tags)
+    elif inputs.tagger is None or not inputs.pos_texts or inputs.clean_pos is None:
         return None
-    excess = excess_surprisal(inputs.clean_pos, pos_table(model, inputs))
+    else:
+        excess = excess_surprisal(inputs.clean_pos, pos_table(model, inputs))
     surprisal = excess["ablated"].reindex(list(UPOS)).to_numpy(dtype=float)
     return xr.Dataset(
         {
-            "pos_surprisal": ("pos", surprisal, {"units": "nats", "long_name": "mean word surprisal per POS"}),
+            "pos_surprisal": ("pos", surprisal, {"units": "nats",
+                                                 "long_name": f"mean surprisal per POS (per {inputs.pos_unit[:-1]})"}),
             "pos_excess": ("pos", excess["excess"].reindex(list(UPOS)).to_numpy(dtype=float),
-                           {"units": "nats", "long_name": "mean surprisal minus the clean model's, same words"}),
+                           {"units": "nats", "long_name": f"mean surprisal minus the clean model's, same "
+                                                         f"{inputs.pos_unit}"}),
         },
         coords={"pos": list(UPOS)},
     )

@@ -21,7 +21,7 @@ from dynamics.runtime import resolve_device
 from dynamics.study.conditions import NeuronSets, Unit, neuron_sets
 from dynamics.study.config import StudyConfig, StudyPlan
 from dynamics.study.inputs import load_inputs
-from dynamics.study.measures import Measured, StudyInputs, measure_together, measure_unit
+from dynamics.study.measures import StudyInputs, measure_unit
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ class StudySpec:
     static: xr.Dataset = field(compare=False)  # the neuron sets, as stored in the cube
     groups: tuple[tuple[int, ...], ...] = field(compare=False)
     tagger: Any | None = field(default=None, compare=False)  # a POS tagger that overrides spaCy (tests)
-    #: Groups of unit numbers of one ablation mode whose TSE, BLiMP and perplexity run in one pass.
-    together: tuple[tuple[int, ...], ...] = field(default=(), compare=False)
 
     @property
     def key(self) -> str:
@@ -50,15 +48,6 @@ class StudyWorker:
     model: torch.nn.Module
     inputs: StudyInputs
     sets: NeuronSets
-    measured: dict[int, Measured] = field(default_factory=dict)  # units measured with an earlier one of their group
-
-
-def groups_together(units: tuple[Unit, ...], todo: list[int]) -> tuple[tuple[int, ...], ...]:
-    """The units still to do, grouped by ablation mode (in ``todo`` order), for :func:`run_condition`."""
-    groups: dict[str, list[int]] = {}
-    for number in todo:
-        groups.setdefault(units[number].mode, []).append(number)
-    return tuple(tuple(group) for group in groups.values() if len(group) > 1)
 
 
 _WORKERS: dict[str, StudyWorker] = {}
@@ -83,14 +72,7 @@ def run_condition(spec: StudySpec, number: int) -> xr.Dataset:
         _WORKERS.clear()  # one run per worker at a time: free an earlier run's model
         worker = _WORKERS[spec.key] = _build_worker(spec)
     unit = spec.units[number]
-    if number not in worker.measured:
-        group = next((g for g in spec.together if number in g), ())
-        if group:
-            masks = [worker.sets.mask(spec.units[n].neurons) for n in group]
-            worker.measured |= dict(zip(group, measure_together(worker.model, [spec.units[n] for n in group], masks,
-                                                               worker.inputs)))
-    return measure_unit(worker.model, number, unit, worker.sets.mask(unit.neurons), worker.inputs,
-                        worker.measured.pop(number, None))
+    return measure_unit(worker.model, number, unit, worker.sets.mask(unit.neurons), worker.inputs)
 
 
 def _build_worker(spec: StudySpec) -> StudyWorker:

@@ -75,15 +75,50 @@ def prefix_token_id(tokenizer: Any, prefix_token: int | str | None = None) -> in
             return int(candidate)
     raise UserInputError(
         "the tokenizer has neither a BOS nor an EOS token to condition on; "
-        "pass prefix=False (--no-prefix) or an explicit prefix token"
+        "pass --prefix none (or auto) or an explicit prefix token"
     )
 
 
-def encode(tokenizer: Any, sentences: Sequence[str]) -> list[list[int]]:
-    """Token ids of each sentence, without any special token the tokenizer would add."""
+def encode(tokenizer: Any, sentences: Sequence[str], special_tokens: bool = False) -> list[list[int]]:
+    """Token ids of each sentence; with ``special_tokens`` as ``tokenizer(..., add_special_tokens=True)`` gives
+    them (the tokenizer's own BOS where it adds one), else without any special token."""
     if not sentences:
         return []
-    return [list(ids) for ids in tokenizer(list(sentences), add_special_tokens=False)["input_ids"]]
+    return [list(ids) for ids in tokenizer(list(sentences), add_special_tokens=special_tokens)["input_ids"]]
+
+
+#: ``--prefix`` values with a meaning of their own; any other value is a token string.
+PREFIX_MODES = ("auto", "none", "bos")
+
+
+def prefix_mode(prefix: bool | str | None) -> str:
+    """``--prefix`` as a string: ``True`` (the old spelling) is ``bos``, ``False`` and ``None`` are ``none``."""
+    if prefix is True:
+        return "bos"
+    if prefix is False or prefix is None:
+        return "none"
+    return str(prefix)
+
+
+def encode_with_prefix(tokenizer: Any, sentences: Sequence[str], prefix: bool | str) -> tuple[list[list[int]], int | None]:
+    """The ids to score and the token prepended to each (``None``: none), for a ``--prefix`` value.
+
+    ``auto``: the tokenizer's own ``add_special_tokens=True`` ids, nothing prepended: every token
+    after the first is scored (a tokenizer that adds BOS has every word scored; Pythia's, which
+    adds nothing, leaves the first word's first token unscored), exactly as the official code.
+    ``none``: the sentence alone. ``bos``: BOS (else EOS) prepended. Any other value: that token
+    prepended.
+
+    Raises:
+        UserInputError: a token string the tokenizer does not know, or ``bos`` without BOS or EOS.
+    """
+    mode = prefix_mode(prefix)
+    if mode == "auto":
+        return encode(tokenizer, sentences, special_tokens=True), None
+    ids = encode(tokenizer, sentences)
+    if mode == "none":
+        return ids, None
+    return ids, prefix_token_id(tokenizer, None if mode == "bos" else mode)
 
 
 def _batches(

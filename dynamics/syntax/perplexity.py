@@ -20,14 +20,14 @@ from dynamics.modelcalls import eval_mode, model_device, replicate_rows, sequenc
 logger = logging.getLogger(__name__)
 
 
-def window_nll(
+def token_nll(
     model: torch.nn.Module,
     windows: torch.Tensor,
     batch_size: int = 1,
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Summed negative log-likelihood (nats, float64) of tokens ``1..L-1`` of each window.
+    """Negative log-likelihood (nats, float64) of tokens ``1..L-1`` of each window: ``[n_windows, L - 1]``.
 
     Args:
         model: A causal language model returning ``.logits``.
@@ -36,11 +36,54 @@ def window_nll(
             floats).
         device: Where the windows go; default the model's device.
         progress: Show a tqdm bar over windows.
-
-    Returns:
-        A float64 tensor ``[n_windows]``.
     """
-    return window_nll_each(model, windows, 1, batch_size, device, progress)[0]
+    return token_nll_each(model, windows, 1, batch_size, device, progress)[0]
+
+
+def token_nll_each(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    copies: int,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """:func:`token_nll` under ``copies`` ablation conditions at once, ``[copy, n_windows, L - 1]``: each
+    batch of windows runs ``copies`` times over in one pass, block ``c`` being condition ``c`` of
+    :func:`dynamics.row_ablation.ablate_rows`."""
+    if copies < 1:
+        raise UserInputError(f"copies={copies}; expected at least 1")
+    if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
+        raise UserInputError(
+            f"token windows of shape {tuple(windows.shape)}; expected [n_windows >= 1, window >= 2]"
+        )
+    if batch_size < 1:
+        raise UserInputError(f"batch_size={batch_size}; expected a positive integer")
+    device = torch.device(device) if device is not None else model_device(model)
+    out = torch.zeros((copies, windows.shape[0], windows.shape[1] - 1), dtype=torch.float64)
+    with eval_mode(model), tqdm(
+        total=windows.shape[0], unit="window", desc="perplexity", disable=not progress
+    ) as bar:
+        for start in range(0, windows.shape[0], batch_size):
+            batch = windows[start : start + batch_size].to(device=device, dtype=torch.long)
+            nll = (-sequence_log_probs(model, replicate_rows(batch, copies))).double().cpu()
+            out[:, start : start + batch.shape[0]] = nll.reshape(copies, batch.shape[0], -1)
+            bar.update(batch.shape[0])
+    return out
+
+
+def window_nll(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Summed negative log-likelihood (nats, float64) of tokens ``1..L-1`` of each window, ``[n_windows]``.
+
+    See :func:`token_nll` for the arguments.
+    """
+    return token_nll(model, windows, batch_size, device, progress).sum(dim=1)
 
 
 def window_nll_each(
@@ -51,28 +94,13 @@ def window_nll_each(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """:func:`window_nll` under ``copies`` ablation conditions at once, ``[copy, n_windows]``: each
-    batch of windows runs ``copies`` times over in one pass, block ``c`` being condition ``c`` of
-    :func:`dynamics.row_ablation.ablate_rows`."""
-    if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
-        raise UserInputError(
-            f"token windows of shape {tuple(windows.shape)}; expected [n_windows >= 1, window >= 2]"
-        )
-    if batch_size < 1:
-        raise UserInputError(f"batch_size={batch_size}; expected a positive integer")
-    if copies < 1:
-        raise UserInputError(f"copies={copies}; expected at least 1")
-    device = torch.device(device) if device is not None else model_device(model)
-    totals = torch.zeros((copies, windows.shape[0]), dtype=torch.float64)
-    with eval_mode(model), tqdm(
-        total=windows.shape[0], unit="window", desc="perplexity", disable=not progress
-    ) as bar:
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start : start + batch_size].to(device=device, dtype=torch.long)
-            nll = -sequence_log_probs(model, replicate_rows(batch, copies))
-            totals[:, start : start + batch.shape[0]] = nll.double().sum(dim=1).cpu().reshape(copies, -1)
-            bar.update(batch.shape[0])
-    return totals
+    """:func:`window_nll` under ``copies`` conditions at once, ``[copy, n_windows]`` (see :func:`token_nll_each`)."""
+    return torch.stack([nll.sum(dim=1) for nll in token_nll_each(model, windows, copies, batch_size, device, progress)])
+
+
+def perplexity_of(windows_nll: torch.Tensor, predicted: int) -> float:
+    """``exp`` of the mean NLL over ``predicted`` tokens, from per-window sums (as :func:`perplexity`)."""
+    return math.exp(float(windows_nll.sum()) / predicted)
 
 
 def perplexity(
@@ -86,7 +114,10 @@ def perplexity(
 
     See :func:`window_nll` for the arguments.
     """
-    return perplexity_each(model, windows, 1, batch_size, progress, device)[0]
+    totals = window_nll(model, windows, batch_size=batch_size, device=device, progress=progress)
+    value = perplexity_of(totals, windows.shape[0] * (windows.shape[1] - 1))
+    logger.info("perplexity %.4f over %d windows x %d tokens", value, windows.shape[0], windows.shape[1])
+    return value
 
 
 def perplexity_each(
@@ -97,10 +128,9 @@ def perplexity_each(
     progress: bool = True,
     device: torch.device | str | None = None,
 ) -> list[float]:
-    """:func:`perplexity` under each of ``copies`` conditions (see :func:`window_nll_each`)."""
+    """:func:`perplexity` under each of ``copies`` conditions (see :func:`token_nll_each`)."""
     totals = window_nll_each(model, windows, copies, batch_size=batch_size, device=device, progress=progress)
-    n_predicted = windows.shape[0] * (windows.shape[1] - 1)
-    values = [math.exp(float(row.sum()) / n_predicted) for row in totals]
+    values = [perplexity_of(row, windows.shape[0] * (windows.shape[1] - 1)) for row in totals]
     for value in values:
         logger.info("perplexity %.4f over %d windows x %d tokens", value, windows.shape[0], windows.shape[1])
     return values

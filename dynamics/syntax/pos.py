@@ -1,4 +1,11 @@
-"""Per-word surprisal with part-of-speech tags, and the excess surprisal an ablation causes.
+"""Surprisal with part-of-speech tags, and the excess surprisal an ablation causes.
+
+Two units (``--pos-unit``): ``tokens`` (the paper's, as the official ``utils/tagging.py``):
+every model token inside the perplexity windows gets the tag of the tagger token with the
+largest character overlap, the tagger running on the text each window covers
+(:func:`window_token_tags`), and a tag's excess is the mean over its tokens of ablated minus
+clean NLL (:func:`token_excess`); ``words`` (strict): per word of separate corpus lines, as
+below.
 
 A *tagger* is any callable ``text -> [(start_char, end_char, pos), ...]`` giving the words
 of a text with their character spans and universal POS tags. The default one is spaCy's
@@ -24,7 +31,7 @@ import pandas as pd
 import torch
 
 from dynamics.errors import UserInputError
-from dynamics.syntax.logprobs import DEFAULT_BATCH_TOKENS, prefix_token_id, token_log_probs
+from dynamics.syntax.logprobs import DEFAULT_BATCH_TOKENS, prefix_mode, prefix_token_id, token_log_probs
 
 Tagger = Callable[[str], Sequence[tuple[int, int, str]]]
 
@@ -36,8 +43,9 @@ SPACY_MISSING = (
 WORD_COLUMNS = ["text", "start", "end", "word", "pos", "surprisal", "n_tokens"]
 
 
-def spacy_tagger(model_name: str = "en_core_web_sm") -> Tagger:
-    """A tagger backed by spaCy (universal POS tags, whitespace tokens dropped).
+def spacy_tagger(model_name: str = "en_core_web_sm", keep_space: bool = False) -> Tagger:
+    """A tagger backed by spaCy (universal POS tags; whitespace tokens, tagged ``SPACE``, dropped unless
+    ``keep_space``, which the official per-token tagging keeps).
 
     Raises:
         UserInputError: spaCy or the model is not installed.
@@ -50,7 +58,7 @@ def spacy_tagger(model_name: str = "en_core_web_sm") -> Tagger:
         raise UserInputError(SPACY_MISSING) from error
 
     def tag(text: str) -> list[tuple[int, int, str]]:
-        return [(t.idx, t.idx + len(t.text), t.pos_) for t in nlp(text) if not t.is_space]
+        return [(t.idx, t.idx + len(t.text), t.pos_) for t in nlp(text) if keep_space or not t.is_space]
 
     return tag
 
@@ -126,7 +134,7 @@ def pos_surprisal(
     tokenizer: Any,
     texts: Sequence[str],
     tagger: Tagger | None = None,
-    prefix: bool = True,
+    prefix: bool | str = "bos",
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -138,7 +146,9 @@ def pos_surprisal(
         tokenizer: Its fast Hugging Face tokenizer (offset mapping needed).
         texts: Sentences or short paragraphs (each within the model's context).
         tagger: ``text -> [(start, end, pos)]``; default spaCy ``en_core_web_sm``.
-        prefix: Condition on BOS/EOS so that every token is scored.
+        prefix: ``auto`` (the tokenizer's own special tokens), ``none``, ``bos`` (default: BOS,
+            else EOS, so that every token is scored) or a token string (``True``/``False``:
+            ``bos``/``none``), as in :func:`dynamics.syntax.scoring.score_pairs`.
         batch_tokens: Token budget of a batch.
         device: Where the inputs go; default the model's device.
         progress: Show a tqdm bar.
@@ -150,8 +160,9 @@ def pos_surprisal(
     tagger = tagger if tagger is not None else spacy_tagger()
     if not getattr(tokenizer, "is_fast", False):
         raise UserInputError("POS alignment needs a fast tokenizer (character offsets); got a slow one")
-    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
-    prefix_id = prefix_token_id(tokenizer) if prefix else None
+    mode = prefix_mode(prefix)
+    encoded = tokenizer(list(texts), add_special_tokens=mode == "auto", return_offsets_mapping=True)
+    prefix_id = None if mode in ("auto", "none") else prefix_token_id(tokenizer, None if mode == "bos" else mode)
     log_probs = token_log_probs(
         model, encoded["input_ids"], prefix_id, batch_tokens=batch_tokens, device=device, progress=progress
     )
@@ -193,6 +204,69 @@ def excess_surprisal(clean: pd.DataFrame, ablated: pd.DataFrame) -> pd.DataFrame
         "clean": clean["surprisal"].to_numpy(dtype=np.float64),
         "ablated": ablated["surprisal"].to_numpy(dtype=np.float64),
     }).dropna()
+    table["excess"] = table["ablated"] - table["clean"]
+    grouped = table.groupby("pos", sort=True)
+    out = grouped[["excess", "clean", "ablated"]].mean()
+    out["count"] = grouped.size()
+    return out
+
+
+def token_tags(offsets: Sequence[tuple[int, int]], special: Sequence[bool],
+               words: Sequence[tuple[int, int, str]]) -> list[str]:
+    """The tag of each model token, as the official ``align_pos_with_pretokenized``.
+
+    A special token, or one with an empty span, is ``SPECIAL``; otherwise the tag of the
+    first word with the largest positive character overlap (words in text order); with no
+    overlap, the word containing the token's start; else ``X``.
+    """
+    tags = []
+    for (start, end), is_special in zip(offsets, special):
+        if is_special or end <= start:
+            tags.append("SPECIAL")
+            continue
+        best, best_overlap = "X", 0
+        for w_start, w_end, tag in words:
+            if w_start >= end:
+                break
+            overlap = min(end, w_end) - max(start, w_start)
+            if overlap > best_overlap:
+                best, best_overlap = tag, overlap
+        if best_overlap == 0:
+            best = next((tag for w_start, w_end, tag in words if w_start <= start < w_end), "X")
+        tags.append(best)
+    return tags
+
+
+def window_token_tags(text: str, offsets: np.ndarray, special: np.ndarray, tagger: Tagger) -> np.ndarray:
+    """Tags ``[n_windows, window]`` of every token of every window (:func:`token_tags`).
+
+    Each window's tagger input is the text its non-special tokens cover (from the first one's
+    start to the last one's end), as the official code parses only that slice.
+    """
+    out = np.empty(special.shape, dtype=object)
+    for k in range(special.shape[0]):
+        spans = [(int(a), int(b)) for (a, b), sp in zip(offsets[k], special[k]) if not sp and b > a]
+        first = min((a for a, _ in spans), default=0)
+        last = max((b for _, b in spans), default=0)
+        relative = [(max(0, int(a) - first), max(0, int(b) - first)) if b > a else (0, 0) for a, b in offsets[k]]
+        out[k] = token_tags(relative, special[k].tolist(), list(tagger(text[first:last])))
+    return out
+
+
+def token_excess(clean_nll: np.ndarray, ablated_nll: np.ndarray, tags: np.ndarray) -> pd.DataFrame:
+    """Mean excess NLL (ablated - clean) per tag over the scored tokens of the windows.
+
+    Args:
+        clean_nll: ``[n_windows, window - 1]`` NLL of tokens ``1..`` (the first is unscored).
+        ablated_nll: the same under the ablation.
+        tags: ``[n_windows, window]`` tags from :func:`window_token_tags`.
+
+    Returns:
+        A DataFrame indexed by tag (sorted) with ``excess``, ``clean``, ``ablated`` (means) and ``count``.
+    """
+    table = pd.DataFrame({"pos": np.asarray(tags)[:, 1:].reshape(-1),
+                          "clean": np.asarray(clean_nll, dtype=np.float64).reshape(-1),
+                          "ablated": np.asarray(ablated_nll, dtype=np.float64).reshape(-1)}).dropna()
     table["excess"] = table["ablated"] - table["clean"]
     grouped = table.groupby("pos", sort=True)
     out = grouped[["excess", "clean", "ablated"]].mean()

@@ -1,9 +1,12 @@
 """Sentence log-probabilities and minimal-pair scoring, batched and exact.
 
-A sentence's score is the sum (or mean) of the log-probabilities, in nats, of its tokens.
-Every token is scored by conditioning on one *prefix* token, the model's BOS (or EOS when
-it has none), as lm-evaluation-harness does; ``prefix=False`` reproduces the paper's TSE
-code, which feeds the sentence alone and so leaves its first token unscored.
+A sentence's score is the sum (or mean) of the log-probabilities, in nats, of its scored
+tokens. What precedes the sentence is the ``prefix`` (:func:`encode_with_prefix`): ``auto``
+(the tokenizer's own special tokens, as the official code: Pythia adds none, so the first
+token is unscored; Llama-style tokenizers add BOS, so every token is scored), ``none``,
+``bos`` (BOS, else EOS, always prepended, as lm-evaluation-harness) or a token string.
+NPI triples are judged ``last`` (good vs the tuple's last, ungrammatical sentence, as the
+official code) or ``intrusive`` (good must beat the intrusive sentence too).
 
 The batched forward passes live in :mod:`dynamics.syntax.logprobs`.
 """
@@ -22,8 +25,11 @@ from dynamics.errors import UserInputError
 from dynamics.syntax.logprobs import (  # noqa: F401  (re-exported: the scoring API in one place)
     DEFAULT_BATCH_TOKENS,
     DEFAULT_MAX_BATCH_SIZE,
+    PREFIX_MODES,
     PaddingSide,
     encode,
+    encode_with_prefix,
+    prefix_mode,
     prefix_token_id,
     token_log_probs,
     token_log_probs_each,
@@ -32,6 +38,7 @@ from dynamics.syntax.logprobs import (  # noqa: F401  (re-exported: the scoring 
 logger = logging.getLogger(__name__)
 
 Reduction = Literal["sum", "mean"]
+NpiRule = Literal["last", "intrusive"]
 
 
 def reduce_log_probs(log_probs: Sequence[np.ndarray], reduction: Reduction) -> np.ndarray:
@@ -48,26 +55,24 @@ def score_sentences(
     tokenizer: Any,
     sentences: Sequence[str],
     reduction: Reduction = "sum",
-    prefix: bool = True,
+    prefix: bool | str = "bos",
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     device: torch.device | str | None = None,
     progress: bool = True,
     *,
-    prefix_token: int | str | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     padding_side: PaddingSide = "right",
 ) -> np.ndarray:
     """Log-probability of each sentence (float64, nats), batched.
 
     Repeated sentences are scored once. See :func:`token_log_probs` for the batching
-    arguments and :func:`prefix_token_id` for ``prefix_token``.
+    arguments and :func:`encode_with_prefix` for ``prefix`` (``True``/``False``: ``bos``/``none``).
     """
     _check_reduction(reduction)
     unique, index = _deduplicate(sentences)
     units = [[i] for i in range(len(unique))]
     per_token = _score_unique(
-        model, tokenizer, unique, units, prefix, prefix_token, batch_tokens, max_batch_size,
-        device, padding_side, progress,
+        model, tokenizer, unique, units, prefix, batch_tokens, max_batch_size, device, padding_side, progress,
     )[0]
     return reduce_log_probs(per_token, reduction)[index] if sentences else np.zeros(0)
 
@@ -77,7 +82,7 @@ class PairScores:
     """Minimal-pair results: accuracy and mean margin per group, optionally per pair.
 
     A pair is correct when its good sentence scores strictly higher than its bad one and,
-    for NPI triples, than its intrusive one too. The margin is ``good - bad``.
+    for NPI triples judged ``intrusive``, than its intrusive one too. The margin is ``good - bad``.
     """
 
     group_by: str
@@ -168,13 +173,13 @@ def score_pairs(
     pairs: Sequence[Any],
     group_by: str = "case",
     reduction: Reduction = "sum",
-    prefix: bool = True,
+    prefix: bool | str = "bos",
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     device: torch.device | str | None = None,
     keep_pairs: bool = False,
     progress: bool = True,
     *,
-    prefix_token: int | str | None = None,
+    npi: NpiRule = "intrusive",
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     padding_side: PaddingSide = "right",
 ) -> PairScores:
@@ -184,23 +189,25 @@ def score_pairs(
         model: A causal language model.
         tokenizer: Its Hugging Face tokenizer.
         pairs: Records with attributes (or mapping keys) ``good``, ``bad``, ``group_by``
-            and, optionally, ``intrusive`` (NPI triples: correct only if good beats both).
+            and, optionally, ``intrusive`` (NPI triples).
         group_by: The record field that labels groups, e.g. ``case`` or ``paradigm``.
         reduction: ``sum`` (default) or ``mean`` over scored tokens.
-        prefix: Condition every sentence on BOS/EOS (default) or leave its first token
-            unscored (the paper's code).
+        prefix: ``auto``, ``none``, ``bos`` (default) or a token string; see
+            :func:`encode_with_prefix` (``True``/``False``: ``bos``/``none``).
         batch_tokens: Token budget of a batch; both (or all three) sentences of a pair
             always go in the same batch.
         device: Where the inputs go; default the model's device.
         keep_pairs: Keep per-pair scores in the result.
         progress: Show a tqdm bar.
-        prefix_token: Explicit prefix token (id or string) instead of BOS/EOS.
+        npi: ``intrusive`` (default: an NPI triple is correct only if good beats both) or
+            ``last`` (good vs the tuple's last sentence only, as the official code; the
+            intrusive sentences are then not scored and stay NaN).
         max_batch_size: Rows per batch at most.
         padding_side: ``right`` (default) or ``left``.
     """
     return score_pairs_each(
         model, tokenizer, pairs, 1, group_by, reduction, prefix, batch_tokens, device, keep_pairs, progress,
-        prefix_token=prefix_token, max_batch_size=max_batch_size, padding_side=padding_side,
+        npi=npi, max_batch_size=max_batch_size, padding_side=padding_side,
     )[0]
 
 
@@ -211,22 +218,24 @@ def score_pairs_each(
     copies: int,
     group_by: str = "case",
     reduction: Reduction = "sum",
-    prefix: bool = True,
+    prefix: bool | str = "bos",
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     device: torch.device | str | None = None,
     keep_pairs: bool = False,
     progress: bool = True,
     *,
-    prefix_token: int | str | None = None,
+    npi: NpiRule = "intrusive",
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     padding_side: PaddingSide = "right",
 ) -> list[PairScores]:
     """:func:`score_pairs` under ``copies`` ablation conditions in one pass per batch (inside
     :func:`dynamics.row_ablation.ablate_rows`): one :class:`PairScores` per condition."""
     _check_reduction(reduction)
+    if npi not in ("last", "intrusive"):
+        raise UserInputError(f"npi={npi!r}; expected 'last' or 'intrusive'")
     goods = [str(_field(p, "good")) for p in pairs]
     bads = [str(_field(p, "bad")) for p in pairs]
-    intrusives = [_field(p, "intrusive", None) for p in pairs]
+    intrusives = [_field(p, "intrusive", None) if npi == "intrusive" else None for p in pairs]
     labels = [_field(p, group_by) for p in pairs]
     unique, index = _deduplicate(goods + bads + [s for s in intrusives if s is not None])
     n = len(pairs)
@@ -243,8 +252,7 @@ def score_pairs_each(
         if unit:
             units.append(unit)
     per_copy = _score_unique(
-        model, tokenizer, unique, units, prefix, prefix_token, batch_tokens, max_batch_size,
-        device, padding_side, progress, copies,
+        model, tokenizer, unique, units, prefix, batch_tokens, max_batch_size, device, padding_side, progress, copies,
     )
     results = []
     for per_token in per_copy:
@@ -260,8 +268,7 @@ def _score_unique(
     tokenizer: Any,
     sentences: list[str],
     units: list[list[int]],
-    prefix: bool,
-    prefix_token: int | str | None,
+    prefix: bool | str,
     batch_tokens: int,
     max_batch_size: int,
     device: torch.device | str | None,
@@ -269,9 +276,9 @@ def _score_unique(
     progress: bool,
     copies: int = 1,
 ) -> list[list[np.ndarray]]:
-    prefix_id = prefix_token_id(tokenizer, prefix_token) if prefix else None
+    ids, prefix_id = encode_with_prefix(tokenizer, sentences, prefix)
     return token_log_probs_each(
-        model, encode(tokenizer, sentences), prefix_id, copies, units=units, batch_tokens=batch_tokens,
+        model, ids, prefix_id, copies, units=units, batch_tokens=batch_tokens,
         max_batch_size=max_batch_size, device=device, padding_side=padding_side, progress=progress,
     )
 

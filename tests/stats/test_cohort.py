@@ -101,3 +101,45 @@ def test_bad_scope_and_shape():
         bottom_percent_mask(torch.rand(2, 10), 1.0, scope="model")
     with pytest.raises(UserInputError, match=r"2-D tensor \[layers, neurons\]"):
         top_percent_mask(torch.rand(10), 1.0)
+
+
+# ------------------------------------------------- the matched control's search (tolerance vs clean)
+def test_a_trial_below_clean_never_matches_a_top_set_above_clean():
+    from dynamics.stats.cohort import bisect_to_target
+
+    # The case: clean 43.70, the top set +1.5%; the first trial (m = 0.1%) lies below clean. With the old
+    # 2% of the absolute perplexity it "matched" at once; relative to the increase it cannot.
+    clean, target = 43.70, 43.70 * 1.015
+    values = {0.1: 43.60, 90.0: 60.0}
+    f = lambda m: values.get(m, clean + (m - 0.1) / 89.9 * (60.0 - clean))  # noqa: E731
+    old = bisect_to_target(f, target, 0.1, 90.0, tolerance=0.02)
+    assert old.converged and old.argument == 0.1  # the defect this change removes
+    new = bisect_to_target(f, target, 0.1, 90.0, tolerance=0.05, max_iterations=30, baseline=clean)
+    assert new.converged and new.value > clean
+    assert abs(new.value - target) <= 0.05 * (target - clean) and new.band == pytest.approx(0.05 * (target - clean))
+    assert all(abs(v - target) > new.band for m, v in new.trials[:-1])
+
+
+def test_non_monotone_perplexity_is_refined_inside_the_bracket():
+    from dynamics.stats.cohort import bisect_to_target
+
+    # The values: 1.5% -> 44.12, 2.21% -> 44.00, 2.73% -> 44.55; the target 44.30 lies between.
+    table = {0.1: 43.5, 90.0: 80.0, 45.05: 50.0, 22.575: 47.0, 11.3375: 45.0, 5.71875: 44.9, 2.909375: 44.55,
+             1.5046875: 44.12}
+
+    def f(m: float) -> float:
+        if m in table:
+            return table[m]
+        return 44.0 if m < 2.5 else 44.32  # dips below the target, then crosses it near 2.7%
+
+    result = bisect_to_target(f, 44.30, 0.1, 90.0, tolerance=0.05, max_iterations=12, baseline=43.7)
+    assert result.converged and abs(result.value - 44.30) <= 0.05 * 0.6
+    low, high = result.bracket
+    assert f(low) < 44.30 < f(high) and low < result.argument < high  # the kept bracket straddles the target
+
+
+def test_a_top_set_that_does_not_raise_perplexity_has_nothing_to_match():
+    from dynamics.stats.cohort import bisect_to_target
+
+    result = bisect_to_target(lambda m: 40.0 + m, 39.9, 0.1, 90.0, tolerance=0.05, baseline=40.0)
+    assert not result.converged and "not above clean" in result.reason and len(result.trials) == 1

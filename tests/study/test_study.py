@@ -32,7 +32,7 @@ def study_config(model_dir, out, data, **overrides) -> StudyConfig:
                   ppl_tokens=256, percents="5,10", match_percent=10.0, match_tolerance=1e-4, match_iterations=4,
                   tse_per_case=1, blimp=str(data / "blimp"), blimp_per_paradigm=2,
                   blimp_paradigms=",".join(BLIMP_TINY), tasks="none", layer_groups=2, group_percent=10.0,
-                  pos="off", threads=1)
+                  pos="off", threads=1, protocol="strict")  # strict: the scoring from before --protocol
     return StudyConfig(**{**values, **overrides})
 
 
@@ -112,8 +112,8 @@ def _load(config):
 
     model = tiny_model_from(config.model)
     tokenizer = AutoTokenizer.from_pretrained(config.model)  # as the study loads it (some families wrap it)
-    windows = load_token_windows(CorpusSpec(source=config.corpus, window=64, token_budget=512), tokenizer)
-    return model, tokenizer, windows
+    windows = load_token_windows(CorpusSpec(source=config.corpus, window=64, token_budget=512 + 256), tokenizer)
+    return model, tokenizer, windows[8:]  # one file: the perplexity windows follow the 8 WD windows
 
 
 def tiny_model_from(path):
@@ -177,7 +177,11 @@ def test_the_matched_percent_reproduces_its_recorded_perplexity(family_study):
     assert float(ds["matched_target_ppl"]) == pytest.approx(target, rel=1e-6)
     record = ds.attrs["provenance"]["matched_control"]
     assert record["m_percent"] == pytest.approx(float(ds["matched_percent"]))
-    assert bool(ds["matched_converged"]) == (abs(again / target - 1) <= 1e-4) == record["converged"]
+    with torch.inference_mode():
+        clean = perplexity(model, windows[:4], progress=False)
+    assert float(ds["matched_clean_ppl"]) == pytest.approx(clean, rel=1e-6)
+    # the tolerance (1e-4 here) is relative to the top set's increase over clean
+    assert bool(ds["matched_converged"]) == (abs(again - target) <= 1e-4 * (target - clean)) == record["converged"]
     if family == "opt":  # ReLU: max(a, 0) before a ReLU changes nothing, so every negative ablation is clean
         clean = ds.sel(condition="clean", percent=10.0)
         for condition in ("neg_top", "neg_random", "neg_matched"):
@@ -205,3 +209,27 @@ def test_layer_group_units_ablate_only_their_layers(family_study):
     np.testing.assert_allclose(ds["group_tse_margin"].sel(group_scope="cumulative", layer_group=1),
                                ds["tse_margin"].sel(condition="neg_top", percent=10.0), rtol=1e-9)
     assert N_LAYERS == 3
+
+
+def test_mapping_difficulty_goes_into_the_static_sets_and_the_report():
+    """--mapping-difficulty in a study: md [layer, neuron] beside wd in the static variables; the report's
+    Spearman table."""
+    import xarray as xr
+    from scipy.stats import spearmanr
+
+    from dynamics.report.tables import wd_md_lines
+    from dynamics.stats.cohort import BisectionResult
+    from dynamics.study.conditions import static_dataset
+
+    rng = np.random.default_rng(0)
+    wd_values = rng.random((2, 20)).astype(np.float32)
+    md_values = (wd_values + 0.3 * rng.random((2, 20))).astype(np.float32)
+    dims = ("layer", "neuron")
+    wd = xr.Dataset({"wd": (dims, wd_values), "wd_neg": (dims, wd_values / 2), "wd_pos": (dims, wd_values / 2),
+                     "md": (dims, md_values)}, coords={"layer": [0, 1], "neuron": np.arange(20)})
+    masks = np.zeros((1, 2, 20), bool)
+    static = static_dataset(wd, [5.0], masks, masks, masks[0], BisectionResult(1.0, 2.0, 2.0, True, ()), 1.5, [[0, 1]])
+    np.testing.assert_array_equal(static["md"].values, md_values)
+    table = wd_md_lines(static["wd"].values, static["md"].values, "the WD windows")[1].splitlines()
+    for layer in range(2):
+        assert table[2 + layer].split() == [str(layer), f"{spearmanr(wd_values[layer], md_values[layer]).statistic:.3f}"]
