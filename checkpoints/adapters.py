@@ -66,7 +66,10 @@ _FAMILIES: dict[str, _FamilyRow] = {
     "gemma3_text": _GEMMA_LIKE,
     # The multimodal Gemma 3 (Gemma3ForConditionalGeneration) keeps its text model one level deeper.
     "gemma3": _FamilyRow(
-        "model.language_model.layers", "mlp.gate_proj", ("hidden_activation", "hidden_act"), "gelu_pytorch_tanh",
+        "model.language_model.layers",
+        "mlp.gate_proj",
+        ("hidden_activation", "hidden_act"),
+        "gelu_pytorch_tanh",
         gated=True,
     ),
     "gpt2": _FamilyRow("transformer.h", "mlp.c_fc", ("activation_function",), "gelu_new", transposed_weight=True),

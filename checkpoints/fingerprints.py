@@ -20,11 +20,15 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-WEIGHT_FILE = re.compile(
-    r"(model(-\d+-of-\d+)?\.safetensors|pytorch_model(-\d+-of-\d+)?\.bin|[^/]*\.gguf)"
+WEIGHT_FILE = re.compile(r"(model(-\d+-of-\d+)?\.safetensors|pytorch_model(-\d+-of-\d+)?\.bin|[^/]*\.gguf)")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
 )
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "tokenizer.model")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

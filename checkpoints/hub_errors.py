@@ -35,8 +35,9 @@ class RetryPolicy:
     max_wait: float = 60.0
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
-    def call(self, fn: Callable[[], Any], what: str,
-             explain: Callable[[BaseException], str | None] | None = None) -> tuple[Any, int]:
+    def call(
+        self, fn: Callable[[], Any], what: str, explain: Callable[[BaseException], str | None] | None = None
+    ) -> tuple[Any, int]:
         """``(fn(), attempts)``; a permanent error at once, as ``explain`` words it when it can."""
         for attempt in range(1, self.attempts + 1):
             try:
@@ -49,8 +50,14 @@ class RetryPolicy:
                 if permanent or attempt == self.attempts:
                     raise CheckpointError(f"{what}: {one_line(exc)} (after {attempt} attempt(s))") from exc
                 wait = min(self.backoff * 2 ** (attempt - 1), self.max_wait)
-                log.warning("%s failed (%s); retrying in %.1fs (attempt %d of %d)", what, one_line(exc), wait,
-                            attempt + 1, self.attempts)
+                log.warning(
+                    "%s failed (%s); retrying in %.1fs (attempt %d of %d)",
+                    what,
+                    one_line(exc),
+                    wait,
+                    attempt + 1,
+                    self.attempts,
+                )
                 self.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -80,17 +87,25 @@ def explain_hub_error(exc: BaseException, model_id: str, revision: str | None, c
 
     at = f"{model_id}@{revision}" if revision else model_id
     if isinstance(exc, errors.GatedRepoError):
-        return (f"{model_id} is a gated model: accept its terms on huggingface.co and log in (hf auth login), "
-                "or choose another --model")
+        return (
+            f"{model_id} is a gated model: accept its terms on huggingface.co and log in (hf auth login), "
+            "or choose another --model"
+        )
     if isinstance(exc, errors.RepositoryNotFoundError) or http_status(exc) in (401, 404) and revision is None:
-        return (f"no model {model_id!r} on the Hugging Face Hub (or it is private): check the id, use an alias "
-                "such as pythia-70m or a local directory, or --cache-dir with a cache that holds it")
+        return (
+            f"no model {model_id!r} on the Hugging Face Hub (or it is private): check the id, use an alias "
+            "such as pythia-70m or a local directory, or --cache-dir with a cache that holds it"
+        )
     if isinstance(exc, errors.RevisionNotFoundError):
-        return (f"{model_id} has no revision {revision!r} on the Hugging Face Hub; list the steps it has with "
-                f"`dynamics steps all --model {model_id}`")
+        return (
+            f"{model_id} has no revision {revision!r} on the Hugging Face Hub; list the steps it has with "
+            f"`dynamics steps all --model {model_id}`"
+        )
     if isinstance(exc, errors.LocalEntryNotFoundError):
-        return (f"{at}: not in the Hugging Face cache at {cache_dir}, and HF_HUB_OFFLINE=1 forbids downloading it; "
-                "pass --cache-dir with the cache that holds it, or unset HF_HUB_OFFLINE to download it")
+        return (
+            f"{at}: not in the Hugging Face cache at {cache_dir}, and HF_HUB_OFFLINE=1 forbids downloading it; "
+            "pass --cache-dir with the cache that holds it, or unset HF_HUB_OFFLINE to download it"
+        )
     if isinstance(exc, errors.EntryNotFoundError):
         return f"{at}: a file this revision lists is missing on the Hub ({one_line(exc)})"
     if http_status(exc) in (401, 403):
@@ -108,7 +123,6 @@ def offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
 
 
 def one_line(exc: BaseException) -> str:

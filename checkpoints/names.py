@@ -20,7 +20,8 @@ PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b
 POLYPYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m")
 POLYPYTHIA_SEEDS = range(1, 10)
 _PYTHIA_ALIAS = re.compile(
-    r"^pythia-(?P<size>[0-9.]+[mb])(?P<suffix>(-deduped)?(-v0)?)(?P<seed>-(data-|weight-)?seed(?P<number>\d+))?$")
+    r"^pythia-(?P<size>[0-9.]+[mb])(?P<suffix>(-deduped)?(-v0)?)(?P<seed>-(data-|weight-)?seed(?P<number>\d+))?$"
+)
 _SEED_SUFFIX = re.compile(r"-(?:data-|weight-)?seed(\d+)$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -75,9 +76,7 @@ def training_seed(ref: ModelRef) -> int | None:
 
 def is_local_suite(path: Path) -> bool:
     """A directory with at least one ``step<N>`` sub-directory."""
-    return path.is_dir() and any(
-        child.is_dir() and re.fullmatch(r"step\d+", child.name) for child in path.iterdir()
-    )
+    return path.is_dir() and any(child.is_dir() and re.fullmatch(r"step\d+", child.name) for child in path.iterdir())
 
 
 def resolve_model(name: str) -> ModelRef:
@@ -90,12 +89,16 @@ def resolve_model(name: str) -> ModelRef:
     ``owner/name`` is any Hub id.
     """
     if not name or not name.strip():
-        raise UserInputError("--model is empty: give a Pythia alias such as pythia-70m, a Hub id, a directory or a .gguf file")
+        raise UserInputError(
+            "--model is empty: give a Pythia alias such as pythia-70m, a Hub id, a directory or a .gguf file"
+        )
     path = Path(name).expanduser()
     if path.exists():
         if path.is_file():
             if path.suffix.lower() != ".gguf":
-                raise UserInputError(f"model file {name!r} is not a .gguf file; give a .gguf file, a directory or a Hub id")
+                raise UserInputError(
+                    f"model file {name!r} is not a .gguf file; give a .gguf file, a directory or a Hub id"
+                )
             return ModelRef(name, "gguf", str(path.resolve()))
         if is_local_suite(path):
             return ModelRef(name, "local_suite", str(path.resolve()))
@@ -115,8 +118,9 @@ def resolve_model(name: str) -> ModelRef:
             raise UserInputError(
                 f"unknown Pythia size {match['size']!r} in {name!r}; sizes are {', '.join(PYTHIA_SIZES)}"
             )
-        if match["seed"] and (match["size"] not in POLYPYTHIA_SIZES or match["suffix"]
-                              or int(match["number"]) not in POLYPYTHIA_SEEDS):
+        if match["seed"] and (
+            match["size"] not in POLYPYTHIA_SIZES or match["suffix"] or int(match["number"]) not in POLYPYTHIA_SEEDS
+        ):
             raise UserInputError(
                 f"no PolyPythia run {name!r}: seeds 1 to 9 exist for pythia-{{{','.join(POLYPYTHIA_SIZES)}}}-seed<N> "
                 "(e.g. pythia-160m-seed3)"

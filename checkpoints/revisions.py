@@ -38,11 +38,13 @@ class RevisionTemplate:
         names = _FIELD.findall(self.text)
         unknown = [n for n in names if n not in ("step", "tokens")]
         if unknown or names.count("step") != 1 or names.count("tokens") > 1:
-            raise UserInputError(f"--revision-template {self.text!r}: expected exactly one {{step}} and at most one "
-                                 "{tokens} field, e.g. step{step} or stage1-step{step}-tokens{tokens}B")
+            raise UserInputError(
+                f"--revision-template {self.text!r}: expected exactly one {{step}} and at most one "
+                "{tokens} field, e.g. step{step} or stage1-step{step}-tokens{tokens}B"
+            )
         regex, unit, last = "", 1, 0
         for match in _FIELD.finditer(self.text):
-            regex += re.escape(self.text[last:match.start()]) + rf"(?P<{match.group(1)}>\d+)"
+            regex += re.escape(self.text[last : match.start()]) + rf"(?P<{match.group(1)}>\d+)"
             last = match.end()
             if match.group(1) == "tokens" and last < len(self.text):
                 unit = _UNITS.get(self.text[last].lower(), 1)
@@ -85,8 +87,9 @@ class RevisionIndex:
         return sorted(self.revisions)
 
 
-def index_revisions(names: Iterable[str], template: RevisionTemplate, where: str = "",
-                    verified: bool = True) -> RevisionIndex:
+def index_revisions(
+    names: Iterable[str], template: RevisionTemplate, where: str = "", verified: bool = True
+) -> RevisionIndex:
     """Match every ref name against ``template``; two names of one step keep the first in sorted order."""
     revisions: dict[int, str] = {}
     tokens: dict[int, int] = {}
@@ -101,7 +104,9 @@ def index_revisions(names: Iterable[str], template: RevisionTemplate, where: str
     return RevisionIndex(template, revisions, tokens, where, verified)
 
 
-def tokens_of_steps(steps: Iterable[int], per_step: int | None, named: Mapping[int, int] | None = None) -> dict[int, int]:
+def tokens_of_steps(
+    steps: Iterable[int], per_step: int | None, named: Mapping[int, int] | None = None
+) -> dict[int, int]:
     """Tokens seen at each step: from the revision names where they carry them, else ``step * per_step``;
     -1 where neither is known."""
     named = named or {}

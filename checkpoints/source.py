@@ -37,8 +37,19 @@ from checkpoints.revisions import (
 from checkpoints.steps import PYTHIA_STEPS
 from dynamics.errors import CheckpointError, UserInputError
 
-__all__ = ["Checkpoint", "CheckpointSource", "HubSource", "LocalSuiteSource", "RetryPolicy", "RevisionSource",
-           "SingleModelSource", "is_permanent", "one_line", "open_source", "weight_files"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointSource",
+    "HubSource",
+    "LocalSuiteSource",
+    "RetryPolicy",
+    "RevisionSource",
+    "SingleModelSource",
+    "is_permanent",
+    "one_line",
+    "open_source",
+    "weight_files",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +87,13 @@ class Checkpoint:
         """Provenance of this checkpoint for the cube's per-step record: revision, commit, path, and the
         fingerprints (sha256 of every weight file, one sha256 of the tokenizer files); call it before release."""
         path = self.path
-        return {"revision": self.revision, "commit": self.commit, "path": str(path) if path else None,
-                "weights_sha256": weight_fingerprints(path, self.gguf_file) if path else {},
-                "tokenizer_sha256": tokenizer_fingerprint(path) if path else None}
+        return {
+            "revision": self.revision,
+            "commit": self.commit,
+            "path": str(path) if path else None,
+            "weights_sha256": weight_fingerprints(path, self.gguf_file) if path else {},
+            "tokenizer_sha256": tokenizer_fingerprint(path) if path else None,
+        }
 
     def load_model(self, device: str = "cpu", dtype: Any = None) -> Any:
         """The model, in eval mode, on ``device``; a corrupt checkpoint raises CheckpointError."""
@@ -97,8 +112,10 @@ class Checkpoint:
         model = model.to(device).eval()
         bad = first_non_finite_parameter(model)
         if bad is not None:
-            raise CheckpointError(f"step {self.step}: the weights in {self.path} contain NaN or Inf (first in {bad}); "
-                                  "the checkpoint is unusable")
+            raise CheckpointError(
+                f"step {self.step}: the weights in {self.path} contain NaN or Inf (first in {bad}); "
+                "the checkpoint is unusable"
+            )
         return model
 
     def load_tokenizer(self) -> Any:
@@ -109,7 +126,9 @@ class Checkpoint:
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.path, **kwargs)
         except Exception as exc:
-            raise CheckpointError(f"step {self.step}: cannot load the tokenizer from {self.path}: {one_line(exc)}") from exc
+            raise CheckpointError(
+                f"step {self.step}: cannot load the tokenizer from {self.path}: {one_line(exc)}"
+            ) from exc
         problem = tokenizer_problem(tokenizer)
         if problem:
             raise CheckpointError(f"step {self.step}: the tokenizer in {self.path} is unusable: {problem}")
@@ -135,8 +154,10 @@ def tokenizer_problem(tokenizer: Any) -> str | None:
     known = [i for i in ids if i != unknown]
     words = len(TOKENIZER_PROBE.split())
     if len(set(known)) < words // 2:
-        return (f"it maps a {words}-word sentence to {len(ids)} tokens, {len(set(known))} distinct known ones "
-                f"(vocabulary of {len(tokenizer)}); is tokenizer.json missing?")
+        return (
+            f"it maps a {words}-word sentence to {len(ids)} tokens, {len(set(known))} distinct known ones "
+            f"(vocabulary of {len(tokenizer)}); is tokenizer.json missing?"
+        )
     return None
 
 
@@ -209,7 +230,8 @@ class HubSource:
         self._list_refs = list_refs or hub_ref_names
         self.template = RevisionTemplate(revision_template)
         self._index: RevisionIndex | None = (
-            RevisionIndex(self.template, dict(revisions), where="the run's listing") if revisions is not None else None)
+            RevisionIndex(self.template, dict(revisions), where="the run's listing") if revisions is not None else None
+        )
 
     def revisions(self) -> RevisionIndex:
         """The repository's refs matched against the template, listed once per source.
@@ -243,9 +265,11 @@ class HubSource:
         """:meth:`available_steps`, where a listing that found no revision of the template is one clear error."""
         index = self.revisions()
         if not index.steps and index.verified:
-            raise UserInputError(f"{self.model_id} has no revision named like {self.template.text!r} in {index.where}; "
-                                 "choose --revision-template to match its branches" +
-                                 (" (offline: only cached revisions can be used)" if offline() else ""))
+            raise UserInputError(
+                f"{self.model_id} has no revision named like {self.template.text!r} in {index.where}; "
+                "choose --revision-template to match its branches"
+                + (" (offline: only cached revisions can be used)" if offline() else "")
+            )
         return index.steps or None
 
     def check_available(self) -> None:
@@ -258,7 +282,8 @@ class HubSource:
             raise UserInputError(
                 f"{self.model_id} is not in the Hugging Face cache at {self.cache_dir}, and HF_HUB_OFFLINE=1 "
                 "forbids downloading it: pass --cache-dir with the cache that holds it, use an alias such as "
-                "pythia-70m or a local directory, or unset HF_HUB_OFFLINE")
+                "pythia-70m or a local directory, or unset HF_HUB_OFFLINE"
+            )
 
     def _hub_refs(self) -> list[str] | None:
         """The repository's branch and tag names; None when the Hub cannot be asked now (validation goes on)."""
@@ -278,7 +303,9 @@ class HubSource:
         if self.template.needs_listing:
             listed = self.revisions().revisions.get(step)
             if listed is None:
-                raise CheckpointError(f"{self.model_id} has no revision for step {step} named like {self.template.text!r}")
+                raise CheckpointError(
+                    f"{self.model_id} has no revision for step {step} named like {self.template.text!r}"
+                )
             return listed
         return self.template.format(step)
 
@@ -314,14 +341,19 @@ class HubSource:
         retry = replace(self.retry, attempts=1) if self._unreachable else self.retry
         try:
             path, attempts = retry.call(
-                lambda: self._fetch_once(revision), f"{self.model_id}@{revision}",
+                lambda: self._fetch_once(revision),
+                f"{self.model_id}@{revision}",
                 lambda exc: explain_hub_error(exc, self.model_id, revision, self.cache_dir),
             )
         except CheckpointError as exc:
             if not self._unreachable and retry.attempts > 1 and not is_permanent(exc.__cause__ or exc):
                 self._unreachable = True
-                log.warning("the Hugging Face Hub did not answer for %s after %d attempts; the next checkpoints "
-                            "are tried once each until one arrives", self.model_id, retry.attempts)
+                log.warning(
+                    "the Hugging Face Hub did not answer for %s after %d attempts; the next checkpoints "
+                    "are tried once each until one arrives",
+                    self.model_id,
+                    retry.attempts,
+                )
             raise
         self._unreachable = False
         path = Path(path)
@@ -460,7 +492,10 @@ def weight_files(files: Sequence[str]) -> list[str]:
     safetensors is preferred over PyTorch pickles; an index file comes with its shards.
     """
     top = [f for f in files if "/" not in f]
-    for pattern in (r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?", r"pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?"):
+    for pattern in (
+        r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?",
+        r"pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?",
+    ):
         chosen = sorted(f for f in top if re.fullmatch(pattern, f))
         if chosen:
             return chosen

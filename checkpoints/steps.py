@@ -88,8 +88,10 @@ def _parse_term(term: str, spec: str, offered: list[int] | None) -> list[int]:
             raise UserInputError(f"step spec {term!r} has STOP {stop} < START {start}")
         count = (stop - start) // stride + 1
         if count > MAX_SELECTED:  # refused before it is materialised (a list of 10**12 steps is a MemoryError)
-            raise UserInputError(f"step spec {term!r} selects {count} steps, more than {MAX_SELECTED}; "
-                                 "choose a larger STEP or a shorter range")
+            raise UserInputError(
+                f"step spec {term!r} selects {count} steps, more than {MAX_SELECTED}; "
+                "choose a larger STEP or a shorter range"
+            )
         return list(range(start, stop + 1, stride))
     if term.lstrip().startswith("-") or re.search(r"(^|:)-\d", term):
         raise UserInputError(f"step spec {term!r} is negative: steps are integers >= 0")

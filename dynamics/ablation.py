@@ -72,14 +72,20 @@ def neuron_indices(neurons: Any, shape: tuple[int, int]) -> dict[int, torch.Tens
     else:
         mask = neurons.detach().cpu().numpy() if isinstance(neurons, torch.Tensor) else np.asarray(neurons)
         if mask.dtype != np.bool_:
-            raise UserInputError(f"neuron mask has dtype {mask.dtype}; give a boolean mask [layer, neuron] or index lists")
+            raise UserInputError(
+                f"neuron mask has dtype {mask.dtype}; give a boolean mask [layer, neuron] or index lists"
+            )
         if mask.shape != (n_layers, n_neurons):
-            raise UserInputError(f"neuron mask has shape {mask.shape}; the model needs ({n_layers}, {n_neurons}) [layer, neuron]")
+            raise UserInputError(
+                f"neuron mask has shape {mask.shape}; the model needs ({n_layers}, {n_neurons}) [layer, neuron]"
+            )
         per_layer = {layer: np.flatnonzero(row) for layer, row in enumerate(mask)}
     indices: dict[int, torch.Tensor] = {}
     for layer, chosen in per_layer.items():
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n_layers:
-            raise UserInputError(f"layer {layer!r} in the neuron set does not exist: the model has layers 0..{n_layers - 1}")
+            raise UserInputError(
+                f"layer {layer!r} in the neuron set does not exist: the model has layers 0..{n_layers - 1}"
+            )
         array = np.asarray(chosen.cpu() if isinstance(chosen, torch.Tensor) else chosen).reshape(-1)
         if array.size and not np.issubdtype(array.dtype, np.integer):
             raise UserInputError(
@@ -88,7 +94,9 @@ def neuron_indices(neurons: Any, shape: tuple[int, int]) -> dict[int, torch.Tens
             )
         values = torch.as_tensor(array.astype(np.int64))
         if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n_neurons):
-            raise UserInputError(f"layer {layer} neuron indices must lie in 0..{n_neurons - 1}, got {values.tolist()[:8]}")
+            raise UserInputError(
+                f"layer {layer} neuron indices must lie in 0..{n_neurons - 1}, got {values.tolist()[:8]}"
+            )
         values = torch.unique(values)  # sorted, duplicates dropped
         if values.numel():
             indices[int(layer)] = values
@@ -139,11 +147,19 @@ def activation_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     found = []
     for layer, block in enumerate(transformer_layers(model)):
         parent = block.get_submodule(parent_path) if parent_path else block
-        module = next((getattr(parent, name) for name in ACTIVATION_ATTRIBUTES
-                       if isinstance(getattr(parent, name, None), torch.nn.Module)), None)
+        module = next(
+            (
+                getattr(parent, name)
+                for name in ACTIVATION_ATTRIBUTES
+                if isinstance(getattr(parent, name, None), torch.nn.Module)
+            ),
+            None,
+        )
         if module is None:
-            raise UserInputError(f"layer {layer}: no activation module ({', '.join(ACTIVATION_ATTRIBUTES)}) beside the "
-                                 f"pre-activation; the modes {', '.join(ACTIVATION_MODES)} need one")
+            raise UserInputError(
+                f"layer {layer}: no activation module ({', '.join(ACTIVATION_ATTRIBUTES)}) beside the "
+                f"pre-activation; the modes {', '.join(ACTIVATION_MODES)} need one"
+            )
         found.append(module)
     return found
 
@@ -203,9 +219,11 @@ def ablation_function(mode: Mode, activation: Callable[[torch.Tensor], torch.Ten
     return functions[mode]
 
 
-def negative_ablation_perplexity(model: torch.nn.Module, windows: torch.Tensor,
-                                 batch_size: int) -> Callable[[torch.Tensor], float]:
+def negative_ablation_perplexity(
+    model: torch.nn.Module, windows: torch.Tensor, batch_size: int
+) -> Callable[[torch.Tensor], float]:
     """``f(mask)``: perplexity on ``windows`` with the negative pre-activations of ``mask`` zeroed."""
+
     def ablated_ppl(mask: torch.Tensor) -> float:
         with ablate(model, mask, mode="negative"), torch.inference_mode():
             return perplexity(model, windows, batch_size=batch_size, progress=False)
@@ -213,8 +231,9 @@ def negative_ablation_perplexity(model: torch.nn.Module, windows: torch.Tensor,
     return ablated_ppl
 
 
-def negative_ablation_window_nll(model: torch.nn.Module, windows: torch.Tensor, batch_size: int,
-                                 mask: torch.Tensor | None) -> torch.Tensor:
+def negative_ablation_window_nll(
+    model: torch.nn.Module, windows: torch.Tensor, batch_size: int, mask: torch.Tensor | None
+) -> torch.Tensor:
     """Summed NLL per window with ``mask``'s negative pre-activations zeroed (``None``: clean)."""
     if mask is None:
         with torch.inference_mode():
@@ -223,7 +242,9 @@ def negative_ablation_window_nll(model: torch.nn.Module, windows: torch.Tensor, 
         return window_nll(model, windows, batch_size=batch_size, progress=False)
 
 
-def paired_increase(clean_nll: torch.Tensor, ablated_nll: torch.Tensor, predicted_per_window: int) -> tuple[float, float]:
+def paired_increase(
+    clean_nll: torch.Tensor, ablated_nll: torch.Tensor, predicted_per_window: int
+) -> tuple[float, float]:
     """(relative perplexity increase, its standard error) of an ablation, from per-window NLL on the same windows.
 
     The increase is ``exp(mean d) - 1`` with ``d`` the per-window change of the mean NLL per
@@ -236,9 +257,16 @@ def paired_increase(clean_nll: torch.Tensor, ablated_nll: torch.Tensor, predicte
     return float(np.expm1(mean)), float(np.exp(mean) * se)
 
 
-def match_bottom_percent(wd: np.ndarray, ablated_ppl: Callable[[torch.Tensor], float], target: float, low: float,
-                         high: float, tolerance: float, max_iterations: int,
-                         clean: float | None = None) -> tuple[np.ndarray, BisectionResult]:
+def match_bottom_percent(
+    wd: np.ndarray,
+    ablated_ppl: Callable[[torch.Tensor], float],
+    target: float,
+    low: float,
+    high: float,
+    tolerance: float,
+    max_iterations: int,
+    clean: float | None = None,
+) -> tuple[np.ndarray, BisectionResult]:
     """The bottom-``m``% WD mask whose negative ablation matches ``target`` perplexity.
 
     With ``clean`` (the clean perplexity) the tolerance is relative to the target's increase
@@ -264,6 +292,8 @@ def match_bottom_percent(wd: np.ndarray, ablated_ppl: Callable[[torch.Tensor], f
 def noise_warning(increase: float, standard_error: float) -> str:
     """A warning when the top set's own perplexity increase is within two standard errors of zero ("" otherwise)."""
     if np.isfinite(standard_error) and abs(increase) <= 2 * standard_error:
-        return (f"the top set's own perplexity increase ({100 * increase:+.2f}%) is within the noise of the estimate "
-                f"(2 standard errors = {200 * standard_error:.2f}%); the match means little: use more --ppl-tokens")
+        return (
+            f"the top set's own perplexity increase ({100 * increase:+.2f}%) is within the noise of the estimate "
+            f"(2 standard errors = {200 * standard_error:.2f}%); the match means little: use more --ppl-tokens"
+        )
     return ""

@@ -28,10 +28,15 @@ class StepsConfig:
     """`dynamics steps`: show the steps a spec selects."""
 
     spec: str = option(help="step spec, e.g. 0:143000:1000, pythia, log, final, all", positional=True)
-    model: str | None = option(None, help="check the steps against this model's checkpoints (a Hub repo's refs are "
-                               "listed: offline, its cached ones)")
-    revision_template: str = option("step{step}", help="the Hub revision name of a step: {step} and optionally "
-                                    "{tokens} (e.g. stage1-step{step}-tokens{tokens}B)")
+    model: str | None = option(
+        None,
+        help="check the steps against this model's checkpoints (a Hub repo's refs are "
+        "listed: offline, its cached ones)",
+    )
+    revision_template: str = option(
+        "step{step}",
+        help="the Hub revision name of a step: {step} and optionally {tokens} (e.g. stage1-step{step}-tokens{tokens}B)",
+    )
     cache_dir: str | None = option(None, help="Hugging Face cache directory (default: the hub's own)")
 
 
@@ -48,14 +53,20 @@ def run_steps(config: StepsConfig) -> int:
     if ref is not None and is_toy_alias(ref):
         ensure_toy_suite(ref)
     source = open_source(ref, cache_dir=config.cache_dir, revision_template=config.revision_template) if ref else None
-    available = (source.verified_steps() if isinstance(source, HubSource) else source.available_steps()) \
-        if source is not None else None
+    available = (
+        (source.verified_steps() if isinstance(source, HubSource) else source.available_steps())
+        if source is not None
+        else None
+    )
     steps = parse_steps(config.spec, available, source=source.model_id if source else "")
     print(f"{len(steps)} steps: {' '.join(str(s) for s in steps)}")
     if source is not None and available is not None:
         where = source.revisions().where if isinstance(source, HubSource) else source.model_id
-        shown = " ".join(str(s) for s in available) if len(available) <= 40 else (
-            " ".join(map(str, available[:20])) + " ... " + " ".join(map(str, available[-10:])))
+        shown = (
+            " ".join(str(s) for s in available)
+            if len(available) <= 40
+            else (" ".join(map(str, available[:20])) + " ... " + " ".join(map(str, available[-10:])))
+        )
         print(f"{source.model_id} offers {len(available)} steps ({where}): {shown}")
     return 0
 
@@ -65,8 +76,12 @@ class TseExportConfig:
     """`dynamics tse export`: write the built-in TSE benchmark (Marvin & Linzen 2018) to files."""
 
     directory: str = option(help="output directory", positional=True)
-    format: str = option("pickle", help="pickle: <case>.pickle dicts as the original generator wrote; "
-                         "jsonl: sentence_good, sentence_bad, case, subcase", choices=["pickle", "jsonl"])
+    format: str = option(
+        "pickle",
+        help="pickle: <case>.pickle dicts as the original generator wrote; "
+        "jsonl: sentence_good, sentence_bad, case, subcase",
+        choices=["pickle", "jsonl"],
+    )
     overwrite: bool = option(False, help="replace existing files whose content differs")
 
 
@@ -83,13 +98,18 @@ def run_tse_export(config: TseExportConfig) -> int:
 class PlotConfig:
     """`dynamics plot`: seaborn figures of a cube (PNG and PDF)."""
 
-    cube: list[str] = option(help="the cube (.zarr directory); several scan cubes of one model size trained with "
-                             "different seeds: their mean and a band from the lowest to the highest seed",
-                             positional=True, nargs="+", metavar="CUBE")
+    cube: list[str] = option(
+        help="the cube (.zarr directory); several scan cubes of one model size trained with "
+        "different seeds: their mean and a band from the lowest to the highest seed",
+        positional=True,
+        nargs="+",
+        metavar="CUBE",
+    )
     out: str = option("figures", help="directory for the figures", flag="-o")
     formats: str = option("png,pdf", help="comma-separated file formats: png, pdf, svg")
-    x: str = option("step", help="x axis of the training-dynamics figures: step or tokens (tokens seen)",
-                    choices=["step", "tokens"])
+    x: str = option(
+        "step", help="x axis of the training-dynamics figures: step or tokens (tokens seen)", choices=["step", "tokens"]
+    )
 
 
 def run_plot(config: PlotConfig) -> int:
@@ -111,8 +131,11 @@ class ReportConfig:
     """`dynamics report`: the headline numbers of a cube as plain-text tables."""
 
     cube: str = option(help="the cube (.zarr directory)", positional=True)
-    check: bool = option(False, help="instead of the tables, verify that every done step's stored variables are "
-                         "present and readable (exit 1 naming what is lost)")
+    check: bool = option(
+        False,
+        help="instead of the tables, verify that every done step's stored variables are "
+        "present and readable (exit 1 naming what is lost)",
+    )
 
 
 def run_report(config: ReportConfig) -> int:
@@ -159,8 +182,12 @@ def run_scan_command(config: Any) -> int:
     summary = run_scan(config)
     print(
         f"{config.out}: {len(summary.done) - len(summary.copied)} steps computed, "
-        + (f"{len(summary.copied)} copied from an earlier step with the same weights "
-           f"({', '.join(f'{s}={o}' for s, o in sorted(summary.copied.items()))}), " if summary.copied else "")
+        + (
+            f"{len(summary.copied)} copied from an earlier step with the same weights "
+            f"({', '.join(f'{s}={o}' for s, o in sorted(summary.copied.items()))}), "
+            if summary.copied
+            else ""
+        )
         + f"{len(summary.skipped)} already done, "
         f"{len(summary.failed)} failed" + (f" ({', '.join(map(str, summary.failed))})" if summary.failed else "")
     )
@@ -171,8 +198,10 @@ def run_ablate_command(config: Any) -> int:
     from dynamics.study.driver import run_study
 
     summary = run_study(config)
-    print(f"{config.out}: {len(summary.done)} conditions computed, {len(summary.skipped)} already done, "
-          f"{len(summary.failed)} failed (of {summary.units}); see: dynamics report {config.out}")
+    print(
+        f"{config.out}: {len(summary.done)} conditions computed, {len(summary.skipped)} already done, "
+        f"{len(summary.failed)} failed (of {summary.units}); see: dynamics report {config.out}"
+    )
     return 0 if not summary.failed else 1
 
 

@@ -9,7 +9,6 @@ help text (and optionally ``positional``, ``choices``, ``flag``). The CLI flatte
 into one option list, grouped by part in ``--help``, which shows every default.
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -69,16 +68,17 @@ def redefault(part: type, name: str, default: Any, **metadata: Any) -> Any:
 class ModelOptions:
     """Options of the part "model" (one definition each, shared by every command that uses them)."""
 
-
-    model: str = option(help="Pythia alias (pythia-1.4b), Hub id, toy (the built-in model organism, trained on "
-                        "first use), local suite directory, saved model directory or .gguf file", flag="-m")
+    model: str = option(
+        help="Pythia alias (pythia-1.4b), Hub id, toy (the built-in model organism, trained on "
+        "first use), local suite directory, saved model directory or .gguf file",
+        flag="-m",
+    )
 
 
 @titled("cube", lead=True)
 @dataclass(frozen=True, kw_only=True)
 class CubeOptions:
     """Options of the part "cube" (one definition each, shared by every command that uses them)."""
-
 
     out: str = option(help="the cube to create or resume (a .zarr directory)", flag="-o")
     overwrite: bool = option(False, help="recompute units (steps, conditions) that are already done in the cube")
@@ -89,24 +89,41 @@ class CubeOptions:
 class BudgetOptions:
     """Options of the part "corpus and budgets" (one definition each, shared by every command that uses them)."""
 
-
-    wd_corpus: str | None = option(None, help="text of the WD windows: wikitext2[:SPLIT] or a text file (default: "
-                                    "--corpus; WikiText-2: its train split, as the official code)")
-    ppl_corpus: str | None = option(None, help="text of the perplexity windows: wikitext2[:SPLIT] or a text file "
-                                     "(default: --corpus; WikiText-2: its validation split, as the official code; one "
-                                     "file for both: perplexity from the windows after the WD ones)")
+    wd_corpus: str | None = option(
+        None,
+        help="text of the WD windows: wikitext2[:SPLIT] or a text file (default: "
+        "--corpus; WikiText-2: its train split, as the official code)",
+    )
+    ppl_corpus: str | None = option(
+        None,
+        help="text of the perplexity windows: wikitext2[:SPLIT] or a text file "
+        "(default: --corpus; WikiText-2: its validation split, as the official code; one "
+        "file for both: perplexity from the windows after the WD ones)",
+    )
     window: int | None = option(None, help="tokens per corpus window (default: min(2048, the model's context))")
-    wd_tokens: int | None = option(None, help="corpus tokens (windows x window) whose pre-activations give each "
-                                   "neuron's WD (default: the protocol's: paper 256 windows, strict 65536)")
-    wd_stride: int | None = option(None, help="tokens between the starts of consecutive WD windows (default: the "
-                                   "protocol's: paper half a window, as the official code; strict a whole window)")
-    ppl_tokens: int | None = option(None, help="corpus tokens for perplexity under each condition (default: the "
-                                    "protocol's: paper the whole split, strict 16384; 0: skip where allowed; the "
-                                    "matched control needs them)")
+    wd_tokens: int | None = option(
+        None,
+        help="corpus tokens (windows x window) whose pre-activations give each "
+        "neuron's WD (default: the protocol's: paper 256 windows, strict 65536)",
+    )
+    wd_stride: int | None = option(
+        None,
+        help="tokens between the starts of consecutive WD windows (default: the "
+        "protocol's: paper half a window, as the official code; strict a whole window)",
+    )
+    ppl_tokens: int | None = option(
+        None,
+        help="corpus tokens for perplexity under each condition (default: the "
+        "protocol's: paper the whole split, strict 16384; 0: skip where allowed; the "
+        "matched control needs them)",
+    )
     tse_per_case: int = option(100, help="TSE pairs per case (stratified over sub-cases; 0: skip TSE)")
-    mapping_difficulty: bool = option(False, help="also store each neuron's mapping difficulty (MD, on the WD "
-                                      "tokens, 10,000 seeded token pairs per layer); the report gives its Spearman "
-                                      "correlation with WD per layer")
+    mapping_difficulty: bool = option(
+        False,
+        help="also store each neuron's mapping difficulty (MD, on the WD "
+        "tokens, 10,000 seeded token pairs per layer); the report gives its Spearman "
+        "correlation with WD per layer",
+    )
 
 
 @titled("scoring protocol")
@@ -114,38 +131,77 @@ class BudgetOptions:
 class ScoringOptions:
     """Options of the part "scoring protocol" (one definition each, shared by every command that uses them)."""
 
-
-    protocol: Literal["paper", "strict"] = option("paper", help="paper: every choice below as the official code "
-                                                  "(docs/protocol.md); strict: the variants this project prefers")
-    tse_reduction: str | None = option(None, help="TSE sentence score: sum or mean of token log-probabilities "
-                                       "(default: the protocol's: paper mean, strict sum)", choices=list(REDUCTIONS))
-    blimp_reduction: str | None = option(None, help="BLiMP sentence score: sum or mean (default: the protocol's: "
-                                         "sum)", choices=list(REDUCTIONS))
-    prefix: str | None = option(None, help="what precedes a sentence: auto (the tokenizer's own special tokens: Pythia "
-                                "none, so its first token is unscored; Llama-style BOS), none, bos (BOS, else EOS, "
-                                "always), or a token string (default: the protocol's: paper auto, strict bos)")
-    npi: str | None = option(None, help="NPI cases: last (good vs the tuple's last, ungrammatical sentence) or "
-                             "intrusive (good must beat the intrusive sentence too) (default: the protocol's: paper "
-                             "last, strict intrusive)", choices=list(NPI_RULES))
-    random_control: str | None = option(None, help="where the random control's neurons come from: all (every neuron "
-                                        "of the layer) or non-top (the others) (default: the protocol's: paper all, "
-                                        "strict non-top)", choices=list(RANDOM_POOLS))
-    window_bos: str | None = option(None, help="first: the text tokenized once, so only the first window starts with "
-                                    "the tokenizer's BOS; every: each WD and perplexity window starts with it (where "
-                                    "the tokenizer adds one) (default: the protocol's: paper first, strict every)",
-                                    choices=list(WINDOW_BOS))
-    pos_unit: str | None = option(None, help="POS excess surprisal per model token inside the perplexity windows "
-                                  "(tokens, as the official tagging) or per word of --pos-lines corpus lines (words) "
-                                  "(default: the protocol's: paper tokens, strict words)", choices=list(POS_UNITS))
+    protocol: Literal["paper", "strict"] = option(
+        "paper",
+        help="paper: every choice below as the official code "
+        "(docs/protocol.md); strict: the variants this project prefers",
+    )
+    tse_reduction: str | None = option(
+        None,
+        help="TSE sentence score: sum or mean of token log-probabilities "
+        "(default: the protocol's: paper mean, strict sum)",
+        choices=list(REDUCTIONS),
+    )
+    blimp_reduction: str | None = option(
+        None, help="BLiMP sentence score: sum or mean (default: the protocol's: sum)", choices=list(REDUCTIONS)
+    )
+    prefix: str | None = option(
+        None,
+        help="what precedes a sentence: auto (the tokenizer's own special tokens: Pythia "
+        "none, so its first token is unscored; Llama-style BOS), none, bos (BOS, else EOS, "
+        "always), or a token string (default: the protocol's: paper auto, strict bos)",
+    )
+    npi: str | None = option(
+        None,
+        help="NPI cases: last (good vs the tuple's last, ungrammatical sentence) or "
+        "intrusive (good must beat the intrusive sentence too) (default: the protocol's: paper "
+        "last, strict intrusive)",
+        choices=list(NPI_RULES),
+    )
+    random_control: str | None = option(
+        None,
+        help="where the random control's neurons come from: all (every neuron "
+        "of the layer) or non-top (the others) (default: the protocol's: paper all, "
+        "strict non-top)",
+        choices=list(RANDOM_POOLS),
+    )
+    window_bos: str | None = option(
+        None,
+        help="first: the text tokenized once, so only the first window starts with "
+        "the tokenizer's BOS; every: each WD and perplexity window starts with it (where "
+        "the tokenizer adds one) (default: the protocol's: paper first, strict every)",
+        choices=list(WINDOW_BOS),
+    )
+    pos_unit: str | None = option(
+        None,
+        help="POS excess surprisal per model token inside the perplexity windows "
+        "(tokens, as the official tagging) or per word of --pos-lines corpus lines (words) "
+        "(default: the protocol's: paper tokens, strict words)",
+        choices=list(POS_UNITS),
+    )
     seed: int = option(0, help="seed of the random controls and the benchmark samples")
 
 
 #: What each protocol chooses where an option is not given (docs/protocol.md has the table).
 PROTOCOL_CHOICES: dict[str, dict[str, str]] = {
-    "paper": {"tse_reduction": "mean", "blimp_reduction": "sum", "prefix": "auto", "npi": "last",
-              "random_control": "all", "window_bos": "first", "pos_unit": "tokens"},
-    "strict": {"tse_reduction": "sum", "blimp_reduction": "sum", "prefix": "bos", "npi": "intrusive",
-               "random_control": "non-top", "window_bos": "every", "pos_unit": "words"},
+    "paper": {
+        "tse_reduction": "mean",
+        "blimp_reduction": "sum",
+        "prefix": "auto",
+        "npi": "last",
+        "random_control": "all",
+        "window_bos": "first",
+        "pos_unit": "tokens",
+    },
+    "strict": {
+        "tse_reduction": "sum",
+        "blimp_reduction": "sum",
+        "prefix": "bos",
+        "npi": "intrusive",
+        "random_control": "non-top",
+        "window_bos": "every",
+        "pos_unit": "words",
+    },
 }
 #: The official WD text: 256 windows, consecutive windows half a window apart, the train split joined by spaces.
 PAPER_WD_WINDOWS = 256
@@ -173,7 +229,6 @@ class Protocol:
         return dataclasses.asdict(self)
 
 
-
 def resolve_protocol(options: ScoringOptions) -> Protocol:
     """The protocol's choices, each replaced by its option where that option was given.
 
@@ -183,8 +238,14 @@ def resolve_protocol(options: ScoringOptions) -> Protocol:
     if options.protocol not in PROTOCOL_CHOICES:
         raise UserInputError(f"--protocol {options.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     choices = dict(PROTOCOL_CHOICES[options.protocol])
-    for name, accepted in (("tse_reduction", REDUCTIONS), ("blimp_reduction", REDUCTIONS), ("npi", NPI_RULES),
-                           ("random_control", RANDOM_POOLS), ("window_bos", WINDOW_BOS), ("pos_unit", POS_UNITS)):
+    for name, accepted in (
+        ("tse_reduction", REDUCTIONS),
+        ("blimp_reduction", REDUCTIONS),
+        ("npi", NPI_RULES),
+        ("random_control", RANDOM_POOLS),
+        ("window_bos", WINDOW_BOS),
+        ("pos_unit", POS_UNITS),
+    ):
         value = getattr(options, name)
         if value is not None and value not in accepted:
             raise UserInputError(f"--{name.replace('_', '-')} {value!r}: expected one of {', '.join(accepted)}")
@@ -223,19 +284,28 @@ def ppl_token_budget(config: BudgetOptions, protocol: str) -> int | None:
 class RuntimeOptions:
     """Options of the part "runtime" (one definition each, shared by every command that uses them)."""
 
-
     device: str = option("auto", help="cuda, cuda:N, cpu or auto (CUDA when present)")
-    dtype: str = option("auto", help="model weights dtype; auto: on CUDA the checkpoint's own (float16 for Pythia; "
-                        "bfloat16 where float16 overflows), on the CPU float32 (statistics are float32 either way)",
-                        choices=["auto", *DTYPES])
-    threads: int = option(0, help="torch CPU threads; 0: auto (1 for models under 50M parameters, whose small "
-                          "ops stall on thread barriers, else torch's default)")
+    dtype: str = option(
+        "auto",
+        help="model weights dtype; auto: on CUDA the checkpoint's own (float16 for Pythia; "
+        "bfloat16 where float16 overflows), on the CPU float32 (statistics are float32 either way)",
+        choices=["auto", *DTYPES],
+    )
+    threads: int = option(
+        0,
+        help="torch CPU threads; 0: auto (1 for models under 50M parameters, whose small "
+        "ops stall on thread barriers, else torch's default)",
+    )
     batch_size: int = option(4, help="corpus windows per forward pass")
-    memory_budget_gib: float = option(0.0, help="GiB of pre-activations held at once (decides layers per pass); "
-                                      "0: auto (on CUDA half the device memory free after loading, on the CPU 2)")
+    memory_budget_gib: float = option(
+        0.0,
+        help="GiB of pre-activations held at once (decides layers per pass); "
+        "0: auto (on CUDA half the device memory free after loading, on the CPU 2)",
+    )
     retries: int = option(4, help="attempts per checkpoint download (transient errors back off exponentially)")
-    cache_dir: str | None = option(None, help="Hugging Face cache directory (default: the hub's own, "
-                                   "~/.cache/huggingface/hub)")
+    cache_dir: str | None = option(
+        None, help="Hugging Face cache directory (default: the hub's own, ~/.cache/huggingface/hub)"
+    )
 
 
 def check_numbers(config: Any, checks: list[tuple[str, bool, str]]) -> None:
@@ -260,8 +330,11 @@ def shared_checks(config: BudgetOptions | RuntimeOptions | ScoringOptions) -> li
     if isinstance(config, RuntimeOptions):
         checks += [
             ("retries", config.retries >= 1, "at least 1"),
-            ("memory-budget-gib", math.isfinite(config.memory_budget_gib) and config.memory_budget_gib >= 0,
-             "0 (auto) or a positive, finite number of GiB"),
+            (
+                "memory-budget-gib",
+                math.isfinite(config.memory_budget_gib) and config.memory_budget_gib >= 0,
+                "0 (auto) or a positive, finite number of GiB",
+            ),
             ("batch-size", config.batch_size >= 1, "at least 1"),
             ("threads", 0 <= config.threads <= MAX_THREADS, f"0 (auto) or 1 to {MAX_THREADS}"),
         ]
@@ -319,8 +392,13 @@ def _add_field(parser: Any, f: Field, hints: dict[str, Any]) -> None:
         choices = list(typing.get_args(hints[f.name]))
     help_text = meta.get("help", "")
     if meta.get("positional"):
-        parser.add_argument(f.name, type=_converter(kind), help=help_text, metavar=meta.get("metavar", f.name.upper()),
-                            nargs=meta.get("nargs"))
+        parser.add_argument(
+            f.name,
+            type=_converter(kind),
+            help=help_text,
+            metavar=meta.get("metavar", f.name.upper()),
+            nargs=meta.get("nargs"),
+        )
         return
     names = [f"--{f.name.replace('_', '-')}"] + ([meta["flag"]] if "flag" in meta else [])
     required = f.default is MISSING and f.default_factory is MISSING
@@ -398,4 +476,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
 
 def config_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config, for provenance."""
-    return {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v) for k, v in dataclasses.asdict(config).items()}
+    return {
+        k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
+        for k, v in dataclasses.asdict(config).items()
+    }

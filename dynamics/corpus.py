@@ -84,7 +84,9 @@ class CorpusSpec:
         if self.token_budget is not None and (not isinstance(self.token_budget, int) or self.token_budget < 1):
             raise UserInputError(f"token budget {self.token_budget!r} must be a positive number of tokens, e.g. 65536")
         if self.source == WIKITEXT2 and self.split not in WIKITEXT2_SPLITS:
-            raise UserInputError(f"WikiText-2 split {self.split!r} is unknown; use one of {', '.join(WIKITEXT2_SPLITS)}")
+            raise UserInputError(
+                f"WikiText-2 split {self.split!r} is unknown; use one of {', '.join(WIKITEXT2_SPLITS)}"
+            )
         if self.stride is not None and (not isinstance(self.stride, int) or self.stride < 1):
             raise UserInputError(f"corpus stride {self.stride!r} must be a positive number of tokens")
         if self.window_bos not in ("none", "first", "every"):
@@ -207,7 +209,11 @@ def _cut_windows(spec: CorpusSpec, tokenizer: Any, text: str) -> tuple[torch.Ten
     if wanted is not None and n_windows < wanted:
         log.warning(
             "corpus %r gives %d windows of %d tokens, fewer than the %d the budget of %d asks for",
-            spec.source, n_windows, spec.window, wanted, spec.token_budget,
+            spec.source,
+            n_windows,
+            spec.window,
+            wanted,
+            spec.token_budget,
         )
     starts = [spec.start + k * stride for k in range(n_windows)]
     windows = torch.tensor([lead + ids[s : s + body] for s in starts], dtype=torch.long)
@@ -228,8 +234,11 @@ def windows_with_offsets(spec: CorpusSpec, tokenizer: Any) -> tuple[torch.Tensor
     text = read_corpus_text(spec)
     windows, _ = _cut_windows(spec, tokenizer, text)
     encoding = backend.encode(text, add_special_tokens=spec.window_bos == "first")
-    ids, offsets, special = encoding.ids, np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2), \
-        np.asarray(encoding.special_tokens_mask, dtype=bool)
+    ids, offsets, special = (
+        encoding.ids,
+        np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2),
+        np.asarray(encoding.special_tokens_mask, dtype=bool),
+    )
     lead = leading_special_ids(tokenizer) if spec.window_bos == "every" else []
     body = spec.window - len(lead)
     stride = spec.stride or body
@@ -237,15 +246,16 @@ def windows_with_offsets(spec: CorpusSpec, tokenizer: Any) -> tuple[torch.Tensor
     window_offsets = np.zeros((windows.shape[0], spec.window, 2), dtype=np.int64)
     window_special = np.ones((windows.shape[0], spec.window), dtype=bool)
     for k, s in enumerate(starts):
-        if ids[s : s + body] != windows[k, len(lead):].tolist():
+        if ids[s : s + body] != windows[k, len(lead) :].tolist():
             raise DynamicsError("token offsets: the whole-text tokenization differs from the windows'")
-        window_offsets[k, len(lead):] = offsets[s : s + body]
-        window_special[k, len(lead):] = special[s : s + body]
+        window_offsets[k, len(lead) :] = offsets[s : s + body]
+        window_special[k, len(lead) :] = special[s : s + body]
     return windows, window_offsets, window_special, text
 
 
-def load_wd_and_ppl_windows(wd: CorpusSpec, ppl: CorpusSpec, tokenizer: Any,
-                            same_text: bool) -> tuple[torch.Tensor, torch.Tensor, CorpusSpec]:
+def load_wd_and_ppl_windows(
+    wd: CorpusSpec, ppl: CorpusSpec, tokenizer: Any, same_text: bool
+) -> tuple[torch.Tensor, torch.Tensor, CorpusSpec]:
     """The WD windows and the perplexity windows, and the perplexity spec actually used.
 
     ``same_text``: both come from one text, so the perplexity windows start after the last
@@ -268,8 +278,9 @@ def parse_corpus(value: str, default_split: str) -> tuple[str, str]:
     if value == WIKITEXT2 or value.startswith(WIKITEXT2 + ":"):
         split = value.partition(":")[2] or default_split
         if split not in WIKITEXT2_SPLITS:
-            raise UserInputError(f"corpus {value!r}: WikiText-2 split {split!r} is unknown; use one of "
-                                 f"{', '.join(WIKITEXT2_SPLITS)}")
+            raise UserInputError(
+                f"corpus {value!r}: WikiText-2 split {split!r} is unknown; use one of {', '.join(WIKITEXT2_SPLITS)}"
+            )
         return WIKITEXT2, split
     if not Path(value).expanduser().is_file():
         raise UserInputError(f"corpus {value!r} is neither wikitext2[:SPLIT] nor an existing text file")
@@ -291,6 +302,7 @@ OVERLAP_MIN_WORDS = 10
 def shared_lines(wd_path: str, ppl_path: str) -> tuple[int, int]:
     """(lines of the perplexity file that also occur in the WD file, its lines), counting lines of at least
     :data:`OVERLAP_MIN_WORDS` words."""
+
     def lines(path: str) -> list[str]:
         text = Path(path).expanduser().read_text(encoding="utf-8")
         return [line.strip() for line in text.splitlines() if len(line.split()) >= OVERLAP_MIN_WORDS]
@@ -306,9 +318,15 @@ def warn_if_overlapping(wd: tuple[str, str], ppl: tuple[str, str]) -> None:
         return
     shared, total = shared_lines(wd[0], ppl[0])
     if shared:
-        log.warning("OVERLAPPING TEXTS: %d of the %d lines (of 10+ words) of the perplexity corpus %r also occur in the "
-                    "WD corpus %r; "
-                    "neurons are selected and judged partly on the same text", shared, total, ppl[0], wd[0])
+        log.warning(
+            "OVERLAPPING TEXTS: %d of the %d lines (of 10+ words) of the perplexity corpus %r also occur in the "
+            "WD corpus %r; "
+            "neurons are selected and judged partly on the same text",
+            shared,
+            total,
+            ppl[0],
+            wd[0],
+        )
 
 
 def corpus_hash(windows: torch.Tensor) -> str:
@@ -317,8 +335,9 @@ def corpus_hash(windows: torch.Tensor) -> str:
     return hashlib.sha256(array.tobytes()).hexdigest()
 
 
-def text_specs(config: BudgetOptions, protocol: Protocol, corpus: str,
-               window: int) -> tuple[CorpusSpec, CorpusSpec | None, bool]:
+def text_specs(
+    config: BudgetOptions, protocol: Protocol, corpus: str, window: int
+) -> tuple[CorpusSpec, CorpusSpec | None, bool]:
     """The WD and perplexity corpora of a run: ``(wd spec, ppl spec or None when skipped, same text)``.
 
     ``--wd-corpus`` / ``--ppl-corpus`` default to ``corpus``; WikiText-2 then means its train
@@ -328,16 +347,25 @@ def text_specs(config: BudgetOptions, protocol: Protocol, corpus: str,
     wd = parse_corpus(config.wd_corpus or corpus, "train")
     ppl = parse_corpus(config.ppl_corpus or corpus, "validation")
     one = same_text(wd, ppl)
-    wd_spec = CorpusSpec(source=wd[0], split=wd[1], window=window,
-                         token_budget=wd_window_count(config, protocol.name, window) * window,
-                         stride=wd_stride(config, protocol.name, window),
-                         joiner="\n\n" if one else protocol.wd_joiner, window_bos=protocol.window_bos)
+    wd_spec = CorpusSpec(
+        source=wd[0],
+        split=wd[1],
+        window=window,
+        token_budget=wd_window_count(config, protocol.name, window) * window,
+        stride=wd_stride(config, protocol.name, window),
+        joiner="\n\n" if one else protocol.wd_joiner,
+        window_bos=protocol.window_bos,
+    )
     budget = ppl_token_budget(config, protocol.name)
     if budget == 0:
         return wd_spec, None, one
-    ppl_spec = CorpusSpec(source=ppl[0], split=ppl[1], window=window,
-                          token_budget=None if budget is None else max(budget, window),
-                          window_bos=protocol.window_bos)
+    ppl_spec = CorpusSpec(
+        source=ppl[0],
+        split=ppl[1],
+        window=window,
+        token_budget=None if budget is None else max(budget, window),
+        window_bos=protocol.window_bos,
+    )
     return wd_spec, ppl_spec, one
 
 

@@ -52,12 +52,12 @@ _ADDRESS = re.compile(r"^((tcp|tls|ucx|ucxx|ws|wss|inproc)://)?[^\s/:]+(:\d+)?$"
 HELP = {
     "executor": "serial: in this process; dask: one task per unit on a Dask cluster",
     "scheduler": "with --executor dask: local (a LocalCluster here), a scheduler address (tcp://host:8786) "
-                 "or a scheduler file (scheduler.json)",
+    "or a scheduler file (scheduler.json)",
     "workers": "local: worker processes, one thread each (0: one per GPU, else 1); an address: wait for this many "
-               "workers before submitting (0: do not wait)",
+    "workers before submitting (0: do not wait)",
     "task_retries": "times a failed unit (or one whose worker died) is run again before it is recorded failed",
     "resources": "Dask worker resources each task needs, e.g. GPU=1 (start workers with --resources GPU=1; "
-                 "a local cluster gets them)",
+    "a local cluster gets them)",
 }
 
 
@@ -110,8 +110,13 @@ class Completed:
 
     def failure_record(self) -> dict[str, Any]:
         """What the cube stores about a failed unit (error type, phase, the last frames)."""
-        return {"error_type": self.error_type, "phase": self.phase or "", "kind": self.kind,
-                "traceback": last_frames(self.trace), "task_attempts": self.attempts}
+        return {
+            "error_type": self.error_type,
+            "phase": self.phase or "",
+            "kind": self.kind,
+            "traceback": last_frames(self.trace),
+            "task_attempts": self.attempts,
+        }
 
 
 def failed(unit: Any, exc: BaseException, attempts: int, trace: str | None = None) -> Completed:
@@ -119,9 +124,17 @@ def failed(unit: Any, exc: BaseException, attempts: int, trace: str | None = Non
     if trace is None:
         trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     kind: Literal["checkpoint", "user", "bug"] = (
-        "checkpoint" if is_checkpoint_problem(exc) else "user" if isinstance(exc, DynamicsError) else "bug")
-    return Completed(unit, error=one_line(exc), attempts=attempts, error_type=type(exc).__name__,
-                     phase=failure_phase(exc), trace=trace, kind=kind)
+        "checkpoint" if is_checkpoint_problem(exc) else "user" if isinstance(exc, DynamicsError) else "bug"
+    )
+    return Completed(
+        unit,
+        error=one_line(exc),
+        attempts=attempts,
+        error_type=type(exc).__name__,
+        phase=failure_phase(exc),
+        trace=trace,
+        kind=kind,
+    )
 
 
 def stop_on_unrecoverable(done: Completed, unit_name: str) -> None:
@@ -133,7 +146,9 @@ def stop_on_unrecoverable(done: Completed, unit_name: str) -> None:
         phase = f" (phase {done.phase})" if done.phase else ""
         raise ComputationBug(
             f"bug in dynamics at {unit_name}{phase}: {done.error}; the run stopped and every done unit is kept "
-            "(the traceback is above; -v shows all of it); please report it", done.trace)
+            "(the traceback is above; -v shows all of it); please report it",
+            done.trace,
+        )
     if done.kind == "user":
         raise (UserInputError if done.error_type == "UserInputError" else DynamicsError)(done.error or "unknown error")
 
@@ -144,7 +159,7 @@ def last_frames(trace: str, frames: int = 3) -> str:
     starts = [i for i, line in enumerate(lines) if line.startswith("  File ")]
     if len(starts) <= frames:
         return "\n".join(lines)
-    return "\n".join(["Traceback (most recent call last, last frames):"] + lines[starts[-frames]:])
+    return "\n".join(["Traceback (most recent call last, last frames):"] + lines[starts[-frames] :])
 
 
 def check_settings(settings: ExecutorSettings) -> dict[str, float]:
@@ -156,10 +171,16 @@ def check_settings(settings: ExecutorSettings) -> dict[str, float]:
     if settings.task_retries < 0:
         raise UserInputError(f"--task-retries {settings.task_retries}: expected 0 or more")
     scheduler = settings.scheduler.strip()
-    if settings.executor == "dask" and scheduler != "local" and not _is_scheduler_file(scheduler) \
-            and not _ADDRESS.match(scheduler):
-        raise UserInputError(f"--scheduler {settings.scheduler!r} is neither local, an address like tcp://host:8786 "
-                             "nor an existing scheduler file (.json)")
+    if (
+        settings.executor == "dask"
+        and scheduler != "local"
+        and not _is_scheduler_file(scheduler)
+        and not _ADDRESS.match(scheduler)
+    ):
+        raise UserInputError(
+            f"--scheduler {settings.scheduler!r} is neither local, an address like tcp://host:8786 "
+            "nor an existing scheduler file (.json)"
+        )
     return parse_resources(settings.resources)
 
 
@@ -173,7 +194,9 @@ def parse_resources(text: str) -> dict[str, float]:
         except ValueError:
             value = -1.0
         if not name.strip() or value <= 0:
-            raise UserInputError(f"--resources {text!r}: expected NAME=AMOUNT[,NAME=AMOUNT] with positive amounts, e.g. GPU=1")
+            raise UserInputError(
+                f"--resources {text!r}: expected NAME=AMOUNT[,NAME=AMOUNT] with positive amounts, e.g. GPU=1"
+            )
         resources[name.strip()] = value
     return resources
 
@@ -234,7 +257,9 @@ class DaskExecutor:
         if scheduler == "local":
             # The scheduler reads allowed-failures when it starts: a task whose worker died
             # is re-run elsewhere this many times before it counts as failed.
-            self._stack.enter_context(dask.config.set({"distributed.scheduler.allowed-failures": self.settings.task_retries}))
+            self._stack.enter_context(
+                dask.config.set({"distributed.scheduler.allowed-failures": self.settings.task_retries})
+            )
             cluster = self._stack.enter_context(_local_cluster(self.settings.workers, self.resources))
             return self._stack.enter_context(Client(cluster))
         try:
@@ -243,8 +268,10 @@ class DaskExecutor:
             else:
                 client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
-            raise UserInputError(f"--scheduler {scheduler!r}: no Dask scheduler answered ({one_line(exc)}); "
-                                 "start one with `dask scheduler` or use --scheduler local") from None
+            raise UserInputError(
+                f"--scheduler {scheduler!r}: no Dask scheduler answered ({one_line(exc)}); "
+                "start one with `dask scheduler` or use --scheduler local"
+            ) from None
         self._stack.enter_context(client)
         if self.settings.workers:
             client.wait_for_workers(self.settings.workers)
@@ -256,8 +283,14 @@ class DaskExecutor:
         attempts: dict[Any, tuple[Any, int]] = {}
 
         def submit(unit: Any, attempt: int) -> Any:
-            future = self.client.submit(fn, unit, key=f"{name}-{unit}-attempt{attempt}-{id(attempts)}", pure=False,
-                                        resources=self.resources or None, retries=0)
+            future = self.client.submit(
+                fn,
+                unit,
+                key=f"{name}-{unit}-attempt{attempt}-{id(attempts)}",
+                pure=False,
+                resources=self.resources or None,
+                retries=0,
+            )
             attempts[future] = (unit, attempt)
             return future
 
@@ -275,8 +308,9 @@ class DaskExecutor:
                     if type(exc).__name__ == "KilledWorker":  # the scheduler gave up on dying workers
                         outcome.kind = "worker"
                 else:  # cancelled
-                    outcome = Completed(unit, error=f"task {future.status}", attempts=attempt,
-                                        error_type="TaskLost", kind="worker")
+                    outcome = Completed(
+                        unit, error=f"task {future.status}", attempts=attempt, error_type="TaskLost", kind="worker"
+                    )
                 if outcome.retryable and attempt <= self.settings.task_retries:
                     log.info("%s %s failed (%s); submitting it again", name, unit, outcome.error)
                     queue.add(submit(unit, attempt + 1))
@@ -311,22 +345,38 @@ def _local_cluster(workers: int, resources: dict[str, float], gpus: int | None =
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if not gpus:
-        return LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, resources=resources or None,
-                            dashboard_address=":0", silence_logs=logging.WARNING)
+        return LocalCluster(
+            n_workers=workers or 1,
+            threads_per_worker=1,
+            processes=True,
+            resources=resources or None,
+            dashboard_address=":0",
+            silence_logs=logging.WARNING,
+        )
     resources = resources or {"GPU": 1}
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:  # the same layout by hand: CUDA_VISIBLE_DEVICES per worker process
         return _gpu_cluster(workers or gpus, gpus, resources)
-    return LocalCUDACluster(n_workers=workers or gpus, threads_per_worker=1, resources=resources,
-                            dashboard_address=":0", silence_logs=logging.WARNING)
+    return LocalCUDACluster(
+        n_workers=workers or gpus,
+        threads_per_worker=1,
+        resources=resources,
+        dashboard_address=":0",
+        silence_logs=logging.WARNING,
+    )
 
 
 def _gpu_cluster(workers: int, gpus: int, resources: dict[str, float]) -> Any:
     from distributed import Nanny, Scheduler, SpecCluster
 
-    specs = {i: {"cls": Nanny, "options": {"nthreads": 1, "resources": resources,
-                                           "env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}}} for i in range(workers)}
+    specs = {
+        i: {
+            "cls": Nanny,
+            "options": {"nthreads": 1, "resources": resources, "env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}},
+        }
+        for i in range(workers)
+    }
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
     return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.WARNING)
 

@@ -22,7 +22,16 @@ from dynamics.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TASKS = ("arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "boolq", "openbookqa", "lambada_openai")
+DEFAULT_TASKS = (
+    "arc_easy",
+    "arc_challenge",
+    "piqa",
+    "hellaswag",
+    "winogrande",
+    "boolq",
+    "openbookqa",
+    "lambada_openai",
+)
 #: Metrics stored per task (``NaN`` where a task does not report one).
 METRICS = ("acc", "acc_norm")
 MISSING = "lm-eval is not installed (pip install 'wasserstein-dynamics[lmeval]')"
@@ -68,8 +77,10 @@ def check_task_names(tasks: Sequence[str], include_path: str | None = None) -> N
     known = set(task_manager(include_path, tasks).all_tasks)
     unknown = [t for t in tasks if t not in known]
     if unknown:
-        raise UserInputError(f"--tasks: unknown lm-eval task {unknown[0]!r}; e.g. {', '.join(DEFAULT_TASKS[:4])} "
-                             "(`lm_eval ls tasks` lists them), or none to skip")
+        raise UserInputError(
+            f"--tasks: unknown lm-eval task {unknown[0]!r}; e.g. {', '.join(DEFAULT_TASKS[:4])} "
+            "(`lm_eval ls tasks` lists them), or none to skip"
+        )
 
 
 @dataclass
@@ -102,8 +113,15 @@ def probe_tasks(tasks: Sequence[str], include_path: str | None = None) -> TaskPl
     return plan
 
 
-def evaluate_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], limit: int | None, batch_size: int = 8,
-                   include_path: str | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
+def evaluate_tasks(
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    limit: int | None,
+    batch_size: int = 8,
+    include_path: str | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
     """``{task: {metric: value}}`` for ``METRICS`` of each task, on the model as it is now."""
     if not tasks:
         return {}
@@ -112,9 +130,21 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], limit: int 
 
     device = str(next(model.parameters()).device)
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-    results = simple_evaluate(model=wrapped, tasks=list(tasks), limit=limit, task_manager=task_manager(include_path, tasks),
-                              log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
-                              torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR")
+    results = simple_evaluate(
+        model=wrapped,
+        tasks=list(tasks),
+        limit=limit,
+        task_manager=task_manager(include_path, tasks),
+        log_samples=False,
+        bootstrap_iters=0,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        verbosity="ERROR",
+    )
     table = (results or {}).get("results", {})
-    return {task: {metric: float(table.get(task, {}).get(f"{metric},none", float("nan"))) for metric in METRICS}
-            for task in tasks}
+    return {
+        task: {metric: float(table.get(task, {}).get(f"{metric},none", float("nan"))) for metric in METRICS}
+        for task in tasks
+    }

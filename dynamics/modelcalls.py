@@ -195,8 +195,13 @@ def kept_log_probs(
     found = capabilities(model)
     if found.decoder_head:
         hidden, new_cache = decoder_states(
-            model, input_ids, attention_mask, position_ids,
-            cache=cache, cache_keyword=found.cache_keyword, use_cache=use_cache,
+            model,
+            input_ids,
+            attention_mask,
+            position_ids,
+            cache=cache,
+            cache_keyword=found.cache_keyword,
+            use_cache=use_cache,
         )
         return hidden_log_probs(model, hidden[keep], targets), new_cache
     if cache is not None or use_cache:
@@ -236,7 +241,10 @@ def capabilities(model: torch.nn.Module) -> Capabilities:
 
 def _probe_ids(model: torch.nn.Module) -> torch.Tensor:
     vocab = _vocab_size(model)
-    rows = [[(3 + 7 * i) % vocab for i in range(8)], [(3 + 7 * i) % vocab for i in range(5)] + [(5 + 11 * i) % vocab for i in range(3)]]
+    rows = [
+        [(3 + 7 * i) % vocab for i in range(8)],
+        [(3 + 7 * i) % vocab for i in range(5)] + [(5 + 11 * i) % vocab for i in range(3)],
+    ]
     return torch.tensor(rows, dtype=torch.long, device=model_device(model))
 
 
@@ -279,7 +287,9 @@ def _probe_cache_keyword(model: torch.nn.Module, ids: torch.Tensor, full: torch.
             select_rows(cache, torch.zeros(2, dtype=torch.long, device=ids.device))
             positions = torch.arange(n, ids.shape[1], device=ids.device)[None].expand(2, -1)
             mask = torch.ones_like(ids)
-            hidden, _ = decoder_states(model, ids[:, n:], mask, positions, cache=cache, cache_keyword=keyword, use_cache=True)
+            hidden, _ = decoder_states(
+                model, ids[:, n:], mask, positions, cache=cache, cache_keyword=keyword, use_cache=True
+            )
         except Exception as exc:  # a probe: any failure means "not this keyword"
             log.debug("%s: continuing from a cache via %r failed: %s", type(model).__name__, keyword, exc)
             continue

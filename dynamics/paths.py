@@ -20,8 +20,21 @@ from pathlib import Path
 from dynamics.errors import PathError
 
 #: OS errors that say something about the path or the disk, not about the program.
-PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS,
-               errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTEMPTY, errno.EXDEV}
+PATH_ERRNOS = {
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+    errno.ENOTEMPTY,
+    errno.EXDEV,
+}
 
 
 def check_output_dir(path: str | os.PathLike, option: str, may_exist: bool = True) -> Path:
@@ -68,8 +81,9 @@ def _probe(directory: Path, option: str, text: str, target: Path) -> None:
         probe = tempfile.mkdtemp(prefix=".dynamics-probe-", dir=directory)
     except OSError as exc:
         where = "in it" if directory == target else f"in {directory}"
-        raise PathError(f"{option} {text!r}: cannot write {where} ({exc.strerror or exc}); "
-                        "choose a writable directory") from None
+        raise PathError(
+            f"{option} {text!r}: cannot write {where} ({exc.strerror or exc}); choose a writable directory"
+        ) from None
     os.rmdir(probe)
 
 
@@ -78,7 +92,11 @@ def is_under(filename: str | os.PathLike, paths: Iterable[str | os.PathLike]) ->
     name = os.path.realpath(os.fspath(filename))
     for path in paths:
         given = os.path.realpath(os.path.expanduser(os.fspath(path)))
-        if name == given or name.startswith(given.rstrip(os.sep) + os.sep) or given.startswith(name.rstrip(os.sep) + os.sep):
+        if (
+            name == given
+            or name.startswith(given.rstrip(os.sep) + os.sep)
+            or given.startswith(name.rstrip(os.sep) + os.sep)
+        ):
             return True
     return False
 

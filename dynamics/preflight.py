@@ -30,8 +30,9 @@ from dynamics.stats.cohort import cohort_size
 log = logging.getLogger(__name__)
 
 
-def config_on_disk(ref: ModelRef, step: int | None = None, revision: str | None = None,
-                   cache_dir: str | None = None) -> Any | None:
+def config_on_disk(
+    ref: ModelRef, step: int | None = None, revision: str | None = None, cache_dir: str | None = None
+) -> Any | None:
     """The transformers config of a checkpoint if it can be read without a download, else None.
 
     ``step``: a local suite's step; ``revision``: a Hub revision (looked up in the cache only).
@@ -95,8 +96,10 @@ def check_percents(percents: Iterable[tuple[str, float]], layers: int, neurons: 
     has = f"its layers have {pool} MLP neurons each" if scope == "layer" else f"it has {pool} MLP neurons in all"
     for option, percent in percents:
         if cohort_size(percent, pool) < 1:
-            raise UserInputError(f"{option} {percent:g} selects no neuron of this model ({has}); expected at least "
-                                 f"{smallest_percent(pool):g} (one neuron{' per layer' if scope == 'layer' else ''})")
+            raise UserInputError(
+                f"{option} {percent:g} selects no neuron of this model ({has}); expected at least "
+                f"{smallest_percent(pool):g} (one neuron{' per layer' if scope == 'layer' else ''})"
+            )
 
 
 def check_window(window: int | None, config: Any) -> None:
@@ -106,7 +109,9 @@ def check_window(window: int | None, config: Any) -> None:
         raise UserInputError(f"--window {window}: the model's context is {context} tokens; expected at most {context}")
 
 
-def check_model_fit(config: Any, window: int | None, percents: Iterable[tuple[str, float]], scope: str = "layer") -> None:
+def check_model_fit(
+    config: Any, window: int | None, percents: Iterable[tuple[str, float]], scope: str = "layer"
+) -> None:
     """:func:`check_window` and :func:`check_percents` for one model config (skipped where it cannot tell)."""
     check_window(window, config)
     layout = mlp_layout(config)
@@ -130,8 +135,9 @@ def check_corpus_file(corpus: str) -> None:
         raise UserInputError(f"--corpus {corpus!r} is empty: give a text file with at least one window of tokens")
 
 
-def check_loaded_model(model: Any, window: int | None, percents: Iterable[tuple[str, float]],
-                       scope: str = "layer") -> None:
+def check_loaded_model(
+    model: Any, window: int | None, percents: Iterable[tuple[str, float]], scope: str = "layer"
+) -> None:
     """The checks of :func:`check_model_fit` on a loaded model (where its config was not on disk up front)."""
     from checkpoints.adapters import mlp_shape
 

@@ -88,7 +88,9 @@ def ablate_rows(model: torch.nn.Module, masks: Sequence[Any], mode: Mode = "nega
     try:
         rewrite = ablation_function(mode)
     except UserInputError as exc:
-        raise UserInputError(f"ablation mode {mode!r} cannot run as one of several conditions in a pass: {exc}") from exc
+        raise UserInputError(
+            f"ablation mode {mode!r} cannot run as one of several conditions in a pass: {exc}"
+        ) from exc
     masks = list(masks)
     if not masks:
         raise UserInputError("ablate_rows needs at least one condition")

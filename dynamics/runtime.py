@@ -73,8 +73,12 @@ def evaluation_flops(model: Any) -> tuple[float, float]:
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     d = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
     layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0) or 0)
-    inner = int(getattr(config, "intermediate_size", 0) or getattr(config, "ffn_dim", 0) or getattr(config, "n_inner", 0)
-                or 4 * d)
+    inner = int(
+        getattr(config, "intermediate_size", 0)
+        or getattr(config, "ffn_dim", 0)
+        or getattr(config, "n_inner", 0)
+        or 4 * d
+    )
     gated = getattr(config, "model_type", "") not in ("gpt_neox", "gpt2", "opt")
     body = 2.0 * layers * (4 * d * d + (3 if gated else 2) * d * inner)
     head = 2.0 * d * int(getattr(config, "vocab_size", 0) or 0)

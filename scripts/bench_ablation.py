@@ -27,8 +27,12 @@ from dynamics.ablation import ablate
 
 def pythia_160m_shaped() -> torch.nn.Module:
     config = GPTNeoXConfig(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        vocab_size=50304, max_position_embeddings=2048,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        vocab_size=50304,
+        max_position_embeddings=2048,
     )
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
@@ -155,7 +159,7 @@ def main() -> None:
         share: dict[str, list[float]] = {name: [] for name in names}
         timer = HookTimer(pre_activation_modules(model))
         for repeat in range(args.repeats):
-            order = names[repeat % len(names):] + names[: repeat % len(names)]
+            order = names[repeat % len(names) :] + names[: repeat % len(names)]
             for name in order:
                 with variants[name](), timer:  # every variant carries the same (tiny) timing hooks
                     start_wall, start_cpu = time.perf_counter(), time.process_time()
@@ -199,7 +203,9 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name in names[1:]:
         per_layer = hook_cost_ms(first_hook(variants[name], module), shape, repeats=20)
-        print(f"| {name} | {per_layer:.2f} | {per_layer * n_layers:.1f} | {100 * per_layer * n_layers / clean_cpu_ms:.2f}% |")
+        print(
+            f"| {name} | {per_layer:.2f} | {per_layer * n_layers:.1f} | {100 * per_layer * n_layers / clean_cpu_ms:.2f}% |"
+        )
 
 
 if __name__ == "__main__":

@@ -25,18 +25,27 @@ from dynamics.stats.activations import iter_pre_activations
 
 def build_model(layers: int, d_model: int, seed: int) -> torch.nn.Module:
     config = GPTNeoXConfig(
-        vocab_size=50304, hidden_size=d_model, num_hidden_layers=layers, num_attention_heads=max(1, d_model // 64),
-        intermediate_size=4 * d_model, max_position_embeddings=2048, rotary_pct=0.25, use_parallel_residual=True,
+        vocab_size=50304,
+        hidden_size=d_model,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, d_model // 64),
+        intermediate_size=4 * d_model,
+        max_position_embeddings=2048,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
     )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
-def run(model: torch.nn.Module, windows: torch.Tensor, budget: int, batch_size: int, resume: bool) -> tuple[float, dict]:
+def run(
+    model: torch.nn.Module, windows: torch.Tensor, budget: int, batch_size: int, resume: bool
+) -> tuple[float, dict]:
     start = time.perf_counter()
     captured = {}
-    for layer, pre in iter_pre_activations(model, windows, memory_budget=budget, batch_size=batch_size,
-                                           progress=False, resume_passes=resume):
+    for layer, pre in iter_pre_activations(
+        model, windows, memory_budget=budget, batch_size=batch_size, progress=False, resume_passes=resume
+    ):
         captured[layer] = pre[:: max(1, pre.shape[0] // 512)].clone()  # a sample of rows, to compare
         del pre
     return time.perf_counter() - start, captured
@@ -68,8 +77,10 @@ def main() -> None:
             best[resume] = min(best[resume], seconds)
     identical = all(torch.equal(captures[False][k], captures[True][k]) for k in captures[False])
     passes = -(-args.layers // args.layers_per_pass)
-    print(f"GPT-NeoX {args.layers} layers, d_model {args.d_model}, {n_tokens} tokens, {args.layers_per_pass} "
-          f"layer(s) per pass ({passes} passes), torch threads {torch.get_num_threads()}, best of {args.repeats}")
+    print(
+        f"GPT-NeoX {args.layers} layers, d_model {args.d_model}, {n_tokens} tokens, {args.layers_per_pass} "
+        f"layer(s) per pass ({passes} passes), torch threads {torch.get_num_threads()}, best of {args.repeats}"
+    )
     print("| method | seconds | speed-up |\n|---|---:|---:|")
     print(f"| re-run earlier blocks every pass (baseline) | {best[False]:.2f} | 1.00x |")
     print(f"| resume from the stored residual stream | {best[True]:.2f} | {best[False] / best[True]:.2f}x |")

@@ -42,21 +42,42 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=500, help="number of minimal pairs (default: %(default)s)")
-    parser.add_argument("--source", choices=["tse", "blimp"], default="tse",
-                        help="TSE stratified sample (built-in) or BLiMP (default: %(default)s)")
-    parser.add_argument("--blimp-dir", type=Path, default=SHARED / "blimp",
-                        help="directory of BLiMP .jsonl files (default: %(default)s)")
-    parser.add_argument("--tokenizer", type=Path, default=SHARED / "tokenizers" / "gpt-neox-20b.json",
-                        help="Pythia tokenizer.json (default: %(default)s)")
-    parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
-                        help="token budget per batch (default: %(default)s)")
-    parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
-                        help="rows per batch at most (default: %(default)s)")
+    parser.add_argument(
+        "--source",
+        choices=["tse", "blimp"],
+        default="tse",
+        help="TSE stratified sample (built-in) or BLiMP (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--blimp-dir",
+        type=Path,
+        default=SHARED / "blimp",
+        help="directory of BLiMP .jsonl files (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=SHARED / "tokenizers" / "gpt-neox-20b.json",
+        help="Pythia tokenizer.json (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="token budget per batch (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help="rows per batch at most (default: %(default)s)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model and the sample (default: %(default)s)")
     parser.add_argument("--skip-one-pair", action="store_true", help="leave out the 'one pair per batch' row")
-    parser.add_argument("--chunks", type=int, default=5,
-                        help="interleave the methods over this many chunks of pairs (default: %(default)s)")
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        default=5,
+        help="interleave the methods over this many chunks of pairs (default: %(default)s)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     return parser.parse_args()
 
@@ -97,8 +118,7 @@ def loop_pairs(model, tokenizer, pairs: list[MinimalPair]) -> np.ndarray:
     """The baseline on pairs: ``[3, n]`` scores of good, bad and intrusive (NaN) sentences."""
     good = loop_scores(model, tokenizer, [p.good for p in pairs], 0)
     bad = loop_scores(model, tokenizer, [p.bad for p in pairs], 0)
-    intrusive = np.array([loop_scores(model, tokenizer, [p.intrusive], 0)[0] if p.intrusive else np.nan
-                          for p in pairs])
+    intrusive = np.array([loop_scores(model, tokenizer, [p.intrusive], 0)[0] if p.intrusive else np.nan for p in pairs])
     return np.stack([good, bad, intrusive])
 
 
@@ -113,11 +133,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    config = GPTNeoXConfig(hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
-                           intermediate_size=2048, vocab_size=50304)
+    config = GPTNeoXConfig(
+        hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048, vocab_size=50304
+    )
     model = AutoModelForCausalLM.from_config(config).eval()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(args.tokenizer), bos_token="<|endoftext|>",
-                                        eos_token="<|endoftext|>", pad_token="<|padding|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(args.tokenizer),
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|padding|>",
+    )
     pairs = load_pairs(args)
     n_tokens = [len(tokenizer(p.good, add_special_tokens=False)["input_ids"]) for p in pairs]
 
@@ -128,37 +153,49 @@ def main() -> None:
     methods = [("loop (baseline)", loop_pairs)]
     if not args.skip_one_pair:
         methods.append(("scorer, one pair per batch", partial(scorer_pairs, batch_tokens=1, max_batch_size=1)))
-    methods.append(("scorer, batched",
-                    partial(scorer_pairs, batch_tokens=args.batch_tokens, max_batch_size=args.max_batch_size)))
+    methods.append(
+        ("scorer, batched", partial(scorer_pairs, batch_tokens=args.batch_tokens, max_batch_size=args.max_batch_size))
+    )
     scores = {name: np.full((3, len(pairs)), np.nan) for name, _ in methods}
     seconds = dict.fromkeys(scores, 0.0)
     load_before = os.getloadavg()[0]
     # Interleaved in chunks, the order rotating, so that other jobs on a shared machine
     # slow every method alike.
     for c, chunk in enumerate(np.array_split(np.arange(len(pairs)), args.chunks)):
-        for name, method in methods[c % len(methods):] + methods[: c % len(methods)]:
+        for name, method in methods[c % len(methods) :] + methods[: c % len(methods)]:
             start = time.perf_counter()
             scores[name][:, chunk] = method(model, tokenizer, [pairs[i] for i in chunk])
             seconds[name] += time.perf_counter() - start
     base = "loop (baseline)"
     correct = {name: (g > b) & (np.isnan(i) | (g > i)) for name, (g, b, i) in scores.items()}
 
-    print(f"\n{len(pairs)} {args.source.upper()} pairs ({sum(p.intrusive is not None for p in pairs)} "
-          f"NPI triples), {np.mean(n_tokens):.1f} tokens per good sentence on average; Pythia-70m-shaped "
-          f"random GPT-NeoX, float32, CPU, {torch.get_num_threads()} threads; batch_tokens={args.batch_tokens}, "
-          f"max_batch_size={args.max_batch_size}; {args.chunks} interleaved chunks; load average "
-          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after\n")
+    print(
+        f"\n{len(pairs)} {args.source.upper()} pairs ({sum(p.intrusive is not None for p in pairs)} "
+        f"NPI triples), {np.mean(n_tokens):.1f} tokens per good sentence on average; Pythia-70m-shaped "
+        f"random GPT-NeoX, float32, CPU, {torch.get_num_threads()} threads; batch_tokens={args.batch_tokens}, "
+        f"max_batch_size={args.max_batch_size}; {args.chunks} interleaved chunks; load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after\n"
+    )
     print("| method | seconds | pairs/s | ratio to loop | accuracy | max abs score diff to loop | same correct pairs |")
     print("|---|---:|---:|---:|---:|---:|---|")
     results = []
     for name in scores:
         diff = float(np.nanmax(np.abs(scores[name] - scores[base])))
         same = bool((correct[name] == correct[base]).all())
-        results.append({"method": name, "seconds": seconds[name], "accuracy": float(correct[name].mean()),
-                        "max_diff": diff, "same_correct": same})
-        print(f"| {name} | {seconds[name]:.2f} | {len(pairs) / seconds[name]:.1f} | "
-              f"{seconds[base] / seconds[name]:.2f}x | {correct[name].mean():.4f} | {diff:.2e} | "
-              f"{'yes' if same else 'NO'} |")
+        results.append(
+            {
+                "method": name,
+                "seconds": seconds[name],
+                "accuracy": float(correct[name].mean()),
+                "max_diff": diff,
+                "same_correct": same,
+            }
+        )
+        print(
+            f"| {name} | {seconds[name]:.2f} | {len(pairs) / seconds[name]:.1f} | "
+            f"{seconds[base] / seconds[name]:.2f}x | {correct[name].mean():.4f} | {diff:.2e} | "
+            f"{'yes' if same else 'NO'} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

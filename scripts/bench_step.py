@@ -63,10 +63,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--old", type=Path, default=None, help="a checkout of the previous implementation")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each code, alternating (default: %(default)s)")
     parser.add_argument("--ablate", action="store_true", help="also time `dynamics ablate` (see --ablate-extra)")
-    parser.add_argument("--ablate-extra", default="--percents 1 --layer-groups 0 --match-iterations 2",
-                        help="options of both ablate runs (default: %(default)s)")
+    parser.add_argument(
+        "--ablate-extra",
+        default="--percents 1 --layer-groups 0 --match-iterations 2",
+        help="options of both ablate runs (default: %(default)s)",
+    )
     parser.add_argument("--extra", default="", help="options added to both scan commands, e.g. '--tse-per-case 20'")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/bench_step"), help="cache and cubes (default: %(default)s)")
+    parser.add_argument(
+        "--work", type=Path, default=Path("/tmp/bench_step"), help="cache and cubes (default: %(default)s)"
+    )
     parser.add_argument("--tokenizer", type=Path, default=SHARED / "tokenizers" / "gpt-neox-20b.json")
     parser.add_argument("--corpus", type=Path, default=SHARED / "wikitext-2" / "test.txt")
     parser.add_argument("--blimp", type=Path, default=SHARED / "blimp")
@@ -78,8 +83,14 @@ def run(code: Path, argv: list[str], env: dict[str, str], log: Path) -> float:
     child = {**env, "PYTHONPATH": str(code)}
     start = time.perf_counter()
     with log.open("w") as out:
-        done = subprocess.run([sys.executable, "-m", "dynamics.cli", *argv], env=child, cwd=code, stdout=out,
-                              stderr=subprocess.STDOUT, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "dynamics.cli", *argv],
+            env=child,
+            cwd=code,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     if done.returncode:
         raise SystemExit(f"{code}: `dynamics {' '.join(argv[:1])}` failed ({done.returncode}); see {log}")
     return time.perf_counter() - start
@@ -91,7 +102,8 @@ def cube_numbers(path: Path) -> dict[str, np.ndarray]:
 
     data = xr.open_zarr(path)
     return {name: data[name].values for name in data.data_vars if data[name].dtype.kind in "fb"} | {
-        "phase": data["phase"].values}
+        "phase": data["phase"].values
+    }
 
 
 def phase_seconds(numbers: dict[str, np.ndarray]) -> dict[str, float]:
@@ -147,10 +159,16 @@ def floor_seconds(shape: Shape, device: str, extra: str) -> dict[str, float]:
     x = torch.randn(min(inner, 256), WD_TOKENS, device=dev)  # neurons x tokens: the engine sorts rows
     flop_rate = 2.0 * 4096 * d * vocab / _best(lambda: a @ b, dev)
     sort_rate = 4.0 * x.numel() / _best(lambda: torch.sort(x, dim=1), dev)
-    print(f"floor: {tse_tokens} TSE tokens and {ppl_tokens} perplexity tokens x {CONDITIONS} conditions; "
-          f"peaks measured here: matmul {flop_rate / 1e9:.1f} GFLOP/s, sort {sort_rate / 1e9:.2f} GB/s")
-    return {"statistics": capture_flops / flop_rate + sort_bytes / sort_rate, "evaluation": eval_flops / flop_rate,
-            "capture": capture_flops / flop_rate, "sort": sort_bytes / sort_rate}
+    print(
+        f"floor: {tse_tokens} TSE tokens and {ppl_tokens} perplexity tokens x {CONDITIONS} conditions; "
+        f"peaks measured here: matmul {flop_rate / 1e9:.1f} GFLOP/s, sort {sort_rate / 1e9:.2f} GB/s"
+    )
+    return {
+        "statistics": capture_flops / flop_rate + sort_bytes / sort_rate,
+        "evaluation": eval_flops / flop_rate,
+        "capture": capture_flops / flop_rate,
+        "sort": sort_bytes / sort_rate,
+    }
 
 
 def _best(fn, device) -> float:  # noqa: ANN001
@@ -172,15 +190,47 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     hf_home = args.work / "hf"
     built = build_hub_cache(hf_home / "hub", shape, args.tokenizer, (STEP,), "cpu")
-    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub"), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TQDM_DISABLE": "1"}
+    env = {
+        **os.environ,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": str(hf_home / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TQDM_DISABLE": "1",
+    }
     codes = {"new": ROOT} | ({"old": args.old.resolve()} if args.old else {})
-    scan = ["scan", "--model", shape.alias, "--steps", str(STEP), "--device", args.device, "--corpus",
-            str(args.corpus.resolve()), *args.extra.split()]
-    ablate = ["ablate", "--model", shape.alias, "--revision", str(STEP), "--device", args.device, "--corpus",
-              str(args.corpus.resolve()), "--blimp", str(args.blimp.resolve()), "--tasks", "none", "--pos", "off",
-              *args.ablate_extra.split()]
+    scan = [
+        "scan",
+        "--model",
+        shape.alias,
+        "--steps",
+        str(STEP),
+        "--device",
+        args.device,
+        "--corpus",
+        str(args.corpus.resolve()),
+        *args.extra.split(),
+    ]
+    ablate = [
+        "ablate",
+        "--model",
+        shape.alias,
+        "--revision",
+        str(STEP),
+        "--device",
+        args.device,
+        "--corpus",
+        str(args.corpus.resolve()),
+        "--blimp",
+        str(args.blimp.resolve()),
+        "--tasks",
+        "none",
+        "--pos",
+        "off",
+        *args.ablate_extra.split(),
+    ]
     loads = [os.getloadavg()[0]]
     results: dict[tuple[str, str], list[tuple[float, dict[str, np.ndarray]]]] = {}
     commands = [("scan", scan)] + ([("ablate", ablate)] if args.ablate else [])
@@ -195,8 +245,10 @@ def main() -> None:
                 loads.append(os.getloadavg()[0])
                 print(f"{command} {name} run {r}: {wall:.1f} s wall (load {loads[-1]:.1f})", flush=True)
     floor = floor_seconds(shape, args.device, args.extra)
-    print(f"\n{args.shape} on {args.device}, cache planted in {built:.1f} s, {args.repeats} run(s) of each code, "
-          f"load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores\n")
+    print(
+        f"\n{args.shape} on {args.device}, cache planted in {built:.1f} s, {args.repeats} run(s) of each code, "
+        f"load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores\n"
+    )
     for command, _ in commands:
         per_code = {name: [phase_seconds(n) for _, n in results[(command, name)]] for name in codes}
         phases = list(per_code["new"][0])
@@ -213,11 +265,19 @@ def main() -> None:
             cells += [f"{low:.3g}" if low else "-", f"{new / low:.1f}" if low else "-"]
             print(f"| {phase} | " + " | ".join(cells) + " |")
         walls = {name: float(np.median([w for w, _ in results[(command, name)]])) for name in codes}
-        print("| wall (command) | " + " | ".join(f"{walls[n]:.1f}" for n in codes)
-              + (f" | {walls['old'] / walls['new']:.2f}" if "old" in codes else "") + " | - | - |\n")
+        print(
+            "| wall (command) | "
+            + " | ".join(f"{walls[n]:.1f}" for n in codes)
+            + (f" | {walls['old'] / walls['new']:.2f}" if "old" in codes else "")
+            + " | - | - |\n"
+        )
         if "old" in codes:
             names = ("tse_acc", "tse_margin", "ppl", "tse_acc_all", "blimp_acc_all", "wd")
-            print("new vs old:", same_numbers(results[(command, "new")][0][1], results[(command, "old")][0][1], names), "\n")
+            print(
+                "new vs old:",
+                same_numbers(results[(command, "new")][0][1], results[(command, "old")][0][1], names),
+                "\n",
+            )
     print(f"floor parts (s): capture {floor['capture']:.3g}, sort {floor['sort']:.3g}")
 
 

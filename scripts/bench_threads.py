@@ -30,10 +30,17 @@ from dynamics.syntax.tse import sample_tse, tse_pairs
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHAPES = {
-    "pythia-14m": dict(num_hidden_layers=6, hidden_size=128, num_attention_heads=4, intermediate_size=512,
-                       vocab_size=50304, window=2048),
-    "toy": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=512,
-                vocab_size=0, window=64),
+    "pythia-14m": dict(
+        num_hidden_layers=6,
+        hidden_size=128,
+        num_attention_heads=4,
+        intermediate_size=512,
+        vocab_size=50304,
+        window=2048,
+    ),
+    "toy": dict(
+        num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=512, vocab_size=0, window=64
+    ),
 }
 
 
@@ -46,8 +53,11 @@ def build(shape: str) -> tuple[torch.nn.Module, object, int]:
         tokenizer = build_tokenizer()
         spec["vocab_size"] = len(vocabulary())
     else:
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(SHARED / "tokenizers" / "gpt-neox-20b.json"),
-                                            bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_file=str(SHARED / "tokenizers" / "gpt-neox-20b.json"),
+            bos_token="<|endoftext|>",
+            eos_token="<|endoftext|>",
+        )
     torch.manual_seed(0)
     config = GPTNeoXConfig(max_position_embeddings=max(2048, window), **spec)
     return AutoModelForCausalLM.from_config(config).eval(), tokenizer, window
@@ -62,7 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     model, tokenizer, window = build(args.shape)
     pairs = sample_tse(tse_pairs(), per_case=max(1, args.pairs // 22), seed=0)[: args.pairs]
-    windows = torch.randint(0, model.config.vocab_size, (args.windows, window), generator=torch.Generator().manual_seed(1))
+    windows = torch.randint(
+        0, model.config.vocab_size, (args.windows, window), generator=torch.Generator().manual_seed(1)
+    )
     tasks = {
         "scoring": lambda: score_pairs(model, tokenizer, pairs, progress=False),
         "perplexity": lambda: perplexity(model, windows, progress=False),
@@ -74,7 +86,7 @@ def main() -> None:
             torch.set_num_threads(1)
             task()
         for r in range(args.repeats):
-            for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
+            for threads in (1, 2) if r % 2 == 0 else (2, 1):
                 torch.set_num_threads(threads)
                 for name, task in tasks.items():
                     start = time.perf_counter()
@@ -82,8 +94,10 @@ def main() -> None:
                     seconds[(name, threads)].append(time.perf_counter() - start)
             loads.append(os.getloadavg()[0])
     body, head = evaluation_flops(model)
-    print(f"shape {args.shape}: flops per scored token body {body:.3g}, head {head:.3g} "
-          f"(head share {head / (body + head):.0%}); load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
+    print(
+        f"shape {args.shape}: flops per scored token body {body:.3g}, head {head:.3g} "
+        f"(head share {head / (body + head):.0%}); load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores"
+    )
     print("| task | 1 thread s | 2 threads s | 1/2 ratio |")
     print("|---|---:|---:|---:|")
     for name in tasks:

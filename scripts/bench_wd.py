@@ -284,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         "--scipy-neurons", type=int, default=256, help="neurons timed with the scipy loop (default: %(default)s)"
     )
     parser.add_argument(
-        "--floor-neurons", type=int, default=None,
+        "--floor-neurons",
+        type=int,
+        default=None,
         help="neurons timed with torch.sort(x, dim=0), extrapolated linearly (default: all)",
     )
     parser.add_argument("--layer-tokens", type=int, default=None, help="tokens of the layer timing (default: --tokens)")

@@ -46,10 +46,32 @@ SHARED = ROOT.parent / "shared" / "data"
 STEPS = (142000, 143000)
 CLI = [sys.executable, "-m", "dynamics.cli", "-v"]
 # Small budgets for a CPU smoke test; the GPU check runs the command's own defaults.
-QUICK_SCAN = ["--window", "256", "--wd-tokens", "2048", "--ppl-tokens", "512", "--tse-per-case", "4",
-              "--blimp-per-paradigm", "2"]
-QUICK_ABLATE = ["--window", "256", "--wd-tokens", "2048", "--ppl-tokens", "512", "--tse-per-case", "4",
-                "--blimp-per-paradigm", "2", "--match-iterations", "4"]
+QUICK_SCAN = [
+    "--window",
+    "256",
+    "--wd-tokens",
+    "2048",
+    "--ppl-tokens",
+    "512",
+    "--tse-per-case",
+    "4",
+    "--blimp-per-paradigm",
+    "2",
+]
+QUICK_ABLATE = [
+    "--window",
+    "256",
+    "--wd-tokens",
+    "2048",
+    "--ppl-tokens",
+    "512",
+    "--tse-per-case",
+    "4",
+    "--blimp-per-paradigm",
+    "2",
+    "--match-iterations",
+    "4",
+]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -60,41 +82,78 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineParser(prog="gpu_check.py", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(
+        prog="gpu_check.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add = parser.add_argument
     add("--shape", choices=sorted(SHAPES), default="pythia-1.4b", help="model shape (default: %(default)s)")
     add("--out", type=Path, required=True, help="where gpu_check.md and the command logs go (e.g. $OUT)")
-    add("--work", type=Path, default=Path("/tmp/gpu_check_work"),
-        help="Hugging Face cache and the cubes (default: %(default)s)")
-    add("--tokenizer", type=Path, default=SHARED / "tokenizers" / "gpt-neox-20b.json",
-        help="the GPT-NeoX-20B tokenizer.json (default: %(default)s)")
-    add("--corpus", type=Path, default=SHARED / "wikitext-2" / "test.txt",
-        help="a local text corpus for WD and perplexity (default: %(default)s)")
-    add("--blimp", type=Path, default=SHARED / "blimp",
-        help="a directory of BLiMP <paradigm>.jsonl files (default: %(default)s)")
+    add(
+        "--work",
+        type=Path,
+        default=Path("/tmp/gpu_check_work"),
+        help="Hugging Face cache and the cubes (default: %(default)s)",
+    )
+    add(
+        "--tokenizer",
+        type=Path,
+        default=SHARED / "tokenizers" / "gpt-neox-20b.json",
+        help="the GPT-NeoX-20B tokenizer.json (default: %(default)s)",
+    )
+    add(
+        "--corpus",
+        type=Path,
+        default=SHARED / "wikitext-2" / "test.txt",
+        help="a local text corpus for WD and perplexity (default: %(default)s)",
+    )
+    add(
+        "--blimp",
+        type=Path,
+        default=SHARED / "blimp",
+        help="a directory of BLiMP <paradigm>.jsonl files (default: %(default)s)",
+    )
     add("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present, else cpu)")
-    add("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None,
-        help="passed to both commands (default: theirs, auto: the checkpoint's own dtype on CUDA)")
-    add("--memory-budget-gib", type=float, default=None,
-        help="passed to both commands (default: theirs, 0: auto, sized from free device memory)")
-    add("--budget", choices=["auto", "default", "quick"], default="auto",
+    add(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default=None,
+        help="passed to both commands (default: theirs, auto: the checkpoint's own dtype on CUDA)",
+    )
+    add(
+        "--memory-budget-gib",
+        type=float,
+        default=None,
+        help="passed to both commands (default: theirs, 0: auto, sized from free device memory)",
+    )
+    add(
+        "--budget",
+        choices=["auto", "default", "quick"],
+        default="auto",
         help="default: the commands' own budgets; quick: tiny budgets for a CPU smoke test; auto: quick for "
-        "--shape tiny, else default (default: %(default)s)")
+        "--shape tiny, else default (default: %(default)s)",
+    )
     add("--scan-args", default="", help="extra arguments for `dynamics scan`, one shell-quoted string")
     add("--ablate-args", default="", help="extra arguments for `dynamics ablate`, one shell-quoted string")
     add("--scan-timeout", type=float, default=200.0, help="seconds before the scan is stopped (default: %(default)s)")
-    add("--ablate-timeout", type=float, default=300.0,
-        help="seconds before the study is stopped (default: %(default)s)")
-    add("--total-timeout", type=float, default=None,
+    add(
+        "--ablate-timeout", type=float, default=300.0, help="seconds before the study is stopped (default: %(default)s)"
+    )
+    add(
+        "--total-timeout",
+        type=float,
+        default=None,
         help="seconds for the whole check: each command is stopped early enough for the table to be written "
-        "within it (default: no limit beyond the two above)")
+        "within it (default: no limit beyond the two above)",
+    )
     add("--only", choices=["scan", "ablate"], default=None, help="run only one of the two commands")
     add("--skip-build", action="store_true", help="reuse the cache already under --work")
     add("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
     args = parser.parse_args(argv)
-    needed = [("--tokenizer", args.tokenizer, not args.skip_build), ("--corpus", args.corpus, True),
-              ("--blimp", args.blimp, args.only != "scan")]
+    needed = [
+        ("--tokenizer", args.tokenizer, not args.skip_build),
+        ("--corpus", args.corpus, True),
+        ("--blimp", args.blimp, args.only != "scan"),
+    ]
     for flag, path, used in needed:
         if used and not path.exists():
             parser.error(f"{flag} {str(path)!r} does not exist; give the path of a local copy")
@@ -113,8 +172,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cache = args.work / "hf_home" / "hub"
     missing = [s for s in STEPS if s not in cached_steps(args.cache, SHAPES[args.shape].repo)]
     if args.skip_build and missing:
-        parser.error(f"--skip-build, but {args.cache} lacks {SHAPES[args.shape].repo} step(s) "
-                     f"{', '.join(map(str, missing))}; run without --skip-build")
+        parser.error(
+            f"--skip-build, but {args.cache} lacks {SHAPES[args.shape].repo} step(s) "
+            f"{', '.join(map(str, missing))}; run without --skip-build"
+        )
     return args
 
 
@@ -130,9 +191,17 @@ def default_device() -> str:
 
 def hub_environment(hf_home: Path) -> dict[str, str]:
     """The child's environment: the planted cache as the user's default one, and no network."""
-    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub"), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TQDM_MININTERVAL": "15", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": str(hf_home / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TQDM_MININTERVAL": "15",
+        "PYTHONUNBUFFERED": "1",
+    }
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(ROOT)) if p)
     return env
 
@@ -176,26 +245,60 @@ def command_lines(name: str, code: int | None, seconds: float, log_path: Path) -
     return lines, ok
 
 
-def scan_check(args: argparse.Namespace, shape: Shape, common: list[str], env: dict[str, str],
-               quick: bool) -> tuple[list[str], bool]:
+def scan_check(
+    args: argparse.Namespace, shape: Shape, common: list[str], env: dict[str, str], quick: bool
+) -> tuple[list[str], bool]:
     cube = args.work / "scan.zarr"
     shutil.rmtree(cube, ignore_errors=True)  # a check measures afresh
-    argv = [*CLI, "scan", "--model", shape.alias, "--steps", ",".join(map(str, STEPS)), "--out", str(cube),
-            "--retries", "1", "--blimp", str(args.blimp.resolve()), *common, *(QUICK_SCAN if quick else []),
-            *args.scan_extra]
+    argv = [
+        *CLI,
+        "scan",
+        "--model",
+        shape.alias,
+        "--steps",
+        ",".join(map(str, STEPS)),
+        "--out",
+        str(cube),
+        "--retries",
+        "1",
+        "--blimp",
+        str(args.blimp.resolve()),
+        *common,
+        *(QUICK_SCAN if quick else []),
+        *args.scan_extra,
+    ]
     code, seconds = run_command(argv, args.out / "scan.log", time_left(args, args.scan_timeout), env)
     lines, ran_ok = command_lines("scan", code, seconds, args.out / "scan.log")
     table, table_ok = scan_section(cube, STEPS)
     return ["", "## dynamics scan", "", *lines, "", *table], ran_ok and table_ok
 
 
-def ablate_check(args: argparse.Namespace, shape: Shape, common: list[str], env: dict[str, str],
-                 quick: bool) -> tuple[list[str], bool]:
+def ablate_check(
+    args: argparse.Namespace, shape: Shape, common: list[str], env: dict[str, str], quick: bool
+) -> tuple[list[str], bool]:
     cube = args.work / "study.zarr"
     shutil.rmtree(cube, ignore_errors=True)
-    argv = [*CLI, "ablate", "--model", shape.alias, "--revision", str(STEPS[-1]), "--out", str(cube),
-            "--retries", "1", "--blimp", str(args.blimp.resolve()), "--tasks", "none", "--pos", "off",
-            *common, *(QUICK_ABLATE if quick else []), *args.ablate_extra]
+    argv = [
+        *CLI,
+        "ablate",
+        "--model",
+        shape.alias,
+        "--revision",
+        str(STEPS[-1]),
+        "--out",
+        str(cube),
+        "--retries",
+        "1",
+        "--blimp",
+        str(args.blimp.resolve()),
+        "--tasks",
+        "none",
+        "--pos",
+        "off",
+        *common,
+        *(QUICK_ABLATE if quick else []),
+        *args.ablate_extra,
+    ]
     code, seconds = run_command(argv, args.out / "ablate.log", time_left(args, args.ablate_timeout), env)
     lines, ran_ok = command_lines("ablate", code, seconds, args.out / "ablate.log")
     table, table_ok = study_section(cube, seconds)
@@ -209,14 +312,20 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     shape = SHAPES[args.shape]
     quick = args.budget == "quick" or (args.budget == "auto" and args.shape == "tiny")
-    report = [f"# GPU check: {args.shape} ({shape.repo} shape), device {args.device}", "",
-              *environment_lines(args.device, args.dtype), ""]
+    report = [
+        f"# GPU check: {args.shape} ({shape.repo} shape), device {args.device}",
+        "",
+        *environment_lines(args.device, args.dtype),
+        "",
+    ]
     if args.skip_build:
         report.append(f"cache: reused {args.cache}")
     else:
         seconds = build_hub_cache(args.cache, shape, args.tokenizer, STEPS, args.device, args.seed)
-        report.append(f"cache: built {shape.repo} revisions {', '.join(f'step{s}' for s in STEPS)} "
-                      f"({shape.parameters() / 1e9:.2f} B parameters, float16) in {seconds:.1f} s under {args.cache}")
+        report.append(
+            f"cache: built {shape.repo} revisions {', '.join(f'step{s}' for s in STEPS)} "
+            f"({shape.parameters() / 1e9:.2f} B parameters, float16) in {seconds:.1f} s under {args.cache}"
+        )
     print("\n".join(report), flush=True)
 
     env = hub_environment(args.cache.parent)

@@ -54,20 +54,38 @@ SHAPES = {
 def pythia_config(shape: Shape) -> dict:
     """config.json as EleutherAI's Pythia revisions ship it (keys of transformers 4.24)."""
     return {
-        "architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "gelu",
-        "hidden_size": shape.hidden, "initializer_range": 0.02, "intermediate_size": shape.intermediate,
-        "layer_norm_eps": 1e-05, "max_position_embeddings": shape.max_positions, "model_type": "gpt_neox",
-        "num_attention_heads": shape.heads, "num_hidden_layers": shape.layers, "rotary_emb_base": 10000,
-        "rotary_pct": 0.25, "tie_word_embeddings": False, "torch_dtype": "float16", "transformers_version": "4.24.0",
-        "use_cache": True, "use_parallel_residual": True, "vocab_size": shape.vocab,
+        "architectures": ["GPTNeoXForCausalLM"],
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "hidden_act": "gelu",
+        "hidden_size": shape.hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": shape.intermediate,
+        "layer_norm_eps": 1e-05,
+        "max_position_embeddings": shape.max_positions,
+        "model_type": "gpt_neox",
+        "num_attention_heads": shape.heads,
+        "num_hidden_layers": shape.layers,
+        "rotary_emb_base": 10000,
+        "rotary_pct": 0.25,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float16",
+        "transformers_version": "4.24.0",
+        "use_cache": True,
+        "use_parallel_residual": True,
+        "vocab_size": shape.vocab,
     }
 
 
 TOKENIZER_CONFIG = {
-    "add_prefix_space": False, "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-    "name_or_path": "EleutherAI/gpt-neox-20b", "special_tokens_map_file": "/admin/home-hailey/.cache/huggingface/hub/"
+    "add_prefix_space": False,
+    "bos_token": "<|endoftext|>",
+    "eos_token": "<|endoftext|>",
+    "name_or_path": "EleutherAI/gpt-neox-20b",
+    "special_tokens_map_file": "/admin/home-hailey/.cache/huggingface/hub/"
     "models--EleutherAI--gpt-neox-20b/snapshots/4e49eadb5d14bd22f314ec3f45b69a87b88c7691/special_tokens_map.json",
-    "tokenizer_class": "GPTNeoXTokenizer", "unk_token": "<|endoftext|>",
+    "tokenizer_class": "GPTNeoXTokenizer",
+    "unk_token": "<|endoftext|>",
 }
 SPECIAL_TOKENS_MAP = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
 
@@ -143,8 +161,9 @@ def plant_small_file(root: Path, snapshot: Path, name: str, data: bytes) -> None
     link_blob(root, snapshot, name, blob)
 
 
-def build_hub_cache(cache: Path, shape: Shape, tokenizer: Path, steps: tuple[int, ...], device: str,
-                    seed: int = 0) -> float:
+def build_hub_cache(
+    cache: Path, shape: Shape, tokenizer: Path, steps: tuple[int, ...], device: str, seed: int = 0
+) -> float:
     """Plant ``steps`` of ``shape.repo`` in ``cache`` (replacing what was there); the seconds taken."""
     from safetensors.torch import save_file
 
@@ -154,9 +173,12 @@ def build_hub_cache(cache: Path, shape: Shape, tokenizer: Path, steps: tuple[int
     (root / "blobs").mkdir(parents=True)
     (root / "refs").mkdir()
     config = (json.dumps(pythia_config(shape), indent=2, sort_keys=True) + "\n").encode()
-    small = {"config.json": config, "tokenizer.json": tokenizer.read_bytes(),
-             "tokenizer_config.json": (json.dumps(TOKENIZER_CONFIG, indent=2) + "\n").encode(),
-             "special_tokens_map.json": (json.dumps(SPECIAL_TOKENS_MAP) + "\n").encode()}
+    small = {
+        "config.json": config,
+        "tokenizer.json": tokenizer.read_bytes(),
+        "tokenizer_config.json": (json.dumps(TOKENIZER_CONFIG, indent=2) + "\n").encode(),
+        "special_tokens_map.json": (json.dumps(SPECIAL_TOKENS_MAP) + "\n").encode(),
+    }
     for revision, step in enumerate(steps):
         commit = commit_hash(shape.repo, step, shape, seed)
         snapshot = root / "snapshots" / commit

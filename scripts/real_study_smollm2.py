@@ -52,17 +52,29 @@ def main() -> None:
     from store import open_cube
 
     config = StudyConfig(
-        model=args.model, out=args.out, corpus=str(SHARED / "wikitext-2" / "test.txt"),
-        ppl_corpus=str(SHARED / "wikitext-2" / "valid.txt"), protocol=args.protocol, window=args.window,
-        wd_tokens=args.wd_tokens, ppl_tokens=args.ppl_tokens, tse_per_case=args.tse_per_case,
-        blimp=str(SHARED / "blimp"), blimp_per_paradigm=args.blimp_per_paradigm, layer_groups=args.layer_groups, percents=args.percents,
-        threads=args.threads, lmeval_limit=20,
+        model=args.model,
+        out=args.out,
+        corpus=str(SHARED / "wikitext-2" / "test.txt"),
+        ppl_corpus=str(SHARED / "wikitext-2" / "valid.txt"),
+        protocol=args.protocol,
+        window=args.window,
+        wd_tokens=args.wd_tokens,
+        ppl_tokens=args.ppl_tokens,
+        tse_per_case=args.tse_per_case,
+        blimp=str(SHARED / "blimp"),
+        blimp_per_paradigm=args.blimp_per_paradigm,
+        layer_groups=args.layer_groups,
+        percents=args.percents,
+        threads=args.threads,
+        lmeval_limit=20,
     )
     start = time.perf_counter()
     summary = run_study(config)
     wall = time.perf_counter() - start
-    print(f"\n{len(summary.done)} conditions computed, {len(summary.skipped)} already done, wall {wall:.0f} s, "
-          f"load average {os.getloadavg()[0]:.1f}\n")
+    print(
+        f"\n{len(summary.done)} conditions computed, {len(summary.skipped)} already done, wall {wall:.0f} s, "
+        f"load average {os.getloadavg()[0]:.1f}\n"
+    )
     print(report(open_cube(args.out)))
 
 

@@ -45,8 +45,9 @@ def main() -> None:
     gguf = next(Path(spec.origin).parent.rglob("*.gguf"))
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
-    windows = load_token_windows(CorpusSpec(source=str(args.text), window=args.window, token_budget=args.tokens),
-                                 tokenizer)
+    windows = load_token_windows(
+        CorpusSpec(source=str(args.text), window=args.window, token_budget=args.tokens), tokenizer
+    )
     exact, sampled = [], [[] for _ in range(args.seeds)]
     with torch.inference_mode():
         for _, pre in iter_pre_activations(model, windows, memory_budget=2 * 2**30, batch_size=1, progress=False):
@@ -65,10 +66,14 @@ def main() -> None:
     tops = [top_percent_mask(torch.from_numpy(x), 1.0).numpy() for x in s]
     print(f"SmolLM2-135M, {windows.numel()} tokens, {e.size} neurons, {args.seeds} sampled draws")
     print(f"exact WD: median {np.median(e):.4f}, max {e.max():.4f}")
-    print(f"|sampled - exact|: median {np.median(diff):.5f}, 99th percentile {np.percentile(diff, 99):.5f}, "
-          f"max {diff.max():.5f}; relative median {np.median(rel):.3%}")
-    print(f"top-1% per layer: overlap exact vs sampled {np.mean([overlap(top, t) for t in tops]):.3f}; "
-          f"sampled vs sampled {np.mean([overlap(tops[i], tops[j]) for i in range(len(tops)) for j in range(i)]):.3f}")
+    print(
+        f"|sampled - exact|: median {np.median(diff):.5f}, 99th percentile {np.percentile(diff, 99):.5f}, "
+        f"max {diff.max():.5f}; relative median {np.median(rel):.3%}"
+    )
+    print(
+        f"top-1% per layer: overlap exact vs sampled {np.mean([overlap(top, t) for t in tops]):.3f}; "
+        f"sampled vs sampled {np.mean([overlap(tops[i], tops[j]) for i in range(len(tops)) for j in range(i)]):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -88,7 +88,9 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
     """
     path = Path(path)
     if not (path / "zarr.json").is_file():
-        raise CubeInputError(f"no cube at {str(path)!r}: expected a directory written by `dynamics scan` or `dynamics ablate`")
+        raise CubeInputError(
+            f"no cube at {str(path)!r}: expected a directory written by `dynamics scan` or `dynamics ablate`"
+        )
     attrs = _read_attrs(path)
     check_arrays_readable(path)
     if "extending" in attrs or "compacting" in attrs:
@@ -229,8 +231,12 @@ class CubeWriter:
         if twice:
             keep = unique_positions(self.path, steps, attrs["steps"], attrs.get("cube_kind") == "units")
             compact_steps(self.path, keep)
-            log.warning("repaired cube %s: %ss %s were stored twice; kept the copy holding the data", self.path,
-                        self.unit, ", ".join(map(str, twice)))
+            log.warning(
+                "repaired cube %s: %ss %s were stored twice; kept the copy holding the data",
+                self.path,
+                self.unit,
+                ", ".join(map(str, twice)),
+            )
 
     def _forget_lost_steps(self) -> None:
         """Done steps whose data is gone (a deleted chunk or variable) become pending again."""
@@ -240,8 +246,13 @@ class CubeWriter:
         records = dict(_read_attrs(self.path)["steps"])
         for step, names in lost.items():
             records[str(step)] = {"status": PENDING, "lost": names}
-            log.warning("%s %d was done but its %s %s missing or unreadable: it will be computed again",
-                        self.unit, step, ", ".join(names), "is" if len(names) == 1 else "are")
+            log.warning(
+                "%s %d was done but its %s %s missing or unreadable: it will be computed again",
+                self.unit,
+                step,
+                ", ".join(names),
+                "is" if len(names) == 1 else "are",
+            )
         self._update_attrs(steps=records)
         zarr.consolidate_metadata(self.path)  # forget variables whose folder is gone; the next write recreates them
 
@@ -251,8 +262,9 @@ class CubeWriter:
             self._write_new(real)
         except OSError as exc:  # a full disk, a directory made read-only meanwhile: the user's --out, one line
             reason = "no space left on the device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
-            raise PathError(f"cannot create cube {str(self.path)!r}: {reason or exc}; free space or choose "
-                            "another --out") from None
+            raise PathError(
+                f"cannot create cube {str(self.path)!r}: {reason or exc}; free space or choose another --out"
+            ) from None
 
     def _write_new(self, real: Path) -> None:
         tmp = fresh_directory(real.parent, f".{real.name}.creating.")
@@ -281,8 +293,15 @@ class CubeWriter:
         if stored == self.identity or not reinitialisable(attrs):
             return False  # the same settings, or a cube _check_identity protects
         key, was, now = _first_difference(stored, self.identity)
-        log.warning("cube %s has no done %s and was made with %s=%s: re-initialising it for this run's %s=%s",
-                    self.path, self.unit, key, json.dumps(was), key, json.dumps(now))
+        log.warning(
+            "cube %s has no done %s and was made with %s=%s: re-initialising it for this run's %s=%s",
+            self.path,
+            self.unit,
+            key,
+            json.dumps(was),
+            key,
+            json.dumps(now),
+        )
         remove_abandoned_cube(self.path)
         return True
 
@@ -361,14 +380,24 @@ class CubeWriter:
             body = body.drop_vars("step")
             body.attrs = {}
             # Every chunk is written, fill values included, so a missing chunk always means lost data.
-            body.to_zarr(self.path, region={"step": slice(i, i + 1)}, mode="r+", consolidated=False,
-                         write_empty_chunks=True)
-            self._set_record(step, {**(record or {}), "status": DONE, "written": _now(),
-                                    "variables": sorted(str(name) for name in body.variables)})
+            body.to_zarr(
+                self.path, region={"step": slice(i, i + 1)}, mode="r+", consolidated=False, write_empty_chunks=True
+            )
+            self._set_record(
+                step,
+                {
+                    **(record or {}),
+                    "status": DONE,
+                    "written": _now(),
+                    "variables": sorted(str(name) for name in body.variables),
+                },
+            )
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise CubeError(f"disk full while writing {self.unit} {step} to {self.path}; free space and re-run "
-                                f"the same command (done {self.unit}s are kept)") from exc
+                raise CubeError(
+                    f"disk full while writing {self.unit} {step} to {self.path}; free space and re-run "
+                    f"the same command (done {self.unit}s are kept)"
+                ) from exc
             raise
 
     def mark_failed(self, step: int, error: str, record: Mapping[str, Any] | None = None) -> None:
@@ -406,7 +435,9 @@ class CubeWriter:
             variables[name] = (var.dims, np.broadcast_to(_fill_value(var.dtype), shape), var.attrs)
             encoding[name] = {"chunks": (1, *var.shape[1:])}
         coords = {
-            name: _portable(coord) for name, coord in result.coords.items() if name != "step" and name not in stored_coords
+            name: _portable(coord)
+            for name, coord in result.coords.items()
+            if name != "step" and name not in stored_coords
         }
         new = xr.Dataset(variables, coords=coords)
         new.attrs = _read_attrs(self.path)  # xarray rewrites the root attributes on append

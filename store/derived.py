@@ -43,8 +43,9 @@ def cosine_to_previous_step(values: xr.DataArray, over: str) -> tuple[xr.DataArr
     dot = (current * previous).sum(over, skipna=False)
     norms = np.sqrt((current**2).sum(over, skipna=False) * (previous**2).sum(over, skipna=False))
     cosine = (dot / norms.where(norms > 0)).clip(-1.0, 1.0)
-    previous_step = xr.DataArray(np.concatenate([[-1], steps[:-1]]).astype("int64"), dims="step",
-                                 coords={"step": steps})
+    previous_step = xr.DataArray(
+        np.concatenate([[-1], steps[:-1]]).astype("int64"), dims="step", coords={"step": steps}
+    )
     return (1.0 - cosine).astype("float32"), previous_step
 
 

@@ -80,13 +80,19 @@ def declared_step_variables(path: Path) -> list[str]:
     with open(Path(path) / "zarr.json", encoding="utf-8") as f:
         root = json.load(f)
     listed = (root.get("consolidated_metadata") or {}).get("metadata") or {}
-    return sorted(name for name, meta in listed.items()
-                  if "/" not in name and meta.get("node_type") == "array"
-                  and (meta.get("dimension_names") or [None])[0] == "step" and name != "step")
+    return sorted(
+        name
+        for name, meta in listed.items()
+        if "/" not in name
+        and meta.get("node_type") == "array"
+        and (meta.get("dimension_names") or [None])[0] == "step"
+        and name != "step"
+    )
 
 
-def missing_variables(path: Path, position: int, variables: Iterable[str], read: bool = True,
-                      opened: dict[str, Any] | None = None) -> list[str]:
+def missing_variables(
+    path: Path, position: int, variables: Iterable[str], read: bool = True, opened: dict[str, Any] | None = None
+) -> list[str]:
     """The ``variables`` whose row ``position`` has no chunk file (or, with ``read``, does not decode).
 
     ``opened`` caches metadata and open arrays across calls (one cube, many steps).
@@ -153,12 +159,15 @@ def lost_data_report(path: str | Path, attrs: Mapping[str, Any]) -> tuple[list[s
     if not lost:
         return [f"{path}: {done} done {unit}s: every stored variable is present and readable"], None
     lines = [f"{unit} {step}: {', '.join(names)} missing or unreadable" for step, names in lost.items()]
-    return lines, (f"{len(lost)} of {done} done {unit}s of {path} lost data; re-run the command that made the cube "
-                   "to compute them again")
+    return lines, (
+        f"{len(lost)} of {done} done {unit}s of {path} lost data; re-run the command that made the cube "
+        "to compute them again"
+    )
 
 
-def unique_positions(path: str | Path, steps: Sequence[int] | np.ndarray, records: Mapping[str, Any],
-                     units_cube: bool = False) -> list[int]:
+def unique_positions(
+    path: str | Path, steps: Sequence[int] | np.ndarray, records: Mapping[str, Any], units_cube: bool = False
+) -> list[int]:
     """One position per step value, in stored order: of a step stored twice, the copy that
     holds its variables (the first copy when none or both do)."""
     path = Path(path)
@@ -177,13 +186,19 @@ def unique_positions(path: str | Path, steps: Sequence[int] | np.ndarray, record
     return sorted(chosen)
 
 
-def readable_positions(path: Path, steps: Sequence[int] | np.ndarray, records: Mapping[str, Any], units_cube: bool) -> np.ndarray:
+def readable_positions(
+    path: Path, steps: Sequence[int] | np.ndarray, records: Mapping[str, Any], units_cube: bool
+) -> np.ndarray:
     """Every position of ``step``, or one per step when two writers appended a step twice (said once)."""
     twice = duplicated_steps(steps)
     if not twice:
         return np.arange(len(steps))
-    log.warning("cube %s holds steps %s twice (two writers extended it at once); reading the copy that holds "
-                "the data; the next scan on it repairs the store", path, ", ".join(map(str, twice)))
+    log.warning(
+        "cube %s holds steps %s twice (two writers extended it at once); reading the copy that holds "
+        "the data; the next scan on it repairs the store",
+        path,
+        ", ".join(map(str, twice)),
+    )
     return np.asarray(unique_positions(path, steps, records, units_cube))
 
 
@@ -202,8 +217,9 @@ def compact_steps(path: str | Path, keep: Sequence[int] | None = None) -> None:
     """
     path = Path(path)
     group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
-    journal: dict[str, Any] = dict(_root_attrs(path).get("compacting") or {"keep": [int(p) for p in (keep or [])],
-                                                                            "next": 0})
+    journal: dict[str, Any] = dict(
+        _root_attrs(path).get("compacting") or {"keep": [int(p) for p in (keep or [])], "next": 0}
+    )
     group.attrs["compacting"] = journal
     rows = list(journal["keep"])
     names = step_arrays(path)
@@ -243,7 +259,9 @@ def repair_interrupted_write(path: Path) -> None:
     try:
         lock.acquire()
     except CubeLockedError:
-        raise CubeError(f"cube {str(path)!r} is being extended by a running writer; open it again when it finishes") from None
+        raise CubeError(
+            f"cube {str(path)!r} is being extended by a running writer; open it again when it finishes"
+        ) from None
     try:
         if "extending" in _root_attrs(path):
             rollback_extension(path)

@@ -30,15 +30,18 @@ class WriterLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise CubeInputError(f"cannot create the directory of cube {self._name()}: {exc.strerror or exc}; "
-                            "choose another --out") from None
+            raise CubeInputError(
+                f"cannot create the directory of cube {self._name()}: {exc.strerror or exc}; choose another --out"
+            ) from None
         while True:
             try:  # O_NOFOLLOW: a link planted at the lock's name must not get another file truncated
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             except OSError as exc:
-                raise CubeInputError(f"cannot lock cube {self._name()}: its lock file {self.path} "
-                                f"{'is a symbolic link' if self.path.is_symlink() else f'cannot be opened ({exc.strerror})'}"
-                                "; remove it or choose another --out") from None
+                raise CubeInputError(
+                    f"cannot lock cube {self._name()}: its lock file {self.path} "
+                    f"{'is a symbolic link' if self.path.is_symlink() else f'cannot be opened ({exc.strerror})'}"
+                    "; remove it or choose another --out"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

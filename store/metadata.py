@@ -24,18 +24,24 @@ def read_root_attrs(path: Path) -> dict[str, Any]:
         with open(path / "zarr.json", encoding="utf-8") as f:
             meta = json.load(f)
     except ValueError as exc:  # not JSON, or not UTF-8
-        raise DamagedCubeError(f"cube {str(path)!r} is damaged: its zarr.json is not valid JSON ({exc}); nothing was "
-                               "changed: restore the cube from a copy or choose another one") from None
+        raise DamagedCubeError(
+            f"cube {str(path)!r} is damaged: its zarr.json is not valid JSON ({exc}); nothing was "
+            "changed: restore the cube from a copy or choose another one"
+        ) from None
     attrs: Any = meta.get("attributes", {}) if isinstance(meta, dict) else None
     steps = attrs.get("steps") if isinstance(attrs, dict) else None
     if not isinstance(steps, dict) or not isinstance(attrs.get("identity", {}), dict):
-        raise DamagedCubeError(f"cube {str(path)!r} is damaged: the attributes of its zarr.json are not a cube's "
-                               "(no step records); nothing was changed: restore it from a copy or choose another one")
+        raise DamagedCubeError(
+            f"cube {str(path)!r} is damaged: the attributes of its zarr.json are not a cube's "
+            "(no step records); nothing was changed: restore it from a copy or choose another one"
+        )
     for key, record in steps.items():
         if not isinstance(record, dict) or not isinstance(record.get("status", PENDING), str):
-            raise DamagedCubeError(f"cube {str(path)!r} is damaged: the record of step {key} in its zarr.json is "
-                                   f"{json.dumps(record)[:60]}, not a step record; nothing was changed: restore the "
-                                   "cube from a copy or choose another one")
+            raise DamagedCubeError(
+                f"cube {str(path)!r} is damaged: the record of step {key} in its zarr.json is "
+                f"{json.dumps(record)[:60]}, not a step record; nothing was changed: restore the "
+                "cube from a copy or choose another one"
+            )
     return dict(attrs)
 
 
@@ -50,12 +56,16 @@ def check_arrays_readable(path: Path) -> None:
             try:
                 json.loads((child / "zarr.json").read_text(encoding="utf-8"))
             except ValueError as exc:
-                raise DamagedCubeError(f"cube {str(path)!r} is damaged: the metadata of its variable {child.name} "
-                                       f"({child.name}/zarr.json) is not valid JSON ({exc}); nothing was changed: "
-                                       "restore the cube from a copy or choose another one") from None
+                raise DamagedCubeError(
+                    f"cube {str(path)!r} is damaged: the metadata of its variable {child.name} "
+                    f"({child.name}/zarr.json) is not valid JSON ({exc}); nothing was changed: "
+                    "restore the cube from a copy or choose another one"
+                ) from None
     try:
         zarr.open_array(path / "step", mode="r")[:]
     except Exception as exc:  # noqa: BLE001 - zarr and its codecs raise many kinds for a damaged chunk
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DamagedCubeError(f"cube {str(path)!r} is damaged: its step coordinate cannot be read ({reason}); "
-                               "nothing was changed: restore the cube from a copy or choose another one") from None
+        raise DamagedCubeError(
+            f"cube {str(path)!r} is damaged: its step coordinate cannot be read ({reason}); "
+            "nothing was changed: restore the cube from a copy or choose another one"
+        ) from None

@@ -53,14 +53,23 @@ def open_cubes(paths: Sequence[str | Path], dim: str = "seed", labels: Sequence[
     if len(labels) != len(cubes):
         raise CubeError(f"{len(labels)} labels for {len(cubes)} cubes; give one per cube")
     try:
-        stacked = xr.concat([ds.drop_attrs() for ds in cubes], dim=dim, data_vars="all", coords="different",
-                            compat="equals", join="exact")
+        stacked = xr.concat(
+            [ds.drop_attrs() for ds in cubes],
+            dim=dim,
+            data_vars="all",
+            coords="different",
+            compat="equals",
+            join="exact",
+        )
     except ValueError as exc:
         raise CubeError(f"the cubes cannot be stacked along {dim!r}: {' '.join(str(exc).split())[:200]}") from None
     stacked = stacked.assign_coords({dim: list(labels)})
-    stacked.attrs = {"cubes": [str(p) for p in paths], "stacked_along": dim,
-                     "models": [ds.attrs.get("identity", {}).get("model") for ds in cubes],
-                     "identity": {k: v for k, v in first.attrs.get("identity", {}).items() if k != "model"}}
+    stacked.attrs = {
+        "cubes": [str(p) for p in paths],
+        "stacked_along": dim,
+        "models": [ds.attrs.get("identity", {}).get("model") for ds in cubes],
+        "identity": {k: v for k, v in first.attrs.get("identity", {}).items() if k != "model"},
+    }
     return stacked
 
 
@@ -68,17 +77,23 @@ def _check_aligned(first: xr.Dataset, first_path: str, ds: xr.Dataset, path: str
     steps, expected = ds["step"].values.tolist(), first["step"].values.tolist()
     if steps != expected:
         only = sorted(set(steps) ^ set(expected))
-        raise CubeError(f"{path!r} has done steps {_short(steps)}, {first_path!r} has {_short(expected)} (they differ at "
-                        f"{_short(only)}); scan the same --steps, or select them with ds.sel(step=...) first")
+        raise CubeError(
+            f"{path!r} has done steps {_short(steps)}, {first_path!r} has {_short(expected)} (they differ at "
+            f"{_short(only)}); scan the same --steps, or select them with ds.sel(step=...) first"
+        )
     mine, theirs = ds.attrs.get("identity", {}), first.attrs.get("identity", {})
     checks = [("reference_step", mine.get("reference_step"), theirs.get("reference_step"))]
-    checks += [(key, mine.get("analysis", {}).get(key), theirs.get("analysis", {}).get(key)) for key in ALIGNED_SETTINGS]
+    checks += [
+        (key, mine.get("analysis", {}).get(key), theirs.get("analysis", {}).get(key)) for key in ALIGNED_SETTINGS
+    ]
     others = sorted(set(mine.get("analysis", {})) | set(theirs.get("analysis", {})))
     checks += [(key, mine.get("analysis", {}).get(key), theirs.get("analysis", {}).get(key)) for key in others]
     for key, value, reference in checks:
         if value != reference:
-            raise CubeError(f"{path!r} was made with {key}={value!r}, {first_path!r} with {key}={reference!r}: "
-                            "only cubes of the same cohort rule and settings can be read together")
+            raise CubeError(
+                f"{path!r} was made with {key}={value!r}, {first_path!r} with {key}={reference!r}: "
+                "only cubes of the same cohort rule and settings can be read together"
+            )
 
 
 def _default_labels(cubes: list[xr.Dataset]) -> list[Any]:

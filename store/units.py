@@ -40,7 +40,11 @@ def unit_attrs(blocks: Mapping[str, Mapping[str, Any]], units: Sequence[Mapping[
         extra = set(unit.get("labels", {})) - set(block["dims"])
         if extra:
             raise CubeError(f"unit {i} has labels {sorted(extra)} outside its block's dims {block['dims']}")
-    return {"cube_kind": CUBE_KIND, "blocks": {k: dict(v) for k, v in blocks.items()}, "units": [dict(u) for u in units]}
+    return {
+        "cube_kind": CUBE_KIND,
+        "blocks": {k: dict(v) for k, v in blocks.items()},
+        "units": [dict(u) for u in units],
+    }
 
 
 def write_unit_attrs(path: str | Path, attrs: Mapping[str, Any]) -> None:
@@ -85,14 +89,21 @@ def _block_coords(block: Mapping[str, Any], members: Sequence[tuple[int, Mapping
 
 def _cells(unit: Mapping[str, Any], coords: Mapping[str, list]) -> list[tuple[int, ...]]:
     """Every index tuple a unit fills (all values of a dimension it has no label for)."""
-    axes = [[coords[d].index(unit["labels"][d])] if d in unit.get("labels", {}) else list(range(len(coords[d])))
-            for d in coords]
+    axes = [
+        [coords[d].index(unit["labels"][d])] if d in unit.get("labels", {}) else list(range(len(coords[d])))
+        for d in coords
+    ]
     grid = np.meshgrid(*axes, indexing="ij") if axes else []
     return list(zip(*(g.reshape(-1) for g in grid))) if axes else [()]
 
 
-def _assemble_block(ds: xr.Dataset, block: Mapping[str, Any], members: Sequence[tuple[int, Mapping[str, Any]]],
-                    status: np.ndarray, steps: list[int]) -> xr.Dataset:
+def _assemble_block(
+    ds: xr.Dataset,
+    block: Mapping[str, Any],
+    members: Sequence[tuple[int, Mapping[str, Any]]],
+    status: np.ndarray,
+    steps: list[int],
+) -> xr.Dataset:
     coords = _block_coords(block, members)
     dims = list(block["dims"])
     shape = tuple(len(coords[d]) for d in dims)

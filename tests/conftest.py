@@ -27,14 +27,27 @@ def tiny_suite(tmp_path_factory) -> Path:
     from dynamics.toy.suite import ToyConfig, build_toy_suite
 
     out = tmp_path_factory.mktemp("suites") / "tiny"
-    config = ToyConfig(out=str(out), sentences=2000, heldout_sentences=300, hidden_size=16, layers=2, heads=2,
-                       context=32, batch_size=8, steps=8, checkpoint_every=4, warmup_steps=2, progress=False)
+    config = ToyConfig(
+        out=str(out),
+        sentences=2000,
+        heldout_sentences=300,
+        hidden_size=16,
+        layers=2,
+        heads=2,
+        context=32,
+        batch_size=8,
+        steps=8,
+        checkpoint_every=4,
+        warmup_steps=2,
+        progress=False,
+    )
     return build_toy_suite(out, config)
 
 
 # protocol strict: the scan tests pin the behaviour from before --protocol (tests/test_protocol.py checks paper)
-FAST_SCAN = dict(wd_tokens=512, ppl_tokens=64, tse_per_case=2, cohort_percent=5.0, blimp_per_paradigm=0,
-                 protocol="strict")
+FAST_SCAN = dict(
+    wd_tokens=512, ppl_tokens=64, tse_per_case=2, cohort_percent=5.0, blimp_per_paradigm=0, protocol="strict"
+)
 
 
 @pytest.fixture(scope="session")

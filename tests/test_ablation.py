@@ -37,7 +37,9 @@ def _mlp_parts(model: torch.nn.Module, family: str, layer: int):  # noqa: ANN202
     """(module whose output is the MLP output, manual MLP(x, rewrite)) written per family by hand."""
     if family == "gpt_neox":
         mlp = model.gpt_neox.layers[layer].mlp
-        return mlp, lambda x, rw: mlp.dense_4h_to_h(F.gelu(rw(F.linear(x, mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias))))
+        return mlp, lambda x, rw: mlp.dense_4h_to_h(
+            F.gelu(rw(F.linear(x, mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias)))
+        )
     if family == "gpt2":
         mlp = model.transformer.h[layer].mlp
         fc, proj = mlp.c_fc, mlp.c_proj
@@ -49,7 +51,9 @@ def _mlp_parts(model: torch.nn.Module, family: str, layer: int):  # noqa: ANN202
     mlp = root.layers[layer].mlp
     act = F.silu if family in {"llama", "mistral", "qwen2", "qwen3"} else (lambda a: F.gelu(a, approximate="tanh"))
     gate, up = mlp.gate_proj, mlp.up_proj
-    return mlp, lambda x, rw: mlp.down_proj(act(rw(F.linear(x, gate.weight, gate.bias))) * F.linear(x, up.weight, up.bias))
+    return mlp, lambda x, rw: mlp.down_proj(
+        act(rw(F.linear(x, gate.weight, gate.bias))) * F.linear(x, up.weight, up.bias)
+    )
 
 
 def _random_mask(shape: tuple[int, int], seed: int = 0, empty_layer: int | None = 1) -> torch.Tensor:
@@ -59,10 +63,15 @@ def _random_mask(shape: tuple[int, int], seed: int = 0, empty_layer: int | None 
     return mask
 
 
-def _record(model: torch.nn.Module, modules: list[torch.nn.Module], ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _record(
+    model: torch.nn.Module, modules: list[torch.nn.Module], ids: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(input, output) of each module during one forward pass; hooks added last, so they see rewrites."""
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    handles = [m.register_forward_hook(lambda mod, a, o, i=i: seen.__setitem__(i, (a[0].clone(), o.clone()))) for i, m in enumerate(modules)]
+    handles = [
+        m.register_forward_hook(lambda mod, a, o, i=i: seen.__setitem__(i, (a[0].clone(), o.clone())))
+        for i, m in enumerate(modules)
+    ]
     try:
         with torch.no_grad():
             model(input_ids=ids)
@@ -152,7 +161,9 @@ def _mlp_output_by_hand(model: torch.nn.Module, family: str, layer: int, x: torc
 
 
 @pytest.mark.parametrize("mode", ACTIVATION_MODES)
-def test_official_activation_modes_equal_a_hand_computation(family_model: tuple[str, torch.nn.Module], mode: str) -> None:
+def test_official_activation_modes_equal_a_hand_computation(
+    family_model: tuple[str, torch.nn.Module], mode: str
+) -> None:
     """signflip = |act(a)| and posrelu = a if a > 0 else act(a), on the chosen neurons only, every family."""
     family, model = family_model
     mask = _random_mask(mlp_shape(model))
@@ -237,7 +248,10 @@ def test_nested_ablations_compose() -> None:
     model = tiny_model("gpt_neox")
     modules = pre_activation_modules(model)
     ids = tiny_input_ids(batch=1, length=8)
-    outer, inner = _random_mask(mlp_shape(model), seed=1, empty_layer=None), _random_mask(mlp_shape(model), seed=2, empty_layer=None)
+    outer, inner = (
+        _random_mask(mlp_shape(model), seed=1, empty_layer=None),
+        _random_mask(mlp_shape(model), seed=2, empty_layer=None),
+    )
     assert (outer & inner).any()
     with ablate(model, outer, mode="positive"):
         with ablate(model, inner, mode="abs_pre"):
@@ -254,7 +268,9 @@ def test_nested_ablations_compose() -> None:
         torch.testing.assert_close(got[..., overlap], -raw[..., overlap].clamp_max(0), atol=1e-5, rtol=1e-5)
         x, got = only_outer[layer]
         raw = F.linear(x, modules[layer].weight, modules[layer].bias)
-        torch.testing.assert_close(got, torch.where(outer[layer], EXPECTED_MAP["positive"](raw), raw), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            got, torch.where(outer[layer], EXPECTED_MAP["positive"](raw), raw), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_hooks_removed_after_an_exception() -> None:
@@ -316,8 +332,16 @@ def test_autograd_path_is_out_of_place_and_correct() -> None:
 @pytest.mark.parametrize(
     ("neurons", "mode", "message"),
     [
-        (np.zeros((3, 128), bool), "zero", "ablation mode 'zero' is unknown; use one of negative, positive, both, signflip"),
-        (np.zeros((3, 64), bool), "negative", r"neuron mask has shape \(3, 64\); the model needs \(3, 128\) \[layer, neuron\]"),
+        (
+            np.zeros((3, 128), bool),
+            "zero",
+            "ablation mode 'zero' is unknown; use one of negative, positive, both, signflip",
+        ),
+        (
+            np.zeros((3, 64), bool),
+            "negative",
+            r"neuron mask has shape \(3, 64\); the model needs \(3, 128\) \[layer, neuron\]",
+        ),
         (torch.zeros(3, 128), "negative", "neuron mask has dtype float32; give a boolean mask"),
         ([[1], [2]], "negative", "neuron list has 2 per-layer entries; the model has 3 layers"),
         ({3: [1]}, "negative", r"layer 3 in the neuron set does not exist: the model has layers 0..2"),

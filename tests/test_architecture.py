@@ -66,7 +66,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -125,11 +125,14 @@ def test_data_flows_one_way():
 
 def test_subpackages_do_not_lean_on_each_other_both_ways():
     """Between two sibling subpackages of dynamics at most one direction of imports exists."""
+
     def package(module: str) -> str:
         parts = module.split(".")
         return ".".join(parts[:2]) if parts[0] == "dynamics" and len(parts) > 2 else module
 
-    arrows = {(package(a), package(b)) for a, targets in import_graph().items() for b in targets if package(a) != package(b)}
+    arrows = {
+        (package(a), package(b)) for a, targets in import_graph().items() for b in targets if package(a) != package(b)
+    }
     both_ways = sorted(f"{a} <-> {b}" for a, b in arrows if (b, a) in arrows and a < b)
     assert both_ways == []
 
@@ -141,11 +144,19 @@ def test_the_shared_layer_never_imports_a_command():
     def is_command(module: str) -> bool:
         return any(module == c or module.startswith(c + ".") for c in commands)
 
-    upward = sorted(f"{a} -> {b}" for a, targets in import_graph().items() for b in targets
-                    if a.startswith("dynamics.") and not is_command(a) and is_command(b))
+    upward = sorted(
+        f"{a} -> {b}"
+        for a, targets in import_graph().items()
+        for b in targets
+        if a.startswith("dynamics.") and not is_command(a) and is_command(b)
+    )
     assert upward == []
-    sideways = sorted(f"{a} -> {b}" for a, targets in import_graph().items() for b in targets
-                      if (a.startswith("dynamics.scan") and b.startswith("dynamics.study"))
-                      or (a.startswith("dynamics.study") and b.startswith("dynamics.scan"))
-                      or (a.startswith("dynamics.report") and (b.startswith("dynamics.scan") or b.startswith("dynamics.study"))))
+    sideways = sorted(
+        f"{a} -> {b}"
+        for a, targets in import_graph().items()
+        for b in targets
+        if (a.startswith("dynamics.scan") and b.startswith("dynamics.study"))
+        or (a.startswith("dynamics.study") and b.startswith("dynamics.scan"))
+        or (a.startswith("dynamics.report") and (b.startswith("dynamics.scan") or b.startswith("dynamics.study")))
+    )
     assert sideways == []

@@ -48,9 +48,29 @@ def _scan(*extra: str, out: str = "{ws}/new.zarr") -> tuple[str, ...]:
 
 
 def _ablate(*extra: str, out: str = "{ws}/study.zarr") -> tuple[str, ...]:
-    return ("ablate", "--model", "{suite}", "--out", out, "--corpus", "{suite}/heldout.txt", "--percents", "1,2",
-            "--match-percent", "1", "--tasks", "none",
-            "--blimp-per-paradigm", "0", "--pos", "off", "--layer-groups", "0", *FAST, *extra)
+    return (
+        "ablate",
+        "--model",
+        "{suite}",
+        "--out",
+        out,
+        "--corpus",
+        "{suite}/heldout.txt",
+        "--percents",
+        "1,2",
+        "--match-percent",
+        "1",
+        "--tasks",
+        "none",
+        "--blimp-per-paradigm",
+        "0",
+        "--pos",
+        "off",
+        "--layer-groups",
+        "0",
+        *FAST,
+        *extra,
+    )
 
 
 ATTACKS: list[Attack] = [
@@ -78,8 +98,10 @@ ATTACKS: list[Attack] = [
     Attack("scan --steps 3 (not in the suite)", _scan("--steps", "3")),
     Attack("scan --steps 5:1:1", _scan("--steps", "5:1:1")),
     Attack("scan --reference-step 3", _scan("--reference-step", "3")),
-    Attack("scan huge step on a Hub id", ("scan", "--model", "acme/tiny", "--cache-dir", "{hub}", "--out",
-                                          "{ws}/hub.zarr", "--steps", HUGE, *FAST)),
+    Attack(
+        "scan huge step on a Hub id",
+        ("scan", "--model", "acme/tiny", "--cache-dir", "{hub}", "--out", "{ws}/hub.zarr", "--steps", HUGE, *FAST),
+    ),
     # scan: model and corpus
     Attack("scan --corpus missing file", _scan("--corpus", "{ws}/nope.txt")),
     Attack("scan --corpus empty file", _scan("--corpus", "{ws}/empty.txt")),
@@ -88,7 +110,9 @@ ATTACKS: list[Attack] = [
     Attack("scan --model mistyped Hub id", ("scan", "--model", "acme/missing", "--out", "{ws}/m.zarr", *FAST)),
     Attack("scan --model missing directory", ("scan", "--model", "{ws}/nope/suite", "--out", "{ws}/m.zarr")),
     Attack("scan --device tpu", _scan("--device", "tpu")),
-    Attack("scan ² on the toy alias (nothing trained)", ("scan", "--model", "toy", "--out", "{ws}/t.zarr", "--steps", "²")),
+    Attack(
+        "scan ² on the toy alias (nothing trained)", ("scan", "--model", "toy", "--out", "{ws}/t.zarr", "--steps", "²")
+    ),
     # scan: where the cube goes
     Attack("scan --out under a file", _scan(out="{ws}/afile/x.zarr")),
     Attack("scan --out in a read-only directory", _scan(out="{ws}/ro/x.zarr"), needs_non_root=True),
@@ -169,12 +193,25 @@ ATTACKS: list[Attack] = [
 
 # -- the workspace ----------------------------------------------------------------------------
 
+
 def build_suite(out: Path) -> Path:
     """The tests' tiny toy suite (as tests/conftest.py ``tiny_suite``)."""
     from dynamics.toy.suite import ToyConfig, build_toy_suite
 
-    config = ToyConfig(out=str(out), sentences=2000, heldout_sentences=300, hidden_size=16, layers=2, heads=2,
-                       context=32, batch_size=8, steps=8, checkpoint_every=4, warmup_steps=2, progress=False)
+    config = ToyConfig(
+        out=str(out),
+        sentences=2000,
+        heldout_sentences=300,
+        hidden_size=16,
+        layers=2,
+        heads=2,
+        context=32,
+        batch_size=8,
+        steps=8,
+        checkpoint_every=4,
+        warmup_steps=2,
+        progress=False,
+    )
     return build_toy_suite(out, config)
 
 
@@ -225,6 +262,7 @@ def listing(root: Path) -> dict[str, tuple[int, int]]:
 
 
 # -- running one attack -----------------------------------------------------------------------
+
 
 @dataclass
 class Outcome:
@@ -293,8 +331,9 @@ def _subprocess(argv: list[str], cwd: str) -> tuple[int | None, str, bool]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     # Run where no checkout is (``-m`` puts the working directory first on sys.path): the installed
     # package, or the checkout PYTHONPATH names.
-    done = subprocess.run([sys.executable, "-m", "dynamics.cli", *argv], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=cwd)
+    done = subprocess.run(
+        [sys.executable, "-m", "dynamics.cli", *argv], capture_output=True, text=True, env=env, timeout=600, cwd=cwd
+    )
     return done.returncode, done.stderr, "Traceback" in done.stderr
 
 
@@ -304,11 +343,17 @@ def run_attack(attack: Attack, places: dict[str, str]) -> Outcome:
     before = listing(ws)
     code, stderr, traceback = _subprocess(argv, str(ws)) if attack.subprocess else _in_process(argv)
     after = listing(ws)
-    return Outcome(code, stderr, traceback, created=sorted(set(after) - set(before)),
-                   changed=sorted(k for k in before if after.get(k) != before[k]))
+    return Outcome(
+        code,
+        stderr,
+        traceback,
+        created=sorted(set(after) - set(before)),
+        changed=sorted(k for k in before if after.get(k) != before[k]),
+    )
 
 
 # -- the test ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def places(tiny_suite, tmp_path_factory, monkeypatch_module):
@@ -346,13 +391,19 @@ def test_every_bad_value_is_one_line_and_exit_2(attack: Attack, places):
 def table(outcomes: list[tuple[Attack, Outcome]]) -> str:
     kinds = ["clear line", "traceback", "silently wrong", "data lost", "other"]
     counts = {k: sum(1 for _, o in outcomes if o.verdict() == k) for k in kinds}
-    rows = ["| attacks tried | " + " | ".join(kinds) + " |", "|" + "---|" * (len(kinds) + 1),
-            f"| {len(outcomes)} | " + " | ".join(str(counts[k]) for k in kinds) + " |", ""]
+    rows = [
+        "| attacks tried | " + " | ".join(kinds) + " |",
+        "|" + "---|" * (len(kinds) + 1),
+        f"| {len(outcomes)} | " + " | ".join(str(counts[k]) for k in kinds) + " |",
+        "",
+    ]
     for attack, outcome in outcomes:
         if outcome.verdict() != "clear line":
             last = outcome.lines[-1][:150] if outcome.lines else ""
-            rows.append(f"- {attack.name}: {outcome.verdict()} (exit {outcome.code}, {len(outcome.lines)} lines, "
-                        f"created {len(outcome.created)}) {last}")
+            rows.append(
+                f"- {attack.name}: {outcome.verdict()} (exit {outcome.code}, {len(outcome.lines)} lines, "
+                f"created {len(outcome.created)}) {last}"
+            )
     return "\n".join(rows)
 
 

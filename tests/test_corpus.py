@@ -167,8 +167,16 @@ def test_pythia_tokenizer_on_wikitext_file(shared_data: Path) -> None:
     assert windows.flatten().tolist() == full[:65536]
     assert text.startswith(tokenizer.decode(windows[:2].flatten().tolist()))  # no BOS, nothing inserted
     assert corpus_hash(windows) == corpus_hash(load_token_windows(spec, tokenizer))
-    assert spec.to_attrs() == {"source": str(path), "split": "test", "window": 2048, "token_budget": 65536,
-                               "stride": None, "joiner": "\n\n", "window_bos": "none", "start": 0}
+    assert spec.to_attrs() == {
+        "source": str(path),
+        "split": "test",
+        "window": 2048,
+        "token_budget": 65536,
+        "stride": None,
+        "joiner": "\n\n",
+        "window_bos": "none",
+        "start": 0,
+    }
 
 
 # ----------------------------------------------------------------- disjoint WD and perplexity texts
@@ -198,8 +206,10 @@ def test_overlapping_files_warn_loudly_and_a_bad_corpus_is_one_line(tmp_path: Pa
     with caplog.at_level(logging.WARNING, logger="dynamics.corpus"):
         check_texts(BudgetOptions(wd_corpus=str(wd), ppl_corpus=str(ppl)), "wikitext2")
     # the heading is not compared (fewer than 10 words): 1 of the 3 long lines is shared
-    assert (f"OVERLAPPING TEXTS: 1 of the 3 lines (of 10+ words) of the perplexity corpus {str(ppl)!r} also occur"
-            in caplog.text)
+    assert (
+        f"OVERLAPPING TEXTS: 1 of the 3 lines (of 10+ words) of the perplexity corpus {str(ppl)!r} also occur"
+        in caplog.text
+    )
     caplog.clear()
     ppl.write_text("iota kappa\n= = History = =\nlambda mu\n", encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="dynamics.corpus"):
@@ -208,8 +218,9 @@ def test_overlapping_files_warn_loudly_and_a_bad_corpus_is_one_line(tmp_path: Pa
     assert caplog.text == ""
     with pytest.raises(UserInputError) as info:
         check_texts(BudgetOptions(ppl_corpus="wikitext2:dev"), "wikitext2")
-    assert str(info.value) == ("corpus 'wikitext2:dev': WikiText-2 split 'dev' is unknown; use one of train, "
-                               "validation, test")
+    assert str(info.value) == (
+        "corpus 'wikitext2:dev': WikiText-2 split 'dev' is unknown; use one of train, validation, test"
+    )
     with pytest.raises(UserInputError, match="corpus 'nope.txt' is neither wikitext2"):
         check_texts(BudgetOptions(wd_corpus="nope.txt"), "wikitext2")
 
@@ -222,7 +233,11 @@ def test_strict_windows_lead_with_the_tokenizers_bos(text_file: Path) -> None:
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     full = backend.encode(text_file.read_text(), add_special_tokens=False).ids
-    every = load_token_windows(CorpusSpec(source=str(text_file), window=8, token_budget=24, window_bos="every"), backend)
+    every = load_token_windows(
+        CorpusSpec(source=str(text_file), window=8, token_budget=24, window_bos="every"), backend
+    )
     assert every.tolist() == [[1, *full[k * 7 : k * 7 + 7]] for k in range(3)]
-    first = load_token_windows(CorpusSpec(source=str(text_file), window=8, token_budget=24, window_bos="first"), backend)
+    first = load_token_windows(
+        CorpusSpec(source=str(text_file), window=8, token_budget=24, window_bos="first"), backend
+    )
     assert first.flatten().tolist() == [1, *full[:23]]

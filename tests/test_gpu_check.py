@@ -20,14 +20,18 @@ STEPS = (142000, 143000)
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), *args], capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), *args], capture_output=True, text=True, timeout=900
+    )
 
 
 def table_rows(markdown: str, first_cell: str) -> list[list[str]]:
     """The cells of the markdown table rows whose first cell starts with ``first_cell``."""
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in markdown.splitlines()
-            if line.startswith("|")]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in markdown.splitlines()
+        if line.startswith("|")
+    ]
     return [r for r in rows if r[0].startswith(first_cell)]
 
 
@@ -82,13 +86,40 @@ def test_bad_arguments_are_one_line_and_exit_2_before_anything_is_written(tmp_pa
     tokenizer.write_text("{}")
     corpus.write_text("text\n")
     blimp.mkdir()
-    proc = run_check("--shape", "tiny", "--device", "cpu", "--out", str(tmp_path / "out"), "--work", str(work),
-                     "--tokenizer", str(tokenizer), "--corpus", str(corpus), "--blimp", str(blimp), "--skip-build")
+    proc = run_check(
+        "--shape",
+        "tiny",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "out"),
+        "--work",
+        str(work),
+        "--tokenizer",
+        str(tokenizer),
+        "--corpus",
+        str(corpus),
+        "--blimp",
+        str(blimp),
+        "--skip-build",
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"gpu_check.py: error: --skip-build, but {work}/hf_home/hub lacks {REPO} step(s) "
-                                   "142000, 143000; run without --skip-build (see gpu_check.py --help)")
-    proc = run_check("--out", str(tmp_path / "out"), "--tokenizer", str(tokenizer), "--corpus", str(corpus),
-                     "--blimp", str(blimp), "--device", "tpu")
+    assert proc.stderr.strip() == (
+        f"gpu_check.py: error: --skip-build, but {work}/hf_home/hub lacks {REPO} step(s) "
+        "142000, 143000; run without --skip-build (see gpu_check.py --help)"
+    )
+    proc = run_check(
+        "--out",
+        str(tmp_path / "out"),
+        "--tokenizer",
+        str(tokenizer),
+        "--corpus",
+        str(corpus),
+        "--blimp",
+        str(blimp),
+        "--device",
+        "tpu",
+    )
     assert proc.returncode == 2 and proc.stderr.strip().startswith("gpu_check.py: error: --device 'tpu' is not one of")
     assert not (tmp_path / "out").exists() and not work.exists()
 
@@ -97,8 +128,9 @@ def test_bad_arguments_are_one_line_and_exit_2_before_anything_is_written(tmp_pa
 def test_tiny_check_runs_both_commands_and_tables_finite_numbers(shared_data, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     fast_ablate = "--percents 1 --layer-groups 0 --blimp-paradigms anaphor_gender_agreement,adjunct_island"
-    proc = run_check("--shape", "tiny", "--device", "cpu", "--out", str(out), "--work", str(work),
-                     "--ablate-args", fast_ablate)
+    proc = run_check(
+        "--shape", "tiny", "--device", "cpu", "--out", str(out), "--work", str(work), "--ablate-args", fast_ablate
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     markdown = (out / "gpu_check.md").read_text()
     assert markdown.rstrip().endswith("**verdict: PASS**")
@@ -128,8 +160,9 @@ def test_tiny_check_runs_both_commands_and_tables_finite_numbers(shared_data, tm
     blob = (repo_dir(work / "hf_home" / "hub", REPO) / "refs" / "step142000").read_text()
     weights = (repo_dir(work / "hf_home" / "hub", REPO) / "snapshots" / blob / "model.safetensors").resolve()
     weights.write_bytes(weights.read_bytes()[:1000])
-    proc = run_check("--shape", "tiny", "--device", "cpu", "--out", str(out), "--work", str(work), "--skip-build",
-                     "--only", "scan")
+    proc = run_check(
+        "--shape", "tiny", "--device", "cpu", "--out", str(out), "--work", str(work), "--skip-build", "--only", "scan"
+    )
     assert proc.returncode == 1, proc.stdout[-3000:]
     markdown = (out / "gpu_check.md").read_text()
     steps = {r[0]: r for r in table_rows(markdown, "14")}

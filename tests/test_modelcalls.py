@@ -56,8 +56,9 @@ def test_soft_capping_is_applied_like_the_model():
     assert capabilities(model).decoder_head is True
     ids = tiny_input_ids(2, 9)
     with torch.no_grad():
-        torch.testing.assert_close(sequence_log_probs(model, ids).double(), reference_log_probs(model, ids),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            sequence_log_probs(model, ids).double(), reference_log_probs(model, ids), atol=1e-5, rtol=0
+        )
 
 
 class LogitsOnly(torch.nn.Module):

@@ -20,14 +20,17 @@ def test_a_new_directory_in_a_writable_place_passes_and_nothing_is_created(tmp_p
     assert listing(tmp_path) == []
 
 
-@pytest.mark.parametrize(("make", "typed", "message"), [
-    (lambda t: (t / "f").write_text("x"), "f/sub/c.zarr", "{t}/f is a file, not a directory"),
-    (lambda t: (t / "f").write_text("x"), "f", "exists and is a file, not a directory"),
-    (lambda t: None, "/proc/c.zarr", r"cannot write in /proc \(No such file or directory\); choose a writable"),
-    (lambda t: None, "x" * 300, "is longer than 255 bytes"),
-    (lambda t: None, "a\0b", "contains a NUL character"),
-    (lambda t: None, "", "--out is empty"),
-])
+@pytest.mark.parametrize(
+    ("make", "typed", "message"),
+    [
+        (lambda t: (t / "f").write_text("x"), "f/sub/c.zarr", "{t}/f is a file, not a directory"),
+        (lambda t: (t / "f").write_text("x"), "f", "exists and is a file, not a directory"),
+        (lambda t: None, "/proc/c.zarr", r"cannot write in /proc \(No such file or directory\); choose a writable"),
+        (lambda t: None, "x" * 300, "is longer than 255 bytes"),
+        (lambda t: None, "a\0b", "contains a NUL character"),
+        (lambda t: None, "", "--out is empty"),
+    ],
+)
 def test_unusable_output_paths_are_one_line(tmp_path, make, typed, message):
     make(tmp_path)
     before = listing(tmp_path)
@@ -57,7 +60,10 @@ def test_os_errors_are_the_users_only_on_the_users_paths(tmp_path):
     assert is_under(tmp_path / "figs" / "a.png", [out]) and is_under(tmp_path, [out])
     assert not is_under("/etc/passwd", [out])
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "figs" / "a.png"))
-    assert explain_os_error(full, [out]) == f"no space left writing {tmp_path}/figs/a.png: free space or choose another path"
+    assert (
+        explain_os_error(full, [out])
+        == f"no space left writing {tmp_path}/figs/a.png: free space or choose another path"
+    )
     denied = OSError(errno.EACCES, "Permission denied", str(tmp_path / "figs"))
     assert explain_os_error(denied, [out]) == f"cannot use {tmp_path}/figs: Permission denied"
     assert explain_os_error(OSError(errno.EACCES, "Permission denied", "/etc/shadow"), [out]) is None
@@ -74,8 +80,10 @@ def test_the_cli_turns_an_os_error_on_an_output_path_into_one_line_exit_2(tmp_pa
     monkeypatch.setattr(figures, "_save", full)
     assert main(["plot", str(full_cube), "--out", str(tmp_path / "figs")]) == 2
     err = capsys.readouterr().err
-    assert err == (f"dynamics plot: error: no space left writing {tmp_path}/figs/cohort_wd.png: free space or choose "
-                   "another path\n")
+    assert err == (
+        f"dynamics plot: error: no space left writing {tmp_path}/figs/cohort_wd.png: free space or choose "
+        "another path\n"
+    )
 
 
 def test_the_cli_keeps_exit_1_for_os_errors_elsewhere(tmp_path, monkeypatch, capsys, full_cube):

@@ -15,8 +15,21 @@ from dynamics.stats.cohort import cohort_size
 from store import open_cube
 
 FAST = ["--wd-tokens", "64", "--ppl-tokens", "32", "--tse-per-case", "1"]
-ABLATE_FAST = ["--percents", "1,2", "--match-percent", "1", "--tasks", "none", "--blimp-per-paradigm", "0", "--pos",
-               "off", "--layer-groups", "0", *FAST]
+ABLATE_FAST = [
+    "--percents",
+    "1,2",
+    "--match-percent",
+    "1",
+    "--tasks",
+    "none",
+    "--blimp-per-paradigm",
+    "0",
+    "--pos",
+    "off",
+    "--layer-groups",
+    "0",
+    *FAST,
+]
 
 
 def listing(root):
@@ -44,16 +57,24 @@ def _scan(tiny_suite, out, *extra):
     return _run(["scan", "--model", str(tiny_suite), "--out", str(out), "--steps", "8", *FAST, *extra])
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--cohort-percent", "1e-9"], "--cohort-percent 1e-09 selects no neuron of this model (its layers have 64 MLP "
-                                   "neurons each); expected at least 0.7813 (one neuron per layer)"),
-    (["--cohort-percent", "0.3", "--cohort-scope", "global"],
-     "--cohort-percent 0.3 selects no neuron of this model (it has 128 MLP neurons in all); expected at least "
-     "0.3907 (one neuron)"),
-    (["--window", "256"], "--window 256: the model's context is 32 tokens; expected at most 32"),
-    (["--seed", "-1"], "--seed -1: expected a whole number from 0 to 4294967295"),
-    (["--memory-budget-gib", "inf"], "argument --memory-budget-gib: invalid finite number value: 'inf'"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--cohort-percent", "1e-9"],
+            "--cohort-percent 1e-09 selects no neuron of this model (its layers have 64 MLP "
+            "neurons each); expected at least 0.7813 (one neuron per layer)",
+        ),
+        (
+            ["--cohort-percent", "0.3", "--cohort-scope", "global"],
+            "--cohort-percent 0.3 selects no neuron of this model (it has 128 MLP neurons in all); expected at least "
+            "0.3907 (one neuron)",
+        ),
+        (["--window", "256"], "--window 256: the model's context is 32 tokens; expected at most 32"),
+        (["--seed", "-1"], "--seed -1: expected a whole number from 0 to 4294967295"),
+        (["--memory-budget-gib", "inf"], "argument --memory-budget-gib: invalid finite number value: 'inf'"),
+    ],
+)
 def test_scan_refuses_before_the_cube_exists(tiny_suite, tmp_path, capsys, extra, message):
     assert _scan(tiny_suite, tmp_path / "c.zarr", *extra) == 2
     assert message in capsys.readouterr().err
@@ -101,24 +122,45 @@ def test_a_cube_left_by_a_failed_run_takes_the_corrected_settings(tiny_suite, tm
     with caplog.at_level(logging.WARNING):
         assert _scan(tiny_suite, out, "--seed", "6") == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warnings == [f"cube {out} has no done step and was made with analysis.seed=5: re-initialising it for "
-                        "this run's analysis.seed=6"]
+    assert warnings == [
+        f"cube {out} has no done step and was made with analysis.seed=5: re-initialising it for "
+        "this run's analysis.seed=6"
+    ]
     ds = open_cube(out)
     assert ds["step"].values.tolist() == [8] and ds.attrs["identity"]["analysis"]["seed"] == 6
 
 
 def _ablate(tiny_suite, out, *extra):
-    return _run(["ablate", "--model", str(tiny_suite), "--out", str(out), "--corpus", str(tiny_suite / "heldout.txt"),
-                 *ABLATE_FAST, *extra])
+    return _run(
+        [
+            "ablate",
+            "--model",
+            str(tiny_suite),
+            "--out",
+            str(out),
+            "--corpus",
+            str(tiny_suite / "heldout.txt"),
+            *ABLATE_FAST,
+            *extra,
+        ]
+    )
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--percents", "1e-9,1", "--match-percent", "1"], "--percents 1e-09 selects no neuron of this model (its layers "
-                                                       "have 64 MLP neurons each); expected at least 0.7813"),
-    (["--layer-groups", "1", "--group-percent", "0.5"],
-     "--group-percent 0.5 selects no neuron of this model (its layers have 64 MLP neurons each); expected at least 0.7813"),
-    (["--window", "64"], "--window 64: the model's context is 32 tokens; expected at most 32"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--percents", "1e-9,1", "--match-percent", "1"],
+            "--percents 1e-09 selects no neuron of this model (its layers "
+            "have 64 MLP neurons each); expected at least 0.7813",
+        ),
+        (
+            ["--layer-groups", "1", "--group-percent", "0.5"],
+            "--group-percent 0.5 selects no neuron of this model (its layers have 64 MLP neurons each); expected at least 0.7813",
+        ),
+        (["--window", "64"], "--window 64: the model's context is 32 tokens; expected at most 32"),
+    ],
+)
 def test_ablate_refuses_before_the_cube_exists(tiny_suite, tmp_path, capsys, extra, message):
     assert _ablate(tiny_suite, tmp_path / "s.zarr", *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -28,8 +28,10 @@ from dynamics.syntax.tse import NPI_CASES, tse_pairs
 
 pytestmark = pytest.mark.models
 
-WORDS = ("the a no most few many some author authors guard guards pilot pilots laugh laughs that like likes is are "
-         "tall and near have has ever been popular will be famous seen").split()
+WORDS = (
+    "the a no most few many some author authors guard guards pilot pilots laugh laughs that like likes is are "
+    "tall and near have has ever been popular will be famous seen"
+).split()
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 VOCAB = {w: i for i, w in enumerate(SPECIALS + WORDS)}
 
@@ -40,16 +42,21 @@ def word_tokenizer(adds_bos: bool) -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     if adds_bos:
         backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def word_model(family: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=len(VOCAB),
-                  initializer_range=0.3)
-    config = (GPTNeoXConfig(**common, intermediate_size=128) if family == "gpt_neox"
-              else LlamaConfig(**common, num_key_value_heads=2, intermediate_size=64))
+    common = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=len(VOCAB), initializer_range=0.3
+    )
+    config = (
+        GPTNeoXConfig(**common, intermediate_size=128)
+        if family == "gpt_neox"
+        else LlamaConfig(**common, num_key_value_heads=2, intermediate_size=64)
+    )
     return AutoModelForCausalLM.from_config(config).eval()
 
 
@@ -75,27 +82,54 @@ def known_pairs() -> list[dict]:
     return [
         {"good": "the author laughs", "bad": "the author laugh", "case": "simple_agrmt"},
         {"good": "the authors near the guard laugh", "bad": "the authors near the guard laughs", "case": "prep_anim"},
-        {"good": "the pilot that likes the guards is tall", "bad": "the pilot that likes the guards are tall",
-         "case": "subj_rel"},
-        {"good": "no authors have ever been popular", "intrusive": "the authors have ever been popular",
-         "bad": "most authors have ever been popular", "case": "simple_npi_anim"},
-        {"good": "few pilots will ever be famous", "intrusive": "some pilots will ever be famous",
-         "bad": "many pilots will ever be famous", "case": "simple_npi_anim"},
-        {"good": "no guards that the author likes have ever been seen", "bad":
-         "most guards that the author likes have ever been seen",
-         "intrusive": "the guards that no author likes have ever been seen", "case": "npi_across_anim"},
+        {
+            "good": "the pilot that likes the guards is tall",
+            "bad": "the pilot that likes the guards are tall",
+            "case": "subj_rel",
+        },
+        {
+            "good": "no authors have ever been popular",
+            "intrusive": "the authors have ever been popular",
+            "bad": "most authors have ever been popular",
+            "case": "simple_npi_anim",
+        },
+        {
+            "good": "few pilots will ever be famous",
+            "intrusive": "some pilots will ever be famous",
+            "bad": "many pilots will ever be famous",
+            "case": "simple_npi_anim",
+        },
+        {
+            "good": "no guards that the author likes have ever been seen",
+            "bad": "most guards that the author likes have ever been seen",
+            "intrusive": "the guards that no author likes have ever been seen",
+            "case": "npi_across_anim",
+        },
     ]
 
 
 # ------------------------------------------------------------------------------------------ rows
 def test_the_default_protocol_is_the_papers() -> None:
     chosen = paper()
-    assert chosen.record() == {"name": "paper", "tse_reduction": "mean", "blimp_reduction": "sum", "prefix": "auto",
-                               "npi": "last", "random_control": "all", "window_bos": "first", "pos_unit": "tokens",
-                               "wd_joiner": " "}
+    assert chosen.record() == {
+        "name": "paper",
+        "tse_reduction": "mean",
+        "blimp_reduction": "sum",
+        "prefix": "auto",
+        "npi": "last",
+        "random_control": "all",
+        "window_bos": "first",
+        "pos_unit": "tokens",
+        "wd_joiner": " ",
+    }
     strict = resolve_protocol(ScoringOptions(protocol="strict"))
     assert (strict.tse_reduction, strict.prefix, strict.npi, strict.random_control, strict.window_bos) == (
-        "sum", "bos", "intrusive", "non-top", "every")
+        "sum",
+        "bos",
+        "intrusive",
+        "non-top",
+        "every",
+    )
     # an individual option overrides the protocol's choice
     assert resolve_protocol(ScoringOptions(tse_reduction="sum", prefix="none")).record()["tse_reduction"] == "sum"
     assert resolve_protocol(ScoringOptions(protocol="strict", npi="last")).npi == "last"
@@ -115,8 +149,17 @@ def test_tse_default_is_the_official_mean_with_the_tokenizers_own_first_token(fa
     model, tokenizer = word_model(family), word_tokenizer(adds_bos)
     pairs = known_pairs()
     chosen = paper()
-    got = score_pairs(model, tokenizer, pairs, reduction=chosen.tse_reduction, prefix=chosen.prefix, npi=chosen.npi,
-                      keep_pairs=True, progress=False, batch_tokens=40)
+    got = score_pairs(
+        model,
+        tokenizer,
+        pairs,
+        reduction=chosen.tse_reduction,
+        prefix=chosen.prefix,
+        npi=chosen.npi,
+        keep_pairs=True,
+        progress=False,
+        batch_tokens=40,
+    )
     good = official_scores(model, tokenizer, [p["good"] for p in pairs], "mean")
     bad = official_scores(model, tokenizer, [p["bad"] for p in pairs], "mean")
     np.testing.assert_allclose(got.good, good, rtol=1e-5, atol=1e-6)
@@ -130,12 +173,22 @@ def test_blimp_default_is_the_official_sum(adds_bos: bool) -> None:
     model, tokenizer = word_model("gpt_neox"), word_tokenizer(adds_bos)
     pairs = [p for p in known_pairs() if "intrusive" not in p]
     chosen = paper()
-    got = score_pairs(model, tokenizer, pairs, reduction=chosen.blimp_reduction, prefix=chosen.prefix,
-                      npi=chosen.npi, keep_pairs=True, progress=False)
-    np.testing.assert_allclose(got.good, official_scores(model, tokenizer, [p["good"] for p in pairs], "sum"),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got.bad, official_scores(model, tokenizer, [p["bad"] for p in pairs], "sum"),
-                               rtol=1e-5, atol=1e-6)
+    got = score_pairs(
+        model,
+        tokenizer,
+        pairs,
+        reduction=chosen.blimp_reduction,
+        prefix=chosen.prefix,
+        npi=chosen.npi,
+        keep_pairs=True,
+        progress=False,
+    )
+    np.testing.assert_allclose(
+        got.good, official_scores(model, tokenizer, [p["good"] for p in pairs], "sum"), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        got.bad, official_scores(model, tokenizer, [p["bad"] for p in pairs], "sum"), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_first_token_auto_scores_what_the_tokenizer_leaves_scorable() -> None:
@@ -154,10 +207,12 @@ def test_first_token_auto_scores_what_the_tokenizer_leaves_scorable() -> None:
 def test_npi_paper_is_good_vs_last_and_strict_needs_the_intrusive_too() -> None:
     model, tokenizer = word_model("gpt_neox"), word_tokenizer(False)
     pairs = [p for p in known_pairs() if "intrusive" in p]
-    strict = score_pairs(model, tokenizer, pairs, reduction="sum", prefix="bos", npi="intrusive", keep_pairs=True,
-                         progress=False)
-    last = score_pairs(model, tokenizer, pairs, reduction="sum", prefix="bos", npi="last", keep_pairs=True,
-                       progress=False)
+    strict = score_pairs(
+        model, tokenizer, pairs, reduction="sum", prefix="bos", npi="intrusive", keep_pairs=True, progress=False
+    )
+    last = score_pairs(
+        model, tokenizer, pairs, reduction="sum", prefix="bos", npi="last", keep_pairs=True, progress=False
+    )
     np.testing.assert_allclose(last.good, strict.good)
     assert last.correct.tolist() == (strict.good > strict.bad).tolist()  # official: tup[0] vs tup[-1]
     assert strict.correct.tolist() == ((strict.good > strict.bad) & (strict.good > strict.intrusive)).tolist()
@@ -223,15 +278,18 @@ def test_random_control_is_drawn_from_all_neurons_of_the_layer() -> None:
 
 def _fake_wikitext(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     rng = np.random.default_rng(0)
-    splits = {split: [" ".join(rng.choice(WORDS, size=int(rng.integers(0, 12)))) for _ in range(rows)]
-              for split, rows in (("train", 600), ("validation", 120), ("test", 80))}
+    splits = {
+        split: [" ".join(rng.choice(WORDS, size=int(rng.integers(0, 12)))) for _ in range(rows)]
+        for split, rows in (("train", 600), ("validation", 120), ("test", 80))
+    }
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, split, **k: {"text": splits[split]})
     return splits
 
 
 @pytest.mark.parametrize("adds_bos", [False, True], ids=["pythia-style", "llama-style"])
-def test_wd_windows_from_train_and_perplexity_windows_from_validation(monkeypatch: pytest.MonkeyPatch,
-                                                                      adds_bos: bool) -> None:
+def test_wd_windows_from_train_and_perplexity_windows_from_validation(
+    monkeypatch: pytest.MonkeyPatch, adds_bos: bool
+) -> None:
     """IO_collection.collect_IO_from_dataset: " ".join(train), tokenized once, windows of L every L // 2 tokens,
     256 of them; perplexity.load_wikitext2_dataset: "\\n\\n".join(validation), tokenized once, every full
     non-overlapping window. Only the first window of each starts with the tokenizer's BOS."""
@@ -261,8 +319,9 @@ def test_strict_windows_each_start_with_bos_where_the_tokenizer_adds_one(monkeyp
         assert wd.shape == ppl.shape == (8, 8)
         assert bool((ppl[:, 0] == 1).all()) == adds_bos and bool((wd[:, 0] == 1).all()) == adds_bos
         if not adds_bos:  # Pythia-style: exactly the windows from before --protocol (no special token anywhere)
-            valid = tokenizer("\n\n".join(datasets.load_dataset("wikitext", split="validation")["text"]),
-                              add_special_tokens=False)["input_ids"]
+            valid = tokenizer(
+                "\n\n".join(datasets.load_dataset("wikitext", split="validation")["text"]), add_special_tokens=False
+            )["input_ids"]
             assert ppl.flatten().tolist() == valid[:64]
 
 
@@ -312,11 +371,26 @@ def test_pos_excess_per_model_token_inside_the_perplexity_windows(tmp_path) -> N
     (tmp_path / "wd.txt").write_text(CORPUS * 12, encoding="utf-8")
     ppl_text = "".join(f"line {i} of the held out text, with several longer wording choices.\n" for i in range(40))
     (tmp_path / "ppl.txt").write_text(ppl_text, encoding="utf-8")
-    config = StudyConfig(model=str(model_dir), out=str(tmp_path / "s.zarr"), wd_corpus=str(tmp_path / "wd.txt"),
-                         ppl_corpus=str(tmp_path / "ppl.txt"), corpus=str(tmp_path / "wd.txt"), window=64,
-                         wd_tokens=512, ppl_tokens=256, percents="10", match_percent=10.0, match_iterations=2,
-                         tse_per_case=0, blimp=str(tmp_path / "blimp"), blimp_per_paradigm=0, tasks="none",
-                         layer_groups=0, pos="auto", threads=1)
+    config = StudyConfig(
+        model=str(model_dir),
+        out=str(tmp_path / "s.zarr"),
+        wd_corpus=str(tmp_path / "wd.txt"),
+        ppl_corpus=str(tmp_path / "ppl.txt"),
+        corpus=str(tmp_path / "wd.txt"),
+        window=64,
+        wd_tokens=512,
+        ppl_tokens=256,
+        percents="10",
+        match_percent=10.0,
+        match_iterations=2,
+        tse_per_case=0,
+        blimp=str(tmp_path / "blimp"),
+        blimp_per_paradigm=0,
+        tasks="none",
+        layer_groups=0,
+        pos="auto",
+        threads=1,
+    )
     assert resolve_protocol(config).pos_unit == "tokens"
     run_study(config, tagger=tagger)
     ds = open_cube(config.out)

@@ -38,8 +38,12 @@ SCORE_RTOL = 2e-7
 PAIRS = [
     {"good": "the author laughs.", "bad": "the author laugh.", "case": "simple"},
     {"good": "the authors near the guard laugh.", "bad": "the authors near the guard laughs.", "case": "across"},
-    {"good": "no pilot has ever been tall.", "bad": "the pilot has ever been tall.",
-     "intrusive": "a pilot that no guard likes has ever been tall.", "case": "npi"},
+    {
+        "good": "no pilot has ever been tall.",
+        "bad": "the pilot has ever been tall.",
+        "intrusive": "a pilot that no guard likes has ever been tall.",
+        "case": "npi",
+    },
     {"good": "a pilot swims", "bad": "a pilots swims", "case": "simple"},
     {"good": "x", "bad": "xy", "case": "short"},
 ]
@@ -79,8 +83,9 @@ def test_scores_and_perplexity_equal_one_condition_at_a_time(family: str) -> Non
     assert copies == 3
     for one, many in zip(single, batched):
         for name in ("good", "bad", "intrusive"):
-            np.testing.assert_allclose(getattr(many, name), getattr(one, name), rtol=SCORE_RTOL, atol=0,
-                                       err_msg=f"{family} {name}")
+            np.testing.assert_allclose(
+                getattr(many, name), getattr(one, name), rtol=SCORE_RTOL, atol=0, err_msg=f"{family} {name}"
+            )
         np.testing.assert_array_equal(many.correct, one.correct)
         np.testing.assert_array_equal(many.accuracy, one.accuracy)
     for c in range(copies):
@@ -111,30 +116,50 @@ def test_scan_evaluation_equals_the_loop_over_conditions() -> None:
     masks = _masks(model)
     conditions = dict(zip(("clean", "neg_cohort", "neg_random"), masks))
     windows = tiny_input_ids(batch=2, length=16, seed=1)
-    blimp = [MinimalPair("craig explored that store.", "craig explored that stores.", "det_noun", linguistics_term="agr"),
-             MinimalPair("she helped herself.", "she helped himself.", "anaphor", linguistics_term="anaphora"),
-             MinimalPair("he helped himself.", "he helped herself.", "anaphor", linguistics_term="anaphora")]
+    blimp = [
+        MinimalPair("craig explored that store.", "craig explored that stores.", "det_noun", linguistics_term="agr"),
+        MinimalPair("she helped herself.", "she helped himself.", "anaphor", linguistics_term="anaphora"),
+        MinimalPair("he helped himself.", "he helped herself.", "anaphor", linguistics_term="anaphora"),
+    ]
     with torch.inference_mode():
-        result = syntax_and_perplexity(model, tokenizer, PAIRS, windows, conditions, ["simple", "across", "npi", "none"],
-                                       blimp=blimp, paradigms=["anaphor", "det_noun", "absent"])
-    single_blimp = _one_at_a_time(model, masks, "negative", lambda: score_pairs(model, tokenizer, blimp, keep_pairs=True,
-                                                                                 progress=False))
+        result = syntax_and_perplexity(
+            model,
+            tokenizer,
+            PAIRS,
+            windows,
+            conditions,
+            ["simple", "across", "npi", "none"],
+            blimp=blimp,
+            paradigms=["anaphor", "det_noun", "absent"],
+        )
+    single_blimp = _one_at_a_time(
+        model, masks, "negative", lambda: score_pairs(model, tokenizer, blimp, keep_pairs=True, progress=False)
+    )
     for i, scores in enumerate(single_blimp):
         per_paradigm = blimp_accuracy(blimp, scores.correct).per_paradigm
-        np.testing.assert_array_equal(result["blimp_acc"].values[i], [per_paradigm["anaphor"], per_paradigm["det_noun"], np.nan])
-    single = _one_at_a_time(model, masks, "negative",
-                            lambda: score_pairs(model, tokenizer, PAIRS, group_by="case", progress=False))
+        np.testing.assert_array_equal(
+            result["blimp_acc"].values[i], [per_paradigm["anaphor"], per_paradigm["det_noun"], np.nan]
+        )
+    single = _one_at_a_time(
+        model, masks, "negative", lambda: score_pairs(model, tokenizer, PAIRS, group_by="case", progress=False)
+    )
     single_ppl = _one_at_a_time(model, masks, "negative", lambda: perplexity(model, windows, progress=False))
     cases = ["simple", "across", "npi", "none"]
     for i, scores in enumerate(single):
         np.testing.assert_array_equal(result["tse_acc"].values[i], scores.aligned("accuracy", cases))
-        np.testing.assert_allclose(result["tse_margin"].values[i], scores.aligned("margin", cases), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            result["tse_margin"].values[i], scores.aligned("margin", cases), rtol=1e-6, atol=1e-6
+        )
     np.testing.assert_array_equal(result["ppl"].values, single_ppl)
 
 
 def test_rows_not_in_equal_blocks_are_refused() -> None:
     model = tiny_model("gpt_neox")
-    with ablate_rows(model, _masks(model)), torch.inference_mode(), pytest.raises(ValueError, match="4 rows cannot carry 3"):
+    with (
+        ablate_rows(model, _masks(model)),
+        torch.inference_mode(),
+        pytest.raises(ValueError, match="4 rows cannot carry 3"),
+    ):
         model(input_ids=tiny_input_ids(batch=4))
 
 

@@ -27,8 +27,15 @@ def _checkpoint(tmp_path, declared: str | None) -> Checkpoint:
     return Checkpoint(step=7, revision=None, path=directory)
 
 
-@pytest.mark.parametrize("declared, cuda, cpu", [("float16", "float16", "float32"), ("bfloat16", "bfloat16", "float32"),
-                                                 ("float32", "float32", "float32"), (None, "float32", "float32")])
+@pytest.mark.parametrize(
+    "declared, cuda, cpu",
+    [
+        ("float16", "float16", "float32"),
+        ("bfloat16", "bfloat16", "float32"),
+        ("float32", "float32", "float32"),
+        (None, "float32", "float32"),
+    ],
+)
 def test_auto_dtype_is_the_checkpoints_own_on_cuda_and_float32_on_cpu(tmp_path, declared, cuda, cpu):
     checkpoint = _checkpoint(tmp_path, declared)
     assert checkpoint_dtype(checkpoint) == declared
@@ -82,16 +89,18 @@ def test_evaluation_flops_count_the_weights() -> None:
     """Body: two FLOPs per weight of the layers' matrix products; head: two per unembedding weight."""
     model = _neox_on_meta(**PYTHIA_14M)
     body, head = runtime.evaluation_flops(model)
-    layer_weights = sum(p.numel() for name, p in model.gpt_neox.layers.named_parameters()
-                        if name.endswith(".weight") and p.ndim == 2)
+    layer_weights = sum(
+        p.numel() for name, p in model.gpt_neox.layers.named_parameters() if name.endswith(".weight") and p.ndim == 2
+    )
     assert body == 2 * layer_weights
     assert head == 2 * model.get_output_embeddings().weight.numel() == 2 * 128 * 50304
 
 
 def test_thread_policy_one_thread_for_small_models_whatever_the_vocabulary() -> None:
     assert runtime.threads_for(_neox_on_meta(**PYTHIA_14M), available=8) == 1  # head 85% of the FLOPs: still one
-    big = _neox_on_meta(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
-                        vocab_size=50304)  # Pythia-160m's shape
+    big = _neox_on_meta(
+        num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072, vocab_size=50304
+    )  # Pythia-160m's shape
     assert runtime.threads_for(big, available=8) == 8
     before = torch.get_num_threads()
     try:

@@ -5,8 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 
-def accuracy_bars_figure(frame: Any, plt: Any, sns: Any, *, y: str, x: str, xlabel: str, ylabel: str, title: str,
-                         size: tuple[float, float], palette: Any = None) -> object:
+def accuracy_bars_figure(
+    frame: Any,
+    plt: Any,
+    sns: Any,
+    *,
+    y: str,
+    x: str,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    size: tuple[float, float],
+    palette: Any = None,
+) -> object:
     """Horizontal bars of an accuracy per label (``y``) and condition, against chance (0.5).
 
     The legend sits below the axes, never over the bars; with a ``seed`` column the bars are
@@ -41,5 +52,6 @@ def legend_below(ax: Any, fig: Any, columns: int = 2) -> Any:
     if not handles:
         return None
     fig.tight_layout(rect=(0, 0, 1, 0.95) if fig.get_suptitle() else None)  # room for a suptitle set before
-    return fig.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=columns,
-                      frameon=False)
+    return fig.legend(
+        handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=columns, frameon=False
+    )

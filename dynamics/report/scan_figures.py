@@ -66,8 +66,10 @@ def x_values(ds: xr.Dataset, x: str) -> np.ndarray:
     tokens = ds["tokens"].values if "tokens" in ds.coords else np.full(ds.sizes["step"], -1)
     unknown = ds["step"].values[np.asarray(tokens) < 0]
     if len(unknown):
-        raise UserInputError(f"--x tokens: the cube does not know the tokens seen at step(s) "
-                             f"{', '.join(map(str, unknown[:5]))}; scan with --tokens-per-step, or use --x step")
+        raise UserInputError(
+            f"--x tokens: the cube does not know the tokens seen at step(s) "
+            f"{', '.join(map(str, unknown[:5]))}; scan with --tokens-per-step, or use --x step"
+        )
     return np.asarray(tokens)
 
 
@@ -82,8 +84,15 @@ def _x_axis(ax, values: np.ndarray, x: str) -> None:
 def _line(ax, x: np.ndarray, values: xr.DataArray, label: str, **style) -> None:
     """One series; over seeds: the mean, and a band from the lowest to the highest seed."""
     if "seed" in values.dims:
-        ax.fill_between(x, values.min("seed"), values.max("seed"), color=style.get("color"), alpha=0.18, lw=0,
-                        zorder=style.get("zorder", 2) - 0.5)
+        ax.fill_between(
+            x,
+            values.min("seed"),
+            values.max("seed"),
+            color=style.get("color"),
+            alpha=0.18,
+            lw=0,
+            zorder=style.get("zorder", 2) - 0.5,
+        )
         values = values.mean("seed")
     ax.plot(x, np.asarray(values), label=label, **style)
 
@@ -119,15 +128,30 @@ def cohort_wd_figure(ds: xr.Dataset, plt, x: str = "step") -> object:
     quantiles = wd.stack(unit=("layer", "neuron")).quantile([0.5, 0.9, 0.99], dim="unit")
     if "seed" in quantiles.dims:
         quantiles = quantiles.mean("seed")
-    ax.fill_between(xs, quantiles.sel(quantile=0.5), quantiles.sel(quantile=0.99), color="0.85",
-                    label="all neurons, median to 99th percentile")
+    ax.fill_between(
+        xs,
+        quantiles.sel(quantile=0.5),
+        quantiles.sel(quantile=0.99),
+        color="0.85",
+        label="all neurons, median to 99th percentile",
+    )
     ax.plot(xs, quantiles.sel(quantile=0.5), color="0.4", lw=1, label="all neurons, median")
     ax.plot(xs, quantiles.sel(quantile=0.9), color="0.4", lw=1, ls="--", label="all neurons, 90th percentile")
-    for name, color, label in (("cohort", "C3", "cohort (top WD at the reference step)"),
-                               ("random_control", "C0", "random control")):
+    for name, color, label in (
+        ("cohort", "C3", "cohort (top WD at the reference step)"),
+        ("random_control", "C0", "random control"),
+    ):
         if name in ds:
-            _line(ax, xs, wd.where(ds[name]).mean(("layer", "neuron")), f"{label}, mean", marker="o", ms=3,
-                  color=color, zorder=3)
+            _line(
+                ax,
+                xs,
+                wd.where(ds[name]).mean(("layer", "neuron")),
+                f"{label}, mean",
+                marker="o",
+                ms=3,
+                color=color,
+                zorder=3,
+            )
     _x_axis(ax, xs, x)
     ax.set_ylabel("Wasserstein-1 distance to N(0,1)\n(standardized pre-activation)")
     ax.set_title("Do the Wasserstein neurons emerge during training?" + _seed_note(ds), fontsize=11)
@@ -149,8 +173,9 @@ def tse_figure(ds: xr.Dataset, plt, sns=None, x: str = "step") -> object:
     xs = x_values(ds, x)
     panels = [("tse_acc", "tse_case", "TSE accuracy (mean over cases)", "TSE under negative ablation")]
     if "blimp_acc" in ds:
-        panels.append(("blimp_acc", "blimp_paradigm", "BLiMP accuracy (mean over paradigms)",
-                       "BLiMP under negative ablation"))
+        panels.append(
+            ("blimp_acc", "blimp_paradigm", "BLiMP accuracy (mean over paradigms)", "BLiMP under negative ablation")
+        )
     with_margin = "tse_margin" in ds and "clean" in ds["condition"].values
     count = len(panels) + with_margin
     fig, axes = plt.subplots(1, count, figsize=(5.4 * count, 4.4), squeeze=False)
@@ -179,13 +204,23 @@ def drift_figure(ds: xr.Dataset, plt, x: str = "step") -> object:
     xs = x_values(ds, x)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     gaps = _gaps(ds)
-    panels = ((axes[0], "drift_ref", 1.0, "1 - cos of input weights", "against the reference step"),
-              (axes[1], "drift_prev", 1.0, "1 - cos of input weights", "against the previous done step"),
-              (axes[2], "drift_prev", gaps, "(1 - cos) / steps since the previous done step",
-               "vs the previous done step, per step of gap"))
+    panels = (
+        (axes[0], "drift_ref", 1.0, "1 - cos of input weights", "against the reference step"),
+        (axes[1], "drift_prev", 1.0, "1 - cos of input weights", "against the previous done step"),
+        (
+            axes[2],
+            "drift_prev",
+            gaps,
+            "(1 - cos) / steps since the previous done step",
+            "vs the previous done step, per step of gap",
+        ),
+    )
     for ax, name, scale, ylabel, title in panels:
-        for group, color, label in (("all", "0.4", "all neurons"), ("cohort", "C3", "cohort"),
-                                    ("random_control", "C0", "random control")):
+        for group, color, label in (
+            ("all", "0.4", "all neurons"),
+            ("cohort", "C3", "cohort"),
+            ("random_control", "C0", "random control"),
+        ):
             mean = _drift_mean(ds, ds[name], group)
             if mean is not None:
                 _line(ax, xs, mean / scale, label, color=color, marker="o", ms=3)
@@ -197,9 +232,16 @@ def drift_figure(ds: xr.Dataset, plt, x: str = "step") -> object:
         finite = gaps[np.isfinite(gaps)]
         low, high = axes[1].get_ylim()
         axes[1].set_ylim(low, high + 0.25 * (high - low))  # room for the note above the curves
-        axes[1].text(0.02, 0.97, f"uneven gaps between checkpoints: {int(finite.min())} to {int(finite.max())} "
-                     "steps;\neach point compares with the step before it (see the right panel)",
-                     transform=axes[1].transAxes, va="top", fontsize=7.5, color="0.25")
+        axes[1].text(
+            0.02,
+            0.97,
+            f"uneven gaps between checkpoints: {int(finite.min())} to {int(finite.max())} "
+            "steps;\neach point compares with the step before it (see the right panel)",
+            transform=axes[1].transAxes,
+            va="top",
+            fontsize=7.5,
+            color="0.25",
+        )
     return fig
 
 
@@ -244,9 +286,18 @@ def tse_cases_figure(ds: xr.Dataset, plt, sns) -> object:
     frame = final.to_dataframe(name="accuracy").reset_index()
     frame["condition"] = frame["condition"].astype(str).map(lambda c: CONDITION_LABELS.get(c, c))
     palette = {label: CONDITION_COLORS[label] for label in set(frame["condition"]) if label in CONDITION_COLORS}
-    return accuracy_bars_figure(frame, plt, sns, y="tse_case", x="accuracy", xlabel="TSE accuracy", ylabel="TSE case",
-                                title=f"TSE per case at step {int(ds['step'].values[-1])}" + _seed_note(ds),
-                                size=(8, 8), palette=palette or None)
+    return accuracy_bars_figure(
+        frame,
+        plt,
+        sns,
+        y="tse_case",
+        x="accuracy",
+        xlabel="TSE accuracy",
+        ylabel="TSE case",
+        title=f"TSE per case at step {int(ds['step'].values[-1])}" + _seed_note(ds),
+        size=(8, 8),
+        palette=palette or None,
+    )
 
 
 def histogram_steps(steps: Sequence[int] | np.ndarray, count: int = 3) -> list[int]:
@@ -270,13 +321,17 @@ def plot_cube(ds: xr.Dataset, out: str | Path, formats: Sequence[str] = ("png", 
     out.mkdir(parents=True, exist_ok=True)
     plt, sns = _pyplot()
     written: list[Path] = []
-    figures = study_figures(ds, plt, sns) if study else [
-        ("cohort_wd", ["wd"], lambda: cohort_wd_figure(ds, plt, x)),
-        ("tse_accuracy", ["tse_acc"], lambda: tse_figure(ds, plt, sns, x)),
-        ("drift", ["drift_ref", "drift_prev"], lambda: drift_figure(ds, plt, x)),
-        ("wd_histograms", ["wd"], lambda: wd_histogram_figure(ds, plt, histogram_steps(ds["step"].values))),
-        ("tse_cases_final", ["tse_acc"], lambda: tse_cases_figure(ds, plt, sns)),
-    ]
+    figures = (
+        study_figures(ds, plt, sns)
+        if study
+        else [
+            ("cohort_wd", ["wd"], lambda: cohort_wd_figure(ds, plt, x)),
+            ("tse_accuracy", ["tse_acc"], lambda: tse_figure(ds, plt, sns, x)),
+            ("drift", ["drift_ref", "drift_prev"], lambda: drift_figure(ds, plt, x)),
+            ("wd_histograms", ["wd"], lambda: wd_histogram_figure(ds, plt, histogram_steps(ds["step"].values))),
+            ("tse_cases_final", ["tse_acc"], lambda: tse_cases_figure(ds, plt, sns)),
+        ]
+    )
     for name, needs, make in figures:
         if not _require(ds, needs, name):
             continue

@@ -32,8 +32,10 @@ def step_table(ds: xr.Dataset) -> str:
         at = ds.sel(step=step)
         row = [str(int(step))]
         if "wd" in ds:
-            row += [fmt(float(at["wd"].median())),
-                    fmt(float(at["wd"].where(ds["cohort"]).mean())) if "cohort" in ds else "-"]
+            row += [
+                fmt(float(at["wd"].median())),
+                fmt(float(at["wd"].where(ds["cohort"]).mean())) if "cohort" in ds else "-",
+            ]
         if "tse_acc" in ds:
             row += [fmt(float(at["tse_acc"].sel(condition=c).mean())) for c in conditions]
         if "blimp_acc" in ds:  # mean over paradigms (each with the same number of sampled pairs)
@@ -53,8 +55,10 @@ def case_table(ds: xr.Dataset) -> str:
     """TSE accuracy per case and condition at the last done step."""
     final = ds["tse_acc"].isel(step=-1)
     conditions = _conditions(ds)
-    rows = [[str(case)] + [fmt(float(final.sel(tse_case=case, condition=c))) for c in conditions]
-            for case in ds["tse_case"].values]
+    rows = [
+        [str(case)] + [fmt(float(final.sel(tse_case=case, condition=c))) for c in conditions]
+        for case in ds["tse_case"].values
+    ]
     return text_table(["tse case"] + conditions, rows)
 
 
@@ -67,8 +71,10 @@ def duplicate_lines(ds: xr.Dataset) -> list[str]:
     for step, original in zip(ds["step"].values, ds["duplicate_of"].values):
         if int(original) >= 0:
             copied = "copied_from" in records.get(str(int(step)), {})
-            lines.append(f"step {int(step)}: duplicate_of={int(original)} (same weight files as step {int(original)}; "
-                         + ("its numbers are copied from it)" if copied else "measured anyway)"))
+            lines.append(
+                f"step {int(step)}: duplicate_of={int(original)} (same weight files as step {int(original)}; "
+                + ("its numbers are copied from it)" if copied else "measured anyway)")
+            )
     return lines
 
 
@@ -92,14 +98,18 @@ def report(ds: xr.Dataset) -> str:
     skipped = attrs.get("provenance", {}).get("benchmarks_skipped") or {}
     parts += [f"not measured: {name} ({why})" for name, why in skipped.items()]
     if "cohort" in ds:
-        parts.append(f"cohort: {int(ds['cohort'].sum())} neurons of {ds['cohort'].size} "
-                     f"({100 * float(ds['cohort'].mean()):.2f}%)")
+        parts.append(
+            f"cohort: {int(ds['cohort'].sum())} neurons of {ds['cohort'].size} "
+            f"({100 * float(ds['cohort'].mean()):.2f}%)"
+        )
     if "matched_control" in ds:
         converged = bool(ds["matched_converged"])
-        parts.append(f"matched control: bottom {float(ds['matched_percent']):.3g}% per layer, perplexity "
-                     f"{float(ds['matched_ppl']):.4g} vs the cohort's {float(ds['matched_target_ppl']):.4g} at the "
-                     f"reference step" + ("" if converged else
-                                          f" (NOT matched: {ds['matched_converged'].attrs.get('reason', '')})"))
+        parts.append(
+            f"matched control: bottom {float(ds['matched_percent']):.3g}% per layer, perplexity "
+            f"{float(ds['matched_ppl']):.4g} vs the cohort's {float(ds['matched_target_ppl']):.4g} at the "
+            f"reference step"
+            + ("" if converged else f" (NOT matched: {ds['matched_converged'].attrs.get('reason', '')})")
+        )
     parts += ["", step_table(ds)]
     if "tse_acc" in ds:
         parts += ["", f"TSE accuracy per case at step {int(ds['step'].values[-1])}:", case_table(ds)]

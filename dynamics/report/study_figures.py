@@ -57,9 +57,17 @@ def phenomena_figure(ds: xr.Dataset, plt, sns) -> object:
     """BLiMP per phenomenon at the match percent: clean, top, random, matched."""
     percent = float(ds.attrs["identity"]["analysis"]["match_percent"])
     chosen = ds.sel(percent=percent, condition=["clean", "neg_top", "neg_random", "neg_matched"])
-    return accuracy_bars_figure(_frame(chosen, "blimp_term_acc"), plt, sns, y="blimp_phenomenon", x="value",
-                                xlabel="BLiMP accuracy", ylabel="phenomenon",
-                                title=f"BLiMP per phenomenon, {percent:g}% of neurons per layer", size=(8, 6.5))
+    return accuracy_bars_figure(
+        _frame(chosen, "blimp_term_acc"),
+        plt,
+        sns,
+        y="blimp_phenomenon",
+        x="value",
+        xlabel="BLiMP accuracy",
+        ylabel="phenomenon",
+        title=f"BLiMP per phenomenon, {percent:g}% of neurons per layer",
+        size=(8, 6.5),
+    )
 
 
 def layer_group_figure(ds: xr.Dataset, plt) -> object:
@@ -73,9 +81,17 @@ def layer_group_figure(ds: xr.Dataset, plt) -> object:
         values = ds.get(f"group_{name}")
         if values is None or not bool(np.isfinite(np.asarray(values, dtype=float)).any()):
             what = "BLiMP" if name.startswith("blimp") else "TSE"
-            ax.text(0.5, 0.5, f"no {what} in this study\n(--{'blimp-per-paradigm' if what == 'BLiMP' else 'tse-per-case'} 0,"
-                    " or its data could not be loaded)", transform=ax.transAxes, ha="center", va="center",
-                    fontsize=10, color="0.35")
+            ax.text(
+                0.5,
+                0.5,
+                f"no {what} in this study\n(--{'blimp-per-paradigm' if what == 'BLiMP' else 'tse-per-case'} 0,"
+                " or its data could not be loaded)",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=10,
+                color="0.35",
+            )
             ax.set_yticks([])
             continue
         for scope, style in (("alone", "-o"), ("cumulative", "--s")):
@@ -97,8 +113,10 @@ def _group_label(ds: xr.Dataset, group: int) -> str:
 
 def study_figures(ds: xr.Dataset, plt, sns) -> list[tuple[str, list[str], Callable[[], object]]]:
     """(name, variables needed, maker) of every study figure, for :func:`dynamics.report.scan_figures.plot_cube`."""
-    figures = [("study_conditions", ["done"], lambda: conditions_figure(ds, plt, sns)),
-               ("study_blimp_phenomena", ["blimp_term_acc"], lambda: phenomena_figure(ds, plt, sns))]
+    figures = [
+        ("study_conditions", ["done"], lambda: conditions_figure(ds, plt, sns)),
+        ("study_blimp_phenomena", ["blimp_term_acc"], lambda: phenomena_figure(ds, plt, sns)),
+    ]
     if "group_done" in ds and bool(np.asarray(ds["group_done"]).any()):
         figures.append(("study_layer_groups", ["group_done"], lambda: layer_group_figure(ds, plt)))
     return figures

@@ -27,20 +27,26 @@ def _at(ds: xr.Dataset, name: str, condition: str, percent: float) -> xr.DataArr
 def header(ds: xr.Dataset) -> list[str]:
     prov = ds.attrs.get("provenance", {})
     done, total = int(len([u for u in ds.attrs["steps"].values() if u.get("status") == "done"])), len(ds.attrs["units"])
-    lines = [f"model: {prov.get('model_id', '?')}   revision: {prov.get('revision') or '-'}   "
-             f"conditions done: {done} of {total}"]
+    lines = [
+        f"model: {prov.get('model_id', '?')}   revision: {prov.get('revision') or '-'}   "
+        f"conditions done: {done} of {total}"
+    ]
     lines += failure_lines(ds.attrs["steps"], unit="condition")
     lines.append(protocol_line(prov))
-    lines.append(f"budgets: {prov.get('tse_pairs', '?')} TSE pairs, {prov.get('blimp_pairs', '?')} BLiMP pairs, "
-                 f"{prov.get('ppl_tokens', '?')} perplexity tokens, {prov.get('wd_tokens', '?')} WD tokens, "
-                 f"lm-eval limit {prov.get('lmeval_limit')}")
+    lines.append(
+        f"budgets: {prov.get('tse_pairs', '?')} TSE pairs, {prov.get('blimp_pairs', '?')} BLiMP pairs, "
+        f"{prov.get('ppl_tokens', '?')} perplexity tokens, {prov.get('wd_tokens', '?')} WD tokens, "
+        f"lm-eval limit {prov.get('lmeval_limit')}"
+    )
     if "matched_percent" in ds:
         record = prov.get("matched_control", {})
         state = "matched" if bool(ds["matched_converged"]) else f"NOT matched ({record.get('reason', '?')})"
-        lines.append(f"matched control: bottom m = {float(ds['matched_percent']):.4g}% of each layer by WD; "
-                     f"perplexity {float(ds['matched_ppl']):.4f} vs top-{match_percent(ds):g}% "
-                     f"{float(ds['matched_target_ppl']):.4f} (clean {float(ds['matched_clean_ppl']):.4f}; "
-                     f"{len(record.get('trials', []))} trials): {state}")
+        lines.append(
+            f"matched control: bottom m = {float(ds['matched_percent']):.4g}% of each layer by WD; "
+            f"perplexity {float(ds['matched_ppl']):.4f} vs top-{match_percent(ds):g}% "
+            f"{float(ds['matched_target_ppl']):.4f} (clean {float(ds['matched_clean_ppl']):.4f}; "
+            f"{len(record.get('trials', []))} trials): {state}"
+        )
         if record.get("noise_warning"):
             lines.append(f"WARNING: {record['noise_warning']}")
     skipped = prov.get("lmeval_skipped") or {}
@@ -59,8 +65,12 @@ def condition_table(ds: xr.Dataset) -> str:
             if not bool(ds["done"].sel(condition=condition, percent=p)):
                 continue
             ppl = float(_at(ds, "ppl", condition, p)) if "ppl" in ds else np.nan
-            row = [str(condition), "-" if condition == "clean" else f"{p:g}", _fmt(ppl, 3),
-                   _fmt(100 * (ppl / clean_ppl - 1), 2)]
+            row = [
+                str(condition),
+                "-" if condition == "clean" else f"{p:g}",
+                _fmt(ppl, 3),
+                _fmt(100 * (ppl / clean_ppl - 1), 2),
+            ]
             row += [_fmt(float(_at(ds, v, condition, p))) if v in ds else "-" for v in ("tse_acc_all", "blimp_acc_all")]
             lm = _at(ds, "lmeval_acc", condition, p).values if "lmeval_acc" in ds else np.array([np.nan])
             row.append(_fmt(float(np.nanmean(lm))) if np.isfinite(lm).any() else "-")
@@ -71,8 +81,10 @@ def condition_table(ds: xr.Dataset) -> str:
 def _per_label_table(ds: xr.Dataset, name: str, dim: str, title: str) -> str:
     p = match_percent(ds)
     conditions = [c for c in HEADLINE if bool(ds["done"].sel(condition=c, percent=p))]
-    rows = [[str(label)] + [_fmt(float(_at(ds, name, c, p).sel({dim: label}))) for c in conditions]
-            for label in ds[dim].values]
+    rows = [
+        [str(label)] + [_fmt(float(_at(ds, name, c, p).sel({dim: label}))) for c in conditions]
+        for label in ds[dim].values
+    ]
     return _table([title] + [f"{c}" for c in conditions], rows)
 
 
@@ -99,8 +111,11 @@ def study_report(ds: xr.Dataset) -> str:
     if "tse_acc" in ds:
         parts += ["", f"TSE accuracy per case at {p:g}%:", _per_label_table(ds, "tse_acc", "tse_case", "tse case")]
     if "blimp_term_acc" in ds:
-        parts += ["", f"BLiMP accuracy per phenomenon at {p:g}%:",
-                  _per_label_table(ds, "blimp_term_acc", "blimp_phenomenon", "phenomenon")]
+        parts += [
+            "",
+            f"BLiMP accuracy per phenomenon at {p:g}%:",
+            _per_label_table(ds, "blimp_term_acc", "blimp_phenomenon", "phenomenon"),
+        ]
     if "lmeval_acc" in ds and np.isfinite(ds["lmeval_acc"].values).any():
         parts += ["", f"lm-eval accuracy per task at {p:g}%:", _per_label_table(ds, "lmeval_acc", "task", "task")]
     if "pos_excess" in ds and np.isfinite(ds["pos_excess"].values).any():
@@ -108,6 +123,9 @@ def study_report(ds: xr.Dataset) -> str:
     if "md" in ds:
         parts += ["", *wd_md_lines(ds["wd"].values, ds["md"].values, "the WD windows")]
     if "group_done" in ds and bool(ds["group_done"].any()):
-        parts += ["", "Negative ablation of the top neurons by layer group (alone / cumulative from group 0):",
-                  group_table(ds)]
+        parts += [
+            "",
+            "Negative ablation of the top neurons by layer group (alone / cumulative from group 0):",
+            group_table(ds),
+        ]
     return "\n".join(parts)

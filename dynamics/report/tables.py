@@ -35,10 +35,12 @@ def protocol_line(provenance: dict) -> str:
     record = provenance.get("protocol")
     if not record:
         return "protocol: not recorded (a cube made before --protocol)"
-    return (f"protocol {record['name']}: TSE {record['tse_reduction']}, BLiMP {record['blimp_reduction']}, "
-            f"prefix {record['prefix']}, NPI vs {record['npi']}, random control from {record['random_control']} "
-            f"neurons, BOS on {record['window_bos']} window(s), POS per {record.get('pos_unit', 'words')[:-1]}, "
-            f"WikiText-2 WD split joined by {record['wd_joiner']!r}")
+    return (
+        f"protocol {record['name']}: TSE {record['tse_reduction']}, BLiMP {record['blimp_reduction']}, "
+        f"prefix {record['prefix']}, NPI vs {record['npi']}, random control from {record['random_control']} "
+        f"neurons, BOS on {record['window_bos']} window(s), POS per {record.get('pos_unit', 'words')[:-1]}, "
+        f"WikiText-2 WD split joined by {record['wd_joiner']!r}"
+    )
 
 
 def wd_md_lines(wd: np.ndarray, md: np.ndarray, where: str) -> list[str]:

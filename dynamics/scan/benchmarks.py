@@ -56,8 +56,9 @@ class BenchmarkRequest:
     seed: int
 
 
-def check_benchmark_options(blimp: str, per_paradigm: int, paradigms: str, tasks: str, task_path: str | None,
-                            seed: int) -> BenchmarkRequest:
+def check_benchmark_options(
+    blimp: str, per_paradigm: int, paradigms: str, tasks: str, task_path: str | None, seed: int
+) -> BenchmarkRequest:
     """One line for a bad --blimp, --blimp-per-paradigm, --blimp-paradigms, --tasks or --task-path."""
     if per_paradigm < 0:
         raise UserInputError(f"--blimp-per-paradigm {per_paradigm!r}: expected 0 or more pairs")
@@ -68,8 +69,10 @@ def check_benchmark_options(blimp: str, per_paradigm: int, paradigms: str, tasks
             raise UserInputError(f"--blimp {blimp!r} is neither hub nor a directory of <paradigm>.jsonl files")
         missing = [p for p in chosen if not (directory / f"{p}.jsonl").is_file()]
         if missing:
-            raise UserInputError(f"--blimp {blimp!r} has no {missing[0]}.jsonl ({len(missing)} of {len(chosen)} "
-                                 "paradigms missing); choose them with --blimp-paradigms")
+            raise UserInputError(
+                f"--blimp {blimp!r} has no {missing[0]}.jsonl ({len(missing)} of {len(chosen)} "
+                "paradigms missing); choose them with --blimp-paradigms"
+            )
     if task_path is not None and not Path(task_path).is_dir():
         raise UserInputError(f"--task-path {task_path!r} is not a directory of lm-eval task YAML files")
     names = parse_tasks(tasks)
@@ -79,7 +82,9 @@ def check_benchmark_options(blimp: str, per_paradigm: int, paradigms: str, tasks
 
 def hub_offline() -> bool:
     """True when the Hugging Face libraries are told not to use the network."""
-    return any(os.environ.get(name, "0").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(name, "0").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def plan_benchmarks(request: BenchmarkRequest) -> ScanBenchmarks:
@@ -104,5 +109,6 @@ def plan_benchmarks(request: BenchmarkRequest) -> ScanBenchmarks:
             pairs = [x for p in paradigms for x in sample[p][""]]
     task_plan = probe_tasks(request.tasks, request.task_path)
     skipped.update({f"lmeval:{t}": why for t, why in task_plan.skipped.items()})
-    return ScanBenchmarks(tuple(pairs), paradigms if pairs else (), tuple(task_plan.runnable), skipped,
-                          request.task_path)
+    return ScanBenchmarks(
+        tuple(pairs), paradigms if pairs else (), tuple(task_plan.runnable), skipped, request.task_path
+    )

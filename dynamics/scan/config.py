@@ -24,41 +24,74 @@ class ScanConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runti
     """Everything `dynamics scan` needs; the CLI is generated from these fields."""
 
     steps: str = option("final", help="step spec: START:STOP:STEP (STOP inclusive), N, a,b,c, pythia, log, final, all")
-    reference_step: int | None = option(None, help="step whose top neurons form the cohort (default: the cube's own, "
-                                        "else the last step asked for)")
+    reference_step: int | None = option(
+        None, help="step whose top neurons form the cohort (default: the cube's own, else the last step asked for)"
+    )
     corpus: str = option("auto", help="wikitext2, a text file, or auto (a local suite's heldout.txt, else wikitext2)")
     cohort_percent: float = option(1.0, help="percent of neurons in the cohort (top WD at the reference step)")
     cohort_scope: Literal["layer", "global"] = option("layer", help="top percent per layer or over all layers")
     stepwise: bool = option(False, help="also ablate each step's own top neurons (condition neg_stepwise)")
-    matched: bool = option(False, help="also ablate a perplexity-matched control (condition neg_matched): the bottom "
-                           "m%% WD neurons per layer at the reference step, m bisected so that perplexity there "
-                           "matches neg_cohort's (its increase over clean within 5%%)")
-    on_error: Literal["skip", "stop"] = option("skip", help="a checkpoint that fails after retries: record it and go "
-                                               "on, or stop")
+    matched: bool = option(
+        False,
+        help="also ablate a perplexity-matched control (condition neg_matched): the bottom "
+        "m%% WD neurons per layer at the reference step, m bisected so that perplexity there "
+        "matches neg_cohort's (its increase over clean within 5%%)",
+    )
+    on_error: Literal["skip", "stop"] = option(
+        "skip", help="a checkpoint that fails after retries: record it and go on, or stop"
+    )
     keep_checkpoints: bool = option(False, help="keep downloaded revisions in the Hugging Face cache")
     prefetch: bool = option(True, help="download step t+1 while step t is analysed")
-    revision_template: str = option("step{step}", help="the Hub revision name of a step: {step} and optionally {tokens} "
-                                    "(e.g. stage1-step{step}-tokens{tokens}B for OLMo); the repo's refs are listed once "
-                                    "and every step is checked against them, `all` is every matching ref")
-    tokens_per_step: int | None = option(None, help="training tokens per step, for the tokens coordinate (default: "
-                                         "2097152 for Pythia, a toy suite's own, {tokens} of the revision names; "
-                                         "else -1, unknown)")
-    recompute_duplicates: bool = option(False, help="measure a step whose weight files equal an earlier step's too "
-                                        "(default: copy the earlier step's numbers, flagged duplicate_of)")
-    blimp: str = option("hub", help="BLiMP source: hub (nyu-mll/blimp; skipped with one warning when unreachable) "
-                        "or a directory of <paradigm>.jsonl files")
-    blimp_per_paradigm: int = option(10, help="BLiMP pairs per paradigm measured at every step and condition "
-                                     "(seeded sample of all 67 paradigms; 0: skip)")
+    revision_template: str = option(
+        "step{step}",
+        help="the Hub revision name of a step: {step} and optionally {tokens} "
+        "(e.g. stage1-step{step}-tokens{tokens}B for OLMo); the repo's refs are listed once "
+        "and every step is checked against them, `all` is every matching ref",
+    )
+    tokens_per_step: int | None = option(
+        None,
+        help="training tokens per step, for the tokens coordinate (default: "
+        "2097152 for Pythia, a toy suite's own, {tokens} of the revision names; "
+        "else -1, unknown)",
+    )
+    recompute_duplicates: bool = option(
+        False,
+        help="measure a step whose weight files equal an earlier step's too "
+        "(default: copy the earlier step's numbers, flagged duplicate_of)",
+    )
+    blimp: str = option(
+        "hub",
+        help="BLiMP source: hub (nyu-mll/blimp; skipped with one warning when unreachable) "
+        "or a directory of <paradigm>.jsonl files",
+    )
+    blimp_per_paradigm: int = option(
+        10,
+        help="BLiMP pairs per paradigm measured at every step and condition "
+        "(seeded sample of all 67 paradigms; 0: skip)",
+    )
     blimp_paradigms: str = option("all", help="comma-separated BLiMP paradigms measured per step, or all")
-    tasks: str = option("none", help="lm-eval tasks measured at every step and condition (comma-separated, default "
-                        "or none)")
+    tasks: str = option(
+        "none", help="lm-eval tasks measured at every step and condition (comma-separated, default or none)"
+    )
     lmeval_limit: int = option(100, help="examples per lm-eval task and step")
     task_path: str | None = option(None, help="a directory of extra lm-eval task YAML files")
 
     def analysis(self) -> dict[str, Any]:
         """The settings that make two cubes' numbers comparable (the cube's identity)."""
-        keys = ("wd_corpus", "ppl_corpus", "window", "wd_tokens", "wd_stride", "ppl_tokens", "tse_per_case",
-                "cohort_percent", "cohort_scope", "stepwise", "seed", "dtype")
+        keys = (
+            "wd_corpus",
+            "ppl_corpus",
+            "window",
+            "wd_tokens",
+            "wd_stride",
+            "ppl_tokens",
+            "tse_per_case",
+            "cohort_percent",
+            "cohort_scope",
+            "stepwise",
+            "seed",
+            "dtype",
+        )
         # absent when off: cubes made before --matched / --mapping-difficulty still resume
         extra: tuple[str, ...] = tuple(k for k in ("matched", "mapping_difficulty") if getattr(self, k))
         extra += ("lmeval_limit",) if self.tasks.strip().lower() != "none" else ()

@@ -55,8 +55,13 @@ log = logging.getLogger(__name__)
 
 # Cubes store each step's cohort weight rows and derive drift_prev from them when opened;
 # cubes of the earlier layout stored drift_prev itself and cannot be extended by this one.
-DRIFT_PREV = {"drift_prev": {"cosine_to_previous_step": "cohort_weights", "over": "d_model",
-                             "attrs": {"long_name": "1 - cos of the member's input weights vs the previous done step"}}}
+DRIFT_PREV = {
+    "drift_prev": {
+        "cosine_to_previous_step": "cohort_weights",
+        "over": "d_model",
+        "attrs": {"long_name": "1 - cos of the member's input weights vs the previous done step"},
+    }
+}
 
 
 @dataclass
@@ -86,10 +91,13 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     resolve_protocol(config)
     template = RevisionTemplate(config.revision_template)  # a malformed template is one line
     if config.revision_template != DEFAULT_TEMPLATE and ref.kind != "hub":
-        raise UserInputError(f"--revision-template {config.revision_template!r} applies to Hub repositories; "
-                             f"{config.model!r} is a {ref.kind.replace('_', ' ')} (its steps are step<N>/ directories)")
-    request = check_benchmark_options(config.blimp, config.blimp_per_paradigm, config.blimp_paradigms, config.tasks,
-                                      config.task_path, config.seed)
+        raise UserInputError(
+            f"--revision-template {config.revision_template!r} applies to Hub repositories; "
+            f"{config.model!r} is a {ref.kind.replace('_', ' ')} (its steps are step<N>/ directories)"
+        )
+    request = check_benchmark_options(
+        config.blimp, config.blimp_per_paradigm, config.blimp_paradigms, config.tasks, config.task_path, config.seed
+    )
     if not config.out.endswith(".zarr"):
         raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
     check_output_dir(config.out, "--out")
@@ -104,20 +112,26 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
         check_corpus_file(text)
     if source is None:
         source = open_source(
-            ref, cache_dir=config.cache_dir, retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints,
+            ref,
+            cache_dir=config.cache_dir,
+            retry=RetryPolicy(attempts=config.retries),
+            keep=config.keep_checkpoints,
             revision_template=template.text,
         )
     # a Hub repo's refs, listed once: every step is checked against them
     available = source.verified_steps() if isinstance(source, HubSource) else source.available_steps()
     steps = parse_steps(config.steps, available, source=source.model_id)
     stored = read_identity(config.out).get("reference_step")  # a resumed or extended cube keeps its cohort
-    reference = config.reference_step if config.reference_step is not None else stored if stored is not None else steps[-1]
+    reference = (
+        config.reference_step if config.reference_step is not None else stored if stored is not None else steps[-1]
+    )
     if config.reference_step is not None:
         parse_steps(str(reference), available, source=source.model_id)  # same check, same message
     source.check_available()  # a model missing from an offline cache: one line now, not one per step
     revision = getattr(source, "revision", None)
-    on_disk = config_on_disk(ref, step=reference, revision=revision(reference) if revision else None,
-                             cache_dir=config.cache_dir)
+    on_disk = config_on_disk(
+        ref, step=reference, revision=revision(reference) if revision else None, cache_dir=config.cache_dir
+    )
     if on_disk is not None:  # else the same checks run when the reference step is loaded
         check_model_fit(on_disk, config.window, [("--cohort-percent", config.cohort_percent)], config.cohort_scope)
     index = source.revisions() if isinstance(source, HubSource) else None
@@ -142,15 +156,25 @@ def tokens_per_step(config: ScanConfig, ref: ModelRef) -> int | None:
 
 
 def _check_numbers(config: ScanConfig) -> None:
-    check_numbers(config, [
-        *shared_checks(config),
-        ("ppl-tokens", config.ppl_tokens is None or config.ppl_tokens >= 0, "0 or more tokens"),
-        ("cohort-percent", 0 < config.cohort_percent <= 100, "a percent in (0, 100]"),
-        ("ppl-tokens", not config.matched or config.ppl_tokens != 0,
-         "more than 0 with --matched (the match is on perplexity)"),
-        ("tokens-per-step", config.tokens_per_step is None or config.tokens_per_step >= 1, "a positive number of tokens"),
-        ("lmeval-limit", config.lmeval_limit >= 1, "at least 1 example"),
-    ])
+    check_numbers(
+        config,
+        [
+            *shared_checks(config),
+            ("ppl-tokens", config.ppl_tokens is None or config.ppl_tokens >= 0, "0 or more tokens"),
+            ("cohort-percent", 0 < config.cohort_percent <= 100, "a percent in (0, 100]"),
+            (
+                "ppl-tokens",
+                not config.matched or config.ppl_tokens != 0,
+                "more than 0 with --matched (the match is on perplexity)",
+            ),
+            (
+                "tokens-per-step",
+                config.tokens_per_step is None or config.tokens_per_step >= 1,
+                "a positive number of tokens",
+            ),
+            ("lmeval-limit", config.lmeval_limit >= 1, "at least 1 example"),
+        ],
+    )
     if config.dtype not in ("auto", *DTYPES):
         raise UserInputError(f"--dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
 
@@ -172,17 +196,32 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     (:mod:`dynamics.executor`), each as :func:`dynamics.scan.worker.measure_step`.
     """
     plan = plan_scan(config)
-    identity = {"model": plan.source.model_id, "reference_step": plan.reference_step, "corpus": plan.corpus,
-                "analysis": config.analysis(), "derived": DRIFT_PREV}
+    identity = {
+        "model": plan.source.model_id,
+        "reference_step": plan.reference_step,
+        "corpus": plan.corpus,
+        "analysis": config.analysis(),
+        "derived": DRIFT_PREV,
+    }
     if plan.benchmarks.identity():  # absent when none is measured: cubes made before BLiMP per step still resume
         identity["benchmarks"] = plan.benchmarks.identity()
-    provenance = {"model": config.model, "model_id": plan.source.model_id, "package_version": __version__,
-                  "torch_version": torch.__version__, "config": config_dict(config), "host": platform.node(),
-                  "revision_template": config.revision_template, "benchmarks_skipped": plan.benchmarks.skipped,
-                  "model_seed": training_seed(resolve_model(config.model)), "protocol": resolve_protocol(config).record()}
+    provenance = {
+        "model": config.model,
+        "model_id": plan.source.model_id,
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "config": config_dict(config),
+        "host": platform.node(),
+        "revision_template": config.revision_template,
+        "benchmarks_skipped": plan.benchmarks.skipped,
+        "model_seed": training_seed(resolve_model(config.model)),
+        "protocol": resolve_protocol(config).record(),
+    }
     summary = ScanSummary()
-    with open_executor(ExecutorSettings.of(config)) as pool, \
-            CubeWriter(config.out, plan.steps, identity, provenance, overwrite=config.overwrite) as cube:
+    with (
+        open_executor(ExecutorSettings.of(config)) as pool,
+        CubeWriter(config.out, plan.steps, identity, provenance, overwrite=config.overwrite) as cube,
+    ):
         todo = cube.todo()
         summary.skipped = [s for s in plan.steps if s not in todo]
         if not todo:
@@ -191,9 +230,14 @@ def run_scan(config: ScanConfig) -> ScanSummary:
         labels = StepLabels(plan.tokens, duplicates, prints)
         copies = {} if config.recompute_duplicates else duplicates
         for step, original in duplicates.items():
-            log.warning("step %d has the same weight files as step %d: %s", step, original,
-                        "measured anyway (--recompute-duplicates)" if config.recompute_duplicates else
-                        f"its numbers are copied from step {original}, flagged duplicate_of")
+            log.warning(
+                "step %d has the same weight files as step %d: %s",
+                step,
+                original,
+                "measured anyway (--recompute-duplicates)"
+                if config.recompute_duplicates
+                else f"its numbers are copied from step {original}, flagged duplicate_of",
+            )
         measure = [s for s in todo if s not in copies]
         for step, original in sorted(copies.items()):  # originals done by an earlier run: copy now
             if original not in measure:
@@ -220,8 +264,9 @@ def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) ->
     static = cube.read_static()
     spec = RunSpec(config, plan.reference_step, plan.corpus, benchmarks=plan.benchmarks, revisions=plan.revisions)
     if static is not None:
-        spec = replace(spec, cohort=static["cohort"].values, control=static["random_control"].values,
-                       matched=_matched_mask(static))
+        spec = replace(
+            spec, cohort=static["cohort"].values, control=static["random_control"].values, matched=_matched_mask(static)
+        )
     outcome = next(iter(pool.map(prepare_reference, [spec], name="reference")))
     if not outcome.ok:
         stop_on_unrecoverable(outcome, f"the reference step {plan.reference_step}")  # a bad option: exit 2
@@ -230,8 +275,9 @@ def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) ->
         static = outcome.result["static"]
         cube.write_static(static)
     cube.record_provenance(outcome.result["provenance"])
-    return replace(spec, cohort=static["cohort"].values, control=static["random_control"].values,
-                   matched=_matched_mask(static))
+    return replace(
+        spec, cohort=static["cohort"].values, control=static["random_control"].values, matched=_matched_mask(static)
+    )
 
 
 def _matched_mask(static: Any) -> Any:
@@ -248,11 +294,17 @@ class StepLabels:
 
     def label(self, result: Any, step: int) -> Any:
         """``result`` with its ``tokens`` and ``duplicate_of`` (coordinates along step when the cube is opened)."""
-        result["tokens"] = ("step", np.array([self.tokens.get(step, -1)], dtype="int64"),
-                            {"long_name": "training tokens seen at this step (-1: unknown)"})
+        result["tokens"] = (
+            "step",
+            np.array([self.tokens.get(step, -1)], dtype="int64"),
+            {"long_name": "training tokens seen at this step (-1: unknown)"},
+        )
         if "duplicate_of" not in result:
-            result["duplicate_of"] = ("step", np.array([self.duplicates.get(step, -1)], dtype="int64"),
-                                      {"long_name": "the earlier step with the same weight files (-1: none)"})
+            result["duplicate_of"] = (
+                "step",
+                np.array([self.duplicates.get(step, -1)], dtype="int64"),
+                {"long_name": "the earlier step with the same weight files (-1: none)"},
+            )
         return result
 
 
@@ -260,18 +312,28 @@ def _copy(cube: CubeWriter, step: int, original: int, labels: StepLabels, summar
     """Write the stored numbers of ``original`` as those of its duplicate ``step``, marked as a copy."""
     record = cube.records().get(original, {})
     if record.get("status") != "done":
-        cube.mark_failed(step, f"step {step} duplicates step {original}, which is not done: its numbers cannot be copied")
+        cube.mark_failed(
+            step, f"step {step} duplicates step {original}, which is not done: its numbers cannot be copied"
+        )
         summary.failed.append(step)
         return
     copy = labels.label(copied_result(cube.read_step(original), step, original), step)
-    cube.write_step(copy, {"weights_sha256": labels.fingerprints.get(step), "duplicate_of": original,
-                           "copied_from": original})
+    cube.write_step(
+        copy, {"weights_sha256": labels.fingerprints.get(step), "duplicate_of": original, "copied_from": original}
+    )
     summary.copied[step] = original
     summary.done.append(step)
 
 
-def _measure_all(pool: Any, spec: Any, todo: list[int], cube: CubeWriter, summary: ScanSummary, labels: StepLabels,
-                 copies: dict[int, int]) -> None:
+def _measure_all(
+    pool: Any,
+    spec: Any,
+    todo: list[int],
+    cube: CubeWriter,
+    summary: ScanSummary,
+    labels: StepLabels,
+    copies: dict[int, int],
+) -> None:
     """Fan the steps out; write each result as it completes, in any order."""
     # Serially one worker takes the steps in order, so it can fetch the next one while measuring this one.
     ahead = spec.config.executor == "serial" and spec.config.prefetch
@@ -286,7 +348,9 @@ def _measure_all(pool: Any, spec: Any, todo: list[int], cube: CubeWriter, summar
                 for step in sorted(s for s, original in copies.items() if original == done.unit.step):
                     _copy(cube, step, done.unit.step, labels, summary)
                 phases = done.result["seconds"].values[0]
-                bar.set_postfix_str(f"step {done.unit.step} " + " ".join(f"{p} {t:.1f}s" for p, t in zip(PHASES, phases)))
+                bar.set_postfix_str(
+                    f"step {done.unit.step} " + " ".join(f"{p} {t:.1f}s" for p, t in zip(PHASES, phases))
+                )
             else:
                 _record_failure(cube, done, spec.config, summary)
             bar.update()

@@ -43,8 +43,9 @@ def find_duplicates(fingerprints: Mapping[int, Mapping[str, str] | None]) -> dic
     return duplicates
 
 
-def plan_duplicates(todo: Iterable[int], records: Mapping[int, Mapping[str, Any]], fingerprint: Any) -> tuple[
-        dict[int, int], dict[int, dict[str, str] | None]]:
+def plan_duplicates(
+    todo: Iterable[int], records: Mapping[int, Mapping[str, Any]], fingerprint: Any
+) -> tuple[dict[int, int], dict[int, dict[str, str] | None]]:
     """The duplicates among ``todo`` (originals may be done steps), and each todo step's fingerprints.
 
     ``fingerprint(step)`` gives a step's ``{file: sha256}`` (or None); done steps are read from
@@ -53,7 +54,8 @@ def plan_duplicates(todo: Iterable[int], records: Mapping[int, Mapping[str, Any]
     todo = list(todo)
     prints: dict[int, dict[str, str] | None] = {step: fingerprint(step) for step in todo}
     known: dict[int, Mapping[str, str] | None] = {
-        step: record.get("weights_sha256") for step, record in records.items()
+        step: record.get("weights_sha256")
+        for step, record in records.items()
         if record.get("status") == "done" and step not in prints and not record.get("duplicate_of")
     }
     duplicates = find_duplicates({**known, **prints})
@@ -63,8 +65,12 @@ def plan_duplicates(todo: Iterable[int], records: Mapping[int, Mapping[str, Any]
 def copied_result(original: xr.Dataset, step: int, of: int) -> xr.Dataset:
     """The stored result of step ``of`` relabelled as ``step`` and marked as its copy (no time spent)."""
     copy = original.assign_coords(step=[step])
-    copy["duplicate_of"] = xr.DataArray(np.array([of], dtype="int64"), dims="step", coords={"step": [step]},
-                                        attrs={"long_name": "the step whose numbers this step's are a copy of (-1: measured)"})
+    copy["duplicate_of"] = xr.DataArray(
+        np.array([of], dtype="int64"),
+        dims="step",
+        coords={"step": [step]},
+        attrs={"long_name": "the step whose numbers this step's are a copy of (-1: measured)"},
+    )
     if "seconds" in copy:
         copy["seconds"] = copy["seconds"] * 0.0
     return copy

@@ -65,16 +65,33 @@ def syntax_and_perplexity(
     if pairs:
         for first, chunk in _condition_chunks(masks, DEFAULT_BATCH_TOKENS):
             with ablate_rows(model, chunk, mode="negative") as copies:
-                per_condition = score_pairs_each(model, tokenizer, pairs, copies, group_by="case", reduction=reduction,  # type: ignore[arg-type]
-                                                 prefix=prefix, npi=npi, progress=False)  # type: ignore[arg-type]
+                per_condition = score_pairs_each(
+                    model,
+                    tokenizer,
+                    pairs,
+                    copies,
+                    group_by="case",
+                    reduction=reduction,  # type: ignore[arg-type]
+                    prefix=prefix,
+                    npi=npi,  # type: ignore[arg-type]
+                    progress=False,
+                )
             for i, scores in enumerate(per_condition, start=first):
                 acc[i], margin[i] = scores.aligned("accuracy", cases), scores.aligned("margin", cases)
     if blimp:
         for first, chunk in _condition_chunks(masks, DEFAULT_BATCH_TOKENS):
             with ablate_rows(model, chunk, mode="negative") as copies:
-                per_condition = score_pairs_each(model, tokenizer, blimp, copies, group_by="case",
-                                                 reduction=blimp_reduction,  # type: ignore[arg-type]
-                                                 prefix=prefix, progress=False, keep_pairs=True)
+                per_condition = score_pairs_each(
+                    model,
+                    tokenizer,
+                    blimp,
+                    copies,
+                    group_by="case",
+                    reduction=blimp_reduction,  # type: ignore[arg-type]
+                    prefix=prefix,
+                    progress=False,
+                    keep_pairs=True,
+                )
             for i, scores in enumerate(per_condition, start=first):
                 assert scores.correct is not None  # keep_pairs=True
                 per_paradigm = blimp_accuracy(blimp, scores.correct).per_paradigm
@@ -91,13 +108,20 @@ def syntax_and_perplexity(
     coords: dict[str, Any] = {"condition": list(conditions), "tse_case": list(cases)}
     data: dict[str, Any] = {
         "tse_acc": (("condition", "tse_case"), acc, {"long_name": "TSE accuracy (good scores above bad)"}),
-        "tse_margin": (("condition", "tse_case"), margin, {"units": "nats", "long_name": "mean log p(good) - log p(bad)"}),
+        "tse_margin": (
+            ("condition", "tse_case"),
+            margin,
+            {"units": "nats", "long_name": "mean log p(good) - log p(bad)"},
+        ),
         "ppl": (("condition",), ppl, {"long_name": "perplexity on the corpus windows"}),
     }
     if blimp:
         coords["blimp_paradigm"] = list(paradigms)
-        data["blimp_acc"] = (("condition", "blimp_paradigm"), blimp_acc,
-                             {"long_name": "BLiMP accuracy per paradigm (sampled pairs, the protocol's BLiMP score)"})
+        data["blimp_acc"] = (
+            ("condition", "blimp_paradigm"),
+            blimp_acc,
+            {"long_name": "BLiMP accuracy per paradigm (sampled pairs, the protocol's BLiMP score)"},
+        )
     if tasks:
         coords["task"] = list(tasks)
         data["lmeval_acc"] = (("condition", "task"), lmeval[:, :, 0], {"long_name": "lm-eval acc,none"})
@@ -115,7 +139,11 @@ def step_result(step: int, parts: list[xr.Dataset], timings: dict[str, float]) -
     """Merge measurement datasets into one step result with a length-1 step dimension."""
     merged = xr.merge(parts, compat="no_conflicts", join="exact") if parts else xr.Dataset()
     merged = merged.expand_dims(step=[step])
-    merged["seconds"] = xr.DataArray([[timings.get(p, 0.0) for p in PHASES]], dims=("step", "phase"),
-                                     coords={"step": [step], "phase": list(PHASES)}, attrs={"units": "s"})
+    merged["seconds"] = xr.DataArray(
+        [[timings.get(p, 0.0) for p in PHASES]],
+        dims=("step", "phase"),
+        coords={"step": [step], "phase": list(PHASES)},
+        attrs={"units": "s"},
+    )
     log.info("step %d: %s", step, ", ".join(f"{p} {timings.get(p, 0.0):.1f}s" for p in PHASES))
     return merged

@@ -80,9 +80,23 @@ class RunSpec:
     def key(self) -> str:
         """The run's identity for the per-worker cache (the cohort is not part of it)."""
         c = self.config
-        return repr((c.model, self.reference_step, self.corpus, c.analysis(), c.device, c.cache_dir, c.keep_checkpoints,
-                     c.retries, c.threads, c.memory_budget_gib, c.batch_size, c.revision_template,
-                     self.benchmarks.identity()))
+        return repr(
+            (
+                c.model,
+                self.reference_step,
+                self.corpus,
+                c.analysis(),
+                c.device,
+                c.cache_dir,
+                c.keep_checkpoints,
+                c.retries,
+                c.threads,
+                c.memory_budget_gib,
+                c.batch_size,
+                c.revision_template,
+                self.benchmarks.identity(),
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -132,43 +146,69 @@ class WorkerContext:
         """Start fetching ``step`` in the background; anything else announced earlier is released."""
         self.prefetcher.prefetch(step)
 
-    def measure(self, checkpoint: Checkpoint, cohort: np.ndarray, control: np.ndarray,
-                matched: np.ndarray | None = None) -> xr.Dataset:
+    def measure(
+        self, checkpoint: Checkpoint, cohort: np.ndarray, control: np.ndarray, matched: np.ndarray | None = None
+    ) -> xr.Dataset:
         """Load one checkpoint and turn it into a step result."""
         config = self.spec.config
         timings = {"download": checkpoint.seconds}
         with timed(timings, "load"):
             model = load_checkpoint_model(checkpoint, self.device, config.dtype)
         with timed(timings, "statistics"), torch.inference_mode():
-            wd = neuron_wasserstein(model, self.wd_windows, self.memory_budget, config.batch_size,
-                                    with_mapping_difficulty=config.mapping_difficulty, seed=config.seed)
+            wd = neuron_wasserstein(
+                model,
+                self.wd_windows,
+                self.memory_budget,
+                config.batch_size,
+                with_mapping_difficulty=config.mapping_difficulty,
+                seed=config.seed,
+            )
             weights = input_weights(model)
             drift = drift_measures(weights, self.reference_weights, cohort, control)
         conditions: dict[str, torch.Tensor | None] = {
-            "clean": None, "neg_cohort": torch.from_numpy(cohort), "neg_random": torch.from_numpy(control)}
+            "clean": None,
+            "neg_cohort": torch.from_numpy(cohort),
+            "neg_random": torch.from_numpy(control),
+        }
         if matched is not None:
             conditions["neg_matched"] = torch.from_numpy(matched)
         if config.stepwise:
-            conditions["neg_stepwise"] = top_percent_mask(torch.from_numpy(wd["wd"].values), config.cohort_percent,
-                                                          config.cohort_scope)
+            conditions["neg_stepwise"] = top_percent_mask(
+                torch.from_numpy(wd["wd"].values), config.cohort_percent, config.cohort_scope
+            )
         benchmarks = self.spec.benchmarks
         with timed(timings, "evaluation"), torch.inference_mode():
-            evaluation = syntax_and_perplexity(model, self.tokenizer, self.pairs, self.ppl_windows, conditions,
-                                               TSE_CASES, self.protocol.tse_reduction, self.protocol.prefix,
-                                               self.protocol.npi, blimp=benchmarks.blimp,
-                                               paradigms=benchmarks.paradigms, tasks=benchmarks.tasks,
-                                               lmeval_limit=config.lmeval_limit, seed=config.seed,
-                                               task_path=benchmarks.task_path,
-                                               blimp_reduction=self.protocol.blimp_reduction)
-        loaded = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-                  "capture_budget_bytes": self.memory_budget}
+            evaluation = syntax_and_perplexity(
+                model,
+                self.tokenizer,
+                self.pairs,
+                self.ppl_windows,
+                conditions,
+                TSE_CASES,
+                self.protocol.tse_reduction,
+                self.protocol.prefix,
+                self.protocol.npi,
+                blimp=benchmarks.blimp,
+                paradigms=benchmarks.paradigms,
+                tasks=benchmarks.tasks,
+                lmeval_limit=config.lmeval_limit,
+                seed=config.seed,
+                task_path=benchmarks.task_path,
+                blimp_reduction=self.protocol.blimp_reduction,
+            )
+        loaded = {
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "capture_budget_bytes": self.memory_budget,
+        }
         del model
         result = step_result(checkpoint.step, [wd, drift, evaluation], timings)
         result.attrs["loaded"] = loaded
         return result
 
 
-def drift_measures(weights: torch.Tensor, reference: torch.Tensor, cohort: np.ndarray, control: np.ndarray) -> xr.Dataset:
+def drift_measures(
+    weights: torch.Tensor, reference: torch.Tensor, cohort: np.ndarray, control: np.ndarray
+) -> xr.Dataset:
     """``drift_ref`` for every neuron, and the input-weight rows of the cohort and control neurons.
 
     ``cohort_weights`` [member, d_model] lists the members in (layer, neuron) order; the
@@ -179,13 +219,23 @@ def drift_measures(weights: torch.Tensor, reference: torch.Tensor, cohort: np.nd
     rows = weights[torch.from_numpy(layers), torch.from_numpy(neurons)].numpy()
     return xr.Dataset(
         {
-            "drift_ref": (("layer", "neuron"), weight_drift(weights, reference),
-                          {"long_name": "1 - cos of input weights vs the reference step"}),
-            "cohort_weights": (("member", "d_model"), rows.astype(np.float32),
-                               {"long_name": "input-weight rows of the cohort and random-control neurons"}),
+            "drift_ref": (
+                ("layer", "neuron"),
+                weight_drift(weights, reference),
+                {"long_name": "1 - cos of input weights vs the reference step"},
+            ),
+            "cohort_weights": (
+                ("member", "d_model"),
+                rows.astype(np.float32),
+                {"long_name": "input-weight rows of the cohort and random-control neurons"},
+            ),
         },
-        coords={"member": np.arange(len(layers)), "member_layer": ("member", layers),
-                "member_neuron": ("member", neurons), "member_set": ("member", member_set)},
+        coords={
+            "member": np.arange(len(layers)),
+            "member_layer": ("member", layers),
+            "member_neuron": ("member", neurons),
+            "member_set": ("member", member_set),
+        },
     )
 
 
@@ -212,13 +262,20 @@ def build_context(spec: RunSpec) -> WorkerContext:
     """Fetch the reference step once: tokenizer, corpus windows, reference input weights."""
     config = spec.config
     device = resolve_device(config.device)
-    source = open_source(resolve_model(config.model), cache_dir=config.cache_dir,
-                         retry=RetryPolicy(attempts=config.retries), keep=config.keep_checkpoints,
-                         revision_template=config.revision_template, revisions=spec.revisions)
+    source = open_source(
+        resolve_model(config.model),
+        cache_dir=config.cache_dir,
+        retry=RetryPolicy(attempts=config.retries),
+        keep=config.keep_checkpoints,
+        revision_template=config.revision_template,
+        revisions=spec.revisions,
+    )
     try:
         reference = source.fetch(spec.reference_step)
     except CheckpointError as exc:
-        raise CheckpointError(f"the reference step {spec.reference_step} is needed first and could not be fetched: {exc}") from exc
+        raise CheckpointError(
+            f"the reference step {spec.reference_step} is needed first and could not be fetched: {exc}"
+        ) from exc
     try:
         tokenizer = reference.load_tokenizer()
         model = load_checkpoint_model(reference, device, config.dtype)
@@ -240,8 +297,17 @@ def build_context(spec: RunSpec) -> WorkerContext:
             source.release(reference)
     pairs = sample_tse(tse_pairs(), per_case=config.tse_per_case, seed=config.seed) if config.tse_per_case else []
     return WorkerContext(
-        spec=spec, source=source, device=device, tokenizer=tokenizer, protocol=protocol, wd_corpus=wd_corpus,
-        ppl_corpus=ppl_corpus, wd_windows=wd_windows, ppl_windows=ppl_windows, pairs=list(pairs), reference_weights=reference_weights,
+        spec=spec,
+        source=source,
+        device=device,
+        tokenizer=tokenizer,
+        protocol=protocol,
+        wd_corpus=wd_corpus,
+        ppl_corpus=ppl_corpus,
+        wd_windows=wd_windows,
+        ppl_windows=ppl_windows,
+        pairs=list(pairs),
+        reference_weights=reference_weights,
         reference_model=model if spec.cohort is None else None,
     )
 
@@ -259,12 +325,15 @@ def prepare_reference(spec: RunSpec) -> dict[str, Any]:
     context.reference_model = None
     config = spec.config
     provenance = {
-        "corpus": context.wd_corpus.to_attrs(), "corpus_hash": corpus_hash(context.wd_windows),
+        "corpus": context.wd_corpus.to_attrs(),
+        "corpus_hash": corpus_hash(context.wd_windows),
         "ppl_corpus": context.ppl_corpus.to_attrs() if context.ppl_corpus is not None else None,
         "ppl_corpus_hash": corpus_hash(context.ppl_windows) if context.ppl_windows is not None else None,
-        "protocol": context.protocol.record(), "wd_tokens": int(context.wd_windows.numel()),
+        "protocol": context.protocol.record(),
+        "wd_tokens": int(context.wd_windows.numel()),
         "ppl_tokens": int(context.ppl_windows.numel()) if context.ppl_windows is not None else 0,
-        "seed": config.seed, "tse_pairs": config.tse_per_case * len(TSE_CASES),
+        "seed": config.seed,
+        "tse_pairs": config.tse_per_case * len(TSE_CASES),
     }
     return {"static": static, "provenance": provenance}
 
@@ -289,8 +358,12 @@ def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
         record = checkpoint.record()  # the fingerprints are read from the files: before they are released
     finally:
         context.source.release(checkpoint)
-    result.attrs["checkpoint"] = {**record, **result.attrs.pop("loaded", {}), "attempts": checkpoint.attempts,
-                                  "host": platform.node()}
+    result.attrs["checkpoint"] = {
+        **record,
+        **result.attrs.pop("loaded", {}),
+        "attempts": checkpoint.attempts,
+        "host": platform.node(),
+    }
     return result
 
 
@@ -305,8 +378,11 @@ def fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Data
     return xr.Dataset(
         {
             "cohort": (("layer", "neuron"), cohort.numpy(), {"long_name": "top WD neurons at the reference step"}),
-            "random_control": (("layer", "neuron"), control.numpy(),
-                               {"long_name": f"random neurons drawn from {pool} neurons, same count per layer"}),
+            "random_control": (
+                ("layer", "neuron"),
+                control.numpy(),
+                {"long_name": f"random neurons drawn from {pool} neurons, same count per layer"},
+            ),
             "reference_wd": wd["wd"].astype("float32"),
         },
         coords=wd.coords,
@@ -323,26 +399,50 @@ def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tenso
     ablated_ppl = negative_ablation_perplexity(model, ppl_windows, config.batch_size)
     predicted = ppl_windows.shape[0] * (ppl_windows.shape[1] - 1)
     clean_nll = negative_ablation_window_nll(model, ppl_windows, config.batch_size, None)
-    cohort_nll = negative_ablation_window_nll(model, ppl_windows, config.batch_size,
-                                              torch.from_numpy(static["cohort"].values))
-    clean, target = float(np.exp(float(clean_nll.sum()) / predicted)), float(np.exp(float(cohort_nll.sum()) / predicted))
+    cohort_nll = negative_ablation_window_nll(
+        model, ppl_windows, config.batch_size, torch.from_numpy(static["cohort"].values)
+    )
+    clean, target = (
+        float(np.exp(float(clean_nll.sum()) / predicted)),
+        float(np.exp(float(cohort_nll.sum()) / predicted)),
+    )
     increase, increase_se = paired_increase(clean_nll, cohort_nll, ppl_windows.shape[1] - 1)
     noise = noise_warning(increase, increase_se)
     if noise:
         log.warning("matched control: %s", noise)
-    mask, match = match_bottom_percent(static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.05, 12,
-                                       clean=clean)
-    log.info("matched control: m = %.4g%%, perplexity %.4f vs the cohort's %.4f (clean %.4f; %s)", match.argument,
-             match.value, target, clean, "matched" if match.converged else match.reason)
+    mask, match = match_bottom_percent(
+        static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.05, 12, clean=clean
+    )
+    log.info(
+        "matched control: m = %.4g%%, perplexity %.4f vs the cohort's %.4f (clean %.4f; %s)",
+        match.argument,
+        match.value,
+        target,
+        clean,
+        "matched" if match.converged else match.reason,
+    )
     return static.assign(
-        matched_control=(("layer", "neuron"), mask, {"long_name": "bottom-m% WD neurons per layer at the reference step, "
-                                                                  "perplexity-matched to the cohort's ablation"}),
+        matched_control=(
+            ("layer", "neuron"),
+            mask,
+            {
+                "long_name": "bottom-m% WD neurons per layer at the reference step, "
+                "perplexity-matched to the cohort's ablation"
+            },
+        ),
         matched_percent=((), float(match.argument), {"units": "%", "long_name": "m"}),
         matched_ppl=((), float(match.value), {"long_name": "perplexity with neg_matched at the reference step"}),
         matched_target_ppl=((), float(target), {"long_name": "perplexity with neg_cohort at the reference step"}),
         matched_clean_ppl=((), clean, {"long_name": "clean perplexity at the reference step"}),
-        matched_converged=((), bool(match.converged), {"long_name": "increase over clean within 5% of the cohort's",
-                                                       "reason": match.reason, "noise_warning": noise}),
+        matched_converged=(
+            (),
+            bool(match.converged),
+            {
+                "long_name": "increase over clean within 5% of the cohort's",
+                "reason": match.reason,
+                "noise_warning": noise,
+            },
+        ),
         matched_top_increase=((), increase, {"long_name": "relative perplexity increase of the cohort"}),
         matched_top_increase_se=((), increase_se, {"long_name": "its standard error (paired windows)"}),
     )

@@ -54,7 +54,8 @@ def plan_layer_groups(layers: Sequence[int], bytes_per_layer: int, memory_budget
     if per_group < 1:
         log.warning(
             "one layer's capture (%.2f GiB) exceeds the memory budget (%.2f GiB); capturing one layer per pass",
-            bytes_per_layer / 2**30, memory_budget / 2**30,
+            bytes_per_layer / 2**30,
+            memory_budget / 2**30,
         )
         per_group = 1
     n_groups = math.ceil(len(layers) / per_group)
@@ -105,7 +106,9 @@ def iter_layer_captures(
     layer's tensors and those of the rest of its group are alive; drop each after use.
     """
     if windows.ndim != 2 or windows.dtype != torch.long:
-        raise UserInputError(f"token windows must be a LongTensor [n_windows, window], got {windows.dtype} {tuple(windows.shape)}")
+        raise UserInputError(
+            f"token windows must be a LongTensor [n_windows, window], got {windows.dtype} {tuple(windows.shape)}"
+        )
     if batch_size < 1:
         raise UserInputError(f"batch size {batch_size!r} must be a positive number of windows")
     unknown = [site for site in sites if site not in SITES]
@@ -124,7 +127,11 @@ def iter_layer_captures(
     n_batches = math.ceil(n_windows / batch_size)
     log.info(
         "capturing %s of %d layers: %d tokens, %d pass(es), %.2f GiB per layer",
-        "+".join(sites), sum(map(len, groups)), n_tokens, len(groups), bytes_per_layer / 2**30,
+        "+".join(sites),
+        sum(map(len, groups)),
+        n_tokens,
+        len(groups),
+        bytes_per_layer / 2**30,
     )
     was_training = model.training
     model.eval()
@@ -135,12 +142,25 @@ def iter_layer_captures(
         for index, group in enumerate(groups):
             bar.set_postfix(passes=f"{index + 1}/{len(groups)}", layers=f"{group[0]}-{group[-1]}")
             buffers = {
-                layer: {site: torch.empty(n_tokens, widths[site], dtype=torch.float32, device=out_device) for site in sites}
+                layer: {
+                    site: torch.empty(n_tokens, widths[site], dtype=torch.float32, device=out_device) for site in sites
+                }
                 for layer in group
             }
             keep_next = resume_passes and index + 1 < len(groups) and group[-1] > 0
-            resume = _capture_group(model, modules, blocks, windows, buffers, group, batch_size, device, bar,
-                                    resume_from=resume, keep_stream_before=group[-1] if keep_next else None)
+            resume = _capture_group(
+                model,
+                modules,
+                blocks,
+                windows,
+                buffers,
+                group,
+                batch_size,
+                device,
+                bar,
+                resume_from=resume,
+                keep_stream_before=group[-1] if keep_next else None,
+            )
             for layer in group:
                 yield layer, buffers.pop(layer)
     finally:
@@ -164,8 +184,15 @@ def iter_pre_activations(
     See :func:`iter_layer_captures` for the arguments and the memory behaviour.
     """
     for layer, captured in iter_layer_captures(
-        model, windows, layers=layers, sites=("pre_activation",), memory_budget=memory_budget,
-        batch_size=batch_size, out_device=out_device, progress=progress, resume_passes=resume_passes,
+        model,
+        windows,
+        layers=layers,
+        sites=("pre_activation",),
+        memory_budget=memory_budget,
+        batch_size=batch_size,
+        out_device=out_device,
+        progress=progress,
+        resume_passes=resume_passes,
     ):
         yield layer, captured["pre_activation"]
 

@@ -192,8 +192,13 @@ class BisectionResult:
 
 
 def bisect_to_target(
-    f: Callable[[float], float], target: float, low: float, high: float, tolerance: float = 0.02,
-    max_iterations: int = 12, baseline: float | None = None,
+    f: Callable[[float], float],
+    target: float,
+    low: float,
+    high: float,
+    tolerance: float = 0.02,
+    max_iterations: int = 12,
+    baseline: float | None = None,
 ) -> BisectionResult:
     """Find ``x`` in ``[low, high]`` with ``f(x)`` within the tolerance of ``target``.
 
@@ -214,8 +219,10 @@ def bisect_to_target(
     if not low < high:
         raise UserInputError(f"bisection bracket [{low}, {high}] is empty; expected low < high")
     if tolerance <= 0 or not math.isfinite(target) or target <= 0 or max_iterations < 1:
-        raise UserInputError(f"bisection needs tolerance > 0, a positive finite target and iterations >= 1; "
-                             f"got tolerance {tolerance}, target {target}, iterations {max_iterations}")
+        raise UserInputError(
+            f"bisection needs tolerance > 0, a positive finite target and iterations >= 1; "
+            f"got tolerance {tolerance}, target {target}, iterations {max_iterations}"
+        )
     band = tolerance * (target if baseline is None else abs(target - baseline))
     trials: list[tuple[float, float]] = []
     bracket: tuple[float, ...] = ()
@@ -230,8 +237,9 @@ def bisect_to_target(
 
     def closest(reason: str) -> BisectionResult:
         x, value = min(trials, key=lambda t: abs(t[1] - target) if math.isfinite(t[1]) else math.inf)
-        return BisectionResult(x, value, target, within(value), tuple(trials), "" if within(value) else reason,
-                               band, bracket)
+        return BisectionResult(
+            x, value, target, within(value), tuple(trials), "" if within(value) else reason, band, bracket
+        )
 
     if baseline is not None and not target > baseline:
         trial(low)
@@ -250,8 +258,10 @@ def bisect_to_target(
             return closest("")
         low, high = (middle, high) if value < target else (low, middle)
     bracket = (low, high)
-    return closest(f"not within {band:.4g} of {target:.4g} after {max_iterations} iterations "
-                   f"(bracket m in [{low:.4g}, {high:.4g}])")
+    return closest(
+        f"not within {band:.4g} of {target:.4g} after {max_iterations} iterations "
+        f"(bracket m in [{low:.4g}, {high:.4g}])"
+    )
 
 
 def wd_scores(wd: np.ndarray) -> torch.Tensor:

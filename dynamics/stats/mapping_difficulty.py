@@ -48,10 +48,12 @@ def mapping_difficulty(
     generator = torch.Generator().manual_seed(seed)
     first = torch.randint(n, (int(n_pairs),), generator=generator).to(inputs.device)
     second = torch.randint(n, (int(n_pairs),), generator=generator).to(inputs.device)
-    dx = torch.cat([
-        torch.linalg.vector_norm((inputs[a] - inputs[b]).double(), dim=1)
-        for a, b in zip(first.split(1024), second.split(1024))
-    ])
+    dx = torch.cat(
+        [
+            torch.linalg.vector_norm((inputs[a] - inputs[b]).double(), dim=1)
+            for a, b in zip(first.split(1024), second.split(1024))
+        ]
+    )
     keep = dx > 0
     if not bool(keep.any()):
         raise UserInputError(

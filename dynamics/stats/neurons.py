@@ -21,8 +21,13 @@ MD_PAIRS = 10_000
 
 
 def neuron_wasserstein(
-    model: torch.nn.Module, windows: torch.Tensor, memory_budget: int, batch_size: int, progress: bool = False,
-    with_mapping_difficulty: bool = False, seed: int = 0,
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    memory_budget: int,
+    batch_size: int,
+    progress: bool = False,
+    with_mapping_difficulty: bool = False,
+    seed: int = 0,
 ) -> xr.Dataset:
     """``wd``, ``wd_neg``, ``wd_pos`` [layer, neuron] for every MLP neuron, on ``windows``; with
     ``with_mapping_difficulty`` also ``md`` (:func:`dynamics.stats.mapping_difficulty.mapping_difficulty`
@@ -47,8 +52,11 @@ def neuron_wasserstein(
         "wd_pos": (dims, out["wd_pos"], {"long_name": "part of wd at or above the neuron's raw zero"}),
     }
     if with_mapping_difficulty:
-        data["md"] = (dims, out["md"], {"long_name": "mapping difficulty on the WD tokens",
-                                        "pairs": str(MD_PAIRS), "seed": f"{seed} + layer"})
+        data["md"] = (
+            dims,
+            out["md"],
+            {"long_name": "mapping difficulty on the WD tokens", "pairs": str(MD_PAIRS), "seed": f"{seed} + layer"},
+        )
     return xr.Dataset(data, coords={"layer": np.arange(n_layers), "neuron": np.arange(n_neurons)})
 
 

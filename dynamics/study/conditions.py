@@ -38,8 +38,20 @@ log = logging.getLogger(__name__)
 MAIN, GROUPS = "main", "groups"
 FULL_MEASURES = ("tse", "blimp", "ppl", "lmeval", "pos")
 GROUP_MEASURES = ("tse", "blimp")
-MAIN_VARIABLES = ("tse_acc", "tse_margin", "tse_acc_all", "blimp_acc", "blimp_term_acc", "blimp_acc_all", "ppl",
-                  "lmeval_acc", "lmeval_acc_norm", "pos_surprisal", "pos_excess", "seconds")
+MAIN_VARIABLES = (
+    "tse_acc",
+    "tse_margin",
+    "tse_acc_all",
+    "blimp_acc",
+    "blimp_term_acc",
+    "blimp_acc_all",
+    "ppl",
+    "lmeval_acc",
+    "lmeval_acc_norm",
+    "pos_surprisal",
+    "pos_excess",
+    "seconds",
+)
 GROUP_VARIABLES = ("tse_acc", "tse_margin", "tse_acc_all", "blimp_acc", "blimp_term_acc", "blimp_acc_all", "seconds")
 BLOCKS = {
     MAIN: {"dims": ["condition", "percent"], "prefix": "", "variables": list(MAIN_VARIABLES)},
@@ -77,14 +89,18 @@ SIGNED_ABLATIONS: tuple[tuple[str, Mode], ...] = (("neg", "negative"), ("pos", "
 def study_units(percents: Sequence[float], match_percent: float, n_groups: int, with_groups: bool) -> list[Unit]:
     units = [Unit(MAIN, {"condition": "clean"}, None)]
     for p in percents:
-        units += [Unit(MAIN, {"condition": f"{short}_top", "percent": p}, f"top:{p}", mode)
-                  for short, mode in SIGNED_ABLATIONS]
+        units += [
+            Unit(MAIN, {"condition": f"{short}_top", "percent": p}, f"top:{p}", mode)
+            for short, mode in SIGNED_ABLATIONS
+        ]
         units.append(Unit(MAIN, {"condition": "neg_random", "percent": p}, f"random:{p}"))
     units.append(Unit(MAIN, {"condition": "neg_matched", "percent": match_percent}, "matched"))
     if with_groups:
         for scope in ("alone", "cumulative"):
-            units += [Unit(GROUPS, {"group_scope": scope, "layer_group": g}, f"group_{scope}:{g}",
-                           measures=GROUP_MEASURES) for g in range(n_groups)]
+            units += [
+                Unit(GROUPS, {"group_scope": scope, "layer_group": g}, f"group_{scope}:{g}", measures=GROUP_MEASURES)
+                for g in range(n_groups)
+            ]
     return units
 
 
@@ -115,8 +131,9 @@ def neuron_sets(static: xr.Dataset, group_percent: float, groups: list[list[int]
     return sets
 
 
-def top_and_random_masks(wd: np.ndarray, percents: Sequence[float], seed: int,
-                         pool: str = "non-top") -> tuple[np.ndarray, np.ndarray]:
+def top_and_random_masks(
+    wd: np.ndarray, percents: Sequence[float], seed: int, pool: str = "non-top"
+) -> tuple[np.ndarray, np.ndarray]:
     """``[percent, layer, neuron]`` masks: the top WD per layer, and a random control per percent
     (drawn from ``pool``: ``all`` neurons of the layer or the ``non-top`` ones)."""
     tops, randoms = [], []
@@ -127,8 +144,16 @@ def top_and_random_masks(wd: np.ndarray, percents: Sequence[float], seed: int,
     return np.stack(tops), np.stack(randoms)
 
 
-def static_dataset(wd: xr.Dataset, percents: Sequence[float], top: np.ndarray, random: np.ndarray,
-                   matched: np.ndarray, match: BisectionResult, clean_ppl: float, groups: list[list[int]]) -> xr.Dataset:
+def static_dataset(
+    wd: xr.Dataset,
+    percents: Sequence[float],
+    top: np.ndarray,
+    random: np.ndarray,
+    matched: np.ndarray,
+    match: BisectionResult,
+    clean_ppl: float,
+    groups: list[list[int]],
+) -> xr.Dataset:
     """The study's static variables: WD, the neuron sets, the matching result, the layer groups."""
     dims = ("percent", "layer", "neuron")
     group_of = np.zeros(wd.sizes["layer"], dtype=np.int64)
@@ -147,6 +172,9 @@ def static_dataset(wd: xr.Dataset, percents: Sequence[float], top: np.ndarray, r
             "matched_converged": ((), bool(match.converged), {"long_name": "matched within the tolerance"}),
             "layer_group_of": (("layer",), group_of, {"long_name": "the layer group of each layer"}),
         },
-        coords={"percent": np.asarray(percents, dtype=float), "layer": wd["layer"].values,
-                "neuron": wd["neuron"].values},
+        coords={
+            "percent": np.asarray(percents, dtype=float),
+            "layer": wd["layer"].values,
+            "neuron": wd["neuron"].values,
+        },
     )

@@ -52,14 +52,21 @@ class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runt
     controls ablated by sign, scored on TSE, BLiMP, perplexity, lm-eval tasks and POS surprisal,
     into a resumable cube (one unit per condition)."""
 
-    revision: str | None = option(None, help="Hub revision (branch, tag or commit; Pythia: stepN or N); "
-                                  "a local suite: its step N (default: main / the suite's last step)")
-    corpus: str = option("wikitext2", help="wikitext2 or a local text file (WD, perplexity, POS texts; see "
-                         "--wd-corpus and --ppl-corpus)")
+    revision: str | None = option(
+        None,
+        help="Hub revision (branch, tag or commit; Pythia: stepN or N); "
+        "a local suite: its step N (default: main / the suite's last step)",
+    )
+    corpus: str = option(
+        "wikitext2", help="wikitext2 or a local text file (WD, perplexity, POS texts; see --wd-corpus and --ppl-corpus)"
+    )
     percents: str = option("0.5,1,2,5", help="top-WD percents per layer to ablate, comma-separated")
     match_percent: float = option(1.0, help="the top percent whose perplexity the matched control matches")
-    match_tolerance: float = option(0.05, help="the match's tolerance, relative to the top set's perplexity "
-                                    "increase over clean (0.05: within 5%% of that increase)")
+    match_tolerance: float = option(
+        0.05,
+        help="the match's tolerance, relative to the top set's perplexity "
+        "increase over clean (0.05: within 5%% of that increase)",
+    )
     match_iterations: int = option(12, help="bisection iterations at most")
     match_low: float = option(0.1, help="lower end of the bracket for m (percent of lowest-WD neurons)")
     match_high: float = option(90.0, help="upper end of the bracket for m")
@@ -67,33 +74,64 @@ class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runt
     blimp: str = option("hub", help="BLiMP source: hub (nyu-mll/blimp) or a directory of <paradigm>.jsonl files")
     blimp_per_paradigm: int = option(50, help="BLiMP pairs per paradigm (seeded sample; 0: skip BLiMP)")
     blimp_paradigms: str = option("all", help="comma-separated BLiMP paradigms, or all")
-    tasks: str = option("default", help="lm-eval tasks, comma-separated; default: arc_easy, arc_challenge, piqa, "
-                        "hellaswag, winogrande, boolq, openbookqa, lambada_openai; none: skip")
+    tasks: str = option(
+        "default",
+        help="lm-eval tasks, comma-separated; default: arc_easy, arc_challenge, piqa, "
+        "hellaswag, winogrande, boolq, openbookqa, lambada_openai; none: skip",
+    )
     lmeval_limit: int = option(100, help="lm-eval examples per task (0: all)")
     task_path: str | None = option(None, help="a directory of extra lm-eval task YAML files")
-    pos: Literal["auto", "off"] = option("auto", help="POS excess surprisal (auto: when spaCy and en_core_web_sm "
-                                         "are installed)")
+    pos: Literal["auto", "off"] = option(
+        "auto", help="POS excess surprisal (auto: when spaCy and en_core_web_sm are installed)"
+    )
     pos_lines: int = option(64, help="corpus lines tagged for POS surprisal with --pos-unit words")
     layer_groups: int = option(8, help="groups of consecutive layers for the per-group ablations (0: skip)")
     group_percent: float = option(1.0, help="top percent ablated in the layer-group conditions")
-    full: bool = option(False, help="the paper's complete sets: every TSE and BLiMP pair, the whole corpus "
-                        "split for perplexity, every lm-eval example")
-    dtype: str = redefault(RuntimeOptions, "dtype", "auto", help="model weights dtype (auto: bfloat16 on CUDA, "
-                           "float32 on CPU)", choices=["auto", *DTYPES])
+    full: bool = option(
+        False,
+        help="the paper's complete sets: every TSE and BLiMP pair, the whole corpus "
+        "split for perplexity, every lm-eval example",
+    )
+    dtype: str = redefault(
+        RuntimeOptions,
+        "dtype",
+        "auto",
+        help="model weights dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+        choices=["auto", *DTYPES],
+    )
 
     def analysis(self) -> dict[str, Any]:
         """The settings that make two study cubes comparable (part of the identity)."""
-        skip = {"model", "out", "revision", "overwrite", "retries", "cache_dir", "device", "threads", "batch_size",
-                "memory_budget_gib", "executor", "scheduler", "workers", "task_retries", "resources"}
-        return {**{k: v for k, v in config_dict(self).items() if k not in skip},
-                "resolved_protocol": resolve_protocol(self).record()}
+        skip = {
+            "model",
+            "out",
+            "revision",
+            "overwrite",
+            "retries",
+            "cache_dir",
+            "device",
+            "threads",
+            "batch_size",
+            "memory_budget_gib",
+            "executor",
+            "scheduler",
+            "workers",
+            "task_retries",
+            "resources",
+        }
+        return {
+            **{k: v for k, v in config_dict(self).items() if k not in skip},
+            "resolved_protocol": resolve_protocol(self).record(),
+        }
 
     def budgets(self) -> dict[str, int | None]:
         """Per-benchmark budgets after --full (None: everything)."""
-        return {"tse_per_case": None if self.full else self.tse_per_case,
-                "blimp_per_paradigm": None if self.full else self.blimp_per_paradigm,
-                "ppl_tokens": None if self.full else ppl_token_budget(self, self.protocol),
-                "lmeval_limit": None if self.full or self.lmeval_limit == 0 else self.lmeval_limit}
+        return {
+            "tse_per_case": None if self.full else self.tse_per_case,
+            "blimp_per_paradigm": None if self.full else self.blimp_per_paradigm,
+            "ppl_tokens": None if self.full else ppl_token_budget(self, self.protocol),
+            "lmeval_limit": None if self.full or self.lmeval_limit == 0 else self.lmeval_limit,
+        }
 
 
 @dataclass
@@ -120,7 +158,9 @@ def parse_percents(spec: str) -> tuple[float, ...]:
     try:
         values = tuple(dict.fromkeys(float(p) for p in spec.split(",") if p.strip()))
     except ValueError:
-        raise UserInputError(f"--percents {spec!r}: expected comma-separated numbers in (0, 100], e.g. 0.5,1,2,5") from None
+        raise UserInputError(
+            f"--percents {spec!r}: expected comma-separated numbers in (0, 100], e.g. 0.5,1,2,5"
+        ) from None
     if not values or any(not 0 < p <= 100 for p in values):
         raise UserInputError(f"--percents {spec!r}: expected comma-separated numbers in (0, 100], e.g. 0.5,1,2,5")
     return tuple(sorted(values))
@@ -136,8 +176,10 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     check_settings(ExecutorSettings.of(config))
     percents = parse_percents(config.percents)
     if config.match_percent not in percents:
-        raise UserInputError(f"--match-percent {config.match_percent!r}: expected one of --percents "
-                             f"({', '.join(f'{p:g}' for p in percents)})")
+        raise UserInputError(
+            f"--match-percent {config.match_percent!r}: expected one of --percents "
+            f"({', '.join(f'{p:g}' for p in percents)})"
+        )
     if config.corpus != "wikitext2" and not Path(config.corpus).expanduser().is_file():
         raise UserInputError(f"--corpus {config.corpus!r} is neither wikitext2 nor an existing text file")
     resolve_protocol(config)
@@ -150,8 +192,10 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     if config.blimp != "hub" and (config.blimp_per_paradigm or config.full):
         missing = [p for p in paradigms if not (Path(config.blimp) / f"{p}.jsonl").is_file()]
         if missing:
-            raise UserInputError(f"--blimp {config.blimp!r} has no {missing[0]}.jsonl ({len(missing)} of "
-                                 f"{len(paradigms)} paradigms missing); choose them with --blimp-paradigms")
+            raise UserInputError(
+                f"--blimp {config.blimp!r} has no {missing[0]}.jsonl ({len(missing)} of "
+                f"{len(paradigms)} paradigms missing); choose them with --blimp-paradigms"
+            )
     if config.task_path is not None and not Path(config.task_path).is_dir():
         raise UserInputError(f"--task-path {config.task_path!r} is not a directory of lm-eval task YAML files")
     tasks = parse_tasks(config.tasks)
@@ -165,20 +209,26 @@ def plan_study(config: StudyConfig) -> StudyPlan:
 
 
 def _check_numbers(config: StudyConfig) -> None:
-    check_numbers(config, [
-        *shared_checks(config),
-        ("ppl-tokens", config.ppl_tokens is None or config.ppl_tokens >= 2,
-         "at least 2 tokens (the matched control needs perplexity)"),
-        ("match-tolerance", 0 < config.match_tolerance < 1, "a fraction in (0, 1), e.g. 0.02"),
-        ("match-iterations", config.match_iterations >= 1, "at least 1"),
-        ("match-low", 0 < config.match_low < 100, "a percent in (0, 100)"),
-        ("match-high", config.match_low < config.match_high <= 100, "a percent above --match-low, at most 100"),
-        ("blimp-per-paradigm", config.blimp_per_paradigm >= 0, "0 or more pairs"),
-        ("lmeval-limit", config.lmeval_limit >= 0, "0 (all) or more examples"),
-        ("pos-lines", config.pos_lines >= 0, "0 or more lines"),
-        ("layer-groups", config.layer_groups >= 0, "0 (skip) or more groups"),
-        ("group-percent", 0 < config.group_percent <= 100, "a percent in (0, 100]"),
-    ])
+    check_numbers(
+        config,
+        [
+            *shared_checks(config),
+            (
+                "ppl-tokens",
+                config.ppl_tokens is None or config.ppl_tokens >= 2,
+                "at least 2 tokens (the matched control needs perplexity)",
+            ),
+            ("match-tolerance", 0 < config.match_tolerance < 1, "a fraction in (0, 1), e.g. 0.02"),
+            ("match-iterations", config.match_iterations >= 1, "at least 1"),
+            ("match-low", 0 < config.match_low < 100, "a percent in (0, 100)"),
+            ("match-high", config.match_low < config.match_high <= 100, "a percent above --match-low, at most 100"),
+            ("blimp-per-paradigm", config.blimp_per_paradigm >= 0, "0 or more pairs"),
+            ("lmeval-limit", config.lmeval_limit >= 0, "0 (all) or more examples"),
+            ("pos-lines", config.pos_lines >= 0, "0 or more lines"),
+            ("layer-groups", config.layer_groups >= 0, "0 (skip) or more groups"),
+            ("group-percent", 0 < config.group_percent <= 100, "a percent in (0, 100]"),
+        ],
+    )
     if config.dtype not in ("auto", *DTYPES):
         raise UserInputError(f"--dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
 

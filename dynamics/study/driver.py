@@ -50,10 +50,18 @@ def run_study(config: StudyConfig, tagger: Any | None = None) -> StudySummary:
 
 
 def provenance(config: StudyConfig, plan: StudyPlan, checkpoint: Checkpoint) -> dict[str, Any]:
-    return {"model": config.model, "model_id": plan.model_ref.location, "revision": checkpoint.revision,
-            "commit": checkpoint.commit, "package_version": __version__, "torch_version": torch.__version__,
-            "config": config_dict(config), "host": platform.node(), "seed": config.seed,
-            "protocol": resolve_protocol(config).record()}
+    return {
+        "model": config.model,
+        "model_id": plan.model_ref.location,
+        "revision": checkpoint.revision,
+        "commit": checkpoint.commit,
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "config": config_dict(config),
+        "host": platform.node(),
+        "seed": config.seed,
+        "protocol": resolve_protocol(config).record(),
+    }
 
 
 def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySummary:
@@ -62,18 +70,35 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
         checkpoint, model, tokenizer, tse, blimp = load_model(config, plan)
         n_layers, _ = mlp_shape(model)
         percents = [("--percents", p) for p in plan.percents]  # --match-percent is one of them
-        check_loaded_model(model, config.window, percents + ([("--group-percent", config.group_percent)]
-                                                             if config.layer_groups else []))  # before the cube
+        check_loaded_model(
+            model,
+            config.window,
+            percents + ([("--group-percent", config.group_percent)] if config.layer_groups else []),
+        )  # before the cube
         groups = layer_groups(n_layers, config.layer_groups) if config.layer_groups else []
         if config.layer_groups > n_layers:
-            log.warning("--layer-groups %d: the model has %d layers, using %d groups", config.layer_groups, n_layers,
-                        n_layers)
+            log.warning(
+                "--layer-groups %d: the model has %d layers, using %d groups", config.layer_groups, n_layers, n_layers
+            )
         units = study_units(plan.percents, config.match_percent, len(groups), bool(groups))
-        identity = {"model": plan.model_ref.location, "revision": checkpoint.revision, "commit": checkpoint.commit,
-                    "corpus": plan.corpus, "analysis": config.analysis(), "dtype": plan.dtype, "units": len(units)}
+        identity = {
+            "model": plan.model_ref.location,
+            "revision": checkpoint.revision,
+            "commit": checkpoint.commit,
+            "corpus": plan.corpus,
+            "analysis": config.analysis(),
+            "dtype": plan.dtype,
+            "units": len(units),
+        }
         summary = StudySummary(units=len(units))
-        with CubeWriter(config.out, range(len(units)), identity, provenance(config, plan, checkpoint),
-                        overwrite=config.overwrite, unit="condition") as cube:
+        with CubeWriter(
+            config.out,
+            range(len(units)),
+            identity,
+            provenance(config, plan, checkpoint),
+            overwrite=config.overwrite,
+            unit="condition",
+        ) as cube:
             write_unit_attrs(cube.path, unit_attrs(BLOCKS, [u.record() for u in units]))
             todo = cube.todo()
             summary.skipped = [i for i in range(len(units)) if i not in todo]
@@ -86,15 +111,27 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
                 cube.write_static(static)
             ppl_windows = inputs.ppl_windows
             assert ppl_windows is not None  # build_inputs always cuts them
-            cube.record_provenance({
-                "corpus": corpus.to_attrs(), "corpus_hash": corpus_hash(ppl_windows),
-                "wd_corpus_hash": corpus_hash(wd_windows),
-                "wd_tokens": int(wd_windows.numel()), "ppl_tokens": int(ppl_windows.numel()),
-                "tse_pairs": len(inputs.tse), "blimp_pairs": len(inputs.blimp), "lmeval_limit": inputs.lmeval_limit,
-                "lmeval_skipped": inputs.task_plan.skipped,
-                "pos": ("skipped" if inputs.tagger is None else f"{len(inputs.pos_texts)} lines" if inputs.pos_unit == "words"
-                        else f"every token of {len(ppl_windows)} perplexity windows"), "layer_groups": groups,
-            })
+            cube.record_provenance(
+                {
+                    "corpus": corpus.to_attrs(),
+                    "corpus_hash": corpus_hash(ppl_windows),
+                    "wd_corpus_hash": corpus_hash(wd_windows),
+                    "wd_tokens": int(wd_windows.numel()),
+                    "ppl_tokens": int(ppl_windows.numel()),
+                    "tse_pairs": len(inputs.tse),
+                    "blimp_pairs": len(inputs.blimp),
+                    "lmeval_limit": inputs.lmeval_limit,
+                    "lmeval_skipped": inputs.task_plan.skipped,
+                    "pos": (
+                        "skipped"
+                        if inputs.tagger is None
+                        else f"{len(inputs.pos_texts)} lines"
+                        if inputs.pos_unit == "words"
+                        else f"every token of {len(ppl_windows)} perplexity windows"
+                    ),
+                    "layer_groups": groups,
+                }
+            )
             spec = StudySpec(config, plan, tuple(units), static, tuple(tuple(g) for g in groups), tagger)
             if config.executor == "serial":
                 seed_worker(spec, model, inputs)
@@ -130,46 +167,93 @@ def _run_units(pool: Any, spec: StudySpec, todo: list[int], cube: CubeWriter, su
     summary.failed.sort()
 
 
-def _fix_neuron_sets(config: StudyConfig, plan: StudyPlan, model: Any, wd_windows: torch.Tensor,
-                     inputs: StudyInputs, groups: list[list[int]], cube: CubeWriter) -> xr.Dataset:
+def _fix_neuron_sets(
+    config: StudyConfig,
+    plan: StudyPlan,
+    model: Any,
+    wd_windows: torch.Tensor,
+    inputs: StudyInputs,
+    groups: list[list[int]],
+    cube: CubeWriter,
+) -> xr.Dataset:
     """WD of every neuron, the top/random sets per percent and the perplexity-matched control."""
     start = time.perf_counter()
     with torch.inference_mode():
-        wd = neuron_wasserstein(model, wd_windows, capture_budget(config.memory_budget_gib, str(model_device(model))),
-                                config.batch_size, progress=True,
-                                with_mapping_difficulty=config.mapping_difficulty, seed=config.seed)
-    top, random = top_and_random_masks(wd["wd"].values, plan.percents, config.seed,
-                                       resolve_protocol(config).random_control)
+        wd = neuron_wasserstein(
+            model,
+            wd_windows,
+            capture_budget(config.memory_budget_gib, str(model_device(model))),
+            config.batch_size,
+            progress=True,
+            with_mapping_difficulty=config.mapping_difficulty,
+            seed=config.seed,
+        )
+    top, random = top_and_random_masks(
+        wd["wd"].values, plan.percents, config.seed, resolve_protocol(config).random_control
+    )
 
     windows = inputs.ppl_windows
     assert windows is not None  # build_inputs always cuts them
     ablated_ppl = negative_ablation_perplexity(model, windows, config.batch_size)
     predicted = windows.shape[0] * (windows.shape[1] - 1)
     clean_nll = negative_ablation_window_nll(model, windows, config.batch_size, None)
-    top_nll = negative_ablation_window_nll(model, windows, config.batch_size,
-                                           torch.from_numpy(top[plan.percents.index(config.match_percent)]))
+    top_nll = negative_ablation_window_nll(
+        model, windows, config.batch_size, torch.from_numpy(top[plan.percents.index(config.match_percent)])
+    )
     clean, target = float(np.exp(float(clean_nll.sum()) / predicted)), float(np.exp(float(top_nll.sum()) / predicted))
     increase, increase_se = paired_increase(clean_nll, top_nll, windows.shape[1] - 1)
     noise = noise_warning(increase, increase_se)
     if noise:
         log.warning("matched control: %s", noise)
-    matched, match = match_bottom_percent(wd["wd"].values, ablated_ppl, target, config.match_low, config.match_high,
-                                          config.match_tolerance, config.match_iterations, clean=clean)
-    log.info("matched control: m = %.4g%%, perplexity %.4f vs top-%g%% %.4f (clean %.4f), %s", match.argument,
-             match.value, config.match_percent, target, clean, "matched" if match.converged else match.reason)
+    matched, match = match_bottom_percent(
+        wd["wd"].values,
+        ablated_ppl,
+        target,
+        config.match_low,
+        config.match_high,
+        config.match_tolerance,
+        config.match_iterations,
+        clean=clean,
+    )
+    log.info(
+        "matched control: m = %.4g%%, perplexity %.4f vs top-%g%% %.4f (clean %.4f), %s",
+        match.argument,
+        match.value,
+        config.match_percent,
+        target,
+        clean,
+        "matched" if match.converged else match.reason,
+    )
     static = static_dataset(wd, plan.percents, top, random, matched, match, clean, groups)
     static.attrs = {}
-    static["matched_trials"] = (("trial", "trial_field"), np.asarray(match.trials, dtype=float).reshape(-1, 2),
-                                {"long_name": "bisection trials: (m percent, perplexity)"})
+    static["matched_trials"] = (
+        ("trial", "trial_field"),
+        np.asarray(match.trials, dtype=float).reshape(-1, 2),
+        {"long_name": "bisection trials: (m percent, perplexity)"},
+    )
     static = static.assign_coords(trial_field=["m_percent", "ppl"])
     static["matched_top_increase"] = ((), increase, {"long_name": "relative perplexity increase of the top set"})
     static["matched_top_increase_se"] = ((), increase_se, {"long_name": "its standard error (paired windows)"})
-    cube.record_provenance({"matched_control": {
-        "m_percent": match.argument, "ppl": match.value, "target_ppl": target, "clean_ppl": clean,
-        "converged": match.converged, "reason": match.reason, "trials": match.trials,
-        "tolerance": config.match_tolerance, "tolerance_of": "the top set's increase over clean",
-        "band_ppl": match.band, "bracket": [config.match_low, config.match_high],
-        "last_bracket": list(match.bracket), "top_increase": increase, "top_increase_se": increase_se,
-        "noise_warning": noise}})
+    cube.record_provenance(
+        {
+            "matched_control": {
+                "m_percent": match.argument,
+                "ppl": match.value,
+                "target_ppl": target,
+                "clean_ppl": clean,
+                "converged": match.converged,
+                "reason": match.reason,
+                "trials": match.trials,
+                "tolerance": config.match_tolerance,
+                "tolerance_of": "the top set's increase over clean",
+                "band_ppl": match.band,
+                "bracket": [config.match_low, config.match_high],
+                "last_bracket": list(match.bracket),
+                "top_increase": increase,
+                "top_increase_se": increase_se,
+                "noise_warning": noise,
+            }
+        }
+    )
     log.info("neuron sets fixed in %.1fs", time.perf_counter() - start)
     return static

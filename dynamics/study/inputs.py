@@ -32,8 +32,13 @@ def fetch_model(config: StudyConfig, plan: StudyPlan) -> Checkpoint:
     """The checkpoint the study runs on (downloaded models are kept in the cache)."""
     ref = plan.model_ref
     if ref.kind == "hub":
-        source = RevisionSource(ref, plan.revision or "main", cache_dir=config.cache_dir,
-                                 retry=RetryPolicy(attempts=config.retries), keep=True)
+        source = RevisionSource(
+            ref,
+            plan.revision or "main",
+            cache_dir=config.cache_dir,
+            retry=RetryPolicy(attempts=config.retries),
+            keep=True,
+        )
         return source.fetch(0)
     local = open_source(ref)
     steps = local.available_steps() or [0]
@@ -43,8 +48,9 @@ def fetch_model(config: StudyConfig, plan: StudyPlan) -> Checkpoint:
     return local.fetch(step)
 
 
-def load_inputs(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> tuple[Any, StudyInputs, torch.Tensor,
-                                                                                  CorpusSpec, Any]:
+def load_inputs(
+    config: StudyConfig, plan: StudyPlan, tagger: Any | None
+) -> tuple[Any, StudyInputs, torch.Tensor, CorpusSpec, Any]:
     """The model and everything the conditions are measured on, deterministic in the config.
 
     Returns ``(model, inputs, wd_windows, corpus spec, checkpoint)``. Workers of a cluster
@@ -67,8 +73,9 @@ def load_model(config: StudyConfig, plan: StudyPlan) -> tuple[Any, Any, Any, lis
     return checkpoint, model, tokenizer, tse, blimp
 
 
-def build_inputs(config: StudyConfig, plan: StudyPlan, model: Any, tokenizer: Any, tse: list, blimp: list,
-                 tagger: Any | None) -> tuple[StudyInputs, torch.Tensor, CorpusSpec]:
+def build_inputs(
+    config: StudyConfig, plan: StudyPlan, model: Any, tokenizer: Any, tse: list, blimp: list, tagger: Any | None
+) -> tuple[StudyInputs, torch.Tensor, CorpusSpec]:
     """The corpus windows, the lm-eval plan and the POS lines (with clean surprisals): ``(inputs,
     wd_windows, corpus spec)``. Only needed when some condition is still to be measured."""
     budgets = config.budgets()
@@ -76,11 +83,25 @@ def build_inputs(config: StudyConfig, plan: StudyPlan, model: Any, tokenizer: An
     wd_windows, ppl_windows, corpus = _windows(config, plan, tokenizer, window, budgets["ppl_tokens"])
     protocol = resolve_protocol(config)
     inputs = StudyInputs(
-        tokenizer=tokenizer, tse=tse, blimp=blimp, blimp_paradigms=plan.paradigms, ppl_windows=ppl_windows,
-        tasks=plan.tasks, task_plan=probe_tasks(plan.tasks, config.task_path),
-        lmeval_limit=budgets["lmeval_limit"], pos_texts=[], tagger=None, tse_reduction=protocol.tse_reduction,
-        blimp_reduction=protocol.blimp_reduction, prefix=protocol.prefix, npi=protocol.npi,
-        pos_unit=protocol.pos_unit, batch_size=config.batch_size, task_path=config.task_path, seed=config.seed)
+        tokenizer=tokenizer,
+        tse=tse,
+        blimp=blimp,
+        blimp_paradigms=plan.paradigms,
+        ppl_windows=ppl_windows,
+        tasks=plan.tasks,
+        task_plan=probe_tasks(plan.tasks, config.task_path),
+        lmeval_limit=budgets["lmeval_limit"],
+        pos_texts=[],
+        tagger=None,
+        tse_reduction=protocol.tse_reduction,
+        blimp_reduction=protocol.blimp_reduction,
+        prefix=protocol.prefix,
+        npi=protocol.npi,
+        pos_unit=protocol.pos_unit,
+        batch_size=config.batch_size,
+        task_path=config.task_path,
+        seed=config.seed,
+    )
     _prepare_pos(config, corpus, model, inputs, tagger)
     return inputs, wd_windows, corpus
 
@@ -89,7 +110,9 @@ def _benchmarks(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | N
     tse: list = []
     if config.tse_per_case or config.full:
         pairs = tse_pairs()
-        tse = list(pairs if budgets["tse_per_case"] is None else sample_tse(pairs, budgets["tse_per_case"], config.seed))
+        tse = list(
+            pairs if budgets["tse_per_case"] is None else sample_tse(pairs, budgets["tse_per_case"], config.seed)
+        )
     blimp: list = []
     if config.blimp_per_paradigm or config.full:
         pairs = load_blimp(config.blimp, plan.paradigms)
@@ -102,8 +125,9 @@ def _benchmarks(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | N
     return tse, blimp
 
 
-def _windows(config: StudyConfig, plan: StudyPlan, tokenizer: Any, window: int,
-             ppl_tokens: int | None) -> tuple[torch.Tensor, torch.Tensor, CorpusSpec]:
+def _windows(
+    config: StudyConfig, plan: StudyPlan, tokenizer: Any, window: int, ppl_tokens: int | None
+) -> tuple[torch.Tensor, torch.Tensor, CorpusSpec]:
     """WD windows, perplexity windows (``--full``: the whole split) and the perplexity corpus."""
     wd_spec, ppl_spec, one_text = text_specs(config, resolve_protocol(config), plan.corpus, window)
     assert ppl_spec is not None  # plan_study: --ppl-tokens >= 2

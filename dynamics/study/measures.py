@@ -34,8 +34,25 @@ from dynamics.syntax.tse import TSE_CASES
 log = logging.getLogger(__name__)
 
 #: Universal POS tags (Universal Dependencies v2), the ``pos`` coordinate.
-UPOS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
-        "SCONJ", "SYM", "VERB", "X")
+UPOS = (
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+)
 PHASES = ("tse", "blimp", "ppl", "lmeval", "pos")
 
 
@@ -71,8 +88,9 @@ class StudyInputs:
         return sorted({str(p.linguistics_term) for p in self.blimp})
 
 
-def measure_unit(model: torch.nn.Module, number: int, unit: Unit, mask: torch.Tensor | None,
-                 inputs: StudyInputs) -> xr.Dataset:
+def measure_unit(
+    model: torch.nn.Module, number: int, unit: Unit, mask: torch.Tensor | None, inputs: StudyInputs
+) -> xr.Dataset:
     """Every measure of ``unit`` under its ablation, as unit ``number`` of the cube."""
     seconds = dict.fromkeys(PHASES, 0.0)
     parts: list[xr.Dataset] = []
@@ -87,8 +105,9 @@ def measure_unit(model: torch.nn.Module, number: int, unit: Unit, mask: torch.Te
             seconds[phase] = time.perf_counter() - start
             if part is not None:
                 parts.append(part)
-    parts.append(xr.Dataset({"seconds": ("phase", [seconds[p] for p in PHASES], {"units": "s"})},
-                            coords={"phase": list(PHASES)}))
+    parts.append(
+        xr.Dataset({"seconds": ("phase", [seconds[p] for p in PHASES], {"units": "s"})}, coords={"phase": list(PHASES)})
+    )
     result = xr.merge(parts, compat="no_conflicts", join="exact").expand_dims(step=[number])
     log.info("unit %d (%s): %s", number, unit.name, ", ".join(f"{p} {s:.1f}s" for p, s in seconds.items() if s))
     return result
@@ -96,8 +115,17 @@ def measure_unit(model: torch.nn.Module, number: int, unit: Unit, mask: torch.Te
 
 def _score(model: torch.nn.Module, inputs: StudyInputs, pairs: Sequence[MinimalPair], reduction: str) -> Any:
     with torch.inference_mode():
-        return score_pairs(model, inputs.tokenizer, pairs, group_by="case", reduction=reduction,  # type: ignore[arg-type]
-                           prefix=inputs.prefix, npi=inputs.npi, keep_pairs=True, progress=False)  # type: ignore[arg-type]
+        return score_pairs(
+            model,
+            inputs.tokenizer,
+            pairs,
+            group_by="case",
+            reduction=reduction,  # type: ignore[arg-type]
+            prefix=inputs.prefix,
+            npi=inputs.npi,  # type: ignore[arg-type]
+            keep_pairs=True,
+            progress=False,
+        )
 
 
 def _tse(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
@@ -123,10 +151,16 @@ def _blimp(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
     terms = inputs.blimp_terms
     return xr.Dataset(
         {
-            "blimp_acc": ("blimp_paradigm", [acc.per_paradigm.get(p, np.nan) for p in inputs.blimp_paradigms],
-                          {"long_name": "BLiMP accuracy per paradigm"}),
-            "blimp_term_acc": ("blimp_phenomenon", [acc.per_term[t] for t in terms],
-                               {"long_name": "BLiMP accuracy per phenomenon (linguistics_term), pooled"}),
+            "blimp_acc": (
+                "blimp_paradigm",
+                [acc.per_paradigm.get(p, np.nan) for p in inputs.blimp_paradigms],
+                {"long_name": "BLiMP accuracy per paradigm"},
+            ),
+            "blimp_term_acc": (
+                "blimp_phenomenon",
+                [acc.per_term[t] for t in terms],
+                {"long_name": "BLiMP accuracy per phenomenon (linguistics_term), pooled"},
+            ),
             "blimp_acc_all": ((), acc.overall, {"long_name": "BLiMP accuracy over all pairs"}),
         },
         coords={"blimp_paradigm": list(inputs.blimp_paradigms), "blimp_phenomenon": terms},
@@ -146,12 +180,22 @@ def _ppl(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
 def _lmeval(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
     if not inputs.tasks:
         return None
-    scores = evaluate_tasks(model, inputs.tokenizer, inputs.task_plan.runnable, inputs.lmeval_limit,
-                            include_path=inputs.task_path, seed=inputs.seed)
+    scores = evaluate_tasks(
+        model,
+        inputs.tokenizer,
+        inputs.task_plan.runnable,
+        inputs.lmeval_limit,
+        include_path=inputs.task_path,
+        seed=inputs.seed,
+    )
     values = {metric: [scores.get(t, {}).get(metric, np.nan) for t in inputs.tasks] for metric in ("acc", "acc_norm")}
     return xr.Dataset(
         {
-            "lmeval_acc": ("task", values["acc"], {"long_name": "lm-eval acc (NaN: skipped, see attrs lmeval_skipped)"}),
+            "lmeval_acc": (
+                "task",
+                values["acc"],
+                {"long_name": "lm-eval acc (NaN: skipped, see attrs lmeval_skipped)"},
+            ),
             "lmeval_acc_norm": ("task", values["acc_norm"], {"long_name": "lm-eval acc_norm (NaN where not reported)"}),
         },
         coords={"task": list(inputs.tasks)},
@@ -160,8 +204,9 @@ def _lmeval(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
 
 def pos_table(model: torch.nn.Module, inputs: StudyInputs) -> pd.DataFrame:
     with torch.inference_mode():
-        return pos_surprisal(model, inputs.tokenizer, inputs.pos_texts, tagger=inputs.tagger, prefix=inputs.prefix,
-                             progress=False)
+        return pos_surprisal(
+            model, inputs.tokenizer, inputs.pos_texts, tagger=inputs.tagger, prefix=inputs.prefix, progress=False
+        )
 
 
 def _pos(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
@@ -179,11 +224,16 @@ def _pos(model: torch.nn.Module, inputs: StudyInputs) -> xr.Dataset | None:
     surprisal = excess["ablated"].reindex(list(UPOS)).to_numpy(dtype=float)
     return xr.Dataset(
         {
-            "pos_surprisal": ("pos", surprisal, {"units": "nats",
-                                                 "long_name": f"mean surprisal per POS (per {inputs.pos_unit[:-1]})"}),
-            "pos_excess": ("pos", excess["excess"].reindex(list(UPOS)).to_numpy(dtype=float),
-                           {"units": "nats", "long_name": f"mean surprisal minus the clean model's, same "
-                                                         f"{inputs.pos_unit}"}),
+            "pos_surprisal": (
+                "pos",
+                surprisal,
+                {"units": "nats", "long_name": f"mean surprisal per POS (per {inputs.pos_unit[:-1]})"},
+            ),
+            "pos_excess": (
+                "pos",
+                excess["excess"].reindex(list(UPOS)).to_numpy(dtype=float),
+                {"units": "nats", "long_name": f"mean surprisal minus the clean model's, same {inputs.pos_unit}"},
+            ),
         },
         coords={"pos": list(UPOS)},
     )

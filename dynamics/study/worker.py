@@ -56,8 +56,9 @@ _WORKERS: dict[str, StudyWorker] = {}
 def seed_worker(spec: StudySpec, model: torch.nn.Module, inputs: StudyInputs) -> None:
     """Give this process's cache the driver's loaded model and inputs (the serial executor)."""
     _WORKERS.clear()
-    _WORKERS[spec.key] = StudyWorker(model, inputs, neuron_sets(spec.static, spec.config.group_percent,
-                                                                [list(g) for g in spec.groups]))
+    _WORKERS[spec.key] = StudyWorker(
+        model, inputs, neuron_sets(spec.static, spec.config.group_percent, [list(g) for g in spec.groups])
+    )
 
 
 def forget_workers() -> None:

@@ -30,33 +30,72 @@ HUB_DATASET = "nyu-mll/blimp"
 
 #: The 67 paradigms (``UID``), in the order of the release's file names.
 BLIMP_PARADIGMS: tuple[str, ...] = (
-    "adjunct_island", "anaphor_gender_agreement", "anaphor_number_agreement",
-    "animate_subject_passive", "animate_subject_trans", "causative", "complex_NP_island",
+    "adjunct_island",
+    "anaphor_gender_agreement",
+    "anaphor_number_agreement",
+    "animate_subject_passive",
+    "animate_subject_trans",
+    "causative",
+    "complex_NP_island",
     "coordinate_structure_constraint_complex_left_branch",
-    "coordinate_structure_constraint_object_extraction", "determiner_noun_agreement_1",
-    "determiner_noun_agreement_2", "determiner_noun_agreement_irregular_1",
-    "determiner_noun_agreement_irregular_2", "determiner_noun_agreement_with_adj_2",
+    "coordinate_structure_constraint_object_extraction",
+    "determiner_noun_agreement_1",
+    "determiner_noun_agreement_2",
+    "determiner_noun_agreement_irregular_1",
+    "determiner_noun_agreement_irregular_2",
+    "determiner_noun_agreement_with_adj_2",
     "determiner_noun_agreement_with_adj_irregular_1",
     "determiner_noun_agreement_with_adj_irregular_2",
-    "determiner_noun_agreement_with_adjective_1", "distractor_agreement_relational_noun",
-    "distractor_agreement_relative_clause", "drop_argument", "ellipsis_n_bar_1",
-    "ellipsis_n_bar_2", "existential_there_object_raising", "existential_there_quantifiers_1",
-    "existential_there_quantifiers_2", "existential_there_subject_raising",
-    "expletive_it_object_raising", "inchoative", "intransitive",
-    "irregular_past_participle_adjectives", "irregular_past_participle_verbs",
-    "irregular_plural_subject_verb_agreement_1", "irregular_plural_subject_verb_agreement_2",
-    "left_branch_island_echo_question", "left_branch_island_simple_question",
-    "matrix_question_npi_licensor_present", "npi_present_1", "npi_present_2",
-    "only_npi_licensor_present", "only_npi_scope", "passive_1", "passive_2",
-    "principle_A_c_command", "principle_A_case_1", "principle_A_case_2",
-    "principle_A_domain_1", "principle_A_domain_2", "principle_A_domain_3",
-    "principle_A_reconstruction", "regular_plural_subject_verb_agreement_1",
-    "regular_plural_subject_verb_agreement_2", "sentential_negation_npi_licensor_present",
-    "sentential_negation_npi_scope", "sentential_subject_island", "superlative_quantifiers_1",
-    "superlative_quantifiers_2", "tough_vs_raising_1", "tough_vs_raising_2", "transitive",
-    "wh_island", "wh_questions_object_gap", "wh_questions_subject_gap",
-    "wh_questions_subject_gap_long_distance", "wh_vs_that_no_gap",
-    "wh_vs_that_no_gap_long_distance", "wh_vs_that_with_gap",
+    "determiner_noun_agreement_with_adjective_1",
+    "distractor_agreement_relational_noun",
+    "distractor_agreement_relative_clause",
+    "drop_argument",
+    "ellipsis_n_bar_1",
+    "ellipsis_n_bar_2",
+    "existential_there_object_raising",
+    "existential_there_quantifiers_1",
+    "existential_there_quantifiers_2",
+    "existential_there_subject_raising",
+    "expletive_it_object_raising",
+    "inchoative",
+    "intransitive",
+    "irregular_past_participle_adjectives",
+    "irregular_past_participle_verbs",
+    "irregular_plural_subject_verb_agreement_1",
+    "irregular_plural_subject_verb_agreement_2",
+    "left_branch_island_echo_question",
+    "left_branch_island_simple_question",
+    "matrix_question_npi_licensor_present",
+    "npi_present_1",
+    "npi_present_2",
+    "only_npi_licensor_present",
+    "only_npi_scope",
+    "passive_1",
+    "passive_2",
+    "principle_A_c_command",
+    "principle_A_case_1",
+    "principle_A_case_2",
+    "principle_A_domain_1",
+    "principle_A_domain_2",
+    "principle_A_domain_3",
+    "principle_A_reconstruction",
+    "regular_plural_subject_verb_agreement_1",
+    "regular_plural_subject_verb_agreement_2",
+    "sentential_negation_npi_licensor_present",
+    "sentential_negation_npi_scope",
+    "sentential_subject_island",
+    "superlative_quantifiers_1",
+    "superlative_quantifiers_2",
+    "tough_vs_raising_1",
+    "tough_vs_raising_2",
+    "transitive",
+    "wh_island",
+    "wh_questions_object_gap",
+    "wh_questions_subject_gap",
+    "wh_questions_subject_gap_long_distance",
+    "wh_vs_that_no_gap",
+    "wh_vs_that_no_gap_long_distance",
+    "wh_vs_that_with_gap",
     "wh_vs_that_with_gap_long_distance",
 )
 
@@ -69,9 +108,14 @@ def check_paradigms(paradigms: Iterable[str] | None) -> tuple[str, ...]:
     Raises:
         UserInputError: An unknown paradigm.
     """
-    return check_names(paradigms, BLIMP_PARADIGMS, lambda name: (
-        f"unknown BLiMP paradigm {name!r}; expected one of the 67 "
-        f"UIDs such as {BLIMP_PARADIGMS[0]!r} (see BLIMP_PARADIGMS)"))
+    return check_names(
+        paradigms,
+        BLIMP_PARADIGMS,
+        lambda name: (
+            f"unknown BLiMP paradigm {name!r}; expected one of the 67 "
+            f"UIDs such as {BLIMP_PARADIGMS[0]!r} (see BLIMP_PARADIGMS)"
+        ),
+    )
 
 
 def _pair(record: Mapping, paradigm: str, where: str) -> MinimalPair:
@@ -83,16 +127,22 @@ def _pair(record: Mapping, paradigm: str, where: str) -> MinimalPair:
         raise DynamicsError(f"{where}: missing BLiMP field(s) {', '.join(missing)}")
     if record["UID"] != paradigm:
         raise DynamicsError(f"{where}: UID {record['UID']!r} differs from paradigm {paradigm!r}")
-    return MinimalPair(good=record["sentence_good"], bad=record["sentence_bad"], case=paradigm,
-                       pair_id=int(pair_id), linguistics_term=record["linguistics_term"],
-                       field=record["field"])
+    return MinimalPair(
+        good=record["sentence_good"],
+        bad=record["sentence_bad"],
+        case=paradigm,
+        pair_id=int(pair_id),
+        linguistics_term=record["linguistics_term"],
+        field=record["field"],
+    )
 
 
 def _from_directory(directory: Path, paradigm: str) -> list[MinimalPair]:
     path = directory / f"{paradigm}.jsonl"
     if not path.is_file():
-        raise UserInputError(f"BLiMP file {path} not found; the directory must hold the "
-                             "release's <paradigm>.jsonl files")
+        raise UserInputError(
+            f"BLiMP file {path} not found; the directory must hold the release's <paradigm>.jsonl files"
+        )
     pairs = []
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -114,13 +164,16 @@ def _from_hub(paradigm: str, cache_dir: str | os.PathLike | None) -> list[Minima
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise DynamicsError(
             f"could not load BLiMP paradigm {paradigm!r} from the Hub ({HUB_DATASET}): "
-            f"{reason}; pass a local directory of the release .jsonl files instead") from None
-    return [_pair(row, paradigm, f"{HUB_DATASET}/{paradigm} row {i}")
-            for i, row in enumerate(rows)]
+            f"{reason}; pass a local directory of the release .jsonl files instead"
+        ) from None
+    return [_pair(row, paradigm, f"{HUB_DATASET}/{paradigm} row {i}") for i, row in enumerate(rows)]
 
 
-def load_blimp(source: str | os.PathLike = "hub", paradigms: Iterable[str] | None = None,
-               cache_dir: str | os.PathLike | None = None) -> list[MinimalPair]:
+def load_blimp(
+    source: str | os.PathLike = "hub",
+    paradigms: Iterable[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[MinimalPair]:
     """Load BLiMP minimal pairs.
 
     Args:
@@ -144,8 +197,9 @@ def load_blimp(source: str | os.PathLike = "hub", paradigms: Iterable[str] | Non
     else:
         directory = Path(source)
         if not directory.is_dir():
-            raise UserInputError(f"BLiMP source {str(source)!r} is neither 'hub' nor a "
-                                 "directory of the release .jsonl files")
+            raise UserInputError(
+                f"BLiMP source {str(source)!r} is neither 'hub' nor a directory of the release .jsonl files"
+            )
         load = lambda name: _from_directory(directory, name)  # noqa: E731
     pairs = [pair for name in paradigms for pair in load(name)]
     log.info("loaded %d BLiMP pairs from %d paradigms (%s)", len(pairs), len(paradigms), source)
@@ -180,8 +234,7 @@ class BlimpAccuracy:
         return pd.DataFrame(rows, columns=["level", "name", "accuracy"])
 
 
-def blimp_accuracy(pairs: Sequence[MinimalPair], correct: Sequence[bool] | np.ndarray
-                   ) -> BlimpAccuracy:
+def blimp_accuracy(pairs: Sequence[MinimalPair], correct: Sequence[bool] | np.ndarray) -> BlimpAccuracy:
     """Aggregate per-pair correctness per paradigm, per ``linguistics_term`` and overall.
 
     Args:
@@ -196,20 +249,23 @@ def blimp_accuracy(pairs: Sequence[MinimalPair], correct: Sequence[bool] | np.nd
     """
     correct = np.asarray(correct)
     if correct.dtype != np.bool_ or correct.ndim != 1:
-        raise UserInputError(f"correct must be a 1-d boolean array, got dtype {correct.dtype} "
-                             f"and shape {correct.shape}")
+        raise UserInputError(
+            f"correct must be a 1-d boolean array, got dtype {correct.dtype} and shape {correct.shape}"
+        )
     if len(correct) != len(pairs) or not len(pairs):
-        raise UserInputError(f"correct has {len(correct)} values for {len(pairs)} pairs; "
-                             "expected one per pair (and at least one pair)")
-    return BlimpAccuracy(overall=float(correct.mean()),
-                         per_paradigm=_group_means([p.case for p in pairs], correct),
-                         per_term=_group_means([str(p.linguistics_term) for p in pairs], correct),
-                         n_pairs=len(pairs))
+        raise UserInputError(
+            f"correct has {len(correct)} values for {len(pairs)} pairs; expected one per pair (and at least one pair)"
+        )
+    return BlimpAccuracy(
+        overall=float(correct.mean()),
+        per_paradigm=_group_means([p.case for p in pairs], correct),
+        per_term=_group_means([str(p.linguistics_term) for p in pairs], correct),
+        n_pairs=len(pairs),
+    )
 
 
 def _group_means(labels: Sequence[str], values: np.ndarray) -> dict[str, float]:
     """Mean of ``values`` per label, labels in first-seen order."""
-    names, first, codes = np.unique(np.asarray(labels, dtype=object), return_index=True,
-                                    return_inverse=True)
+    names, first, codes = np.unique(np.asarray(labels, dtype=object), return_index=True, return_inverse=True)
     means = np.bincount(codes, weights=values) / np.bincount(codes)
     return {str(names[i]): float(means[i]) for i in np.argsort(first)}

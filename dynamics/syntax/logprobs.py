@@ -18,7 +18,6 @@ by behaviour whether a model supports both savings and falls back (with a debug 
 where it does not.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -100,7 +99,9 @@ def prefix_mode(prefix: bool | str | None) -> str:
     return str(prefix)
 
 
-def encode_with_prefix(tokenizer: Any, sentences: Sequence[str], prefix: bool | str) -> tuple[list[list[int]], int | None]:
+def encode_with_prefix(
+    tokenizer: Any, sentences: Sequence[str], prefix: bool | str
+) -> tuple[list[list[int]], int | None]:
     """The ids to score and the token prepended to each (``None``: none), for a ``--prefix`` value.
 
     ``auto``: the tokenizer's own ``add_special_tokens=True`` ids, nothing prepended: every token
@@ -188,7 +189,8 @@ def _forward_log_probs(
     out: list[list[list[torch.Tensor] | None]] = [[None] * len(units) for _ in range(copies)]
     shared = [
         min(min(_common_prefix(unit[0], row) for row in unit), min(len(row) for row in unit) - 1)
-        if len(unit) > 1 and padding_side == "right" else 0
+        if len(unit) > 1 and padding_side == "right"
+        else 0
         for unit in units
     ]
     two_pass = [u for u, n in enumerate(shared) if n >= 1]
@@ -213,8 +215,11 @@ def _forward_log_probs(
         targets[:, :-1] = ids[:, 1:]
         positions = (mask.cumsum(-1) - 1).clamp(min=0).to(device) if padding_side == "left" else None
         flat, _ = kept_log_probs(
-            model, replicate_rows(ids, copies).to(device), replicate_rows(keep, copies).to(device),
-            replicate_rows(targets[keep], copies).to(device), replicate_rows(mask, copies).to(device),
+            model,
+            replicate_rows(ids, copies).to(device),
+            replicate_rows(keep, copies).to(device),
+            replicate_rows(targets[keep], copies).to(device),
+            replicate_rows(mask, copies).to(device),
             None if positions is None else replicate_rows(positions, copies),
         )
         for c, block in enumerate(flat.cpu().chunk(copies)):
@@ -244,8 +249,12 @@ def _prefix_pass(
     copy_last = torch.cat([last + c * n_kept1 for c in range(copies)])
     copy_owner = torch.cat([owner + c * len(units) for c in range(copies)])
     found = capabilities(model)
-    hidden1, cache = decoder_states(model, replicate_rows(prefix_ids, copies).to(device),
-                                    replicate_rows(prefix_mask, copies).to(device), use_cache=True)
+    hidden1, cache = decoder_states(
+        model,
+        replicate_rows(prefix_ids, copies).to(device),
+        replicate_rows(prefix_mask, copies).to(device),
+        use_cache=True,
+    )
     kept1 = hidden1[replicate_rows(keep1, copies).to(device)]
     # lp1 is wrong at each prefix's last position: the heads replace it.
     lp1 = hidden_log_probs(model, kept1, replicate_rows(flat_targets1, copies).to(device)).cpu()
@@ -258,13 +267,17 @@ def _prefix_pass(
     targets2[:, :-1] = suffix_ids[:, 1:]
     offsets = lengths[owner]
     hidden2, _ = decoder_states(
-        model, replicate_rows(suffix_ids, copies).to(device),
+        model,
+        replicate_rows(suffix_ids, copies).to(device),
         replicate_rows(torch.cat([prefix_mask[owner], suffix_mask], dim=1), copies).to(device),
         replicate_rows(offsets[:, None] + torch.arange(suffix_ids.shape[1])[None], copies).to(device),
-        cache=cache, cache_keyword=found.cache_keyword, use_cache=True,
+        cache=cache,
+        cache_keyword=found.cache_keyword,
+        use_cache=True,
     )
-    lp2 = hidden_log_probs(model, hidden2[replicate_rows(keep2, copies).to(device)],
-                           replicate_rows(targets2[keep2], copies).to(device)).cpu()
+    lp2 = hidden_log_probs(
+        model, hidden2[replicate_rows(keep2, copies).to(device)], replicate_rows(targets2[keep2], copies).to(device)
+    ).cpu()
     per_copy = []
     for lp1_c, heads_c, lp2_c in zip(lp1.chunk(copies), heads.chunk(copies), lp2.chunk(copies)):
         tails = iter(torch.split(lp2_c, keep2.sum(dim=1).tolist()))
@@ -314,8 +327,16 @@ def token_log_probs(
         (empty when nothing is scored).
     """
     return token_log_probs_each(
-        model, token_ids, prefix_id, 1, units=units, batch_tokens=batch_tokens, max_batch_size=max_batch_size,
-        device=device, padding_side=padding_side, progress=progress,
+        model,
+        token_ids,
+        prefix_id,
+        1,
+        units=units,
+        batch_tokens=batch_tokens,
+        max_batch_size=max_batch_size,
+        device=device,
+        padding_side=padding_side,
+        progress=progress,
     )[0]
 
 
@@ -336,9 +357,7 @@ def token_log_probs_each(
     runs ``copies`` times over in one pass, block ``c`` being condition ``c`` of
     :func:`dynamics.row_ablation.ablate_rows`; ``[copy][sequence]``."""
     if batch_tokens < 1 or max_batch_size < 1:
-        raise UserInputError(
-            f"batch_tokens={batch_tokens} and max_batch_size={max_batch_size} must both be >= 1"
-        )
+        raise UserInputError(f"batch_tokens={batch_tokens} and max_batch_size={max_batch_size} must both be >= 1")
     if padding_side not in ("right", "left"):
         raise UserInputError(f"padding_side={padding_side!r}; expected 'right' or 'left'")
     if copies < 1:
@@ -352,12 +371,15 @@ def token_log_probs_each(
     kept = [[i for i in unit if lengths[i] >= 2] for unit in units]
     kept = [unit for unit in kept if unit]
     device = torch.device(device) if device is not None else model_device(model)
-    with eval_mode(model), tqdm(
-        total=sum(len(u) for u in kept), unit="sent", desc="scoring", disable=not progress
-    ) as bar:
+    with (
+        eval_mode(model),
+        tqdm(total=sum(len(u) for u in kept), unit="sent", desc="scoring", disable=not progress) as bar,
+    ):
         for batch in _batches(kept, lengths, batch_tokens, max_batch_size):
             unit_rows = [[rows[i] for i in unit] for unit in batch]
-            for copy_results, copy_lp in zip(results, _forward_log_probs(model, unit_rows, device, padding_side, copies)):
+            for copy_results, copy_lp in zip(
+                results, _forward_log_probs(model, unit_rows, device, padding_side, copies)
+            ):
                 for unit, unit_lp in zip(batch, copy_lp):
                     for i, lp in zip(unit, unit_lp):
                         copy_results[i] = lp.numpy().astype(np.float64)

@@ -46,8 +46,7 @@ class MinimalPair:
     @property
     def uid(self) -> str:
         """A stable identifier: ``case/subcase/pair_id`` (``case/pair_id`` without sub-case)."""
-        parts = [self.case, self.subcase, str(self.pair_id)] if self.subcase else [
-            self.case, str(self.pair_id)]
+        parts = [self.case, self.subcase, str(self.pair_id)] if self.subcase else [self.case, str(self.pair_id)]
         return "/".join(parts)
 
 
@@ -106,8 +105,9 @@ def sample_indices(size: int, count: int, rng: np.random.Generator) -> list[int]
     return sorted(rng.choice(size, size=count, replace=False).tolist())
 
 
-def stratified_sample(groups: Mapping[str, Mapping[str, Sequence[T]]], per_case: int,
-                      seed: int = 0) -> dict[str, dict[str, list[T]]]:
+def stratified_sample(
+    groups: Mapping[str, Mapping[str, Sequence[T]]], per_case: int, seed: int = 0
+) -> dict[str, dict[str, list[T]]]:
     """Deterministic stratified sample of ``{case: {sub-case: items}}``.
 
     Each case's ``per_case`` draws are split over its sub-cases by :func:`spread_evenly`,
@@ -123,13 +123,16 @@ def stratified_sample(groups: Mapping[str, Mapping[str, Sequence[T]]], per_case:
     for case, subcases in groups.items():
         rng = case_rng(seed, case)
         quotas = spread_evenly([len(items) for items in subcases.values()], per_case, rng)
-        sample[case] = {sub: [items[i] for i in sample_indices(len(items), quota, rng)]
-                        for (sub, items), quota in zip(subcases.items(), quotas, strict=True)}
+        sample[case] = {
+            sub: [items[i] for i in sample_indices(len(items), quota, rng)]
+            for (sub, items), quota in zip(subcases.items(), quotas, strict=True)
+        }
     return sample
 
 
-def check_names(names: Iterable[str] | str | None, known: tuple[str, ...],
-                unknown: Callable[[str], str]) -> tuple[str, ...]:
+def check_names(
+    names: Iterable[str] | str | None, known: tuple[str, ...], unknown: Callable[[str], str]
+) -> tuple[str, ...]:
     """Validate names against ``known`` (``None`` = all), keeping the caller's order.
 
     Raises:

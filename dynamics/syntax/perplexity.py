@@ -54,16 +54,12 @@ def token_nll_each(
     if copies < 1:
         raise UserInputError(f"copies={copies}; expected at least 1")
     if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
-        raise UserInputError(
-            f"token windows of shape {tuple(windows.shape)}; expected [n_windows >= 1, window >= 2]"
-        )
+        raise UserInputError(f"token windows of shape {tuple(windows.shape)}; expected [n_windows >= 1, window >= 2]")
     if batch_size < 1:
         raise UserInputError(f"batch_size={batch_size}; expected a positive integer")
     device = torch.device(device) if device is not None else model_device(model)
     out = torch.zeros((copies, windows.shape[0], windows.shape[1] - 1), dtype=torch.float64)
-    with eval_mode(model), tqdm(
-        total=windows.shape[0], unit="window", desc="perplexity", disable=not progress
-    ) as bar:
+    with eval_mode(model), tqdm(total=windows.shape[0], unit="window", desc="perplexity", disable=not progress) as bar:
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start : start + batch_size].to(device=device, dtype=torch.long)
             nll = (-sequence_log_probs(model, replicate_rows(batch, copies))).double().cpu()

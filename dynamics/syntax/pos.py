@@ -118,15 +118,18 @@ def word_surprisals(
             total[k] += value
             scored[k] += 1
     total[scored == 0] = np.nan
-    return pd.DataFrame({
-        "text": np.full(len(words), text_index, dtype=np.int64),
-        "start": [w[0] for w in words],
-        "end": [w[1] for w in words],
-        "word": [text[w[0] : w[1]] for w in words],
-        "pos": [w[2] for w in words],
-        "surprisal": total,
-        "n_tokens": count,
-    }, columns=WORD_COLUMNS)
+    return pd.DataFrame(
+        {
+            "text": np.full(len(words), text_index, dtype=np.int64),
+            "start": [w[0] for w in words],
+            "end": [w[1] for w in words],
+            "word": [text[w[0] : w[1]] for w in words],
+            "pos": [w[2] for w in words],
+            "surprisal": total,
+            "n_tokens": count,
+        },
+        columns=WORD_COLUMNS,
+    )
 
 
 def pos_surprisal(
@@ -199,11 +202,13 @@ def excess_surprisal(clean: pd.DataFrame, ablated: pd.DataFrame) -> pd.DataFrame
         raise UserInputError(
             "clean and ablated surprisals list different words; score the same texts with the same tagger"
         )
-    table = pd.DataFrame({
-        "pos": clean["pos"].to_numpy(),
-        "clean": clean["surprisal"].to_numpy(dtype=np.float64),
-        "ablated": ablated["surprisal"].to_numpy(dtype=np.float64),
-    }).dropna()
+    table = pd.DataFrame(
+        {
+            "pos": clean["pos"].to_numpy(),
+            "clean": clean["surprisal"].to_numpy(dtype=np.float64),
+            "ablated": ablated["surprisal"].to_numpy(dtype=np.float64),
+        }
+    ).dropna()
     table["excess"] = table["ablated"] - table["clean"]
     grouped = table.groupby("pos", sort=True)
     out = grouped[["excess", "clean", "ablated"]].mean()
@@ -211,8 +216,9 @@ def excess_surprisal(clean: pd.DataFrame, ablated: pd.DataFrame) -> pd.DataFrame
     return out
 
 
-def token_tags(offsets: Sequence[tuple[int, int]], special: Sequence[bool],
-               words: Sequence[tuple[int, int, str]]) -> list[str]:
+def token_tags(
+    offsets: Sequence[tuple[int, int]], special: Sequence[bool], words: Sequence[tuple[int, int, str]]
+) -> list[str]:
     """The tag of each model token, as the official ``align_pos_with_pretokenized``.
 
     A special token, or one with an empty span, is ``SPECIAL``; otherwise the tag of the
@@ -264,9 +270,13 @@ def token_excess(clean_nll: np.ndarray, ablated_nll: np.ndarray, tags: np.ndarra
     Returns:
         A DataFrame indexed by tag (sorted) with ``excess``, ``clean``, ``ablated`` (means) and ``count``.
     """
-    table = pd.DataFrame({"pos": np.asarray(tags)[:, 1:].reshape(-1),
-                          "clean": np.asarray(clean_nll, dtype=np.float64).reshape(-1),
-                          "ablated": np.asarray(ablated_nll, dtype=np.float64).reshape(-1)}).dropna()
+    table = pd.DataFrame(
+        {
+            "pos": np.asarray(tags)[:, 1:].reshape(-1),
+            "clean": np.asarray(clean_nll, dtype=np.float64).reshape(-1),
+            "ablated": np.asarray(ablated_nll, dtype=np.float64).reshape(-1),
+        }
+    ).dropna()
     table["excess"] = table["ablated"] - table["clean"]
     grouped = table.groupby("pos", sort=True)
     out = grouped[["excess", "clean", "ablated"]].mean()

@@ -72,7 +72,16 @@ def score_sentences(
     unique, index = _deduplicate(sentences)
     units = [[i] for i in range(len(unique))]
     per_token = _score_unique(
-        model, tokenizer, unique, units, prefix, batch_tokens, max_batch_size, device, padding_side, progress,
+        model,
+        tokenizer,
+        unique,
+        units,
+        prefix,
+        batch_tokens,
+        max_batch_size,
+        device,
+        padding_side,
+        progress,
     )[0]
     return reduce_log_probs(per_token, reduction)[index] if sentences else np.zeros(0)
 
@@ -206,8 +215,20 @@ def score_pairs(
         padding_side: ``right`` (default) or ``left``.
     """
     return score_pairs_each(
-        model, tokenizer, pairs, 1, group_by, reduction, prefix, batch_tokens, device, keep_pairs, progress,
-        npi=npi, max_batch_size=max_batch_size, padding_side=padding_side,
+        model,
+        tokenizer,
+        pairs,
+        1,
+        group_by,
+        reduction,
+        prefix,
+        batch_tokens,
+        device,
+        keep_pairs,
+        progress,
+        npi=npi,
+        max_batch_size=max_batch_size,
+        padding_side=padding_side,
     )[0]
 
 
@@ -252,7 +273,17 @@ def score_pairs_each(
         if unit:
             units.append(unit)
     per_copy = _score_unique(
-        model, tokenizer, unique, units, prefix, batch_tokens, max_batch_size, device, padding_side, progress, copies,
+        model,
+        tokenizer,
+        unique,
+        units,
+        prefix,
+        batch_tokens,
+        max_batch_size,
+        device,
+        padding_side,
+        progress,
+        copies,
     )
     results = []
     for per_token in per_copy:
@@ -278,8 +309,16 @@ def _score_unique(
 ) -> list[list[np.ndarray]]:
     ids, prefix_id = encode_with_prefix(tokenizer, sentences, prefix)
     return token_log_probs_each(
-        model, ids, prefix_id, copies, units=units, batch_tokens=batch_tokens,
-        max_batch_size=max_batch_size, device=device, padding_side=padding_side, progress=progress,
+        model,
+        ids,
+        prefix_id,
+        copies,
+        units=units,
+        batch_tokens=batch_tokens,
+        max_batch_size=max_batch_size,
+        device=device,
+        padding_side=padding_side,
+        progress=progress,
     )
 
 

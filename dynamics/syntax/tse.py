@@ -30,37 +30,77 @@ log = logging.getLogger(__name__)
 TseData = dict[str, dict[str, list[tuple[str, ...]]]]
 
 AGREEMENT_TERMINALS: dict[str, tuple[str, ...]] = {
-    "D": ("the",), "C": ("that",), "IC": ("that",), "AND": ("and",),
-    "MS": ("author", "pilot", "surgeon", "farmer", "manager", "customer", "officer",
-           "teacher", "senator", "consultant"),
-    "ES": ("guard", "chef", "architect", "skater", "dancer", "minister", "taxi driver",
-           "assistant", "executive", "parent"),
+    "D": ("the",),
+    "C": ("that",),
+    "IC": ("that",),
+    "AND": ("and",),
+    "MS": (
+        "author",
+        "pilot",
+        "surgeon",
+        "farmer",
+        "manager",
+        "customer",
+        "officer",
+        "teacher",
+        "senator",
+        "consultant",
+    ),
+    "ES": (
+        "guard",
+        "chef",
+        "architect",
+        "skater",
+        "dancer",
+        "minister",
+        "taxi driver",
+        "assistant",
+        "executive",
+        "parent",
+    ),
     "IS": ("movie", "book", "game", "song", "picture", "painting", "novel", "poem", "show"),
     "MV": ("laughs", "swims", "smiles", "is tall", "is old", "is young", "is short"),
     "EV": ("likes", "admires", "hates", "loves"),
-    "IV": ("is good", "is bad", "is new", "is popular", "is unpopular",
-           "brings joy to people", "interests people"),
+    "IV": ("is good", "is bad", "is new", "is popular", "is unpopular", "brings joy to people", "interests people"),
     "P": ("next to", "behind", "in front of", "near", "to the side of", "across from"),
     "IP": ("from", "by"),
     "BS": ("mechanic", "banker"),
     "BV": ("said", "thought", "knew"),
-    "LMV": ("knows many different foreign languages", "likes to watch television shows",
-            "is twenty three years old", "enjoys playing tennis with colleagues",
-            "writes in a journal every day"),
-    "RMV": ("hurt", "injured", "congratulated", "embarrassed", "disguised", "hated",
-            "doubted"),
+    "LMV": (
+        "knows many different foreign languages",
+        "likes to watch television shows",
+        "is twenty three years old",
+        "enjoys playing tennis with colleagues",
+        "writes in a journal every day",
+    ),
+    "RMV": ("hurt", "injured", "congratulated", "embarrassed", "disguised", "hated", "doubted"),
     "ANPHR": ("himself", "herself"),
 }
 
 NPI_TERMINALS: dict[str, tuple[str, ...]] = {
-    "NO": ("no", "few"), "MOST": ("most", "many"), "SD": ("the", "some"),
-    "D": ("the",), "C": ("that",),
+    "NO": ("no", "few"),
+    "MOST": ("most", "many"),
+    "SD": ("the", "some"),
+    "D": ("the",),
+    "C": ("that",),
     "MS": tuple(w + "s" for w in AGREEMENT_TERMINALS["MS"]),
-    "ES": ("guards", "chefs", "architects", "skaters", "dancers", "ministers", "drivers",
-           "assistants", "executives", "parents"),
+    "ES": (
+        "guards",
+        "chefs",
+        "architects",
+        "skaters",
+        "dancers",
+        "ministers",
+        "drivers",
+        "assistants",
+        "executives",
+        "parents",
+    ),
     "IS": tuple(w + "s" for w in AGREEMENT_TERMINALS["IS"]),
     "EV": ("like", "admire", "hate", "love"),
-    "PASTAUX": ("have",), "FUTAUX": ("will",), "NPI": ("ever",),
+    "PASTAUX": ("have",),
+    "FUTAUX": ("will",),
+    "NPI": ("ever",),
     "APMV": ("been popular", "been famous", "had children"),
     "AFMV": ("be popular", "be famous", "have children"),
     "IPMV": ("been seen", "been appreciated", "been ignored", "gotten old"),
@@ -68,8 +108,7 @@ NPI_TERMINALS: dict[str, tuple[str, ...]] = {
 }
 
 # case: (preterminals, (subject positions, verb/anaphor positions), attractor positions)
-AGREEMENT_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[tuple[int, ...], tuple[int, ...]],
-                                     tuple[int, ...]]] = {
+AGREEMENT_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[tuple[int, ...], tuple[int, ...]], tuple[int, ...]]] = {
     "simple_agrmt": (("D", "MS", "MV"), ((1,), (2,)), ()),
     "sent_comp": (("D", "BS", "BV", "D", "MS", "MV"), ((4,), (5,)), (1,)),
     "vp_coord": (("D", "MS", "MV", "AND", "MV"), ((1, 2), (4,)), ()),
@@ -83,14 +122,11 @@ AGREEMENT_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[tuple[int, ...], tup
     "obj_rel_within_inanim": (("D", "IS", "IC", "D", "ES", "EV", "IV"), ((4,), (5,)), (1, 6)),
     "obj_rel_no_comp_across_anim": (("D", "MS", "D", "ES", "EV", "MV"), ((1,), (5,)), (3, 4)),
     "obj_rel_no_comp_within_anim": (("D", "MS", "D", "ES", "EV", "MV"), ((3,), (4,)), (1, 5)),
-    "obj_rel_no_comp_across_inanim": (("D", "IS", "D", "ES", "EV", "IV"), ((1,), (5,)),
-                                      (3, 4)),
-    "obj_rel_no_comp_within_inanim": (("D", "IS", "D", "ES", "EV", "IV"), ((3,), (4,)),
-                                      (1, 5)),
+    "obj_rel_no_comp_across_inanim": (("D", "IS", "D", "ES", "EV", "IV"), ((1,), (5,)), (3, 4)),
+    "obj_rel_no_comp_within_inanim": (("D", "IS", "D", "ES", "EV", "IV"), ((3,), (4,)), (1, 5)),
     "simple_reflexives": (("D", "MS", "RMV", "ANPHR"), ((1,), (3,)), ()),
     "reflexive_sent_comp": (("D", "BS", "BV", "D", "MS", "RMV", "ANPHR"), ((4,), (6,)), (1,)),
-    "reflexives_across": (("D", "MS", "C", "D", "ES", "EV", "RMV", "ANPHR"), ((1,), (7,)),
-                          (4, 5)),
+    "reflexives_across": (("D", "MS", "C", "D", "ES", "EV", "RMV", "ANPHR"), ((1,), (7,)), (4, 5)),
 }
 
 NPI_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -129,25 +165,29 @@ def _keeps_last(phrase: str, prefix: str, terminals: Mapping[str, tuple[str, ...
     tail = " ".join(rest)
     return not (
         phrase in prefix
-        or phrase in terminals["D"] or phrase in terminals["C"]
-        or f"{first}s {tail}" in prefix or f"{first[:-1]} {tail}" in prefix
+        or phrase in terminals["D"]
+        or phrase in terminals["C"]
+        or f"{first}s {tail}" in prefix
+        or f"{first[:-1]} {tail}" in prefix
         or (phrase.startswith("is") and "are " + phrase[3:] in prefix)
-        or (phrase.startswith("are") and "is " + phrase[4:] in prefix))
+        or (phrase.startswith("are") and "is " + phrase[4:] in prefix)
+    )
 
 
-def _expand(slots: Sequence[Sequence[str]], terminals: Mapping[str, tuple[str, ...]],
-            keep_repeats: bool = False) -> list[str]:
+def _expand(
+    slots: Sequence[Sequence[str]], terminals: Mapping[str, tuple[str, ...]], keep_repeats: bool = False
+) -> list[str]:
     """Every sentence of the slots' word lists, first slot slowest, filtered unless told."""
     sentences: list[str] = []
     for words in product(*slots[:-1]):
         prefix = " ".join(words) + " "
-        sentences.extend(prefix + last for last in slots[-1]
-                         if keep_repeats or _keeps_last(last, prefix, terminals))
+        sentences.extend(prefix + last for last in slots[-1] if keep_repeats or _keeps_last(last, prefix, terminals))
     return sentences
 
 
-def _switched(slots: list[tuple[str, ...]], positions: Iterable[int],
-              preterminals: Sequence[str]) -> list[tuple[str, ...]]:
+def _switched(
+    slots: list[tuple[str, ...]], positions: Iterable[int], preterminals: Sequence[str]
+) -> list[tuple[str, ...]]:
     new = list(slots)
     for i in positions:
         new[i] = tuple(switch_number(w, preterminals[i].endswith("V")) for w in new[i])
@@ -169,8 +209,9 @@ def _agreement_case(case: str) -> dict[str, tuple[tuple[str, str], ...]]:
                 good = _switched(slots, subject + target, preterminals)
                 bad = _switched(slots, subject, preterminals)
             name = f"{number}_{matched}" + (f"_{attractor}_{varied}" if attractors else "")
-            subcases[name] = tuple(zip(_expand(good, AGREEMENT_TERMINALS),
-                                       _expand(bad, AGREEMENT_TERMINALS), strict=True))
+            subcases[name] = tuple(
+                zip(_expand(good, AGREEMENT_TERMINALS), _expand(bad, AGREEMENT_TERMINALS), strict=True)
+            )
     return subcases
 
 
@@ -193,8 +234,7 @@ def _npi_case(case: str) -> dict[str, tuple[tuple[str, str, str], ...]]:
         if case.startswith("simple"):  # intrusive: a determiner that licenses nothing
             intrusive = _expand(_npi_slots(pre, "SD"), NPI_TERMINALS)
         else:  # intrusive: the licensor inside the relative clause
-            intrusive = [_move_licensor(s) for s in
-                         _expand(_npi_slots(pre, "NO"), NPI_TERMINALS, keep_repeats=True)]
+            intrusive = [_move_licensor(s) for s in _expand(_npi_slots(pre, "NO"), NPI_TERMINALS, keep_repeats=True)]
         subcases[tense] = tuple(zip(good, intrusive, bad, strict=True))
     return subcases
 
@@ -210,8 +250,9 @@ def check_cases(cases: Iterable[str] | None) -> tuple[str, ...]:
     Raises:
         UserInputError: An unknown case name.
     """
-    return check_names(cases, TSE_CASES, lambda case: (
-        f"unknown TSE case {case!r}; expected one of {', '.join(TSE_CASES)}"))
+    return check_names(
+        cases, TSE_CASES, lambda case: f"unknown TSE case {case!r}; expected one of {', '.join(TSE_CASES)}"
+    )
 
 
 def generate_tse(cases: Iterable[str] | None = None) -> TseData:
@@ -224,8 +265,7 @@ def generate_tse(cases: Iterable[str] | None = None) -> TseData:
         ``{case: {sub-case: [(good, bad) | (good, intrusive, bad), ...]}}``, a fresh copy
         the caller may modify; the same call always returns the same data, in order.
     """
-    return {case: {sub: list(items) for sub, items in generated_case(case).items()}
-            for case in check_cases(cases)}
+    return {case: {sub: list(items) for sub, items in generated_case(case).items()} for case in check_cases(cases)}
 
 
 def flatten_tse(data: Mapping[str, Mapping[str, Sequence[Sequence[str]]]]) -> list[MinimalPair]:
@@ -235,8 +275,9 @@ def flatten_tse(data: Mapping[str, Mapping[str, Sequence[Sequence[str]]]]) -> li
         for subcase, items in subcases.items():
             for i, item in enumerate(items):
                 intrusive = item[1] if len(item) == 3 else None
-                pairs.append(MinimalPair(good=item[0], bad=item[-1], case=case,
-                                         subcase=subcase, pair_id=i, intrusive=intrusive))
+                pairs.append(
+                    MinimalPair(good=item[0], bad=item[-1], case=case, subcase=subcase, pair_id=i, intrusive=intrusive)
+                )
     return pairs
 
 
@@ -245,8 +286,7 @@ def tse_pairs(cases: Iterable[str] | None = None) -> list[MinimalPair]:
     return flatten_tse(generate_tse(cases))
 
 
-def sample_tse(data: TseData | Sequence[MinimalPair], per_case: int,
-               seed: int = 0) -> TseData | list[MinimalPair]:
+def sample_tse(data: TseData | Sequence[MinimalPair], per_case: int, seed: int = 0) -> TseData | list[MinimalPair]:
     """Deterministic stratified sample: ``per_case`` items per case, even over sub-cases.
 
     Each case's draws are split over its sub-cases as evenly as their sizes allow (the
@@ -271,5 +311,4 @@ def sample_tse(data: TseData | Sequence[MinimalPair], per_case: int,
     for pair in data:
         grouped.setdefault(pair.case, {}).setdefault(pair.subcase, []).append(pair)
     sample = stratified_sample(grouped, per_case, seed)
-    return [pair for subcases in sample.values() for items in subcases.values()
-            for pair in items]
+    return [pair for subcases in sample.values() for items in subcases.values() for pair in items]

@@ -41,8 +41,12 @@ def _case_bytes(case: str, format: str) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
-def export_tse(directory: str | os.PathLike, format: Literal["pickle", "jsonl"] = "pickle",
-               overwrite: bool = False, cases: Iterable[str] | None = None) -> list[Path]:
+def export_tse(
+    directory: str | os.PathLike,
+    format: Literal["pickle", "jsonl"] = "pickle",
+    overwrite: bool = False,
+    cases: Iterable[str] | None = None,
+) -> list[Path]:
     """Write the generated benchmark, one file per case.
 
     ``pickle`` writes the original layout, ``<case>.pickle`` holding ``{sub-case: [tuples]}``;
@@ -69,20 +73,18 @@ def export_tse(directory: str | os.PathLike, format: Literal["pickle", "jsonl"] 
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise UserInputError(f"TSE export target {directory} exists and is not a directory")
-    contents = {directory / f"{case}.{format}": _case_bytes(case, format)
-                for case in check_cases(cases)}
-    changed = {path: data for path, data in contents.items()
-               if not path.is_file() or path.read_bytes() != data}
+    contents = {directory / f"{case}.{format}": _case_bytes(case, format) for case in check_cases(cases)}
+    changed = {path: data for path, data in contents.items() if not path.is_file() or path.read_bytes() != data}
     if not overwrite:
         for path in changed:
             if path.exists():
-                raise UserInputError(f"{path} already exists with different content; pass "
-                                     "overwrite=True (--overwrite) to replace it")
+                raise UserInputError(
+                    f"{path} already exists with different content; pass overwrite=True (--overwrite) to replace it"
+                )
     directory.mkdir(parents=True, exist_ok=True)
     for path, data in changed.items():
         atomic_write_bytes(path, data)  # a fresh O_EXCL temporary file: a planted link is never followed
-    log.info("wrote %d of %d TSE %s files to %s", len(changed), len(contents), format,
-             directory)
+    log.info("wrote %d of %d TSE %s files to %s", len(changed), len(contents), format, directory)
     return list(contents)
 
 
@@ -118,10 +120,8 @@ def _case_order(path: Path) -> tuple[int, str]:
 
 
 def _check_item(item: object, where: str) -> tuple[str, ...]:
-    if (not isinstance(item, (tuple, list)) or len(item) not in (2, 3)
-            or not all(isinstance(s, str) for s in item)):
-        raise DynamicsError(f"{where}: expected (good, bad) or (good, intrusive, bad) strings, "
-                            f"got {str(item)[:80]!r}")
+    if not isinstance(item, (tuple, list)) or len(item) not in (2, 3) or not all(isinstance(s, str) for s in item):
+        raise DynamicsError(f"{where}: expected (good, bad) or (good, intrusive, bad) strings, got {str(item)[:80]!r}")
     return tuple(item)
 
 
@@ -143,15 +143,23 @@ def load_tse_pickles(directory: str | os.PathLike) -> TseData:
         try:
             with path.open("rb") as f:
                 content = _DataOnlyUnpickler(f, encoding="utf-8").load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-                IndexError, UnicodeDecodeError) as exc:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            UnicodeDecodeError,
+        ) as exc:
             raise DynamicsError(f"{path} is not a readable TSE pickle: {exc}") from None
         if not isinstance(content, dict) or not all(
-                isinstance(k, str) and isinstance(v, list) for k, v in content.items()):
-            raise DynamicsError(f"{path}: expected a dict sub-case -> list of tuples, "
-                                f"got {type(content).__name__}")
-        data[path.stem] = {sub: [_check_item(item, f"{path} [{sub}]") for item in items]
-                           for sub, items in content.items()}
+            isinstance(k, str) and isinstance(v, list) for k, v in content.items()
+        ):
+            raise DynamicsError(f"{path}: expected a dict sub-case -> list of tuples, got {type(content).__name__}")
+        data[path.stem] = {
+            sub: [_check_item(item, f"{path} [{sub}]") for item in items] for sub, items in content.items()
+        }
     return data
 
 

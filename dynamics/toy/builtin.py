@@ -58,8 +58,10 @@ def ensure_toy_suite(ref: ModelRef, config: ToyConfig | None = None) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserInputError(f"--model {TOY_ALIAS}: cannot create the cache directory {target.parent} ({exc}); "
-                             "set DYNAMICS_CACHE_DIR to a writable directory") from None
+        raise UserInputError(
+            f"--model {TOY_ALIAS}: cannot create the cache directory {target.parent} ({exc}); "
+            "set DYNAMICS_CACHE_DIR to a writable directory"
+        ) from None
     partial = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:

@@ -45,20 +45,56 @@ from dynamics.syntax.tse import generate_tse, switch_number
 # Singular base forms; plurals by the TSE rule. Filler words are chosen so that the rule
 # gives the right plural (no "watches", no "stories").
 ANIMATE_NOUNS: tuple[str, ...] = (*T["MS"], *T["ES"], *T["BS"]) + (
-    "doctor", "lawyer", "student", "nurse", "writer", "singer", "painter", "driver",
-    "worker", "neighbor", "soldier", "baker")
+    "doctor",
+    "lawyer",
+    "student",
+    "nurse",
+    "writer",
+    "singer",
+    "painter",
+    "driver",
+    "worker",
+    "neighbor",
+    "soldier",
+    "baker",
+)
 INANIMATE_NOUNS: tuple[str, ...] = (*T["IS"],) + (
-    "car", "house", "letter", "film", "photo", "play", "album", "report", "record")
+    "car",
+    "house",
+    "letter",
+    "film",
+    "photo",
+    "play",
+    "album",
+    "report",
+    "record",
+)
 PLACES: tuple[str, ...] = ("park", "city", "office", "kitchen", "station", "library", "school", "garden")
 ADJECTIVES: tuple[str, ...] = ("old", "young", "tall", "famous", "busy", "new", "quiet", "clever")
 INTRANSITIVE_VPS: tuple[str, ...] = (*T["MV"],) + (
-    "sleeps", "runs", "sings", "waits", "works", "is happy", "is tired", "is busy")
+    "sleeps",
+    "runs",
+    "sings",
+    "waits",
+    "works",
+    "is happy",
+    "is tired",
+    "is busy",
+)
 TRANSITIVE_VERBS: tuple[str, ...] = (*T["EV"],) + ("sees", "meets", "helps", "calls", "visits", "thanks")
 LONG_VPS: tuple[str, ...] = (*T["LMV"],) + (
-    "plays the piano every evening", "reads books about history", "lives in a small town",
-    "works at the hospital on weekends")
+    "plays the piano every evening",
+    "reads books about history",
+    "lives in a small town",
+    "works at the hospital on weekends",
+)
 INANIMATE_VPS: tuple[str, ...] = (*T["IV"],) + (
-    "is long", "is boring", "is cheap", "costs a lot of money", "makes people happy")
+    "is long",
+    "is boring",
+    "is cheap",
+    "costs a lot of money",
+    "makes people happy",
+)
 PAST_TRANSITIVE_VERBS: tuple[str, ...] = (*T["RMV"],) + ("blamed", "praised", "trusted")
 BELIEF_VERBS: tuple[str, ...] = (*T["BV"],) + ("believed", "heard", "noticed")
 PREPOSITIONS: tuple[str, ...] = (*T["P"], *T["IP"]) + ("with", "beside")
@@ -75,18 +111,35 @@ NON_LICENSORS: tuple[str, ...] = (*NPI["MOST"], *NPI["SD"])  # most, many, the, 
 # Determiners by number, with weights. "the" dominates, as in the benchmark.
 SINGULAR_DETERMINERS: tuple[tuple[str, float], ...] = (("the", 0.70), ("a", 0.15), ("this", 0.08), ("every", 0.07))
 PLURAL_DETERMINERS: tuple[tuple[str, float], ...] = (
-    ("the", 0.68), ("some", 0.08), ("these", 0.08), ("many", 0.05), ("most", 0.05), ("no", 0.03), ("few", 0.03))
+    ("the", 0.68),
+    ("some", 0.08),
+    ("these", 0.08),
+    ("many", 0.05),
+    ("most", 0.05),
+    ("no", 0.03),
+    ("few", 0.03),
+)
 
 #: Sentence kinds and their probabilities.
 SENTENCE_MIXTURE: tuple[tuple[str, float], ...] = (("agreement", 0.62), ("npi", 0.14), ("filler", 0.24))
 #: Subject modifiers (attractors) in agreement sentences and their probabilities.
 SUBJECT_MODIFIERS: tuple[tuple[str, float], ...] = (
-    ("none", 0.30), ("prepositional", 0.20), ("subject_relative", 0.15),
-    ("object_relative", 0.18), ("object_relative_no_that", 0.17))
+    ("none", 0.30),
+    ("prepositional", 0.20),
+    ("subject_relative", 0.15),
+    ("object_relative", 0.18),
+    ("object_relative_no_that", 0.17),
+)
 #: Predicates of animate subjects and their probabilities.
 ANIMATE_PREDICATES: tuple[tuple[str, float], ...] = (
-    ("intransitive", 0.22), ("transitive", 0.14), ("long", 0.10), ("reflexive", 0.16),
-    ("coordination", 0.10), ("long_coordination", 0.08), ("complement", 0.20))
+    ("intransitive", 0.22),
+    ("transitive", 0.14),
+    ("long", 0.10),
+    ("reflexive", 0.16),
+    ("coordination", 0.10),
+    ("long_coordination", 0.08),
+    ("complement", 0.20),
+)
 ADJECTIVE_PROBABILITY = 0.1
 
 
@@ -106,19 +159,50 @@ def lexicon_words() -> set[str]:
     phrases += [plural(n) for n in (*ANIMATE_NOUNS, *INANIMATE_NOUNS)]
     verbs = (*INTRANSITIVE_VPS, *TRANSITIVE_VERBS, *LONG_VPS, *INANIMATE_VPS)
     phrases += [*verbs, *(plural_verb(v) for v in verbs)]
-    phrases += [*ADJECTIVES, *PAST_TRANSITIVE_VERBS, *BELIEF_VERBS, *PREPOSITIONS, *ANAPHORS_SINGULAR,
-                ANAPHOR_PLURAL, *ANIMATE_PAST, *ANIMATE_FUTURE, *INANIMATE_PAST, *INANIMATE_FUTURE,
-                *LICENSORS, *NON_LICENSORS, *(d for d, _ in SINGULAR_DETERMINERS + PLURAL_DETERMINERS)]
-    phrases += ["an", "that", "and", "have", "will", "ever", "always", "often", "there", "was", "were",
-                "can", "must", "yesterday", "gave", "book", "in", "at"]
+    phrases += [
+        *ADJECTIVES,
+        *PAST_TRANSITIVE_VERBS,
+        *BELIEF_VERBS,
+        *PREPOSITIONS,
+        *ANAPHORS_SINGULAR,
+        ANAPHOR_PLURAL,
+        *ANIMATE_PAST,
+        *ANIMATE_FUTURE,
+        *INANIMATE_PAST,
+        *INANIMATE_FUTURE,
+        *LICENSORS,
+        *NON_LICENSORS,
+        *(d for d, _ in SINGULAR_DETERMINERS + PLURAL_DETERMINERS),
+    ]
+    phrases += [
+        "an",
+        "that",
+        "and",
+        "have",
+        "will",
+        "ever",
+        "always",
+        "often",
+        "there",
+        "was",
+        "were",
+        "can",
+        "must",
+        "yesterday",
+        "gave",
+        "book",
+        "in",
+        "at",
+    ]
     return {w for p in phrases for w in p.split(" ")}
 
 
 @lru_cache(maxsize=1)
 def tse_sentences() -> frozenset[str]:
     """Every sentence of the TSE benchmark: grammatical, ungrammatical and intrusive."""
-    return frozenset(s for subcases in generate_tse().values() for items in subcases.values()
-                     for item in items for s in item)
+    return frozenset(
+        s for subcases in generate_tse().values() for items in subcases.values() for item in items for s in item
+    )
 
 
 # ---------------------------------------------------------------------------- grammar
@@ -278,8 +362,7 @@ class _Grammar:
         return " ".join(makers[kind]())
 
 
-def generate_sentences(count: int, seed: int | str,
-                       exclude: frozenset[str] | set[str] = frozenset()) -> list[str]:
+def generate_sentences(count: int, seed: int | str, exclude: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """``count`` random sentences of the toy grammar, the same for the same seed.
 
     Args:
@@ -312,9 +395,15 @@ def corpus_description() -> dict[str, Any]:
         "singular_determiners": dict(SINGULAR_DETERMINERS),
         "plural_determiners": dict(PLURAL_DETERMINERS),
         "adjective_probability": ADJECTIVE_PROBABILITY,
-        "lexicon": {"animate_nouns": len(ANIMATE_NOUNS), "inanimate_nouns": len(INANIMATE_NOUNS),
-                    "intransitive_vps": len(INTRANSITIVE_VPS), "transitive_verbs": len(TRANSITIVE_VERBS),
-                    "long_vps": len(LONG_VPS), "inanimate_vps": len(INANIMATE_VPS), "words": len(lexicon_words())},
+        "lexicon": {
+            "animate_nouns": len(ANIMATE_NOUNS),
+            "inanimate_nouns": len(INANIMATE_NOUNS),
+            "intransitive_vps": len(INTRANSITIVE_VPS),
+            "transitive_verbs": len(TRANSITIVE_VERBS),
+            "long_vps": len(LONG_VPS),
+            "inanimate_vps": len(INANIMATE_VPS),
+            "words": len(lexicon_words()),
+        },
         "npi_rule": "ever follows have/will only when the first word is no or few",
         "format": "lower case, single spaces, no punctuation; sentences separated by <|endoftext|>",
     }

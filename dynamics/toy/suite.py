@@ -93,8 +93,18 @@ class ToyConfig:
     progress: bool = option(True, help="show a progress bar")
 
     def __post_init__(self) -> None:
-        positive = ("sentences", "hidden_size", "layers", "heads", "context", "batch_size", "steps",
-                    "checkpoint_every", "threads", "heldout_sentences")
+        positive = (
+            "sentences",
+            "hidden_size",
+            "layers",
+            "heads",
+            "context",
+            "batch_size",
+            "steps",
+            "checkpoint_every",
+            "threads",
+            "heldout_sentences",
+        )
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -108,7 +118,8 @@ class ToyConfig:
         if (self.hidden_size // self.heads) % 4:
             raise UserInputError(
                 f"--hidden-size {self.hidden_size} / --heads {self.heads}: the head size must be a multiple of 4 "
-                "(rotary embeddings use a quarter of it, in pairs)")
+                "(rotary embeddings use a quarter of it, in pairs)"
+            )
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise UserInputError(f"--warmup-steps {self.warmup_steps!r}: expected zero or a positive integer")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -157,8 +168,12 @@ def build_tokenizer(words: Sequence[str] | None = None) -> Any:
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.add_special_tokens(list(SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
-        unk_token=UNK_TOKEN, clean_up_tokenization_spaces=False,
+        tokenizer_object=backend,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        clean_up_tokenization_spaces=False,
     )
 
 
@@ -181,11 +196,19 @@ def toy_model_config(config: ToyConfig, vocab_size: int) -> Any:
     from transformers import GPTNeoXConfig
 
     return GPTNeoXConfig(
-        vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.layers,
-        num_attention_heads=config.heads, intermediate_size=4 * config.hidden_size, hidden_act="gelu",
-        rotary_pct=0.25, use_parallel_residual=True, max_position_embeddings=config.context,
-        tie_word_embeddings=False, bos_token_id=SPECIAL_TOKENS.index(EOS_TOKEN),
-        eos_token_id=SPECIAL_TOKENS.index(EOS_TOKEN), pad_token_id=SPECIAL_TOKENS.index(PAD_TOKEN),
+        vocab_size=vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        intermediate_size=4 * config.hidden_size,
+        hidden_act="gelu",
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        max_position_embeddings=config.context,
+        tie_word_embeddings=False,
+        bos_token_id=SPECIAL_TOKENS.index(EOS_TOKEN),
+        eos_token_id=SPECIAL_TOKENS.index(EOS_TOKEN),
+        pad_token_id=SPECIAL_TOKENS.index(PAD_TOKEN),
     )
 
 
@@ -247,9 +270,12 @@ def _prepare_out_dir(path: Path, overwrite: bool) -> None:
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise UserInputError(
-                f"--out {path}: the directory is not empty; choose a new one or pass --overwrite to replace its suite")
+                f"--out {path}: the directory is not empty; choose a new one or pass --overwrite to replace its suite"
+            )
         for child in path.iterdir():  # only what a build writes; anything else stays
-            if not (re.fullmatch(r"\.?step\d+(\.partial\.?\w*)?", child.name) or child.name in (SUITE_FILE, HELDOUT_FILE)):
+            if not (
+                re.fullmatch(r"\.?step\d+(\.partial\.?\w*)?", child.name) or child.name in (SUITE_FILE, HELDOUT_FILE)
+            ):
                 continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
@@ -294,15 +320,21 @@ def build_toy_suite(out_dir: str | os.PathLike | None = None, config: ToyConfig 
     corpus = _make_corpus(config)
     atomic_write_bytes(out / HELDOUT_FILE, "".join(f"{EOS_TOKEN} {s}\n" for s in corpus.heldout).encode("utf-8"))
     timings = {"corpus": time.perf_counter() - started}
-    log.info("toy corpus: %d sentences, %d tokens, vocabulary %d", len(corpus.train), len(corpus.stream),
-             len(vocabulary()))
+    log.info(
+        "toy corpus: %d sentences, %d tokens, vocabulary %d", len(corpus.train), len(corpus.stream), len(vocabulary())
+    )
     schedule = checkpoint_steps(config.steps, config.checkpoint_every)
     model, losses = _train(config, corpus, schedule, out)
     timings["training"] = time.perf_counter() - started - timings["corpus"]
     timings["total"] = time.perf_counter() - started
     _write_manifest(out, config, schedule, model, corpus, losses, timings)
-    log.info("toy suite %s: %d checkpoints, final held-out loss %.3f, %.0f s", out, len(schedule),
-             losses["heldout"][config.steps], timings["total"])
+    log.info(
+        "toy suite %s: %d checkpoints, final held-out loss %.3f, %.0f s",
+        out,
+        len(schedule),
+        losses["heldout"][config.steps],
+        timings["total"],
+    )
     return out
 
 
@@ -318,18 +350,19 @@ def _make_corpus(config: ToyConfig) -> _Corpus:
     """Training sentences (without TSE's, if asked) and held-out ones (also without training's)."""
     excluded = tse_sentences() if config.exclude_tse else frozenset()
     train = generate_sentences(config.sentences, seed=f"{config.seed}/train", exclude=excluded)
-    heldout = generate_sentences(config.heldout_sentences, seed=f"{config.seed}/heldout",
-                                 exclude=excluded | set(train))
+    heldout = generate_sentences(config.heldout_sentences, seed=f"{config.seed}/heldout", exclude=excluded | set(train))
     index = {w: i for i, w in enumerate(vocabulary())}
     corpus = _Corpus(train, heldout, encode_stream(train, index), encode_stream(heldout, index))
     if len(corpus.stream) < config.context + 2:
-        raise UserInputError(f"--sentences {config.sentences}: too few tokens for one window of --context "
-                             f"{config.context}")
+        raise UserInputError(
+            f"--sentences {config.sentences}: too few tokens for one window of --context {config.context}"
+        )
     return corpus
 
 
-def _train(config: ToyConfig, corpus: _Corpus, schedule: list[int],
-           out: Path) -> tuple[Any, dict[str, dict[int, float]]]:
+def _train(
+    config: ToyConfig, corpus: _Corpus, schedule: list[int], out: Path
+) -> tuple[Any, dict[str, dict[int, float]]]:
     """Train from scratch, saving a checkpoint at every scheduled step; returns the final
     model and the mean training loss since the previous checkpoint and the held-out loss,
     per checkpoint."""
@@ -371,8 +404,15 @@ def _train(config: ToyConfig, corpus: _Corpus, schedule: list[int],
     return model, losses
 
 
-def _write_manifest(out: Path, config: ToyConfig, schedule: list[int], model: Any, corpus: _Corpus,
-                    losses: dict[str, dict[int, float]], timings: dict[str, float]) -> None:
+def _write_manifest(
+    out: Path,
+    config: ToyConfig,
+    schedule: list[int],
+    model: Any,
+    corpus: _Corpus,
+    losses: dict[str, dict[int, float]],
+    timings: dict[str, float],
+) -> None:
     import transformers
 
     manifest = {
@@ -381,14 +421,26 @@ def _write_manifest(out: Path, config: ToyConfig, schedule: list[int], model: An
         "seed": config.seed,
         "checkpoint_steps": schedule,
         "schedule": "0, powers of two below checkpoint_every, then every checkpoint_every to steps",
-        "model": {"architecture": "gpt_neox", "parameters": sum(p.numel() for p in model.parameters()),
-                  "mlp_neurons_per_layer": 4 * config.hidden_size, "layers": config.layers},
-        "tokenizer": {"type": "WordLevel + Whitespace", "vocab_size": len(vocabulary()),
-                      "special_tokens": list(SPECIAL_TOKENS)},
-        "corpus": corpus_description() | {
-            "train_sentences": len(corpus.train), "distinct_train_sentences": len(set(corpus.train)),
-            "train_tokens": int(len(corpus.stream)), "tse_sentences_excluded": config.exclude_tse,
-            "heldout_file": HELDOUT_FILE, "heldout_sentences": config.heldout_sentences},
+        "model": {
+            "architecture": "gpt_neox",
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "mlp_neurons_per_layer": 4 * config.hidden_size,
+            "layers": config.layers,
+        },
+        "tokenizer": {
+            "type": "WordLevel + Whitespace",
+            "vocab_size": len(vocabulary()),
+            "special_tokens": list(SPECIAL_TOKENS),
+        },
+        "corpus": corpus_description()
+        | {
+            "train_sentences": len(corpus.train),
+            "distinct_train_sentences": len(set(corpus.train)),
+            "train_tokens": int(len(corpus.stream)),
+            "tse_sentences_excluded": config.exclude_tse,
+            "heldout_file": HELDOUT_FILE,
+            "heldout_sentences": config.heldout_sentences,
+        },
         "tokens_seen": config.steps * config.batch_size * config.context,
         "train_loss": {str(k): v for k, v in losses["train"].items()},
         "heldout_loss": {str(k): v for k, v in losses["heldout"].items()},

@@ -98,7 +98,9 @@ def test_pre_activation_modules_give_the_neurons(family_model: tuple[str, torch.
             expected = expected + bias
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     # The tiny models have random biases where the family has them: a forgotten bias shows.
-    assert (neuron_input_biases(model, 0) is None) == (family in {"mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3"})
+    assert (neuron_input_biases(model, 0) is None) == (
+        family in {"mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3"}
+    )
 
 
 def test_activation_function_matches_the_models_own(family_model: tuple[str, torch.nn.Module]) -> None:

@@ -56,8 +56,13 @@ def plant_missing(cache, repo, commit, files, ref):
 
 
 def source(cache, download):
-    return HubSource(resolve_model("pythia-70m"), cache_dir=cache, retry=RetryPolicy(attempts=1),
-                     download=download, list_files=lambda repo, rev: ["config.json", "model.safetensors"])
+    return HubSource(
+        resolve_model("pythia-70m"),
+        cache_dir=cache,
+        retry=RetryPolicy(attempts=1),
+        download=download,
+        list_files=lambda repo, rev: ["config.json", "model.safetensors"],
+    )
 
 
 def test_a_users_main_survives_a_scan_of_the_same_commit_as_step143000(tmp_path, online):
@@ -99,8 +104,12 @@ def test_files_added_to_a_users_snapshot_are_taken_back_but_the_snapshot_stays(t
     plant_hub_commit(cache, REPO, MAIN, {"config.json": b"{}"}, ["main"])
     repo = cache / "models--EleutherAI--pythia-70m"
     users = tree(repo)
-    hub = source(cache, client_like_download(cache, {"step143000": MAIN},
-                                             {MAIN: {"config.json": b"{}", "model.safetensors": b"W" * 10}}))
+    hub = source(
+        cache,
+        client_like_download(
+            cache, {"step143000": MAIN}, {MAIN: {"config.json": b"{}", "model.safetensors": b"W" * 10}}
+        ),
+    )
     checkpoint = hub.fetch(143000)
     assert checkpoint.downloaded
     hub.release(checkpoint)
@@ -110,12 +119,19 @@ def test_files_added_to_a_users_snapshot_are_taken_back_but_the_snapshot_stays(t
 def test_keep_checkpoints_evicts_nothing(tmp_path, online):
     cache = tmp_path / "hf"
     files = {"config.json": b"{}", "model.safetensors": b"N" * 10}
-    hub = HubSource(resolve_model("pythia-70m"), cache_dir=cache, retry=RetryPolicy(attempts=1), keep=True,
-                    download=client_like_download(cache, {"step1000": OTHER}, {OTHER: files}),
-                    list_files=lambda repo, rev: list(files))
+    hub = HubSource(
+        resolve_model("pythia-70m"),
+        cache_dir=cache,
+        retry=RetryPolicy(attempts=1),
+        keep=True,
+        download=client_like_download(cache, {"step1000": OTHER}, {OTHER: files}),
+        list_files=lambda repo, rev: list(files),
+    )
     checkpoint = hub.fetch(1000)
     hub.release(checkpoint)
-    assert (cache / "models--EleutherAI--pythia-70m" / "snapshots" / OTHER / "model.safetensors").read_bytes() == b"N" * 10
+    assert (
+        cache / "models--EleutherAI--pythia-70m" / "snapshots" / OTHER / "model.safetensors"
+    ).read_bytes() == b"N" * 10
 
 
 def test_a_scan_of_step143000_keeps_the_users_main(tiny_suite, tmp_path, online, monkeypatch):
@@ -129,13 +145,27 @@ def test_a_scan_of_step143000_keeps_the_users_main(tiny_suite, tmp_path, online,
     plant_hub_commit(cache, REPO, MAIN, files, ["main"])
     repo = cache / "models--EleutherAI--pythia-70m"
     users = tree(repo)
-    monkeypatch.setattr("huggingface_hub.snapshot_download",
-                        client_like_download(cache, {"step143000": MAIN}, {MAIN: files}))
+    monkeypatch.setattr(
+        "huggingface_hub.snapshot_download", client_like_download(cache, {"step143000": MAIN}, {MAIN: files})
+    )
     monkeypatch.setattr("checkpoints.source._list_repo_files", lambda repo_id, revision: sorted(files))
-    monkeypatch.setattr("huggingface_hub.HfApi.list_repo_refs", lambda self, repo_id, **kw: type("R", (), {"branches": []})())
+    monkeypatch.setattr(
+        "huggingface_hub.HfApi.list_repo_refs", lambda self, repo_id, **kw: type("R", (), {"branches": []})()
+    )
     out = tmp_path / "p.zarr"
-    summary = run_scan(ScanConfig(model="pythia-70m", out=str(out), steps="143000", cache_dir=str(cache), retries=1,
-                                  corpus=str(tiny_suite / "heldout.txt"), wd_tokens=512, ppl_tokens=64, tse_per_case=1))
+    summary = run_scan(
+        ScanConfig(
+            model="pythia-70m",
+            out=str(out),
+            steps="143000",
+            cache_dir=str(cache),
+            retries=1,
+            corpus=str(tiny_suite / "heldout.txt"),
+            wd_tokens=512,
+            ppl_tokens=64,
+            tse_per_case=1,
+        )
+    )
     assert summary.done == [143000]
     assert open_cube(out).attrs["steps"]["143000"]["commit"] == MAIN
     assert {k: v for k, v in tree(repo).items() if k != "refs/step143000"} == users

@@ -32,10 +32,15 @@ def hub_response(status: int):
 
 
 PERMANENT = [
-    (lambda: errors.RepositoryNotFoundError("Repository Not Found for url", response=hub_response(404)),
-     f"no model '{TYPO}' on the Hugging Face Hub"),
+    (
+        lambda: errors.RepositoryNotFoundError("Repository Not Found for url", response=hub_response(404)),
+        f"no model '{TYPO}' on the Hugging Face Hub",
+    ),
     (lambda: errors.GatedRepoError("Access to model is restricted", response=hub_response(403)), "is a gated model"),
-    (lambda: errors.RevisionNotFoundError("Revision Not Found", response=hub_response(404)), "has no revision 'step1000'"),
+    (
+        lambda: errors.RevisionNotFoundError("Revision Not Found", response=hub_response(404)),
+        "has no revision 'step1000'",
+    ),
     (lambda: errors.EntryNotFoundError("404 Client Error: Entry Not Found"), "a file this revision lists is missing"),
     (lambda: errors.HfHubHTTPError("401 Unauthorized", response=hub_response(401)), "refused access (HTTP 401)"),
 ]
@@ -49,8 +54,13 @@ def test_permanent_errors_are_one_line_at_once(tmp_path, online, make_error, wor
         calls.append(kwargs["revision"])
         raise make_error()
 
-    source = HubSource(resolve_model(TYPO), cache_dir=tmp_path, retry=RetryPolicy(attempts=4, sleep=waits.append),
-                       download=download, list_files=lambda r, v: ["model.safetensors"])
+    source = HubSource(
+        resolve_model(TYPO),
+        cache_dir=tmp_path,
+        retry=RetryPolicy(attempts=4, sleep=waits.append),
+        download=download,
+        list_files=lambda r, v: ["model.safetensors"],
+    )
     with caplog.at_level(logging.WARNING), pytest.raises(CheckpointError) as caught:
         source.fetch(1000)
     message = str(caught.value)
@@ -64,7 +74,9 @@ def test_a_repository_that_does_not_exist_says_what_to_do(tmp_path, online):
     def download(repo_id, **kwargs):
         raise errors.RepositoryNotFoundError("Repository Not Found", response=hub_response(401))
 
-    source = HubSource(resolve_model(TYPO), cache_dir=tmp_path, download=download, list_files=lambda r, v: ["model.safetensors"])
+    source = HubSource(
+        resolve_model(TYPO), cache_dir=tmp_path, download=download, list_files=lambda r, v: ["model.safetensors"]
+    )
     with pytest.raises(CheckpointError, match=r"use an alias such as pythia-70m .*--cache-dir"):
         source.fetch(0)
 
@@ -75,8 +87,13 @@ def test_transient_errors_are_retried_one_log_line_each(tmp_path, online, caplog
     def down(repo_id, **kwargs):
         raise ConnectionError("Connection reset by peer\n(while reading the response)")
 
-    source = HubSource(resolve_model(TYPO), cache_dir=tmp_path, retry=RetryPolicy(attempts=3, backoff=0.5, sleep=waits.append),
-                       download=down, list_files=lambda r, v: ["model.safetensors"])
+    source = HubSource(
+        resolve_model(TYPO),
+        cache_dir=tmp_path,
+        retry=RetryPolicy(attempts=3, backoff=0.5, sleep=waits.append),
+        download=down,
+        list_files=lambda r, v: ["model.safetensors"],
+    )
     with caplog.at_level(logging.WARNING), pytest.raises(CheckpointError, match="after 3 attempt"):
         source.fetch(10)
     lines = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
@@ -86,7 +103,9 @@ def test_transient_errors_are_retried_one_log_line_each(tmp_path, online, caplog
 
 
 def test_offline_and_not_cached_names_the_id_and_the_cache_not_the_librarys_advice(tmp_path):
-    source = HubSource(resolve_model("pythia-70m"), cache_dir=tmp_path, retry=RetryPolicy(attempts=4, sleep=pytest.fail))
+    source = HubSource(
+        resolve_model("pythia-70m"), cache_dir=tmp_path, retry=RetryPolicy(attempts=4, sleep=pytest.fail)
+    )
     with pytest.raises(CheckpointError) as caught:
         source.fetch(3000)
     message = str(caught.value)
@@ -99,9 +118,26 @@ def test_a_scan_of_a_model_missing_from_an_offline_cache_is_refused_before_the_c
     empty = tmp_path / "hf"
     empty.mkdir()
     out = tmp_path / "c.zarr"
-    proc = subprocess.run([sys.executable, "-m", "dynamics.cli", "scan", "-m", model, "--steps", "1000",
-                           "--cache-dir", str(empty), "-o", str(out)],
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynamics.cli",
+            "scan",
+            "-m",
+            model,
+            "--steps",
+            "1000",
+            "--cache-dir",
+            str(empty),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     location = resolve_model(model).location
@@ -130,9 +166,11 @@ def test_a_mistyped_hub_id_online_is_refused_at_once(tmp_path, online, monkeypat
 
 
 def test_huggingface_hub_log_lines_are_printed_once(tmp_path):
-    code = ("from dynamics.cli import main; main(['steps', 'log']); "
-            "from huggingface_hub.utils import logging; "  # as the scan imports it, adding the hub's own handler
-            "logging.get_logger('huggingface_hub.file_download').warning('the hub says hi')")
+    code = (
+        "from dynamics.cli import main; main(['steps', 'log']); "
+        "from huggingface_hub.utils import logging; "  # as the scan imports it, adding the hub's own handler
+        "logging.get_logger('huggingface_hub.file_download').warning('the hub says hi')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("the hub says hi") == 1
@@ -148,8 +186,13 @@ def test_a_dead_network_costs_one_round_of_retries_not_one_per_step(tmp_path, on
             return str(tmp_path / "snap")
         raise ConnectionError("Name or service not known")
 
-    source = HubSource(resolve_model(TYPO), cache_dir=tmp_path, retry=RetryPolicy(attempts=3, backoff=1.0, sleep=waits.append),
-                       download=down, list_files=lambda r, v: ["model.safetensors"])
+    source = HubSource(
+        resolve_model(TYPO),
+        cache_dir=tmp_path,
+        retry=RetryPolicy(attempts=3, backoff=1.0, sleep=waits.append),
+        download=down,
+        list_files=lambda r, v: ["model.safetensors"],
+    )
     with caplog.at_level(logging.WARNING):
         for step in (1000, 2000, 3000):
             with pytest.raises(CheckpointError, match="Name or service not known"):

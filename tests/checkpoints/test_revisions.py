@@ -31,8 +31,9 @@ def test_templates_parse_steps_and_tokens():
 
 
 def test_index_keeps_only_matching_refs_and_their_tokens():
-    index = index_revisions(["main", "stage1-step0-tokens0B", "stage1-step1000-tokens4B", "step5"],
-                            RevisionTemplate(OLMO))
+    index = index_revisions(
+        ["main", "stage1-step0-tokens0B", "stage1-step1000-tokens4B", "step5"], RevisionTemplate(OLMO)
+    )
     assert index.steps == [0, 1000]
     assert index.revisions[1000] == "stage1-step1000-tokens4B"
     assert index.tokens == {0: 0, 1000: 4_000_000_000}
@@ -109,8 +110,12 @@ def test_online_fingerprints_come_from_the_hub_metadata_without_download(tmp_pat
 
     monkeypatch.setattr("huggingface_hub.HfApi.get_paths_info", paths_info)
     downloads = []
-    source = HubSource(resolve_model("pythia-70m"), cache_dir=tmp_path, list_refs=lambda repo: ["step0", "step1"],
-                       list_files=lambda repo, rev: ["config.json", "model.safetensors", "README.md"],
-                       download=lambda *a, **k: downloads.append(k))
+    source = HubSource(
+        resolve_model("pythia-70m"),
+        cache_dir=tmp_path,
+        list_refs=lambda repo: ["step0", "step1"],
+        list_files=lambda repo, rev: ["config.json", "model.safetensors", "README.md"],
+        download=lambda *a, **k: downloads.append(k),
+    )
     assert source.weight_fingerprint(1) == {"model.safetensors": "step1-model.safetensors"}
     assert asked == [("EleutherAI/pythia-70m", ["model.safetensors"], "step1")] and downloads == []

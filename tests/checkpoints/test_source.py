@@ -1,6 +1,5 @@
 """Checkpoint sources, offline: a pre-populated Hugging Face cache and HF_HUB_OFFLINE=1."""
 
-
 import pytest
 import torch
 from fixtures.hub import fake_commit, make_local_suite, plant_hub_revision, tiny_pythia
@@ -60,8 +59,11 @@ def test_transient_errors_are_retried_with_backoff(tmp_path, monkeypatch):
         return str(snapshot)
 
     source = HubSource(
-        resolve_model("pythia-70m"), cache_dir=tmp_path, retry=no_sleep_policy(4, waits),
-        download=flaky_download, list_files=lambda repo, rev: ["config.json", "model.safetensors", "pytorch_model.bin", "README.md"],
+        resolve_model("pythia-70m"),
+        cache_dir=tmp_path,
+        retry=no_sleep_policy(4, waits),
+        download=flaky_download,
+        list_files=lambda repo, rev: ["config.json", "model.safetensors", "pytorch_model.bin", "README.md"],
     )
     ckpt = source.fetch(5000)
     assert ckpt.attempts == 3 and waits == [0.5, 1.0]
@@ -77,8 +79,13 @@ def test_persistent_transient_errors_give_up(tmp_path, monkeypatch):
     def down(repo_id, **kwargs):
         raise TimeoutError("read timed out")
 
-    source = HubSource(resolve_model("pythia-70m"), cache_dir=tmp_path, retry=no_sleep_policy(3), download=down,
-                       list_files=lambda r, v: ["model.safetensors"])
+    source = HubSource(
+        resolve_model("pythia-70m"),
+        cache_dir=tmp_path,
+        retry=no_sleep_policy(3),
+        download=down,
+        list_files=lambda r, v: ["model.safetensors"],
+    )
     with pytest.raises(CheckpointError, match="read timed out .after 3 attempt"):
         source.fetch(1000)
 
@@ -105,7 +112,9 @@ def test_release_deletes_only_what_this_run_downloaded(tmp_path, monkeypatch):
         return str(plant_hub_revision(tmp_path, repo_id, step))
 
     lister = lambda r, v: ["config.json", "model.safetensors"]
-    source = HubSource(resolve_model("pythia-70m"), cache_dir=tmp_path, retry=no_sleep_policy(), download=download, list_files=lister)
+    source = HubSource(
+        resolve_model("pythia-70m"), cache_dir=tmp_path, retry=no_sleep_policy(), download=download, list_files=lister
+    )
     old, new = source.fetch(0), source.fetch(1000)
     assert not old.downloaded and new.downloaded
     source.release(old)
@@ -115,8 +124,14 @@ def test_release_deletes_only_what_this_run_downloaded(tmp_path, monkeypatch):
     refs = tmp_path / "models--EleutherAI--pythia-70m" / "refs"
     assert sorted(p.name for p in refs.iterdir()) == ["step0"]
 
-    keeping = HubSource(resolve_model("pythia-70m"), cache_dir=tmp_path, retry=no_sleep_policy(), download=download,
-                        list_files=lister, keep=True)
+    keeping = HubSource(
+        resolve_model("pythia-70m"),
+        cache_dir=tmp_path,
+        retry=no_sleep_policy(),
+        download=download,
+        list_files=lister,
+        keep=True,
+    )
     kept = keeping.fetch(2000)
     keeping.release(kept)
     assert kept.downloaded and kept.path.is_dir()

@@ -19,8 +19,28 @@ def test_pythia_schedule_has_154_revisions():
 
 
 def test_log_schedule():
-    assert parse_steps("log") == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
-                                  1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 143000]
+    assert parse_steps("log") == [
+        0,
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+        64,
+        128,
+        256,
+        512,
+        1000,
+        2000,
+        4000,
+        8000,
+        16000,
+        32000,
+        64000,
+        128000,
+        143000,
+    ]
     assert len(LOG_STEPS) == 20
 
 
@@ -57,7 +77,9 @@ def test_malformed_specs_name_the_bad_value(spec, message):
 
 
 def test_step_without_revision_names_the_nearest():
-    with pytest.raises(UserInputError, match=r"step 1500 has no checkpoint for EleutherAI/pythia-70m; nearest available: 1000, 2000"):
+    with pytest.raises(
+        UserInputError, match=r"step 1500 has no checkpoint for EleutherAI/pythia-70m; nearest available: 1000, 2000"
+    ):
         parse_steps("0,1500", available=PYTHIA_STEPS, source="EleutherAI/pythia-70m")
     with pytest.raises(UserInputError, match=r"nearest available: 143000$"):
         parse_steps("150000", available=PYTHIA_STEPS)
@@ -73,8 +95,9 @@ def test_non_ascii_digits_are_not_steps(spec):
 
 
 def test_a_step_beyond_int64_is_refused_whatever_the_source():
-    with pytest.raises(UserInputError, match="99999999999999999999999 is too large; steps are integers from 0 to "
-                                             "9223372036854775807"):
+    with pytest.raises(
+        UserInputError, match="99999999999999999999999 is too large; steps are integers from 0 to 9223372036854775807"
+    ):
         parse_steps("99999999999999999999999")  # a Hub id without step branches: no list to check against
     assert parse_steps(str(2**63 - 1)) == [2**63 - 1]
 

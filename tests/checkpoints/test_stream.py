@@ -140,8 +140,19 @@ def scan_with_slow_source(monkeypatch, suite, out, d, c, prefetch):
     worker.forget_contexts()
     monkeypatch.setattr(worker, "open_source", slow_open_source)
     monkeypatch.setattr(worker.WorkerContext, "measure", padded_measure)
-    summary = run_scan(ScanConfig(model=str(suite), out=str(out), steps="0,1,2,4", reference_step=8, prefetch=prefetch,
-                                  wd_tokens=256, ppl_tokens=0, tse_per_case=1, cohort_percent=5.0))
+    summary = run_scan(
+        ScanConfig(
+            model=str(suite),
+            out=str(out),
+            steps="0,1,2,4",
+            reference_step=8,
+            prefetch=prefetch,
+            wd_tokens=256,
+            ppl_tokens=0,
+            tse_per_case=1,
+            cohort_percent=5.0,
+        )
+    )
     assert summary.done == [0, 1, 2, 4] and not summary.failed
     (source,) = sources
     steps = [0, 1, 2, 4]

@@ -39,8 +39,16 @@ def scan_ds(tiny_suite, tmp_path_factory):
     root = tmp_path_factory.mktemp("figure_scan")
     blimp = write_blimp(root / "blimp", pairs=4)
     out = root / "scan.zarr"
-    run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="all", stepwise=True, matched=True,
-                        **{**FAST_SCAN, "blimp": str(blimp), "blimp_per_paradigm": 2, "blimp_paradigms": ",".join(BLIMP_TINY)}))
+    run_scan(
+        ScanConfig(
+            model=str(tiny_suite),
+            out=str(out),
+            steps="all",
+            stepwise=True,
+            matched=True,
+            **{**FAST_SCAN, "blimp": str(blimp), "blimp_per_paradigm": 2, "blimp_paradigms": ",".join(BLIMP_TINY)},
+        )
+    )
     return open_cube(out)
 
 
@@ -48,11 +56,27 @@ def study_cube(root, **overrides):
     write_corpus(root)
     write_blimp(root / "blimp")
     model = save_tiny_model("gpt_neox", root / "gpt_neox")
-    values = dict(model=str(model), out=str(root / "study.zarr"), corpus=str(root / "corpus.txt"), window=64,
-                  wd_tokens=512, ppl_tokens=256, percents="5,10", match_percent=10.0, match_tolerance=1e-4,
-                  match_iterations=4, tse_per_case=1, blimp=str(root / "blimp"), blimp_per_paradigm=2,
-                  blimp_paradigms=",".join(BLIMP_TINY), tasks="none", layer_groups=2, group_percent=10.0, pos="off",
-                  threads=1)
+    values = dict(
+        model=str(model),
+        out=str(root / "study.zarr"),
+        corpus=str(root / "corpus.txt"),
+        window=64,
+        wd_tokens=512,
+        ppl_tokens=256,
+        percents="5,10",
+        match_percent=10.0,
+        match_tolerance=1e-4,
+        match_iterations=4,
+        tse_per_case=1,
+        blimp=str(root / "blimp"),
+        blimp_per_paradigm=2,
+        blimp_paradigms=",".join(BLIMP_TINY),
+        tasks="none",
+        layer_groups=2,
+        group_percent=10.0,
+        pos="off",
+        threads=1,
+    )
     run_study(StudyConfig(**{**values, **overrides}))
     return open_cube(root / "study.zarr")
 
@@ -75,8 +99,12 @@ def test_cohort_wd(scan_ds, pyplot):
     ax = fig.axes[0]
     assert ax.get_xlabel() == "training step (symlog scale)"
     assert ax.get_ylabel() == "Wasserstein-1 distance to N(0,1)\n(standardized pre-activation)"
-    assert line_labels(ax) == ["all neurons, median", "all neurons, 90th percentile",
-                               "cohort (top WD at the reference step), mean", "random control, mean"]
+    assert line_labels(ax) == [
+        "all neurons, median",
+        "all neurons, 90th percentile",
+        "cohort (top WD at the reference step), mean",
+        "random control, mean",
+    ]
     assert "all neurons, median to 99th percentile" in legend_labels(fig)
     assert ax.get_xlim()[1] > scan_ds["step"].values.max()  # the last markers are not cut
 
@@ -85,7 +113,10 @@ def test_tse_accuracy_clean_on_top_and_last_markers_whole(scan_ds, pyplot):
     fig = tse_figure(scan_ds, *pyplot)
     tse, blimp, margin = fig.axes
     assert (tse.get_ylabel(), blimp.get_ylabel(), margin.get_ylabel()) == (
-        "TSE accuracy (mean over cases)", "BLiMP accuracy (mean over paradigms)", "TSE margin change vs clean (nats)")
+        "TSE accuracy (mean over cases)",
+        "BLiMP accuracy (mean over paradigms)",
+        "TSE margin change vs clean (nats)",
+    )
     assert {ax.get_xlabel() for ax in fig.axes} == {"training step (symlog scale)"}
     conditions = [CONDITION_LABELS[str(c)] for c in scan_ds["condition"].values]
     for ax, name, over in ((tse, "tse_acc", "tse_case"), (blimp, "blimp_acc", "blimp_paradigm")):
@@ -96,8 +127,10 @@ def test_tse_accuracy_clean_on_top_and_last_markers_whole(scan_ds, pyplot):
         assert clean.get_linewidth() > max(line.get_linewidth() for label, line in lines.items() if label != "clean")
         assert {lines[c].get_linestyle() for c in conditions if c != "clean"}.isdisjoint({"-"})  # ablations dashed
         for condition in scan_ds["condition"].values:
-            np.testing.assert_allclose(lines[CONDITION_LABELS[str(condition)]].get_ydata(),
-                                       scan_ds[name].sel(condition=condition).mean(over).values)
+            np.testing.assert_allclose(
+                lines[CONDITION_LABELS[str(condition)]].get_ydata(),
+                scan_ds[name].sel(condition=condition).mean(over).values,
+            )
         right = ax.get_xlim()[1]
         assert right >= 1.3 * scan_ds["step"].values.max()
     assert set(line_labels(margin)) == set(conditions[1:]) | {"clean (no change)"}
@@ -124,7 +157,9 @@ def test_wd_histograms(scan_ds, pyplot):
     steps = histogram_steps(scan_ds["step"].values)
     fig = wd_histogram_figure(scan_ds, pyplot[0], steps)
     assert [ax.get_title() for ax in fig.axes] == [f"step {s}" for s in steps]
-    assert {ax.get_xlabel() for ax in fig.axes} == {"WD to N(0,1)"} and fig.axes[0].get_ylabel() == "neurons (log scale)"
+    assert {ax.get_xlabel() for ax in fig.axes} == {"WD to N(0,1)"} and fig.axes[
+        0
+    ].get_ylabel() == "neurons (log scale)"
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["all neurons", "cohort"]
 
 
@@ -161,8 +196,13 @@ def test_study_blimp_phenomena(study_ds, pyplot):
     fig = phenomena_figure(study_ds, *pyplot)
     ax = fig.axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("BLiMP accuracy", "phenomenon")
-    assert set(legend_labels(fig)) == {"clean", "negative, top WD", "negative, random control",
-                                       "negative, perplexity-matched control", "chance"}
+    assert set(legend_labels(fig)) == {
+        "clean",
+        "negative, top WD",
+        "negative, random control",
+        "negative, perplexity-matched control",
+        "chance",
+    }
 
 
 def test_study_layer_groups_with_and_without_blimp(study_ds, tmp_path, pyplot):

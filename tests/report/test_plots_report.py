@@ -39,8 +39,10 @@ def test_report_matches_the_cube(full_cube):
     lines = text.splitlines()
     assert lines[0].startswith("model: ") and "reference step: 8" in lines[0] and "failed: none" in lines[0]
     assert "cohort: 6 neurons of 128 (4.69%)" in text
-    assert ("protocol strict: TSE sum, BLiMP sum, prefix bos, NPI vs intrusive, random control from non-top "
-            "neurons, BOS on every window(s)") in text  # the resolved choices, from the provenance
+    assert (
+        "protocol strict: TSE sum, BLiMP sum, prefix bos, NPI vs intrusive, random control from non-top "
+        "neurons, BOS on every window(s)"
+    ) in text  # the resolved choices, from the provenance
     row = next(line for line in lines if line.split()[:1] == ["8"])
     cells = row.split()
     assert float(cells[1]) == pytest.approx(float(ds["wd"].sel(step=8).median()), abs=1e-3)
@@ -48,7 +50,9 @@ def test_report_matches_the_cube(full_cube):
     clean = float(ds["tse_acc"].sel(step=8, condition="clean").mean())
     assert float(cells[3]) == pytest.approx(clean, abs=1e-3)
     case_line = next(line for line in lines if line.strip().startswith("prep_anim "))
-    assert float(case_line.split()[1]) == pytest.approx(float(ds["tse_acc"].sel(step=8, condition="clean", tse_case="prep_anim")), abs=1e-3)
+    assert float(case_line.split()[1]) == pytest.approx(
+        float(ds["tse_acc"].sel(step=8, condition="clean", tse_case="prep_anim")), abs=1e-3
+    )
     assert np.isfinite(ds["ppl"].values).all()
 
 

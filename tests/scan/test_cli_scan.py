@@ -15,8 +15,9 @@ from store import open_cube
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "dynamics.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "dynamics.cli", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 @pytest.mark.slow
@@ -65,9 +66,25 @@ def test_scan_from_an_offline_hub_cache(tiny_suite, tmp_path):
     plant_suite(cache, tiny_suite, [1, 2])
     plant_lost_revision(cache, 4)
     out = tmp_path / "p70.zarr"
-    proc = cli("scan", "-m", "pythia-70m", "--steps", "1,2,4", "--reference-step", "2", "--cache-dir", str(cache),
-               "-o", str(out), "--retries", "1", "--corpus", str(tiny_suite / "heldout.txt"), *FAST_ARGS,
-               env={"HF_HUB_OFFLINE": "1"})
+    proc = cli(
+        "scan",
+        "-m",
+        "pythia-70m",
+        "--steps",
+        "1,2,4",
+        "--reference-step",
+        "2",
+        "--cache-dir",
+        str(cache),
+        "-o",
+        str(out),
+        "--retries",
+        "1",
+        "--corpus",
+        str(tiny_suite / "heldout.txt"),
+        *FAST_ARGS,
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 1, proc.stderr
     assert "2 steps computed, 0 already done, 1 failed (4)" in proc.stdout
     ds = open_cube(out, include_pending=True)
@@ -83,10 +100,26 @@ def test_a_missing_reference_step_stops_before_the_cube_gets_steps(tiny_suite, t
     cache = tmp_path / "hf"
     plant_suite(cache, tiny_suite, [1])
     plant_lost_revision(cache, 2)
-    proc = cli("scan", "-m", "pythia-70m", "--steps", "1,2", "--cache-dir", str(cache), "-o", str(tmp_path / "r.zarr"),
-               "--retries", "1", "--corpus", str(tiny_suite / "heldout.txt"), env={"HF_HUB_OFFLINE": "1"})
+    proc = cli(
+        "scan",
+        "-m",
+        "pythia-70m",
+        "--steps",
+        "1,2",
+        "--cache-dir",
+        str(cache),
+        "-o",
+        str(tmp_path / "r.zarr"),
+        "--retries",
+        "1",
+        "--corpus",
+        str(tiny_suite / "heldout.txt"),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("dynamics scan: error: the reference step 2 is needed first and could not be fetched")
+    assert proc.stderr.strip().startswith(
+        "dynamics scan: error: the reference step 2 is needed first and could not be fetched"
+    )
     assert open_cube(tmp_path / "r.zarr")["step"].values.tolist() == []
 
 
@@ -95,9 +128,18 @@ def test_on_error_stop_stops_and_keeps_done_steps(tiny_suite, tmp_path):
     plant_suite(cache, tiny_suite, [1, 4])
     plant_lost_revision(cache, 2)
     out = tmp_path / "p.zarr"
-    config = ScanConfig(model="pythia-70m", out=str(out), steps="1,2,4", on_error="stop", retries=1,
-                        cache_dir=str(cache), corpus=str(tiny_suite / "heldout.txt"), wd_tokens=512, ppl_tokens=64,
-                        tse_per_case=1)
+    config = ScanConfig(
+        model="pythia-70m",
+        out=str(out),
+        steps="1,2,4",
+        on_error="stop",
+        retries=1,
+        cache_dir=str(cache),
+        corpus=str(tiny_suite / "heldout.txt"),
+        wd_tokens=512,
+        ppl_tokens=64,
+        tse_per_case=1,
+    )
     with pytest.raises(Exception, match="stopping: --on-error stop"):
         run_scan(config)
     assert open_cube(out)["step"].values.tolist() == [1]
@@ -135,7 +177,9 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(tmp_path, a
 
 @pytest.mark.slow
 def test_errors_in_a_real_process_are_one_line_without_traceback(tmp_path):
-    proc = cli("scan", "-m", "pythia-70m", "--steps", "1500", "-o", str(tmp_path / "x.zarr"), env={"HF_HUB_OFFLINE": "1"})
+    proc = cli(
+        "scan", "-m", "pythia-70m", "--steps", "1500", "-o", str(tmp_path / "x.zarr"), env={"HF_HUB_OFFLINE": "1"}
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "dynamics scan: error: step 1500 has no checkpoint for EleutherAI/pythia-70m; nearest available: 1000, 2000"
@@ -165,8 +209,19 @@ def test_a_corrupt_checkpoint_is_recorded_and_the_scan_goes_on(tiny_suite, tmp_p
     snapshot = cache / "models--EleutherAI--pythia-70m" / "snapshots" / fake_commit("EleutherAI/pythia-70m", 2)
     (snapshot / "model.safetensors").write_bytes(b"truncated download")
     out = tmp_path / "c.zarr"
-    summary = run_scan(ScanConfig(model="pythia-70m", out=str(out), steps="1,2,4", retries=1, cache_dir=str(cache),
-                                  corpus=str(tiny_suite / "heldout.txt"), wd_tokens=512, ppl_tokens=64, tse_per_case=1))
+    summary = run_scan(
+        ScanConfig(
+            model="pythia-70m",
+            out=str(out),
+            steps="1,2,4",
+            retries=1,
+            cache_dir=str(cache),
+            corpus=str(tiny_suite / "heldout.txt"),
+            wd_tokens=512,
+            ppl_tokens=64,
+            tse_per_case=1,
+        )
+    )
     assert summary.done == [1, 4] and summary.failed == [2]
     ds = open_cube(out, include_pending=True)
     assert ds["status"].values.tolist() == ["done", "failed", "done"]
@@ -180,9 +235,29 @@ def test_ctrl_c_keeps_every_completed_step(tiny_suite, tmp_path):
     import time
 
     out = tmp_path / "int.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "dynamics.cli", "scan", "-m", str(tiny_suite), "--steps", "all",
-                             "-o", str(out), "--wd-tokens", "512", "--ppl-tokens", "64", "--tse-per-case", "5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dynamics.cli",
+            "scan",
+            "-m",
+            str(tiny_suite),
+            "--steps",
+            "all",
+            "-o",
+            str(out),
+            "--wd-tokens",
+            "512",
+            "--ppl-tokens",
+            "64",
+            "--tse-per-case",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline:
         try:
@@ -204,8 +279,12 @@ def test_ctrl_c_keeps_every_completed_step(tiny_suite, tmp_path):
         "dynamics scan: interrupted; every completed step is kept, re-run the same command to resume"
     )
     assert 1 <= len(done) < 5
-    assert run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="all", wd_tokens=512, ppl_tokens=64,
-                               tse_per_case=5)).skipped == done
+    assert (
+        run_scan(
+            ScanConfig(model=str(tiny_suite), out=str(out), steps="all", wd_tokens=512, ppl_tokens=64, tse_per_case=5)
+        ).skipped
+        == done
+    )
 
 
 @pytest.mark.slow
@@ -235,11 +314,19 @@ def test_a_full_disk_is_one_line_and_keeps_the_done_steps(tiny_suite, tmp_path, 
     code = main(["scan", "--model", str(tiny_suite), "--steps", "all", "--out", str(out), *FAST_ARGS])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
-    assert err[-1] == (f"dynamics scan: error: disk full while writing step 2 to {out}; free space and re-run the same command "
-                       "(done steps are kept)")
+    assert err[-1] == (
+        f"dynamics scan: error: disk full while writing step 2 to {out}; free space and re-run the same command "
+        "(done steps are kept)"
+    )
     monkeypatch.undo()
     assert open_cube(out)["step"].values.tolist() == [0, 1]
-    assert open_cube(out, include_pending=True)["status"].values.tolist() == ["done", "done", "pending", "pending", "pending"]
+    assert open_cube(out, include_pending=True)["status"].values.tolist() == [
+        "done",
+        "done",
+        "pending",
+        "pending",
+        "pending",
+    ]
     # Space is back: the same command finishes the cube without recomputing the done steps.
     assert main(["scan", "--model", str(tiny_suite), "--steps", "all", "--out", str(out), *FAST_ARGS]) == 0
     assert open_cube(out)["step"].values.tolist() == [0, 1, 2, 4, 8]

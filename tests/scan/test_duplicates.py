@@ -49,11 +49,19 @@ def counting_loads(monkeypatch):
 
 def scan_config(cache, tiny_suite, out, **kw):
     settings = {"steps": "1,2,4", **FAST_SCAN, **kw}
-    return ScanConfig(model="pythia-70m", out=str(out), cache_dir=str(cache), retries=1,
-                      corpus=str(tiny_suite / "heldout.txt"), **settings)
+    return ScanConfig(
+        model="pythia-70m",
+        out=str(out),
+        cache_dir=str(cache),
+        retries=1,
+        corpus=str(tiny_suite / "heldout.txt"),
+        **settings,
+    )
 
 
-def test_a_duplicated_revision_is_flagged_copied_and_reported(duplicated_cache, tiny_suite, tmp_path, monkeypatch, capsys):
+def test_a_duplicated_revision_is_flagged_copied_and_reported(
+    duplicated_cache, tiny_suite, tmp_path, monkeypatch, capsys
+):
     loads = counting_loads(monkeypatch)
     out = tmp_path / "dup.zarr"
     summary = run_scan(scan_config(duplicated_cache, tiny_suite, out))
@@ -73,11 +81,17 @@ def test_a_duplicated_revision_is_flagged_copied_and_reported(duplicated_cache, 
     assert {records[s]["weights_sha256"]["model.safetensors"] for s in ("1", "4")} == sha
     assert records["2"]["duplicate_of"] == 1 and records["2"]["copied_from"] == 1
     tokenizer = tiny_suite / "step4" / "tokenizer.json"
-    assert records["4"]["tokenizer_sha256"] == hashlib.sha256(
-        f"tokenizer.json:{hashlib.sha256(tokenizer.read_bytes()).hexdigest()};".encode()
-        + b"".join(f"{n}:{hashlib.sha256((tiny_suite / 'step4' / n).read_bytes()).hexdigest()};".encode()
-                   for n in ("tokenizer_config.json", "special_tokens_map.json")
-                   if (tiny_suite / "step4" / n).is_file())).hexdigest()
+    assert (
+        records["4"]["tokenizer_sha256"]
+        == hashlib.sha256(
+            f"tokenizer.json:{hashlib.sha256(tokenizer.read_bytes()).hexdigest()};".encode()
+            + b"".join(
+                f"{n}:{hashlib.sha256((tiny_suite / 'step4' / n).read_bytes()).hexdigest()};".encode()
+                for n in ("tokenizer_config.json", "special_tokens_map.json")
+                if (tiny_suite / "step4" / n).is_file()
+            )
+        ).hexdigest()
+    )
     text = report(ds)
     assert "step 2: duplicate_of=1 (same weight files as step 1; its numbers are copied from it)" in text
     assert main(["report", str(out)]) == 0
@@ -100,8 +114,9 @@ def test_recompute_duplicates_measures_them_and_still_flags_them(duplicated_cach
     assert "step 2: duplicate_of=1 (same weight files as step 1; measured anyway)" in report(ds)
 
 
-def test_a_duplicate_of_a_step_done_by_an_earlier_run_is_copied_from_the_cube(duplicated_cache, tiny_suite, tmp_path,
-                                                                                monkeypatch):
+def test_a_duplicate_of_a_step_done_by_an_earlier_run_is_copied_from_the_cube(
+    duplicated_cache, tiny_suite, tmp_path, monkeypatch
+):
     out = tmp_path / "resume.zarr"
     run_scan(scan_config(duplicated_cache, tiny_suite, out, steps="1,4"))
     loads = counting_loads(monkeypatch)
@@ -113,7 +128,9 @@ def test_a_duplicate_of_a_step_done_by_an_earlier_run_is_copied_from_the_cube(du
 
 def test_a_step_without_a_ref_is_refused_before_the_cube_is_created(duplicated_cache, tiny_suite, tmp_path):
     out = tmp_path / "never.zarr"
-    with pytest.raises(UserInputError, match=r"step 3 has no checkpoint for EleutherAI/pythia-70m; nearest available: 2, 4"):
+    with pytest.raises(
+        UserInputError, match=r"step 3 has no checkpoint for EleutherAI/pythia-70m; nearest available: 2, 4"
+    ):
         run_scan(scan_config(duplicated_cache, tiny_suite, out, steps="1,3"))
     assert not out.exists()
 

@@ -43,8 +43,22 @@ def _fail_at_step(monkeypatch, step: int) -> None:
 def test_a_bug_stops_the_scan_with_its_traceback_and_keeps_done_steps(tiny_suite, tmp_path, monkeypatch, capsys):
     _fail_at_step(monkeypatch, 2)  # the first step measures fine, the second raises
     out = tmp_path / "bug.zarr"
-    code = main(["scan", "--model", str(tiny_suite), "--steps", "0,2,4", "--reference-step", "8", "--out", str(out),
-                 "--task-retries", "3", *FAST_ARGS])
+    code = main(
+        [
+            "scan",
+            "--model",
+            str(tiny_suite),
+            "--steps",
+            "0,2,4",
+            "--reference-step",
+            "8",
+            "--out",
+            str(out),
+            "--task-retries",
+            "3",
+            *FAST_ARGS,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "Traceback (most recent call last" in err and "in broken" in err
@@ -60,8 +74,23 @@ def test_a_bug_stops_the_scan_with_its_traceback_and_keeps_done_steps(tiny_suite
     # The bug fixed, the same command finishes the cube and keeps step 0 as it was.
     monkeypatch.undo()
     before = open_cube(out)["wd"].sel(step=0).values
-    assert main(["scan", "--model", str(tiny_suite), "--steps", "0,2,4", "--reference-step", "8", "--out", str(out),
-                 *FAST_ARGS]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                "--model",
+                str(tiny_suite),
+                "--steps",
+                "0,2,4",
+                "--reference-step",
+                "8",
+                "--out",
+                str(out),
+                *FAST_ARGS,
+            ]
+        )
+        == 0
+    )
     after = open_cube(out)
     assert after["step"].values.tolist() == [0, 2, 4]
     assert (after["wd"].sel(step=0).values == before).all()
@@ -70,8 +99,24 @@ def test_a_bug_stops_the_scan_with_its_traceback_and_keeps_done_steps(tiny_suite
 def test_verbose_shows_the_whole_traceback(tiny_suite, tmp_path, monkeypatch, capsys):
     _fail_at_step(monkeypatch, 1)
     out = tmp_path / "bug.zarr"
-    assert main(["-v", "scan", "--model", str(tiny_suite), "--steps", "0", "--reference-step", "8", "--out", str(out),
-                 *FAST_ARGS]) == 1
+    assert (
+        main(
+            [
+                "-v",
+                "scan",
+                "--model",
+                str(tiny_suite),
+                "--steps",
+                "0",
+                "--reference-step",
+                "8",
+                "--out",
+                str(out),
+                *FAST_ARGS,
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "Traceback (most recent call last):" in err and "in measure_step" in err  # frames the short form leaves out
 
@@ -107,8 +152,25 @@ def test_nan_weights_are_a_checkpoint_error_not_a_done_step(tiny_suite, tmp_path
     shutil.copytree(tiny_suite, suite)
     _poison(suite, 2)
     out = tmp_path / "nan.zarr"
-    assert main(["scan", "--model", str(suite), "--steps", "0,2,4", "--reference-step", "8", "--out", str(out),
-                 "--task-retries", "0", *FAST_ARGS]) == 1  # the scan goes on; exit 1 says a step is missing
+    assert (
+        main(
+            [
+                "scan",
+                "--model",
+                str(suite),
+                "--steps",
+                "0,2,4",
+                "--reference-step",
+                "8",
+                "--out",
+                str(out),
+                "--task-retries",
+                "0",
+                *FAST_ARGS,
+            ]
+        )
+        == 1
+    )  # the scan goes on; exit 1 says a step is missing
     ds = open_cube(out, include_pending=True)
     assert ds["status"].values.tolist() == ["done", "failed", "done"]
     record = ds.attrs["steps"]["2"]
@@ -123,15 +185,20 @@ def test_a_tokenizer_that_maps_text_to_nothing_is_refused(tiny_suite, tmp_path, 
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    empty = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1}, unk_token="<unk>")),
-                                    unk_token="<unk>", eos_token="<eos>")
+    empty = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1}, unk_token="<unk>")),
+        unk_token="<unk>",
+        eos_token="<eos>",
+    )
     for step_dir in suite.glob("step*"):
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             (step_dir / name).unlink(missing_ok=True)
         empty.save_pretrained(step_dir)
     out = tmp_path / "tok.zarr"
-    assert main(["scan", "--model", str(suite), "--steps", "0", "--reference-step", "8", "--out", str(out),
-                 *FAST_ARGS]) == 1
+    assert (
+        main(["scan", "--model", str(suite), "--steps", "0", "--reference-step", "8", "--out", str(out), *FAST_ARGS])
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0]
     assert "the tokenizer in" in err[0] and "is unusable" in err[0] and "tokenizer.json missing?" in err[0]
@@ -154,16 +221,55 @@ def test_a_bug_in_a_study_condition_stops_the_study(tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(dynamics.study.worker, "measure_unit", broken)
     out = tmp_path / "study.zarr"
-    code = main(["ablate", "--model", str(model_dir), "--out", str(out), "--corpus", str(corpus), "--window", "64",
-                 "--wd-tokens", "512", "--ppl-tokens", "256", "--percents", "10", "--match-percent", "10", "--match-iterations", "2",
-                 "--tse-per-case", "1", "--blimp", str(blimp), "--blimp-per-paradigm", "2",
-                 "--blimp-paradigms", ",".join(BLIMP_TINY), "--tasks", "none", "--layer-groups", "0", "--pos", "off",
-                 "--threads", "1", "--task-retries", "2"])
+    code = main(
+        [
+            "ablate",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--corpus",
+            str(corpus),
+            "--window",
+            "64",
+            "--wd-tokens",
+            "512",
+            "--ppl-tokens",
+            "256",
+            "--percents",
+            "10",
+            "--match-percent",
+            "10",
+            "--match-iterations",
+            "2",
+            "--tse-per-case",
+            "1",
+            "--blimp",
+            str(blimp),
+            "--blimp-per-paradigm",
+            "2",
+            "--blimp-paradigms",
+            ",".join(BLIMP_TINY),
+            "--tasks",
+            "none",
+            "--layer-groups",
+            "0",
+            "--pos",
+            "off",
+            "--threads",
+            "1",
+            "--task-retries",
+            "2",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1, err
     assert len(seen) == 2  # stopped at once, not retried
-    assert err.strip().splitlines()[-1].startswith(
-        f"dynamics ablate: error: bug in dynamics at condition {seen[1]}: RuntimeError: shape mismatch")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"dynamics ablate: error: bug in dynamics at condition {seen[1]}: RuntimeError: shape mismatch")
+    )
     steps = open_cube(out, include_pending=True).attrs["steps"]
     statuses = [record["status"] for record in steps.values()]
     assert statuses.count("done") == 1 and statuses.count("failed") == 1

@@ -57,7 +57,9 @@ def test_cube_holds_every_measure(full_cube, tiny_suite):
 def test_wd_in_the_cube_is_the_engine_on_the_same_tokens(full_cube, tiny_suite):
     ckpt = LocalSuiteSource(resolve_model(str(tiny_suite))).fetch(2)
     model, tokenizer = ckpt.load_model(), ckpt.load_tokenizer()
-    windows = load_token_windows(CorpusSpec(source=str(tiny_suite / "heldout.txt"), window=32, token_budget=65536), tokenizer)
+    windows = load_token_windows(
+        CorpusSpec(source=str(tiny_suite / "heldout.txt"), window=32, token_budget=65536), tokenizer
+    )
     with torch.inference_mode():
         direct = neuron_wasserstein(model, windows[:16], memory_budget=2**30, batch_size=3)
     np.testing.assert_allclose(open_cube(full_cube)["wd"].sel(step=2).values, direct["wd"].values, rtol=1e-5)
@@ -101,7 +103,10 @@ def test_drift_prev_skips_steps_that_are_not_done(full_cube, tiny_suite, tmp_pat
     group.attrs["steps"] = steps
     ds = open_cube(out)
     assert ds["drift_prev_from"].values.tolist() == [-1, 0, 1, 4]
-    a, b = ds["cohort_weights"].sel(step=4).values.astype(np.float64), ds["cohort_weights"].sel(step=1).values.astype(np.float64)
+    a, b = (
+        ds["cohort_weights"].sel(step=4).values.astype(np.float64),
+        ds["cohort_weights"].sel(step=1).values.astype(np.float64),
+    )
     want = 1 - (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     np.testing.assert_allclose(ds["drift_prev"].sel(step=4).values, want, rtol=1e-5, atol=1e-7)
     pending = open_cube(out, include_pending=True)
@@ -116,8 +121,17 @@ def test_a_resumed_scan_gives_the_same_cube(full_cube, tiny_suite, tmp_path):
     summary = scan(tiny_suite, out, stepwise=True)  # extends to all steps, keeps the reference
     assert summary.skipped == [0, 1] and summary.done == [2, 4, 8]
     a, b = open_cube(full_cube), open_cube(out)
-    for name in ("wd", "drift_ref", "drift_prev", "drift_prev_from", "cohort_weights", "tse_acc", "ppl", "cohort",
-                 "random_control"):
+    for name in (
+        "wd",
+        "drift_ref",
+        "drift_prev",
+        "drift_prev_from",
+        "cohort_weights",
+        "tse_acc",
+        "ppl",
+        "cohort",
+        "random_control",
+    ):
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-5, err_msg=name)
     assert scan(tiny_suite, out, stepwise=True).done == []
 
@@ -125,7 +139,9 @@ def test_a_resumed_scan_gives_the_same_cube(full_cube, tiny_suite, tmp_path):
 def test_plan_rejects_bad_values_before_anything_runs(tiny_suite, tmp_path):
     with pytest.raises(UserInputError, match=r"--cohort-percent 0.0: expected a percent in \(0, 100\]"):
         plan_scan(ScanConfig(model=str(tiny_suite), out=str(tmp_path / "x.zarr"), cohort_percent=0.0))
-    with pytest.raises(UserInputError, match="--corpus 'nope.txt' is neither wikitext2, auto nor an existing text file"):
+    with pytest.raises(
+        UserInputError, match="--corpus 'nope.txt' is neither wikitext2, auto nor an existing text file"
+    ):
         plan_scan(ScanConfig(model=str(tiny_suite), out=str(tmp_path / "x.zarr"), corpus="nope.txt"))
     with pytest.raises(UserInputError, match="step 3 has no checkpoint .* nearest available: 2, 4"):
         plan_scan(ScanConfig(model=str(tiny_suite), out=str(tmp_path / "x.zarr"), reference_step=3))
@@ -170,8 +186,10 @@ def test_matched_control_matches_the_cohorts_perplexity_at_the_reference_step(ti
     checkpoint = source.fetch(8)
     model = checkpoint.load_model(device="cpu", dtype=torch.float32)
     window = min(2048, model.config.max_position_embeddings)
-    windows = load_token_windows(CorpusSpec(source=str(tiny_suite / "heldout.txt"), window=window,
-                                            token_budget=FAST["wd_tokens"] + 256), checkpoint.load_tokenizer())
+    windows = load_token_windows(
+        CorpusSpec(source=str(tiny_suite / "heldout.txt"), window=window, token_budget=FAST["wd_tokens"] + 256),
+        checkpoint.load_tokenizer(),
+    )
     wd_windows = FAST["wd_tokens"] // window
     ppl_windows = windows[wd_windows : wd_windows + 256 // window]  # one file: perplexity after the WD windows
     with torch.inference_mode(), ablate(model, torch.from_numpy(ds["matched_control"].values), mode="negative"):
@@ -202,11 +220,14 @@ def test_mapping_difficulty_is_stored_and_reported(tiny_suite, tmp_path):
     assert ds["md"].dims == ("step", "layer", "neuron")
     checkpoint = LocalSuiteSource(resolve_model(str(tiny_suite))).fetch(8)
     model = checkpoint.load_model(device="cpu", dtype=torch.float32)
-    windows = load_token_windows(CorpusSpec(source=str(tiny_suite / "heldout.txt"), window=32, token_budget=512),
-                                 checkpoint.load_tokenizer())
+    windows = load_token_windows(
+        CorpusSpec(source=str(tiny_suite / "heldout.txt"), window=32, token_budget=512), checkpoint.load_tokenizer()
+    )
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    handles = [m.register_forward_hook(lambda mod, a, o, i=i: seen.__setitem__(i, (a[0], o)))
-               for i, m in enumerate(pre_activation_modules(model))]
+    handles = [
+        m.register_forward_hook(lambda mod, a, o, i=i: seen.__setitem__(i, (a[0], o)))
+        for i, m in enumerate(pre_activation_modules(model))
+    ]
     try:
         with torch.inference_mode():
             model(input_ids=windows)

@@ -33,9 +33,14 @@ def sentence_log_prob(model, tokenizer, sentence: str) -> float:
 def test_blimp_per_step_and_condition_matches_a_hand_computation(tiny_suite, tmp_path):
     blimp = write_blimp(tmp_path / "blimp", pairs=6)
     out = tmp_path / "blimp.zarr"
-    run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="0,8",
-                        **{**FAST_SCAN, "blimp": str(blimp), "blimp_per_paradigm": 4,
-                           "blimp_paradigms": ",".join(PARADIGMS)}))
+    run_scan(
+        ScanConfig(
+            model=str(tiny_suite),
+            out=str(out),
+            steps="0,8",
+            **{**FAST_SCAN, "blimp": str(blimp), "blimp_per_paradigm": 4, "blimp_paradigms": ",".join(PARADIGMS)},
+        )
+    )
     ds = open_cube(out)
     assert ds["blimp_acc"].dims == ("step", "condition", "blimp_paradigm")
     assert ds["blimp_acc"].shape == (2, 3, 2) and ds["blimp_paradigm"].values.tolist() == list(PARADIGMS)
@@ -44,35 +49,55 @@ def test_blimp_per_step_and_condition_matches_a_hand_computation(tiny_suite, tmp
     sample = stratified_sample({p: {"": [x for x in pairs if x.case == p]} for p in PARADIGMS}, 4, seed=0)
     checkpoint = LocalSuiteSource(resolve_model(str(tiny_suite))).fetch(8)
     model, tokenizer = checkpoint.load_model(), checkpoint.load_tokenizer()
-    masks = {"clean": None, "neg_cohort": torch.from_numpy(ds["cohort"].values),
-             "neg_random": torch.from_numpy(ds["random_control"].values)}
+    masks = {
+        "clean": None,
+        "neg_cohort": torch.from_numpy(ds["cohort"].values),
+        "neg_random": torch.from_numpy(ds["random_control"].values),
+    }
     for condition, mask in masks.items():
-        with torch.inference_mode(), ablate(model, mask, mode="negative") if mask is not None else torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            ablate(model, mask, mode="negative") if mask is not None else torch.inference_mode(),
+        ):
             for paradigm in PARADIGMS:
                 chosen = sample[paradigm][""]
                 assert len(chosen) == 4
-                correct = [sentence_log_prob(model, tokenizer, p.good) > sentence_log_prob(model, tokenizer, p.bad)
-                           for p in chosen]
+                correct = [
+                    sentence_log_prob(model, tokenizer, p.good) > sentence_log_prob(model, tokenizer, p.bad)
+                    for p in chosen
+                ]
                 stored = float(ds["blimp_acc"].sel(step=8, condition=condition, blimp_paradigm=paradigm))
                 assert stored == pytest.approx(np.mean(correct)), (condition, paradigm)
 
 
 def test_blimp_from_the_release_files_has_every_paradigm(shared_data, tiny_suite, tmp_path):
     out = tmp_path / "release.zarr"
-    run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="8",
-                        **{**FAST_SCAN, "blimp": str(shared_data / "blimp"), "blimp_per_paradigm": 1}))
+    run_scan(
+        ScanConfig(
+            model=str(tiny_suite),
+            out=str(out),
+            steps="8",
+            **{**FAST_SCAN, "blimp": str(shared_data / "blimp"), "blimp_per_paradigm": 1},
+        )
+    )
     ds = open_cube(out)
     assert ds["blimp_paradigm"].values.tolist() == list(BLIMP_PARADIGMS)
     assert ds["blimp_acc"].shape == (1, 3, 67) and np.isin(ds["blimp_acc"].values, [0.0, 1.0]).all()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--blimp", "/no/such/dir", "--blimp-per-paradigm", "2"], "--blimp '/no/such/dir' is neither hub nor a directory"),
-    (["--blimp-paradigms", "not_a_paradigm"], "unknown BLiMP paradigm 'not_a_paradigm'"),
-    (["--blimp-per-paradigm", "-1"], "--blimp-per-paradigm -1: expected 0 or more pairs"),
-    (["--revision-template", "step{step}-{seed}"], "--revision-template 'step{step}-{seed}': expected exactly one"),
-    (["--tokens-per-step", "0"], "--tokens-per-step 0: expected a positive number of tokens"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--blimp", "/no/such/dir", "--blimp-per-paradigm", "2"],
+            "--blimp '/no/such/dir' is neither hub nor a directory",
+        ),
+        (["--blimp-paradigms", "not_a_paradigm"], "unknown BLiMP paradigm 'not_a_paradigm'"),
+        (["--blimp-per-paradigm", "-1"], "--blimp-per-paradigm -1: expected 0 or more pairs"),
+        (["--revision-template", "step{step}-{seed}"], "--revision-template 'step{step}-{seed}': expected exactly one"),
+        (["--tokens-per-step", "0"], "--tokens-per-step 0: expected a positive number of tokens"),
+    ],
+)
 def test_bad_benchmark_options_are_one_line(tiny_suite, tmp_path, capsys, args, message):
     out = tmp_path / "never.zarr"
     assert main(["scan", "--model", str(tiny_suite), "--out", str(out), *args]) == 2
@@ -82,8 +107,12 @@ def test_bad_benchmark_options_are_one_line(tiny_suite, tmp_path, capsys, args, 
 
 
 def test_a_revision_template_is_refused_for_a_local_suite(tiny_suite, tmp_path, capsys):
-    assert main(["scan", "--model", str(tiny_suite), "--out", str(tmp_path / "x.zarr"),
-                 "--revision-template", "ckpt{step}"]) == 2
+    assert (
+        main(
+            ["scan", "--model", str(tiny_suite), "--out", str(tmp_path / "x.zarr"), "--revision-template", "ckpt{step}"]
+        )
+        == 2
+    )
     assert "applies to Hub repositories" in capsys.readouterr().err
 
 
@@ -92,8 +121,17 @@ def test_a_revision_template_is_refused_for_a_local_suite(tiny_suite, tmp_path, 
 def test_lm_eval_tasks_per_step(tiny_suite, tmp_path):
     write_lm_eval_task(tmp_path / "tasks", docs=6)
     out = tmp_path / "lmeval.zarr"
-    run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="4,8", tasks="tiny_mc",
-                        task_path=str(tmp_path / "tasks"), lmeval_limit=6, **FAST_SCAN))
+    run_scan(
+        ScanConfig(
+            model=str(tiny_suite),
+            out=str(out),
+            steps="4,8",
+            tasks="tiny_mc",
+            task_path=str(tmp_path / "tasks"),
+            lmeval_limit=6,
+            **FAST_SCAN,
+        )
+    )
     ds = open_cube(out)
     assert ds["lmeval_acc"].dims == ("step", "condition", "task") and ds["task"].values.tolist() == ["tiny_mc"]
     assert ds["lmeval_acc"].shape == (2, 3, 1)
@@ -109,8 +147,14 @@ def test_report_shows_blimp_per_condition_and_what_was_skipped(tiny_suite, tmp_p
 
     blimp = write_blimp(tmp_path / "blimp", pairs=4)
     out = tmp_path / "r.zarr"
-    run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="8",
-                        **{**FAST_SCAN, "blimp": str(blimp), "blimp_per_paradigm": 2, "blimp_paradigms": ",".join(PARADIGMS)}))
+    run_scan(
+        ScanConfig(
+            model=str(tiny_suite),
+            out=str(out),
+            steps="8",
+            **{**FAST_SCAN, "blimp": str(blimp), "blimp_per_paradigm": 2, "blimp_paradigms": ",".join(PARADIGMS)},
+        )
+    )
     ds = open_cube(out)
     lines = report(ds).splitlines()
     header = next(line for line in lines if line.split()[:1] == ["step"])

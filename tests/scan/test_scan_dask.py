@@ -44,9 +44,13 @@ def cluster():
     """Two worker processes, one thread each; a task is retried once after its worker dies."""
     import dask
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                         silence_logs=logging.ERROR) as local, Client(local) as client:
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+        ) as local,
+        Client(local) as client,
+    ):
         yield client
 
 
@@ -73,8 +77,17 @@ def test_dask_cube_equals_the_serial_cube_with_a_worker_killed_mid_run(cluster, 
     before = set(cluster.scheduler_info()["workers"])
     out = tmp_path / "dask.zarr"
     try:
-        summary = run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="all", stepwise=True, executor="dask",
-                                      scheduler=cluster.scheduler.address, **FAST))
+        summary = run_scan(
+            ScanConfig(
+                model=str(tiny_suite),
+                out=str(out),
+                steps="all",
+                stepwise=True,
+                executor="dask",
+                scheduler=cluster.scheduler.address,
+                **FAST,
+            )
+        )
     finally:
         cluster.unregister_worker_plugin("kill-first-step")
     assert marker.exists()
@@ -90,8 +103,18 @@ def test_a_step_that_always_fails_is_retried_then_recorded(cluster, full_cube, t
     shutil.copytree(tiny_suite, suite)
     (suite / "step4" / "model.safetensors").write_bytes(b"truncated")
     out = tmp_path / "failing.zarr"
-    summary = run_scan(ScanConfig(model=str(suite), out=str(out), steps="all", stepwise=True, executor="dask",
-                                  scheduler=cluster.scheduler.address, task_retries=2, **FAST))
+    summary = run_scan(
+        ScanConfig(
+            model=str(suite),
+            out=str(out),
+            steps="all",
+            stepwise=True,
+            executor="dask",
+            scheduler=cluster.scheduler.address,
+            task_retries=2,
+            **FAST,
+        )
+    )
     assert summary.done == [0, 1, 2, 8] and summary.failed == [4]
     record = open_cube(out, include_pending=True).attrs["steps"]["4"]
     assert record["status"] == "failed" and record["task_attempts"] == 3
@@ -106,7 +129,9 @@ def test_serial_retries_a_failing_step_the_same_way(full_cube, tiny_suite, tmp_p
     shutil.copytree(tiny_suite, suite)
     (suite / "step1" / "model.safetensors").write_bytes(b"truncated")
     out = tmp_path / "failing.zarr"
-    summary = run_scan(ScanConfig(model=str(suite), out=str(out), steps="0,1,2", reference_step=8, task_retries=1, **FAST))
+    summary = run_scan(
+        ScanConfig(model=str(suite), out=str(out), steps="0,1,2", reference_step=8, task_retries=1, **FAST)
+    )
     assert summary.done == [0, 2] and summary.failed == [1]
     assert open_cube(out, include_pending=True).attrs["steps"]["1"]["task_attempts"] == 2
 
@@ -114,8 +139,18 @@ def test_serial_retries_a_failing_step_the_same_way(full_cube, tiny_suite, tmp_p
 @pytest.mark.slow
 def test_scheduler_local_starts_its_own_cluster(full_cube, tiny_suite, tmp_path):
     out = tmp_path / "local.zarr"
-    summary = run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="0,4,8", stepwise=True, executor="dask",
-                                  scheduler="local", workers=1, **FAST))
+    summary = run_scan(
+        ScanConfig(
+            model=str(tiny_suite),
+            out=str(out),
+            steps="0,4,8",
+            stepwise=True,
+            executor="dask",
+            scheduler="local",
+            workers=1,
+            **FAST,
+        )
+    )
     assert summary.done == [0, 4, 8]
     x, y = open_cube(full_cube).sel(step=[0, 4, 8]), open_cube(out)
     for name in ("wd", "drift_ref", "cohort_weights", "tse_acc", "ppl"):
@@ -126,7 +161,10 @@ def test_scheduler_local_starts_its_own_cluster(full_cube, tiny_suite, tmp_path)
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--scheduler", "not an address"], "--scheduler 'not an address' is neither local, an address like tcp://host:8786"),
+        (
+            ["--scheduler", "not an address"],
+            "--scheduler 'not an address' is neither local, an address like tcp://host:8786",
+        ),
         (["--workers", "-1"], "--workers -1: expected 0 (auto) or a positive number of workers"),
         (["--task-retries", "-2"], "--task-retries -2: expected 0 or more"),
         (["--resources", "GPU"], "--resources 'GPU': expected NAME=AMOUNT[,NAME=AMOUNT] with positive amounts"),
@@ -134,8 +172,9 @@ def test_scheduler_local_starts_its_own_cluster(full_cube, tiny_suite, tmp_path)
         (["--scheduler", "tcp://127.0.0.1:9"], "--scheduler 'tcp://127.0.0.1:9': no Dask scheduler answered"),
     ],
 )
-def test_bad_executor_options_are_one_line_before_anything_is_written(tiny_suite, tmp_path, args, message, capsys,
-                                                                      monkeypatch):
+def test_bad_executor_options_are_one_line_before_anything_is_written(
+    tiny_suite, tmp_path, args, message, capsys, monkeypatch
+):
     monkeypatch.setattr("dynamics.executor.CONNECT_TIMEOUT", "1s")
     out = tmp_path / "never.zarr"
     try:
@@ -189,8 +228,17 @@ def test_workers_forget_the_run_after_a_scan_on_a_running_cluster(cluster, tiny_
     from dynamics.scan import worker as scan_worker
 
     out = tmp_path / "forget.zarr"
-    run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="0,1", reference_step=8, executor="dask",
-                        scheduler=cluster.scheduler.address, **FAST))
+    run_scan(
+        ScanConfig(
+            model=str(tiny_suite),
+            out=str(out),
+            steps="0,1",
+            reference_step=8,
+            executor="dask",
+            scheduler=cluster.scheduler.address,
+            **FAST,
+        )
+    )
     assert set(cluster.run(lambda: len(scan_worker._CONTEXT)).values()) == {0}
     run_scan(ScanConfig(model=str(tiny_suite), out=str(tmp_path / "serial.zarr"), steps="0", reference_step=8, **FAST))
     assert scan_worker._CONTEXT == {}
@@ -204,8 +252,19 @@ def test_a_scheduler_file_and_waiting_for_workers(cluster, full_cube, tiny_suite
     scheduler_file = tmp_path / "scheduler.json"
     scheduler_file.write_text(json.dumps({"type": "Scheduler", "address": cluster.scheduler.address}))
     out = tmp_path / "file.zarr"
-    summary = run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="1", reference_step=8, stepwise=True,
-                                  executor="dask", scheduler=str(scheduler_file), workers=2, **FAST))
+    summary = run_scan(
+        ScanConfig(
+            model=str(tiny_suite),
+            out=str(out),
+            steps="1",
+            reference_step=8,
+            stepwise=True,
+            executor="dask",
+            scheduler=str(scheduler_file),
+            workers=2,
+            **FAST,
+        )
+    )
     assert summary.done == [1]
     np.testing.assert_array_equal(open_cube(out)["wd"].values, open_cube(full_cube)["wd"].sel(step=[1]).values)
 
@@ -220,11 +279,34 @@ def test_ctrl_c_cancels_the_dask_scan_and_keeps_done_steps(tiny_suite, tmp_path)
     out = tmp_path / "int.zarr"
     err = tmp_path / "stderr.txt"
     with open(err, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "dynamics.cli", "scan", "-m", str(tiny_suite), "--steps", "all",
-                                 "-o", str(out), "--wd-tokens", "512", "--ppl-tokens", "64", "--tse-per-case", "20",
-                                 "--executor", "dask", "--workers", "1"],
-                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dynamics.cli",
+                "scan",
+                "-m",
+                str(tiny_suite),
+                "--steps",
+                "all",
+                "-o",
+                str(out),
+                "--wd-tokens",
+                "512",
+                "--ppl-tokens",
+                "64",
+                "--tse-per-case",
+                "20",
+                "--executor",
+                "dask",
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             try:
@@ -243,7 +325,8 @@ def test_ctrl_c_cancels_the_dask_scan_and_keeps_done_steps(tiny_suite, tmp_path)
         return
     assert proc.returncode == 130 and time.time() - start < 30
     assert err.read_text().strip().splitlines()[-1] == (
-        "dynamics scan: interrupted; every completed step is kept, re-run the same command to resume")
+        "dynamics scan: interrupted; every completed step is kept, re-run the same command to resume"
+    )
     assert 1 <= len(done) < 5
 
 

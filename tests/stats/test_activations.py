@@ -89,8 +89,16 @@ def test_grouping_gives_the_same_tensors(family: str) -> None:
     one_pass = dict(iter_pre_activations(model, windows, batch_size=3, progress=False))
     for per_pass in (1, 2):
         for resume in (True, False):
-            grouped = dict(iter_pre_activations(model, windows, memory_budget=_budget(per_pass, 4 * WINDOW, width),
-                                                batch_size=3, progress=False, resume_passes=resume))
+            grouped = dict(
+                iter_pre_activations(
+                    model,
+                    windows,
+                    memory_budget=_budget(per_pass, 4 * WINDOW, width),
+                    batch_size=3,
+                    progress=False,
+                    resume_passes=resume,
+                )
+            )
             assert sorted(grouped) == list(range(n_layers))
             for layer in range(n_layers):
                 assert torch.equal(grouped[layer], one_pass[layer]), (family, per_pass, resume, layer)
@@ -103,10 +111,14 @@ def _count_calls(model: torch.nn.Module) -> tuple[dict[str, int], list]:
     """Count the blocks' real work (their attention runs), not calls a resumed pass skips."""
     counts = {f"block{i}": 0 for i in range(len(transformer_layers(model)))} | {"lm_head": 0}
     handles = [
-        block.self_attn.register_forward_pre_hook(lambda m, a, name=f"block{i}": counts.__setitem__(name, counts[name] + 1))
+        block.self_attn.register_forward_pre_hook(
+            lambda m, a, name=f"block{i}": counts.__setitem__(name, counts[name] + 1)
+        )
         for i, block in enumerate(transformer_layers(model))
     ]
-    handles.append(model.lm_head.register_forward_pre_hook(lambda m, a: counts.__setitem__("lm_head", counts["lm_head"] + 1)))
+    handles.append(
+        model.lm_head.register_forward_pre_hook(lambda m, a: counts.__setitem__("lm_head", counts["lm_head"] + 1))
+    )
     return counts, handles
 
 
@@ -121,7 +133,11 @@ def test_passes_stop_after_the_last_hooked_layer() -> None:
         counts.update(dict.fromkeys(counts, 0))
         width = mlp_shape(model)[1]
         budget = _budget(1, 5 * WINDOW, width)
-        list(iter_pre_activations(model, windows, memory_budget=budget, batch_size=5, progress=False, resume_passes=False))
+        list(
+            iter_pre_activations(
+                model, windows, memory_budget=budget, batch_size=5, progress=False, resume_passes=False
+            )
+        )
         # One layer per pass, no resuming: block j is entered by passes j, j+1, ..., 2; the head never runs.
         assert counts == {"block0": 3, "block1": 2, "block2": 1, "lm_head": 0}
         counts.update(dict.fromkeys(counts, 0))

@@ -124,8 +124,16 @@ def test_non_monotone_perplexity_is_refined_inside_the_bracket():
     from dynamics.stats.cohort import bisect_to_target
 
     # The values: 1.5% -> 44.12, 2.21% -> 44.00, 2.73% -> 44.55; the target 44.30 lies between.
-    table = {0.1: 43.5, 90.0: 80.0, 45.05: 50.0, 22.575: 47.0, 11.3375: 45.0, 5.71875: 44.9, 2.909375: 44.55,
-             1.5046875: 44.12}
+    table = {
+        0.1: 43.5,
+        90.0: 80.0,
+        45.05: 50.0,
+        22.575: 47.0,
+        11.3375: 45.0,
+        5.71875: 44.9,
+        2.909375: 44.55,
+        1.5046875: 44.12,
+    }
 
     def f(m: float) -> float:
         if m in table:

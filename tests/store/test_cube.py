@@ -79,8 +79,11 @@ def test_failed_steps_are_recorded_and_retried(tmp_path):
         cube.write_step(result(0))
         cube.mark_failed(1, "step 1: download failed")
     assert open_cube(path)["step"].values.tolist() == [0]
-    assert open_cube(path).attrs["steps"]["1"] == {"status": "failed", "error": "step 1: download failed",
-                                                   "written": open_cube(path).attrs["steps"]["1"]["written"]}
+    assert open_cube(path).attrs["steps"]["1"] == {
+        "status": "failed",
+        "error": "step 1: download failed",
+        "written": open_cube(path).attrs["steps"]["1"]["written"],
+    }
     with CubeWriter(path, [0, 1], ID) as cube:
         assert cube.todo() == [1]
 
@@ -172,6 +175,7 @@ def test_kill_9_mid_step_keeps_every_done_step(tmp_path):
             proc.poll()
             assert proc.returncode is None, "writer died early"
             import time
+
             time.sleep(0.05)
         assert flag.exists()
     finally:
@@ -214,7 +218,9 @@ def test_a_full_disk_names_the_unit_and_keeps_what_is_done(tmp_path, monkeypatch
         monkeypatch.setattr(xr.Dataset, "to_zarr", full)
         with pytest.raises(CubeError) as caught:
             cube.write_step(result(1))
-    assert str(caught.value) == (f"disk full while writing condition 1 to {out}; free space and re-run the same "
-                                 "command (done conditions are kept)")
+    assert str(caught.value) == (
+        f"disk full while writing condition 1 to {out}; free space and re-run the same "
+        "command (done conditions are kept)"
+    )
     monkeypatch.undo()
     assert open_cube(out)["step"].values.tolist() == [0]

@@ -57,7 +57,8 @@ def test_a_cube_no_run_finished_is_re_initialised_for_other_settings(tmp_path, c
         cube.write_step(result(2))
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         f"cube {path} has no done step and was made with analysis.seed=0: re-initialising it for this run's "
-        "analysis.seed=1"]
+        "analysis.seed=1"
+    ]
     ds = open_cube(path, include_pending=True)
     assert ds["step"].values.tolist() == [0, 2] and ds["status"].values.tolist() == ["pending", "done"]
     assert ds.attrs["identity"]["analysis"] == {"seed": 1}
@@ -88,11 +89,14 @@ def _damage(path, how: str) -> None:
     (path / "zarr.json").write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize(("how", "message"), [
-    ("json", r"its zarr.json is not valid JSON \(Unterminated string"),
-    ("record", r'the record of step 1 in its zarr.json is "done", not a step record'),
-    ("no-records", r"the attributes of its zarr.json are not a cube's \(no step records\)"),
-])
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("json", r"its zarr.json is not valid JSON \(Unterminated string"),
+        ("record", r'the record of step 1 in its zarr.json is "done", not a step record'),
+        ("no-records", r"the attributes of its zarr.json are not a cube's \(no step records\)"),
+    ],
+)
 def test_a_damaged_cube_is_one_line_for_readers_and_writers_and_stays_untouched(tmp_path, how, message):
     path = tmp_path / "c.zarr"
     with CubeWriter(path, [0, 1], ID) as cube:
@@ -114,8 +118,9 @@ def test_a_full_disk_at_creation_is_one_line_and_leaves_nothing(tmp_path, monkey
 
     monkeypatch.setattr(xr.Dataset, "to_zarr", full)
     path = tmp_path / "new" / "c.zarr"
-    with pytest.raises(PathError, match=f"cannot create cube '{path}': no space left on the device; free space or "
-                                        "choose another --out") as caught:
+    with pytest.raises(
+        PathError, match=f"cannot create cube '{path}': no space left on the device; free space or choose another --out"
+    ) as caught:
         with CubeWriter(path, [0], ID):
             pass
     assert caught.value.exit_code == 2
@@ -124,8 +129,11 @@ def test_a_full_disk_at_creation_is_one_line_and_leaves_nothing(tmp_path, monkey
 
 def test_a_lock_path_that_is_a_directory_is_the_users_to_fix(tmp_path):
     (tmp_path / "c.zarr.lock").mkdir()
-    with pytest.raises(CubeInputError, match=r"its lock file .*c\.zarr\.lock cannot be opened \(Is a directory\); "
-                                             "remove it or choose another --out") as caught:
+    with pytest.raises(
+        CubeInputError,
+        match=r"its lock file .*c\.zarr\.lock cannot be opened \(Is a directory\); "
+        "remove it or choose another --out",
+    ) as caught:
         with CubeWriter(tmp_path / "c.zarr", [0], ID):
             pass
     assert caught.value.exit_code == 2
@@ -138,10 +146,13 @@ def test_a_missing_cube_is_the_users_to_fix(tmp_path):
     assert caught.value.exit_code == 2
 
 
-@pytest.mark.parametrize(("damage", "message"), [
-    ("metadata", r"the metadata of its variable wd \(wd/zarr.json\) is not valid JSON"),
-    ("step", r"its step coordinate cannot be read \("),
-])
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("metadata", r"the metadata of its variable wd \(wd/zarr.json\) is not valid JSON"),
+        ("step", r"its step coordinate cannot be read \("),
+    ],
+)
 def test_damaged_arrays_are_one_line_on_open_and_resume(tmp_path, damage, message):
     path = tmp_path / "c.zarr"
     with CubeWriter(path, [0, 1], ID) as cube:
@@ -172,6 +183,8 @@ def test_report_and_plot_refuse_a_cube_whose_done_steps_lost_data(tmp_path, caps
     for argv in (["report", str(path)], ["plot", str(path), "--out", str(tmp_path / "figs")]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err == (f"dynamics {argv[0]}: error: 2 of 2 done steps of {path} lost data; re-run the command that made "
-                       f"the cube to compute them again (`dynamics report --check {path}` names what is lost)\n")
+        assert err == (
+            f"dynamics {argv[0]}: error: 2 of 2 done steps of {path} lost data; re-run the command that made "
+            f"the cube to compute them again (`dynamics report --check {path}` names what is lost)\n"
+        )
     assert not (tmp_path / "figs").exists()

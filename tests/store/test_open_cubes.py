@@ -21,9 +21,24 @@ def seed_cubes(tiny_suite, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("seeds")
     other = root / "tiny-seed1"
-    build_toy_suite(other, ToyConfig(out=str(other), sentences=2000, heldout_sentences=300, hidden_size=16, layers=2,
-                                     heads=2, context=32, batch_size=8, steps=8, checkpoint_every=4, warmup_steps=2,
-                                     progress=False, seed=1))
+    build_toy_suite(
+        other,
+        ToyConfig(
+            out=str(other),
+            sentences=2000,
+            heldout_sentences=300,
+            hidden_size=16,
+            layers=2,
+            heads=2,
+            context=32,
+            batch_size=8,
+            steps=8,
+            checkpoint_every=4,
+            warmup_steps=2,
+            progress=False,
+            seed=1,
+        ),
+    )
     cubes = []
     for suite, name in ((tiny_suite, "seed0.zarr"), (other, "seed1.zarr")):
         run_scan(ScanConfig(model=str(suite), out=str(root / name), steps="all", **FAST_SCAN))
@@ -52,7 +67,9 @@ def test_unaligned_cubes_are_refused_in_one_line(seed_cubes, tiny_suite, tmp_pat
     with pytest.raises(CubeError, match=r"has done steps 0, 8, .* has 0, 1, 2, 4, 8 \(they differ at 1, 2, 4\)"):
         open_cubes([seed_cubes[0], fewer])
     other_rule = tmp_path / "rule.zarr"
-    run_scan(ScanConfig(model=str(tiny_suite), out=str(other_rule), steps="all", **{**FAST_SCAN, "cohort_percent": 10.0}))
+    run_scan(
+        ScanConfig(model=str(tiny_suite), out=str(other_rule), steps="all", **{**FAST_SCAN, "cohort_percent": 10.0})
+    )
     with pytest.raises(CubeError, match=r"was made with cohort_percent=10.0, .* with cohort_percent=5.0"):
         open_cubes([seed_cubes[0], other_rule])
 

@@ -80,9 +80,21 @@ def test_toy_overwrite_removes_a_planted_partial_link_not_what_it_points_to(tmp_
     out = tmp_path / "toy"
     out.mkdir()
     (out / ".step0.partial").symlink_to(target.parent, target_is_directory=True)
-    config = ToyConfig(out=str(out), sentences=300, heldout_sentences=50, hidden_size=16, layers=1, heads=2,
-                       context=16, batch_size=4, steps=2, checkpoint_every=2, warmup_steps=1, progress=False,
-                       overwrite=True)
+    config = ToyConfig(
+        out=str(out),
+        sentences=300,
+        heldout_sentences=50,
+        hidden_size=16,
+        layers=1,
+        heads=2,
+        context=16,
+        batch_size=4,
+        steps=2,
+        checkpoint_every=2,
+        warmup_steps=1,
+        progress=False,
+        overwrite=True,
+    )
     build_toy_suite(out, config)
     assert target.read_bytes() == SECRET and sorted(os.listdir(target.parent)) == ["precious.txt"]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("step")) == ["step0", "step1", "step2"]
@@ -108,6 +120,8 @@ def test_a_link_planted_at_the_lock_name_is_refused_and_its_target_untouched(tmp
 
     target = outside_file(tmp_path)
     (tmp_path / "c.zarr.lock").symlink_to(target)
-    with pytest.raises(CubeError, match=r"lock file .*c\.zarr\.lock is a symbolic link; remove it or choose another --out"):
+    with pytest.raises(
+        CubeError, match=r"lock file .*c\.zarr\.lock is a symbolic link; remove it or choose another --out"
+    ):
         CubeWriter(tmp_path / "c.zarr", [0], {"model": "m"}).__enter__()
     assert target.read_bytes() == SECRET and not (tmp_path / "c.zarr").exists()

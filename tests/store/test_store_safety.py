@@ -31,8 +31,10 @@ def result(step: int) -> xr.Dataset:
 
 def weights_result(step: int) -> xr.Dataset:
     rng = np.random.default_rng(step)
-    return xr.Dataset({"weights": (("step", "neuron", "d_model"), rng.normal(size=(1, 3, 4)).astype("float32"))},
-                      coords={"step": [step]})
+    return xr.Dataset(
+        {"weights": (("step", "neuron", "d_model"), rng.normal(size=(1, 3, 4)).astype("float32"))},
+        coords={"step": [step]},
+    )
 
 
 def chunk_file(cube: Path, variable: str, position: int) -> Path:
@@ -221,8 +223,15 @@ def test_a_scan_resume_recomputes_a_step_whose_chunk_was_deleted(tiny_suite, tmp
     from dynamics.scan.driver import run_scan
 
     out = tmp_path / "s.zarr"
-    config = ScanConfig(model=str(tiny_suite), out=str(out), steps="0,4", wd_tokens=512, ppl_tokens=64,
-                        tse_per_case=2, cohort_percent=5.0)
+    config = ScanConfig(
+        model=str(tiny_suite),
+        out=str(out),
+        steps="0,4",
+        wd_tokens=512,
+        ppl_tokens=64,
+        tse_per_case=2,
+        cohort_percent=5.0,
+    )
     assert run_scan(config).done == [0, 4]
     before = open_cube(out).load()
     position = zarr.open_array(out / "step", mode="r")[:].tolist().index(0)
@@ -267,8 +276,10 @@ def test_an_interrupted_repair_is_finished_by_the_next_open(tmp_path, monkeypatc
 def test_a_study_cube_redoes_a_condition_whose_chunk_was_lost(tmp_path):
     """Units cubes (dynamics ablate) carry different variables per unit: each record lists its own."""
     path = tmp_path / "s.zarr"
-    units = [xr.Dataset({"acc": (("step", "case"), [[0.5, 0.7]])}, coords={"step": [0], "case": ["a", "b"]}),
-             xr.Dataset({"ppl": (("step",), [12.5])}, coords={"step": [1]})]
+    units = [
+        xr.Dataset({"acc": (("step", "case"), [[0.5, 0.7]])}, coords={"step": [0], "case": ["a", "b"]}),
+        xr.Dataset({"ppl": (("step",), [12.5])}, coords={"step": [1]}),
+    ]
     with CubeWriter(path, [0, 1], {"model": "m"}, unit="condition") as cube:
         for unit in units:
             cube.write_step(unit)

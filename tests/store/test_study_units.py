@@ -9,8 +9,10 @@ from store import open_cube
 from store.cube import CubeWriter
 from store.units import unit_attrs, write_unit_attrs
 
-BLOCKS = {"main": {"dims": ["condition", "percent"], "prefix": "", "variables": ["score", "curve"]},
-          "side": {"dims": ["group"], "prefix": "side_", "variables": ["score"]}}
+BLOCKS = {
+    "main": {"dims": ["condition", "percent"], "prefix": "", "variables": ["score", "curve"]},
+    "side": {"dims": ["group"], "prefix": "side_", "variables": ["score"]},
+}
 UNITS = [
     {"block": "main", "labels": {"condition": "base"}},  # no percent: applies to every percent
     {"block": "main", "labels": {"condition": "cut", "percent": 1.0}},
@@ -21,8 +23,9 @@ UNITS = [
 
 
 def unit_result(number: int, score: float) -> xr.Dataset:
-    return xr.Dataset({"score": ((), score), "curve": ("x", [score, 2 * score])},
-                      coords={"x": ["a", "b"]}).expand_dims(step=[number])
+    return xr.Dataset({"score": ((), score), "curve": ("x", [score, 2 * score])}, coords={"x": ["a", "b"]}).expand_dims(
+        step=[number]
+    )
 
 
 def test_open_cube_assembles_blocks_and_broadcasts_unlabelled_units(tmp_path):

@@ -28,11 +28,28 @@ pytestmark = pytest.mark.models
 
 
 def study_config(model_dir, out, data, **overrides) -> StudyConfig:
-    values = dict(model=str(model_dir), out=str(out), corpus=str(data / "corpus.txt"), window=64, wd_tokens=512,
-                  ppl_tokens=256, percents="5,10", match_percent=10.0, match_tolerance=1e-4, match_iterations=4,
-                  tse_per_case=1, blimp=str(data / "blimp"), blimp_per_paradigm=2,
-                  blimp_paradigms=",".join(BLIMP_TINY), tasks="none", layer_groups=2, group_percent=10.0,
-                  pos="off", threads=1, protocol="strict")  # strict: the scoring from before --protocol
+    values = dict(
+        model=str(model_dir),
+        out=str(out),
+        corpus=str(data / "corpus.txt"),
+        window=64,
+        wd_tokens=512,
+        ppl_tokens=256,
+        percents="5,10",
+        match_percent=10.0,
+        match_tolerance=1e-4,
+        match_iterations=4,
+        tse_per_case=1,
+        blimp=str(data / "blimp"),
+        blimp_per_paradigm=2,
+        blimp_paradigms=",".join(BLIMP_TINY),
+        tasks="none",
+        layer_groups=2,
+        group_percent=10.0,
+        pos="off",
+        threads=1,
+        protocol="strict",
+    )  # strict: the scoring from before --protocol
     return StudyConfig(**{**values, **overrides})
 
 
@@ -48,8 +65,10 @@ def data(tmp_path_factory):
 QUICK_FAMILIES = ("gpt_neox", "llama")
 
 
-@pytest.fixture(scope="module", params=[f if f in QUICK_FAMILIES else pytest.param(f, marks=pytest.mark.slow)
-                                        for f in TINY_FAMILIES])
+@pytest.fixture(
+    scope="module",
+    params=[f if f in QUICK_FAMILIES else pytest.param(f, marks=pytest.mark.slow) for f in TINY_FAMILIES],
+)
 def family_study(request, data, tmp_path_factory):
     family = request.param
     root = tmp_path_factory.mktemp(f"study_{family}")
@@ -60,6 +79,7 @@ def family_study(request, data, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------- bisection
+
 
 def test_bisection_finds_the_argument_of_a_monotone_function():
     result = bisect_to_target(lambda x: x**2, 50.0, 0.0, 10.0, tolerance=1e-4, max_iterations=40)
@@ -79,12 +99,21 @@ def test_bisection_reports_an_unreachable_target_honestly():
 
 
 def test_layer_groups_are_consecutive_and_at_most_one_per_layer():
-    assert layer_groups(30, 8) == [list(range(0, 4)), list(range(4, 8)), list(range(8, 12)), list(range(12, 16)),
-                                   list(range(16, 20)), list(range(20, 24)), list(range(24, 27)), list(range(27, 30))]
+    assert layer_groups(30, 8) == [
+        list(range(0, 4)),
+        list(range(4, 8)),
+        list(range(8, 12)),
+        list(range(12, 16)),
+        list(range(16, 20)),
+        list(range(20, 24)),
+        list(range(24, 27)),
+        list(range(27, 30)),
+    ]
     assert layer_groups(3, 8) == [[0], [1], [2]]
 
 
 # ---------------------------------------------------------------------------- end to end
+
 
 def test_every_family_gives_a_complete_study_cube(family_study):
     family, config, summary = family_study
@@ -98,11 +127,13 @@ def test_every_family_gives_a_complete_study_cube(family_study):
     assert ds["group_tse_acc"].dims == ("group_scope", "layer_group", "tse_case")
     assert ds["layer_group_of"].values.tolist() == [0, 0, 1]  # 3 layers in 2 groups
     assert bool(ds["done"].sel(condition="neg_matched", percent=10.0)) and not bool(
-        ds["done"].sel(condition="neg_matched", percent=5.0))
+        ds["done"].sel(condition="neg_matched", percent=5.0)
+    )
     assert np.isnan(float(ds["ppl"].sel(condition="neg_matched", percent=5.0)))
     # clean does not depend on the percent: the same unit fills both columns
-    np.testing.assert_array_equal(ds["tse_acc"].sel(condition="clean", percent=5.0),
-                                  ds["tse_acc"].sel(condition="clean", percent=10.0))
+    np.testing.assert_array_equal(
+        ds["tse_acc"].sel(condition="clean", percent=5.0), ds["tse_acc"].sel(condition="clean", percent=10.0)
+    )
     assert ds.attrs["identity"]["analysis"]["percents"] == "5,10"
     assert ds.attrs["provenance"]["ppl_tokens"] == 256 and len(ds.attrs["provenance"]["corpus_hash"]) == 64
 
@@ -132,10 +163,14 @@ def test_clean_and_ablated_values_equal_direct_computations(family_study):
     with torch.inference_mode():
         direct = score_pairs(model, tokenizer, tse, group_by="case", progress=False)
         assert float(ds["tse_acc_all"].sel(condition="clean", percent=5.0)) == pytest.approx(direct.overall_accuracy)
-        np.testing.assert_allclose(ds["tse_margin"].sel(condition="clean", percent=5.0).values,
-                                   [direct.margin[direct.groups.index(c)] for c in TSE_CASES], rtol=1e-6)
+        np.testing.assert_allclose(
+            ds["tse_margin"].sel(condition="clean", percent=5.0).values,
+            [direct.margin[direct.groups.index(c)] for c in TSE_CASES],
+            rtol=1e-6,
+        )
         assert float(ds["ppl"].sel(condition="clean", percent=5.0)) == pytest.approx(
-            perplexity(model, ppl_windows, progress=False), rel=1e-6)
+            perplexity(model, ppl_windows, progress=False), rel=1e-6
+        )
         top = torch.from_numpy(ds["top_mask"].sel(percent=10.0).values)
         with ablate(model, top, mode="positive"):
             ablated_ppl = perplexity(model, ppl_windows, progress=False)
@@ -149,7 +184,8 @@ def test_clean_and_ablated_values_equal_direct_computations(family_study):
     assert float(clean["blimp_acc_all"]) == pytest.approx(expected.overall)
     assert clean["blimp_acc"].values.tolist() == pytest.approx([expected.per_paradigm[p] for p in BLIMP_TINY])
     assert clean["blimp_term_acc"].values.tolist() == pytest.approx(
-        [expected.per_term[t] for t in ds["blimp_phenomenon"].values])
+        [expected.per_term[t] for t in ds["blimp_phenomenon"].values]
+    )
 
 
 def test_neuron_sets_follow_the_stored_wd(family_study):
@@ -202,12 +238,20 @@ def test_layer_group_units_ablate_only_their_layers(family_study):
     alone[2:] = False  # group 0 = layers 0, 1
     with torch.inference_mode(), ablate(model, alone, mode="negative"):
         direct = score_pairs(model, tokenizer, tse, group_by="case", progress=False)
-    assert float(ds["group_tse_acc_all"].sel(group_scope="alone", layer_group=0)) == pytest.approx(direct.overall_accuracy)
-    np.testing.assert_allclose(ds["group_tse_margin"].sel(group_scope="alone", layer_group=0).values,
-                               [direct.margin[direct.groups.index(c)] for c in TSE_CASES], rtol=1e-9)
+    assert float(ds["group_tse_acc_all"].sel(group_scope="alone", layer_group=0)) == pytest.approx(
+        direct.overall_accuracy
+    )
+    np.testing.assert_allclose(
+        ds["group_tse_margin"].sel(group_scope="alone", layer_group=0).values,
+        [direct.margin[direct.groups.index(c)] for c in TSE_CASES],
+        rtol=1e-9,
+    )
     # the cumulative last group is the whole top set: the same as neg_top at the group percent
-    np.testing.assert_allclose(ds["group_tse_margin"].sel(group_scope="cumulative", layer_group=1),
-                               ds["tse_margin"].sel(condition="neg_top", percent=10.0), rtol=1e-9)
+    np.testing.assert_allclose(
+        ds["group_tse_margin"].sel(group_scope="cumulative", layer_group=1),
+        ds["tse_margin"].sel(condition="neg_top", percent=10.0),
+        rtol=1e-9,
+    )
     assert N_LAYERS == 3
 
 
@@ -225,11 +269,21 @@ def test_mapping_difficulty_goes_into_the_static_sets_and_the_report():
     wd_values = rng.random((2, 20)).astype(np.float32)
     md_values = (wd_values + 0.3 * rng.random((2, 20))).astype(np.float32)
     dims = ("layer", "neuron")
-    wd = xr.Dataset({"wd": (dims, wd_values), "wd_neg": (dims, wd_values / 2), "wd_pos": (dims, wd_values / 2),
-                     "md": (dims, md_values)}, coords={"layer": [0, 1], "neuron": np.arange(20)})
+    wd = xr.Dataset(
+        {
+            "wd": (dims, wd_values),
+            "wd_neg": (dims, wd_values / 2),
+            "wd_pos": (dims, wd_values / 2),
+            "md": (dims, md_values),
+        },
+        coords={"layer": [0, 1], "neuron": np.arange(20)},
+    )
     masks = np.zeros((1, 2, 20), bool)
     static = static_dataset(wd, [5.0], masks, masks, masks[0], BisectionResult(1.0, 2.0, 2.0, True, ()), 1.5, [[0, 1]])
     np.testing.assert_array_equal(static["md"].values, md_values)
     table = wd_md_lines(static["wd"].values, static["md"].values, "the WD windows")[1].splitlines()
     for layer in range(2):
-        assert table[2 + layer].split() == [str(layer), f"{spearmanr(wd_values[layer], md_values[layer]).statistic:.3f}"]
+        assert table[2 + layer].split() == [
+            str(layer),
+            f"{spearmanr(wd_values[layer], md_values[layer]).statistic:.3f}",
+        ]

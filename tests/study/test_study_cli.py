@@ -43,8 +43,9 @@ def fake_tagger(text: str) -> list[tuple[int, int, str]]:
 @pytest.fixture(scope="module")
 def pos_study(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("pos") / "pos.zarr"
-    config = study_config(data / "llama", out, data, percents="10", tasks="arc_easy", layer_groups=0, pos="auto",
-                          pos_lines=3)
+    config = study_config(
+        data / "llama", out, data, percents="10", tasks="arc_easy", layer_groups=0, pos="auto", pos_lines=3
+    )
     run_study(config, tagger=fake_tagger)
     return config
 
@@ -76,26 +77,34 @@ def test_an_interrupted_study_resumes_to_the_same_cube(data, tmp_path, monkeypat
 
 
 def test_a_different_analysis_is_refused_on_the_same_cube(data, tmp_path):
-    config = study_config(data / "llama", tmp_path / "s.zarr", data, layer_groups=0, tse_per_case=0,
-                          blimp_per_paradigm=0, percents="10")
+    config = study_config(
+        data / "llama", tmp_path / "s.zarr", data, layer_groups=0, tse_per_case=0, blimp_per_paradigm=0, percents="10"
+    )
     run_study(config)
-    other = study_config(data / "llama", config.out, data, layer_groups=0, tse_per_case=0, blimp_per_paradigm=0,
-                         percents="10", seed=1)
-    with pytest.raises(CubeError, match=r"was made with analysis.seed=0, this run has analysis.seed=1; use the same settings or another --out"):
+    other = study_config(
+        data / "llama", config.out, data, layer_groups=0, tse_per_case=0, blimp_per_paradigm=0, percents="10", seed=1
+    )
+    with pytest.raises(
+        CubeError,
+        match=r"was made with analysis.seed=0, this run has analysis.seed=1; use the same settings or another --out",
+    ):
         run_study(other)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--percents", "0,1"], "--percents '0,1': expected comma-separated numbers in (0, 100]"),
-    (["--match-percent", "3"], "--match-percent 3.0: expected one of --percents (0.5, 1, 2, 5)"),
-    (["--match-high", "0.05"], "--match-high 0.05: expected a percent above --match-low, at most 100"),
-    (["--lmeval-limit", "-1"], "--lmeval-limit -1: expected 0 (all) or more examples"),
-    (["--blimp", "/no/such/dir"], "--blimp '/no/such/dir' is neither hub nor a directory"),
-    pytest.param(["--revision", "step5"], "--revision 'step5':", marks=pytest.mark.slow),
-    (["--blimp-paradigms", "nope"], "unknown BLiMP paradigm 'nope'"),
-    (["--blimp", "BLIMP_DIR"], "has no adjunct_island.jsonl (65 of 67 paradigms missing); choose them with"),
-    (["--tasks", ","], "--tasks ',': expected comma-separated lm-eval task names"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--percents", "0,1"], "--percents '0,1': expected comma-separated numbers in (0, 100]"),
+        (["--match-percent", "3"], "--match-percent 3.0: expected one of --percents (0.5, 1, 2, 5)"),
+        (["--match-high", "0.05"], "--match-high 0.05: expected a percent above --match-low, at most 100"),
+        (["--lmeval-limit", "-1"], "--lmeval-limit -1: expected 0 (all) or more examples"),
+        (["--blimp", "/no/such/dir"], "--blimp '/no/such/dir' is neither hub nor a directory"),
+        pytest.param(["--revision", "step5"], "--revision 'step5':", marks=pytest.mark.slow),
+        (["--blimp-paradigms", "nope"], "unknown BLiMP paradigm 'nope'"),
+        (["--blimp", "BLIMP_DIR"], "has no adjunct_island.jsonl (65 of 67 paradigms missing); choose them with"),
+        (["--tasks", ","], "--tasks ',': expected comma-separated lm-eval task names"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_nothing_is_written(data, tmp_path, capsys, args, message):
     out = tmp_path / "bad.zarr"
     args = [str(data / "blimp") if a == "BLIMP_DIR" else a for a in args]
@@ -107,8 +116,26 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_written(data, tmp_path, cap
 
 def test_an_unknown_prefix_token_is_refused_before_the_cube_is_made(data, tmp_path, capsys):
     out = tmp_path / "p.zarr"
-    assert main(["ablate", "--model", str(data / "llama"), "--out", str(out), "--prefix", "<s>",
-                 "--blimp-per-paradigm", "0", "--corpus", str(data / "corpus.txt"), "--tasks", "none"]) == 2
+    assert (
+        main(
+            [
+                "ablate",
+                "--model",
+                str(data / "llama"),
+                "--out",
+                str(out),
+                "--prefix",
+                "<s>",
+                "--blimp-per-paradigm",
+                "0",
+                "--corpus",
+                str(data / "corpus.txt"),
+                "--tasks",
+                "none",
+            ]
+        )
+        == 2
+    )
     assert "prefix token '<s>' is not in the tokenizer's vocabulary" in capsys.readouterr().err
     assert not out.exists()
 
@@ -121,8 +148,20 @@ def test_an_out_that_is_not_a_cube_name_is_refused(data, capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
 def test_an_unknown_lm_eval_task_is_refused_before_anything_runs(data, tmp_path, capsys):
-    assert main(["ablate", "--model", str(data / "llama"), "--out", str(tmp_path / "t.zarr"),
-                 "--tasks", "arc_easy,no_such_task_zz"]) == 2
+    assert (
+        main(
+            [
+                "ablate",
+                "--model",
+                str(data / "llama"),
+                "--out",
+                str(tmp_path / "t.zarr"),
+                "--tasks",
+                "arc_easy,no_such_task_zz",
+            ]
+        )
+        == 2
+    )
     assert "--tasks: unknown lm-eval task 'no_such_task_zz'" in capsys.readouterr().err
 
 
@@ -159,7 +198,8 @@ def test_pos_excess_surprisal_equals_the_direct_computation(pos_study):
     direct = excess_surprisal(clean, ablated)
     for tag in ("NOUN", "DET"):
         assert float(ds["pos_excess"].sel(condition="both_top", percent=10.0, pos=tag)) == pytest.approx(
-            direct.loc[tag, "excess"], rel=1e-6, abs=1e-9)
+            direct.loc[tag, "excess"], rel=1e-6, abs=1e-9
+        )
         assert float(ds["pos_excess"].sel(condition="clean", percent=10.0, pos=tag)) == 0.0
     assert np.isnan(float(ds["pos_excess"].sel(condition="clean", percent=10.0, pos="VERB")))
 
@@ -171,12 +211,15 @@ def test_report_and_plot_of_a_study_cube(pos_study, tmp_path, capsys):
     assert f"matched control: bottom m = {float(ds['matched_percent']):.4g}%" in text
     record = ds.attrs["provenance"]["protocol"]
     assert record == ds.attrs["identity"]["analysis"]["resolved_protocol"]
-    assert (f"protocol {record['name']}: TSE {record['tse_reduction']}, BLiMP {record['blimp_reduction']}, "
-            f"prefix {record['prefix']}, NPI vs {record['npi']}") in text
+    assert (
+        f"protocol {record['name']}: TSE {record['tse_reduction']}, BLiMP {record['blimp_reduction']}, "
+        f"prefix {record['prefix']}, NPI vs {record['npi']}"
+    ) in text
     row = next(line for line in text.splitlines() if line.split()[:2] == ["neg_top", "10"])
     assert float(row.split()[2]) == pytest.approx(float(ds["ppl"].sel(condition="neg_top", percent=10.0)), abs=1e-3)
-    assert float(row.split()[4]) == pytest.approx(float(ds["tse_acc_all"].sel(condition="neg_top", percent=10.0)),
-                                                  abs=1e-3)
+    assert float(row.split()[4]) == pytest.approx(
+        float(ds["tse_acc_all"].sel(condition="neg_top", percent=10.0)), abs=1e-3
+    )
     assert "lm-eval tasks skipped: arc_easy" in text and "POS excess surprisal" in text
     assert "group_tse_acc" not in ds and "layer_group" not in ds.dims  # --layer-groups 0: no empty block
     assert main(["plot", pos_study.out, "--out", str(tmp_path / "figs"), "--formats", "png"]) == 0
@@ -206,8 +249,17 @@ def test_lm_eval_scores_the_ablated_model(data, tmp_path):
     from transformers import AutoTokenizer
 
     docs = write_lm_eval_task(tmp_path / "tasks")
-    config = study_config(data / "llama", tmp_path / "lm.zarr", data, percents="10", tasks="tiny_mc",
-                          task_path=str(tmp_path / "tasks"), layer_groups=0, tse_per_case=0, blimp_per_paradigm=0)
+    config = study_config(
+        data / "llama",
+        tmp_path / "lm.zarr",
+        data,
+        percents="10",
+        tasks="tiny_mc",
+        task_path=str(tmp_path / "tasks"),
+        layer_groups=0,
+        tse_per_case=0,
+        blimp_per_paradigm=0,
+    )
     run_study(config)
     ds = open_cube(config.out)
     model, tokenizer = tiny_model_from(config.model), AutoTokenizer.from_pretrained(config.model)
@@ -219,10 +271,16 @@ def test_lm_eval_scores_the_ablated_model(data, tmp_path):
                 scores = [choice_log_likelihoods(model, tokenizer, d["question"], d["choices"]) for d in docs]
             expected[condition] = scores
             acc = np.mean([int(np.argmax(s)) == d["label"] for s, d in zip(scores, docs)])
-            norm = np.mean([int(np.argmax(np.array(s) / [len(c) for c in d["choices"]])) == d["label"]
-                            for s, d in zip(scores, docs)])
+            norm = np.mean(
+                [
+                    int(np.argmax(np.array(s) / [len(c) for c in d["choices"]])) == d["label"]
+                    for s, d in zip(scores, docs)
+                ]
+            )
             stored = ds.sel(condition=condition, percent=10.0, task="tiny_mc")
-            assert float(stored["lmeval_acc"]) == pytest.approx(acc) and float(stored["lmeval_acc_norm"]) == pytest.approx(norm)
+            assert float(stored["lmeval_acc"]) == pytest.approx(acc) and float(
+                stored["lmeval_acc_norm"]
+            ) == pytest.approx(norm)
     assert not np.allclose(expected["clean"], expected["both_top"])  # the hook is live inside lm-eval's forward passes
 
 
@@ -231,8 +289,17 @@ def test_help_lists_every_study_option_with_its_default(capsys):
         main(["ablate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert exit_info.value.code == 0
-    for expected in ("--percents PERCENTS", "(default: 0.5,1,2,5)", "--match-tolerance", "(default: 0.05)",
-                     "--layer-groups", "(default: 8)", "--lmeval-limit", "(default: 100)", "--full"):
+    for expected in (
+        "--percents PERCENTS",
+        "(default: 0.5,1,2,5)",
+        "--match-tolerance",
+        "(default: 0.05)",
+        "--layer-groups",
+        "(default: 8)",
+        "--lmeval-limit",
+        "(default: 100)",
+        "--full",
+    ):
         assert expected in text
 
 
@@ -240,12 +307,24 @@ def test_full_lifts_every_budget_and_limit_zero_means_all():
     from dynamics.study.config import StudyConfig
 
     assert StudyConfig(model="m", out="o.zarr", full=True).budgets() == {
-        "tse_per_case": None, "blimp_per_paradigm": None, "ppl_tokens": None, "lmeval_limit": None}
+        "tse_per_case": None,
+        "blimp_per_paradigm": None,
+        "ppl_tokens": None,
+        "lmeval_limit": None,
+    }
     assert StudyConfig(model="m", out="o.zarr", lmeval_limit=0, protocol="strict").budgets() == {
-        "tse_per_case": 50, "blimp_per_paradigm": 50, "ppl_tokens": 16384, "lmeval_limit": None}
+        "tse_per_case": 50,
+        "blimp_per_paradigm": 50,
+        "ppl_tokens": 16384,
+        "lmeval_limit": None,
+    }
     # the paper's protocol: perplexity on the whole validation split, as the official code
     assert StudyConfig(model="m", out="o.zarr", lmeval_limit=0).budgets() == {
-        "tse_per_case": 50, "blimp_per_paradigm": 50, "ppl_tokens": None, "lmeval_limit": None}
+        "tse_per_case": 50,
+        "blimp_per_paradigm": 50,
+        "ppl_tokens": None,
+        "lmeval_limit": None,
+    }
 
 
 def test_a_hub_model_is_studied_at_its_main_revision_from_an_offline_cache(data, tmp_path):
@@ -256,8 +335,16 @@ def test_a_hub_model_is_studied_at_its_main_revision_from_an_offline_cache(data,
     shutil.copytree(data / "llama", repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    config = study_config("someone/tiny-llama", tmp_path / "hub.zarr", data, percents="10", layer_groups=0,
-                          tse_per_case=0, blimp_per_paradigm=0, cache_dir=str(tmp_path / "hf"))
+    config = study_config(
+        "someone/tiny-llama",
+        tmp_path / "hub.zarr",
+        data,
+        percents="10",
+        layer_groups=0,
+        tse_per_case=0,
+        blimp_per_paradigm=0,
+        cache_dir=str(tmp_path / "hf"),
+    )
     assert run_study(config).done == list(range(6))
     ds = open_cube(config.out)
     assert ds.attrs["provenance"]["revision"] == "main" and ds.attrs["provenance"]["commit"] == commit
@@ -268,8 +355,15 @@ def test_a_hub_model_is_studied_at_its_main_revision_from_an_offline_cache(data,
 
 
 def run_local(data, tmp_path):
-    config = study_config(data / "llama", tmp_path / "local.zarr", data, percents="10", layer_groups=0,
-                          tse_per_case=0, blimp_per_paradigm=0)
+    config = study_config(
+        data / "llama",
+        tmp_path / "local.zarr",
+        data,
+        percents="10",
+        layer_groups=0,
+        tse_per_case=0,
+        blimp_per_paradigm=0,
+    )
     run_study(config)
     return config.out
 
@@ -277,8 +371,17 @@ def run_local(data, tmp_path):
 def test_a_local_suite_is_studied_at_the_step_asked_for(tiny_suite, data, tmp_path):
     from dynamics.errors import UserInputError
 
-    config = study_config(tiny_suite, tmp_path / "suite.zarr", data, percents="10", layer_groups=0,
-                          blimp_per_paradigm=0, revision="4", corpus=str(tiny_suite / "heldout.txt"), window=32)
+    config = study_config(
+        tiny_suite,
+        tmp_path / "suite.zarr",
+        data,
+        percents="10",
+        layer_groups=0,
+        blimp_per_paradigm=0,
+        revision="4",
+        corpus=str(tiny_suite / "heldout.txt"),
+        window=32,
+    )
     assert run_study(config).done == list(range(6))
     ds = open_cube(config.out)
     assert ds.attrs["provenance"]["revision"] == "step4" and ds.attrs["identity"]["revision"] == "step4"
@@ -295,12 +398,21 @@ def test_pos_is_skipped_with_one_line_without_spacy(data, tmp_path, monkeypatch,
         raise UserInputError(pos.SPACY_MISSING)
 
     monkeypatch.setattr(pos, "spacy_tagger", missing)
-    config = study_config(data / "llama", tmp_path / "nopos.zarr", data, percents="10", layer_groups=0,
-                          tse_per_case=0, blimp_per_paradigm=0, pos="auto")
+    config = study_config(
+        data / "llama",
+        tmp_path / "nopos.zarr",
+        data,
+        percents="10",
+        layer_groups=0,
+        tse_per_case=0,
+        blimp_per_paradigm=0,
+        pos="auto",
+    )
     with caplog.at_level(logging.WARNING, logger="dynamics.study.driver"):
         run_study(config)
     # (the matched control may warn too: this tiny model's top set barely moves perplexity)
     assert [r.getMessage() for r in caplog.records if r.name != "dynamics.ablation"] == [
-        f"POS excess surprisal skipped: {pos.SPACY_MISSING}"]
+        f"POS excess surprisal skipped: {pos.SPACY_MISSING}"
+    ]
     ds = open_cube(config.out)
     assert "pos_excess" not in ds and ds.attrs["provenance"]["pos"] == "skipped"

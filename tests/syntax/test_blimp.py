@@ -32,13 +32,23 @@ def test_all_67000_real_pairs_load_with_their_fields(shared_data):
         assert pair.pair_id == i % 1000 and pair.subcase == "" and pair.intrusive is None
     # the release itself has 7 pairs whose two sentences are identical; they are kept
     assert [(p.case, p.pair_id) for p in pairs if p.good == p.bad] == [
-        ("passive_1", 324), ("passive_1", 810), ("principle_A_case_2", 105),
-        ("principle_A_case_2", 287), ("principle_A_case_2", 372), ("principle_A_case_2", 816),
-        ("principle_A_case_2", 967)]
+        ("passive_1", 324),
+        ("passive_1", 810),
+        ("principle_A_case_2", 105),
+        ("principle_A_case_2", 287),
+        ("principle_A_case_2", 372),
+        ("principle_A_case_2", 816),
+        ("principle_A_case_2", 967),
+    ]
     first = json.loads((directory / "adjunct_island.jsonl").open().readline())
-    assert pairs[0] == MinimalPair(first["sentence_good"], first["sentence_bad"],
-                                   "adjunct_island", pair_id=0,
-                                   linguistics_term="island_effects", field="syntax")
+    assert pairs[0] == MinimalPair(
+        first["sentence_good"],
+        first["sentence_bad"],
+        "adjunct_island",
+        pair_id=0,
+        linguistics_term="island_effects",
+        field="syntax",
+    )
 
 
 def test_paradigm_subset_keeps_the_requested_order(shared_data):
@@ -48,16 +58,24 @@ def test_paradigm_subset_keeps_the_requested_order(shared_data):
 
 
 def _release_rows(paradigm, n):
-    return [{"sentence_good": f"Good sentence {i}.", "sentence_bad": f"Bad sentence {i}.",
-             "field": "syntax", "linguistics_term": "island_effects", "UID": paradigm,
-             "simple_LM_method": True, "pairID": str(i)} for i in range(n)]
+    return [
+        {
+            "sentence_good": f"Good sentence {i}.",
+            "sentence_bad": f"Bad sentence {i}.",
+            "field": "syntax",
+            "linguistics_term": "island_effects",
+            "UID": paradigm,
+            "simple_LM_method": True,
+            "pairID": str(i),
+        }
+        for i in range(n)
+    ]
 
 
 def test_hub_and_directory_records_are_normalized_alike(tmp_path, monkeypatch):
     rows = _release_rows("wh_island", 3)
     (tmp_path / "wh_island.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    hub_rows = [{**{k: v for k, v in r.items() if k != "pairID"}, "pair_id": int(r["pairID"])}
-                for r in rows]
+    hub_rows = [{**{k: v for k, v in r.items() if k != "pairID"}, "pair_id": int(r["pairID"])} for r in rows]
     calls = []
 
     def fake_load_dataset(path, name, split, cache_dir=None):
@@ -72,8 +90,11 @@ def test_hub_and_directory_records_are_normalized_alike(tmp_path, monkeypatch):
 
 
 def test_offline_hub_fails_with_one_line_pointing_to_a_directory(tmp_path):
-    with pytest.raises(DynamicsError, match=r"could not load BLiMP paradigm 'adjunct_island' "
-                                            r"from the Hub .*local directory") as info:
+    with pytest.raises(
+        DynamicsError,
+        match=r"could not load BLiMP paradigm 'adjunct_island' "
+        r"from the Hub .*local directory",
+    ) as info:
         load_blimp("hub", paradigms=["adjunct_island"], cache_dir=tmp_path)
     assert "\n" not in str(info.value)
 
@@ -88,8 +109,11 @@ def test_bad_sources_and_records_are_reported(tmp_path):
     row = _release_rows("wh_island", 1)[0]
     del row["linguistics_term"]
     (tmp_path / "wh_island.jsonl").write_text(json.dumps(row) + "\n")
-    with pytest.raises(DynamicsError, match=r"wh_island.jsonl:1: missing BLiMP field\(s\) "
-                                            r"linguistics_term$"):
+    with pytest.raises(
+        DynamicsError,
+        match=r"wh_island.jsonl:1: missing BLiMP field\(s\) "
+        r"linguistics_term$",
+    ):
         load_blimp(tmp_path, paradigms=["wh_island"])
 
 
@@ -98,8 +122,14 @@ def _pair(paradigm, term, i):
 
 
 def test_accuracy_aggregates_by_hand():
-    pairs = [_pair("p1", "A", 0), _pair("p1", "A", 1), _pair("p2", "A", 0),
-             _pair("p2", "A", 1), _pair("p2", "A", 2), _pair("p3", "B", 0)]
+    pairs = [
+        _pair("p1", "A", 0),
+        _pair("p1", "A", 1),
+        _pair("p2", "A", 0),
+        _pair("p2", "A", 1),
+        _pair("p2", "A", 2),
+        _pair("p3", "B", 0),
+    ]
     correct = np.array([True, False, True, True, True, False])
     acc = blimp_accuracy(pairs, correct)
     assert acc.per_paradigm == {"p1": 0.5, "p2": 1.0, "p3": 0.0}

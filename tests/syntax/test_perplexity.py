@@ -20,8 +20,12 @@ VOCAB = 97
 def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
     config = GPTNeoXConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        vocab_size=VOCAB, initializer_range=0.3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        vocab_size=VOCAB,
+        initializer_range=0.3,
     )
     return AutoModelForCausalLM.from_config(config).eval()
 

@@ -25,9 +25,23 @@ from dynamics.syntax.pos import (
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
 pytestmark = pytest.mark.models
 
-TAGS = {"the": "DET", "a": "DET", "author": "NOUN", "authors": "NOUN", "guard": "NOUN",
-        "guards": "NOUN", "taxi-driver": "NOUN", "laughs": "VERB", "laugh": "VERB",
-        "likes": "VERB", "near": "ADP", "that": "PRON", ".": "PUNCT", "tall": "ADJ", "is": "AUX"}
+TAGS = {
+    "the": "DET",
+    "a": "DET",
+    "author": "NOUN",
+    "authors": "NOUN",
+    "guard": "NOUN",
+    "guards": "NOUN",
+    "taxi-driver": "NOUN",
+    "laughs": "VERB",
+    "laugh": "VERB",
+    "likes": "VERB",
+    "near": "ADP",
+    "that": "PRON",
+    ".": "PUNCT",
+    "tall": "ADJ",
+    "is": "AUX",
+}
 TEXTS = [
     "the author near the taxi-driver laughs.",
     "the authors that the guard likes laugh.",
@@ -45,14 +59,21 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     words = ["<pad>", "<bos>", "<eos>", "<unk>", "taxi", "-", "driver"] + [w for w in TAGS if "-" not in w]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def tiny_model(seed: int, vocab_size: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    config = GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=128, vocab_size=vocab_size, initializer_range=0.3)
+    config = GPTNeoXConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        vocab_size=vocab_size,
+        initializer_range=0.3,
+    )
     return AutoModelForCausalLM.from_config(config).eval()
 
 
@@ -121,8 +142,9 @@ def test_excess_surprisal_is_the_mean_difference_per_pos():
 
 
 def test_excess_surprisal_rejects_different_words():
-    a = pd.DataFrame({"text": [0], "start": [0], "end": [3], "word": ["the"], "pos": ["DET"],
-                      "surprisal": [1.0], "n_tokens": [1]})
+    a = pd.DataFrame(
+        {"text": [0], "start": [0], "end": [3], "word": ["the"], "pos": ["DET"], "surprisal": [1.0], "n_tokens": [1]}
+    )
     b = a.assign(start=[1])
     with pytest.raises(UserInputError, match="list different words"):
         excess_surprisal(a, b)
@@ -139,7 +161,8 @@ def test_missing_spacy_is_one_clear_line(monkeypatch):
 def test_real_pythia_tokenizer_offsets(shared_data):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(shared_data / "tokenizers" / "gpt-neox-20b.json"),
-        bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
     )
     model = tiny_model(0, 50304)
     text = "the author near the taxi-driver laughs."

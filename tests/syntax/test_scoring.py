@@ -67,13 +67,22 @@ def tiny_model(family: str = "gpt_neox", vocab_size: int = len(SPECIALS) + len(W
     torch.manual_seed(0)
     if family == "gpt_neox":
         config = GPTNeoXConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-            vocab_size=vocab_size, initializer_range=0.3,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            vocab_size=vocab_size,
+            initializer_range=0.3,
         )
     else:
         config = LlamaConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=64, vocab_size=vocab_size, initializer_range=0.3,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=vocab_size,
+            initializer_range=0.3,
         )
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -185,11 +194,15 @@ PAIRS = [
     Pair("the author laughs", "the author swims", "simple"),  # shares a sentence with pair 0
     Pair("the pilot that likes the guard", "the pilot", "simple"),  # bad is a prefix of good
     Pair(
-        "no authors have ever been popular", "most authors have ever been popular", "npi",
+        "no authors have ever been popular",
+        "most authors have ever been popular",
+        "npi",
         intrusive="the authors have ever been popular",
     ),
     Pair(
-        "no guards have ever been popular", "most guards have ever been popular", "npi",
+        "no guards have ever been popular",
+        "most guards have ever been popular",
+        "npi",
         intrusive="the guards have ever been popular",
     ),
 ]
@@ -199,9 +212,7 @@ def test_score_pairs_matches_slow_loop(model, tokenizer):
     result = score_pairs(model, tokenizer, PAIRS, keep_pairs=True, batch_tokens=24, progress=False)
     good = slow_scores(model, tokenizer, [p.good for p in PAIRS], 1)
     bad = slow_scores(model, tokenizer, [p.bad for p in PAIRS], 1)
-    intrusive = np.array(
-        [slow_scores(model, tokenizer, [p.intrusive], 1)[0] if p.intrusive else np.nan for p in PAIRS]
-    )
+    intrusive = np.array([slow_scores(model, tokenizer, [p.intrusive], 1)[0] if p.intrusive else np.nan for p in PAIRS])
     np.testing.assert_allclose(result.good, good, atol=1e-4)
     np.testing.assert_allclose(result.bad, bad, atol=1e-4)
     np.testing.assert_allclose(result.intrusive, intrusive, atol=1e-4, equal_nan=True)
@@ -245,9 +256,16 @@ def test_shared_prefix_is_computed_once(tokenizer):
 def test_sliding_window_shorter_than_the_pairs():
     """With a window of 3 tokens the padded shared prefix would shift the window: one pass."""
     torch.manual_seed(0)
-    config = MistralConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           intermediate_size=64, vocab_size=len(SPECIALS) + len(WORDS), sliding_window=3,
-                           initializer_range=0.3)
+    config = MistralConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=len(SPECIALS) + len(WORDS),
+        sliding_window=3,
+        initializer_range=0.3,
+    )
     model = AutoModelForCausalLM.from_config(config).eval()
     tokenizer = tiny_tokenizer()
     result = score_pairs(model, tokenizer, PAIRS, keep_pairs=True, progress=False)
@@ -322,7 +340,9 @@ def test_bad_arguments_are_one_line_errors(tokenizer):
 def test_real_pythia_tokenizer(shared_data):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(shared_data / "tokenizers" / "gpt-neox-20b.json"),
-        bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|padding|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|padding|>",
     )
     model = tiny_model(vocab_size=50304)
     sentences = [

@@ -16,54 +16,99 @@ from dynamics.syntax.tse_io import export_tse, load_refining_tse_jsonl, load_tse
 
 # The specification's tables: case -> (pairs, pairs per sub-case), in table order.
 SPEC = {
-    "simple_agrmt": (140, 70), "sent_comp": (1_680, 420), "vp_coord": (840, 420),
-    "long_vp_coord": (400, 200), "prep_anim": (16_800, 4_200), "prep_inanim": (5_040, 1_260),
-    "subj_rel": (11_200, 2_800), "obj_rel_across_anim": (11_200, 2_800),
-    "obj_rel_within_anim": (11_200, 2_800), "obj_rel_across_inanim": (10_080, 2_520),
-    "obj_rel_within_inanim": (10_080, 2_520), "obj_rel_no_comp_across_anim": (11_200, 2_800),
+    "simple_agrmt": (140, 70),
+    "sent_comp": (1_680, 420),
+    "vp_coord": (840, 420),
+    "long_vp_coord": (400, 200),
+    "prep_anim": (16_800, 4_200),
+    "prep_inanim": (5_040, 1_260),
+    "subj_rel": (11_200, 2_800),
+    "obj_rel_across_anim": (11_200, 2_800),
+    "obj_rel_within_anim": (11_200, 2_800),
+    "obj_rel_across_inanim": (10_080, 2_520),
+    "obj_rel_within_inanim": (10_080, 2_520),
+    "obj_rel_no_comp_across_anim": (11_200, 2_800),
     "obj_rel_no_comp_within_anim": (11_200, 2_800),
     "obj_rel_no_comp_across_inanim": (10_080, 2_520),
-    "obj_rel_no_comp_within_inanim": (10_080, 2_520), "simple_reflexives": (280, 140),
-    "reflexive_sent_comp": (3_360, 840), "reflexives_across": (22_400, 5_600),
-    "simple_npi_anim": (120, 60), "simple_npi_inanim": (144, 72),
-    "npi_across_anim": (4_800, 2_400), "npi_across_inanim": (5_760, 2_880),
+    "obj_rel_no_comp_within_inanim": (10_080, 2_520),
+    "simple_reflexives": (280, 140),
+    "reflexive_sent_comp": (3_360, 840),
+    "reflexives_across": (22_400, 5_600),
+    "simple_npi_anim": (120, 60),
+    "simple_npi_inanim": (144, 72),
+    "npi_across_anim": (4_800, 2_400),
+    "npi_across_inanim": (5_760, 2_880),
 }
 # Matched and varied preterminals from the spec's template/agree/vary columns.
 NAMING = {
-    "simple_agrmt": ("MS_MV", ""), "sent_comp": ("MS_MV", "BS"), "vp_coord": ("MS_MV_MV", ""),
-    "long_vp_coord": ("MS_LMV_LMV", ""), "prep_anim": ("MS_MV", "ES"),
-    "prep_inanim": ("IS_IV", "ES"), "subj_rel": ("MS_EV_MV", "ES"),
-    "obj_rel_across_anim": ("MS_MV", "ES_EV"), "obj_rel_within_anim": ("ES_EV", "MS_MV"),
-    "obj_rel_across_inanim": ("IS_IV", "ES_EV"), "obj_rel_within_inanim": ("ES_EV", "IS_IV"),
+    "simple_agrmt": ("MS_MV", ""),
+    "sent_comp": ("MS_MV", "BS"),
+    "vp_coord": ("MS_MV_MV", ""),
+    "long_vp_coord": ("MS_LMV_LMV", ""),
+    "prep_anim": ("MS_MV", "ES"),
+    "prep_inanim": ("IS_IV", "ES"),
+    "subj_rel": ("MS_EV_MV", "ES"),
+    "obj_rel_across_anim": ("MS_MV", "ES_EV"),
+    "obj_rel_within_anim": ("ES_EV", "MS_MV"),
+    "obj_rel_across_inanim": ("IS_IV", "ES_EV"),
+    "obj_rel_within_inanim": ("ES_EV", "IS_IV"),
     "obj_rel_no_comp_across_anim": ("MS_MV", "ES_EV"),
     "obj_rel_no_comp_within_anim": ("ES_EV", "MS_MV"),
     "obj_rel_no_comp_across_inanim": ("IS_IV", "ES_EV"),
     "obj_rel_no_comp_within_inanim": ("ES_EV", "IS_IV"),
-    "simple_reflexives": ("MS_ANPHR", ""), "reflexive_sent_comp": ("MS_ANPHR", "BS"),
+    "simple_reflexives": ("MS_ANPHR", ""),
+    "reflexive_sent_comp": ("MS_ANPHR", "BS"),
     "reflexives_across": ("MS_ANPHR", "ES_EV"),
 }
 EXAMPLES = [
     ("simple_agrmt", "plur_MS_MV", ("the authors laugh", "the authors laughs")),
-    ("prep_anim", "sing_MS_MV_plur_ES",
-     ("the author next to the guards laughs", "the author next to the guards laugh")),
-    ("subj_rel", "plur_MS_EV_MV_sing_ES",
-     ("the authors that like the guard laugh", "the authors that like the guard laughs")),
-    ("obj_rel_within_anim", "plur_ES_EV_sing_MS_MV",
-     ("the author that the guards like laughs", "the author that the guards likes laughs")),
-    ("reflexive_sent_comp", "sing_MS_ANPHR_plur_BS",
-     ("the mechanics said the author hurt himself",
-      "the mechanics said the author hurt themselves")),
+    (
+        "prep_anim",
+        "sing_MS_MV_plur_ES",
+        ("the author next to the guards laughs", "the author next to the guards laugh"),
+    ),
+    (
+        "subj_rel",
+        "plur_MS_EV_MV_sing_ES",
+        ("the authors that like the guard laugh", "the authors that like the guard laughs"),
+    ),
+    (
+        "obj_rel_within_anim",
+        "plur_ES_EV_sing_MS_MV",
+        ("the author that the guards like laughs", "the author that the guards likes laughs"),
+    ),
+    (
+        "reflexive_sent_comp",
+        "sing_MS_ANPHR_plur_BS",
+        ("the mechanics said the author hurt himself", "the mechanics said the author hurt themselves"),
+    ),
     ("vp_coord", "sing_MS_MV_MV", ("the author laughs and swims", "the author laughs and swim")),
-    ("long_vp_coord", "plur_MS_LMV_LMV",
-     ("the authors know many different foreign languages and like to watch television shows",
-      "the authors know many different foreign languages and likes to watch television shows")),
-    ("simple_npi_anim", "past",
-     ("no authors have ever been popular", "the authors have ever been popular",
-      "most authors have ever been popular")),
-    ("npi_across_inanim", "future",
-     ("no movies that the guards like will ever be seen",
-      "the movies that no guards like will ever be seen",
-      "most movies that the guards like will ever be seen")),
+    (
+        "long_vp_coord",
+        "plur_MS_LMV_LMV",
+        (
+            "the authors know many different foreign languages and like to watch television shows",
+            "the authors know many different foreign languages and likes to watch television shows",
+        ),
+    ),
+    (
+        "simple_npi_anim",
+        "past",
+        (
+            "no authors have ever been popular",
+            "the authors have ever been popular",
+            "most authors have ever been popular",
+        ),
+    ),
+    (
+        "npi_across_inanim",
+        "future",
+        (
+            "no movies that the guards like will ever be seen",
+            "the movies that no guards like will ever be seen",
+            "most movies that the guards like will ever be seen",
+        ),
+    ),
 ]
 
 
@@ -76,7 +121,8 @@ def test_cases_counts_and_total_follow_the_spec(tse):
     assert TSE_CASES == tuple(SPEC) and len(TSE_CASES) == 22
     assert list(tse) == list(SPEC)
     assert {case: sum(map(len, subs.values())) for case, subs in tse.items()} == {
-        case: total for case, (total, _) in SPEC.items()}
+        case: total for case, (total, _) in SPEC.items()
+    }
     assert sum(len(items) for subs in tse.values() for items in subs.values()) == 158_084
     for case, (_, per_subcase) in SPEC.items():
         assert {len(items) for items in tse[case].values()} == {per_subcase}, case
@@ -84,9 +130,11 @@ def test_cases_counts_and_total_follow_the_spec(tse):
 
 def test_subcase_names_follow_the_convention(tse):
     for case, (matched, varied) in NAMING.items():
-        expected = ([f"{n}_{matched}_{a}_{varied}" for n in ("sing", "plur")
-                     for a in ("sing", "plur")] if varied else
-                    [f"sing_{matched}", f"plur_{matched}"])
+        expected = (
+            [f"{n}_{matched}_{a}_{varied}" for n in ("sing", "plur") for a in ("sing", "plur")]
+            if varied
+            else [f"sing_{matched}", f"plur_{matched}"]
+        )
         assert list(tse[case]) == expected, case
     for case in ("simple_npi_anim", "simple_npi_inanim", "npi_across_anim", "npi_across_inanim"):
         assert list(tse[case]) == ["past", "future"]
@@ -115,29 +163,51 @@ def test_sentences_are_clean_and_pairs_minimal(tse):
                 if len(item) == 3:  # NPI: the licensor is swapped, nothing else
                     assert differing == [0] and (g, b) in {("no", "most"), ("few", "many")}
                 else:  # agreement: only the verb's or the anaphor's number flips
-                    assert ({g, b} == {"is", "are"} or g + "s" == b or b + "s" == g
-                            or "themselves" in {g, b}), item
+                    assert {g, b} == {"is", "are"} or g + "s" == b or b + "s" == g or "themselves" in {g, b}, item
                     assert g.rstrip("s") not in NOUNS, item
 
 
 # ----------------------------------------------------------- an independent generator
 SING_PLUR = {  # singular -> plural, written out by hand for the words these checks use
-    "author": "authors", "pilot": "pilots", "guard": "guards", "taxi driver": "taxi drivers",
-    "laughs": "laugh", "swims": "swim", "smiles": "smile", "is tall": "are tall",
-    "is old": "are old", "is young": "are young", "is short": "are short",
-    "likes": "like", "admires": "admire", "hates": "hate", "loves": "love",
+    "author": "authors",
+    "pilot": "pilots",
+    "guard": "guards",
+    "taxi driver": "taxi drivers",
+    "laughs": "laugh",
+    "swims": "swim",
+    "smiles": "smile",
+    "is tall": "are tall",
+    "is old": "are old",
+    "is young": "are young",
+    "is short": "are short",
+    "likes": "like",
+    "admires": "admire",
+    "hates": "hate",
+    "loves": "love",
 }
-MS = ["author", "pilot", "surgeon", "farmer", "manager", "customer", "officer", "teacher",
-      "senator", "consultant"]
-ES = ["guard", "chef", "architect", "skater", "dancer", "minister", "taxi driver", "assistant",
-      "executive", "parent"]
+MS = ["author", "pilot", "surgeon", "farmer", "manager", "customer", "officer", "teacher", "senator", "consultant"]
+ES = ["guard", "chef", "architect", "skater", "dancer", "minister", "taxi driver", "assistant", "executive", "parent"]
 MV = ["laughs", "swims", "smiles", "is tall", "is old", "is young", "is short"]
 EV = ["likes", "admires", "hates", "loves"]
 P = ["next to", "behind", "in front of", "near", "to the side of", "across from"]
 
 
-NOUNS = {*MS, *ES, "driver", "movie", "book", "game", "song", "picture", "painting", "novel",
-         "poem", "show", "mechanic", "banker"}
+NOUNS = {
+    *MS,
+    *ES,
+    "driver",
+    "movie",
+    "book",
+    "game",
+    "song",
+    "picture",
+    "painting",
+    "novel",
+    "poem",
+    "show",
+    "mechanic",
+    "banker",
+}
 
 
 def plural(word):
@@ -162,8 +232,7 @@ def test_obj_rel_within_anim_matches_an_independent_expansion(tse):
             m, v = (ms, mv) if attractor == "sing" else (plural(ms), plural(mv))
             e = es if subject == "sing" else plural(es)
             good_v, bad_v = (ev, plural(ev)) if subject == "sing" else (plural(ev), ev)
-            expected.append((f"the {m} that the {e} {good_v} {v}",
-                             f"the {m} that the {e} {bad_v} {v}"))
+            expected.append((f"the {m} that the {e} {good_v} {v}", f"the {m} that the {e} {bad_v} {v}"))
         assert tse["obj_rel_within_anim"][f"{subject}_ES_EV_{attractor}_MS_MV"] == expected
 
 
@@ -191,8 +260,9 @@ def test_npi_across_anim_matches_an_independent_expansion(tse):
         for (no, _, most), ms, es, ev, vp in product(licensors, MS, ES, EV, phrases):
             m, e, v = plural(ms), drivers.get(es, plural(es)), plural(ev)
             rest = f"{v} {aux} ever {vp}"
-            expected.append((f"{no} {m} that the {e} {rest}", f"the {m} that {no} {e} {rest}",
-                             f"{most} {m} that the {e} {rest}"))
+            expected.append(
+                (f"{no} {m} that the {e} {rest}", f"the {m} that {no} {e} {rest}", f"{most} {m} that the {e} {rest}")
+            )
         assert tse["npi_across_anim"][tense] == expected
 
 
@@ -213,8 +283,7 @@ def test_unknown_case_is_one_clear_line():
 def test_flat_view_keeps_order_ids_and_intrusive(tse):
     pairs = tse_pairs(["simple_agrmt", "simple_npi_anim"])
     assert len(pairs) == 140 + 120
-    assert pairs[0] == MinimalPair("the author laughs", "the author laugh", "simple_agrmt",
-                                   "sing_MS_MV", 0)
+    assert pairs[0] == MinimalPair("the author laughs", "the author laugh", "simple_agrmt", "sing_MS_MV", 0)
     npi = [p for p in pairs if p.case == "simple_npi_anim"]
     assert npi[0].intrusive == "the authors have ever been popular"
     assert npi[0].bad == "most authors have ever been popular"
@@ -239,8 +308,12 @@ def test_export_layouts(tmp_path):
     assert list(content) == ["past", "future"] and content["past"][0] == EXAMPLES[7][2]
     export_tse(tmp_path, format="jsonl", cases=["simple_agrmt", "simple_npi_anim"])
     line = json.loads((tmp_path / "simple_agrmt.jsonl").read_text().splitlines()[0])
-    assert line == {"sentence_good": "the author laughs", "sentence_bad": "the author laugh",
-                    "case": "simple_agrmt", "subcase": "sing_MS_MV"}
+    assert line == {
+        "sentence_good": "the author laughs",
+        "sentence_bad": "the author laugh",
+        "case": "simple_agrmt",
+        "subcase": "sing_MS_MV",
+    }
     npi = json.loads((tmp_path / "simple_npi_anim.jsonl").read_text().splitlines()[0])
     assert npi["sentence_intrusive"] == "the authors have ever been popular"
 
@@ -290,19 +363,26 @@ def test_loaders_reject_missing_or_empty_directories(tmp_path):
 
 
 def test_refining_tse_jsonl(tmp_path):
-    rows = [{"sentence_good": "the author laughs", "sentence_bad": "the author laugh",
-             "label": "sing_MS_MV"},
-            {"sentence_good": "the authors laugh", "sentence_bad": "the authors laughs",
-             "label": "plur_MS_MV"}]
+    rows = [
+        {"sentence_good": "the author laughs", "sentence_bad": "the author laugh", "label": "sing_MS_MV"},
+        {"sentence_good": "the authors laugh", "sentence_bad": "the authors laughs", "label": "plur_MS_MV"},
+    ]
     path = tmp_path / "simple_agrmt_all.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    expected = {"simple_agrmt": {"sing_MS_MV": [("the author laughs", "the author laugh")],
-                                 "plur_MS_MV": [("the authors laugh", "the authors laughs")]}}
+    expected = {
+        "simple_agrmt": {
+            "sing_MS_MV": [("the author laughs", "the author laugh")],
+            "plur_MS_MV": [("the authors laugh", "the authors laughs")],
+        }
+    }
     assert load_refining_tse_jsonl(tmp_path) == expected
     assert load_refining_tse_jsonl(path) == expected
     path.write_text(json.dumps({"sentence_good": "a", "label": "x"}) + "\n")
-    with pytest.raises(DynamicsError, match=r"simple_agrmt_all.jsonl:1: missing field\(s\) "
-                                            r"sentence_bad$"):
+    with pytest.raises(
+        DynamicsError,
+        match=r"simple_agrmt_all.jsonl:1: missing field\(s\) "
+        r"sentence_bad$",
+    ):
         load_refining_tse_jsonl(path)
     path.write_text("{not json\n")
     with pytest.raises(DynamicsError, match=r"simple_agrmt_all.jsonl:1: not a JSON line"):
@@ -330,12 +410,14 @@ def test_sample_is_seeded_stable_and_keeps_small_cases(tse):
     assert a["simple_agrmt"] == tse["simple_agrmt"] and a["vp_coord"] == tse["vp_coord"]
     assert {len(v) for v in a["sent_comp"].values()} == {250}
     assert sum(len(items) for subs in a.values() for items in subs.values()) == (
-        140 + 840 + 400 + 280 + 120 + 144 + 16 * 1000)
+        140 + 840 + 400 + 280 + 120 + 144 + 16 * 1000
+    )
     alone = sample_tse({"prep_anim": tse["prep_anim"]}, per_case=1000, seed=0)
     assert alone["prep_anim"] == a["prep_anim"]  # independent of the other cases
     flat = sample_tse(flatten_tse(tse), per_case=1000, seed=0)
     assert [(p.good, p.bad) for p in flat] == [
-        (item[0], item[-1]) for subs in a.values() for items in subs.values() for item in items]
+        (item[0], item[-1]) for subs in a.values() for items in subs.values() for item in items
+    ]
     with pytest.raises(UserInputError, match="per_case must be a positive integer, got 0"):
         sample_tse(tse, per_case=0)
 

@@ -44,8 +44,19 @@ from dynamics.toy.suite import (
     vocabulary,
 )
 
-TINY = dict(hidden_size=16, layers=1, heads=2, context=16, batch_size=4, steps=6, checkpoint_every=4,
-            sentences=300, heldout_sentences=20, threads=1, progress=False)
+TINY = dict(
+    hidden_size=16,
+    layers=1,
+    heads=2,
+    context=16,
+    batch_size=4,
+    steps=6,
+    checkpoint_every=4,
+    sentences=300,
+    heldout_sentences=20,
+    threads=1,
+    progress=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +120,20 @@ def test_corpus_follows_agreement_reflexive_and_npi_rules(corpus: list[str]) -> 
     checked = {"agreement": 0, "reflexive": 0}
     for sentence in corpus:
         words = sentence.split(" ")
-        if len(words) == 3 and words[0] == "the" and words[1] in singular | plurals and words[2] in (
-                intransitive_sg | intransitive_pl):
+        if (
+            len(words) == 3
+            and words[0] == "the"
+            and words[1] in singular | plurals
+            and words[2] in (intransitive_sg | intransitive_pl)
+        ):
             assert (words[1] in plurals) == (words[2] in intransitive_pl), sentence
             checked["agreement"] += 1
-        if len(words) == 4 and words[0] == "the" and words[2] in PAST_TRANSITIVE_VERBS and words[3].endswith(
-                ("self", "selves")):
+        if (
+            len(words) == 4
+            and words[0] == "the"
+            and words[2] in PAST_TRANSITIVE_VERBS
+            and words[3].endswith(("self", "selves"))
+        ):
             assert (words[1] in plurals) == (words[3] == "themselves"), sentence
             checked["reflexive"] += 1
         if "ever" in words and "every" not in words:
@@ -144,8 +163,9 @@ def test_tokenizer_covers_tse_and_round_trips(tse_words: set[str]) -> None:
     assert tokenizer.convert_ids_to_tokens(ids) == sentence.split()
     # the training stream and the tokenizer agree, EOS included
     text = f"{EOS_TOKEN} the author laughs {EOS_TOKEN} no authors have ever been popular {EOS_TOKEN}"
-    stream = encode_stream(["the author laughs", "no authors have ever been popular"], {w: i for i, w in enumerate(
-        vocabulary())})
+    stream = encode_stream(
+        ["the author laughs", "no authors have ever been popular"], {w: i for i, w in enumerate(vocabulary())}
+    )
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == stream.tolist()
     assert tokenizer("purple", add_special_tokens=False)["input_ids"] == [tokenizer.unk_token_id]
 
@@ -182,8 +202,9 @@ def test_heldout_text_tokenizes_like_training_and_its_loss_is_recorded(tiny_suit
     tokenizer = AutoTokenizer.from_pretrained(out / "step6")
     lines = (out / HELDOUT_FILE).read_text().splitlines()
     assert len(lines) == config.heldout_sentences and all(line.startswith(EOS_TOKEN + " ") for line in lines)
-    windows = load_token_windows(CorpusSpec(source=str(out / HELDOUT_FILE), window=config.context,
-                                            token_budget=None), tokenizer)
+    windows = load_token_windows(
+        CorpusSpec(source=str(out / HELDOUT_FILE), window=config.context, token_budget=None), tokenizer
+    )
     assert windows[0, 0] == tokenizer.eos_token_id and not (windows == tokenizer.unk_token_id).any()
     # the recorded held-out loss, recomputed independently from the saved step
     model = AutoModelForCausalLM.from_pretrained(out / "step6").eval()
@@ -192,7 +213,7 @@ def test_heldout_text_tokenizes_like_training_and_its_loss_is_recorded(tiny_suit
     nll = []
     with torch.no_grad():
         for w in range(n):
-            chunk = torch.tensor([ids[w * config.context: (w + 1) * config.context + 1]])
+            chunk = torch.tensor([ids[w * config.context : (w + 1) * config.context + 1]])
             logits = model(input_ids=chunk[:, :-1]).logits[0]
             nll.append(F.cross_entropy(logits, chunk[0, 1:], reduction="none"))
     expected = float(torch.cat(nll).mean())
@@ -211,8 +232,20 @@ def test_same_seed_gives_bitwise_identical_weights(tiny_suite, tmp_path) -> None
 
 
 def test_loss_decreases(tmp_path) -> None:
-    config = ToyConfig(hidden_size=32, layers=1, heads=4, context=32, batch_size=8, steps=60, checkpoint_every=30,
-                       warmup_steps=5, sentences=2000, heldout_sentences=100, threads=1, progress=False)
+    config = ToyConfig(
+        hidden_size=32,
+        layers=1,
+        heads=4,
+        context=32,
+        batch_size=8,
+        steps=60,
+        checkpoint_every=30,
+        warmup_steps=5,
+        sentences=2000,
+        heldout_sentences=100,
+        threads=1,
+        progress=False,
+    )
     out = build_toy_suite(tmp_path / "learn", config)
     manifest = json.loads((out / SUITE_FILE).read_text())
     heldout = manifest["heldout_loss"]
@@ -242,13 +275,13 @@ def test_overwrite_replaces_only_the_suite(tiny_suite, tmp_path) -> None:
     (target / "step999").mkdir()
     build_toy_suite(target, ToyConfig(**(TINY | {"overwrite": True, "steps": 2, "checkpoint_every": 2})))
     assert sorted(p.name for p in target.iterdir()) == sorted(
-        ["notes.txt", "step0", "step1", "step2", HELDOUT_FILE, SUITE_FILE])
+        ["notes.txt", "step0", "step1", "step2", HELDOUT_FILE, SUITE_FILE]
+    )
 
 
 def test_config_generates_the_cli_options() -> None:
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, ToyConfig)
     args = parser.parse_args(["-o", "suite", "--steps", "10", "--no-exclude-tse", "--learning-rate", "1e-3"])
-    assert config_from_args(ToyConfig, args) == ToyConfig(out="suite", steps=10, exclude_tse=False,
-                                                          learning_rate=1e-3)
+    assert config_from_args(ToyConfig, args) == ToyConfig(out="suite", steps=10, exclude_tse=False, learning_rate=1e-3)
     assert "(default: 600)" in parser.format_help()
