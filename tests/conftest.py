@@ -24,24 +24,9 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_suite(tmp_path_factory) -> Path:
     """A tiny built-in toy suite (steps 0, 1, 2, 4, 8) with tokenizer and heldout.txt."""
-    from dynamics.toy.suite import ToyConfig, build_toy_suite
+    from fixtures.toy import build_tiny_suite
 
-    out = tmp_path_factory.mktemp("suites") / "tiny"
-    config = ToyConfig(
-        out=str(out),
-        sentences=2000,
-        heldout_sentences=300,
-        hidden_size=16,
-        layers=2,
-        heads=2,
-        context=32,
-        batch_size=8,
-        steps=8,
-        checkpoint_every=4,
-        warmup_steps=2,
-        progress=False,
-    )
-    return build_toy_suite(out, config)
+    return build_tiny_suite(tmp_path_factory.mktemp("suites") / "tiny")
 
 
 # protocol strict: the scan tests pin the behaviour from before --protocol (tests/test_protocol.py checks paper)

@@ -196,23 +196,9 @@ ATTACKS: list[Attack] = [
 
 def build_suite(out: Path) -> Path:
     """The tests' tiny toy suite (as tests/conftest.py ``tiny_suite``)."""
-    from dynamics.toy.suite import ToyConfig, build_toy_suite
+    from fixtures.toy import build_tiny_suite
 
-    config = ToyConfig(
-        out=str(out),
-        sentences=2000,
-        heldout_sentences=300,
-        hidden_size=16,
-        layers=2,
-        heads=2,
-        context=32,
-        batch_size=8,
-        steps=8,
-        checkpoint_every=4,
-        warmup_steps=2,
-        progress=False,
-    )
-    return build_toy_suite(out, config)
+    return build_tiny_suite(out)
 
 
 def build_workspace(ws: Path, suite: Path) -> dict[str, str]:

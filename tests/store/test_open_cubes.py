@@ -17,28 +17,11 @@ pytestmark = pytest.mark.models
 @pytest.fixture(scope="module")
 def seed_cubes(tiny_suite, tmp_path_factory):
     """The tiny suite (seed 0) and the same recipe trained with seed 1, each scanned at every step."""
-    from dynamics.toy.suite import ToyConfig, build_toy_suite
+    from fixtures.toy import build_tiny_suite
 
     root = tmp_path_factory.mktemp("seeds")
     other = root / "tiny-seed1"
-    build_toy_suite(
-        other,
-        ToyConfig(
-            out=str(other),
-            sentences=2000,
-            heldout_sentences=300,
-            hidden_size=16,
-            layers=2,
-            heads=2,
-            context=32,
-            batch_size=8,
-            steps=8,
-            checkpoint_every=4,
-            warmup_steps=2,
-            progress=False,
-            seed=1,
-        ),
-    )
+    build_tiny_suite(other, seed=1)
     cubes = []
     for suite, name in ((tiny_suite, "seed0.zarr"), (other, "seed1.zarr")):
         run_scan(ScanConfig(model=str(suite), out=str(root / name), steps="all", **FAST_SCAN))

@@ -2,6 +2,7 @@
 
 import pytest
 from conftest import FAST_SCAN
+from fixtures.toy import TINY_TOY
 
 from checkpoints.names import resolve_model
 from dynamics.scan.config import ScanConfig
@@ -10,19 +11,7 @@ from dynamics.toy import builtin
 from dynamics.toy.suite import SUITE_FILE, ToyConfig
 from store import open_cube
 
-TINY = ToyConfig(
-    sentences=2000,
-    heldout_sentences=300,
-    hidden_size=16,
-    layers=2,
-    heads=2,
-    context=32,
-    batch_size=8,
-    steps=8,
-    checkpoint_every=4,
-    warmup_steps=2,
-    progress=False,
-)
+TINY = ToyConfig(**TINY_TOY)
 
 
 def test_the_alias_names_the_suite_in_the_cache(monkeypatch, tmp_path):
