@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from checkpoints.fingerprints import hub_lfs_sha256, tokenizer_fingerprint, weight_fingerprints
+from checkpoints.fingerprints import TOKENIZER_FILES, hub_lfs_sha256, tokenizer_fingerprint, weight_fingerprints
 from checkpoints.hub_cache import cache_entries, evict_added
 from checkpoints.hub_errors import (
     RetryPolicy,
@@ -53,16 +53,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CONFIG_AND_TOKENIZER = [
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-]
+CONFIG_AND_TOKENIZER = ["config.json", "generation_config.json", *TOKENIZER_FILES]
 
 
 @dataclass

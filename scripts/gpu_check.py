@@ -58,20 +58,7 @@ QUICK_SCAN = [
     "--blimp-per-paradigm",
     "2",
 ]
-QUICK_ABLATE = [
-    "--window",
-    "256",
-    "--wd-tokens",
-    "2048",
-    "--ppl-tokens",
-    "512",
-    "--tse-per-case",
-    "4",
-    "--blimp-per-paradigm",
-    "2",
-    "--match-iterations",
-    "4",
-]
+QUICK_ABLATE = [*QUICK_SCAN, "--match-iterations", "4"]
 
 
 class OneLineParser(argparse.ArgumentParser):
