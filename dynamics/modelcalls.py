@@ -128,19 +128,27 @@ def _output_embedding(model: torch.nn.Module) -> Any:
     return method() if callable(method) else None
 
 
+def _logit_transforms(model: torch.nn.Module) -> tuple[float | None, float | None, float | None]:
+    """The family's ``(logit_scale, logits_scaling, final_logit_softcapping)``, each ``None`` where unset."""
+    config = _text_config(model)
+
+    def number(name: str) -> float | None:
+        value = getattr(config, name, None)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value else None
+
+    return number("logit_scale"), number("logits_scaling"), number("final_logit_softcapping")
+
+
 def project(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Logits of hidden states ``[..., d_model]``: the output embedding, then the family's
     final-logit soft-capping (Gemma 2/3) and logit scaling (Cohere, Granite) where set."""
     logits = _output_embedding(model)(hidden)
-    config = _text_config(model)
-    scale = getattr(config, "logit_scale", None)
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+    scale, divisor, cap = _logit_transforms(model)
+    if scale is not None:
         logits = logits * scale
-    divisor = getattr(config, "logits_scaling", None)
-    if isinstance(divisor, (int, float)) and not isinstance(divisor, bool):
+    if divisor is not None:
         logits = logits / divisor
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap:
+    if cap is not None:
         logits = torch.tanh(logits / cap) * cap
     return logits
 
@@ -167,13 +175,72 @@ def log_probs_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def hidden_log_probs(model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Log-probabilities (float32, on the hidden states' device) of ``targets[i]`` given
-    ``hidden[i]`` (``[rows, d_model]``), projected in chunks of rows."""
+    ``hidden[i]`` (``[rows, d_model]``), projected in chunks of rows.
+
+    A float32 linear head is projected into one reused buffer and log-softmaxed in place
+    (:func:`_head_log_probs`): no ``rows x vocabulary`` temporary beyond that buffer, which on
+    the CPU halves the cost of the head (fresh logits tensors are page-faulted in, and
+    ``logsumexp`` writes a second one). Any other head takes :func:`project`."""
     step = chunk_rows(_vocab_size(model))
+    head = _output_embedding(model)
+    if _in_place_head(head, hidden):
+        return _head_log_probs(model, head, hidden, targets, step)
     parts = [
         log_probs_of(project(model, hidden[start : start + step]), targets[start : start + step])
         for start in range(0, hidden.shape[0], step)
     ]
     return torch.cat(parts) if parts else torch.zeros(0, device=hidden.device)
+
+
+def _in_place_head(head: Any, hidden: torch.Tensor) -> bool:
+    """Whether ``head`` is a plain float32 ``Linear`` that :func:`_head_log_probs` can run."""
+    return (
+        type(head) is torch.nn.Linear
+        and head.weight.dtype == torch.float32
+        and hidden.dtype == torch.float32
+        and hidden.ndim == 2
+        and not head._forward_hooks
+        and not head._forward_pre_hooks
+    )
+
+
+def _head_log_probs(
+    model: torch.nn.Module, head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor, step: int
+) -> torch.Tensor:
+    """:func:`hidden_log_probs` of a float32 ``Linear`` head: each chunk's logits are written into
+    one buffer, transformed as :func:`project` does, and log-softmaxed in place."""
+    rows = hidden.shape[0]
+    out = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+    if rows == 0:
+        return out
+    scale, divisor, cap = _logit_transforms(model)
+    buffer = torch.empty((min(step, rows), head.weight.shape[0]), dtype=torch.float32, device=hidden.device)
+    for start in range(0, rows, step):
+        chunk = hidden[start : start + step]
+        logits = buffer[: chunk.shape[0]]
+        if head.bias is not None:
+            torch.addmm(head.bias, chunk, head.weight.t(), out=logits)
+        else:
+            torch.mm(chunk, head.weight.t(), out=logits)
+        if scale is not None:
+            logits.mul_(scale)
+        if divisor is not None:
+            logits.div_(divisor)
+        if cap is not None:
+            logits.div_(cap).tanh_().mul_(cap)
+        out[start : start + chunk.shape[0]] = log_softmax_picked_(logits, targets[start : start + step])
+    return out
+
+
+def log_softmax_picked_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits)[target]`` per row of float32 ``logits`` ``[rows, vocab]``, which it
+    overwrites (with ``exp(logits - row max)``): the target's logit minus the row's
+    logsumexp, computed as ``torch.logsumexp`` does (a row whose max is infinite is not shifted)."""
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    peak = logits.amax(dim=-1, keepdim=True)
+    peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)
+    logits.sub_(peak).exp_()
+    return picked - (logits.sum(dim=-1).log() + peak.squeeze(-1))
 
 
 def kept_log_probs(
