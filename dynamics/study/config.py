@@ -87,6 +87,11 @@ class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runt
     pos_lines: int = option(64, help="corpus lines tagged for POS surprisal with --pos-unit words")
     layer_groups: int = option(8, help="groups of consecutive layers for the per-group ablations (0: skip)")
     group_percent: float = option(1.0, help="top percent ablated in the layer-group conditions")
+    conditions_per_pass: int = option(
+        0,
+        help="conditions of one ablation mode whose TSE, BLiMP and perplexity batches share a forward pass "
+        "(serial executor; 0: as many as a pass's token budget allows; 1: one condition at a time)",
+    )
     full: bool = option(
         False,
         help="the paper's complete sets: every TSE and BLiMP pair, the whole corpus "
@@ -113,6 +118,7 @@ class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runt
             "threads",
             "batch_size",
             "memory_budget_gib",
+            "conditions_per_pass",
             "executor",
             "scheduler",
             "workers",
@@ -227,6 +233,7 @@ def _check_numbers(config: StudyConfig) -> None:
             ("pos-lines", config.pos_lines >= 0, "0 or more lines"),
             ("layer-groups", config.layer_groups >= 0, "0 (skip) or more groups"),
             ("group-percent", 0 < config.group_percent <= 100, "a percent in (0, 100]"),
+            ("conditions-per-pass", config.conditions_per_pass >= 0, "0 (as many as fit) or more conditions"),
         ],
     )
     if config.dtype not in ("auto", *DTYPES):

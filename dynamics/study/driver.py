@@ -37,7 +37,7 @@ from dynamics.study.conditions import BLOCKS, layer_groups, static_dataset, stud
 from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study
 from dynamics.study.inputs import build_inputs, load_model
 from dynamics.study.measures import StudyInputs
-from dynamics.study.worker import StudySpec, forget_workers, run_condition, seed_worker
+from dynamics.study.worker import StudySpec, forget_workers, groups_together, run_condition, seed_worker
 from store.cube import CubeWriter
 from store.units import unit_attrs, write_unit_attrs
 
@@ -132,7 +132,10 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
                     "layer_groups": groups,
                 }
             )
-            spec = StudySpec(config, plan, tuple(units), static, tuple(tuple(g) for g in groups), tagger)
+            # One process runs every condition in order: those of one ablation mode share their passes.
+            shared = config.executor == "serial" and config.conditions_per_pass != 1
+            together = groups_together(tuple(units), todo) if shared else ()
+            spec = StudySpec(config, plan, tuple(units), static, tuple(tuple(g) for g in groups), tagger, together)
             if config.executor == "serial":
                 seed_worker(spec, model, inputs)
             del model  # a cluster's workers load their own copy; the serial worker holds the driver's

@@ -6,6 +6,13 @@ on the executor (:mod:`dynamics.executor`), so the serial run and a Dask cluster
 the same code. A worker builds its inputs once per run (model, tokenizer, benchmark
 samples, corpus windows, POS lines), cached by :attr:`StudySpec.key`; the serial driver
 hands its own, already loaded, to the cache (:func:`seed_worker`) instead of loading twice.
+
+With the serial executor the conditions still to do are grouped by ablation mode
+(:func:`groups_together`, :attr:`StudySpec.together`): the first condition of a group to run
+measures the TSE, BLiMP and perplexity of the whole group in shared passes
+(:func:`dynamics.study.measures.measure_together`) and the worker keeps each condition's part
+until its turn. A Dask worker runs one condition at a time (the group's conditions land on
+different workers).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dynamics.runtime import resolve_device
 from dynamics.study.conditions import NeuronSets, Unit, neuron_sets
 from dynamics.study.config import StudyConfig, StudyPlan
 from dynamics.study.inputs import load_inputs
-from dynamics.study.measures import StudyInputs, measure_unit
+from dynamics.study.measures import Measured, StudyInputs, measure_together, measure_unit, shares_passes
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,8 @@ class StudySpec:
     static: xr.Dataset = field(compare=False)  # the neuron sets, as stored in the cube
     groups: tuple[tuple[int, ...], ...] = field(compare=False)
     tagger: Any | None = field(default=None, compare=False)  # a POS tagger that overrides spaCy (tests)
+    #: Unit numbers of one ablation mode whose TSE, BLiMP and perplexity share passes (:func:`groups_together`).
+    together: tuple[tuple[int, ...], ...] = field(default=(), compare=False)
 
     @property
     def key(self) -> str:
@@ -48,6 +57,17 @@ class StudyWorker:
     model: torch.nn.Module
     inputs: StudyInputs
     sets: NeuronSets
+    measured: dict[int, Measured] = field(default_factory=dict)  # measured in a pass with an earlier unit
+
+
+def groups_together(units: tuple[Unit, ...], todo: list[int]) -> tuple[tuple[int, ...], ...]:
+    """The units still to do grouped by ablation mode, in ``todo`` order; a mode that cannot share
+    passes (:func:`dynamics.study.measures.shares_passes`) and a mode with one unit form no group."""
+    groups: dict[str, list[int]] = {}
+    for number in todo:
+        if shares_passes(units[number].mode):
+            groups.setdefault(units[number].mode, []).append(number)
+    return tuple(tuple(group) for group in groups.values() if len(group) > 1)
 
 
 _WORKERS: dict[str, StudyWorker] = {}
@@ -73,7 +93,26 @@ def run_condition(spec: StudySpec, number: int) -> xr.Dataset:
         _WORKERS.clear()  # one run per worker at a time: free an earlier run's model
         worker = _WORKERS[spec.key] = _build_worker(spec)
     unit = spec.units[number]
-    return measure_unit(worker.model, number, unit, worker.sets.mask(unit.neurons), worker.inputs)
+    if number not in worker.measured:
+        _measure_group(spec, worker, number)
+    return measure_unit(
+        worker.model, number, unit, worker.sets.mask(unit.neurons), worker.inputs, worker.measured.pop(number, None)
+    )
+
+
+def _measure_group(spec: StudySpec, worker: StudyWorker, number: int) -> None:
+    """The shared phases of ``number`` and of the units after it in its group not measured yet."""
+    group = next((g for g in spec.together if number in g), ())
+    if not group:
+        return
+    pending = [number] + [n for n in group[group.index(number) + 1 :] if n not in worker.measured]
+    if len(pending) < 2:
+        return
+    units = [spec.units[n] for n in pending]
+    log.info("units %s (%s ablation): TSE, BLiMP and perplexity in shared passes", pending, units[0].mode)
+    masks = [worker.sets.mask(unit.neurons) for unit in units]
+    measured = measure_together(worker.model, units, masks, worker.inputs, spec.config.conditions_per_pass)
+    worker.measured.update(zip(pending, measured))
 
 
 def _build_worker(spec: StudySpec) -> StudyWorker:

@@ -103,6 +103,7 @@ def test_a_different_analysis_is_refused_on_the_same_cube(data, tmp_path):
         (["--blimp-paradigms", "nope"], "unknown BLiMP paradigm 'nope'"),
         (["--blimp", "BLIMP_DIR"], "has no adjunct_island.jsonl (65 of 67 paradigms missing); choose them with"),
         (["--tasks", ","], "--tasks ',': expected comma-separated lm-eval task names"),
+        (["--conditions-per-pass", "-1"], "--conditions-per-pass -1: expected 0 (as many as fit) or more conditions"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_is_written(data, tmp_path, capsys, args, message):
