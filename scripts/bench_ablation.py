@@ -8,16 +8,29 @@ alternative it was chosen over (a full-width ``torch.where`` with a precomputed 
 mask). Variants are interleaved in rotating order; medians over repeats are compared.
 
     python scripts/bench_ablation.py --repeats 7
+
+``--study``: the default `dynamics ablate` study (every condition: clean, neg/pos/both top and
+neg random per percent, neg matched, the layer groups) on a Pythia-14m-shaped random model
+(GPT-NeoX tokenizer, WikiText-2 and BLiMP from ../shared/data) run twice in this process:
+one condition at a time (``--conditions-per-pass 1``, the baseline) and with the conditions
+of one ablation mode in shared passes (``0``). Budgets are scaled down (``--tse-per-case`` and
+friends) so that both fit in minutes on two CPU cores; seconds per condition are the cube's
+measured phases (TSE, BLiMP, perplexity, POS) summed over conditions, then divided by them.
+
+    python scripts/bench_ablation.py --study --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
@@ -35,6 +48,104 @@ def pythia_160m_shaped() -> torch.nn.Module:
         max_position_embeddings=2048,
     )
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pythia_14m_shaped(directory: Path, tokenizer_file: Path) -> Path:
+    """A Pythia-14m-shaped random model (hidden 128, 6 layers, MLP 512, vocab 50304) with the GPT-NeoX
+    tokenizer, saved as a model directory."""
+    from transformers import PreTrainedTokenizerFast
+
+    config = GPTNeoXConfig(
+        hidden_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        intermediate_size=512,
+        vocab_size=50304,
+        max_position_embeddings=2048,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(directory)
+    eos = "<|endoftext|>"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), bos_token=eos, eos_token=eos, pad_token=eos)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def study_bench(args: argparse.Namespace) -> None:
+    """The default study, one condition at a time vs the conditions of one mode in shared passes."""
+    from dynamics.study.config import StudyConfig
+    from dynamics.study.driver import run_study
+    from store import open_cube
+
+    data = Path(args.data)
+    root = Path(tempfile.mkdtemp(prefix="bench_study_"))
+    model = pythia_14m_shaped(root / "model", data / "tokenizers" / "gpt-neox-20b.json")
+    variants = {"one condition at a time (baseline)": 1, "one mode per shared pass": 0}
+    names = list(variants)
+    measured: dict[str, list[float]] = {name: [] for name in names}
+    per_phase: dict[str, dict[str, list[float]]] = {name: {} for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cubes = {}
+    for repeat in range(args.repeats):
+        for name in names[repeat % 2 :] + names[: repeat % 2]:
+            config = StudyConfig(
+                model=str(model),
+                out=str(root / f"{variants[name]}-{repeat}.zarr"),
+                wd_corpus=str(data / "wikitext-2" / "test.txt"),
+                ppl_corpus=str(data / "wikitext-2" / "valid.txt"),
+                wd_tokens=args.wd_tokens,
+                ppl_tokens=args.ppl_tokens,
+                tse_per_case=args.tse_per_case,
+                blimp=str(data / "blimp"),
+                blimp_per_paradigm=args.blimp_per_paradigm,
+                tasks="none",
+                conditions_per_pass=variants[name],
+            )
+            start = time.perf_counter()
+            summary = run_study(config)
+            wall[name].append(time.perf_counter() - start)
+            if summary.failed:
+                raise SystemExit(f"{name}: conditions {summary.failed} failed")
+            cube = cubes[name] = open_cube(config.out)
+            seconds = [cube[v] for v in ("seconds", "group_seconds") if v in cube]
+            measured[name].append(sum(float(v.sum()) for v in seconds) / summary.units)
+            for phase in seconds[0]["phase"].values.tolist():
+                total = sum(float(v.sel(phase=phase).sum()) for v in seconds)
+                per_phase[name].setdefault(phase, []).append(total / summary.units)
+    alone, together = (cubes[n] for n in names)
+    for name in ("ppl", "tse_acc", "blimp_acc", "group_tse_acc", "group_blimp_acc"):
+        if not np.array_equal(alone[name].values, together[name].values, equal_nan=True):
+            raise SystemExit(f"{name} differs between the variants")
+    margin = float(np.nanmax(np.abs(alone["tse_margin"].values - together["tse_margin"].values)))
+    units = int(alone["done"].sum()) + (int(alone["group_done"].sum()) if "group_done" in alone else 0)
+    print(
+        f"`dynamics ablate` defaults (percents 0.5,1,2,5, layer groups 6 of 6 layers, tasks none, POS "
+        f"{'skipped (no spaCy)' if 'pos_excess' not in alone or np.isnan(alone['pos_excess'].values).all() else 'on'})"
+        f" on a Pythia-14m-shaped random model, CPU ({torch.get_num_threads()} threads in this process), budgets: "
+        f"TSE {args.tse_per_case}/case, BLiMP {args.blimp_per_paradigm}/paradigm x 67, perplexity {args.ppl_tokens} "
+        f"tokens, WD {args.wd_tokens} tokens; {args.repeats} interleaved repeat(s), {summary.units} conditions ({units} cells)\n"
+    )
+    print(
+        "| variant | s per condition (measured phases, median) | run wall s (median, incl. WD and matching) | ratio |"
+    )
+    print("|---|---:|---:|---:|")
+    base = statistics.median(measured[names[0]])
+    for name in names:
+        per = statistics.median(measured[name])
+        print(f"| {name} | {per:.2f} | {statistics.median(wall[name]):.1f} | {base / per:.2f}x |")
+    print("\n| phase | s per condition, one at a time | s per condition, shared passes | ratio |")
+    print("|---|---:|---:|---:|")
+    for phase, values in per_phase[names[0]].items():
+        one, shared = statistics.median(values), statistics.median(per_phase[names[1]][phase])
+        if one > 0:
+            print(f"| {phase} | {one:.2f} | {shared:.2f} | {one / shared:.2f}x |")
+    print(
+        "\nEvery perplexity, TSE and BLiMP accuracy equal in both cubes (checked); "
+        f"max |TSE margin difference| {margin:.3g} nats."
+    )
 
 
 def random_mask(shape: tuple[int, int], fraction: float, seed: int) -> torch.Tensor:
@@ -131,9 +242,18 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.01, help="neurons ablated per layer (default 0.01)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, tokens and neuron choice (default 0)")
+    parser.add_argument("--study", action="store_true", help="the ablate study benchmark instead (see above)")
+    parser.add_argument("--data", default=str(SHARED_DATA), help="../shared/data: tokenizer, WikiText-2, BLiMP")
+    parser.add_argument("--tse-per-case", type=int, default=5, help="--study: TSE pairs per case (default 5)")
+    parser.add_argument("--blimp-per-paradigm", type=int, default=5, help="--study: BLiMP pairs per paradigm (5)")
+    parser.add_argument("--ppl-tokens", type=int, default=4096, help="--study: perplexity tokens (default 4096)")
+    parser.add_argument("--wd-tokens", type=int, default=8192, help="--study: WD tokens (default 8192)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.study:
+        study_bench(args)
+        return
     torch.manual_seed(args.seed)
     model = pythia_160m_shaped()
     mask = random_mask(mlp_shape(model), args.fraction, args.seed)

@@ -175,7 +175,8 @@ def measure_together(
     if len(masks) != len(units):
         raise ValueError(f"{len(units)} units but {len(masks)} masks")
     measured = [Measured() for _ in units]
-    for phase in SHARED_PHASES:
+    present = {"tse": bool(inputs.tse), "blimp": bool(inputs.blimp), "ppl": inputs.ppl_windows is not None}
+    for phase in (p for p in SHARED_PHASES if present[p]):  # a phase without data is left to measure_unit
         chosen = [i for i, unit in enumerate(units) if phase in unit.measures]
         size = conditions_per_pass(len(chosen), _tokens_per_batch(phase, inputs))
         size = min(size, most) if most > 0 else size
@@ -185,10 +186,10 @@ def measure_together(
             with ablate_rows(model, [masks[i] for i in run], mode=mode) as copies:
                 parts, nll = _shared_phase(phase, model, inputs, copies)
             share = (time.perf_counter() - start) / len(run)
-            for c, i in enumerate(run):
+            for c, (i, part) in enumerate(zip(run, parts)):
                 measured[i].seconds[phase] = share
-                if parts[c] is not None:
-                    measured[i].parts.append(parts[c])  # type: ignore[arg-type]
+                if part is not None:
+                    measured[i].parts.append(part)
                 if nll is not None:
                     measured[i].token_nll = nll[c]
     return measured
@@ -213,7 +214,9 @@ def _shared_phase(
     return _ppl_each(model, inputs, copies)
 
 
-def _score(model: torch.nn.Module, inputs: StudyInputs, pairs: Sequence[MinimalPair], reduction: str, copies: int) -> list[PairScores]:
+def _score(
+    model: torch.nn.Module, inputs: StudyInputs, pairs: Sequence[MinimalPair], reduction: str, copies: int
+) -> list[PairScores]:
     with torch.inference_mode():
         return score_pairs_each(
             model,
@@ -297,11 +300,9 @@ def _ppl_each(
         return [None] * copies, None
     with torch.inference_mode():
         nll = token_nll_each(model, inputs.ppl_windows, copies, batch_size=inputs.batch_size, progress=False)
+    values = [perplexity_of(per_copy.sum(dim=1), per_copy.numel()) for per_copy in nll]
     parts: list[xr.Dataset | None] = [
-        xr.Dataset(
-            {"ppl": ((), perplexity_of(per_copy.sum(dim=1), per_copy.numel()), {"long_name": "perplexity on the corpus windows"})}
-        )
-        for per_copy in nll
+        xr.Dataset({"ppl": ((), value, {"long_name": "perplexity on the corpus windows"})}) for value in values
     ]
     return parts, nll.numpy()
 

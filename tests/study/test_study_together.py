@@ -162,7 +162,9 @@ def test_a_bug_in_a_shared_pass_stops_the_study_loudly(data, tmp_path, monkeypat
     assert (
         err.strip()
         .splitlines()[-1]
-        .startswith("dynamics ablate: error: bug in dynamics at condition condition=clean: RuntimeError: shape mismatch")
+        .startswith(
+            "dynamics ablate: error: bug in dynamics at condition condition=clean: RuntimeError: shape mismatch"
+        )
     )
     steps = open_cube(out, include_pending=True).attrs["steps"]
     statuses = [record["status"] for record in steps.values()]
@@ -257,3 +259,16 @@ def test_units_group_by_a_mode_that_can_share_passes() -> None:
     assert groups_together(study, [0, 3]) == ()  # one unit per mode: nothing to share
     signflip = (Unit("main", {"condition": "a"}, "x", "signflip"), Unit("main", {"condition": "b"}, "y", "signflip"))
     assert groups_together(signflip, [0, 1]) == ()  # an activation mode runs alone (ablate_rows refuses it)
+
+
+def test_a_phase_without_data_is_left_to_the_unit() -> None:
+    model = tiny_model("gpt_neox")
+    inputs = _inputs(model)
+    inputs.blimp = []
+    units = [Unit("main", {"condition": "a"}, None), Unit("main", {"condition": "b"}, "x")]
+    mask = torch.zeros(mlp_shape(model), dtype=torch.bool)
+    mask[:, :3] = True
+    together = measure_together(model, units, [None, mask], inputs)
+    assert [set(m.seconds) for m in together] == [{"tse", "ppl"}] * 2
+    result = measure_unit(model, 1, units[1], mask, inputs, together[1])
+    assert {"tse_acc", "ppl", "pos_excess"} <= set(result.data_vars) and "blimp_acc" not in result
