@@ -394,7 +394,7 @@ def test_differences_only_gives_the_whole_scores_comparisons(model, tokenizer, r
     part = score_pairs(model, tokenizer, UNEQUAL_PAIRS, keep_pairs=True, differences_only=True, **options)
     assert part.correct.tolist() == whole.correct.tolist() == correct.tolist()
     assert not correct[-1]  # the tie
-    np.testing.assert_allclose(part.margin, whole.margin, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(part.margin, whole.margin, rtol=0, atol=2e-6)  # float32 log-probs, summed apart
     for g, name in enumerate(part.groups):
         member = [i for i, p in enumerate(UNEQUAL_PAIRS) if p.case == name]
         assert part.margin[g] == pytest.approx(np.mean(margins[member]), abs=1e-4)
