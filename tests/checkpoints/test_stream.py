@@ -133,18 +133,26 @@ def test_breaking_out_releases_everything():
 
 
 class SlowSuite:
-    """A real local suite whose downloads take ``d`` seconds; records when each fetch ran."""
+    """A real local suite whose downloads take ``d`` seconds and ``size`` bytes each; records when each fetch ran."""
 
-    def __init__(self, inner, d: float) -> None:
-        self.inner, self.d = inner, d
+    def __init__(self, inner, d: float, size: int = 0) -> None:
+        self.inner, self.d, self.size = inner, d, size
         self.model_id = inner.model_id
         self.fetches: dict[int, tuple[float, float]] = {}
+        self.lock = threading.Lock()
+        self.held_bytes = self.peak_bytes = 0
 
     def available_steps(self):
         return self.inner.available_steps()
 
+    def expected_bytes(self, step: int) -> int:
+        return self.size
+
     def fetch(self, step: int) -> Checkpoint:
         start = time.perf_counter()
+        with self.lock:
+            self.held_bytes += self.size
+            self.peak_bytes = max(self.peak_bytes, self.held_bytes)
         time.sleep(self.d)
         checkpoint = self.inner.fetch(step)
         self.fetches[step] = (start, time.perf_counter())
@@ -152,13 +160,16 @@ class SlowSuite:
 
     def release(self, checkpoint: Checkpoint) -> None:
         self.inner.release(checkpoint)
+        with self.lock:
+            self.held_bytes -= self.size
 
 
-def scan_with_slow_source(monkeypatch, suite, out, d, c, prefetch):
+def scan_with_slow_source(monkeypatch, suite, out, d, c, depth, max_disk_gib=0.0, size=0):
     """The real serial scan of steps 0, 1, 2, 4 (cohort at step 8) with d s downloads and >= c s compute.
 
     Returns ``(seconds from the first step's fetch to the last step's measurement, fetch
-    intervals, compute intervals)``; each step's compute is its real measurement padded to ``c``.
+    intervals, compute intervals, the slow source)``; each step's compute is its real
+    measurement padded to ``c``.
     """
     from checkpoints.source import open_source
     from dynamics.scan import worker
@@ -168,7 +179,7 @@ def scan_with_slow_source(monkeypatch, suite, out, d, c, prefetch):
     sources: list[SlowSuite] = []
 
     def slow_open_source(ref, **options):
-        sources.append(SlowSuite(open_source(ref, **options), d))
+        sources.append(SlowSuite(open_source(ref, **options), d, size))
         return sources[-1]
 
     real_measure, computes = worker.WorkerContext.measure, {}
@@ -189,7 +200,8 @@ def scan_with_slow_source(monkeypatch, suite, out, d, c, prefetch):
             out=str(out),
             steps="0,1,2,4",
             reference_step=8,
-            prefetch=prefetch,
+            prefetch_depth=depth,
+            max_disk_gib=max_disk_gib,
             wd_tokens=256,
             ppl_tokens=0,
             tse_per_case=1,
@@ -200,7 +212,7 @@ def scan_with_slow_source(monkeypatch, suite, out, d, c, prefetch):
     (source,) = sources
     steps = [0, 1, 2, 4]
     elapsed = computes[steps[-1]][1] - source.fetches[steps[0]][0]
-    return elapsed, [source.fetches[s] for s in steps], [computes[s] for s in steps]
+    return elapsed, [source.fetches[s] for s in steps], [computes[s] for s in steps], source
 
 
 @pytest.mark.slow
@@ -208,7 +220,7 @@ def scan_with_slow_source(monkeypatch, suite, out, d, c, prefetch):
 def test_the_serial_scan_overlaps_download_and_compute(monkeypatch, tiny_suite, tmp_path, d, c):
     """N steps of d s download and c s compute take about N x max(d, c) + min(d, c), not N x (d + c)."""
     n = 4
-    elapsed, fetches, computes = scan_with_slow_source(monkeypatch, tiny_suite, tmp_path / "p.zarr", d, c, True)
+    elapsed, fetches, computes, _ = scan_with_slow_source(monkeypatch, tiny_suite, tmp_path / "p.zarr", d, c, 1)
     compute = max(end - start for start, end in computes)  # >= c; more if the machine is slow
     overlapped = n * max(d, compute) + min(d, compute)
     assert elapsed <= overlapped + 0.25 * n, (elapsed, overlapped)
@@ -220,7 +232,7 @@ def test_the_serial_scan_overlaps_download_and_compute(monkeypatch, tiny_suite, 
 @pytest.mark.slow
 def test_the_serial_scan_without_prefetch_adds_the_times(monkeypatch, tiny_suite, tmp_path):
     n, d, c = 4, 0.4, 0.4
-    elapsed, fetches, computes = scan_with_slow_source(monkeypatch, tiny_suite, tmp_path / "s.zarr", d, c, False)
+    elapsed, fetches, computes, _ = scan_with_slow_source(monkeypatch, tiny_suite, tmp_path / "s.zarr", d, c, 0)
     assert elapsed >= n * (d + c) - 0.05
     for i in range(n - 1):  # nothing is fetched ahead
         assert fetches[i + 1][0] >= computes[i][1]
@@ -354,3 +366,34 @@ def test_a_step_no_longer_announced_is_released_when_it_lands():
     time.sleep(0.3)
     assert source.released == [1] and sorted(source.started) == [1, 2, 3]
     prefetcher.close()
+
+
+@pytest.mark.slow
+def test_the_serial_scan_at_depth_two_downloads_two_steps_at_once(monkeypatch, tiny_suite, tmp_path):
+    """Downloads of d = 3c: at depth 2 the scan takes about N x max(d / 2, c) + d + c, not N x max(d, c) + c."""
+    n, d, c = 4, 1.2, 0.4
+    elapsed, fetches, computes, _ = scan_with_slow_source(monkeypatch, tiny_suite, tmp_path / "d.zarr", d, c, 2)
+    compute = max(end - start for start, end in computes)  # >= c; more if the machine is slow
+    expected = simulated_wall(n, d, compute, 2)
+    assert elapsed <= expected + 0.25 * n, (elapsed, expected)
+    assert elapsed < simulated_wall(n, d, compute, 1) - 0.6, (elapsed, simulated_wall(n, d, compute, 1))
+    assert fetches[2][0] < computes[0][1]  # steps 1 and 2 both downloading while step 0 is measured
+    assert fetches[1][0] < fetches[2][1] and fetches[2][0] < fetches[1][1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("steps_that_fit", [2, 1])
+def test_the_serial_scan_keeps_within_max_disk_gib(monkeypatch, tiny_suite, tmp_path, steps_that_fit):
+    """Depth 2, but room for two steps is depth 1 (the step measured and one ahead), for one step no prefetch."""
+    size = 1 << 30  # what the fake source says each step takes; nothing is written
+    elapsed, fetches, computes, source = scan_with_slow_source(
+        monkeypatch, tiny_suite, tmp_path / "b.zarr", 0.4, 0.4, 2, max_disk_gib=steps_that_fit + 0.5, size=size
+    )
+    assert source.peak_bytes <= steps_that_fit * size and source.held_bytes == 0
+    for i in range(len(fetches) - 1):
+        if steps_that_fit == 2:
+            assert fetches[i + 1][0] < computes[i][1]  # one step ahead
+        else:
+            assert fetches[i + 1][0] >= computes[i][1]  # none ahead
+        if i + 2 < len(fetches):  # never two ahead
+            assert fetches[i + 2][0] >= computes[i][1]
