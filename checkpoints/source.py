@@ -24,7 +24,7 @@ from checkpoints.fingerprints import (
     tokenizer_fingerprint,
     weight_fingerprints,
 )
-from checkpoints.hub_cache import cache_entries, evict_added
+from checkpoints.hub_cache import cache_entries, entries_of_snapshot, evict_added
 from checkpoints.hub_errors import (
     RetryPolicy,
     explain_hub_error,
@@ -376,7 +376,7 @@ class HubSource:
         self._unreachable = False
         path = Path(path)
         with self._cache_lock:
-            added = cache_entries(self._repo_dir) - before
+            added = entries_of_snapshot(self._repo_dir, path.name, cache_entries(self._repo_dir) - before)
             self._added |= added
         snapshot = f"snapshots/{path.name}"
         # Ours to evict only if this run put files there: a commit the user already had under
