@@ -134,13 +134,14 @@ class WorkerContext:
 
     def __post_init__(self) -> None:
         config = self.spec.config
-        cache = getattr(self.source, "cache_dir", None)
-        bound = disk_bound(config.max_disk_gib, cache) if config.prefetch_depth else None
-        self.prefetcher = Prefetcher(self.source, config.prefetch_depth, bound)
-        if config.prefetch_depth and config.executor == "serial":
+        # A Dask worker is given steps without knowing which come next: it fetches only what it is given.
+        depth = config.prefetch_depth if config.executor == "serial" else 0
+        bound = disk_bound(config.max_disk_gib, getattr(self.source, "cache_dir", None)) if depth else None
+        self.prefetcher = Prefetcher(self.source, depth, bound)
+        if depth:
             log.info(
                 "prefetch: up to %d step(s) ahead, %s",
-                config.prefetch_depth,
+                depth,
                 f"at most {bound / 2**30:.1f} GiB of checkpoints on disk" if bound is not None else "no disk bound",
             )
 
