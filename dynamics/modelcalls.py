@@ -22,6 +22,8 @@ logits stay under :data:`LOGITS_CHUNK_BYTES`, and are always computed in float32
 from __future__ import annotations
 
 import logging
+import os
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes of float32 logits materialised at once when projecting hidden states.
 LOGITS_CHUNK_BYTES = 256 * 1024**2
+#: Rows a projection needs before the head's threads are timed on it (``set_head_threads("timed")``).
+HEAD_TIMING_ROWS = 64
 #: Keywords tried, in order, for feeding a key-value cache back to the decoder.
 CACHE_KEYWORDS: tuple[str, ...] = ("cache", "past_key_values")
 
@@ -47,6 +51,10 @@ class Capabilities:
 
 
 _PROBED: weakref.WeakKeyDictionary[torch.nn.Module, Capabilities] = weakref.WeakKeyDictionary()
+#: The CPU head's thread count per model, once timed (:func:`set_head_threads` ``"timed"``).
+_HEAD_THREADS: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
+#: How the vocabulary projection is threaded on the CPU (:func:`set_head_threads`).
+_head_policy: dict[str, Any] = {"threads": None}
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -128,19 +136,27 @@ def _output_embedding(model: torch.nn.Module) -> Any:
     return method() if callable(method) else None
 
 
+def _logit_transforms(model: torch.nn.Module) -> tuple[float | None, float | None, float | None]:
+    """The family's ``(logit_scale, logits_scaling, final_logit_softcapping)``, each ``None`` where unset."""
+    config = _text_config(model)
+
+    def number(name: str) -> float | None:
+        value = getattr(config, name, None)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value else None
+
+    return number("logit_scale"), number("logits_scaling"), number("final_logit_softcapping")
+
+
 def project(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Logits of hidden states ``[..., d_model]``: the output embedding, then the family's
     final-logit soft-capping (Gemma 2/3) and logit scaling (Cohere, Granite) where set."""
     logits = _output_embedding(model)(hidden)
-    config = _text_config(model)
-    scale = getattr(config, "logit_scale", None)
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+    scale, divisor, cap = _logit_transforms(model)
+    if scale is not None:
         logits = logits * scale
-    divisor = getattr(config, "logits_scaling", None)
-    if isinstance(divisor, (int, float)) and not isinstance(divisor, bool):
+    if divisor is not None:
         logits = logits / divisor
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap:
+    if cap is not None:
         logits = torch.tanh(logits / cap) * cap
     return logits
 
@@ -167,13 +183,150 @@ def log_probs_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def hidden_log_probs(model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Log-probabilities (float32, on the hidden states' device) of ``targets[i]`` given
-    ``hidden[i]`` (``[rows, d_model]``), projected in chunks of rows."""
+    ``hidden[i]`` (``[rows, d_model]``), projected in chunks of rows.
+
+    A float32 linear head is projected into one reused buffer and log-softmaxed in place
+    (:func:`_head_log_probs`): no ``rows x vocabulary`` temporary beyond that buffer, which on
+    the CPU halves the cost of the head (fresh logits tensors are page-faulted in, and
+    ``logsumexp`` writes a second one). Any other head takes :func:`project`."""
     step = chunk_rows(_vocab_size(model))
+    head = _output_embedding(model)
+    if _in_place_head(head, hidden):
+        return _head_log_probs(model, head, hidden, targets, step)
     parts = [
         log_probs_of(project(model, hidden[start : start + step]), targets[start : start + step])
         for start in range(0, hidden.shape[0], step)
     ]
     return torch.cat(parts) if parts else torch.zeros(0, device=hidden.device)
+
+
+def _in_place_head(head: Any, hidden: torch.Tensor) -> bool:
+    """Whether ``head`` is a plain float32 ``Linear`` that :func:`_head_log_probs` can run."""
+    return (
+        type(head) is torch.nn.Linear
+        and head.weight.dtype == torch.float32
+        and hidden.dtype == torch.float32
+        and hidden.ndim == 2
+        and not head._forward_hooks
+        and not head._forward_pre_hooks
+    )
+
+
+def _head_log_probs(
+    model: torch.nn.Module, head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor, step: int
+) -> torch.Tensor:
+    """:func:`hidden_log_probs` of a float32 ``Linear`` head: each chunk's logits are written into
+    one buffer, transformed as :func:`project` does, and log-softmaxed in place; on the CPU with
+    the threads :func:`set_head_threads` chose."""
+    rows = hidden.shape[0]
+    out = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+    if rows == 0:
+        return out
+    transforms = _logit_transforms(model)
+    buffer = torch.empty((min(step, rows), head.weight.shape[0]), dtype=torch.float32, device=hidden.device)
+
+    def chunk_log_probs(start: int) -> None:
+        chunk = hidden[start : start + step]
+        logits = buffer[: chunk.shape[0]]
+        _head_logits(head, chunk, transforms, logits)
+        out[start : start + chunk.shape[0]] = log_softmax_picked_(logits, targets[start : start + step])
+
+    starts = list(range(0, rows, step))
+    threads = _head_policy["threads"]
+    if hidden.device.type != "cpu" or threads is None:
+        for start in starts:
+            chunk_log_probs(start)
+        return out
+    if threads == "timed":
+        threads = _HEAD_THREADS.get(model)
+        if threads is None and rows >= min(step, HEAD_TIMING_ROWS):  # not timed on a sliver
+            threads = _HEAD_THREADS[model] = _time_head_threads(lambda: chunk_log_probs(starts[0]))
+    with cpu_threads(threads or torch.get_num_threads()):
+        for start in starts:
+            chunk_log_probs(start)
+    return out
+
+
+def _head_logits(
+    head: torch.nn.Linear,
+    hidden: torch.Tensor,
+    transforms: tuple[float | None, float | None, float | None],
+    out: torch.Tensor,
+) -> None:
+    """``project``'s logits of ``hidden`` written into ``out``."""
+    if head.bias is not None:
+        torch.addmm(head.bias, hidden, head.weight.t(), out=out)
+    else:
+        torch.mm(hidden, head.weight.t(), out=out)
+    scale, divisor, cap = transforms
+    if scale is not None:
+        out.mul_(scale)
+    if divisor is not None:
+        out.div_(divisor)
+    if cap is not None:
+        out.div_(cap).tanh_().mul_(cap)
+
+
+def set_head_threads(threads: int | str | None) -> None:
+    """How many CPU threads project onto the vocabulary.
+
+    ``None`` (the default): the process's torch threads. A number: that many. ``"timed"``: per
+    model, the faster of one thread and every core this process may use, timed on the model's
+    first chunks (two rounds each, alternating; about 0.1-0.5 s once per model object). The
+    head of a small model is one large matrix product where its layers are many small ones:
+    it can gain from threads that the layers lose to (see :func:`dynamics.runtime.threads_for`),
+    and whether it does depends on what else the machine runs, so it is measured, not assumed.
+    """
+    if threads is not None and threads != "timed" and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"head threads {threads!r}: expected None, 'timed' or a count >= 1")
+    _head_policy["threads"] = threads
+    _HEAD_THREADS.clear()
+
+
+def _time_head_threads(run_chunk: Any) -> int:
+    """The faster of one thread and all usable cores for ``run_chunk`` (1 when only one core)."""
+    cores = _usable_cores()
+    if cores <= 1:
+        return 1
+    seconds: dict[int, float] = {1: float("inf"), cores: float("inf")}
+    for _ in range(2):
+        for threads in seconds:
+            with cpu_threads(threads):
+                start = time.perf_counter()
+                run_chunk()
+                seconds[threads] = min(seconds[threads], time.perf_counter() - start)
+    chosen = min(seconds, key=lambda t: (seconds[t], t))
+    log.debug("vocabulary projection on %d CPU thread(s) (timed: %s)", chosen, seconds)
+    return chosen
+
+
+def _usable_cores() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """Torch's intra-op threads set to ``threads`` while the context is open."""
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
+
+
+def log_softmax_picked_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits)[target]`` per row of float32 ``logits`` ``[rows, vocab]``, which it
+    overwrites (with ``exp(logits - row max)``): the target's logit minus the row's
+    logsumexp, computed as ``torch.logsumexp`` does (a row whose max is infinite is not shifted)."""
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    peak = logits.amax(dim=-1, keepdim=True)
+    peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)
+    logits.sub_(peak).exp_()
+    return picked - (logits.sum(dim=-1).log() + peak.squeeze(-1))
 
 
 def kept_log_probs(

@@ -18,7 +18,7 @@ import torch
 
 from checkpoints.source import Checkpoint
 from dynamics.errors import UserInputError, tag_phase
-from dynamics.modelcalls import logits_finite
+from dynamics.modelcalls import logits_finite, set_head_threads
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,12 @@ def evaluation_flops(model: Any) -> tuple[float, float]:
 
 
 def set_threads(threads: int, model: Any) -> None:
-    """``--threads 0``: :func:`threads_for` the model; any other value as given."""
-    torch.set_num_threads(threads or threads_for(model))
+    """``--threads 0``: :func:`threads_for` the model, and for a model run on one thread its
+    vocabulary projection on the thread count timed fastest
+    (:func:`dynamics.modelcalls.set_head_threads`); any other value as given, everywhere."""
+    chosen = threads or threads_for(model)
+    torch.set_num_threads(chosen)
+    set_head_threads("timed" if not threads and chosen == 1 else None)
 
 
 def threads_for(model: Any, available: int | None = None) -> int:

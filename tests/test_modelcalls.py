@@ -4,6 +4,7 @@ on every family, and it falls back (visibly) where a capability is missing."""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 import torch
@@ -103,15 +104,122 @@ def test_a_decoder_that_ignores_the_cache_turns_prefix_reuse_off(monkeypatch, ca
 
 
 def test_projection_is_chunked(monkeypatch):
+    """A float32 Linear head is log-softmaxed in place, chunk by chunk into one buffer."""
     model = tiny_model("gpt_neox")
     capabilities(model)  # probed before counting
     seen = []
-    original = modelcalls.project
-    monkeypatch.setattr(modelcalls, "project", lambda m, h: seen.append(h.shape[0]) or original(m, h))
+    original = modelcalls.log_softmax_picked_
+    monkeypatch.setattr(
+        modelcalls, "log_softmax_picked_", lambda logits, t: seen.append(logits.data_ptr()) or original(logits, t)
+    )
+    monkeypatch.setattr(modelcalls, "project", None)  # never called on this path
     monkeypatch.setattr(modelcalls, "LOGITS_CHUNK_BYTES", 3 * 4 * VOCAB * 7)  # 7 rows per chunk
     ids = tiny_input_ids(2, 11)
     with torch.no_grad():
         lp = sequence_log_probs(model, ids)
     assert chunk_rows(VOCAB, 3 * 4 * VOCAB * 7) == 7
-    assert seen == [7, 7, 6]  # 20 scored positions
+    assert len(seen) == 3 and len(set(seen)) == 1  # 20 scored positions: 7, 7, 6 rows of one buffer
     torch.testing.assert_close(lp.double(), reference_log_probs(model, ids), atol=1e-4, rtol=0)
+
+
+def test_a_hooked_head_is_projected_through_the_module_in_chunks(monkeypatch):
+    model = tiny_model("gpt_neox")
+    capabilities(model)
+    calls = []
+    model.get_output_embeddings().register_forward_hook(lambda m, a, out: calls.append(out.shape[0]))
+    monkeypatch.setattr(modelcalls, "LOGITS_CHUNK_BYTES", 3 * 4 * VOCAB * 7)
+    ids = tiny_input_ids(2, 11)
+    with torch.no_grad():
+        lp = sequence_log_probs(model, ids)
+    assert calls == [7, 7, 6]
+    torch.testing.assert_close(lp.double(), reference_log_probs(model, ids), atol=1e-4, rtol=0)
+
+
+def test_in_place_log_softmax_matches_torch():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=generator) * 30
+    logits[2, 7] = float("inf")
+    logits[3] = float("-inf")
+    logits[4, :10] = float("-inf")
+    targets = torch.tensor([0, 49, 7, 3, 12, 25])
+    expected = torch.log_softmax(logits.double(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    got = modelcalls.log_softmax_picked_(logits.clone(), targets)
+    assert torch.isnan(got[2]) == torch.isnan(expected[2]) and torch.isnan(got[3]) == torch.isnan(expected[3])
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(got[finite].double(), expected[finite], atol=2e-5, rtol=0)
+
+
+def test_a_head_with_bias_and_scaling_matches_the_module(monkeypatch):
+    """The in-place path applies the bias, logit scale, divisor and soft-capping as project() does."""
+    model = tiny_model("gpt_neox")
+    head = model.get_output_embeddings()
+    head.bias = torch.nn.Parameter(torch.randn(head.weight.shape[0], generator=torch.Generator().manual_seed(1)))
+    model.config.logit_scale, model.config.logits_scaling, model.config.final_logit_softcapping = 3.0, 2.0, 0.5
+    generator = torch.Generator().manual_seed(2)
+    hidden = torch.randn(9, head.weight.shape[1], generator=generator)
+    targets = torch.randint(0, head.weight.shape[0], (9,), generator=generator)
+    logits = torch.tanh((hidden @ head.weight.t() + head.bias) * 3.0 / 2.0 / 0.5) * 0.5
+    expected = torch.log_softmax(logits.double(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    monkeypatch.setattr(modelcalls, "LOGITS_CHUNK_BYTES", 3 * 4 * head.weight.shape[0] * 4)
+    with torch.no_grad():
+        got = modelcalls.hidden_log_probs(model, hidden, targets)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
+
+
+# --- the vocabulary projection's CPU threads ---
+
+
+@pytest.fixture
+def head_policy():
+    yield modelcalls.set_head_threads
+    modelcalls.set_head_threads(None)
+
+
+@pytest.mark.parametrize("faster", [1, 2])
+def test_timed_head_threads_pick_the_faster_count(monkeypatch, faster):
+    monkeypatch.setattr(modelcalls, "_usable_cores", lambda: 2)
+    seen = []
+
+    def chunk() -> None:
+        seen.append(torch.get_num_threads())
+        time.sleep(0.001 if torch.get_num_threads() == faster else 0.03)
+
+    before = torch.get_num_threads()
+    assert modelcalls._time_head_threads(chunk) == faster
+    assert sorted(seen) == [1, 1, 2, 2]  # two rounds of each
+    assert torch.get_num_threads() == before
+
+
+def test_one_core_is_not_timed(monkeypatch):
+    monkeypatch.setattr(modelcalls, "_usable_cores", lambda: 1)
+    assert modelcalls._time_head_threads(lambda: pytest.fail("timed on one core")) == 1
+
+
+@pytest.mark.parametrize("policy", [2, "timed"])
+def test_head_threads_change_no_number_and_are_restored(head_policy, policy, monkeypatch):
+    model = tiny_model("gpt_neox")
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(300, model.config.hidden_size, generator=generator)
+    targets = torch.randint(0, VOCAB, (300,), generator=generator)
+    with torch.no_grad():
+        expected = modelcalls.hidden_log_probs(model, hidden, targets)
+        seen = []
+        original = modelcalls.log_softmax_picked_
+        monkeypatch.setattr(
+            modelcalls, "log_softmax_picked_", lambda x, t: seen.append(torch.get_num_threads()) or original(x, t)
+        )
+        before = torch.get_num_threads()
+        head_policy(policy)
+        got = modelcalls.hidden_log_probs(model, hidden, targets)
+    assert torch.get_num_threads() == before
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    if policy == 2:
+        assert set(seen) == {2}
+    else:
+        assert set(seen) <= {1, modelcalls._usable_cores()} and model in modelcalls._HEAD_THREADS
+
+
+def test_bad_head_thread_policies_are_refused(head_policy):
+    for bad in (0, -1, "fast", 1.5):
+        with pytest.raises(ValueError, match="head threads"):
+            head_policy(bad)

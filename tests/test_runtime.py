@@ -10,7 +10,7 @@ import torch
 from fixtures.study import save_tiny_model
 
 from checkpoints.source import Checkpoint
-from dynamics import runtime
+from dynamics import modelcalls, runtime
 from dynamics.runtime import auto_dtype, capture_budget, checkpoint_dtype, load_checkpoint_model
 
 pytestmark = pytest.mark.models
@@ -106,7 +106,12 @@ def test_thread_policy_one_thread_for_small_models_whatever_the_vocabulary() -> 
     try:
         runtime.set_threads(0, _neox_on_meta(**PYTHIA_14M))
         assert torch.get_num_threads() == 1
+        assert modelcalls._head_policy["threads"] == "timed"  # the head's threads are measured
         runtime.set_threads(2, big)
         assert torch.get_num_threads() == 2
+        assert modelcalls._head_policy["threads"] is None  # as given, everywhere
+        runtime.set_threads(0, big)
+        assert modelcalls._head_policy["threads"] is None
     finally:
         torch.set_num_threads(before)
+        modelcalls.set_head_threads(None)

@@ -54,7 +54,9 @@ def syntax_and_perplexity(
     scored with ``blimp_reduction`` and the same prefix; ``blimp_acc`` is absent without BLiMP
     pairs, and ``lmeval_acc`` without tasks. TSE, BLiMP and perplexity run their conditions
     together, each batch replicated once per condition (:func:`dynamics.row_ablation.ablate_rows`),
-    with the numbers of one condition at a time; lm-eval runs one condition at a time.
+    with the numbers of one condition at a time; lm-eval runs one condition at a time. Pairs are
+    scored from their first difference on (``differences_only`` of
+    :func:`dynamics.syntax.scoring.score_pairs_each`: the shared tokens before it cancel).
     """
     acc = np.full((len(conditions), len(cases)), np.nan)
     margin = np.full((len(conditions), len(cases)), np.nan)
@@ -75,6 +77,7 @@ def syntax_and_perplexity(
                     prefix=prefix,
                     npi=npi,  # type: ignore[arg-type]
                     progress=False,
+                    differences_only=True,
                 )
             for i, scores in enumerate(per_condition, start=first):
                 acc[i], margin[i] = scores.aligned("accuracy", cases), scores.aligned("margin", cases)
@@ -91,6 +94,7 @@ def syntax_and_perplexity(
                     prefix=prefix,
                     progress=False,
                     keep_pairs=True,
+                    differences_only=True,
                 )
             for i, scores in enumerate(per_condition, start=first):
                 assert scores.correct is not None  # keep_pairs=True

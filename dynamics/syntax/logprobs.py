@@ -174,6 +174,7 @@ def _forward_log_probs(
     device: torch.device,
     padding_side: PaddingSide,
     copies: int = 1,
+    skips: list[list[int]] | None = None,
 ) -> list[list[list[torch.Tensor]]]:
     """Log-probabilities of tokens 1..n-1 of each row given the tokens before it (float32),
     per copy: ``[copy][unit][row]``.
@@ -182,10 +183,12 @@ def _forward_log_probs(
     continue from a key-value cache (:func:`dynamics.modelcalls.capabilities`): their
     common prefix once, then each row's suffix on top of the prefix's cache (right padding
     only). The rest run in one pass. Only positions that predict a scored token are
-    projected onto the vocabulary. With ``copies > 1`` every pass carries the batch
-    ``copies`` times, one block of rows after the other (one block per ablation condition
-    of :func:`dynamics.row_ablation.ablate_rows`).
+    projected onto the vocabulary, and of those only from ``skips[unit][row]`` on (earlier
+    ones are NaN; the body still runs over them). With ``copies > 1`` every pass carries the
+    batch ``copies`` times, one block of rows after the other (one block per ablation
+    condition of :func:`dynamics.row_ablation.ablate_rows`).
     """
+    skips = skips if skips is not None else [[0] * len(unit) for unit in units]
     out: list[list[list[torch.Tensor] | None]] = [[None] * len(units) for _ in range(copies)]
     shared = [
         min(min(_common_prefix(unit[0], row) for row in unit), min(len(row) for row in unit) - 1)
@@ -200,17 +203,25 @@ def _forward_log_probs(
         span = max(shared[u] for u in two_pass) + max(len(r) - shared[u] for u in two_pass for r in units[u])
         two_pass = two_pass if span < window else []
     if two_pass and capabilities(model).cache_keyword is not None:
-        results = _prefix_pass(model, [units[u] for u in two_pass], [shared[u] for u in two_pass], device, copies)
+        results = _prefix_pass(
+            model,
+            [units[u] for u in two_pass],
+            [shared[u] for u in two_pass],
+            device,
+            copies,
+            [skips[u] for u in two_pass],
+        )
         for c in range(copies):
             for u, result in zip(two_pass, results[c]):
                 out[c][u] = result
     rest = [u for u in range(len(units)) if out[0][u] is None]
     if rest:
         rows = [row for u in rest for row in units[u]]
+        row_skips = [min(k, len(row) - 1) for u in rest for row, k in zip(units[u], skips[u])]
         ids, mask, starts = _pad(rows, padding_side)
         keep = torch.zeros_like(ids, dtype=torch.bool)
         for i, row in enumerate(rows):
-            keep[i, starts[i] : starts[i] + len(row) - 1] = True
+            keep[i, starts[i] + row_skips[i] : starts[i] + len(row) - 1] = True
         targets = torch.zeros_like(ids)
         targets[:, :-1] = ids[:, 1:]
         positions = (mask.cumsum(-1) - 1).clamp(min=0).to(device) if padding_side == "left" else None
@@ -222,31 +233,55 @@ def _forward_log_probs(
             replicate_rows(mask, copies).to(device),
             None if positions is None else replicate_rows(positions, copies),
         )
-        for c, block in enumerate(flat.cpu().chunk(copies)):
+        for c, block in enumerate(_per_copy(flat.cpu(), copies)):
             per_row = iter(torch.split(block, keep.sum(dim=1).tolist()))
+            i = 0
             for u in rest:
-                out[c][u] = [next(per_row) for _ in units[u]]
+                out[c][u] = []
+                for _ in units[u]:
+                    out[c][u].append(_after_nan(row_skips[i], next(per_row)))  # type: ignore[union-attr]
+                    i += 1
     return out  # type: ignore[return-value]
 
 
+def _per_copy(values: torch.Tensor, copies: int) -> list[torch.Tensor]:
+    """The ``copies`` equal blocks of ``values`` (empty blocks when it is empty)."""
+    size = values.shape[0] // copies
+    return [values[c * size : (c + 1) * size] for c in range(copies)]
+
+
+def _after_nan(count: int, values: torch.Tensor) -> torch.Tensor:
+    """``count`` NaNs (positions not projected) followed by ``values``."""
+    return torch.cat([torch.full((count,), float("nan")), values]) if count else values
+
+
 def _prefix_pass(
-    model: torch.nn.Module, units: list[list[list[int]]], shared: list[int], device: torch.device, copies: int = 1
+    model: torch.nn.Module,
+    units: list[list[list[int]]],
+    shared: list[int],
+    device: torch.device,
+    copies: int = 1,
+    skips: list[list[int]] | None = None,
 ) -> list[list[list[torch.Tensor]]]:
     """Two passes: each unit's first ``shared`` tokens once, then every row's suffix on the
-    cached prefix (selected once per row); ``[copy][unit][row]``."""
+    cached prefix (selected once per row); ``[copy][unit][row]``. A unit's prefix positions are
+    projected from the smallest of its rows' ``skips`` on (at most up to the prefix's last
+    position, which always is: it predicts each row's first suffix token)."""
+    skips = skips if skips is not None else [[0] * len(unit) for unit in units]
     prefix_ids, prefix_mask, _ = _pad([unit[0][:n] for unit, n in zip(units, shared)])
     lengths = torch.tensor(shared)
-    # Every real prefix position is kept: a prefix's last position predicts each row's first suffix token.
-    keep1 = prefix_mask.bool()
+    first = [min(min(skip), n - 1) for skip, n in zip(skips, shared)]  # a unit's first projected position
+    # Positions first..n-2 predict the prefix's own tokens 1..n-1; position n-1 (each row's
+    # first suffix token) is projected per row (the heads).
+    keep1 = torch.zeros_like(prefix_mask, dtype=torch.bool)
+    for u, (start, n) in enumerate(zip(first, shared)):
+        keep1[u, start : n - 1] = True
+    counts = keep1.sum(dim=1)
+    offsets = torch.cumsum(counts, 0) - counts  # a unit's first value among the kept ones
     owner = torch.tensor([u for u, unit in enumerate(units) for _ in unit])
-    last = torch.cumsum(lengths, 0)[owner] - 1  # row -> its prefix's last position among the kept ones
     targets1 = torch.zeros_like(prefix_ids)
     targets1[:, :-1] = prefix_ids[:, 1:]
-    flat_targets1 = targets1[keep1]
     heads_targets = torch.tensor([row[n] for unit, n in zip(units, shared) for row in unit])
-    # Copy c's rows are block c of every tensor; its prefixes are rows c * len(units) + u.
-    n_kept1 = int(keep1.sum())
-    copy_last = torch.cat([last + c * n_kept1 for c in range(copies)])
     copy_owner = torch.cat([owner + c * len(units) for c in range(copies)])
     found = capabilities(model)
     hidden1, cache = decoder_states(
@@ -255,22 +290,22 @@ def _prefix_pass(
         replicate_rows(prefix_mask, copies).to(device),
         use_cache=True,
     )
-    kept1 = hidden1[replicate_rows(keep1, copies).to(device)]
-    # lp1 is wrong at each prefix's last position: the heads replace it.
-    lp1 = hidden_log_probs(model, kept1, replicate_rows(flat_targets1, copies).to(device)).cpu()
-    heads = hidden_log_probs(model, kept1[copy_last.to(device)], replicate_rows(heads_targets, copies).to(device)).cpu()
+    lp1 = hidden_log_probs(
+        model, hidden1[replicate_rows(keep1, copies).to(device)], replicate_rows(targets1[keep1], copies).to(device)
+    ).cpu()
+    last = hidden1[torch.arange(copies * len(units), device=device), replicate_rows(lengths - 1, copies).to(device)]
+    heads = hidden_log_probs(model, last[copy_owner.to(device)], replicate_rows(heads_targets, copies).to(device)).cpu()
     suffix_ids, suffix_mask, _ = _pad([row[n:] for unit, n in zip(units, shared) for row in unit])
     select_rows(cache, copy_owner.to(device))
     keep2 = suffix_mask.bool()
     keep2[torch.arange(len(owner)), suffix_mask.sum(dim=1) - 1] = False
     targets2 = torch.zeros_like(suffix_ids)
     targets2[:, :-1] = suffix_ids[:, 1:]
-    offsets = lengths[owner]
     hidden2, _ = decoder_states(
         model,
         replicate_rows(suffix_ids, copies).to(device),
         replicate_rows(torch.cat([prefix_mask[owner], suffix_mask], dim=1), copies).to(device),
-        replicate_rows(offsets[:, None] + torch.arange(suffix_ids.shape[1])[None], copies).to(device),
+        replicate_rows(lengths[owner][:, None] + torch.arange(suffix_ids.shape[1])[None], copies).to(device),
         cache=cache,
         cache_keyword=found.cache_keyword,
         use_cache=True,
@@ -279,12 +314,11 @@ def _prefix_pass(
         model, hidden2[replicate_rows(keep2, copies).to(device)], replicate_rows(targets2[keep2], copies).to(device)
     ).cpu()
     per_copy = []
-    for lp1_c, heads_c, lp2_c in zip(lp1.chunk(copies), heads.chunk(copies), lp2.chunk(copies)):
+    for lp1_c, heads_c, lp2_c in zip(_per_copy(lp1, copies), _per_copy(heads, copies), _per_copy(lp2, copies)):
         tails = iter(torch.split(lp2_c, keep2.sum(dim=1).tolist()))
         results, row = [], 0
-        for unit, n in zip(units, shared):
-            end = int(last[row])
-            common = lp1_c[end - n + 1 : end]
+        for u, unit in enumerate(units):
+            common = _after_nan(first[u], lp1_c[int(offsets[u]) : int(offsets[u] + counts[u])])
             results.append([torch.cat([common, heads_c[row + k : row + k + 1], next(tails)]) for k in range(len(unit))])
             row += len(unit)
         per_copy.append(results)
@@ -302,6 +336,7 @@ def token_log_probs(
     device: torch.device | str | None = None,
     padding_side: PaddingSide = "right",
     progress: bool = True,
+    needed_from: Sequence[int] | None = None,
 ) -> list[np.ndarray]:
     """Log-probability (nats, float64) of every scored token of every sequence.
 
@@ -321,6 +356,9 @@ def token_log_probs(
         device: Where the inputs go; default the model's device.
         padding_side: ``right`` (default) or ``left``; both give the same scores.
         progress: Show a tqdm bar over sequences.
+        needed_from: Per sequence, the first scored position whose log-probability is wanted;
+            earlier positions may come back NaN, never projected onto the vocabulary (the
+            model still runs over them). Default: every position.
 
     Returns:
         One array per sequence, ``len(ids)`` long with a prefix, ``len(ids) - 1`` without
@@ -337,6 +375,7 @@ def token_log_probs(
         device=device,
         padding_side=padding_side,
         progress=progress,
+        needed_from=needed_from,
     )[0]
 
 
@@ -352,10 +391,15 @@ def token_log_probs_each(
     device: torch.device | str | None = None,
     padding_side: PaddingSide = "right",
     progress: bool = True,
+    needed_from: Sequence[int] | None = None,
 ) -> list[list[np.ndarray]]:
     """:func:`token_log_probs` of ``copies`` conditions at once: every batch (packed as for one)
     runs ``copies`` times over in one pass, block ``c`` being condition ``c`` of
-    :func:`dynamics.row_ablation.ablate_rows`; ``[copy][sequence]``."""
+    :func:`dynamics.row_ablation.ablate_rows`; ``[copy][sequence]``.
+
+    ``needed_from[i]``: the first scored position of sequence ``i`` whose log-probability is
+    wanted; the positions before it may come back NaN, never projected onto the vocabulary
+    (the model still runs over them). Default: every position."""
     if batch_tokens < 1 or max_batch_size < 1:
         raise UserInputError(f"batch_tokens={batch_tokens} and max_batch_size={max_batch_size} must both be >= 1")
     if padding_side not in ("right", "left"):
@@ -365,6 +409,9 @@ def token_log_probs_each(
     rows = [([prefix_id] if prefix_id is not None else []) + list(ids) for ids in token_ids]
     results = [[np.zeros(0, dtype=np.float64) for _ in rows] for _ in range(copies)]
     lengths = [len(r) for r in rows]
+    needed = [0] * len(rows) if needed_from is None else [max(0, int(k)) for k in needed_from]
+    if len(needed) != len(rows):
+        raise UserInputError(f"needed_from has {len(needed)} entries for {len(rows)} sequences")
     if units is None:
         units = [[i] for i in range(len(rows))]
     # A row of length < 2 has nothing to predict: leave it out of the forward passes.
@@ -377,8 +424,9 @@ def token_log_probs_each(
     ):
         for batch in _batches(kept, lengths, batch_tokens, max_batch_size):
             unit_rows = [[rows[i] for i in unit] for unit in batch]
+            skips = [[needed[i] for i in unit] for unit in batch]
             for copy_results, copy_lp in zip(
-                results, _forward_log_probs(model, unit_rows, device, padding_side, copies)
+                results, _forward_log_probs(model, unit_rows, device, padding_side, copies, skips)
             ):
                 for unit, unit_lp in zip(batch, copy_lp):
                     for i, lp in zip(unit, unit_lp):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -70,19 +70,17 @@ def score_sentences(
     """
     _check_reduction(reduction)
     unique, index = _deduplicate(sentences)
-    units = [[i] for i in range(len(unique))]
-    per_token = _score_unique(
+    ids, prefix_id = encode_with_prefix(tokenizer, unique, prefix)
+    per_token = token_log_probs(
         model,
-        tokenizer,
-        unique,
-        units,
-        prefix,
-        batch_tokens,
-        max_batch_size,
-        device,
-        padding_side,
-        progress,
-    )[0]
+        ids,
+        prefix_id,
+        batch_tokens=batch_tokens,
+        max_batch_size=max_batch_size,
+        device=device,
+        padding_side=padding_side,
+        progress=progress,
+    )
     return reduce_log_probs(per_token, reduction)[index] if sentences else np.zeros(0)
 
 
@@ -124,13 +122,9 @@ class PairScores:
         }
         coords: dict[str, Any] = {self.group_by: list(self.groups)}
         if self.good is not None:
-            data |= {
-                "good": ("pair", self.good),
-                "bad": ("pair", self.bad),
-                "intrusive": ("pair", self.intrusive),
-                "correct": ("pair", self.correct),
-                "pair_group": ("pair", self.pair_group),
-            }
+            data |= {"good": ("pair", self.good), "bad": ("pair", self.bad), "intrusive": ("pair", self.intrusive)}
+        if self.correct is not None:
+            data |= {"correct": ("pair", self.correct), "pair_group": ("pair", self.pair_group)}
         return xr.Dataset(data, coords=coords, attrs={"overall_accuracy": self.overall_accuracy})
 
 
@@ -191,6 +185,7 @@ def score_pairs(
     npi: NpiRule = "intrusive",
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     padding_side: PaddingSide = "right",
+    differences_only: bool = False,
 ) -> PairScores:
     """Score minimal pairs: accuracy and mean margin (good - bad) per group.
 
@@ -213,6 +208,8 @@ def score_pairs(
             intrusive sentences are then not scored and stay NaN).
         max_batch_size: Rows per batch at most.
         padding_side: ``right`` (default) or ``left``.
+        differences_only: Leave unprojected the tokens a pair's sentences share before their
+            first difference (see :func:`score_pairs_each`); per-sentence scores are then not kept.
     """
     return score_pairs_each(
         model,
@@ -229,6 +226,7 @@ def score_pairs(
         npi=npi,
         max_batch_size=max_batch_size,
         padding_side=padding_side,
+        differences_only=differences_only,
     )[0]
 
 
@@ -248,9 +246,19 @@ def score_pairs_each(
     npi: NpiRule = "intrusive",
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     padding_side: PaddingSide = "right",
+    differences_only: bool = False,
 ) -> list[PairScores]:
     """:func:`score_pairs` under ``copies`` ablation conditions in one pass per batch (inside
-    :func:`dynamics.row_ablation.ablate_rows`): one :class:`PairScores` per condition."""
+    :func:`dynamics.row_ablation.ablate_rows`): one :class:`PairScores` per condition.
+
+    ``differences_only``: the tokens a pair's sentences share before their first difference
+    are not projected onto the vocabulary. Their log-probabilities are the same in every
+    sentence of the pair (same context, same token), so they cancel in each comparison and
+    margin: with ``sum``, always; with ``mean``, when the pair's sentences score equally many
+    tokens (a pair whose lengths differ is scored whole). Accuracy, margin and ``correct`` are
+    then those of the whole scores up to float rounding, and the per-sentence scores
+    (``good``, ``bad``, ``intrusive`` of ``keep_pairs``) are left out.
+    """
     _check_reduction(reduction)
     if npi not in ("last", "intrusive"):
         raise UserInputError(f"npi={npi!r}; expected 'last' or 'intrusive'")
@@ -272,43 +280,13 @@ def score_pairs_each(
         claimed.update(unit)
         if unit:
             units.append(unit)
-    per_copy = _score_unique(
-        model,
-        tokenizer,
-        unique,
-        units,
-        prefix,
-        batch_tokens,
-        max_batch_size,
-        device,
-        padding_side,
-        progress,
-        copies,
-    )
-    results = []
-    for per_token in per_copy:
-        scores = reduce_log_probs(per_token, reduction)
-        intrusive = np.where(intrusive_index >= 0, scores[np.maximum(intrusive_index, 0)], np.nan)
-        good, bad = scores[index[:n]], scores[index[n : 2 * n]]
-        results.append(summarize_pairs(good, bad, labels, intrusive, group_by, keep_pairs))
-    return results
-
-
-def _score_unique(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    sentences: list[str],
-    units: list[list[int]],
-    prefix: bool | str,
-    batch_tokens: int,
-    max_batch_size: int,
-    device: torch.device | str | None,
-    padding_side: PaddingSide,
-    progress: bool,
-    copies: int = 1,
-) -> list[list[np.ndarray]]:
-    ids, prefix_id = encode_with_prefix(tokenizer, sentences, prefix)
-    return token_log_probs_each(
+    ids, prefix_id = encode_with_prefix(tokenizer, unique, prefix)
+    members = [[index[k], index[n + k]] + ([intrusive_index[k]] if has_intrusive[k] else []) for k in range(n)]
+    starts = _difference_starts(ids, prefix_id, members, reduction) if differences_only else np.zeros(n, np.int64)
+    needed = np.full(len(unique), np.iinfo(np.int64).max, dtype=np.int64)
+    for k, member in enumerate(members):
+        needed[member] = np.minimum(needed[member], starts[k])
+    per_copy = token_log_probs_each(
         model,
         ids,
         prefix_id,
@@ -319,7 +297,59 @@ def _score_unique(
         device=device,
         padding_side=padding_side,
         progress=progress,
+        needed_from=needed.tolist() if differences_only else None,
     )
+    results = []
+    for per_token in per_copy:
+        if differences_only:
+            good, bad, intrusive = _pair_scores_from(per_token, members, starts, reduction)
+        else:
+            scores = reduce_log_probs(per_token, reduction)
+            intrusive = np.where(intrusive_index >= 0, scores[np.maximum(intrusive_index, 0)], np.nan)
+            good, bad = scores[index[:n]], scores[index[n : 2 * n]]
+        summary = summarize_pairs(good, bad, labels, intrusive, group_by, keep_pairs)
+        if differences_only and keep_pairs:
+            summary = replace(summary, good=None, bad=None, intrusive=None)
+        results.append(summary)
+    return results
+
+
+def _difference_starts(
+    ids: Sequence[Sequence[int]], prefix_id: int | None, members: list[list[int]], reduction: str
+) -> np.ndarray:
+    """Per pair, the first scored position where its sentences can differ (0 for a ``mean``
+    pair whose sentences score different numbers of tokens)."""
+    rows = [([prefix_id] if prefix_id is not None else []) + list(x) for x in ids]
+    starts = np.zeros(len(members), dtype=np.int64)
+    for k, member in enumerate(members):
+        lengths = {len(rows[m]) for m in member}
+        if reduction == "mean" and len(lengths) > 1:
+            continue
+        shared = min(_shared_tokens(rows[member[0]], rows[m]) for m in member[1:]) if len(member) > 1 else 0
+        starts[k] = max(0, shared - 1)  # scored position j predicts token j + 1
+    return starts
+
+
+def _pair_scores_from(
+    per_token: list[np.ndarray], members: list[list[int]], starts: np.ndarray, reduction: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Good, bad and intrusive scores of each pair over its positions from ``starts`` on."""
+    scores = np.full((3, len(members)), np.nan)
+    for k, member in enumerate(members):
+        for slot, m in enumerate(member):
+            values = per_token[m]
+            part = float(values[starts[k] :].sum())
+            scores[slot, k] = part if reduction == "sum" else (part / values.size if values.size else np.nan)
+    return scores[0], scores[1], scores[2]
+
+
+def _shared_tokens(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _deduplicate(sentences: Sequence[str]) -> tuple[list[str], np.ndarray]:

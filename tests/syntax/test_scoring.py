@@ -354,3 +354,83 @@ def test_real_pythia_tokenizer(shared_data):
     assert prefix_token_id(tokenizer) == 0
     got = score_sentences(model, tokenizer, sentences, batch_tokens=40, progress=False)
     np.testing.assert_allclose(got, slow_scores(model, tokenizer, sentences, 0), atol=1e-4)
+
+
+# --- differences_only: the shared tokens before a pair's first difference are not projected ---
+
+UNEQUAL_PAIRS = [
+    *PAIRS,
+    Pair("the authors laugh", "the authors laugh and swim", "prefix"),  # bad continues good
+    Pair("the pilot is tall", "the pilots are tall", "mean_unequal"),
+    Pair("the guard laughs", "the guard laughs", "tie"),  # identical sentences: never correct
+]
+
+
+def slow_pair_margins(model, tokenizer, pairs, prefix_id, reduction, npi):
+    """Whole-sentence scores from the slow loop: (good - bad, correct) per pair."""
+    good = slow_scores(model, tokenizer, [p.good for p in pairs], prefix_id, reduction)
+    bad = slow_scores(model, tokenizer, [p.bad for p in pairs], prefix_id, reduction)
+    intrusive = np.array(
+        [
+            slow_scores(model, tokenizer, [p.intrusive], prefix_id, reduction)[0]
+            if p.intrusive and npi == "intrusive"
+            else np.nan
+            for p in pairs
+        ]
+    )
+    correct = (good > bad) & (np.isnan(intrusive) | (good > intrusive))
+    return good - bad, correct
+
+
+@pytest.mark.parametrize(
+    "reduction, prefix, npi", [("sum", "bos", "intrusive"), ("mean", "none", "last"), ("mean", "bos", "intrusive")]
+)
+def test_differences_only_gives_the_whole_scores_comparisons(model, tokenizer, reduction, prefix, npi):
+    margins, correct = slow_pair_margins(
+        model, tokenizer, UNEQUAL_PAIRS, 1 if prefix == "bos" else None, reduction, npi
+    )
+    options = {"reduction": reduction, "prefix": prefix, "npi": npi, "progress": False, "batch_tokens": 40}
+    whole = score_pairs(model, tokenizer, UNEQUAL_PAIRS, keep_pairs=True, **options)
+    part = score_pairs(model, tokenizer, UNEQUAL_PAIRS, keep_pairs=True, differences_only=True, **options)
+    assert part.correct.tolist() == whole.correct.tolist() == correct.tolist()
+    assert not correct[-1]  # the tie
+    np.testing.assert_allclose(part.margin, whole.margin, rtol=0, atol=2e-6)  # float32 log-probs, summed apart
+    for g, name in enumerate(part.groups):
+        member = [i for i, p in enumerate(UNEQUAL_PAIRS) if p.case == name]
+        assert part.margin[g] == pytest.approx(np.mean(margins[member]), abs=1e-4)
+    assert part.accuracy.tolist() == whole.accuracy.tolist()
+    assert part.good is None and part.bad is None and part.intrusive is None  # partial sums are not scores
+    assert whole.good is not None
+
+
+def test_differences_only_projects_only_the_positions_after_the_first_difference(tokenizer, monkeypatch):
+    from dynamics import modelcalls
+
+    model = tiny_model()
+    capabilities(model)
+    rows = []
+    original = modelcalls.hidden_log_probs
+    monkeypatch.setattr(
+        "dynamics.syntax.logprobs.hidden_log_probs", lambda m, h, t: rows.append(h.shape[0]) or original(m, h, t)
+    )
+    pairs = [Pair("the author near the guards laughs", "the author near the guards laugh", "prep")]
+    score_pairs(model, tokenizer, pairs, progress=False)
+    whole = sum(rows)
+    rows.clear()
+    score_pairs(model, tokenizer, pairs, progress=False, differences_only=True)
+    # BOS + 5 shared words: 5 prefix positions projected whole (plus 2 heads), none with differences_only.
+    assert whole == 5 + 2 and sum(rows) == 2
+
+
+@pytest.mark.parametrize("units", [None, [[0, 1], [2]]])
+def test_needed_from_leaves_earlier_positions_nan(model, tokenizer, units):
+    sentences = ["the author near the guards laughs", "the author near the guards laugh", "a pilot"]
+    ids = encode(tokenizer, sentences)
+    whole = token_log_probs(model, ids, 1, units=units, progress=False)
+    part = token_log_probs(model, ids, 1, units=units, progress=False, needed_from=[3, 5, 0])
+    # A unit's shared prefix is projected from its rows' smallest start (3 here) on.
+    unprojected = [3, 5, 0] if units is None else [3, 3, 0]
+    for got, full, start, nan in zip(part, whole, [3, 5, 0], unprojected):
+        assert got.shape == full.shape
+        assert np.isnan(got[:nan]).all() and not np.isnan(got[nan:]).any()
+        np.testing.assert_allclose(got[start:], full[start:], atol=1e-6, rtol=0)
