@@ -15,7 +15,9 @@ BOS prefix, NPI judged against the intrusive sentence too):
   and perplexity (16,384 tokens) under the cohort's negative ablation, through the public
   scoring and perplexity functions the study calls, with the study's arguments.
 
-Threads: one (the scan's policy for models under 50M parameters), unless ``--threads``.
+Threads: each code's automatic policy (``--threads 0``: one thread for models under 50M
+parameters; this code also times one thread against every core for the vocabulary
+projection), unless ``--threads`` gives a count.
 The table gives each code's median seconds, the ratio old / new, and whether the accuracies
 (per TSE case and condition, per BLiMP paradigm) are identical and how far perplexities and
 margins are apart.
@@ -47,7 +49,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--shape", default="pythia-14m", help="a shape of scripts/bench_step.py (default: %(default)s)")
     parser.add_argument("--what", default="scan,ablate", help="scan, ablate or both (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each code, alternating (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads; 0: each code's automatic policy (default: %(default)s)"
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_eval"))
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # internal: run one code
     return parser.parse_args()
@@ -74,10 +78,16 @@ def child(args: argparse.Namespace) -> None:
     except ImportError:  # the layout before the restructure
         from dynamics.measures import syntax_and_perplexity  # type: ignore[no-redef]
 
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape = SHAPES[args.shape]
     model = GPTNeoXForCausalLM(GPTNeoXConfig(**pythia_config(shape))).eval()
+    try:  # each code's own thread policy (--threads 0), or the count given
+        from dynamics.runtime import set_threads
+
+        set_threads(args.threads, model)
+    except ImportError:  # before the restructure: one thread under 50M parameters, else torch's default
+        small = sum(p.numel() for p in model.parameters()) < 50_000_000
+        torch.set_num_threads(args.threads or (1 if small else torch.get_num_threads()))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(SHARED / "tokenizers" / "gpt-neox-20b.json"),
         bos_token="<|endoftext|>",
@@ -169,7 +179,7 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
             print(f"{name} run {r}: {runs[name][-1]['seconds']} (load {loads[-1]:.1f})", flush=True)
     print(
-        f"\n{args.shape}, CPU, {args.threads} thread(s), {args.repeats} run(s) of each code alternating, "
+        f"\n{args.shape}, CPU, threads {args.threads or 'auto'}, {args.repeats} run(s) of each code alternating, "
         f"load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores; median seconds:\n"
     )
     print("| part | new | " + ("old | old / new |" if "old" in codes else ""))

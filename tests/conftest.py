@@ -13,6 +13,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _process_head_threads():
+    """An in-process scan or study sets the vocabulary projection's thread policy for the
+    process (``--threads 0``: timed); each test starts from the library default."""
+    from dynamics.modelcalls import set_head_threads
+
+    set_head_threads(None)
+    yield
+    set_head_threads(None)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` beside the project; tests that need it skip when it is absent."""

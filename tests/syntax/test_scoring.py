@@ -434,3 +434,27 @@ def test_needed_from_leaves_earlier_positions_nan(model, tokenizer, units):
         assert got.shape == full.shape
         assert np.isnan(got[:nan]).all() and not np.isnan(got[nan:]).any()
         np.testing.assert_allclose(got[start:], full[start:], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("reduction, prefix, npi", [("sum", "bos", "intrusive"), ("mean", "auto", "last")])
+def test_differences_only_on_real_tse_and_blimp(shared_data, reduction, prefix, npi):
+    """The real Pythia tokenizer, a TSE sample and two BLiMP paradigms: the same correctness and
+    margins as whole-sentence scoring, with fewer positions projected."""
+    from dynamics.syntax.blimp import load_blimp
+    from dynamics.syntax.tse import sample_tse, tse_pairs
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(shared_data / "tokenizers" / "gpt-neox-20b.json"),
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|padding|>",
+    )
+    model = tiny_model(vocab_size=50304)
+    blimp = load_blimp(shared_data / "blimp", ["anaphor_gender_agreement", "npi_present_1"])
+    pairs = sample_tse(tse_pairs(), per_case=3, seed=0) + blimp[:40] + blimp[-40:]
+    options = {"reduction": reduction, "prefix": prefix, "npi": npi, "progress": False, "keep_pairs": True}
+    whole = score_pairs(model, tokenizer, pairs, **options)
+    part = score_pairs(model, tokenizer, pairs, differences_only=True, **options)
+    assert part.correct.tolist() == whole.correct.tolist()
+    assert part.accuracy.tolist() == whole.accuracy.tolist()
+    np.testing.assert_allclose(part.margin, whole.margin, rtol=0, atol=2e-5)
