@@ -26,6 +26,18 @@ def cache_entries(repo: Path) -> set[str]:
     return entries
 
 
+def entries_of_snapshot(repo: Path, commit: str, entries: set[str]) -> set[str]:
+    """The ``entries`` that belong to snapshot ``commit``: its folder and files, the refs naming it, the blobs it links to.
+
+    Downloads ahead run concurrently: what appeared in the cache while one ran may be another's
+    (a blob still being written, ``blobs/<id>.incomplete``), and must not be evicted with this one.
+    """
+    snapshot = f"snapshots/{commit}"
+    linked = {f"blobs/{name}" for name in _linked_blobs(repo, snapshot)}
+    refs = set(_refs_to(repo, commit))
+    return {e for e in entries if e == snapshot or e.startswith(snapshot + "/") or e in linked or e in refs}
+
+
 def _refs_to(repo: Path, commit: str) -> list[str]:
     """The refs (``refs/main``, ``refs/step1000``...) that name ``commit``."""
     refs = repo / "refs"
@@ -38,10 +50,10 @@ def _refs_to(repo: Path, commit: str) -> list[str]:
     return found
 
 
-def _linked_blobs(repo: Path) -> set[str]:
-    """Names of the blobs some snapshot file links to."""
+def _linked_blobs(repo: Path, snapshots: str = "snapshots") -> set[str]:
+    """Names of the blobs some snapshot file (under ``snapshots``, relative to ``repo``) links to."""
     linked = set()
-    for folder, _, files in os.walk(repo / "snapshots"):
+    for folder, _, files in os.walk(repo / snapshots):
         for name in files:
             path = os.path.join(folder, name)
             if os.path.islink(path):

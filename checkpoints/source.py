@@ -2,7 +2,8 @@
 
 A source turns a training step into a :class:`Checkpoint` on local disk (``fetch``) and
 forgets it again (``release``). :class:`checkpoints.stream.Prefetcher` drives a source
-with one step of prefetch (the scan's worker holds one); nothing here knows what is computed from the weights.
+with steps fetched ahead (the scan's worker holds one), bounded on disk by what each
+fetch is expected to take (``expected_bytes``); nothing here knows what is computed from the weights.
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from checkpoints.fingerprints import TOKENIZER_FILES, hub_lfs_sha256, tokenizer_fingerprint, weight_fingerprints
-from checkpoints.hub_cache import cache_entries, evict_added
+from checkpoints.fingerprints import (
+    TOKENIZER_FILES,
+    hub_lfs_sha256,
+    is_weight_file,
+    tokenizer_fingerprint,
+    weight_fingerprints,
+)
+from checkpoints.hub_cache import cache_entries, entries_of_snapshot, evict_added
 from checkpoints.hub_errors import (
     RetryPolicy,
     explain_hub_error,
@@ -35,6 +42,7 @@ from checkpoints.revisions import (
     index_revisions,
 )
 from checkpoints.steps import PYTHIA_STEPS
+from checkpoints.transfer import hub_file_sizes, transfer_backend
 from dynamics.errors import CheckpointError, UserInputError
 
 __all__ = [
@@ -69,6 +77,7 @@ class Checkpoint:
     seconds: float = 0.0  # wall time of the fetch, retries included
     downloaded: bool = False  # fetched by this run (and so ours to evict)
     attempts: int = 1
+    transfer: str | None = None  # the download backend (hf_xet, http), None when nothing was downloaded
 
     @property
     def ok(self) -> bool:
@@ -84,6 +93,7 @@ class Checkpoint:
             "path": str(path) if path else None,
             "weights_sha256": weight_fingerprints(path, self.gguf_file) if path else {},
             "tokenizer_sha256": tokenizer_fingerprint(path) if path else None,
+            "transfer": self.transfer,
         }
 
     def load_model(self, device: str = "cpu", dtype: Any = None) -> Any:
@@ -176,6 +186,9 @@ class CheckpointSource(Protocol):
     def weight_fingerprint(self, step: int) -> dict[str, str] | None:
         """``{weight file: sha256}`` of ``step`` without downloading it, or None when it cannot be had."""
 
+    def expected_bytes(self, step: int) -> int | None:
+        """Bytes a fetch of ``step`` adds to local disk (0: nothing to download), or None when unknown."""
+
     def fetch(self, step: int) -> Checkpoint:
         """Make ``step`` available on local disk; raises on failure."""
 
@@ -219,6 +232,7 @@ class HubSource:
         self._cache_lock = threading.Lock()  # a prefetch thread fetches while the driver releases
         self._unreachable = False  # a fetch used up its retries on transient errors: later ones try once
         self._list_refs = list_refs or hub_ref_names
+        self._list_sizes: Callable[[str, str], dict[str, int]] = hub_file_sizes
         self.template = RevisionTemplate(revision_template)
         self._index: RevisionIndex | None = (
             RevisionIndex(self.template, dict(revisions), where="the run's listing") if revisions is not None else None
@@ -322,6 +336,19 @@ class HubSource:
         snapshot = self._repo_dir / "snapshots" / ref.read_text().strip()
         return snapshot if snapshot.is_dir() else None
 
+    def expected_bytes(self, step: int) -> int | None:
+        """0 offline or when the revision's weights are cached, else the Hub's sizes of the files a fetch takes."""
+        try:
+            revision = self.revision(step)
+            snapshot = self._cached_snapshot(revision)
+            if offline() or (snapshot is not None and any(is_weight_file(f.name) for f in snapshot.iterdir())):
+                return 0
+            sizes = self._list_sizes(self.model_id, revision)
+            return sum(sizes.get(name, 0) for name in CONFIG_AND_TOKENIZER + weight_files(list(sizes)))
+        except Exception as exc:  # an estimate: the prefetcher then goes by the last step's size on disk
+            log.debug("no download size for %s step %d: %s", self.model_id, step, one_line(exc))
+            return None
+
     def fetch(self, step: int) -> Checkpoint:
         revision = self.revision(step)
         start = time.perf_counter()
@@ -349,19 +376,21 @@ class HubSource:
         self._unreachable = False
         path = Path(path)
         with self._cache_lock:
-            added = cache_entries(self._repo_dir) - before
+            added = entries_of_snapshot(self._repo_dir, path.name, cache_entries(self._repo_dir) - before)
             self._added |= added
         snapshot = f"snapshots/{path.name}"
+        # Ours to evict only if this run put files there: a commit the user already had under
+        # another ref (Pythia's main is step143000) is theirs, whatever the ref's name.
+        downloaded = any(entry == snapshot or entry.startswith(snapshot + "/") for entry in added)
         return Checkpoint(
             step=step,
             revision=revision,
             path=path,
             commit=path.name,  # snapshots/<commit hash>/
             seconds=time.perf_counter() - start,
-            # Ours to evict only if this run put files there: a commit the user already had under
-            # another ref (Pythia's main is step143000) is theirs, whatever the ref's name.
-            downloaded=any(entry == snapshot or entry.startswith(snapshot + "/") for entry in added),
+            downloaded=downloaded,
             attempts=attempts,
+            transfer=str(transfer_backend()) if downloaded else None,
         )
 
     def _fetch_once(self, revision: str) -> str:
@@ -428,6 +457,10 @@ class LocalSuiteSource:
     def weight_fingerprint(self, step: int) -> dict[str, str] | None:
         return weight_fingerprints(self.root / f"step{step}") or None
 
+    def expected_bytes(self, step: int) -> int:
+        """Nothing is downloaded: the suite is on disk already."""
+        return 0
+
     def check_available(self) -> None:
         """A local suite that resolved is there."""
 
@@ -460,6 +493,10 @@ class SingleModelSource:
 
     def weight_fingerprint(self, step: int) -> dict[str, str] | None:
         return weight_fingerprints(self.path, self.gguf_file) or None
+
+    def expected_bytes(self, step: int) -> int:
+        """Nothing is downloaded: the model is on disk already."""
+        return 0
 
     def check_available(self) -> None:
         """A local model that resolved is there."""

@@ -17,6 +17,9 @@ from dynamics.config import (
 )
 from dynamics.executor import ExecutorSettings
 
+#: More steps ahead than this is a typo: each is a concurrent download.
+MAX_PREFETCH_DEPTH = 16
+
 
 @titled("scan")
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +44,17 @@ class ScanConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runti
         "skip", help="a checkpoint that fails after retries: record it and go on, or stop"
     )
     keep_checkpoints: bool = option(False, help="keep downloaded revisions in the Hugging Face cache")
-    prefetch: bool = option(True, help="download step t+1 while step t is analysed")
+    prefetch_depth: int = option(
+        2,
+        help="steps downloaded ahead, concurrently, while a step is analysed, as far as "
+        "--max-disk-gib allows (0: none; serial executor only)",
+    )
+    max_disk_gib: float = option(
+        0.0,
+        help="GiB of checkpoints on disk at once: the step analysed and those downloading or "
+        "downloaded ahead (0: auto, half the free space of the cache's filesystem; the step "
+        "needed now is always fetched)",
+    )
     revision_template: str = option(
         "step{step}",
         help="the Hub revision name of a step: {step} and optionally {tokens} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -43,7 +44,7 @@ from dynamics.paths import check_output_dir
 from dynamics.preflight import check_corpus_file, check_model_fit, config_on_disk
 from dynamics.runtime import resolve_device
 from dynamics.scan.benchmarks import ScanBenchmarks, check_benchmark_options, plan_benchmarks
-from dynamics.scan.config import ScanConfig
+from dynamics.scan.config import MAX_PREFETCH_DEPTH, ScanConfig
 from dynamics.scan.duplicates import copied_result, plan_duplicates
 from dynamics.scan.measures import PHASES
 from dynamics.scan.worker import RunSpec, StepTask, forget_contexts, measure_step, prepare_reference
@@ -173,6 +174,16 @@ def _check_numbers(config: ScanConfig) -> None:
                 "a positive number of tokens",
             ),
             ("lmeval-limit", config.lmeval_limit >= 1, "at least 1 example"),
+            (
+                "prefetch-depth",
+                0 <= config.prefetch_depth <= MAX_PREFETCH_DEPTH,
+                f"0 (no prefetch) to {MAX_PREFETCH_DEPTH} steps ahead",
+            ),
+            (
+                "max-disk-gib",
+                math.isfinite(config.max_disk_gib) and config.max_disk_gib >= 0,
+                "0 (auto: half the free space of the cache's filesystem) or a positive, finite number of GiB",
+            ),
         ],
     )
     if config.dtype not in ("auto", *DTYPES):
@@ -335,9 +346,9 @@ def _measure_all(
     copies: dict[int, int],
 ) -> None:
     """Fan the steps out; write each result as it completes, in any order."""
-    # Serially one worker takes the steps in order, so it can fetch the next one while measuring this one.
-    ahead = spec.config.executor == "serial" and spec.config.prefetch
-    tasks = [StepTask(step, todo[i + 1] if ahead and i + 1 < len(todo) else None) for i, step in enumerate(todo)]
+    # Serially one worker takes the steps in order, so it can fetch the next ones while measuring this one.
+    depth = spec.config.prefetch_depth if spec.config.executor == "serial" else 0
+    tasks = [StepTask(step, tuple(todo[i + 1 : i + 1 + depth])) for i, step in enumerate(todo)]
     bar = tqdm(total=len(todo), desc=f"scan {spec.config.model}", unit="step", dynamic_ncols=True)
     results = pool.map(partial(measure_step, spec), tasks, name="step")
     try:

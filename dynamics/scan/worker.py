@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +29,9 @@ import torch
 import xarray as xr
 
 from checkpoints.names import resolve_model
-from checkpoints.source import Checkpoint, CheckpointSource, RetryPolicy, open_source
-from checkpoints.stream import Prefetcher
+from checkpoints.source import Checkpoint, CheckpointSource, HubSource, RetryPolicy, open_source
+from checkpoints.stream import Prefetcher, disk_bound
+from checkpoints.transfer import use_fast_transfer
 from dynamics.ablation import (
     match_bottom_percent,
     negative_ablation_perplexity,
@@ -90,6 +92,8 @@ class RunSpec:
                 c.cache_dir,
                 c.keep_checkpoints,
                 c.retries,
+                c.prefetch_depth,
+                c.max_disk_gib,
                 c.threads,
                 c.memory_budget_gib,
                 c.batch_size,
@@ -101,10 +105,10 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class StepTask:
-    """One step to measure; ``prefetch`` is the step this worker will be asked for next, if known."""
+    """One step to measure; ``ahead`` are the steps this worker will be asked for next, in order, if known."""
 
     step: int
-    prefetch: int | None = None
+    ahead: tuple[int, ...] = ()
 
     def __str__(self) -> str:
         return str(self.step)
@@ -129,7 +133,17 @@ class WorkerContext:
     prefetcher: Prefetcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.prefetcher = Prefetcher(self.source)
+        config = self.spec.config
+        # A Dask worker is given steps without knowing which come next: it fetches only what it is given.
+        depth = config.prefetch_depth if config.executor == "serial" else 0
+        bound = disk_bound(config.max_disk_gib, getattr(self.source, "cache_dir", None)) if depth else None
+        self.prefetcher = Prefetcher(self.source, depth, bound)
+        if depth:
+            log.info(
+                "prefetch: up to %d step(s) ahead, %s",
+                depth,
+                f"at most {bound / 2**30:.1f} GiB of checkpoints on disk" if bound is not None else "no disk bound",
+            )
 
     @property
     def memory_budget(self) -> int:
@@ -142,9 +156,13 @@ class WorkerContext:
             raise CheckpointError(checkpoint.error)
         return checkpoint
 
-    def prefetch(self, step: int | None) -> None:
-        """Start fetching ``step`` in the background; anything else announced earlier is released."""
-        self.prefetcher.prefetch(step)
+    def prefetch(self, steps: Sequence[int]) -> None:
+        """Start fetching ``steps`` in the background (as deep and as far as disk allows); anything else is let go."""
+        self.prefetcher.prefetch(steps)
+
+    def release(self, checkpoint: Checkpoint) -> None:
+        """Free ``checkpoint`` (stored or given up), which may start the next download ahead."""
+        self.prefetcher.release(checkpoint)
 
     def measure(
         self, checkpoint: Checkpoint, cohort: np.ndarray, control: np.ndarray, matched: np.ndarray | None = None
@@ -254,7 +272,7 @@ def worker_context(spec: RunSpec) -> WorkerContext:
 def forget_contexts() -> None:
     """Free this process's per-run inputs (the reference weights are as big as a checkpoint's MLPs)."""
     for old in _CONTEXT.values():
-        old.prefetch(None)
+        old.prefetcher.close()
     _CONTEXT.clear()
 
 
@@ -270,6 +288,8 @@ def build_context(spec: RunSpec) -> WorkerContext:
         revision_template=config.revision_template,
         revisions=spec.revisions,
     )
+    if isinstance(source, HubSource):
+        use_fast_transfer(device)
     try:
         reference = source.fetch(spec.reference_step)
     except CheckpointError as exc:
@@ -343,7 +363,7 @@ def _reload_reference(context: WorkerContext) -> Any:
     try:
         return load_checkpoint_model(checkpoint, context.device, context.spec.config.dtype)
     finally:
-        context.source.release(checkpoint)
+        context.release(checkpoint)
 
 
 def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
@@ -353,11 +373,11 @@ def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
     context = worker_context(spec)
     checkpoint = context.fetch(task.step)
     try:
-        context.prefetch(task.prefetch)
+        context.prefetch(task.ahead)
         result = context.measure(checkpoint, spec.cohort, spec.control, spec.matched)
         record = checkpoint.record()  # the fingerprints are read from the files: before they are released
     finally:
-        context.source.release(checkpoint)
+        context.release(checkpoint)
     result.attrs["checkpoint"] = {
         **record,
         **result.attrs.pop("loaded", {}),

@@ -169,3 +169,29 @@ def test_a_scan_of_step143000_keeps_the_users_main(tiny_suite, tmp_path, online,
     assert summary.done == [143000]
     assert open_cube(out).attrs["steps"]["143000"]["commit"] == MAIN
     assert {k: v for k, v in tree(repo).items() if k != "refs/step143000"} == users
+
+
+def test_a_download_running_alongside_is_not_evicted_with_this_one(tmp_path, online):
+    """Depth 2 fetches two steps at once: what the other download wrote meanwhile is not this step's."""
+    from fixtures.hub import plant_hub_revision
+
+    repo = tmp_path / "models--EleutherAI--pythia-70m"
+    other = repo / "blobs" / ("c" * 64 + ".incomplete")
+
+    def download(repo_id, revision, cache_dir, **kwargs):
+        snapshot = plant_hub_revision(tmp_path, repo_id, int(revision.removeprefix("step")))
+        other.write_bytes(b"half of another step's weights")  # the concurrent download, still writing
+        return str(snapshot)
+
+    source = HubSource(
+        resolve_model("pythia-70m"),
+        cache_dir=tmp_path,
+        retry=RetryPolicy(attempts=1),
+        download=download,
+        list_files=lambda repo_id, revision: ["config.json", "model.safetensors"],
+    )
+    checkpoint = source.fetch(1000)
+    source.release(checkpoint)
+    assert not checkpoint.path.exists() and not (repo / "refs" / "step1000").exists()
+    assert other.read_bytes() == b"half of another step's weights"
+    assert sorted(p.name for p in (repo / "blobs").iterdir()) == [other.name]  # step 1000's blobs are gone

@@ -156,6 +156,14 @@ def test_on_error_stop_stops_and_keeps_done_steps(tiny_suite, tmp_path):
         (["--dtype", "int8"], "invalid choice: 'int8'"),
         (["--on-error", "retry"], "invalid choice: 'retry'"),
         (["--device", "tpu"], "--device 'tpu' is not one of auto, cpu, cuda, cuda:N"),
+        (["--prefetch-depth", "-1"], "--prefetch-depth -1: expected 0 (no prefetch) to 16 steps ahead"),
+        (["--prefetch-depth", "17"], "--prefetch-depth 17: expected 0 (no prefetch) to 16 steps ahead"),
+        (
+            ["--max-disk-gib", "-2"],
+            "--max-disk-gib -2.0: expected 0 (auto: half the free space of the cache's filesystem) "
+            "or a positive, finite number of GiB",
+        ),
+        (["--max-disk-gib", "inf"], "argument --max-disk-gib: invalid finite number value: 'inf'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(tmp_path, args, message, capsys, monkeypatch):
