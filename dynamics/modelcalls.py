@@ -209,6 +209,7 @@ def _in_place_head(head: Any, hidden: torch.Tensor) -> bool:
         and hidden.ndim == 2
         and not head._forward_hooks
         and not head._forward_pre_hooks
+        and not (torch.is_grad_enabled() and (head.weight.requires_grad or hidden.requires_grad))  # out= has no grad
     )
 
 

@@ -223,3 +223,17 @@ def test_bad_head_thread_policies_are_refused(head_policy):
     for bad in (0, -1, "fast", 1.5):
         with pytest.raises(ValueError, match="head threads"):
             head_policy(bad)
+
+
+def test_log_probs_with_autograd_on_take_the_module_path():
+    """Outside inference mode a head that requires grad cannot be written into a buffer: the
+    module path runs, and gradients flow."""
+    model = tiny_model("gpt_neox")
+    generator = torch.Generator().manual_seed(4)
+    hidden = torch.randn(5, model.config.hidden_size, generator=generator, requires_grad=True)
+    targets = torch.randint(0, VOCAB, (5,), generator=generator)
+    got = modelcalls.hidden_log_probs(model, hidden, targets)
+    got.sum().backward()
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(got.detach(), modelcalls.hidden_log_probs(model, hidden, targets), atol=1e-5, rtol=0)

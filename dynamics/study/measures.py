@@ -229,6 +229,7 @@ def _score(
             npi=inputs.npi,  # type: ignore[arg-type]
             keep_pairs=True,
             progress=False,
+            differences_only=True,  # the tokens a pair shares before its first difference cancel
         )
 
 
