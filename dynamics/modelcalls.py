@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -53,6 +54,8 @@ class Capabilities:
 _PROBED: weakref.WeakKeyDictionary[torch.nn.Module, Capabilities] = weakref.WeakKeyDictionary()
 #: The CPU head's thread count per model, once timed (:func:`set_head_threads` ``"timed"``).
 _HEAD_THREADS: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
+#: Each thread's reused CPU logits buffer (:func:`_logits_buffer`).
+_CPU_BUFFER = threading.local()
 #: How the vocabulary projection is threaded on the CPU (:func:`set_head_threads`).
 _head_policy: dict[str, Any] = {"threads": None}
 
@@ -224,7 +227,7 @@ def _head_log_probs(
     if rows == 0:
         return out
     transforms = _logit_transforms(model)
-    buffer = torch.empty((min(step, rows), head.weight.shape[0]), dtype=torch.float32, device=hidden.device)
+    buffer = _logits_buffer(step, rows, head.weight.shape[0], hidden.device)
 
     def chunk_log_probs(start: int) -> None:
         chunk = hidden[start : start + step]
@@ -246,6 +249,18 @@ def _head_log_probs(
         for start in starts:
             chunk_log_probs(start)
     return out
+
+
+def _logits_buffer(step: int, rows: int, vocab: int, device: torch.device) -> torch.Tensor:
+    """A float32 buffer for ``min(step, rows)`` rows of logits. On the CPU one buffer of ``step``
+    rows is kept per thread and reused: a fresh one is page-faulted in at every call, which costs
+    as much as 40% of a call's product when the call projects a few hundred rows."""
+    if device.type != "cpu":
+        return torch.empty((min(step, rows), vocab), dtype=torch.float32, device=device)
+    kept = getattr(_CPU_BUFFER, "logits", None)
+    if kept is None or kept.shape != (step, vocab):
+        kept = _CPU_BUFFER.logits = torch.empty((step, vocab), dtype=torch.float32)
+    return kept[: min(step, rows)]
 
 
 def _head_logits(

@@ -38,16 +38,21 @@ from checkpoints.adapters import mlp_shape, pre_activation_modules
 from dynamics.ablation import ablate
 
 
-def pythia_160m_shaped() -> torch.nn.Module:
+def pythia_shaped(hidden: int, layers: int, heads: int, inner: int) -> torch.nn.Module:
+    """A random float32 GPT-NeoX of a Pythia shape (vocabulary 50304, context 2048)."""
     config = GPTNeoXConfig(
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inner,
         vocab_size=50304,
         max_position_embeddings=2048,
     )
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def pythia_160m_shaped() -> torch.nn.Module:
+    return pythia_shaped(768, 12, 12, 3072)
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -58,16 +63,8 @@ def pythia_14m_shaped(directory: Path, tokenizer_file: Path) -> Path:
     tokenizer, saved as a model directory."""
     from transformers import PreTrainedTokenizerFast
 
-    config = GPTNeoXConfig(
-        hidden_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        intermediate_size=512,
-        vocab_size=50304,
-        max_position_embeddings=2048,
-    )
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(directory)
+    pythia_shaped(128, 6, 4, 512).save_pretrained(directory)
     eos = "<|endoftext|>"
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), bos_token=eos, eos_token=eos, pad_token=eos)
     tokenizer.save_pretrained(directory)

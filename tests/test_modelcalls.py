@@ -237,3 +237,33 @@ def test_log_probs_with_autograd_on_take_the_module_path():
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
     with torch.no_grad():
         torch.testing.assert_close(got.detach(), modelcalls.hidden_log_probs(model, hidden, targets), atol=1e-5, rtol=0)
+
+
+def test_the_cpu_logits_buffer_is_reused_per_thread(monkeypatch):
+    import threading
+
+    model = tiny_model("gpt_neox")
+    seen = []
+    original = modelcalls.log_softmax_picked_
+    monkeypatch.setattr(
+        modelcalls, "log_softmax_picked_", lambda x, t: seen.append(x.untyped_storage().data_ptr()) or original(x, t)
+    )
+    generator = torch.Generator().manual_seed(5)
+    hidden = torch.randn(12, model.config.hidden_size, generator=generator)
+    targets = torch.randint(0, VOCAB, (12,), generator=generator)
+    with torch.no_grad():
+        first = modelcalls.hidden_log_probs(model, hidden, targets)
+        second = modelcalls.hidden_log_probs(model, hidden[:5], targets[:5])
+        other: list[torch.Tensor] = []
+
+        def in_another_thread() -> None:
+            with torch.no_grad():  # grad mode is per thread
+                other.append(modelcalls.hidden_log_probs(model, hidden, targets))
+
+        worker = threading.Thread(target=in_another_thread)
+        worker.start()
+        worker.join()
+    assert seen[0] == seen[1] != seen[2]  # one buffer per thread, reused across calls
+    assert torch.equal(first[:5], second) and torch.equal(first, other[0])
+    expected = torch.log_softmax(modelcalls.project(model, hidden).double(), -1).gather(-1, targets[:, None])[:, 0]
+    torch.testing.assert_close(first.double(), expected, atol=1e-5, rtol=0)

@@ -143,7 +143,8 @@ def _batches(
         yield batch
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -191,7 +192,7 @@ def _forward_log_probs(
     skips = skips if skips is not None else [[0] * len(unit) for unit in units]
     out: list[list[list[torch.Tensor] | None]] = [[None] * len(units) for _ in range(copies)]
     shared = [
-        min(min(_common_prefix(unit[0], row) for row in unit), min(len(row) for row in unit) - 1)
+        min(min(common_prefix_length(unit[0], row) for row in unit), min(len(row) for row in unit) - 1)
         if len(unit) > 1 and padding_side == "right"
         else 0
         for unit in units

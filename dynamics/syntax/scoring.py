@@ -27,6 +27,7 @@ from dynamics.syntax.logprobs import (  # noqa: F401  (re-exported: the scoring 
     DEFAULT_MAX_BATCH_SIZE,
     PREFIX_MODES,
     PaddingSide,
+    common_prefix_length,
     encode,
     encode_with_prefix,
     prefix_mode,
@@ -325,7 +326,7 @@ def _difference_starts(
         lengths = {len(rows[m]) for m in member}
         if reduction == "mean" and len(lengths) > 1:
             continue
-        shared = min(_shared_tokens(rows[member[0]], rows[m]) for m in member[1:]) if len(member) > 1 else 0
+        shared = min(common_prefix_length(rows[member[0]], rows[m]) for m in member[1:]) if len(member) > 1 else 0
         starts[k] = max(0, shared - 1)  # scored position j predicts token j + 1
     return starts
 
@@ -341,15 +342,6 @@ def _pair_scores_from(
             part = float(values[starts[k] :].sum())
             scores[slot, k] = part if reduction == "sum" else (part / values.size if values.size else np.nan)
     return scores[0], scores[1], scores[2]
-
-
-def _shared_tokens(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _deduplicate(sentences: Sequence[str]) -> tuple[list[str], np.ndarray]:

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from fixtures.study import save_tiny_model, write_blimp, write_corpus
+from fixtures.study import fake_tagger, save_tiny_model, write_blimp, write_corpus
 from study.test_study import study_config, tiny_model_from
 
 import dynamics.study.worker as study_worker
@@ -28,16 +28,6 @@ def data(tmp_path_factory):
     write_blimp(root / "blimp")
     save_tiny_model("llama", root / "llama")
     return root
-
-
-def fake_tagger(text: str) -> list[tuple[int, int, str]]:
-    """Whitespace words; long words are nouns, short ones determiners (deterministic, offline)."""
-    words, start = [], 0
-    for word in text.split():
-        start = text.index(word, start)
-        words.append((start, start + len(word), "NOUN" if len(word) > 4 else "DET"))
-        start += len(word)
-    return words
 
 
 @pytest.fixture(scope="module")

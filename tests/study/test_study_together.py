@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-from fixtures.study import char_tokenizer, save_tiny_model, write_blimp, write_corpus
+from fixtures.study import char_tokenizer, fake_tagger, save_tiny_model, write_blimp, write_corpus
 from fixtures.tiny_models import tiny_input_ids, tiny_model
 from study.test_study import study_config
 
@@ -35,16 +35,6 @@ pytestmark = pytest.mark.models
 
 #: Variables that hold sums of float32 log-probabilities (equal to rounding, see the module docstring).
 MARGINS = ("tse_margin", "group_tse_margin")
-
-
-def fake_tagger(text: str) -> list[tuple[int, int, str]]:
-    """Whitespace words; long words are nouns, short ones determiners (deterministic, offline)."""
-    words, start = [], 0
-    for word in text.split():
-        start = text.index(word, start)
-        words.append((start, start + len(word), "NOUN" if len(word) > 4 else "DET"))
-        start += len(word)
-    return words
 
 
 @pytest.fixture(scope="module")
