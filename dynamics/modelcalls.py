@@ -22,23 +22,26 @@ logits stay under :data:`LOGITS_CHUNK_BYTES`, and are always computed in float32
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
+
+from dynamics.cpu_threads import run_timed
 
 log = logging.getLogger(__name__)
 
 #: Bytes of float32 logits materialised at once when projecting hidden states.
 LOGITS_CHUNK_BYTES = 256 * 1024**2
-#: Rows a projection needs before the head's threads are timed on it (``set_head_threads("timed")``).
+#: Rows a projection, and tokens a decoder call, need before their CPU threads are timed on them
+#: (:func:`dynamics.cpu_threads.run_timed`).
 HEAD_TIMING_ROWS = 64
+BODY_TIMING_TOKENS = 1024
 #: Keywords tried, in order, for feeding a key-value cache back to the decoder.
 CACHE_KEYWORDS: tuple[str, ...] = ("cache", "past_key_values")
 
@@ -52,12 +55,8 @@ class Capabilities:
 
 
 _PROBED: weakref.WeakKeyDictionary[torch.nn.Module, Capabilities] = weakref.WeakKeyDictionary()
-#: The CPU head's thread count per model, once timed (:func:`set_head_threads` ``"timed"``).
-_HEAD_THREADS: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
 #: Each thread's reused CPU logits buffer (:func:`_logits_buffer`).
 _CPU_BUFFER = threading.local()
-#: How the vocabulary projection is threaded on the CPU (:func:`set_head_threads`).
-_head_policy: dict[str, Any] = {"threads": None}
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -128,7 +127,11 @@ def decoder_states(
         if cache_keyword is None:
             raise TypeError("a cache was given without the keyword that feeds it to the decoder")
         kwargs[cache_keyword] = cache
-    output = decoder(**kwargs)
+    if input_ids.device.type != "cpu":
+        output = decoder(**kwargs)
+    else:  # a call that continues a cache changes it: never repeated, so never the one timed
+        size = input_ids.numel() if cache is None else 0
+        output = run_timed(model, "body", size, BODY_TIMING_TOKENS, lambda: decoder(**kwargs))
     hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
     return hidden, (_find_cache(output) if use_cache else None)
 
@@ -221,7 +224,7 @@ def _head_log_probs(
 ) -> torch.Tensor:
     """:func:`hidden_log_probs` of a float32 ``Linear`` head: each chunk's logits are written into
     one buffer, transformed as :func:`project` does, and log-softmaxed in place; on the CPU with
-    the threads :func:`set_head_threads` chose."""
+    the threads :mod:`dynamics.cpu_threads` gives (its kind ``head``)."""
     rows = hidden.shape[0]
     out = torch.empty(rows, dtype=torch.float32, device=hidden.device)
     if rows == 0:
@@ -229,25 +232,24 @@ def _head_log_probs(
     transforms = _logit_transforms(model)
     buffer = _logits_buffer(step, rows, head.weight.shape[0], hidden.device)
 
-    def chunk_log_probs(start: int) -> None:
-        chunk = hidden[start : start + step]
-        logits = buffer[: chunk.shape[0]]
-        _head_logits(head, chunk, transforms, logits)
-        out[start : start + chunk.shape[0]] = log_softmax_picked_(logits, targets[start : start + step])
-
     starts = list(range(0, rows, step))
-    threads = _head_policy["threads"]
-    if hidden.device.type != "cpu" or threads is None:
-        for start in starts:
-            chunk_log_probs(start)
+
+    def chunks(first: int, last: int | None) -> None:
+        """Fill ``out`` for the chunks ``starts[first:last]``."""
+        for start in starts[first:last]:
+            chunk = hidden[start : start + step]
+            logits = buffer[: chunk.shape[0]]
+            _head_logits(head, chunk, transforms, logits)
+            out[start : start + chunk.shape[0]] = log_softmax_picked_(logits, targets[start : start + step])
+
+    if hidden.device.type != "cpu":
+        chunks(0, None)
         return out
-    if threads == "timed":
-        threads = _HEAD_THREADS.get(model)
-        if threads is None and rows >= min(step, HEAD_TIMING_ROWS):  # not timed on a sliver
-            threads = _HEAD_THREADS[model] = _time_head_threads(lambda: chunk_log_probs(starts[0]))
-    with cpu_threads(threads or torch.get_num_threads()):
-        for start in starts:
-            chunk_log_probs(start)
+    # The first chunk may be the one the head's threads are timed on; the rest run on them.
+    threshold = min(step, HEAD_TIMING_ROWS)
+    run_timed(model, "head", min(step, rows), threshold, partial(chunks, 0, 1))
+    if len(starts) > 1:
+        run_timed(model, "head", 0, threshold, partial(chunks, 1, None))
     return out
 
 
@@ -281,57 +283,6 @@ def _head_logits(
         out.div_(divisor)
     if cap is not None:
         out.div_(cap).tanh_().mul_(cap)
-
-
-def set_head_threads(threads: int | str | None) -> None:
-    """How many CPU threads project onto the vocabulary.
-
-    ``None`` (the default): the process's torch threads. A number: that many. ``"timed"``: per
-    model, the faster of one thread and every core this process may use, timed on the model's
-    first chunks (two rounds each, alternating; about 0.1-0.5 s once per model object). The
-    head of a small model is one large matrix product where its layers are many small ones:
-    it can gain from threads that the layers lose to (see :func:`dynamics.runtime.threads_for`),
-    and whether it does depends on what else the machine runs, so it is measured, not assumed.
-    """
-    if threads is not None and threads != "timed" and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"head threads {threads!r}: expected None, 'timed' or a count >= 1")
-    _head_policy["threads"] = threads
-    _HEAD_THREADS.clear()
-
-
-def _time_head_threads(run_chunk: Any) -> int:
-    """The faster of one thread and all usable cores for ``run_chunk`` (1 when only one core)."""
-    cores = _usable_cores()
-    if cores <= 1:
-        return 1
-    seconds: dict[int, float] = {1: float("inf"), cores: float("inf")}
-    for _ in range(2):
-        for threads in seconds:
-            with cpu_threads(threads):
-                start = time.perf_counter()
-                run_chunk()
-                seconds[threads] = min(seconds[threads], time.perf_counter() - start)
-    chosen = min(seconds, key=lambda t: (seconds[t], t))
-    log.debug("vocabulary projection on %d CPU thread(s) (timed: %s)", chosen, seconds)
-    return chosen
-
-
-def _usable_cores() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-
-
-@contextmanager
-def cpu_threads(threads: int) -> Iterator[None]:
-    """Torch's intra-op threads set to ``threads`` while the context is open."""
-    before = torch.get_num_threads()
-    if threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if threads != before:
-            torch.set_num_threads(before)
 
 
 def log_softmax_picked_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

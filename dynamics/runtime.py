@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from checkpoints.source import Checkpoint
+from dynamics.cpu_threads import set_cpu_threads
 from dynamics.errors import UserInputError, tag_phase
-from dynamics.modelcalls import logits_finite, set_head_threads
+from dynamics.modelcalls import logits_finite
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,11 @@ def evaluation_flops(model: Any) -> tuple[float, float]:
 
 def set_threads(threads: int, model: Any) -> None:
     """``--threads 0``: :func:`threads_for` the model, and for a model run on one thread its
-    vocabulary projection on the thread count timed fastest
-    (:func:`dynamics.modelcalls.set_head_threads`); any other value as given, everywhere."""
+    evaluation calls (the decoder's and the vocabulary projection's) on the thread count timed
+    fastest per model (:mod:`dynamics.cpu_threads`); any other value as given, everywhere."""
     chosen = threads or threads_for(model)
     torch.set_num_threads(chosen)
-    set_head_threads("timed" if not threads and chosen == 1 else None)
+    set_cpu_threads("timed" if not threads and chosen == 1 else None)
 
 
 def threads_for(model: Any, available: int | None = None) -> int:

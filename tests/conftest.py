@@ -14,14 +14,14 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def _process_head_threads():
-    """An in-process scan or study sets the vocabulary projection's thread policy for the
-    process (``--threads 0``: timed); each test starts from the library default."""
-    from dynamics.modelcalls import set_head_threads
+def _process_cpu_threads():
+    """An in-process scan or study sets the evaluation's CPU thread policy for the process
+    (``--threads 0``: timed); each test starts from the library default."""
+    from dynamics.cpu_threads import set_cpu_threads
 
-    set_head_threads(None)
+    set_cpu_threads(None)
     yield
-    set_head_threads(None)
+    set_cpu_threads(None)
 
 
 @pytest.fixture

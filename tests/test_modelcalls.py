@@ -4,7 +4,6 @@ on every family, and it falls back (visibly) where a capability is missing."""
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 import torch
@@ -164,65 +163,6 @@ def test_a_head_with_bias_and_scaling_matches_the_module(monkeypatch):
     with torch.no_grad():
         got = modelcalls.hidden_log_probs(model, hidden, targets)
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
-
-
-# --- the vocabulary projection's CPU threads ---
-
-
-@pytest.fixture
-def head_policy():
-    yield modelcalls.set_head_threads
-    modelcalls.set_head_threads(None)
-
-
-@pytest.mark.parametrize("faster", [1, 2])
-def test_timed_head_threads_pick_the_faster_count(monkeypatch, faster):
-    monkeypatch.setattr(modelcalls, "_usable_cores", lambda: 2)
-    seen = []
-
-    def chunk() -> None:
-        seen.append(torch.get_num_threads())
-        time.sleep(0.001 if torch.get_num_threads() == faster else 0.03)
-
-    before = torch.get_num_threads()
-    assert modelcalls._time_head_threads(chunk) == faster
-    assert sorted(seen) == [1, 1, 2, 2]  # two rounds of each
-    assert torch.get_num_threads() == before
-
-
-def test_one_core_is_not_timed(monkeypatch):
-    monkeypatch.setattr(modelcalls, "_usable_cores", lambda: 1)
-    assert modelcalls._time_head_threads(lambda: pytest.fail("timed on one core")) == 1
-
-
-@pytest.mark.parametrize("policy", [2, "timed"])
-def test_head_threads_change_no_number_and_are_restored(head_policy, policy, monkeypatch):
-    model = tiny_model("gpt_neox")
-    generator = torch.Generator().manual_seed(3)
-    hidden = torch.randn(300, model.config.hidden_size, generator=generator)
-    targets = torch.randint(0, VOCAB, (300,), generator=generator)
-    with torch.no_grad():
-        expected = modelcalls.hidden_log_probs(model, hidden, targets)
-        seen = []
-        original = modelcalls.log_softmax_picked_
-        monkeypatch.setattr(
-            modelcalls, "log_softmax_picked_", lambda x, t: seen.append(torch.get_num_threads()) or original(x, t)
-        )
-        before = torch.get_num_threads()
-        head_policy(policy)
-        got = modelcalls.hidden_log_probs(model, hidden, targets)
-    assert torch.get_num_threads() == before
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    if policy == 2:
-        assert set(seen) == {2}
-    else:
-        assert set(seen) <= {1, modelcalls._usable_cores()} and model in modelcalls._HEAD_THREADS
-
-
-def test_bad_head_thread_policies_are_refused(head_policy):
-    for bad in (0, -1, "fast", 1.5):
-        with pytest.raises(ValueError, match="head threads"):
-            head_policy(bad)
 
 
 def test_log_probs_with_autograd_on_take_the_module_path():

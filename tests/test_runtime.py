@@ -10,7 +10,7 @@ import torch
 from fixtures.study import save_tiny_model
 
 from checkpoints.source import Checkpoint
-from dynamics import modelcalls, runtime
+from dynamics import cpu_threads, runtime
 from dynamics.runtime import auto_dtype, capture_budget, checkpoint_dtype, load_checkpoint_model
 
 pytestmark = pytest.mark.models
@@ -106,12 +106,12 @@ def test_thread_policy_one_thread_for_small_models_whatever_the_vocabulary() -> 
     try:
         runtime.set_threads(0, _neox_on_meta(**PYTHIA_14M))
         assert torch.get_num_threads() == 1
-        assert modelcalls._head_policy["threads"] == "timed"  # the head's threads are measured
+        assert cpu_threads.cpu_policy() == "timed"  # the evaluation's threads are measured
         runtime.set_threads(2, big)
         assert torch.get_num_threads() == 2
-        assert modelcalls._head_policy["threads"] is None  # as given, everywhere
+        assert cpu_threads.cpu_policy() is None  # as given, everywhere
         runtime.set_threads(0, big)
-        assert modelcalls._head_policy["threads"] is None
+        assert cpu_threads.cpu_policy() is None
     finally:
         torch.set_num_threads(before)
-        modelcalls.set_head_threads(None)
+        cpu_threads.set_cpu_threads(None)

@@ -1,0 +1,115 @@
+"""How many CPU threads a model's evaluation calls run on: as the process is set, a fixed count,
+or *timed* per model.
+
+``--threads 0`` runs a model under 50M parameters on one thread (its small operations stall
+on thread barriers when other jobs share the cores, :func:`dynamics.runtime.threads_for`), and
+sets the policy ``"timed"`` here: for each model object and each kind of call (the decoder's
+forward, ``body``; the vocabulary projection, ``head``), the first call large enough is run
+twice on one thread and twice on every core this process may use, alternating, and the
+faster count serves every later call of that kind. On an idle machine that is every core, on
+a busy one a single thread: it is measured where the work runs, not assumed. A call that
+is timed runs four times (its result is the same each time); timing costs that once per model
+object, i.e. once per scan step or once per ablate run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import torch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+POLICIES = ("timed",)
+
+_policy: dict[str, int | str | None] = {"threads": None}
+#: Per model object, the thread count timed fastest for each kind of call.
+_TIMED: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def set_cpu_threads(threads: int | str | None) -> None:
+    """The policy of :func:`run_timed`: ``None`` (the default) the process's torch threads, a
+    count, or ``"timed"`` (see the module docstring). Forgets earlier timings."""
+    if threads is not None and threads not in POLICIES and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"CPU threads {threads!r}: expected None, 'timed' or a count >= 1")
+    _policy["threads"] = threads
+    _TIMED.clear()
+
+
+def cpu_policy() -> int | str | None:
+    """The policy :func:`set_cpu_threads` set."""
+    return _policy["threads"]
+
+
+def run_timed(model: Any, kind: str, size: int, threshold: int, work: Callable[[], T]) -> T:
+    """``work()`` on the CPU threads the policy gives ``model``'s calls of ``kind``.
+
+    With ``"timed"``, a call of at least ``threshold`` (``size`` counts its work: rows, tokens)
+    that finds ``kind`` not yet timed for ``model`` is the one timed; smaller calls run on the
+    process's threads until then.
+    """
+    policy = _policy["threads"]
+    if policy is None:
+        return work()
+    if isinstance(policy, int):
+        with cpu_threads(policy):
+            return work()
+    chosen = _TIMED.get(model, {}).get(kind)
+    if chosen is None:
+        if size < threshold:
+            return work()
+        chosen, result = _time(work, kind)
+        _TIMED.setdefault(model, {})[kind] = chosen
+        return result
+    with cpu_threads(chosen):
+        return work()
+
+
+def timed_threads(model: Any) -> dict[str, int]:
+    """What was timed for ``model`` so far (``{kind: threads}``)."""
+    return dict(_TIMED.get(model, {}))
+
+
+def _time(work: Callable[[], T], kind: str) -> tuple[int, T]:
+    """The faster of one thread and every usable core for ``work`` (two rounds each,
+    alternating), and a result of ``work``."""
+    cores = usable_cores()
+    if cores <= 1:
+        return 1, work()
+    seconds: dict[int, float] = {1: float("inf"), cores: float("inf")}
+    result: Any = None
+    for _ in range(2):
+        for threads in seconds:
+            with cpu_threads(threads):
+                start = time.perf_counter()
+                result = work()
+                seconds[threads] = min(seconds[threads], time.perf_counter() - start)
+    chosen = min(seconds, key=lambda t: (seconds[t], t))
+    log.debug("%s calls on %d CPU thread(s) (timed: %s)", kind, chosen, seconds)
+    return chosen, result
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """Torch's intra-op threads set to ``threads`` while the context is open."""
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)

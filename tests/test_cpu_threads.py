@@ -1,0 +1,112 @@
+"""The CPU thread policy of evaluation calls (dynamics/cpu_threads.py) and its use by modelcalls."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from fixtures.tiny_models import VOCAB, tiny_model
+
+from dynamics import cpu_threads, modelcalls
+from dynamics.syntax.logprobs import token_log_probs
+
+# Calls models: also run against the lowest transformers the project declares (.ci/run).
+pytestmark = pytest.mark.models
+
+
+class Key:
+    """A stand-in for a model object (the timings are kept per object)."""
+
+
+@pytest.mark.parametrize("faster", [1, 2])
+def test_timed_calls_pick_the_faster_count_and_keep_it(monkeypatch, faster):
+    monkeypatch.setattr(cpu_threads, "usable_cores", lambda: 2)
+    cpu_threads.set_cpu_threads("timed")
+    seen = []
+
+    def work() -> int:
+        seen.append(torch.get_num_threads())
+        time.sleep(0.001 if torch.get_num_threads() == faster else 0.03)
+        return len(seen)
+
+    key, before = Key(), torch.get_num_threads()
+    assert cpu_threads.run_timed(key, "body", 10, 100, work) == 1  # under the threshold: not timed
+    assert cpu_threads.timed_threads(key) == {}
+    assert cpu_threads.run_timed(key, "body", 100, 100, work) == 5  # timed: run four times
+    assert sorted(seen[1:5]) == [1, 1, 2, 2]
+    assert cpu_threads.timed_threads(key) == {"body": faster}
+    cpu_threads.run_timed(key, "body", 0, 100, work)  # later calls of any size on the chosen count
+    assert seen[-1] == faster and len(seen) == 6
+    cpu_threads.run_timed(key, "head", 100, 100, work)  # each kind is timed on its own
+    assert len(seen) == 10 and set(cpu_threads.timed_threads(key)) == {"body", "head"}
+    assert torch.get_num_threads() == before
+
+
+def test_one_core_runs_once(monkeypatch):
+    monkeypatch.setattr(cpu_threads, "usable_cores", lambda: 1)
+    cpu_threads.set_cpu_threads("timed")
+    calls = []
+    cpu_threads.run_timed(Key(), "head", 100, 1, lambda: calls.append(torch.get_num_threads()))
+    assert calls == [torch.get_num_threads()]
+
+
+def test_a_count_and_none(monkeypatch):
+    before = torch.get_num_threads()
+    cpu_threads.set_cpu_threads(2)
+    assert cpu_threads.run_timed(Key(), "head", 0, 1, torch.get_num_threads) == 2
+    cpu_threads.set_cpu_threads(None)
+    assert cpu_threads.run_timed(Key(), "head", 10**9, 1, torch.get_num_threads) == before
+    assert torch.get_num_threads() == before
+
+
+def test_bad_policies_are_refused():
+    for bad in (0, -1, "fast", 1.5):
+        with pytest.raises(ValueError, match="CPU threads"):
+            cpu_threads.set_cpu_threads(bad)
+
+
+@pytest.mark.parametrize("policy", [2, "timed"])
+def test_projection_numbers_do_not_depend_on_the_threads(monkeypatch, policy):
+    model = tiny_model("gpt_neox")
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(300, model.config.hidden_size, generator=generator)
+    targets = torch.randint(0, VOCAB, (300,), generator=generator)
+    before = torch.get_num_threads()
+    with torch.no_grad():
+        expected = modelcalls.hidden_log_probs(model, hidden, targets)
+        seen = []
+        original = modelcalls.log_softmax_picked_
+        monkeypatch.setattr(
+            modelcalls, "log_softmax_picked_", lambda x, t: seen.append(torch.get_num_threads()) or original(x, t)
+        )
+        cpu_threads.set_cpu_threads(policy)
+        got = modelcalls.hidden_log_probs(model, hidden, targets)
+    assert torch.get_num_threads() == before
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    if policy == 2:
+        assert set(seen) == {2}
+    else:
+        assert set(cpu_threads.timed_threads(model)) == {"head"}
+        assert set(seen) <= {1, cpu_threads.usable_cores()}
+
+
+def test_the_decoder_is_timed_on_a_fresh_call_never_on_one_that_continues_a_cache(monkeypatch):
+    """Scoring with a shared prefix: the prefix pass (no cache given) may run four times while
+    it is timed; the suffix pass, which extends the prefix's cache, runs once."""
+    monkeypatch.setattr(cpu_threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(modelcalls, "BODY_TIMING_TOKENS", 4)
+    model = tiny_model("gpt_neox")
+    modelcalls.capabilities(model)
+    rows = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 10]]
+    whole = token_log_probs(model, rows, None, units=[[0, 1]], progress=False)
+    widths = []
+    model.base_model.register_forward_hook(
+        lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    cpu_threads.set_cpu_threads("timed")
+    timed = token_log_probs(model, rows, None, units=[[0, 1]], progress=False)
+    assert widths == [4, 4, 4, 4, 1]  # the 4-token prefix timed, the 1-token suffixes once
+    assert cpu_threads.timed_threads(model)["body"] in (1, 2)
+    for a, b in zip(timed, whole):
+        assert abs(a - b).max() < 1e-6
