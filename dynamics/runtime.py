@@ -113,8 +113,11 @@ def threads_for(model: Any, available: int | None = None) -> int:
 
     So a large vocabulary (the head at 85% of the FLOPs, :func:`evaluation_flops`) narrows
     the gap but does not turn it: a second thread that competes with other jobs for two
-    cores costs more than it brings, and the policy stays one thread for small models
-    whatever their vocabulary. On an idle many-core machine pass ``--threads``.
+    cores costs more than it brings. A small model is therefore set up for one thread, and
+    :func:`set_threads` lets :mod:`dynamics.cpu_threads` time its evaluation calls on one
+    thread against every core, per model: on the same machine idle, both cores won for the
+    decoder calls and the head (``docs/speed.md``). The statistics phase (capture) stays on
+    the one thread.
     """
     available = available or torch.get_num_threads()
     return 1 if sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS else available
