@@ -293,10 +293,9 @@ class RuntimeOptions:
     )
     threads: int = option(
         0,
-        help="torch CPU threads; 0: auto (for models under 50M parameters, whose small ops "
-        "stall on thread barriers under load, whichever of 1 thread and every core is timed "
-        "faster per model for the evaluation's decoder calls and vocabulary projection, 1 "
-        "elsewhere; else torch's default)",
+        help="torch CPU threads; 0: auto (1 for models under 50M parameters, whose small "
+        "ops stall on thread barriers, with their vocabulary projection on whichever of 1 "
+        "thread and every core is timed faster; else torch's default)",
     )
     batch_size: int = option(4, help="corpus windows per forward pass")
     memory_budget_gib: float = option(

@@ -38,10 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes of float32 logits materialised at once when projecting hidden states.
 LOGITS_CHUNK_BYTES = 256 * 1024**2
-#: Rows a projection, and tokens a decoder call, need before their CPU threads are timed on them
-#: (:func:`dynamics.cpu_threads.run_timed`).
+#: Rows a projection needs before its CPU threads are timed on it (:func:`dynamics.cpu_threads.run_timed`).
 HEAD_TIMING_ROWS = 64
-BODY_TIMING_TOKENS = 1024
 #: Keywords tried, in order, for feeding a key-value cache back to the decoder.
 CACHE_KEYWORDS: tuple[str, ...] = ("cache", "past_key_values")
 
@@ -127,11 +125,7 @@ def decoder_states(
         if cache_keyword is None:
             raise TypeError("a cache was given without the keyword that feeds it to the decoder")
         kwargs[cache_keyword] = cache
-    if input_ids.device.type != "cpu":
-        output = decoder(**kwargs)
-    else:  # a call that continues a cache changes it: never repeated, so never the one timed
-        size = input_ids.numel() if cache is None else 0
-        output = run_timed(model, "body", size, BODY_TIMING_TOKENS, lambda: decoder(**kwargs))
+    output = decoder(**kwargs)
     hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
     return hidden, (_find_cache(output) if use_cache else None)
 

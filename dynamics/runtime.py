@@ -88,8 +88,8 @@ def evaluation_flops(model: Any) -> tuple[float, float]:
 
 def set_threads(threads: int, model: Any) -> None:
     """``--threads 0``: :func:`threads_for` the model, and for a model run on one thread its
-    evaluation calls (the decoder's and the vocabulary projection's) on the thread count timed
-    fastest per model (:mod:`dynamics.cpu_threads`); any other value as given, everywhere."""
+    vocabulary projection on the thread count timed fastest per model
+    (:mod:`dynamics.cpu_threads`); any other value as given, everywhere."""
     chosen = threads or threads_for(model)
     torch.set_num_threads(chosen)
     set_cpu_threads("timed" if not threads and chosen == 1 else None)
@@ -113,11 +113,10 @@ def threads_for(model: Any, available: int | None = None) -> int:
 
     So a large vocabulary (the head at 85% of the FLOPs, :func:`evaluation_flops`) narrows
     the gap but does not turn it: a second thread that competes with other jobs for two
-    cores costs more than it brings. A small model is therefore set up for one thread, and
-    :func:`set_threads` lets :mod:`dynamics.cpu_threads` time its evaluation calls on one
-    thread against every core, per model: on the same machine idle, both cores won for the
-    decoder calls and the head (``docs/speed.md``). The statistics phase (capture) stays on
-    the one thread.
+    cores costs more than it brings. A small model therefore runs on one thread, and
+    :func:`set_threads` lets :mod:`dynamics.cpu_threads` time its vocabulary projection on one
+    thread against every core, per model: on the same machine idle, both cores won there
+    (``docs/speed.md``).
     """
     available = available or torch.get_num_threads()
     return 1 if sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS else available
