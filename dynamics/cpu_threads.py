@@ -13,7 +13,7 @@ object (once per scan step, once per ablate run).
 Only the projection is timed. Its product and its per-row reductions come out bit for bit the
 same on any thread count (the scan's serial and Dask cubes are compared bit for bit with it
 on), while the decoder's layers did not: timed onto two cores they were faster (17.4 against
-20.1 s per scan step evaluation on two idle cores) but moved TSE margins by a float32 rounding
+19.9 s per scan step evaluation on two idle cores) but moved TSE margins by a float32 rounding
 between a serial and a Dask run, so a cube would depend on the machine's load. ``run_timed``
 takes a ``kind`` so that another call could be timed on its own the same way.
 """
