@@ -352,19 +352,13 @@ def _official_tags(text: str, offsets: list, special: list, tagger) -> list[str]
 def test_pos_excess_per_model_token_inside_the_perplexity_windows(tmp_path) -> None:
     """The study's default POS excess surprisal: every token of the perplexity windows tagged as the official
     tagging does (tagger on each window's covering text, largest character overlap), mean ablated - clean NLL."""
-    from fixtures.study import CORPUS, save_tiny_model, write_blimp
+    from fixtures.study import CORPUS, fake_tagger, save_tiny_model, write_blimp
 
     from dynamics.study.driver import run_study
     from dynamics.study.measures import UPOS
     from store import open_cube
 
-    def tagger(text: str) -> list[tuple[int, int, str]]:  # whitespace words: long ones NOUN, short ones DET
-        words, start = [], 0
-        for word in text.split():
-            start = text.index(word, start)
-            words.append((start, start + len(word), "NOUN" if len(word) > 4 else "DET"))
-            start += len(word)
-        return words
+    tagger = fake_tagger  # whitespace words: long ones NOUN, short ones DET
 
     model_dir = save_tiny_model("llama", tmp_path / "llama")
     write_blimp(tmp_path / "blimp")

@@ -337,13 +337,18 @@ def test_bad_arguments_are_one_line_errors(tokenizer):
     assert model.training  # the caller's mode is restored
 
 
-def test_real_pythia_tokenizer(shared_data):
-    tokenizer = PreTrainedTokenizerFast(
+def pythia_tokenizer(shared_data) -> PreTrainedTokenizerFast:
+    """The real GPT-NeoX-20B tokenizer of Pythia, with its special tokens named."""
+    return PreTrainedTokenizerFast(
         tokenizer_file=str(shared_data / "tokenizers" / "gpt-neox-20b.json"),
         bos_token="<|endoftext|>",
         eos_token="<|endoftext|>",
         pad_token="<|padding|>",
     )
+
+
+def test_real_pythia_tokenizer(shared_data):
+    tokenizer = pythia_tokenizer(shared_data)
     model = tiny_model(vocab_size=50304)
     sentences = [
         "Who should Derek hug after shocking Richard?",
@@ -443,12 +448,7 @@ def test_differences_only_on_real_tse_and_blimp(shared_data, reduction, prefix, 
     from dynamics.syntax.blimp import load_blimp
     from dynamics.syntax.tse import sample_tse, tse_pairs
 
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(shared_data / "tokenizers" / "gpt-neox-20b.json"),
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|padding|>",
-    )
+    tokenizer = pythia_tokenizer(shared_data)
     model = tiny_model(vocab_size=50304)
     blimp = load_blimp(shared_data / "blimp", ["anaphor_gender_agreement", "npi_present_1"])
     pairs = sample_tse(tse_pairs(), per_case=3, seed=0) + blimp[:40] + blimp[-40:]
