@@ -225,7 +225,6 @@ def _head_log_probs(
         return out
     transforms = _logit_transforms(model)
     buffer = _logits_buffer(step, rows, head.weight.shape[0], hidden.device)
-
     starts = list(range(0, rows, step))
 
     def chunks(first: int, last: int | None) -> None:

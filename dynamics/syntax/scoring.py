@@ -284,9 +284,12 @@ def score_pairs_each(
     ids, prefix_id = encode_with_prefix(tokenizer, unique, prefix)
     members = [[index[k], index[n + k]] + ([intrusive_index[k]] if has_intrusive[k] else []) for k in range(n)]
     starts = _difference_starts(ids, prefix_id, members, reduction) if differences_only else np.zeros(n, np.int64)
-    needed = np.full(len(unique), np.iinfo(np.int64).max, dtype=np.int64)
-    for k, member in enumerate(members):
-        needed[member] = np.minimum(needed[member], starts[k])
+    needed: list[int] | None = None
+    if differences_only:  # a sentence of several pairs is needed from the earliest of their starts
+        first = np.full(len(unique), np.iinfo(np.int64).max, dtype=np.int64)
+        for k, member in enumerate(members):
+            first[member] = np.minimum(first[member], starts[k])
+        needed = first.tolist()
     per_copy = token_log_probs_each(
         model,
         ids,
@@ -298,7 +301,7 @@ def score_pairs_each(
         device=device,
         padding_side=padding_side,
         progress=progress,
-        needed_from=needed.tolist() if differences_only else None,
+        needed_from=needed,
     )
     results = []
     for per_token in per_copy:
