@@ -16,30 +16,27 @@ by *behaviour*, once per model object, with a tiny probe (:func:`capabilities`):
   log-probabilities. ``None``: prefixes are not reused (a debug line says so).
 
 Log-probabilities are projected in chunks of rows so that the ``rows x vocabulary``
-logits stay under :data:`LOGITS_CHUNK_BYTES`, and are always computed in float32.
+logits stay under :data:`LOGITS_CHUNK_BYTES` (a float32 linear head: in tiles on the CPU,
+:mod:`dynamics.linear_head`), and are always computed in float32.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
 
-from dynamics.cpu_threads import run_timed
+from dynamics import linear_head
 
 log = logging.getLogger(__name__)
 
 #: Bytes of float32 logits materialised at once when projecting hidden states.
 LOGITS_CHUNK_BYTES = 256 * 1024**2
-#: Rows a projection needs before its CPU threads are timed on it (:func:`dynamics.cpu_threads.run_timed`).
-HEAD_TIMING_ROWS = 64
 #: Keywords tried, in order, for feeding a key-value cache back to the decoder.
 CACHE_KEYWORDS: tuple[str, ...] = ("cache", "past_key_values")
 
@@ -53,8 +50,6 @@ class Capabilities:
 
 
 _PROBED: weakref.WeakKeyDictionary[torch.nn.Module, Capabilities] = weakref.WeakKeyDictionary()
-#: Each thread's reused CPU logits buffer (:func:`_logits_buffer`).
-_CPU_BUFFER = threading.local()
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -185,108 +180,17 @@ def hidden_log_probs(model: torch.nn.Module, hidden: torch.Tensor, targets: torc
     """Log-probabilities (float32, on the hidden states' device) of ``targets[i]`` given
     ``hidden[i]`` (``[rows, d_model]``), projected in chunks of rows.
 
-    A float32 linear head is projected into one reused buffer and log-softmaxed in place
-    (:func:`_head_log_probs`): no ``rows x vocabulary`` temporary beyond that buffer, which on
-    the CPU halves the cost of the head (fresh logits tensors are page-faulted in, and
-    ``logsumexp`` writes a second one). Any other head takes :func:`project`."""
+    A float32 linear head goes to :mod:`dynamics.linear_head` (no ``rows x vocabulary``
+    temporaries; on the CPU tile by vocabulary tile). Any other head takes :func:`project`."""
     step = chunk_rows(_vocab_size(model))
     head = _output_embedding(model)
-    if _in_place_head(head, hidden):
-        return _head_log_probs(model, head, hidden, targets, step)
+    if linear_head.fits(head, hidden):
+        return linear_head.linear_head_log_probs(model, head, hidden, targets, _logit_transforms(model), step)
     parts = [
         log_probs_of(project(model, hidden[start : start + step]), targets[start : start + step])
         for start in range(0, hidden.shape[0], step)
     ]
     return torch.cat(parts) if parts else torch.zeros(0, device=hidden.device)
-
-
-def _in_place_head(head: Any, hidden: torch.Tensor) -> bool:
-    """Whether ``head`` is a plain float32 ``Linear`` that :func:`_head_log_probs` can run."""
-    return (
-        type(head) is torch.nn.Linear
-        and head.weight.dtype == torch.float32
-        and hidden.dtype == torch.float32
-        and hidden.ndim == 2
-        and not head._forward_hooks
-        and not head._forward_pre_hooks
-        and not (torch.is_grad_enabled() and (head.weight.requires_grad or hidden.requires_grad))  # out= has no grad
-    )
-
-
-def _head_log_probs(
-    model: torch.nn.Module, head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor, step: int
-) -> torch.Tensor:
-    """:func:`hidden_log_probs` of a float32 ``Linear`` head: each chunk's logits are written into
-    one buffer, transformed as :func:`project` does, and log-softmaxed in place; on the CPU with
-    the threads :mod:`dynamics.cpu_threads` gives (its kind ``head``)."""
-    rows = hidden.shape[0]
-    out = torch.empty(rows, dtype=torch.float32, device=hidden.device)
-    if rows == 0:
-        return out
-    transforms = _logit_transforms(model)
-    buffer = _logits_buffer(step, rows, head.weight.shape[0], hidden.device)
-    starts = list(range(0, rows, step))
-
-    def chunks(first: int, last: int | None) -> None:
-        """Fill ``out`` for the chunks ``starts[first:last]``."""
-        for start in starts[first:last]:
-            chunk = hidden[start : start + step]
-            logits = buffer[: chunk.shape[0]]
-            _head_logits(head, chunk, transforms, logits)
-            out[start : start + chunk.shape[0]] = log_softmax_picked_(logits, targets[start : start + step])
-
-    if hidden.device.type != "cpu":
-        chunks(0, None)
-        return out
-    # The first chunk may be the one the head's threads are timed on; the rest run on them.
-    threshold = min(step, HEAD_TIMING_ROWS)
-    run_timed(model, "head", min(step, rows), threshold, partial(chunks, 0, 1))
-    if len(starts) > 1:
-        run_timed(model, "head", 0, threshold, partial(chunks, 1, None))
-    return out
-
-
-def _logits_buffer(step: int, rows: int, vocab: int, device: torch.device) -> torch.Tensor:
-    """A float32 buffer for ``min(step, rows)`` rows of logits. On the CPU one buffer of ``step``
-    rows is kept per thread and reused: a fresh one is page-faulted in at every call, which costs
-    as much as 40% of a call's product when the call projects a few hundred rows."""
-    if device.type != "cpu":
-        return torch.empty((min(step, rows), vocab), dtype=torch.float32, device=device)
-    kept = getattr(_CPU_BUFFER, "logits", None)
-    if kept is None or kept.shape != (step, vocab):
-        kept = _CPU_BUFFER.logits = torch.empty((step, vocab), dtype=torch.float32)
-    return kept[: min(step, rows)]
-
-
-def _head_logits(
-    head: torch.nn.Linear,
-    hidden: torch.Tensor,
-    transforms: tuple[float | None, float | None, float | None],
-    out: torch.Tensor,
-) -> None:
-    """``project``'s logits of ``hidden`` written into ``out``."""
-    if head.bias is not None:
-        torch.addmm(head.bias, hidden, head.weight.t(), out=out)
-    else:
-        torch.mm(hidden, head.weight.t(), out=out)
-    scale, divisor, cap = transforms
-    if scale is not None:
-        out.mul_(scale)
-    if divisor is not None:
-        out.div_(divisor)
-    if cap is not None:
-        out.div_(cap).tanh_().mul_(cap)
-
-
-def log_softmax_picked_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log_softmax(logits)[target]`` per row of float32 ``logits`` ``[rows, vocab]``, which it
-    overwrites (with ``exp(logits - row max)``): the target's logit minus the row's
-    logsumexp, computed as ``torch.logsumexp`` does (a row whose max is infinite is not shifted)."""
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    peak = logits.amax(dim=-1, keepdim=True)
-    peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)
-    logits.sub_(peak).exp_()
-    return picked - (logits.sum(dim=-1).log() + peak.squeeze(-1))
 
 
 def kept_log_probs(

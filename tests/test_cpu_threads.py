@@ -9,7 +9,7 @@ import pytest
 import torch
 from fixtures.tiny_models import VOCAB, tiny_model
 
-from dynamics import cpu_threads, modelcalls
+from dynamics import cpu_threads, linear_head, modelcalls
 from dynamics.syntax.logprobs import token_log_probs
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
@@ -77,9 +77,11 @@ def test_projection_numbers_do_not_depend_on_the_threads(monkeypatch, policy):
     with torch.no_grad():
         expected = modelcalls.hidden_log_probs(model, hidden, targets)
         seen = []
-        original = modelcalls.log_softmax_picked_
+        original = linear_head.head_logits
         monkeypatch.setattr(
-            modelcalls, "log_softmax_picked_", lambda x, t: seen.append(torch.get_num_threads()) or original(x, t)
+            linear_head,
+            "head_logits",
+            lambda *args: seen.append(torch.get_num_threads()) or original(*args),
         )
         cpu_threads.set_cpu_threads(policy)
         got = modelcalls.hidden_log_probs(model, hidden, targets)
@@ -92,8 +94,11 @@ def test_projection_numbers_do_not_depend_on_the_threads(monkeypatch, policy):
         assert set(seen) <= {1, cpu_threads.usable_cores()}
 
 
-def test_the_projection_is_bitwise_the_same_on_one_thread_and_on_every_core():
+@pytest.mark.parametrize("tiles", [(512, 2048), (64, 30)])
+def test_the_projection_is_bitwise_the_same_on_one_thread_and_on_every_core(monkeypatch, tiles):
     """What lets the timing choose freely: the head's numbers do not depend on the count."""
+    monkeypatch.setattr(linear_head, "CPU_TILE_ROWS", tiles[0])
+    monkeypatch.setattr(linear_head, "CPU_TILE_VOCAB", tiles[1])
     model = tiny_model("gpt_neox")
     generator = torch.Generator().manual_seed(6)
     results = []
