@@ -294,8 +294,9 @@ class RuntimeOptions:
     threads: int = option(
         0,
         help="torch CPU threads; 0: auto (1 for models under 50M parameters, whose small "
-        "ops stall on thread barriers, with their vocabulary projection on whichever of 1 "
-        "thread and every core is timed faster; else torch's default)",
+        "ops stall on thread barriers, with batches run side by side on every core and a lone "
+        "batch's vocabulary projection on whichever of 1 thread and every core is timed "
+        "faster, numbers as on 1 thread; else torch's default)",
     )
     batch_size: int = option(4, help="corpus windows per forward pass")
     memory_budget_gib: float = option(

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -33,9 +36,12 @@ import torch
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 POLICIES = ("timed",)
 
-_policy: dict[str, int | str | None] = {"threads": None}
+_policy: dict[str, int | str | None] = {"threads": None, "batch_workers": 1}
+#: Set in a thread of :func:`map_batches`: its calls run on the one torch thread as they are.
+_IN_BATCH_WORKER = threading.local()
 #: Per model object, the thread count timed fastest for each kind of call.
 _TIMED: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
 
@@ -62,7 +68,7 @@ def run_timed(model: Any, kind: str, size: int, threshold: int, work: Callable[[
     process's threads until then.
     """
     policy = _policy["threads"]
-    if policy is None:
+    if policy is None or getattr(_IN_BATCH_WORKER, "active", False):
         return work()
     if isinstance(policy, int):
         with cpu_threads(policy):
@@ -103,9 +109,12 @@ def _time(work: Callable[[], T], kind: str) -> tuple[int, T]:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on."""
+    """The cores this process may run on, at most ``OMP_NUM_THREADS`` where that is set
+    (Dask's worker processes set it to 1)."""
     affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(limit)) if limit.isdigit() and int(limit) > 0 else cores
 
 
 @contextmanager
@@ -119,3 +128,89 @@ def cpu_threads(threads: int) -> Iterator[None]:
     finally:
         if threads != before:
             torch.set_num_threads(before)
+
+
+def set_batch_workers(workers: int) -> None:
+    """How many threads :func:`map_batches` runs CPU batches on (1: in the calling thread)."""
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"batch workers {workers!r}: expected a count >= 1")
+    _policy["batch_workers"] = workers
+
+
+def batch_workers() -> int:
+    """The count :func:`set_batch_workers` set."""
+    return int(_policy["batch_workers"] or 1)
+
+
+def map_batches(device: Any, work: Callable[[T], R], batches: Iterable[T]) -> Iterator[R]:
+    """``work(batch)`` of each batch, in order: on the CPU with :func:`batch_workers` > 1, on as
+    many threads at once, each running torch on one thread.
+
+    Every batch is computed exactly as a serial one-thread call computes it (same inputs, one
+    torch thread), so the numbers do not depend on the workers, the cores or the load; only
+    batches run side by side. Unlike one batch on several torch threads, independent batches
+    never wait on each other's thread barriers, which stall badly on a busy machine
+    (:func:`dynamics.runtime.threads_for`). Calls that :func:`run_timed` would time run on
+    the one thread instead. At most two batches per worker are taken ahead of the one yielded;
+    an exception in one stops the rest and is raised here.
+    """
+    workers = batch_workers()
+    if str(device) != "cpu" or workers <= 1:
+        yield from map(work, batches)
+        return
+
+    # Grad and inference mode are per thread: the workers take the caller's.
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def in_worker(batch: T) -> R:
+        _IN_BATCH_WORKER.active = True
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return work(batch)
+        finally:
+            _IN_BATCH_WORKER.active = False
+
+    pending: deque[Future[R]] = deque()
+    with one_torch_thread():
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="batch")
+        try:
+            for batch in batches:
+                pending.append(pool.submit(in_worker, batch))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE = {"depth": 0, "saved": 1}
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Single-threaded torch ops inside; the caller's own worker threads provide the parallelism.
+
+    Many small ops with OpenMP barriers stall badly on a busy machine; independent
+    chunks in a thread pool do not. This changes torch's process-wide thread count for
+    the duration of the call (nested and concurrent calls restore it once, at the end).
+    """
+    with _THREADS_LOCK:
+        if _THREADS_STATE["depth"] == 0:
+            _THREADS_STATE["saved"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREADS_STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_STATE["depth"] -= 1
+            if _THREADS_STATE["depth"] == 0:
+                torch.set_num_threads(_THREADS_STATE["saved"])
+
+
+def threads_outside() -> int:
+    """Torch's thread count as set outside :func:`one_torch_thread` (the workers a pool may use)."""
+    with _THREADS_LOCK:
+        return _THREADS_STATE["saved"] if _THREADS_STATE["depth"] else torch.get_num_threads()

@@ -17,13 +17,16 @@ from typing import Any
 import torch
 
 from checkpoints.source import Checkpoint
-from dynamics.cpu_threads import set_cpu_threads
+from dynamics.cpu_threads import set_batch_workers, set_cpu_threads, usable_cores
 from dynamics.errors import UserInputError, tag_phase
 from dynamics.modelcalls import logits_finite
 
 log = logging.getLogger(__name__)
 
 SMALL_MODEL_PARAMETERS = 50_000_000
+#: Torch's own thread count, before any model set it (a small model sets one thread; a
+#: larger one loaded later in the same process still gets these).
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
 DEFAULT_WINDOW = 2048
 
 
@@ -87,12 +90,16 @@ def evaluation_flops(model: Any) -> tuple[float, float]:
 
 
 def set_threads(threads: int, model: Any) -> None:
-    """``--threads 0``: :func:`threads_for` the model, and for a model run on one thread its
-    vocabulary projection on the thread count timed fastest per model
-    (:mod:`dynamics.cpu_threads`); any other value as given, everywhere."""
+    """``--threads 0``: :func:`threads_for` the model; for a model run on one thread, the
+    evaluation's batches run side by side on every usable core, each on one thread, and a
+    lone batch's vocabulary projection on the thread count timed fastest per model
+    (:mod:`dynamics.cpu_threads`); either way the numbers are those of one thread. Any
+    other value as given, everywhere."""
     chosen = threads or threads_for(model)
     torch.set_num_threads(chosen)
-    set_cpu_threads("timed" if not threads and chosen == 1 else None)
+    small = not threads and chosen == 1
+    set_cpu_threads("timed" if small else None)
+    set_batch_workers(usable_cores() if small else 1)
 
 
 def threads_for(model: Any, available: int | None = None) -> int:
@@ -118,7 +125,7 @@ def threads_for(model: Any, available: int | None = None) -> int:
     thread against every core, per model: on the same machine idle, both cores won there
     (``docs/speed.md``).
     """
-    available = available or torch.get_num_threads()
+    available = available or TORCH_DEFAULT_THREADS
     return 1 if sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS else available
 
 

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from scipy import stats
 
+from dynamics.cpu_threads import one_torch_thread
 from dynamics.stats.mapping_difficulty import mapping_difficulty
 from dynamics.stats.wasserstein import (
-    _one_torch_thread,
     _Scratch,
     _sorted_rows,
     column_chunks,
@@ -178,7 +178,7 @@ def engine_sort(x: torch.Tensor) -> None:
             local.scratch = _Scratch()
         _sorted_rows(x, cols, torch.float32, local.scratch)
 
-    with _one_torch_thread(), ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+    with one_torch_thread(), ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         list(pool.map(run, chunks))
 
 

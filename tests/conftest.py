@@ -17,11 +17,13 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def _process_cpu_threads():
     """An in-process scan or study sets the evaluation's CPU thread policy for the process
     (``--threads 0``: timed); each test starts from the library default."""
-    from dynamics.cpu_threads import set_cpu_threads
+    from dynamics.cpu_threads import set_batch_workers, set_cpu_threads
 
     set_cpu_threads(None)
+    set_batch_workers(1)
     yield
     set_cpu_threads(None)
+    set_batch_workers(1)
 
 
 @pytest.fixture

@@ -107,11 +107,14 @@ def test_thread_policy_one_thread_for_small_models_whatever_the_vocabulary() -> 
         runtime.set_threads(0, _neox_on_meta(**PYTHIA_14M))
         assert torch.get_num_threads() == 1
         assert cpu_threads.cpu_policy() == "timed"  # the evaluation's threads are measured
+        assert cpu_threads.batch_workers() == cpu_threads.usable_cores()  # batches side by side
         runtime.set_threads(2, big)
         assert torch.get_num_threads() == 2
         assert cpu_threads.cpu_policy() is None  # as given, everywhere
+        assert cpu_threads.batch_workers() == 1
+        runtime.set_threads(0, _neox_on_meta(**PYTHIA_14M))
         runtime.set_threads(0, big)
-        assert cpu_threads.cpu_policy() is None
+        assert cpu_threads.cpu_policy() is None and cpu_threads.batch_workers() == 1
     finally:
         torch.set_num_threads(before)
         cpu_threads.set_cpu_threads(None)

@@ -47,14 +47,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from dynamics.cpu_threads import one_torch_thread, threads_outside
 from dynamics.errors import UserInputError
 
 __all__ = ["wasserstein_split", "wasserstein_to_gaussian"]
@@ -266,37 +265,6 @@ def _exact_chunk(x: torch.Tensor, cols: slice, scratch: _Scratch | None) -> tupl
     return neg, pos, undefined.to(device)
 
 
-_THREADS_LOCK = threading.Lock()
-_THREADS_STATE = {"depth": 0, "saved": 1}
-
-
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Single-threaded torch ops inside; our own worker threads provide the parallelism.
-
-    Many small ops with OpenMP barriers stall badly on a busy machine; independent
-    chunks in a thread pool do not. This changes torch's process-wide thread count for
-    the duration of the call (nested and concurrent calls restore it once, at the end).
-    """
-    with _THREADS_LOCK:
-        if _THREADS_STATE["depth"] == 0:
-            _THREADS_STATE["saved"] = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _THREADS_STATE["depth"] += 1
-    try:
-        yield
-    finally:
-        with _THREADS_LOCK:
-            _THREADS_STATE["depth"] -= 1
-            if _THREADS_STATE["depth"] == 0:
-                torch.set_num_threads(_THREADS_STATE["saved"])
-
-
-def _cpu_workers() -> int:
-    with _THREADS_LOCK:
-        return _THREADS_STATE["saved"] if _THREADS_STATE["depth"] else torch.get_num_threads()
-
-
 def _exact_columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(wd_neg, wd_pos, undefined)`` of every column, float64/bool on ``x.device``."""
     check_matrix(x)
@@ -306,7 +274,7 @@ def _exact_columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     if x.device.type != "cpu":
         parts = [_exact_chunk(x, cols, None) for cols in chunks]
     else:
-        workers = max(1, min(_cpu_workers(), len(chunks)))
+        workers = max(1, min(threads_outside(), len(chunks)))
         local = threading.local()
 
         def run(cols: slice) -> tuple[torch.Tensor, ...]:
@@ -314,7 +282,7 @@ def _exact_columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
                 local.scratch = _Scratch()
             return _exact_chunk(x, cols, local.scratch)
 
-        with _one_torch_thread():
+        with one_torch_thread():
             if workers == 1:
                 parts = [run(cols) for cols in chunks]
             else:

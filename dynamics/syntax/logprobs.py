@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dynamics.cpu_threads import map_batches
 from dynamics.errors import UserInputError
 from dynamics.modelcalls import (
     capabilities,
@@ -400,7 +401,10 @@ def token_log_probs_each(
 
     ``needed_from[i]``: the first scored position of sequence ``i`` whose log-probability is
     wanted; the positions before it may come back NaN, never projected onto the vocabulary
-    (the model still runs over them). Default: every position."""
+    (the model still runs over them). Default: every position.
+
+    On the CPU, batches may run side by side (:func:`dynamics.cpu_threads.map_batches`),
+    each exactly as alone."""
     if batch_tokens < 1 or max_batch_size < 1:
         raise UserInputError(f"batch_tokens={batch_tokens} and max_batch_size={max_batch_size} must both be >= 1")
     if padding_side not in ("right", "left"):
@@ -423,12 +427,17 @@ def token_log_probs_each(
         eval_mode(model),
         tqdm(total=sum(len(u) for u in kept), unit="sent", desc="scoring", disable=not progress) as bar,
     ):
-        for batch in _batches(kept, lengths, batch_tokens, max_batch_size):
+
+        def run(batch: list[list[int]]) -> list[list[list[torch.Tensor]]]:
             unit_rows = [[rows[i] for i in unit] for unit in batch]
             skips = [[needed[i] for i in unit] for unit in batch]
-            for copy_results, copy_lp in zip(
-                results, _forward_log_probs(model, unit_rows, device, padding_side, copies, skips)
-            ):
+            return _forward_log_probs(model, unit_rows, device, padding_side, copies, skips)
+
+        if kept:
+            capabilities(model)  # probed here, before batches may run side by side
+        batches = list(_batches(kept, lengths, batch_tokens, max_batch_size))
+        for batch, per_copy in zip(batches, map_batches(device, run, batches)):
+            for copy_results, copy_lp in zip(results, per_copy):
                 for unit, unit_lp in zip(batch, copy_lp):
                     for i, lp in zip(unit, unit_lp):
                         copy_results[i] = lp.numpy().astype(np.float64)

@@ -14,8 +14,9 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from dynamics.cpu_threads import map_batches
 from dynamics.errors import UserInputError
-from dynamics.modelcalls import eval_mode, model_device, replicate_rows, sequence_log_probs
+from dynamics.modelcalls import capabilities, eval_mode, model_device, replicate_rows, sequence_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def token_nll_each(
 ) -> torch.Tensor:
     """:func:`token_nll` under ``copies`` ablation conditions at once, ``[copy, n_windows, L - 1]``: each
     batch of windows runs ``copies`` times over in one pass, block ``c`` being condition ``c`` of
-    :func:`dynamics.row_ablation.ablate_rows`."""
+    :func:`dynamics.row_ablation.ablate_rows`. On the CPU, batches may run side by side
+    (:func:`dynamics.cpu_threads.map_batches`), each exactly as alone."""
     if copies < 1:
         raise UserInputError(f"copies={copies}; expected at least 1")
     if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
@@ -60,11 +62,17 @@ def token_nll_each(
     device = torch.device(device) if device is not None else model_device(model)
     out = torch.zeros((copies, windows.shape[0], windows.shape[1] - 1), dtype=torch.float64)
     with eval_mode(model), tqdm(total=windows.shape[0], unit="window", desc="perplexity", disable=not progress) as bar:
-        for start in range(0, windows.shape[0], batch_size):
+
+        def run(start: int) -> torch.Tensor:
             batch = windows[start : start + batch_size].to(device=device, dtype=torch.long)
-            nll = (-sequence_log_probs(model, replicate_rows(batch, copies))).double().cpu()
-            out[:, start : start + batch.shape[0]] = nll.reshape(copies, batch.shape[0], -1)
-            bar.update(batch.shape[0])
+            return (-sequence_log_probs(model, replicate_rows(batch, copies))).double().cpu()
+
+        capabilities(model)  # probed here, before batches may run side by side
+        starts = range(0, windows.shape[0], batch_size)
+        for start, nll in zip(starts, map_batches(device, run, starts)):
+            rows = min(batch_size, windows.shape[0] - start)
+            out[:, start : start + rows] = nll.reshape(copies, rows, -1)
+            bar.update(rows)
     return out
 
 
