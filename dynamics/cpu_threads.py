@@ -1,5 +1,10 @@
-"""How many CPU threads the vocabulary projection runs on: as the process is set, a fixed
-count, or *timed* per model.
+"""CPU threads of the evaluation: batches side by side (:func:`map_batches`), and how many
+threads the vocabulary projection runs on: as the process is set, a fixed count, or *timed*
+per model.
+
+``--threads 0`` on a small model runs the evaluation's batches on every usable core, one
+torch thread each (:func:`map_batches`; numbers bitwise those of one thread). What follows
+concerns a batch that runs alone.
 
 ``--threads 0`` runs a model under 50M parameters on one thread (its small operations stall
 on thread barriers when other jobs share the cores, :func:`dynamics.runtime.threads_for`), and
