@@ -24,7 +24,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
-from checkpoints.source import Checkpoint, CheckpointSource, one_line
+from checkpoints.checkpoint import Checkpoint
+from checkpoints.hub_errors import one_line
+from checkpoints.source import CheckpointSource
 from dynamics.errors import CheckpointError
 
 log = logging.getLogger(__name__)

@@ -41,9 +41,10 @@ class StepsConfig:
 
 
 def run_steps(config: StepsConfig) -> int:
+    from checkpoints.hub_source import HubSource
     from checkpoints.names import resolve_model
     from checkpoints.revisions import RevisionTemplate
-    from checkpoints.source import HubSource, open_source
+    from checkpoints.source import open_source
     from checkpoints.steps import parse_steps
     from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
 

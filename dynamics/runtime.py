@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from checkpoints.source import Checkpoint
+from checkpoints.checkpoint import Checkpoint
 from dynamics.cpu_threads import set_batch_workers, set_cpu_threads, usable_cores
 from dynamics.errors import UserInputError, tag_phase
 from dynamics.modelcalls import logits_finite

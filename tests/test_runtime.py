@@ -9,7 +9,7 @@ import pytest
 import torch
 from fixtures.study import save_tiny_model
 
-from checkpoints.source import Checkpoint
+from checkpoints.checkpoint import Checkpoint
 from dynamics import cpu_threads, runtime
 from dynamics.runtime import auto_dtype, capture_budget, checkpoint_dtype, load_checkpoint_model
 

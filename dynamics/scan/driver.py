@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from checkpoints.hub_errors import RetryPolicy
+from checkpoints.hub_source import HubSource
 from checkpoints.names import ModelRef, resolve_model, training_seed
 from checkpoints.revisions import DEFAULT_TEMPLATE, PYTHIA_TOKENS_PER_STEP, RevisionTemplate, tokens_of_steps
-from checkpoints.source import CheckpointSource, HubSource, RetryPolicy, open_source
+from checkpoints.source import CheckpointSource, open_source
 from checkpoints.steps import parse_steps
 from dynamics import __version__
 from dynamics.config import DTYPES, check_numbers, config_dict, resolve_protocol, shared_checks
@@ -44,10 +46,11 @@ from dynamics.paths import check_output_dir
 from dynamics.preflight import check_corpus_file, check_model_fit, config_on_disk
 from dynamics.runtime import resolve_device
 from dynamics.scan.benchmarks import ScanBenchmarks, check_benchmark_options, plan_benchmarks
+from dynamics.scan.cohort_setup import prepare_reference
 from dynamics.scan.config import MAX_PREFETCH_DEPTH, ScanConfig
 from dynamics.scan.duplicates import copied_result, plan_duplicates
 from dynamics.scan.measures import PHASES
-from dynamics.scan.worker import RunSpec, StepTask, forget_contexts, measure_step, prepare_reference
+from dynamics.scan.worker import RunSpec, StepTask, forget_contexts, measure_step
 from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
 from store.cube import CubeWriter, read_identity
 

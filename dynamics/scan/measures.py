@@ -1,7 +1,8 @@
 """What the scan measures on one loaded checkpoint, as labelled arrays.
 
-Each function takes a model (and what it needs) and returns numpy arrays or an
-``xarray.Dataset`` without a ``step`` dimension; :mod:`dynamics.scan` adds the step.
+Each function takes a model, or what was read from it (its input weights for
+:func:`drift_measures`), and returns numpy arrays or an ``xarray.Dataset`` without a
+``step`` dimension; :mod:`dynamics.scan` adds the step.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import xarray as xr
 from dynamics.ablation import ablate
 from dynamics.lmeval import METRICS, evaluate_tasks
 from dynamics.row_ablation import ablate_rows, conditions_per_pass
+from dynamics.stats.neurons import weight_drift
 from dynamics.syntax.blimp import blimp_accuracy
 from dynamics.syntax.perplexity import perplexity_each
 from dynamics.syntax.scoring import DEFAULT_BATCH_TOKENS, score_pairs_each
@@ -151,3 +153,36 @@ def step_result(step: int, parts: list[xr.Dataset], timings: dict[str, float]) -
     )
     log.info("step %d: %s", step, ", ".join(f"{p} {timings.get(p, 0.0):.1f}s" for p in PHASES))
     return merged
+
+
+def drift_measures(
+    weights: torch.Tensor, reference: torch.Tensor, cohort: np.ndarray, control: np.ndarray
+) -> xr.Dataset:
+    """``drift_ref`` for every neuron, and the input-weight rows of the cohort and control neurons.
+
+    ``cohort_weights`` [member, d_model] lists the members in (layer, neuron) order; the
+    member coordinates say which neuron each row is and which set it belongs to.
+    """
+    layers, neurons = np.nonzero(cohort | control)
+    member_set = np.where(cohort[layers, neurons], "cohort", "random_control")
+    rows = weights[torch.from_numpy(layers), torch.from_numpy(neurons)].numpy()
+    return xr.Dataset(
+        {
+            "drift_ref": (
+                ("layer", "neuron"),
+                weight_drift(weights, reference),
+                {"long_name": "1 - cos of input weights vs the reference step"},
+            ),
+            "cohort_weights": (
+                ("member", "d_model"),
+                rows.astype(np.float32),
+                {"long_name": "input-weight rows of the cohort and random-control neurons"},
+            ),
+        },
+        coords={
+            "member": np.arange(len(layers)),
+            "member_layer": ("member", layers),
+            "member_neuron": ("member", neurons),
+            "member_set": ("member", member_set),
+        },
+    )

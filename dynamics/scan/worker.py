@@ -1,19 +1,20 @@
-"""The worker side of a scan: what is fixed once per run, and one step measured against it.
+"""The worker side of a scan: the per-run context of a worker process, and one step measured with it.
 
-Two pure entry points, the same for every executor (they run in this process for
-``--executor serial`` and on Dask workers otherwise):
+The same entry points serve every executor (they run in this process for ``--executor
+serial`` and on Dask workers otherwise):
 
-- :func:`prepare_reference` (once per run): fixes the cohort at the reference step when the
-  cube has none yet, and returns the corpus provenance.
+- :func:`dynamics.scan.cohort_setup.prepare_reference` (once per run): fixes the cohort at
+  the reference step when the cube has none yet, and returns the corpus provenance.
 - :func:`measure_step` (once per step): fetches one checkpoint on the worker (its own
   Hugging Face cache), turns it into a step result and releases it.
 
 Both build the expensive per-run inputs (tokenizer, corpus windows, TSE sample, the
-reference step's input weights for ``drift_ref``) once per worker process, cached by the
-run's identity (:class:`RunSpec.key`), so a worker loads the reference checkpoint once,
-not once per step. A step never needs another step's weights: ``drift_prev`` is derived
-when the cube is opened, from each step's stored ``cohort_weights``
-(:func:`store.derived.cosine_to_previous_step`), so step order and resumes do not matter.
+reference step's input weights for ``drift_ref``) once per worker process
+(:func:`worker_context`), cached by the run's identity (:class:`RunSpec.key`), so a worker
+loads the reference checkpoint once, not once per step. A step never needs another step's
+weights: ``drift_prev`` is derived when the cube is opened, from each step's stored
+``cohort_weights`` (:func:`store.derived.cosine_to_previous_step`), so step order and
+resumes do not matter.
 """
 
 from __future__ import annotations
@@ -28,21 +29,16 @@ import numpy as np
 import torch
 import xarray as xr
 
+from checkpoints.checkpoint import Checkpoint
+from checkpoints.hub_errors import RetryPolicy
+from checkpoints.hub_source import HubSource
 from checkpoints.names import resolve_model
-from checkpoints.source import Checkpoint, CheckpointSource, HubSource, RetryPolicy, open_source
+from checkpoints.source import CheckpointSource, open_source
 from checkpoints.stream import Prefetcher, disk_bound
 from checkpoints.transfer import use_fast_transfer
-from dynamics.ablation import (
-    match_bottom_percent,
-    negative_ablation_perplexity,
-    negative_ablation_window_nll,
-    noise_warning,
-    paired_increase,
-)
 from dynamics.config import Protocol, resolve_protocol
-from dynamics.corpus import CorpusSpec, corpus_hash, load_token_windows, load_wd_and_ppl_windows, text_specs
+from dynamics.corpus import CorpusSpec, load_token_windows, load_wd_and_ppl_windows, text_specs
 from dynamics.errors import CheckpointError
-from dynamics.modelcalls import model_device
 from dynamics.preflight import check_loaded_model
 from dynamics.runtime import (
     capture_budget,
@@ -54,9 +50,9 @@ from dynamics.runtime import (
 )
 from dynamics.scan.benchmarks import ScanBenchmarks
 from dynamics.scan.config import ScanConfig
-from dynamics.scan.measures import step_result, syntax_and_perplexity
-from dynamics.stats.cohort import random_control_mask, top_percent_mask
-from dynamics.stats.neurons import input_weights, neuron_wasserstein, weight_drift
+from dynamics.scan.measures import drift_measures, step_result, syntax_and_perplexity
+from dynamics.stats.cohort import top_percent_mask
+from dynamics.stats.neurons import input_weights, neuron_wasserstein
 from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
 
 log = logging.getLogger(__name__)
@@ -224,39 +220,6 @@ class WorkerContext:
         return result
 
 
-def drift_measures(
-    weights: torch.Tensor, reference: torch.Tensor, cohort: np.ndarray, control: np.ndarray
-) -> xr.Dataset:
-    """``drift_ref`` for every neuron, and the input-weight rows of the cohort and control neurons.
-
-    ``cohort_weights`` [member, d_model] lists the members in (layer, neuron) order; the
-    member coordinates say which neuron each row is and which set it belongs to.
-    """
-    layers, neurons = np.nonzero(cohort | control)
-    member_set = np.where(cohort[layers, neurons], "cohort", "random_control")
-    rows = weights[torch.from_numpy(layers), torch.from_numpy(neurons)].numpy()
-    return xr.Dataset(
-        {
-            "drift_ref": (
-                ("layer", "neuron"),
-                weight_drift(weights, reference),
-                {"long_name": "1 - cos of input weights vs the reference step"},
-            ),
-            "cohort_weights": (
-                ("member", "d_model"),
-                rows.astype(np.float32),
-                {"long_name": "input-weight rows of the cohort and random-control neurons"},
-            ),
-        },
-        coords={
-            "member": np.arange(len(layers)),
-            "member_layer": ("member", layers),
-            "member_neuron": ("member", neurons),
-            "member_set": ("member", member_set),
-        },
-    )
-
-
 _CONTEXT: dict[str, WorkerContext] = {}  # one run per worker process at a time (the reference weights are big)
 
 
@@ -332,40 +295,6 @@ def build_context(spec: RunSpec) -> WorkerContext:
     )
 
 
-def prepare_reference(spec: RunSpec) -> dict[str, Any]:
-    """``{"static": the cohort Dataset or None if the spec has one, "provenance": {...}}``."""
-    context = worker_context(spec)
-    static = None
-    if spec.cohort is None:
-        model = context.reference_model or _reload_reference(context)
-        static = fix_cohort(model, context.wd_windows, spec.config)
-        if spec.config.matched:
-            assert context.ppl_windows is not None  # plan_scan: --matched needs --ppl-tokens > 0
-            static = add_matched_control(static, model, context.ppl_windows, spec.config)
-    context.reference_model = None
-    config = spec.config
-    provenance = {
-        "corpus": context.wd_corpus.to_attrs(),
-        "corpus_hash": corpus_hash(context.wd_windows),
-        "ppl_corpus": context.ppl_corpus.to_attrs() if context.ppl_corpus is not None else None,
-        "ppl_corpus_hash": corpus_hash(context.ppl_windows) if context.ppl_windows is not None else None,
-        "protocol": context.protocol.record(),
-        "wd_tokens": int(context.wd_windows.numel()),
-        "ppl_tokens": int(context.ppl_windows.numel()) if context.ppl_windows is not None else 0,
-        "seed": config.seed,
-        "tse_pairs": config.tse_per_case * len(TSE_CASES),
-    }
-    return {"static": static, "provenance": provenance}
-
-
-def _reload_reference(context: WorkerContext) -> Any:
-    checkpoint = context.fetch(context.spec.reference_step)
-    try:
-        return load_checkpoint_model(checkpoint, context.device, context.spec.config.dtype)
-    finally:
-        context.release(checkpoint)
-
-
 def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
     """One step result; its checkpoint's record travels in ``attrs["checkpoint"]``."""
     if spec.cohort is None or spec.control is None:
@@ -385,84 +314,3 @@ def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
         "host": platform.node(),
     }
     return result
-
-
-def fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
-    with torch.inference_mode():
-        budget = capture_budget(config.memory_budget_gib, str(model_device(model)))
-        wd = neuron_wasserstein(model, windows, budget, config.batch_size, progress=True)
-    scores = torch.from_numpy(np.nan_to_num(wd["wd"].values, nan=-np.inf))
-    cohort = top_percent_mask(scores, config.cohort_percent, config.cohort_scope)
-    pool = resolve_protocol(config).random_control
-    control = random_control_mask(cohort, seed=config.seed, pool=pool)
-    return xr.Dataset(
-        {
-            "cohort": (("layer", "neuron"), cohort.numpy(), {"long_name": "top WD neurons at the reference step"}),
-            "random_control": (
-                ("layer", "neuron"),
-                control.numpy(),
-                {"long_name": f"random neurons drawn from {pool} neurons, same count per layer"},
-            ),
-            "reference_wd": wd["wd"].astype("float32"),
-        },
-        coords=wd.coords,
-    )
-
-
-def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
-    """The perplexity-matched control at the reference step (``--matched``), as in `dynamics ablate`.
-
-    The bottom m% of each layer by reference WD, m bisected in [0.1, 90] until the negative
-    ablation's perplexity increase over clean is within 5% of the cohort's (the closest trial is
-    kept, and ``matched_converged`` says so, when it cannot be matched).
-    """
-    ablated_ppl = negative_ablation_perplexity(model, ppl_windows, config.batch_size)
-    predicted = ppl_windows.shape[0] * (ppl_windows.shape[1] - 1)
-    clean_nll = negative_ablation_window_nll(model, ppl_windows, config.batch_size, None)
-    cohort_nll = negative_ablation_window_nll(
-        model, ppl_windows, config.batch_size, torch.from_numpy(static["cohort"].values)
-    )
-    clean, target = (
-        float(np.exp(float(clean_nll.sum()) / predicted)),
-        float(np.exp(float(cohort_nll.sum()) / predicted)),
-    )
-    increase, increase_se = paired_increase(clean_nll, cohort_nll, ppl_windows.shape[1] - 1)
-    noise = noise_warning(increase, increase_se)
-    if noise:
-        log.warning("matched control: %s", noise)
-    mask, match = match_bottom_percent(
-        static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.05, 12, clean=clean
-    )
-    log.info(
-        "matched control: m = %.4g%%, perplexity %.4f vs the cohort's %.4f (clean %.4f; %s)",
-        match.argument,
-        match.value,
-        target,
-        clean,
-        "matched" if match.converged else match.reason,
-    )
-    return static.assign(
-        matched_control=(
-            ("layer", "neuron"),
-            mask,
-            {
-                "long_name": "bottom-m% WD neurons per layer at the reference step, "
-                "perplexity-matched to the cohort's ablation"
-            },
-        ),
-        matched_percent=((), float(match.argument), {"units": "%", "long_name": "m"}),
-        matched_ppl=((), float(match.value), {"long_name": "perplexity with neg_matched at the reference step"}),
-        matched_target_ppl=((), float(target), {"long_name": "perplexity with neg_cohort at the reference step"}),
-        matched_clean_ppl=((), clean, {"long_name": "clean perplexity at the reference step"}),
-        matched_converged=(
-            (),
-            bool(match.converged),
-            {
-                "long_name": "increase over clean within 5% of the cohort's",
-                "reason": match.reason,
-                "noise_warning": noise,
-            },
-        ),
-        matched_top_increase=((), increase, {"long_name": "relative perplexity increase of the cohort"}),
-        matched_top_increase_se=((), increase_se, {"long_name": "its standard error (paired windows)"}),
-    )

@@ -17,7 +17,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from checkpoints.adapters import mlp_shape
-from checkpoints.source import Checkpoint
+from checkpoints.checkpoint import Checkpoint
 from dynamics import __version__
 from dynamics.ablation import (
     match_bottom_percent,

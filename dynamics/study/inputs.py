@@ -12,7 +12,10 @@ from typing import Any
 
 import torch
 
-from checkpoints.source import Checkpoint, RetryPolicy, RevisionSource, open_source
+from checkpoints.checkpoint import Checkpoint
+from checkpoints.hub_errors import RetryPolicy
+from checkpoints.hub_source import RevisionSource
+from checkpoints.source import open_source
 from dynamics.config import resolve_protocol
 from dynamics.corpus import CorpusSpec, load_wd_and_ppl_windows, read_corpus_text, text_specs, windows_with_offsets
 from dynamics.errors import UserInputError

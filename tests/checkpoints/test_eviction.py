@@ -7,8 +7,9 @@ import hashlib
 import pytest
 from fixtures.hub import model_files, plant_hub_commit
 
+from checkpoints.hub_errors import RetryPolicy
+from checkpoints.hub_source import HubSource
 from checkpoints.names import resolve_model
-from checkpoints.source import HubSource, RetryPolicy
 
 REPO = "EleutherAI/pythia-70m"
 MAIN = "a" * 40
@@ -148,7 +149,7 @@ def test_a_scan_of_step143000_keeps_the_users_main(tiny_suite, tmp_path, online,
     monkeypatch.setattr(
         "huggingface_hub.snapshot_download", client_like_download(cache, {"step143000": MAIN}, {MAIN: files})
     )
-    monkeypatch.setattr("checkpoints.source._list_repo_files", lambda repo_id, revision: sorted(files))
+    monkeypatch.setattr("checkpoints.hub_source._list_repo_files", lambda repo_id, revision: sorted(files))
     monkeypatch.setattr(
         "huggingface_hub.HfApi.list_repo_refs", lambda self, repo_id, **kw: type("R", (), {"branches": []})()
     )

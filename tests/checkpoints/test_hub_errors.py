@@ -9,8 +9,9 @@ import sys
 import pytest
 from huggingface_hub import errors
 
+from checkpoints.hub_errors import RetryPolicy
+from checkpoints.hub_source import HubSource
 from checkpoints.names import resolve_model
-from checkpoints.source import HubSource, RetryPolicy
 from dynamics.cli import main
 from dynamics.errors import CheckpointError
 

@@ -6,9 +6,9 @@ import pytest
 from fixtures.hub import plant_hub_revision
 
 from checkpoints.fingerprints import file_sha256, tokenizer_fingerprint, weight_fingerprints
+from checkpoints.hub_source import HubSource
 from checkpoints.names import resolve_model
 from checkpoints.revisions import RevisionTemplate, index_revisions, tokens_of_steps
-from checkpoints.source import HubSource
 from dynamics.cli import main
 from dynamics.errors import UserInputError
 

@@ -4,8 +4,10 @@ import pytest
 import torch
 from fixtures.hub import fake_commit, make_local_suite, plant_hub_revision, tiny_pythia
 
+from checkpoints.hub_errors import RetryPolicy
+from checkpoints.hub_source import HubSource, weight_files
+from checkpoints.local_sources import LocalSuiteSource, SingleModelSource
 from checkpoints.names import resolve_model
-from checkpoints.source import HubSource, LocalSuiteSource, RetryPolicy, SingleModelSource, weight_files
 from dynamics.errors import CheckpointError
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints.source import Checkpoint
+from checkpoints.checkpoint import Checkpoint
 from checkpoints.stream import Prefetcher, checkpoint_bytes, stream_checkpoints
 from dynamics.errors import CheckpointError
 

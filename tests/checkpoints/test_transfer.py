@@ -8,8 +8,10 @@ import types
 import pytest
 from fixtures.hub import plant_hub_revision
 
+from checkpoints.hub_errors import RetryPolicy
+from checkpoints.hub_source import HubSource
+from checkpoints.local_sources import LocalSuiteSource
 from checkpoints.names import resolve_model
-from checkpoints.source import HubSource, LocalSuiteSource, RetryPolicy
 from checkpoints.stream import checkpoint_bytes
 from checkpoints.transfer import HIGH_PERFORMANCE, TransferBackend, transfer_backend, use_fast_transfer
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import FAST_SCAN
 from fixtures.hub import plant_hub_revision
 
-from checkpoints.source import Checkpoint
+from checkpoints.checkpoint import Checkpoint
 from dynamics.cli import main
 from dynamics.errors import UserInputError
 from dynamics.report.scan_text import report

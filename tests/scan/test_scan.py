@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import FAST_SCAN as FAST
 
+from checkpoints.local_sources import LocalSuiteSource
 from checkpoints.names import resolve_model
-from checkpoints.source import LocalSuiteSource
 from dynamics.corpus import CorpusSpec, load_token_windows
 from dynamics.errors import UserInputError
 from dynamics.scan.config import ScanConfig

@@ -6,8 +6,8 @@ import torch
 from conftest import FAST_SCAN
 from fixtures.study import write_blimp, write_lm_eval_task
 
+from checkpoints.local_sources import LocalSuiteSource
 from checkpoints.names import resolve_model
-from checkpoints.source import LocalSuiteSource
 from dynamics.ablation import ablate
 from dynamics.cli import main
 from dynamics.lmeval import lm_eval_installed

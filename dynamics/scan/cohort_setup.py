@@ -1,0 +1,152 @@
+"""What a scan fixes once, at the reference step: the cohort, its controls, the corpus provenance.
+
+:func:`prepare_reference` runs once per run (in this process for ``--executor serial``,
+on a Dask worker otherwise) before any step is measured: when the cube has no cohort yet it
+fixes one at the reference step (:func:`fix_cohort`: the top WD neurons and a random
+control; :func:`add_matched_control` with ``--matched``), and it returns the corpus
+provenance the cube records. It shares the worker's per-run context
+(:func:`dynamics.scan.worker.worker_context`), so the reference checkpoint is loaded once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from dynamics.ablation import (
+    match_bottom_percent,
+    negative_ablation_perplexity,
+    negative_ablation_window_nll,
+    noise_warning,
+    paired_increase,
+)
+from dynamics.config import resolve_protocol
+from dynamics.corpus import corpus_hash
+from dynamics.modelcalls import model_device
+from dynamics.runtime import capture_budget, load_checkpoint_model
+from dynamics.scan.config import ScanConfig
+from dynamics.scan.worker import RunSpec, WorkerContext, worker_context
+from dynamics.stats.cohort import random_control_mask, top_percent_mask
+from dynamics.stats.neurons import neuron_wasserstein
+from dynamics.syntax.tse import TSE_CASES
+
+log = logging.getLogger(__name__)
+
+
+def prepare_reference(spec: RunSpec) -> dict[str, Any]:
+    """``{"static": the cohort Dataset or None if the spec has one, "provenance": {...}}``."""
+    context = worker_context(spec)
+    static = None
+    if spec.cohort is None:
+        model = context.reference_model or _reload_reference(context)
+        static = fix_cohort(model, context.wd_windows, spec.config)
+        if spec.config.matched:
+            assert context.ppl_windows is not None  # plan_scan: --matched needs --ppl-tokens > 0
+            static = add_matched_control(static, model, context.ppl_windows, spec.config)
+    context.reference_model = None
+    config = spec.config
+    provenance = {
+        "corpus": context.wd_corpus.to_attrs(),
+        "corpus_hash": corpus_hash(context.wd_windows),
+        "ppl_corpus": context.ppl_corpus.to_attrs() if context.ppl_corpus is not None else None,
+        "ppl_corpus_hash": corpus_hash(context.ppl_windows) if context.ppl_windows is not None else None,
+        "protocol": context.protocol.record(),
+        "wd_tokens": int(context.wd_windows.numel()),
+        "ppl_tokens": int(context.ppl_windows.numel()) if context.ppl_windows is not None else 0,
+        "seed": config.seed,
+        "tse_pairs": config.tse_per_case * len(TSE_CASES),
+    }
+    return {"static": static, "provenance": provenance}
+
+
+def _reload_reference(context: WorkerContext) -> Any:
+    checkpoint = context.fetch(context.spec.reference_step)
+    try:
+        return load_checkpoint_model(checkpoint, context.device, context.spec.config.dtype)
+    finally:
+        context.release(checkpoint)
+
+
+def fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
+    with torch.inference_mode():
+        budget = capture_budget(config.memory_budget_gib, str(model_device(model)))
+        wd = neuron_wasserstein(model, windows, budget, config.batch_size, progress=True)
+    scores = torch.from_numpy(np.nan_to_num(wd["wd"].values, nan=-np.inf))
+    cohort = top_percent_mask(scores, config.cohort_percent, config.cohort_scope)
+    pool = resolve_protocol(config).random_control
+    control = random_control_mask(cohort, seed=config.seed, pool=pool)
+    return xr.Dataset(
+        {
+            "cohort": (("layer", "neuron"), cohort.numpy(), {"long_name": "top WD neurons at the reference step"}),
+            "random_control": (
+                ("layer", "neuron"),
+                control.numpy(),
+                {"long_name": f"random neurons drawn from {pool} neurons, same count per layer"},
+            ),
+            "reference_wd": wd["wd"].astype("float32"),
+        },
+        coords=wd.coords,
+    )
+
+
+def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
+    """The perplexity-matched control at the reference step (``--matched``), as in `dynamics ablate`.
+
+    The bottom m% of each layer by reference WD, m bisected in [0.1, 90] until the negative
+    ablation's perplexity increase over clean is within 5% of the cohort's (the closest trial is
+    kept, and ``matched_converged`` says so, when it cannot be matched).
+    """
+    ablated_ppl = negative_ablation_perplexity(model, ppl_windows, config.batch_size)
+    predicted = ppl_windows.shape[0] * (ppl_windows.shape[1] - 1)
+    clean_nll = negative_ablation_window_nll(model, ppl_windows, config.batch_size, None)
+    cohort_nll = negative_ablation_window_nll(
+        model, ppl_windows, config.batch_size, torch.from_numpy(static["cohort"].values)
+    )
+    clean, target = (
+        float(np.exp(float(clean_nll.sum()) / predicted)),
+        float(np.exp(float(cohort_nll.sum()) / predicted)),
+    )
+    increase, increase_se = paired_increase(clean_nll, cohort_nll, ppl_windows.shape[1] - 1)
+    noise = noise_warning(increase, increase_se)
+    if noise:
+        log.warning("matched control: %s", noise)
+    mask, match = match_bottom_percent(
+        static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.05, 12, clean=clean
+    )
+    log.info(
+        "matched control: m = %.4g%%, perplexity %.4f vs the cohort's %.4f (clean %.4f; %s)",
+        match.argument,
+        match.value,
+        target,
+        clean,
+        "matched" if match.converged else match.reason,
+    )
+    return static.assign(
+        matched_control=(
+            ("layer", "neuron"),
+            mask,
+            {
+                "long_name": "bottom-m% WD neurons per layer at the reference step, "
+                "perplexity-matched to the cohort's ablation"
+            },
+        ),
+        matched_percent=((), float(match.argument), {"units": "%", "long_name": "m"}),
+        matched_ppl=((), float(match.value), {"long_name": "perplexity with neg_matched at the reference step"}),
+        matched_target_ppl=((), float(target), {"long_name": "perplexity with neg_cohort at the reference step"}),
+        matched_clean_ppl=((), clean, {"long_name": "clean perplexity at the reference step"}),
+        matched_converged=(
+            (),
+            bool(match.converged),
+            {
+                "long_name": "increase over clean within 5% of the cohort's",
+                "reason": match.reason,
+                "noise_warning": noise,
+            },
+        ),
+        matched_top_increase=((), increase, {"long_name": "relative perplexity increase of the cohort"}),
+        matched_top_increase_se=((), increase_se, {"long_name": "its standard error (paired windows)"}),
+    )
