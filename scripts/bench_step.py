@@ -14,8 +14,8 @@ The floor is counted, not measured: FLOPs of the capture forward (``--wd-tokens`
 the layers, attention included), FLOPs of the evaluation (every TSE token and perplexity
 token under each of the 3 conditions through the layers, plus the unembedding of each
 scored position) and the bytes the WD engine sorts (``wd-tokens x layers x neurons``
-float32), divided by peaks measured here at the run's thread count (a float32 matrix
-product of the unembedding's shape, a ``torch.sort`` along the token axis).
+float32), divided by peaks measured here on every usable core (a float32 matrix product of
+the unembedding's shape, a ``torch.sort`` along the token axis).
 
     git worktree add /tmp/old c911d9c
     python scripts/bench_step.py --shape pythia-14m --old /tmp/old --repeats 1
@@ -137,10 +137,11 @@ def floor_seconds(shape: Shape, device: str, extra: str) -> dict[str, float]:
     import torch
     from transformers import PreTrainedTokenizerFast
 
+    from dynamics.cpu_threads import usable_cores
     from dynamics.syntax.tse import sample_tse, tse_pairs
 
-    if device == "cpu":
-        torch.set_num_threads(1 if shape.parameters() < 50_000_000 else torch.get_num_threads())  # the scan's policy
+    if device == "cpu":  # every usable core: a small model's batches run side by side on all of them
+        torch.set_num_threads(usable_cores())
     d, layers, inner, vocab = shape.hidden, shape.layers, shape.intermediate, shape.vocab
     window = min(2048, shape.max_positions)
     body = 2.0 * layers * (4 * d * d + 2 * d * inner)  # per token: attention projections and MLP
