@@ -18,7 +18,7 @@ float32), divided by peaks measured here on every usable core (a float32 matrix 
 the unembedding's shape, a ``torch.sort`` along the token axis).
 
     git worktree add /tmp/old c911d9c
-    python scripts/bench_step.py --shape pythia-14m --old /tmp/old --repeats 1
+    python scripts/bench_step.py --shape pythia-14m --old /tmp/old --repeats 1 --new-extra "--protocol strict"
     python scripts/bench_step.py --shape pythia-1.4b --device cuda --old /tmp/old   # on a GPU
 
 Measured on this project's 2-core machine (shared, load average 6.1-10.7), Pythia-14m shape,
@@ -69,6 +69,12 @@ def parse_args() -> argparse.Namespace:
         help="options of both ablate runs (default: %(default)s)",
     )
     parser.add_argument("--extra", default="", help="options added to both scan commands, e.g. '--tse-per-case 20'")
+    parser.add_argument(
+        "--new-extra",
+        default="",
+        help="options added to this code's scan only, e.g. '--protocol strict' (the budgets and scoring "
+        "of c911d9c, which has no --protocol)",
+    )
     parser.add_argument(
         "--work", type=Path, default=Path("/tmp/bench_step"), help="cache and cubes (default: %(default)s)"
     )
@@ -241,7 +247,9 @@ def main() -> None:
             for name in order:
                 cube = args.work / f"{command}-{name}-{r}.zarr"
                 shutil.rmtree(cube, ignore_errors=True)
-                wall = run(codes[name], [*argv, "--out", str(cube)], env, args.work / f"{command}-{name}-{r}.log")
+                own = args.new_extra.split() if name == "new" and command == "scan" else []
+                log = args.work / f"{command}-{name}-{r}.log"
+                wall = run(codes[name], [*argv, *own, "--out", str(cube)], env, log)
                 results.setdefault((command, name), []).append((wall, cube_numbers(cube)))
                 loads.append(os.getloadavg()[0])
                 print(f"{command} {name} run {r}: {wall:.1f} s wall (load {loads[-1]:.1f})", flush=True)
