@@ -14,11 +14,11 @@ The floor is counted, not measured: FLOPs of the capture forward (``--wd-tokens`
 the layers, attention included), FLOPs of the evaluation (every TSE token and perplexity
 token under each of the 3 conditions through the layers, plus the unembedding of each
 scored position) and the bytes the WD engine sorts (``wd-tokens x layers x neurons``
-float32), divided by peaks measured here at the run's thread count (a float32 matrix
-product of the unembedding's shape, a ``torch.sort`` along the token axis).
+float32), divided by peaks measured here on every usable core (a float32 matrix product of
+the unembedding's shape, a ``torch.sort`` along the token axis).
 
     git worktree add /tmp/old c911d9c
-    python scripts/bench_step.py --shape pythia-14m --old /tmp/old --repeats 1
+    python scripts/bench_step.py --shape pythia-14m --old /tmp/old --repeats 1 --new-extra "--protocol strict"
     python scripts/bench_step.py --shape pythia-1.4b --device cuda --old /tmp/old   # on a GPU
 
 Measured on this project's 2-core machine (shared, load average 6.1-10.7), Pythia-14m shape,
@@ -69,6 +69,12 @@ def parse_args() -> argparse.Namespace:
         help="options of both ablate runs (default: %(default)s)",
     )
     parser.add_argument("--extra", default="", help="options added to both scan commands, e.g. '--tse-per-case 20'")
+    parser.add_argument(
+        "--new-extra",
+        default="",
+        help="options added to this code's scan only, e.g. '--protocol strict' (the budgets and scoring "
+        "of c911d9c, which has no --protocol)",
+    )
     parser.add_argument(
         "--work", type=Path, default=Path("/tmp/bench_step"), help="cache and cubes (default: %(default)s)"
     )
@@ -137,10 +143,11 @@ def floor_seconds(shape: Shape, device: str, extra: str) -> dict[str, float]:
     import torch
     from transformers import PreTrainedTokenizerFast
 
+    from dynamics.cpu_threads import usable_cores
     from dynamics.syntax.tse import sample_tse, tse_pairs
 
-    if device == "cpu":
-        torch.set_num_threads(1 if shape.parameters() < 50_000_000 else torch.get_num_threads())  # the scan's policy
+    if device == "cpu":  # every usable core: a small model's batches run side by side on all of them
+        torch.set_num_threads(usable_cores())
     d, layers, inner, vocab = shape.hidden, shape.layers, shape.intermediate, shape.vocab
     window = min(2048, shape.max_positions)
     body = 2.0 * layers * (4 * d * d + 2 * d * inner)  # per token: attention projections and MLP
@@ -240,7 +247,9 @@ def main() -> None:
             for name in order:
                 cube = args.work / f"{command}-{name}-{r}.zarr"
                 shutil.rmtree(cube, ignore_errors=True)
-                wall = run(codes[name], [*argv, "--out", str(cube)], env, args.work / f"{command}-{name}-{r}.log")
+                own = args.new_extra.split() if name == "new" and command == "scan" else []
+                log = args.work / f"{command}-{name}-{r}.log"
+                wall = run(codes[name], [*argv, *own, "--out", str(cube)], env, log)
                 results.setdefault((command, name), []).append((wall, cube_numbers(cube)))
                 loads.append(os.getloadavg()[0])
                 print(f"{command} {name} run {r}: {wall:.1f} s wall (load {loads[-1]:.1f})", flush=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -24,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from checkpoints.adapters import mlp_shape, pre_activation_modules, transformer_layers
+from dynamics.cpu_threads import map_batches
 from dynamics.errors import DynamicsError, UserInputError
 from dynamics.modelcalls import model_device, run_for_hooks
 
@@ -216,17 +218,18 @@ class _ResumePoint:
         self.outputs: list[object] = []
 
 
-def _skip_blocks(blocks: torch.nn.ModuleList, resume: _ResumePoint, batch: list[int]) -> list[object]:
+def _skip_blocks(blocks: torch.nn.ModuleList, resume: _ResumePoint, current: threading.local) -> list[object]:
     """Swap the forward of blocks ``0 .. resume.block - 1`` for a lookup of the stored stream.
 
     The model's forward still builds its embeddings, masks and rotary tables for every
-    block (cheap); only the skipped blocks' computation is replaced. ``batch[0]`` names the
-    batch whose stored output the swapped blocks return. Returns the original forwards.
+    block (cheap); only the skipped blocks' computation is replaced. ``current.index`` names
+    the batch (of the calling thread) whose stored output the swapped blocks return. Returns
+    the original forwards.
     """
     originals = []
     for block in blocks[: resume.block]:
         originals.append(block.__dict__.get("forward"))
-        block.forward = lambda *args, **kwargs: resume.outputs[batch[0]]
+        block.forward = lambda *args, **kwargs: resume.outputs[current.index]
     return originals
 
 
@@ -256,44 +259,54 @@ def _capture_group(
     ``resume_from`` skips the blocks before its block (their output is looked up);
     ``keep_stream_before`` stores, for the next pass, the output of the block before it.
     """
-    rows = slice(0, 0)
     last = group[-1]
-    batch_index = [0]
+    current = threading.local()  # the batch (index, rows) each thread is running
     kept = _ResumePoint(keep_stream_before) if keep_stream_before is not None else None
+    kept_by_batch: dict[int, object] = {}
 
     def make_hook(layer: int):  # noqa: ANN202
         targets = buffers[layer]
 
         def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
             if "pre_activation" in targets:
-                targets["pre_activation"][rows].copy_(output.reshape(-1, output.shape[-1]))
+                targets["pre_activation"][current.rows].copy_(output.reshape(-1, output.shape[-1]))
             if "mlp_input" in targets:
-                targets["mlp_input"][rows].copy_(args[0].reshape(-1, args[0].shape[-1]))
+                targets["mlp_input"][current.rows].copy_(args[0].reshape(-1, args[0].shape[-1]))
             if layer == last:
                 raise _StopForward
 
         return hook
 
+    window = windows.shape[1]
+
+    def run(index: int) -> None:
+        """Batch ``index`` through the hooked layers; its rows land in ``buffers``."""
+        start = index * batch_size
+        batch = windows[start : start + batch_size]
+        current.index, current.rows = index, slice(start * window, (start + batch.shape[0]) * window)
+        try:
+            run_for_hooks(model, batch.to(device))
+        except _StopForward:
+            return
+        raise DynamicsError(f"the forward pass ended without reaching layer {last}'s MLP")
+
     handles = [modules[layer].register_forward_hook(make_hook(layer)) for layer in group]
     if kept is not None:
-        handles.append(blocks[kept.block - 1].register_forward_hook(lambda m, a, output: kept.outputs.append(output)))
-    originals = _skip_blocks(blocks, resume_from, batch_index) if resume_from is not None else []
-    window = windows.shape[1]
+        handles.append(
+            blocks[kept.block - 1].register_forward_hook(
+                lambda m, a, output: kept_by_batch.__setitem__(current.index, output)
+            )
+        )
+    originals = _skip_blocks(blocks, resume_from, current) if resume_from is not None else []
     try:
         with torch.inference_mode():
-            for index, start in enumerate(range(0, windows.shape[0], batch_size)):
-                batch_index[0] = index
-                batch = windows[start : start + batch_size]
-                rows = slice(start * window, (start + batch.shape[0]) * window)
-                try:
-                    run_for_hooks(model, batch.to(device))
-                except _StopForward:
-                    pass
-                else:
-                    raise DynamicsError(f"the forward pass ended without reaching layer {last}'s MLP")
+            # On the CPU batches may run side by side, each exactly as alone (map_batches).
+            for _ in map_batches(device, run, range(math.ceil(windows.shape[0] / batch_size))):
                 bar.update(1)
     finally:
         for handle in handles:
             handle.remove()
         _restore_blocks(blocks, originals)
+    if kept is not None:
+        kept.outputs = [kept_by_batch[index] for index in sorted(kept_by_batch)]
     return kept

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dynamics.cpu_threads import one_torch_thread, threads_outside
+from dynamics.cpu_threads import batch_workers, one_torch_thread, threads_outside
 from dynamics.errors import UserInputError
 
 __all__ = ["wasserstein_split", "wasserstein_to_gaussian"]
@@ -274,7 +274,9 @@ def _exact_columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     if x.device.type != "cpu":
         parts = [_exact_chunk(x, cols, None) for cols in chunks]
     else:
-        workers = max(1, min(threads_outside(), len(chunks)))
+        # Chunks are independent and each computed alike on any worker: as many workers as
+        # torch's threads, or as the evaluation's batch workers (a small model's one thread).
+        workers = max(1, min(max(threads_outside(), batch_workers()), len(chunks)))
         local = threading.local()
 
         def run(cols: slice) -> tuple[torch.Tensor, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import weakref
 
 import pytest
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from fixtures.tiny_models import TINY_FAMILIES, VOCAB, tiny_model
 
 from checkpoints.adapters import mlp_shape, pre_activation_modules, transformer_layers
+from dynamics import cpu_threads
 from dynamics.errors import UserInputError
 from dynamics.stats.activations import iter_layer_captures, iter_pre_activations, plan_layer_groups
 
@@ -105,6 +107,50 @@ def test_grouping_gives_the_same_tensors(family: str) -> None:
     # The blocks' forwards are restored: a plain forward still matches the reference.
     reference = _reference(model, windows)
     torch.testing.assert_close(one_pass[0], reference[0][1].reshape(-1, width))
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "llama"])
+def test_batches_side_by_side_give_the_same_tensors(monkeypatch, family: str) -> None:
+    """On the CPU with batch workers (a small model's --threads 0), batches run on two threads at
+    once; every pass, the resumed ones included, gives the bit-identical captures of one batch at
+    a time on one torch thread, in row order."""
+    model = tiny_model(family)
+    windows = _windows(7)
+    n_layers, width = mlp_shape(model)
+    threads_seen: set[int] = set()
+    handle = pre_activation_modules(model)[0].register_forward_hook(
+        lambda m, a, o: threads_seen.add(threading.get_ident())
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = []
+        for workers in (1, 2):
+            cpu_threads.set_batch_workers(workers)
+            results.append(
+                dict(
+                    iter_layer_captures(
+                        model,
+                        windows,
+                        sites=("pre_activation", "mlp_input"),
+                        memory_budget=_budget(1, 7 * WINDOW, width + model.config.hidden_size),
+                        batch_size=1,
+                        progress=False,
+                    )
+                )
+            )
+    finally:
+        torch.set_num_threads(before)
+        handle.remove()
+    assert len(threads_seen) >= 2  # the second run used worker threads
+    assert sorted(results[1]) == list(range(n_layers))
+    for layer in range(n_layers):
+        for site in ("pre_activation", "mlp_input"):
+            assert torch.equal(results[0][layer][site], results[1][layer][site]), (family, layer, site)
+    reference = _reference(model, windows)
+    torch.testing.assert_close(
+        results[1][n_layers - 1]["pre_activation"], reference[n_layers - 1][1], atol=1e-5, rtol=1e-5
+    )
 
 
 def _count_calls(model: torch.nn.Module) -> tuple[dict[str, int], list]:
