@@ -72,8 +72,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--new-extra",
         default="",
-        help="options added to this code's scan only, e.g. '--protocol strict' (the budgets and scoring "
-        "of c911d9c, which has no --protocol)",
+        help="options added to this code's commands only, e.g. '--protocol strict' (the budgets and "
+        "scoring of c911d9c, which has no --protocol)",
     )
     parser.add_argument(
         "--work", type=Path, default=Path("/tmp/bench_step"), help="cache and cubes (default: %(default)s)"
@@ -247,7 +247,7 @@ def main() -> None:
             for name in order:
                 cube = args.work / f"{command}-{name}-{r}.zarr"
                 shutil.rmtree(cube, ignore_errors=True)
-                own = args.new_extra.split() if name == "new" and command == "scan" else []
+                own = args.new_extra.split() if name == "new" else []
                 log = args.work / f"{command}-{name}-{r}.log"
                 wall = run(codes[name], [*argv, *own, "--out", str(cube)], env, log)
                 results.setdefault((command, name), []).append((wall, cube_numbers(cube)))
