@@ -11,21 +11,26 @@ the same cache with the same options and budgets (the commands' defaults unless
 and perplexities of the two codes are compared.
 
 The floor is counted, not measured: FLOPs of the capture forward (``--wd-tokens`` through
-the layers, attention included), FLOPs of the evaluation (every TSE token and perplexity
-token under each of the 3 conditions through the layers, plus the unembedding of each
-scored position) and the bytes the WD engine sorts (``wd-tokens x layers x neurons``
-float32), divided by peaks measured here on every usable core (a float32 matrix product of
-the unembedding's shape, a ``torch.sort`` along the token axis).
+the layers, attention included), FLOPs of the evaluation (every distinct TSE sentence's and
+every perplexity token under each of the 3 conditions through the layers, plus the
+unembedding of each position that must be projected: a pair's positions from its first
+difference on, every perplexity position) and the bytes the WD engine sorts (``wd-tokens x
+layers x neurons`` float32), divided by peaks measured here on every usable core (a float32
+matrix product, the best of the unembedding's shape and a 512 x 2048 tile, into a kept output;
+the engine's sort: NumPy's row sort on the CPU,
+``torch.sort`` on CUDA). ``--floor-only`` prints the floor alone.
 
     git worktree add /tmp/old c911d9c
     python scripts/bench_step.py --shape pythia-14m --old /tmp/old --repeats 1 --new-extra "--protocol strict"
     python scripts/bench_step.py --shape pythia-1.4b --device cuda --old /tmp/old   # on a GPU
 
-Measured on this project's 2-core machine (shared, load average 6.1-10.7), Pythia-14m shape,
-default budgets, ``--repeats 2``, against c911d9c (whose shared-prefix scoring path is
-silently off on transformers 5.24): evaluation 253 s (this code) vs 237 s (c911d9c), 0.93x;
-statistics 21.0 vs 22.1 s; the same TSE accuracies and WD, perplexity within 1.8e-8
-relative; the evaluation is 5.6x its counted floor (matmul at 61 GFLOP/s measured at the end).
+Measured on this project's 2-core machine (load average 0.2-1.5), Pythia-14m shape,
+``--repeats 1 --new-extra "--protocol strict" --ablate`` against c911d9c (2026-11-30): a scan
+step's statistics 3.42 s (c911d9c 6.02, 1.76x; floor 1.94) and evaluation 12.81 s (69.37,
+5.41x; floor 8.68); the command 25.8 s against 87.7 (3.40x); `dynamics ablate` 69.1 s against
+315.3 (4.57x), per condition TSE 5.58x, BLiMP 4.65x, perplexity 5.96x. The same TSE, BLiMP
+accuracies and WD; perplexity 1.6% apart by design (the strict protocol cuts perplexity text
+disjoint from the WD text, c911d9c did not: ``docs/protocol.md``).
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tokenizer", type=Path, default=SHARED / "tokenizers" / "gpt-neox-20b.json")
     parser.add_argument("--corpus", type=Path, default=SHARED / "wikitext-2" / "test.txt")
     parser.add_argument("--blimp", type=Path, default=SHARED / "blimp")
+    parser.add_argument("--floor-only", action="store_true", help="print the counted floor and exit")
     return parser.parse_args()
 
 
@@ -156,19 +162,26 @@ def floor_seconds(shape: Shape, device: str, extra: str) -> dict[str, float]:
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(SHARED / "tokenizers" / "gpt-neox-20b.json"))
     wd_tokens, ppl_tokens, per_case = budgets(extra)
     pairs = sample_tse(tse_pairs(), per_case=per_case, seed=0) if per_case else []
-    sentences = {s for p in pairs for s in (p.good, p.bad, p.intrusive) if s}
-    tse_tokens = sum(len(ids) + 1 for ids in tokenizer(sorted(sentences), add_special_tokens=False)["input_ids"])
+    tse_tokens, tse_heads = tse_work(tokenizer, pairs)
     capture_flops = wd_tokens * (body + attention)
-    eval_flops = CONDITIONS * (tse_tokens * (body + head) + ppl_tokens * (body + attention + head))
+    eval_flops = CONDITIONS * (tse_tokens * body + tse_heads * head + ppl_tokens * (body + attention + head))
     sort_bytes = 4.0 * wd_tokens * layers * inner
     dev = torch.device(device)
-    a, b = torch.randn(4096, d, device=dev), torch.randn(d, vocab, device=dev)
     x = torch.randn(min(inner, 256), WD_TOKENS, device=dev)  # neurons x tokens: the engine sorts rows
-    flop_rate = 2.0 * 4096 * d * vocab / _best(lambda: a @ b, dev)
-    sort_rate = 4.0 * x.numel() / _best(lambda: torch.sort(x, dim=1), dev)
+    flop_rate = 0.0  # the best of a whole product and a cache-sized tile, each into a kept output
+    for rows, columns, repeats in ((4096, vocab, 1), (512, 2048, 8)):
+        a, b = torch.randn(rows, d, device=dev), torch.randn(d, columns, device=dev)
+        out = torch.empty(rows, columns, device=dev)
+        seconds = _best(lambda a=a, b=b, out=out, n=repeats: [torch.mm(a, b, out=out) for _ in range(n)], dev)
+        flop_rate = max(flop_rate, 2.0 * rows * d * columns * repeats / seconds)
+    if device == "cpu":  # the engine's CPU sort: NumPy's SIMD quicksort of rows in place, on every core
+        sort_rate = 4.0 * x.numel() * usable_cores() / _best(lambda: x.numpy().copy().sort(axis=1), dev)
+    else:
+        sort_rate = 4.0 * x.numel() / _best(lambda: torch.sort(x, dim=1), dev)
     print(
-        f"floor: {tse_tokens} TSE tokens and {ppl_tokens} perplexity tokens x {CONDITIONS} conditions; "
-        f"peaks measured here: matmul {flop_rate / 1e9:.1f} GFLOP/s, sort {sort_rate / 1e9:.2f} GB/s"
+        f"floor: {tse_tokens} TSE tokens ({tse_heads} projected: from each pair's first difference) and "
+        f"{ppl_tokens} perplexity tokens x {CONDITIONS} conditions; peaks measured here: "
+        f"matmul {flop_rate / 1e9:.1f} GFLOP/s, sort {sort_rate / 1e9:.2f} GB/s"
     )
     return {
         "statistics": capture_flops / flop_rate + sort_bytes / sort_rate,
@@ -176,6 +189,24 @@ def floor_seconds(shape: Shape, device: str, extra: str) -> dict[str, float]:
         "capture": capture_flops / flop_rate,
         "sort": sort_bytes / sort_rate,
     }
+
+
+def tse_work(tokenizer, pairs) -> tuple[int, int]:  # noqa: ANN001
+    """``(tokens, projected)`` of the TSE pairs with a BOS prefix: every distinct sentence's tokens run
+    through the layers once; only positions from a pair's first difference on are projected."""
+    from dynamics.syntax.logprobs import common_prefix_length
+
+    ids: dict[str, list[int]] = {}
+    sentences = sorted({s for p in pairs for s in (p.good, p.bad, p.intrusive) if s})
+    for sentence, encoded in zip(sentences, tokenizer(sentences, add_special_tokens=False)["input_ids"]):
+        ids[sentence] = [0, *encoded]  # the BOS prefix
+    tokens = sum(len(row) for row in ids.values())
+    projected = 0
+    for pair in pairs:
+        rows = [ids[s] for s in (pair.good, pair.bad, pair.intrusive) if s]
+        first = min(common_prefix_length(rows[0], row) for row in rows[1:])
+        projected += sum(len(row) - max(1, first) for row in rows)
+    return tokens, projected
 
 
 def _best(fn, device) -> float:  # noqa: ANN001
@@ -194,6 +225,10 @@ def _best(fn, device) -> float:  # noqa: ANN001
 def main() -> None:
     args = parse_args()
     shape = SHAPES[args.shape]
+    if args.floor_only:
+        floor = floor_seconds(shape, args.device, args.extra)
+        print("floor (s): " + ", ".join(f"{phase} {value:.3g}" for phase, value in floor.items()))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     hf_home = args.work / "hf"
     built = build_hub_cache(hf_home / "hub", shape, args.tokenizer, (STEP,), "cpu")

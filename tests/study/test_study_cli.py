@@ -7,10 +7,9 @@ import logging
 import numpy as np
 import pytest
 import torch
-from fixtures.study import fake_tagger, save_tiny_model, write_blimp, write_corpus
+from fixtures.study import fake_tagger, run_interrupted_study, save_tiny_model, write_blimp, write_corpus
 from study.test_study import study_config, tiny_model_from
 
-import dynamics.study.worker as study_worker
 from dynamics.ablation import ablate
 from dynamics.cli import main
 from dynamics.errors import CubeError
@@ -45,19 +44,8 @@ def test_an_interrupted_study_resumes_to_the_same_cube(data, tmp_path, monkeypat
     whole = study_config(data / "llama", tmp_path / "whole.zarr", data, layer_groups=0)
     run_study(whole)
     config = study_config(data / "llama", tmp_path / "cut.zarr", data, layer_groups=0)
-    real, calls = study_worker.measure_unit, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(args[1])
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(study_worker, "measure_unit", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_study(config)
+    assert len(run_interrupted_study(monkeypatch, config, 4)) == 4
     assert int(open_cube(config.out)["done"].sum()) == 2 + 2  # clean (fills both percents), neg_top and pos_top at 5%
-    monkeypatch.setattr(study_worker, "measure_unit", real)
     summary = run_study(config)
     assert summary.skipped == [0, 1, 2] and summary.done == list(range(3, 10))
     a, b = open_cube(whole.out), open_cube(config.out)

@@ -12,12 +12,18 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-from fixtures.study import char_tokenizer, fake_tagger, save_tiny_model, write_blimp, write_corpus
+from fixtures.study import (
+    char_tokenizer,
+    fake_tagger,
+    run_interrupted_study,
+    save_tiny_model,
+    write_blimp,
+    write_corpus,
+)
 from fixtures.tiny_models import tiny_input_ids, tiny_model
 from study.test_study import study_config
 
 import dynamics.study.measures as study_measures
-import dynamics.study.worker as study_worker
 from checkpoints.adapters import mlp_shape
 from dynamics.cli import main
 from dynamics.lmeval import TaskPlan
@@ -110,19 +116,8 @@ def test_shared_passes_give_the_cube_of_one_condition_at_a_time(data, tmp_path, 
 
 def test_a_resumed_study_in_runs_of_three_gives_the_same_cube(data, tmp_path, one_at_a_time, monkeypatch):
     config = together_config(data, tmp_path / "cut.zarr", conditions_per_pass=3)
-    real, calls = study_worker.measure_unit, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(args[1])
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(study_worker, "measure_unit", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_study(config, tagger=fake_tagger)
+    assert len(run_interrupted_study(monkeypatch, config, 4, tagger=fake_tagger)) == 4
     assert int(open_cube(config.out)["done"].sum()) == 2 + 2  # clean (both percents), neg_top and pos_top at 5%
-    monkeypatch.setattr(study_worker, "measure_unit", real)
     with counting_passes(monkeypatch) as passes:
         summary = run_study(config, tagger=fake_tagger)
     assert summary.skipped == [0, 1, 2] and summary.done == list(range(3, 14))
