@@ -146,11 +146,6 @@ def _cpu_tile(rows: int, columns: int) -> torch.Tensor:
     return kept[: rows * columns].view(rows, columns)
 
 
-def forget_cpu_tile() -> None:
-    """Drop this thread's CPU tile (the next call makes a new one)."""
-    _CPU_BUFFER.tile = None
-
-
 def head_logits(
     head: torch.nn.Linear,
     hidden: torch.Tensor,

@@ -198,14 +198,22 @@ def test_sequence_log_probs_through_the_tiles(monkeypatch):
 
 def test_the_cpu_tile_serves_calls_in_and_out_of_inference_mode():
     """The per-thread tile is made once; a call under ``no_grad`` after one under
-    ``inference_mode`` (the scorer's) still writes into it."""
+    ``inference_mode`` (the scorer's) still writes into it. A fresh thread has no tile yet, so
+    its first call, in inference mode, is the one that makes it."""
     model = tiny_model("gpt_neox")
     hidden, targets = random_rows(model, 6, seed=7)
-    linear_head.forget_cpu_tile()
-    with torch.inference_mode():
-        first = modelcalls.hidden_log_probs(model, hidden, targets)
-    with torch.no_grad():
-        second = modelcalls.hidden_log_probs(model, hidden, targets)
-    with torch.inference_mode():
-        third = modelcalls.hidden_log_probs(model, hidden, targets)
-    assert torch.equal(first, second) and torch.equal(first, third)
+    results: list[torch.Tensor] = []
+
+    def calls() -> None:
+        with torch.inference_mode():
+            results.append(modelcalls.hidden_log_probs(model, hidden, targets))
+        with torch.no_grad():
+            results.append(modelcalls.hidden_log_probs(model, hidden, targets))
+        with torch.inference_mode():
+            results.append(modelcalls.hidden_log_probs(model, hidden, targets))
+
+    worker = threading.Thread(target=calls)
+    worker.start()
+    worker.join()
+    assert len(results) == 3  # an error in the thread would leave fewer
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
