@@ -177,7 +177,7 @@ def map_batches(device: Any, work: Callable[[T], R], batches: Iterable[T]) -> It
 
     pending: deque[Future[R]] = deque()
     with one_torch_thread():
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="batch")
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="batch", initializer=torch_on_one_thread_here)
         try:
             for batch in batches:
                 pending.append(pool.submit(in_worker, batch))
@@ -213,6 +213,16 @@ def one_torch_thread() -> Iterator[None]:
             _THREADS_STATE["depth"] -= 1
             if _THREADS_STATE["depth"] == 0:
                 torch.set_num_threads(_THREADS_STATE["saved"])
+
+
+def torch_on_one_thread_here() -> None:
+    """Run the calling (fresh) thread's torch ops on one thread, from its first op on.
+
+    Torch applies its thread count to a new thread lazily, at the thread's first parallel
+    op; a matrix product before that runs on OpenMP's default team (every core), which
+    oversubscribes the workers and rounds differently from one thread. Meant for worker
+    threads inside :func:`one_torch_thread`, where the process-wide count is already one."""
+    torch.set_num_threads(1)
 
 
 def threads_outside() -> int:

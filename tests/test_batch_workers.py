@@ -44,6 +44,19 @@ def test_batches_run_side_by_side_in_order_on_one_torch_thread_each():
     assert torch.get_num_threads() == before
 
 
+def test_a_workers_first_matrix_product_runs_on_one_thread():
+    """A fresh thread's first matrix product, before any parallel op, runs on OpenMP's default
+    team unless the worker sets its torch threads: skinny products round differently there
+    (on a machine with more than one core). Each worker's first batch is such a product."""
+    cpu_threads.set_batch_workers(2)
+    generator = torch.Generator().manual_seed(0)
+    rows, weight = torch.randn(8, 6, 32, generator=generator) * 3, torch.randn(100, 32, generator=generator)
+    with cpu_threads.cpu_threads(1):
+        alone = [torch.mm(part, weight.t()) for part in rows]
+    got = list(cpu_threads.map_batches("cpu", lambda part: torch.mm(part, weight.t()), rows))
+    assert all(torch.equal(a, b) for a, b in zip(alone, got, strict=True))
+
+
 def test_one_worker_or_another_device_runs_in_the_calling_thread():
     here = threading.get_ident()
     cpu_threads.set_batch_workers(1)

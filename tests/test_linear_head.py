@@ -203,8 +203,12 @@ def test_the_cpu_tile_serves_calls_in_and_out_of_inference_mode():
     model = tiny_model("gpt_neox")
     hidden, targets = random_rows(model, 6, seed=7)
     results: list[torch.Tensor] = []
+    threads = torch.get_num_threads()
 
     def calls() -> None:
+        # Torch applies its thread count to a new thread at the thread's first parallel op;
+        # set it first, or the first product runs on OpenMP's default team and rounds differently.
+        torch.set_num_threads(threads)
         with torch.inference_mode():
             results.append(modelcalls.hidden_log_probs(model, hidden, targets))
         with torch.no_grad():

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dynamics.cpu_threads import batch_workers, one_torch_thread, threads_outside
+from dynamics.cpu_threads import batch_workers, one_torch_thread, threads_outside, torch_on_one_thread_here
 from dynamics.errors import UserInputError
 
 __all__ = ["wasserstein_split", "wasserstein_to_gaussian"]
@@ -288,7 +288,7 @@ def _exact_columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
             if workers == 1:
                 parts = [run(cols) for cols in chunks]
             else:
-                with ThreadPoolExecutor(workers) as pool:
+                with ThreadPoolExecutor(workers, initializer=torch_on_one_thread_here) as pool:
                     parts = list(pool.map(run, chunks))
     return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]
 
