@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from fixtures.study import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
+from fixtures.study import BLIMP_TINY, save_tiny_model
 from fixtures.tiny_models import N_LAYERS, TINY_FAMILIES
 
 from dynamics.ablation import ablate
@@ -51,14 +51,6 @@ def study_config(model_dir, out, data, **overrides) -> StudyConfig:
         protocol="strict",
     )  # strict: the scoring from before --protocol
     return StudyConfig(**{**values, **overrides})
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study_data")
-    write_corpus(root)
-    write_blimp(root / "blimp")
-    return root
 
 
 # Each family's study takes seconds: two families (plain and gated MLP) stay in the quick run.

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from fixtures.study import fake_tagger, run_interrupted_study, save_tiny_model, write_blimp, write_corpus
+from fixtures.study import fake_tagger, run_interrupted_study
 from study.test_study import study_config, tiny_model_from
 
 from dynamics.ablation import ablate
@@ -18,15 +18,6 @@ from dynamics.report.scan_text import report
 from dynamics.study.driver import run_study
 from dynamics.syntax.pos import excess_surprisal, pos_surprisal
 from store import open_cube
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study_cli_data")
-    write_corpus(root)
-    write_blimp(root / "blimp")
-    save_tiny_model("llama", root / "llama")
-    return root
 
 
 @pytest.fixture(scope="module")

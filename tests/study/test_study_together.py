@@ -16,9 +16,6 @@ from fixtures.study import (
     char_tokenizer,
     fake_tagger,
     run_interrupted_study,
-    save_tiny_model,
-    write_blimp,
-    write_corpus,
 )
 from fixtures.tiny_models import tiny_input_ids, tiny_model
 from study.test_study import study_config
@@ -41,15 +38,6 @@ pytestmark = pytest.mark.models
 
 #: Variables that hold sums of float32 log-probabilities (equal to rounding, see the module docstring).
 MARGINS = ("tse_margin", "group_tse_margin")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("together_data")
-    write_corpus(root)
-    write_blimp(root / "blimp")
-    save_tiny_model("llama", root / "llama")
-    return root
 
 
 def together_config(data, out, **overrides):
