@@ -4,13 +4,16 @@
 on a Dask worker otherwise) before any step is measured: when the cube has no cohort yet it
 fixes one at the reference step (:func:`fix_cohort`: the top WD neurons and a random
 control; :func:`add_matched_control` with ``--matched``), and it returns the corpus
-provenance the cube records. It shares the worker's per-run context
-(:func:`dynamics.scan.worker.worker_context`), so the reference checkpoint is loaded once.
+provenance the cube records. The reference step's statistics stay in the context, and that
+step's measurement takes them instead of capturing the same windows again. It shares the
+worker's per-run context (:func:`dynamics.scan.worker.worker_context`), so the reference
+checkpoint is loaded once.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -26,12 +29,10 @@ from dynamics.ablation import (
 )
 from dynamics.config import resolve_protocol
 from dynamics.corpus import corpus_hash
-from dynamics.modelcalls import model_device
-from dynamics.runtime import capture_budget, load_checkpoint_model
+from dynamics.runtime import load_checkpoint_model
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.worker import RunSpec, WorkerContext, worker_context
 from dynamics.stats.cohort import random_control_mask, top_percent_mask
-from dynamics.stats.neurons import neuron_wasserstein
 from dynamics.syntax.tse import TSE_CASES
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,11 @@ def prepare_reference(spec: RunSpec) -> dict[str, Any]:
     static = None
     if spec.cohort is None:
         model = context.reference_model or _reload_reference(context)
-        static = fix_cohort(model, context.wd_windows, spec.config)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            wd = context.wasserstein(model, progress=True)
+        context.reference_statistics = (wd, time.perf_counter() - start)
+        static = fix_cohort(wd, spec.config)
         if spec.config.matched:
             assert context.ppl_windows is not None  # plan_scan: --matched needs --ppl-tokens > 0
             static = add_matched_control(static, model, context.ppl_windows, spec.config)
@@ -71,10 +76,8 @@ def _reload_reference(context: WorkerContext) -> Any:
         context.release(checkpoint)
 
 
-def fix_cohort(model: Any, windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
-    with torch.inference_mode():
-        budget = capture_budget(config.memory_budget_gib, str(model_device(model)))
-        wd = neuron_wasserstein(model, windows, budget, config.batch_size, progress=True)
+def fix_cohort(wd: xr.Dataset, config: ScanConfig) -> xr.Dataset:
+    """The cohort (top WD neurons) and its random control, from the reference step's statistics ``wd``."""
     scores = torch.from_numpy(np.nan_to_num(wd["wd"].values, nan=-np.inf))
     cohort = top_percent_mask(scores, config.cohort_percent, config.cohort_scope)
     pool = resolve_protocol(config).random_control

@@ -126,6 +126,10 @@ class WorkerContext:
     pairs: list[Any]
     reference_weights: torch.Tensor  # [layer, neuron, d_model]
     reference_model: Any = None  # kept only until the cohort is fixed
+    #: The reference step's statistics and the seconds they took, computed while fixing the
+    #: cohort (:func:`dynamics.scan.cohort_setup.prepare_reference`): that step's measurement
+    #: takes them instead of capturing the same windows again.
+    reference_statistics: tuple[xr.Dataset, float] | None = None
     prefetcher: Prefetcher = field(init=False)
 
     def __post_init__(self) -> None:
@@ -144,6 +148,20 @@ class WorkerContext:
     @property
     def memory_budget(self) -> int:
         return capture_budget(self.spec.config.memory_budget_gib, self.device)
+
+    def wasserstein(self, model: torch.nn.Module, progress: bool = False) -> xr.Dataset:
+        """A step's per-neuron statistics (:func:`dynamics.stats.neurons.neuron_wasserstein`
+        on this run's WD windows), the same for the reference step and every other."""
+        config = self.spec.config
+        return neuron_wasserstein(
+            model,
+            self.wd_windows,
+            self.memory_budget,
+            config.batch_size,
+            progress=progress,
+            with_mapping_difficulty=config.mapping_difficulty,
+            seed=config.seed,
+        )
 
     def fetch(self, step: int) -> Checkpoint:
         """The checkpoint of ``step`` (prefetched when it was announced); raises on failure."""
@@ -168,17 +186,13 @@ class WorkerContext:
         timings = {"download": checkpoint.seconds}
         with timed(timings, "load"):
             model = load_checkpoint_model(checkpoint, self.device, config.dtype)
+        kept = self.reference_statistics if checkpoint.step == self.spec.reference_step else None
         with timed(timings, "statistics"), torch.inference_mode():
-            wd = neuron_wasserstein(
-                model,
-                self.wd_windows,
-                self.memory_budget,
-                config.batch_size,
-                with_mapping_difficulty=config.mapping_difficulty,
-                seed=config.seed,
-            )
+            wd = kept[0] if kept is not None else self.wasserstein(model)
             weights = input_weights(model)
             drift = drift_measures(weights, self.reference_weights, cohort, control)
+        if kept is not None:
+            timings["statistics"] += kept[1]  # what they cost, when the cohort was fixed
         conditions: dict[str, torch.Tensor | None] = {
             "clean": None,
             "neg_cohort": torch.from_numpy(cohort),

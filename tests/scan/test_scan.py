@@ -65,6 +65,31 @@ def test_wd_in_the_cube_is_the_engine_on_the_same_tokens(full_cube, tiny_suite):
     np.testing.assert_allclose(open_cube(full_cube)["wd"].sel(step=2).values, direct["wd"].values, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("reference", "captures"), [(None, 2), (2, 3)])
+def test_the_reference_steps_statistics_are_computed_once(tiny_suite, tmp_path, monkeypatch, reference, captures):
+    """The statistics computed to fix the cohort serve the reference step's measurement (steps 4
+    and 8, reference 8: two captures); a reference outside the scanned steps adds its own. The
+    stored WD is the engine's on that step either way, and its seconds count the capture."""
+    import dynamics.stats.neurons as neurons
+
+    calls: list[int] = []
+    real = neurons.iter_layer_captures
+    monkeypatch.setattr(neurons, "iter_layer_captures", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path / "ref.zarr"
+    summary = scan(tiny_suite, out, steps="4,8", reference_step=reference, tse_per_case=0, ppl_tokens=0)
+    assert summary.done == [4, 8] and len(calls) == captures
+    ds = open_cube(out)
+    checkpoint = LocalSuiteSource(resolve_model(str(tiny_suite))).fetch(8)
+    windows = load_token_windows(
+        CorpusSpec(source=str(tiny_suite / "heldout.txt"), window=32, token_budget=512), checkpoint.load_tokenizer()
+    )
+    with torch.inference_mode():
+        direct = neuron_wasserstein(checkpoint.load_model(), windows, memory_budget=2**30, batch_size=3)
+    for name in ("wd", "wd_neg", "wd_pos"):
+        np.testing.assert_allclose(ds[name].sel(step=8).values, direct[name].values, rtol=1e-6)
+    assert (ds["seconds"].sel(phase="statistics") > 0).all()
+
+
 def test_cohort_weights_and_drift_prev_against_the_checkpoints(full_cube, tiny_suite):
     """Each member's stored row is its input weights; drift_prev is scipy's cosine distance to the step before."""
     from scipy.spatial.distance import cosine
