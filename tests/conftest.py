@@ -58,3 +58,16 @@ def full_cube(tiny_suite, tmp_path_factory) -> Path:
     summary = run_scan(ScanConfig(model=str(tiny_suite), out=str(out), steps="all", stepwise=True, **FAST_SCAN))
     assert summary.done == [0, 1, 2, 4, 8] and not summary.failed
     return out
+
+
+@pytest.fixture(scope="session")
+def study_data(tmp_path_factory) -> Path:
+    """A corpus (``corpus.txt``), a BLiMP directory (``blimp``) and a tiny llama (``llama``)
+    for the study tests; they read them and write elsewhere."""
+    from fixtures.study import save_tiny_model, write_blimp, write_corpus
+
+    root = tmp_path_factory.mktemp("study_data")
+    write_corpus(root)
+    write_blimp(root / "blimp")
+    save_tiny_model("llama", root / "llama")
+    return root

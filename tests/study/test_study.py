@@ -27,11 +27,11 @@ from store import open_cube
 pytestmark = pytest.mark.models
 
 
-def study_config(model_dir, out, data, **overrides) -> StudyConfig:
+def study_config(model_dir, out, study_data, **overrides) -> StudyConfig:
     values = dict(
         model=str(model_dir),
         out=str(out),
-        corpus=str(data / "corpus.txt"),
+        corpus=str(study_data / "corpus.txt"),
         window=64,
         wd_tokens=512,
         ppl_tokens=256,
@@ -40,7 +40,7 @@ def study_config(model_dir, out, data, **overrides) -> StudyConfig:
         match_tolerance=1e-4,
         match_iterations=4,
         tse_per_case=1,
-        blimp=str(data / "blimp"),
+        blimp=str(study_data / "blimp"),
         blimp_per_paradigm=2,
         blimp_paradigms=",".join(BLIMP_TINY),
         tasks="none",
@@ -61,11 +61,11 @@ QUICK_FAMILIES = ("gpt_neox", "llama")
     scope="module",
     params=[f if f in QUICK_FAMILIES else pytest.param(f, marks=pytest.mark.slow) for f in TINY_FAMILIES],
 )
-def family_study(request, data, tmp_path_factory):
+def family_study(request, study_data, tmp_path_factory):
     family = request.param
     root = tmp_path_factory.mktemp(f"study_{family}")
     model_dir = save_tiny_model(family, root / family)
-    config = study_config(model_dir, root / "study.zarr", data)
+    config = study_config(model_dir, root / "study.zarr", study_data)
     summary = run_study(config)
     return family, config, summary
 

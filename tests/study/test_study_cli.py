@@ -21,20 +21,20 @@ from store import open_cube
 
 
 @pytest.fixture(scope="module")
-def pos_study(data, tmp_path_factory):
+def pos_study(study_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("pos") / "pos.zarr"
     config = study_config(
-        data / "llama", out, data, percents="10", tasks="arc_easy", layer_groups=0, pos="auto", pos_lines=3
+        study_data / "llama", out, study_data, percents="10", tasks="arc_easy", layer_groups=0, pos="auto", pos_lines=3
     )
     run_study(config, tagger=fake_tagger)
     return config
 
 
 @pytest.mark.slow
-def test_an_interrupted_study_resumes_to_the_same_cube(data, tmp_path, monkeypatch):
-    whole = study_config(data / "llama", tmp_path / "whole.zarr", data, layer_groups=0)
+def test_an_interrupted_study_resumes_to_the_same_cube(study_data, tmp_path, monkeypatch):
+    whole = study_config(study_data / "llama", tmp_path / "whole.zarr", study_data, layer_groups=0)
     run_study(whole)
-    config = study_config(data / "llama", tmp_path / "cut.zarr", data, layer_groups=0)
+    config = study_config(study_data / "llama", tmp_path / "cut.zarr", study_data, layer_groups=0)
     assert len(run_interrupted_study(monkeypatch, config, 4)) == 4
     assert int(open_cube(config.out)["done"].sum()) == 2 + 2  # clean (fills both percents), neg_top and pos_top at 5%
     summary = run_study(config)
@@ -45,13 +45,26 @@ def test_an_interrupted_study_resumes_to_the_same_cube(data, tmp_path, monkeypat
     assert run_study(config).done == []
 
 
-def test_a_different_analysis_is_refused_on_the_same_cube(data, tmp_path):
+def test_a_different_analysis_is_refused_on_the_same_cube(study_data, tmp_path):
     config = study_config(
-        data / "llama", tmp_path / "s.zarr", data, layer_groups=0, tse_per_case=0, blimp_per_paradigm=0, percents="10"
+        study_data / "llama",
+        tmp_path / "s.zarr",
+        study_data,
+        layer_groups=0,
+        tse_per_case=0,
+        blimp_per_paradigm=0,
+        percents="10",
     )
     run_study(config)
     other = study_config(
-        data / "llama", config.out, data, layer_groups=0, tse_per_case=0, blimp_per_paradigm=0, percents="10", seed=1
+        study_data / "llama",
+        config.out,
+        study_data,
+        layer_groups=0,
+        tse_per_case=0,
+        blimp_per_paradigm=0,
+        percents="10",
+        seed=1,
     )
     with pytest.raises(
         CubeError,
@@ -75,23 +88,23 @@ def test_a_different_analysis_is_refused_on_the_same_cube(data, tmp_path):
         (["--conditions-per-pass", "-1"], "--conditions-per-pass -1: expected 0 (as many as fit) or more conditions"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_nothing_is_written(data, tmp_path, capsys, args, message):
+def test_bad_input_is_one_line_exit_2_and_nothing_is_written(study_data, tmp_path, capsys, args, message):
     out = tmp_path / "bad.zarr"
-    args = [str(data / "blimp") if a == "BLIMP_DIR" else a for a in args]
-    code = main(["ablate", "--model", str(data / "llama"), "--out", str(out), *args])
+    args = [str(study_data / "blimp") if a == "BLIMP_DIR" else a for a in args]
+    code = main(["ablate", "--model", str(study_data / "llama"), "--out", str(out), *args])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err and err.startswith("dynamics ablate: error: ")
     assert not out.exists()
 
 
-def test_an_unknown_prefix_token_is_refused_before_the_cube_is_made(data, tmp_path, capsys):
+def test_an_unknown_prefix_token_is_refused_before_the_cube_is_made(study_data, tmp_path, capsys):
     out = tmp_path / "p.zarr"
     assert (
         main(
             [
                 "ablate",
                 "--model",
-                str(data / "llama"),
+                str(study_data / "llama"),
                 "--out",
                 str(out),
                 "--prefix",
@@ -99,7 +112,7 @@ def test_an_unknown_prefix_token_is_refused_before_the_cube_is_made(data, tmp_pa
                 "--blimp-per-paradigm",
                 "0",
                 "--corpus",
-                str(data / "corpus.txt"),
+                str(study_data / "corpus.txt"),
                 "--tasks",
                 "none",
             ]
@@ -110,20 +123,20 @@ def test_an_unknown_prefix_token_is_refused_before_the_cube_is_made(data, tmp_pa
     assert not out.exists()
 
 
-def test_an_out_that_is_not_a_cube_name_is_refused(data, capsys):
-    assert main(["ablate", "--model", str(data / "llama"), "--out", "results"]) == 2
+def test_an_out_that_is_not_a_cube_name_is_refused(study_data, capsys):
+    assert main(["ablate", "--model", str(study_data / "llama"), "--out", "results"]) == 2
     assert "--out 'results': a cube is a directory whose name ends in .zarr" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
-def test_an_unknown_lm_eval_task_is_refused_before_anything_runs(data, tmp_path, capsys):
+def test_an_unknown_lm_eval_task_is_refused_before_anything_runs(study_data, tmp_path, capsys):
     assert (
         main(
             [
                 "ablate",
                 "--model",
-                str(data / "llama"),
+                str(study_data / "llama"),
                 "--out",
                 str(tmp_path / "t.zarr"),
                 "--tasks",
@@ -214,15 +227,15 @@ def choice_log_likelihoods(model, tokenizer, question: str, choices: list[str]) 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
-def test_lm_eval_scores_the_ablated_model(data, tmp_path):
+def test_lm_eval_scores_the_ablated_model(study_data, tmp_path):
     from fixtures.study import write_lm_eval_task
     from transformers import AutoTokenizer
 
     docs = write_lm_eval_task(tmp_path / "tasks")
     config = study_config(
-        data / "llama",
+        study_data / "llama",
         tmp_path / "lm.zarr",
-        data,
+        study_data,
         percents="10",
         tasks="tiny_mc",
         task_path=str(tmp_path / "tasks"),
@@ -297,18 +310,18 @@ def test_full_lifts_every_budget_and_limit_zero_means_all():
     }
 
 
-def test_a_hub_model_is_studied_at_its_main_revision_from_an_offline_cache(data, tmp_path):
+def test_a_hub_model_is_studied_at_its_main_revision_from_an_offline_cache(study_data, tmp_path):
     import shutil
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hf" / "models--someone--tiny-llama"
-    shutil.copytree(data / "llama", repo / "snapshots" / commit)
+    shutil.copytree(study_data / "llama", repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     config = study_config(
         "someone/tiny-llama",
         tmp_path / "hub.zarr",
-        data,
+        study_data,
         percents="10",
         layer_groups=0,
         tse_per_case=0,
@@ -320,15 +333,15 @@ def test_a_hub_model_is_studied_at_its_main_revision_from_an_offline_cache(data,
     assert ds.attrs["provenance"]["revision"] == "main" and ds.attrs["provenance"]["commit"] == commit
     assert ds.attrs["identity"]["model"] == "someone/tiny-llama" and ds.attrs["identity"]["commit"] == commit
     assert (repo / "snapshots" / commit).is_dir()  # a study keeps the model it downloaded or found
-    local = open_cube(run_local(data, tmp_path))
+    local = open_cube(run_local(study_data, tmp_path))
     np.testing.assert_allclose(ds["ppl"].values, local["ppl"].values, rtol=1e-9)
 
 
-def run_local(data, tmp_path):
+def run_local(study_data, tmp_path):
     config = study_config(
-        data / "llama",
+        study_data / "llama",
         tmp_path / "local.zarr",
-        data,
+        study_data,
         percents="10",
         layer_groups=0,
         tse_per_case=0,
@@ -338,13 +351,13 @@ def run_local(data, tmp_path):
     return config.out
 
 
-def test_a_local_suite_is_studied_at_the_step_asked_for(tiny_suite, data, tmp_path):
+def test_a_local_suite_is_studied_at_the_step_asked_for(tiny_suite, study_data, tmp_path):
     from dynamics.errors import UserInputError
 
     config = study_config(
         tiny_suite,
         tmp_path / "suite.zarr",
-        data,
+        study_data,
         percents="10",
         layer_groups=0,
         blimp_per_paradigm=0,
@@ -356,11 +369,11 @@ def test_a_local_suite_is_studied_at_the_step_asked_for(tiny_suite, data, tmp_pa
     ds = open_cube(config.out)
     assert ds.attrs["provenance"]["revision"] == "step4" and ds.attrs["identity"]["revision"] == "step4"
     with pytest.raises(UserInputError, match=r"--revision step3: .* has steps 0, 1, 2, 4, 8"):
-        run_study(study_config(tiny_suite, tmp_path / "x.zarr", data, revision="3", blimp_per_paradigm=0))
+        run_study(study_config(tiny_suite, tmp_path / "x.zarr", study_data, revision="3", blimp_per_paradigm=0))
     assert not (tmp_path / "x.zarr").exists()
 
 
-def test_pos_is_skipped_with_one_line_without_spacy(data, tmp_path, monkeypatch, caplog):
+def test_pos_is_skipped_with_one_line_without_spacy(study_data, tmp_path, monkeypatch, caplog):
     from dynamics.errors import UserInputError
     from dynamics.syntax import pos
 
@@ -369,9 +382,9 @@ def test_pos_is_skipped_with_one_line_without_spacy(data, tmp_path, monkeypatch,
 
     monkeypatch.setattr(pos, "spacy_tagger", missing)
     config = study_config(
-        data / "llama",
+        study_data / "llama",
         tmp_path / "nopos.zarr",
-        data,
+        study_data,
         percents="10",
         layer_groups=0,
         tse_per_case=0,

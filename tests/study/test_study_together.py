@@ -40,9 +40,9 @@ pytestmark = pytest.mark.models
 MARGINS = ("tse_margin", "group_tse_margin")
 
 
-def together_config(data, out, **overrides):
+def together_config(study_data, out, **overrides):
     """Every shared phase and the POS phase that reads the perplexity pass's per-token NLL."""
-    return study_config(data / "llama", out, data, pos="auto", pos_unit="tokens", **overrides)
+    return study_config(study_data / "llama", out, study_data, pos="auto", pos_unit="tokens", **overrides)
 
 
 @contextmanager
@@ -62,8 +62,8 @@ def counting_passes(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def one_at_a_time(data, tmp_path_factory):
-    config = together_config(data, tmp_path_factory.mktemp("alone") / "alone.zarr", conditions_per_pass=1)
+def one_at_a_time(study_data, tmp_path_factory):
+    config = together_config(study_data, tmp_path_factory.mktemp("alone") / "alone.zarr", conditions_per_pass=1)
     with pytest.MonkeyPatch.context() as monkeypatch, counting_passes(monkeypatch) as passes:
         assert not run_study(config, tagger=fake_tagger).failed
     assert passes == []  # --conditions-per-pass 1: no shared pass at all
@@ -82,8 +82,8 @@ def assert_same_cube(together, alone) -> None:
             np.testing.assert_array_equal(a, b, err_msg=name)
 
 
-def test_shared_passes_give_the_cube_of_one_condition_at_a_time(data, tmp_path, one_at_a_time, monkeypatch):
-    config = together_config(data, tmp_path / "together.zarr")
+def test_shared_passes_give_the_cube_of_one_condition_at_a_time(study_data, tmp_path, one_at_a_time, monkeypatch):
+    config = together_config(study_data, tmp_path / "together.zarr")
     with counting_passes(monkeypatch) as passes:
         summary = run_study(config, tagger=fake_tagger)
     assert summary.done == list(range(14)) and not summary.failed
@@ -102,8 +102,8 @@ def test_shared_passes_give_the_cube_of_one_condition_at_a_time(data, tmp_path, 
     assert float(seconds.sel(condition="neg_top")) == float(seconds.sel(condition="neg_random")) > 0
 
 
-def test_a_resumed_study_in_runs_of_three_gives_the_same_cube(data, tmp_path, one_at_a_time, monkeypatch):
-    config = together_config(data, tmp_path / "cut.zarr", conditions_per_pass=3)
+def test_a_resumed_study_in_runs_of_three_gives_the_same_cube(study_data, tmp_path, one_at_a_time, monkeypatch):
+    config = together_config(study_data, tmp_path / "cut.zarr", conditions_per_pass=3)
     assert len(run_interrupted_study(monkeypatch, config, 4, tagger=fake_tagger)) == 4
     assert int(open_cube(config.out)["done"].sum()) == 2 + 2  # clean (both percents), neg_top and pos_top at 5%
     with counting_passes(monkeypatch) as passes:
@@ -115,7 +115,7 @@ def test_a_resumed_study_in_runs_of_three_gives_the_same_cube(data, tmp_path, on
     assert_same_cube(open_cube(config.out), one_at_a_time)
 
 
-def test_a_bug_in_a_shared_pass_stops_the_study_loudly(data, tmp_path, monkeypatch, capsys):
+def test_a_bug_in_a_shared_pass_stops_the_study_loudly(study_data, tmp_path, monkeypatch, capsys):
     real = study_measures.token_nll_each
 
     def broken(model, windows, copies, *args, **kwargs):
@@ -125,7 +125,15 @@ def test_a_bug_in_a_shared_pass_stops_the_study_loudly(data, tmp_path, monkeypat
 
     monkeypatch.setattr(study_measures, "token_nll_each", broken)
     out = tmp_path / "bug.zarr"
-    args = ["ablate", "--model", str(data / "llama"), "--out", str(out), "--corpus", str(data / "corpus.txt")]
+    args = [
+        "ablate",
+        "--model",
+        str(study_data / "llama"),
+        "--out",
+        str(out),
+        "--corpus",
+        str(study_data / "corpus.txt"),
+    ]
     args += ["--window", "64", "--wd-tokens", "512", "--ppl-tokens", "256", "--percents", "10"]
     args += ["--match-percent", "10", "--match-iterations", "2", "--tse-per-case", "1", "--blimp-per-paradigm", "0"]
     args += ["--tasks", "none", "--layer-groups", "0", "--pos", "off", "--threads", "1", "--task-retries", "2"]
