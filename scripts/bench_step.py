@@ -24,11 +24,11 @@ the engine's sort: NumPy's row sort on the CPU,
     python scripts/bench_step.py --shape pythia-14m --old /tmp/old --repeats 1 --new-extra "--protocol strict"
     python scripts/bench_step.py --shape pythia-1.4b --device cuda --old /tmp/old   # on a GPU
 
-Measured on this project's 2-core machine (load average 0.2-1.5), Pythia-14m shape,
-``--repeats 1 --new-extra "--protocol strict" --ablate`` against c911d9c (2026-11-30): a scan
-step's statistics 3.42 s (c911d9c 6.02, 1.76x; floor 1.94) and evaluation 12.81 s (69.37,
-5.41x; floor 8.68); the command 25.8 s against 87.7 (3.40x); `dynamics ablate` 69.1 s against
-315.3 (4.57x), per condition TSE 5.58x, BLiMP 4.65x, perplexity 5.96x. The same TSE, BLiMP
+Measured on this project's 2-core machine (load average 1.0-1.7), Pythia-14m shape,
+``--repeats 1 --new-extra "--protocol strict" --ablate`` against c911d9c (2026-12-01): a scan
+step's statistics 3.33 s (c911d9c 6.07, 1.83x; floor 1.95) and evaluation 12.46 s (67.82,
+5.44x; floor 8.76); the command 21.5 s against 85.6 (3.98x); `dynamics ablate` 68.3 s against
+300.9 (4.41x), per condition TSE 5.46x, BLiMP 4.36x, perplexity 5.74x. The same TSE, BLiMP
 accuracies and WD; perplexity 1.6% apart by design (the strict protocol cuts perplexity text
 disjoint from the WD text, c911d9c did not: ``docs/protocol.md``).
 """
