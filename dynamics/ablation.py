@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -297,3 +298,45 @@ def noise_warning(increase: float, standard_error: float) -> str:
             f"(2 standard errors = {200 * standard_error:.2f}%); the match means little: use more --ppl-tokens"
         )
     return ""
+
+
+@dataclass(frozen=True)
+class MatchedControl:
+    """A perplexity-matched control (:func:`matched_control`) and what it was matched against."""
+
+    mask: np.ndarray  # [layer, neuron] bool, the bottom-m% WD neurons
+    match: BisectionResult  # m (``argument``), its perplexity (``value``), convergence, trials
+    clean: float  # clean perplexity
+    target: float  # perplexity with the reference set's negative pre-activations zeroed
+    increase: float  # the reference set's relative perplexity increase over clean
+    increase_se: float  # its standard error over the paired windows
+    noise: str  # :func:`noise_warning` of the increase ("" when it stands out of the noise)
+
+
+def matched_control(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    batch_size: int,
+    wd: np.ndarray,
+    reference: torch.Tensor,
+    low: float,
+    high: float,
+    tolerance: float,
+    max_iterations: int,
+) -> MatchedControl:
+    """The bottom-m% WD neurons whose negative ablation's perplexity increase over clean matches
+    that of ``reference`` (a ``[layer, neuron]`` mask) on ``windows``: the clean and reference
+    perplexities, the reference's paired increase and noise warning, then
+    :func:`match_bottom_percent` between ``low`` and ``high`` percent."""
+    predicted = windows.shape[0] * (windows.shape[1] - 1)
+    clean_nll = negative_ablation_window_nll(model, windows, batch_size, None)
+    reference_nll = negative_ablation_window_nll(model, windows, batch_size, reference)
+    clean = float(np.exp(float(clean_nll.sum()) / predicted))
+    target = float(np.exp(float(reference_nll.sum()) / predicted))
+    increase, increase_se = paired_increase(clean_nll, reference_nll, windows.shape[1] - 1)
+    noise = noise_warning(increase, increase_se)
+    if noise:
+        log.warning("matched control: %s", noise)
+    ablated_ppl = negative_ablation_perplexity(model, windows, batch_size)
+    mask, match = match_bottom_percent(wd, ablated_ppl, target, low, high, tolerance, max_iterations, clean=clean)
+    return MatchedControl(mask, match, clean, target, increase, increase_se, noise)

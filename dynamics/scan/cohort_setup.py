@@ -20,13 +20,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dynamics.ablation import (
-    match_bottom_percent,
-    negative_ablation_perplexity,
-    negative_ablation_window_nll,
-    noise_warning,
-    paired_increase,
-)
+from dynamics.ablation import matched_control
 from dynamics.config import resolve_protocol
 from dynamics.corpus import corpus_hash
 from dynamics.runtime import load_checkpoint_model
@@ -103,23 +97,18 @@ def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tenso
     ablation's perplexity increase over clean is within 5% of the cohort's (the closest trial is
     kept, and ``matched_converged`` says so, when it cannot be matched).
     """
-    ablated_ppl = negative_ablation_perplexity(model, ppl_windows, config.batch_size)
-    predicted = ppl_windows.shape[0] * (ppl_windows.shape[1] - 1)
-    clean_nll = negative_ablation_window_nll(model, ppl_windows, config.batch_size, None)
-    cohort_nll = negative_ablation_window_nll(
-        model, ppl_windows, config.batch_size, torch.from_numpy(static["cohort"].values)
+    found = matched_control(
+        model,
+        ppl_windows,
+        config.batch_size,
+        static["reference_wd"].values,
+        torch.from_numpy(static["cohort"].values),
+        0.1,
+        90.0,
+        0.05,
+        12,
     )
-    clean, target = (
-        float(np.exp(float(clean_nll.sum()) / predicted)),
-        float(np.exp(float(cohort_nll.sum()) / predicted)),
-    )
-    increase, increase_se = paired_increase(clean_nll, cohort_nll, ppl_windows.shape[1] - 1)
-    noise = noise_warning(increase, increase_se)
-    if noise:
-        log.warning("matched control: %s", noise)
-    mask, match = match_bottom_percent(
-        static["reference_wd"].values, ablated_ppl, target, 0.1, 90.0, 0.05, 12, clean=clean
-    )
+    match, target, clean, noise = found.match, found.target, found.clean, found.noise
     log.info(
         "matched control: m = %.4g%%, perplexity %.4f vs the cohort's %.4f (clean %.4f; %s)",
         match.argument,
@@ -131,7 +120,7 @@ def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tenso
     return static.assign(
         matched_control=(
             ("layer", "neuron"),
-            mask,
+            found.mask,
             {
                 "long_name": "bottom-m% WD neurons per layer at the reference step, "
                 "perplexity-matched to the cohort's ablation"
@@ -150,6 +139,6 @@ def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tenso
                 "noise_warning": noise,
             },
         ),
-        matched_top_increase=((), increase, {"long_name": "relative perplexity increase of the cohort"}),
-        matched_top_increase_se=((), increase_se, {"long_name": "its standard error (paired windows)"}),
+        matched_top_increase=((), found.increase, {"long_name": "relative perplexity increase of the cohort"}),
+        matched_top_increase_se=((), found.increase_se, {"long_name": "its standard error (paired windows)"}),
     )

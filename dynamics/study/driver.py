@@ -19,13 +19,7 @@ from tqdm.auto import tqdm
 from checkpoints.adapters import mlp_shape
 from checkpoints.checkpoint import Checkpoint
 from dynamics import __version__
-from dynamics.ablation import (
-    match_bottom_percent,
-    negative_ablation_perplexity,
-    negative_ablation_window_nll,
-    noise_warning,
-    paired_increase,
-)
+from dynamics.ablation import matched_control
 from dynamics.config import config_dict, resolve_protocol
 from dynamics.corpus import corpus_hash
 from dynamics.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
@@ -197,27 +191,19 @@ def _fix_neuron_sets(
 
     windows = inputs.ppl_windows
     assert windows is not None  # build_inputs always cuts them
-    ablated_ppl = negative_ablation_perplexity(model, windows, config.batch_size)
-    predicted = windows.shape[0] * (windows.shape[1] - 1)
-    clean_nll = negative_ablation_window_nll(model, windows, config.batch_size, None)
-    top_nll = negative_ablation_window_nll(
-        model, windows, config.batch_size, torch.from_numpy(top[plan.percents.index(config.match_percent)])
-    )
-    clean, target = float(np.exp(float(clean_nll.sum()) / predicted)), float(np.exp(float(top_nll.sum()) / predicted))
-    increase, increase_se = paired_increase(clean_nll, top_nll, windows.shape[1] - 1)
-    noise = noise_warning(increase, increase_se)
-    if noise:
-        log.warning("matched control: %s", noise)
-    matched, match = match_bottom_percent(
+    found = matched_control(
+        model,
+        windows,
+        config.batch_size,
         wd["wd"].values,
-        ablated_ppl,
-        target,
+        torch.from_numpy(top[plan.percents.index(config.match_percent)]),
         config.match_low,
         config.match_high,
         config.match_tolerance,
         config.match_iterations,
-        clean=clean,
     )
+    matched, match, clean, target = found.mask, found.match, found.clean, found.target
+    increase, increase_se, noise = found.increase, found.increase_se, found.noise
     log.info(
         "matched control: m = %.4g%%, perplexity %.4f vs top-%g%% %.4f (clean %.4f), %s",
         match.argument,
