@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,10 +25,12 @@ def test_timed_calls_pick_the_faster_count_and_keep_it(monkeypatch, faster):
     monkeypatch.setattr(cpu_threads, "usable_cores", lambda: 2)
     cpu_threads.set_cpu_threads("timed")
     seen = []
+    clock = [0.0]  # a fake clock: each call "takes" 1 s on the faster count, 30 s on the other
+    monkeypatch.setattr(cpu_threads, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
 
     def work() -> int:
         seen.append(torch.get_num_threads())
-        time.sleep(0.001 if torch.get_num_threads() == faster else 0.03)
+        clock[0] += 1.0 if torch.get_num_threads() == faster else 30.0
         return len(seen)
 
     key, before = Key(), torch.get_num_threads()
