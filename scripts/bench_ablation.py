@@ -3,7 +3,7 @@
 A Pythia-160m-shaped model (GPTNeoXConfig: hidden 768, 12 layers, 12 heads, intermediate
 3072, vocab 50304) with random weights runs clean (the baseline) and with `negative`
 ablation of 1% of the neurons of every layer, through the library's hook
-(``dynamics.ablation.ablate``: gather/clamp/scatter of the chosen columns) and through the
+(``dynamics.ablation.hooks.ablate``: gather/clamp/scatter of the chosen columns) and through the
 alternative it was chosen over (a full-width ``torch.where`` with a precomputed column
 mask). Variants are interleaved in rotating order; medians over repeats are compared.
 
@@ -35,7 +35,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
 from checkpoints.adapters import mlp_shape, pre_activation_modules
-from dynamics.ablation import ablate
+from dynamics.ablation.hooks import ablate
 
 
 def pythia_shaped(hidden: int, layers: int, heads: int, inner: int) -> torch.nn.Module:

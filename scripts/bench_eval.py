@@ -54,6 +54,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_eval"))
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # internal: run one code
+    parser.add_argument("--model-config", default="{}", help=argparse.SUPPRESS)  # internal: the child's model
     return parser.parse_args()
 
 
@@ -62,11 +63,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_step import SHAPES  # noqa: E402
-    from gpu_check_cache import pythia_config  # noqa: E402
-
-    from dynamics.ablation import ablate
+    config = json.loads(args.model_config)  # made by the parent: the child's PYTHONPATH may be another code
+    from dynamics.ablation.hooks import ablate
     from dynamics.syntax.blimp import load_blimp
     from dynamics.syntax.pairs import stratified_sample
     from dynamics.syntax.perplexity import perplexity
@@ -79,10 +77,9 @@ def child(args: argparse.Namespace) -> None:
         from dynamics.measures import syntax_and_perplexity  # type: ignore[no-redef]
 
     torch.manual_seed(0)
-    shape = SHAPES[args.shape]
-    model = GPTNeoXForCausalLM(GPTNeoXConfig(**pythia_config(shape))).eval()
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(**config)).eval()
     try:  # each code's own thread policy (--threads 0), or the count given
-        from dynamics.runtime import set_threads
+        from dynamics.models.runtime import set_threads
 
         set_threads(args.threads, model)
     except ImportError:  # before the restructure: one thread under 50M parameters, else torch's default
@@ -97,7 +94,7 @@ def child(args: argparse.Namespace) -> None:
     text = (SHARED / "wikitext-2" / "test.txt").read_text()
     ids = tokenizer(text[:400_000], add_special_tokens=False)["input_ids"]
     windows = torch.tensor(ids[: PPL_TOKENS // WINDOW * WINDOW]).reshape(-1, WINDOW)
-    layers, neurons = shape.layers, shape.intermediate
+    layers, neurons = config["num_hidden_layers"], config["intermediate_size"]
     chosen = max(1, round(neurons * COHORT_PERCENT / 100))
     generator = torch.Generator().manual_seed(1)
     cohort = torch.zeros(layers, neurons, dtype=torch.bool)
@@ -145,7 +142,11 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_code(code: Path, args: argparse.Namespace, out: Path) -> dict:
+    from dynamics.bench.planted_hub import BENCH_SHAPES, pythia_config
+
+    model_config = json.dumps(pythia_config(BENCH_SHAPES[args.shape]))
     argv = [sys.executable, __file__, "--child", str(out), "--shape", args.shape, "--what", args.what]
+    argv += ["--model-config", model_config]
     env = {**os.environ, "PYTHONPATH": str(code), "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
     done = subprocess.run([*argv, "--threads", str(args.threads)], env=env, cwd=code, capture_output=True, text=True)
     if done.returncode:

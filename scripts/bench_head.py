@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from dynamics import cpu_threads, linear_head
-from dynamics.modelcalls import chunk_rows
+from dynamics.models import cpu_threads, linear_head
+from dynamics.models.modelcalls import chunk_rows
 
 SHAPES = {"pythia-14m": (128, 50304), "smollm2-135m": (576, 49152), "pythia-1.4b": (2048, 50304)}
 

@@ -2,7 +2,7 @@
 and to the previous implementation, in the same run.
 
 A random-weight GPT-NeoX of the chosen shape is planted as an offline Hub cache (the layout
-of ``scripts/gpu_check_cache.py``, one revision ``step143000``, float16 on disk). Then
+of ``dynamics/bench/planted_hub.py``, one revision ``step143000``, float16 on disk). Then
 ``dynamics scan --steps 143000`` (the reference step is the step: cohort fixed, then the
 step measured) runs ``--repeats`` times with this code and with a previous checkout
 (``--old``, e.g. ``git worktree add /tmp/old c911d9c``), alternately, as subprocesses on
@@ -45,19 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
+from dynamics.bench.planted_hub import BENCH_SHAPES as SHAPES
+from dynamics.bench.planted_hub import Shape, build_hub_cache
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from gpu_check_cache import Shape, build_hub_cache  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 STEP = 143000
-SHAPES = {
-    "pythia-14m": Shape("pythia-14m", layers=6, hidden=128, heads=4, intermediate=512),
-    "pythia-70m": Shape("pythia-70m", layers=6, hidden=512, heads=8, intermediate=2048),
-    "pythia-160m": Shape("pythia-160m", layers=12, hidden=768, heads=12, intermediate=3072),
-    "pythia-1.4b": Shape("pythia-1.4b", layers=24, hidden=2048, heads=16, intermediate=8192),
-}
-# The commands' default budgets (dynamics/config.py), for the floor.
+# The commands' default budgets (dynamics/config/options.py), for the floor.
 WD_TOKENS, PPL_TOKENS, TSE_PER_CASE, CONDITIONS = 65536, 16384, 100, 3
 
 
@@ -96,7 +91,7 @@ def run(code: Path, argv: list[str], env: dict[str, str], log: Path) -> float:
     start = time.perf_counter()
     with log.open("w") as out:
         done = subprocess.run(
-            [sys.executable, "-m", "dynamics.cli", *argv],
+            [sys.executable, "-m", "dynamics.cli.main", *argv],
             env=child,
             cwd=code,
             stdout=out,
@@ -149,7 +144,7 @@ def floor_seconds(shape: Shape, device: str, extra: str) -> dict[str, float]:
     import torch
     from transformers import PreTrainedTokenizerFast
 
-    from dynamics.cpu_threads import usable_cores
+    from dynamics.models.cpu_threads import usable_cores
     from dynamics.syntax.tse import sample_tse, tse_pairs
 
     if device == "cpu":  # every usable core: a small model's batches run side by side on all of them

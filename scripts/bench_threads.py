@@ -7,7 +7,7 @@ corpus windows of random ids. The thread counts alternate over ``--repeats`` rou
 rotating), so that other jobs on a shared machine slow both alike. Prints a markdown
 table: seconds per round (median), the ratio 1-thread / 2-thread, and the FLOPs split of
 one evaluated token between the body (layers) and the head (unembedding of a scored
-position), which is what :func:`dynamics.runtime.set_threads` decides on.
+position), which is what :func:`dynamics.models.runtime.set_threads` decides on.
 
     python scripts/bench_threads.py --shape pythia-14m --pairs 200 --windows 2 --repeats 3
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, PreTrainedTokenizerFast
 
-from dynamics.runtime import evaluation_flops
+from dynamics.models.runtime import evaluation_flops
 from dynamics.syntax.perplexity import perplexity
 from dynamics.syntax.scoring import score_pairs
 from dynamics.syntax.tse import sample_tse, tse_pairs

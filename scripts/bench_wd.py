@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from dynamics.cpu_threads import one_torch_thread
+from dynamics.models.cpu_threads import one_torch_thread
 from dynamics.stats.mapping_difficulty import mapping_difficulty
 from dynamics.stats.wasserstein import (
     _Scratch,

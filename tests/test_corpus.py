@@ -13,8 +13,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from dynamics.corpus import CorpusError, CorpusSpec, corpus_hash, load_token_windows, read_corpus_text
 from dynamics.errors import UserInputError
+from dynamics.syntax.corpus import CorpusError, CorpusSpec, corpus_hash, load_token_windows, read_corpus_text
 
 
 def _text(n_lines: int = 400) -> str:
@@ -68,7 +68,7 @@ def test_budget_below_one_window_gives_one(word_tokenizer: Tokenizer, text_file:
 def test_short_text_warns_and_keeps_what_there_is(word_tokenizer: Tokenizer, tmp_path: Path, caplog) -> None:
     path = tmp_path / "short.txt"
     path.write_text("w1 w2 w3 w4 w5 w6 w7\n", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="dynamics.corpus"):
+    with caplog.at_level(logging.WARNING, logger="dynamics.syntax.corpus"):
         windows = load_token_windows(CorpusSpec(source=str(path), window=3, token_budget=30), word_tokenizer)
     assert windows.tolist() == [[2, 3, 4], [5, 6, 7]]
     assert "gives 2 windows of 3 tokens, fewer than the 10" in caplog.text
@@ -181,8 +181,8 @@ def test_pythia_tokenizer_on_wikitext_file(shared_data: Path) -> None:
 
 # ----------------------------------------------------------------- disjoint WD and perplexity texts
 def test_one_file_for_both_gives_disjoint_token_ranges(word_tokenizer: Tokenizer, text_file: Path) -> None:
-    from dynamics.config import BudgetOptions, ScoringOptions, resolve_protocol
-    from dynamics.corpus import load_wd_and_ppl_windows, text_specs
+    from dynamics.config.options import BudgetOptions, ScoringOptions, resolve_protocol
+    from dynamics.syntax.corpus import load_wd_and_ppl_windows, text_specs
 
     full = word_tokenizer.encode(text_file.read_text()).ids
     for protocol, stride in (("paper", 8), ("strict", 16)):
@@ -196,14 +196,14 @@ def test_one_file_for_both_gives_disjoint_token_ranges(word_tokenizer: Tokenizer
 
 
 def test_overlapping_files_warn_loudly_and_a_bad_corpus_is_one_line(tmp_path: Path, caplog) -> None:
-    from dynamics.config import BudgetOptions
-    from dynamics.corpus import check_texts
+    from dynamics.config.options import BudgetOptions
+    from dynamics.syntax.corpus import check_texts
 
     wd, ppl = tmp_path / "wd.txt", tmp_path / "ppl.txt"
     sentence = "the same long sentence of more than ten words appears in both texts here"
     wd.write_text(f"alpha beta gamma\n{sentence}\n= = History = =\nzeta eta theta\n", encoding="utf-8")
     ppl.write_text(f"{sentence} and more words\n{sentence}\n= = History = =\n{sentence} too\n", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="dynamics.corpus"):
+    with caplog.at_level(logging.WARNING, logger="dynamics.syntax.corpus"):
         check_texts(BudgetOptions(wd_corpus=str(wd), ppl_corpus=str(ppl)), "wikitext2")
     # the heading is not compared (fewer than 10 words): 1 of the 3 long lines is shared
     assert (
@@ -212,7 +212,7 @@ def test_overlapping_files_warn_loudly_and_a_bad_corpus_is_one_line(tmp_path: Pa
     )
     caplog.clear()
     ppl.write_text("iota kappa\n= = History = =\nlambda mu\n", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="dynamics.corpus"):
+    with caplog.at_level(logging.WARNING, logger="dynamics.syntax.corpus"):
         check_texts(BudgetOptions(wd_corpus=str(wd), ppl_corpus=str(ppl)), "wikitext2")
         check_texts(BudgetOptions(), "wikitext2")  # train vs validation: disjoint by construction
     assert caplog.text == ""

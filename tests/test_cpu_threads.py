@@ -1,4 +1,4 @@
-"""The CPU thread policy of evaluation calls (dynamics/cpu_threads.py) and its use by modelcalls."""
+"""The CPU thread policy of evaluation calls (dynamics/models/cpu_threads.py) and its use by modelcalls."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from fixtures.tiny_models import VOCAB, tiny_model
 
-from dynamics import cpu_threads, linear_head, modelcalls
+from dynamics.models import cpu_threads, linear_head, modelcalls
 from dynamics.syntax.logprobs import token_log_probs
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from gpu_check_cache import SHAPES, build_hub_cache, repo_dir  # noqa: E402
+from dynamics.bench.planted_hub import SHAPES, build_hub_cache, repo_dir  # noqa: E402
 
 REPO = "EleutherAI/pythia-14m"  # the tiny shape's repository
 STEPS = (142000, 143000)
@@ -38,8 +37,9 @@ def table_rows(markdown: str, first_cell: str) -> list[list[str]]:
 @pytest.mark.parametrize("shape, published", [("pythia-1.4b", 1_414_647_808), ("pythia-6.9b", 6_857_302_016)])
 def test_shapes_have_pythias_parameter_counts(shape, published):
     import torch
-    from gpu_check_cache import pythia_config
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from dynamics.bench.planted_hub import pythia_config
 
     with torch.device("meta"):
         model = GPTNeoXForCausalLM(GPTNeoXConfig.from_dict(pythia_config(SHAPES[shape])))

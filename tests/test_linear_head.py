@@ -1,4 +1,4 @@
-"""The float32 Linear head's log-probabilities (dynamics/linear_head.py): tiled on the CPU, in
+"""The float32 Linear head's log-probabilities (dynamics/models/linear_head.py): tiled on the CPU, in
 whole-row chunks elsewhere; both against ``log_softmax`` of the module's logits in float64."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from fixtures.tiny_models import VOCAB, tiny_input_ids, tiny_model
 
-from dynamics import linear_head, modelcalls
-from dynamics.modelcalls import capabilities, sequence_log_probs
+from dynamics.models import linear_head, modelcalls
+from dynamics.models.modelcalls import capabilities, sequence_log_probs
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
 pytestmark = pytest.mark.models

@@ -10,8 +10,8 @@ import torch
 from fixtures.tiny_models import TINY_FAMILIES, VOCAB, tiny_config, tiny_input_ids, tiny_model
 from transformers import AutoModelForCausalLM
 
-from dynamics import modelcalls
-from dynamics.modelcalls import capabilities, chunk_rows, kept_log_probs, sequence_log_probs
+from dynamics.models import modelcalls
+from dynamics.models.modelcalls import capabilities, chunk_rows, kept_log_probs, sequence_log_probs
 from dynamics.syntax.logprobs import token_log_probs
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
@@ -75,7 +75,7 @@ class LogitsOnly(torch.nn.Module):
 def test_a_model_without_a_decoder_falls_back_to_full_logits(caplog):
     inner = tiny_model("gpt_neox")
     model = LogitsOnly(inner)
-    with caplog.at_level(logging.DEBUG, logger="dynamics.modelcalls"):
+    with caplog.at_level(logging.DEBUG, logger="dynamics.models.modelcalls"):
         found = capabilities(model)
     assert found == modelcalls.Capabilities(decoder_head=False, cache_keyword=None)
     assert "projecting the full logits" in caplog.text
@@ -92,7 +92,7 @@ def test_a_decoder_that_ignores_the_cache_turns_prefix_reuse_off(monkeypatch, ca
     # A keyword the decoder swallows without using: the probe sees wrong continuations.
     monkeypatch.setattr(modelcalls, "CACHE_KEYWORDS", ("not_a_cache",))
     model = tiny_model("llama")
-    with caplog.at_level(logging.DEBUG, logger="dynamics.modelcalls"):
+    with caplog.at_level(logging.DEBUG, logger="dynamics.models.modelcalls"):
         found = capabilities(model)
     assert found.decoder_head is True and found.cache_keyword is None
     assert "shared prefixes are recomputed" in caplog.text

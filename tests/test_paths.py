@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from dynamics.cli import main
+from dynamics.cli.main import main
+from dynamics.config.paths import check_output_dir, explain_os_error, is_under
 from dynamics.errors import PathError
-from dynamics.paths import check_output_dir, explain_os_error, is_under
 
 
 def listing(root):

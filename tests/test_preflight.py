@@ -8,9 +8,9 @@ from fractions import Fraction
 import pytest
 
 import dynamics.scan.driver as scan_driver
-from dynamics.cli import main
+from dynamics.cli.main import main
+from dynamics.config.preflight import smallest_percent
 from dynamics.errors import CheckpointError
-from dynamics.preflight import smallest_percent
 from dynamics.stats.cohort import cohort_size
 from store import open_cube
 

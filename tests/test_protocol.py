@@ -17,12 +17,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig, PreTrainedTokenizerFast
 
 from checkpoints.adapters import mlp_shape
-from dynamics.ablation import ablate, activation_modules
-from dynamics.config import BudgetOptions, ScoringOptions, resolve_protocol
-from dynamics.corpus import load_wd_and_ppl_windows, text_specs
+from dynamics.ablation.hooks import ablate, activation_modules
+from dynamics.config.options import BudgetOptions, ScoringOptions, resolve_protocol
 from dynamics.errors import UserInputError
 from dynamics.stats.cohort import random_control_mask, top_percent_mask
 from dynamics.study.config import StudyConfig
+from dynamics.syntax.corpus import load_wd_and_ppl_windows, text_specs
 from dynamics.syntax.scoring import score_pairs
 from dynamics.syntax.tse import NPI_CASES, tse_pairs
 

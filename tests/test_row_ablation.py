@@ -20,9 +20,9 @@ from fixtures.study import char_tokenizer
 from fixtures.tiny_models import TINY_FAMILIES, tiny_input_ids, tiny_model
 
 from checkpoints.adapters import mlp_shape
-from dynamics.ablation import ablate
+from dynamics.ablation.hooks import ablate
+from dynamics.ablation.rows import ablate_rows, conditions_per_pass
 from dynamics.errors import UserInputError
-from dynamics.row_ablation import ablate_rows, conditions_per_pass
 from dynamics.scan.measures import syntax_and_perplexity
 from dynamics.syntax.blimp import blimp_accuracy
 from dynamics.syntax.pairs import MinimalPair

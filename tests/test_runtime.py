@@ -10,8 +10,8 @@ import torch
 from fixtures.study import save_tiny_model
 
 from checkpoints.checkpoint import Checkpoint
-from dynamics import cpu_threads, runtime
-from dynamics.runtime import auto_dtype, capture_budget, checkpoint_dtype, load_checkpoint_model
+from dynamics.models import cpu_threads, runtime
+from dynamics.models.runtime import auto_dtype, capture_budget, checkpoint_dtype, load_checkpoint_model
 
 pytestmark = pytest.mark.models
 

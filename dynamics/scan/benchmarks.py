@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynamics.errors import DynamicsError, UserInputError
-from dynamics.lmeval import check_task_names, parse_tasks, probe_tasks
 from dynamics.syntax.blimp import check_paradigms, load_blimp
+from dynamics.syntax.lmeval import check_task_names, parse_tasks, probe_tasks
 from dynamics.syntax.pairs import MinimalPair, stratified_sample
 
 log = logging.getLogger(__name__)

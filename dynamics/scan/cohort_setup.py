@@ -20,13 +20,13 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dynamics.ablation import matched_control
-from dynamics.config import resolve_protocol
-from dynamics.corpus import corpus_hash
-from dynamics.runtime import load_checkpoint_model
+from dynamics.ablation.hooks import matched_control
+from dynamics.config.options import resolve_protocol
+from dynamics.models.runtime import load_checkpoint_model
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.worker import RunSpec, WorkerContext, worker_context
 from dynamics.stats.cohort import random_control_mask, top_percent_mask
+from dynamics.syntax.corpus import corpus_hash
 from dynamics.syntax.tse import TSE_CASES
 
 log = logging.getLogger(__name__)

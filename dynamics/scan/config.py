@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dynamics.config import (
+from dynamics.config.options import (
     BudgetOptions,
     CubeOptions,
     ModelOptions,
@@ -15,7 +15,7 @@ from dynamics.config import (
     resolve_protocol,
     titled,
 )
-from dynamics.executor import ExecutorSettings
+from dynamics.execution.executor import ExecutorSettings
 
 #: More steps ahead than this is a typo: each is a concurrent download.
 MAX_PREFETCH_DEPTH = 16

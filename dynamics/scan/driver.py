@@ -31,10 +31,11 @@ from checkpoints.revisions import DEFAULT_TEMPLATE, PYTHIA_TOKENS_PER_STEP, Revi
 from checkpoints.source import CheckpointSource, open_source
 from checkpoints.steps import parse_steps
 from dynamics import __version__
-from dynamics.config import DTYPES, check_numbers, config_dict, resolve_protocol, shared_checks
-from dynamics.corpus import check_texts
+from dynamics.config.options import DTYPES, check_numbers, config_dict, resolve_protocol, shared_checks
+from dynamics.config.paths import check_output_dir
+from dynamics.config.preflight import check_model_fit, config_on_disk
 from dynamics.errors import CheckpointError, UserInputError
-from dynamics.executor import (
+from dynamics.execution.executor import (
     Completed,
     ExecutorSettings,
     check_settings,
@@ -42,15 +43,14 @@ from dynamics.executor import (
     open_executor,
     stop_on_unrecoverable,
 )
-from dynamics.paths import check_output_dir
-from dynamics.preflight import check_corpus_file, check_model_fit, config_on_disk
-from dynamics.runtime import resolve_device
+from dynamics.models.runtime import resolve_device
 from dynamics.scan.benchmarks import ScanBenchmarks, check_benchmark_options, plan_benchmarks
 from dynamics.scan.cohort_setup import prepare_reference
 from dynamics.scan.config import MAX_PREFETCH_DEPTH, ScanConfig
 from dynamics.scan.duplicates import copied_result, plan_duplicates
 from dynamics.scan.measures import PHASES
 from dynamics.scan.worker import RunSpec, StepTask, forget_contexts, measure_step
+from dynamics.syntax.corpus import check_corpus_file, check_texts
 from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
 from store.cube import CubeWriter, read_identity
 
@@ -207,7 +207,7 @@ def run_scan(config: ScanConfig) -> ScanSummary:
 
     The driver (this process) validates, pre-allocates the cube, holds its writer lock and
     writes every result and done marker; the steps themselves run on the executor
-    (:mod:`dynamics.executor`), each as :func:`dynamics.scan.worker.measure_step`.
+    (:mod:`dynamics.execution.executor`), each as :func:`dynamics.scan.worker.measure_step`.
     """
     plan = plan_scan(config)
     identity = {

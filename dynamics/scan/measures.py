@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dynamics.ablation import ablate
-from dynamics.lmeval import METRICS, evaluate_tasks
-from dynamics.row_ablation import ablate_rows, conditions_per_pass
+from dynamics.ablation.hooks import ablate
+from dynamics.ablation.rows import ablate_rows, conditions_per_pass
 from dynamics.stats.neurons import weight_drift
 from dynamics.syntax.blimp import blimp_accuracy
+from dynamics.syntax.lmeval import METRICS, evaluate_tasks
 from dynamics.syntax.perplexity import perplexity_each
 from dynamics.syntax.scoring import DEFAULT_BATCH_TOKENS, score_pairs_each
 
@@ -55,7 +55,7 @@ def syntax_and_perplexity(
     ``npi``: the TSE scoring choices (:func:`dynamics.syntax.scoring.score_pairs`); BLiMP is
     scored with ``blimp_reduction`` and the same prefix; ``blimp_acc`` is absent without BLiMP
     pairs, and ``lmeval_acc`` without tasks. TSE, BLiMP and perplexity run their conditions
-    together, each batch replicated once per condition (:func:`dynamics.row_ablation.ablate_rows`),
+    together, each batch replicated once per condition (:func:`dynamics.ablation.rows.ablate_rows`),
     with the numbers of one condition at a time; lm-eval runs one condition at a time. Pairs are
     scored from their first difference on (``differences_only`` of
     :func:`dynamics.syntax.scoring.score_pairs_each`: the shared tokens before it cancel).

@@ -36,11 +36,10 @@ from checkpoints.names import resolve_model
 from checkpoints.source import CheckpointSource, open_source
 from checkpoints.stream import Prefetcher, disk_bound
 from checkpoints.transfer import use_fast_transfer
-from dynamics.config import Protocol, resolve_protocol
-from dynamics.corpus import CorpusSpec, load_token_windows, load_wd_and_ppl_windows, text_specs
+from dynamics.config.options import Protocol, resolve_protocol
+from dynamics.config.preflight import check_loaded_model
 from dynamics.errors import CheckpointError
-from dynamics.preflight import check_loaded_model
-from dynamics.runtime import (
+from dynamics.models.runtime import (
     capture_budget,
     default_window,
     load_checkpoint_model,
@@ -53,6 +52,7 @@ from dynamics.scan.config import ScanConfig
 from dynamics.scan.measures import drift_measures, step_result, syntax_and_perplexity
 from dynamics.stats.cohort import top_percent_mask
 from dynamics.stats.neurons import input_weights, neuron_wasserstein
+from dynamics.syntax.corpus import CorpusSpec, load_token_windows, load_wd_and_ppl_windows, text_specs
 from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
 
 log = logging.getLogger(__name__)

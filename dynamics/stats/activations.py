@@ -25,9 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from checkpoints.adapters import mlp_shape, pre_activation_modules, transformer_layers
-from dynamics.cpu_threads import map_batches
 from dynamics.errors import DynamicsError, UserInputError
-from dynamics.modelcalls import model_device, run_for_hooks
+from dynamics.models.cpu_threads import map_batches
+from dynamics.models.modelcalls import model_device, run_for_hooks
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def iter_layer_captures(
 
     Args:
         model: a causal LM of a supported family (see ``checkpoints.adapters``).
-        windows: token ids [n_windows, window] (``dynamics.corpus.load_token_windows``).
+        windows: token ids [n_windows, window] (``dynamics.syntax.corpus.load_token_windows``).
         layers: which layers (default all).
         sites: ``"pre_activation"`` (the adapter module's output, width n_neurons) and/or
             ``"mlp_input"`` (that module's input, width d_model).

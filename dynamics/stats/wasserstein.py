@@ -53,8 +53,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dynamics.cpu_threads import batch_workers, one_torch_thread, threads_outside, torch_on_one_thread_here
 from dynamics.errors import UserInputError
+from dynamics.models.cpu_threads import batch_workers, one_torch_thread, threads_outside, torch_on_one_thread_here
 
 __all__ = ["wasserstein_split", "wasserstein_to_gaussian"]
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dynamics.ablation import Mode
+from dynamics.ablation.hooks import Mode
 from dynamics.stats.cohort import BisectionResult, random_control_mask, top_percent_mask, wd_scores
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from checkpoints.names import resolve_model
-from dynamics.config import (
+from dynamics.config.options import (
     DTYPES,
     BudgetOptions,
     CubeOptions,
@@ -32,14 +32,13 @@ from dynamics.config import (
     shared_checks,
     titled,
 )
-from dynamics.corpus import check_texts
+from dynamics.config.paths import check_output_dir
 from dynamics.errors import UserInputError
-from dynamics.executor import ExecutorSettings, check_settings
-from dynamics.lmeval import check_task_names, parse_tasks
-from dynamics.paths import check_output_dir
-from dynamics.preflight import check_corpus_file
-from dynamics.runtime import resolve_device
+from dynamics.execution.executor import ExecutorSettings, check_settings
+from dynamics.models.runtime import resolve_device
 from dynamics.syntax.blimp import check_paradigms
+from dynamics.syntax.corpus import check_corpus_file, check_texts
+from dynamics.syntax.lmeval import check_task_names, parse_tasks
 from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
 
 log = logging.getLogger(__name__)

@@ -19,19 +19,19 @@ from tqdm.auto import tqdm
 from checkpoints.adapters import mlp_shape
 from checkpoints.checkpoint import Checkpoint
 from dynamics import __version__
-from dynamics.ablation import matched_control
-from dynamics.config import config_dict, resolve_protocol
-from dynamics.corpus import corpus_hash
-from dynamics.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
-from dynamics.modelcalls import model_device
-from dynamics.preflight import check_loaded_model
-from dynamics.runtime import capture_budget
+from dynamics.ablation.hooks import matched_control
+from dynamics.config.options import config_dict, resolve_protocol
+from dynamics.config.preflight import check_loaded_model
+from dynamics.execution.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
+from dynamics.models.modelcalls import model_device
+from dynamics.models.runtime import capture_budget
 from dynamics.stats.neurons import neuron_wasserstein
 from dynamics.study.conditions import BLOCKS, layer_groups, static_dataset, study_units, top_and_random_masks
 from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study
 from dynamics.study.inputs import build_inputs, load_model
 from dynamics.study.measures import StudyInputs
 from dynamics.study.worker import StudySpec, forget_workers, groups_together, run_condition, seed_worker
+from dynamics.syntax.corpus import corpus_hash
 from store.cube import CubeWriter
 from store.units import unit_attrs, write_unit_attrs
 

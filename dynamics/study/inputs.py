@@ -16,14 +16,20 @@ from checkpoints.checkpoint import Checkpoint
 from checkpoints.hub_errors import RetryPolicy
 from checkpoints.hub_source import RevisionSource
 from checkpoints.source import open_source
-from dynamics.config import resolve_protocol
-from dynamics.corpus import CorpusSpec, load_wd_and_ppl_windows, read_corpus_text, text_specs, windows_with_offsets
+from dynamics.config.options import resolve_protocol
 from dynamics.errors import UserInputError
-from dynamics.lmeval import probe_tasks
-from dynamics.runtime import default_window, load_checkpoint_model, set_threads
+from dynamics.models.runtime import default_window, load_checkpoint_model, set_threads
 from dynamics.study.config import StudyConfig, StudyPlan
 from dynamics.study.measures import StudyInputs, pos_table
 from dynamics.syntax.blimp import load_blimp
+from dynamics.syntax.corpus import (
+    CorpusSpec,
+    load_wd_and_ppl_windows,
+    read_corpus_text,
+    text_specs,
+    windows_with_offsets,
+)
+from dynamics.syntax.lmeval import probe_tasks
 from dynamics.syntax.pairs import stratified_sample
 from dynamics.syntax.scoring import encode_with_prefix
 from dynamics.syntax.tse import sample_tse, tse_pairs

@@ -8,7 +8,7 @@ universal POS tags), so the cube's arrays line up; what a unit did not measure i
 
 :func:`measure_together` runs the TSE, BLiMP and perplexity phases of several units of one
 ablation mode in shared forward passes (each batch replicated once per unit, a per-row
-ablation mask: :func:`dynamics.row_ablation.ablate_rows`), so the weights are read once per
+ablation mask: :func:`dynamics.ablation.rows.ablate_rows`), so the weights are read once per
 batch for all of them; :func:`measure_unit` then takes those phases from its
 :class:`Measured` and runs the others (lm-eval, POS) alone, as before.
 """
@@ -27,12 +27,12 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from dynamics.ablation import Mode, ablate, ablation_function
+from dynamics.ablation.hooks import Mode, ablate, ablation_function
+from dynamics.ablation.rows import ablate_rows, conditions_per_pass
 from dynamics.errors import UserInputError
-from dynamics.lmeval import TaskPlan, evaluate_tasks
-from dynamics.row_ablation import ablate_rows, conditions_per_pass
 from dynamics.study.conditions import Unit
 from dynamics.syntax.blimp import blimp_accuracy
+from dynamics.syntax.lmeval import TaskPlan, evaluate_tasks
 from dynamics.syntax.pairs import MinimalPair
 from dynamics.syntax.perplexity import perplexity_of, token_nll, token_nll_each
 from dynamics.syntax.pos import excess_surprisal, pos_surprisal, token_excess
@@ -108,8 +108,8 @@ class Measured:
 
 
 def shares_passes(mode: Mode) -> bool:
-    """Whether units of ``mode`` can share passes: :func:`dynamics.row_ablation.ablate_rows` rewrites the
-    pre-activation with :func:`dynamics.ablation.ablation_function`, which activation modes lack."""
+    """Whether units of ``mode`` can share passes: :func:`dynamics.ablation.rows.ablate_rows` rewrites the
+    pre-activation with :func:`dynamics.ablation.hooks.ablation_function`, which activation modes lack."""
     try:
         ablation_function(mode)
     except UserInputError:
@@ -162,7 +162,7 @@ def measure_together(
     """TSE, BLiMP and perplexity of ``units`` (one ablation mode, ``masks[i]`` the neurons of
     ``units[i]``), each batch replicated once per unit in one forward pass.
 
-    The units run in groups of :func:`dynamics.row_ablation.conditions_per_pass` (at most
+    The units run in groups of :func:`dynamics.ablation.rows.conditions_per_pass` (at most
     ``most`` when it is positive) per phase. Each unit gets the numbers of its own pass: its
     perplexity and per-token NLL (kept for its POS phase) bit for bit, its sentence scores to
     float32 rounding (see tests/test_row_ablation.py). A phase's seconds are shared equally

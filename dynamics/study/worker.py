@@ -2,7 +2,7 @@
 
 The driver fixes the neuron sets (WD, top/random masks, the matched control) once and
 writes them to the cube; each condition is then :func:`run_condition` ``(spec, number)``
-on the executor (:mod:`dynamics.executor`), so the serial run and a Dask cluster go through
+on the executor (:mod:`dynamics.execution.executor`), so the serial run and a Dask cluster go through
 the same code. A worker builds its inputs once per run (model, tokenizer, benchmark
 samples, corpus windows, POS lines), cached by :attr:`StudySpec.key`; the serial driver
 hands its own, already loaded, to the cache (:func:`seed_worker`) instead of loading twice.
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import xarray as xr
 
-from dynamics.runtime import resolve_device
+from dynamics.models.runtime import resolve_device
 from dynamics.study.conditions import NeuronSets, Unit, neuron_sets
 from dynamics.study.config import StudyConfig, StudyPlan
 from dynamics.study.inputs import load_inputs

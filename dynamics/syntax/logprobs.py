@@ -13,7 +13,7 @@ Two savings keep the arithmetic to what the scores need: the sentences of a unit
 their common prefix (``the author near the guards`` in ``... laughs`` / ``... laugh``),
 which runs once, the suffixes running on its key-value cache; and logits are projected
 onto the vocabulary only at positions that predict a scored token, never at padding or a
-row's last position. Every model call goes through :mod:`dynamics.modelcalls`, which finds
+row's last position. Every model call goes through :mod:`dynamics.models.modelcalls`, which finds
 by behaviour whether a model supports both savings and falls back (with a debug line)
 where it does not.
 """
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dynamics.cpu_threads import map_batches
 from dynamics.errors import UserInputError
-from dynamics.modelcalls import (
+from dynamics.models.cpu_threads import map_batches
+from dynamics.models.modelcalls import (
     capabilities,
     decoder_states,
     eval_mode,
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 PaddingSide = Literal["right", "left"]
 
 #: Default budget of a batch, in tokens (rows x padded length); logits are projected in
-#: bounded chunks (:data:`dynamics.modelcalls.LOGITS_CHUNK_BYTES`) whatever the budget.
+#: bounded chunks (:data:`dynamics.models.modelcalls.LOGITS_CHUNK_BYTES`) whatever the budget.
 DEFAULT_BATCH_TOKENS = 4096
 #: Rows per batch at most, whatever the budget (short sentences gain nothing past this).
 DEFAULT_MAX_BATCH_SIZE = 256
@@ -182,13 +182,13 @@ def _forward_log_probs(
     per copy: ``[copy][unit][row]``.
 
     Units of several rows sharing a first token run in two passes when the model can
-    continue from a key-value cache (:func:`dynamics.modelcalls.capabilities`): their
+    continue from a key-value cache (:func:`dynamics.models.modelcalls.capabilities`): their
     common prefix once, then each row's suffix on top of the prefix's cache (right padding
     only). The rest run in one pass. Only positions that predict a scored token are
     projected onto the vocabulary, and of those only from ``skips[unit][row]`` on (earlier
     ones are NaN; the body still runs over them). With ``copies > 1`` every pass carries the
     batch ``copies`` times, one block of rows after the other (one block per ablation
-    condition of :func:`dynamics.row_ablation.ablate_rows`).
+    condition of :func:`dynamics.ablation.rows.ablate_rows`).
     """
     skips = skips if skips is not None else [[0] * len(unit) for unit in units]
     out: list[list[list[torch.Tensor] | None]] = [[None] * len(units) for _ in range(copies)]
@@ -397,13 +397,13 @@ def token_log_probs_each(
 ) -> list[list[np.ndarray]]:
     """:func:`token_log_probs` of ``copies`` conditions at once: every batch (packed as for one)
     runs ``copies`` times over in one pass, block ``c`` being condition ``c`` of
-    :func:`dynamics.row_ablation.ablate_rows`; ``[copy][sequence]``.
+    :func:`dynamics.ablation.rows.ablate_rows`; ``[copy][sequence]``.
 
     ``needed_from[i]``: the first scored position of sequence ``i`` whose log-probability is
     wanted; the positions before it may come back NaN, never projected onto the vocabulary
     (the model still runs over them). Default: every position.
 
-    On the CPU, batches may run side by side (:func:`dynamics.cpu_threads.map_batches`),
+    On the CPU, batches may run side by side (:func:`dynamics.models.cpu_threads.map_batches`),
     each exactly as alone."""
     if batch_tokens < 1 or max_batch_size < 1:
         raise UserInputError(f"batch_tokens={batch_tokens} and max_batch_size={max_batch_size} must both be >= 1")

@@ -14,9 +14,9 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from dynamics.cpu_threads import map_batches
 from dynamics.errors import UserInputError
-from dynamics.modelcalls import capabilities, eval_mode, model_device, replicate_rows, sequence_log_probs
+from dynamics.models.cpu_threads import map_batches
+from dynamics.models.modelcalls import capabilities, eval_mode, model_device, replicate_rows, sequence_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def token_nll_each(
 ) -> torch.Tensor:
     """:func:`token_nll` under ``copies`` ablation conditions at once, ``[copy, n_windows, L - 1]``: each
     batch of windows runs ``copies`` times over in one pass, block ``c`` being condition ``c`` of
-    :func:`dynamics.row_ablation.ablate_rows`. On the CPU, batches may run side by side
-    (:func:`dynamics.cpu_threads.map_batches`), each exactly as alone."""
+    :func:`dynamics.ablation.rows.ablate_rows`. On the CPU, batches may run side by side
+    (:func:`dynamics.models.cpu_threads.map_batches`), each exactly as alone."""
     if copies < 1:
         raise UserInputError(f"copies={copies}; expected at least 1")
     if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:

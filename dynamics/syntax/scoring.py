@@ -250,7 +250,7 @@ def score_pairs_each(
     differences_only: bool = False,
 ) -> list[PairScores]:
     """:func:`score_pairs` under ``copies`` ablation conditions in one pass per batch (inside
-    :func:`dynamics.row_ablation.ablate_rows`): one :class:`PairScores` per condition.
+    :func:`dynamics.ablation.rows.ablate_rows`): one :class:`PairScores` per condition.
 
     ``differences_only``: the tokens a pair's sentences share before their first difference
     are not projected onto the vocabulary. Their log-probabilities are the same in every

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from checkpoints.names import TOY_ALIAS, ModelRef, toy_suite_dir
-from dynamics.config import config_dict
+from dynamics.config.options import config_dict
 from dynamics.errors import UserInputError
 from dynamics.toy.suite import SUITE_FILE, ToyConfig, build_toy_suite
 

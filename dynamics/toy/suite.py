@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dynamics.config import config_dict, option
+from dynamics.config.options import config_dict, option
 from dynamics.errors import UserInputError
 from dynamics.toy.corpus import corpus_description, generate_sentences, lexicon_words, tse_sentences
 from store.safe_files import atomic_write_bytes, fresh_directory

@@ -12,7 +12,7 @@ from huggingface_hub import errors
 from checkpoints.hub_errors import RetryPolicy
 from checkpoints.hub_source import HubSource
 from checkpoints.names import resolve_model
-from dynamics.cli import main
+from dynamics.cli.main import main
 from dynamics.errors import CheckpointError
 
 TYPO = "someone/pythia-70n"
@@ -123,7 +123,7 @@ def test_a_scan_of_a_model_missing_from_an_offline_cache_is_refused_before_the_c
         [
             sys.executable,
             "-m",
-            "dynamics.cli",
+            "dynamics.cli.main",
             "scan",
             "-m",
             model,
@@ -168,7 +168,7 @@ def test_a_mistyped_hub_id_online_is_refused_at_once(tmp_path, online, monkeypat
 
 def test_huggingface_hub_log_lines_are_printed_once(tmp_path):
     code = (
-        "from dynamics.cli import main; main(['steps', 'log']); "
+        "from dynamics.cli.main import main; main(['steps', 'log']); "
         "from huggingface_hub.utils import logging; "  # as the scan imports it, adding the hub's own handler
         "logging.get_logger('huggingface_hub.file_download').warning('the hub says hi')"
     )

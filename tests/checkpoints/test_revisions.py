@@ -9,7 +9,7 @@ from checkpoints.fingerprints import file_sha256, tokenizer_fingerprint, weight_
 from checkpoints.hub_source import HubSource
 from checkpoints.names import resolve_model
 from checkpoints.revisions import RevisionTemplate, index_revisions, tokens_of_steps
-from dynamics.cli import main
+from dynamics.cli.main import main
 from dynamics.errors import UserInputError
 
 pytestmark = pytest.mark.models

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dynamics.cli import main
+from dynamics.cli.main import main
 from dynamics.errors import UserInputError
 from dynamics.report.scan_figures import histogram_steps, plot_cube
 from dynamics.report.scan_text import report

@@ -8,7 +8,7 @@ import sys
 import pytest
 from fixtures.hub import fake_commit, plant_hub_revision
 
-from dynamics.cli import build_parser, main
+from dynamics.cli.main import build_parser, main
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.driver import run_scan
 from store import open_cube
@@ -16,7 +16,10 @@ from store import open_cube
 
 def cli(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "dynamics.cli", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+        [sys.executable, "-m", "dynamics.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -247,7 +250,7 @@ def test_ctrl_c_keeps_every_completed_step(tiny_suite, tmp_path):
         [
             sys.executable,
             "-m",
-            "dynamics.cli",
+            "dynamics.cli.main",
             "scan",
             "-m",
             str(tiny_suite),

@@ -8,7 +8,7 @@ from conftest import FAST_SCAN
 from fixtures.hub import plant_hub_revision
 
 from checkpoints.checkpoint import Checkpoint
-from dynamics.cli import main
+from dynamics.cli.main import main
 from dynamics.errors import UserInputError
 from dynamics.report.scan_text import report
 from dynamics.scan.config import ScanConfig

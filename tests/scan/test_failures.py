@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 
 import dynamics.scan.worker
 import dynamics.study.worker
-from dynamics.cli import main
-from dynamics.executor import ExecutorSettings, SerialExecutor
+from dynamics.cli.main import main
+from dynamics.execution.executor import ExecutorSettings, SerialExecutor
 from dynamics.report.scan_text import report
 from store import open_cube
 

@@ -7,11 +7,11 @@ from conftest import FAST_SCAN as FAST
 
 from checkpoints.local_sources import LocalSuiteSource
 from checkpoints.names import resolve_model
-from dynamics.corpus import CorpusSpec, load_token_windows
 from dynamics.errors import UserInputError
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.driver import plan_scan, run_scan
 from dynamics.stats.neurons import neuron_wasserstein
+from dynamics.syntax.corpus import CorpusSpec, load_token_windows
 from store import open_cube
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
@@ -193,7 +193,7 @@ def test_a_cube_of_the_earlier_layout_is_refused_not_mixed(full_cube, tiny_suite
 
 def test_matched_control_matches_the_cohorts_perplexity_at_the_reference_step(tiny_suite, tmp_path):
     """--matched: the bottom-m% mask per layer, and its perplexity recomputed by hand."""
-    from dynamics.ablation import ablate
+    from dynamics.ablation.hooks import ablate
     from dynamics.stats.cohort import bottom_percent_mask
     from dynamics.syntax.perplexity import perplexity
 

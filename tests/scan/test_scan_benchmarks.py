@@ -8,12 +8,12 @@ from fixtures.study import write_blimp, write_lm_eval_task
 
 from checkpoints.local_sources import LocalSuiteSource
 from checkpoints.names import resolve_model
-from dynamics.ablation import ablate
-from dynamics.cli import main
-from dynamics.lmeval import lm_eval_installed
+from dynamics.ablation.hooks import ablate
+from dynamics.cli.main import main
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.driver import run_scan
 from dynamics.syntax.blimp import BLIMP_PARADIGMS, load_blimp
+from dynamics.syntax.lmeval import lm_eval_installed
 from dynamics.syntax.pairs import stratified_sample
 from store import open_cube
 

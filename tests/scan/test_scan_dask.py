@@ -13,7 +13,7 @@ from conftest import FAST_SCAN as FAST
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from dynamics.cli import main
+from dynamics.cli.main import main
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.driver import run_scan
 from store import open_cube
@@ -175,7 +175,7 @@ def test_scheduler_local_starts_its_own_cluster(full_cube, tiny_suite, tmp_path)
 def test_bad_executor_options_are_one_line_before_anything_is_written(
     tiny_suite, tmp_path, args, message, capsys, monkeypatch
 ):
-    monkeypatch.setattr("dynamics.executor.CONNECT_TIMEOUT", "1s")
+    monkeypatch.setattr("dynamics.execution.executor.CONNECT_TIMEOUT", "1s")
     out = tmp_path / "never.zarr"
     try:
         code = main(["scan", "-m", str(tiny_suite), "-o", str(out), "--executor", "dask", *args])
@@ -210,7 +210,7 @@ def test_map_yields_every_unit_with_its_attempts(cluster, tmp_path, executor):
     """The generic hook other commands use: results in completion order, retries counted, errors reported."""
     from functools import partial
 
-    from dynamics.executor import ExecutorSettings, open_executor
+    from dynamics.execution.executor import ExecutorSettings, open_executor
 
     settings = ExecutorSettings(executor=executor, scheduler=cluster.scheduler.address, task_retries=2)
     with open_executor(settings) as pool:
@@ -283,7 +283,7 @@ def test_ctrl_c_cancels_the_dask_scan_and_keeps_done_steps(tiny_suite, tmp_path)
             [
                 sys.executable,
                 "-m",
-                "dynamics.cli",
+                "dynamics.cli.main",
                 "scan",
                 "-m",
                 str(tiny_suite),
@@ -332,7 +332,7 @@ def test_ctrl_c_cancels_the_dask_scan_and_keeps_done_steps(tiny_suite, tmp_path)
 @pytest.mark.slow
 def test_a_local_gpu_cluster_gives_each_worker_its_own_gpu():
     """Without dask-cuda, one worker per GPU through CUDA_VISIBLE_DEVICES, each with the GPU resource."""
-    from dynamics.executor import _gpu_cluster
+    from dynamics.execution.executor import _gpu_cluster
 
     with _gpu_cluster(3, 2, {"GPU": 1}) as local, Client(local) as client:
         client.wait_for_workers(3)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from fixtures.tiny_models import TINY_FAMILIES, VOCAB, tiny_model
 
 from checkpoints.adapters import mlp_shape, pre_activation_modules, transformer_layers
-from dynamics import cpu_threads
 from dynamics.errors import UserInputError
+from dynamics.models import cpu_threads
 from dynamics.stats.activations import iter_layer_captures, iter_pre_activations, plan_layer_groups
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).

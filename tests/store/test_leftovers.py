@@ -171,7 +171,7 @@ def test_damaged_arrays_are_one_line_on_open_and_resume(tmp_path, damage, messag
 
 
 def test_report_and_plot_refuse_a_cube_whose_done_steps_lost_data(tmp_path, capsys):
-    from dynamics.cli import main
+    from dynamics.cli.main import main
 
     path = tmp_path / "c.zarr"
     with CubeWriter(path, [0, 1], ID) as cube:

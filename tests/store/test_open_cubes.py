@@ -5,7 +5,7 @@ import pytest
 from conftest import FAST_SCAN
 
 from checkpoints.names import resolve_model, training_seed
-from dynamics.cli import main
+from dynamics.cli.main import main
 from dynamics.errors import CubeError, UserInputError
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.driver import run_scan

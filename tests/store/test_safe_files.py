@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamics.cli import main
+from dynamics.cli.main import main
 from dynamics.syntax.tse_io import export_tse
 from store.safe_files import atomic_write_bytes
 

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from dynamics.cli import main
+from dynamics.cli.main import main
 from dynamics.errors import CubeLockedError
 from store import open_cube
 from store.cube import CubeWriter

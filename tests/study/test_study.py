@@ -10,13 +10,13 @@ import torch
 from fixtures.study import BLIMP_TINY, save_tiny_model
 from fixtures.tiny_models import N_LAYERS, TINY_FAMILIES
 
-from dynamics.ablation import ablate
-from dynamics.corpus import CorpusSpec, load_token_windows
+from dynamics.ablation.hooks import ablate
 from dynamics.stats.cohort import bisect_to_target, bottom_percent_mask, random_control_mask, top_percent_mask
 from dynamics.study.conditions import layer_groups
 from dynamics.study.config import StudyConfig
 from dynamics.study.driver import run_study
 from dynamics.syntax.blimp import blimp_accuracy, load_blimp
+from dynamics.syntax.corpus import CorpusSpec, load_token_windows
 from dynamics.syntax.pairs import stratified_sample
 from dynamics.syntax.perplexity import perplexity
 from dynamics.syntax.scoring import score_pairs

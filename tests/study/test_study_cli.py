@@ -10,12 +10,12 @@ import torch
 from fixtures.study import fake_tagger, run_interrupted_study
 from study.test_study import study_config, tiny_model_from
 
-from dynamics.ablation import ablate
-from dynamics.cli import main
+from dynamics.ablation.hooks import ablate
+from dynamics.cli.main import main
 from dynamics.errors import CubeError
-from dynamics.lmeval import MISSING, lm_eval_installed, probe_tasks
 from dynamics.report.scan_text import report
 from dynamics.study.driver import run_study
+from dynamics.syntax.lmeval import MISSING, lm_eval_installed, probe_tasks
 from dynamics.syntax.pos import excess_surprisal, pos_surprisal
 from store import open_cube
 
@@ -149,8 +149,8 @@ def test_an_unknown_lm_eval_task_is_refused_before_anything_runs(study_data, tmp
 
 
 def test_missing_lm_eval_is_one_line_and_every_task_is_skipped(monkeypatch, caplog):
-    monkeypatch.setattr("dynamics.lmeval.lm_eval_installed", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="dynamics.lmeval"):
+    monkeypatch.setattr("dynamics.syntax.lmeval.lm_eval_installed", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="dynamics.syntax.lmeval"):
         plan = probe_tasks(["arc_easy", "piqa"])
     assert [r.getMessage() for r in caplog.records] == [f"{MISSING}; skipping the lm-eval tasks arc_easy, piqa"]
     assert plan.runnable == [] and plan.skipped == {"arc_easy": MISSING, "piqa": MISSING}
@@ -158,7 +158,7 @@ def test_missing_lm_eval_is_one_line_and_every_task_is_skipped(monkeypatch, capl
 
 @pytest.mark.skipif(not lm_eval_installed(), reason="lm-eval is not installed")
 def test_offline_tasks_are_skipped_with_one_line_each_and_recorded(pos_study, caplog):
-    with caplog.at_level(logging.WARNING, logger="dynamics.lmeval"):
+    with caplog.at_level(logging.WARNING, logger="dynamics.syntax.lmeval"):
         plan = probe_tasks(["arc_easy", "piqa"])
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and lines[0].startswith("lm-eval task arc_easy skipped: its data cannot be loaded (")
@@ -394,7 +394,7 @@ def test_pos_is_skipped_with_one_line_without_spacy(study_data, tmp_path, monkey
     with caplog.at_level(logging.WARNING, logger="dynamics.study.driver"):
         run_study(config)
     # (the matched control may warn too: this tiny model's top set barely moves perplexity)
-    assert [r.getMessage() for r in caplog.records if r.name != "dynamics.ablation"] == [
+    assert [r.getMessage() for r in caplog.records if r.name != "dynamics.ablation.hooks"] == [
         f"POS excess surprisal skipped: {pos.SPACY_MISSING}"
     ]
     ds = open_cube(config.out)

@@ -1,6 +1,6 @@
 """`dynamics ablate` with the conditions of one ablation mode in shared passes equals one condition at a time.
 
-The shared passes replicate each batch once per condition (:func:`dynamics.row_ablation.ablate_rows`);
+The shared passes replicate each batch once per condition (:func:`dynamics.ablation.rows.ablate_rows`);
 perplexity and the per-token NLL behind POS are bit-for-bit equal, sentence scores equal to float32
 rounding (tests/test_row_ablation.py explains why), and every accuracy identical.
 """
@@ -22,13 +22,13 @@ from study.test_study import study_config
 
 import dynamics.study.measures as study_measures
 from checkpoints.adapters import mlp_shape
-from dynamics.cli import main
-from dynamics.lmeval import TaskPlan
-from dynamics.row_ablation import ablate_rows
+from dynamics.ablation.rows import ablate_rows
+from dynamics.cli.main import main
 from dynamics.study.conditions import Unit, study_units
 from dynamics.study.driver import run_study
 from dynamics.study.measures import StudyInputs, measure_together, measure_unit
 from dynamics.study.worker import groups_together
+from dynamics.syntax.lmeval import TaskPlan
 from dynamics.syntax.pairs import MinimalPair
 from dynamics.syntax.tse import TSE_CASES
 from store import open_cube

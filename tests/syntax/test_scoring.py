@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from dynamics.errors import UserInputError
-from dynamics.modelcalls import capabilities
+from dynamics.models.modelcalls import capabilities
 from dynamics.syntax.scoring import (
     encode,
     prefix_token_id,
@@ -409,7 +409,7 @@ def test_differences_only_gives_the_whole_scores_comparisons(model, tokenizer, r
 
 
 def test_differences_only_projects_only_the_positions_after_the_first_difference(tokenizer, monkeypatch):
-    from dynamics import modelcalls
+    from dynamics.models import modelcalls
 
     model = tiny_model()
     capabilities(model)

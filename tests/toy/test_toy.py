@@ -15,9 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from checkpoints.names import resolve_model
 from checkpoints.source import open_source
 from checkpoints.steps import PYTHIA_STEPS
-from dynamics.config import add_config_arguments, config_from_args
-from dynamics.corpus import CorpusSpec, load_token_windows
+from dynamics.config.options import add_config_arguments, config_from_args
 from dynamics.errors import UserInputError
+from dynamics.syntax.corpus import CorpusSpec, load_token_windows
 from dynamics.syntax.tse import tse_pairs
 from dynamics.toy.corpus import (
     ANIMATE_NOUNS,

@@ -1,7 +1,7 @@
 """Log-probabilities through a plain float32 ``Linear`` vocabulary head, without the
 ``rows x vocabulary`` temporaries of ``log_softmax(head(hidden))``.
 
-:func:`dynamics.modelcalls.hidden_log_probs` sends a head here when :func:`fits` says so.
+:func:`dynamics.models.modelcalls.hidden_log_probs` sends a head here when :func:`fits` says so.
 
 - On CUDA, each chunk of rows is projected into one buffer and log-softmaxed in place
   (:func:`log_softmax_picked_`).
@@ -14,7 +14,7 @@
   projects 4,096 positions of Pythia-14m's head about 1.3x faster than whole rows, on one
   thread or two, and it is faster for d_model 576 and 2048 as well.
   Its results differ from whole rows by float32 rounding of the sum only (a few 1e-7 relative).
-  The chunk runs on the threads :mod:`dynamics.cpu_threads` gives the model (kind ``head``).
+  The chunk runs on the threads :mod:`dynamics.models.cpu_threads` gives the model (kind ``head``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from dynamics.cpu_threads import run_timed
+from dynamics.models.cpu_threads import run_timed
 
-#: Rows a projection needs before its CPU threads are timed on it (:func:`dynamics.cpu_threads.run_timed`).
+#: Rows a projection needs before its CPU threads are timed on it (:func:`dynamics.models.cpu_threads.run_timed`).
 HEAD_TIMING_ROWS = 64
 #: Rows and vocabulary columns of one CPU logits tile (512 x 2048 float32 = 4 MiB).
 CPU_TILE_ROWS = 512

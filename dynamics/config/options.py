@@ -2,7 +2,7 @@
 
 Each option is defined once, as a field of one part (:class:`ModelOptions`, :class:`CubeOptions`,
 :class:`BudgetOptions`, :class:`ScoringOptions`, :class:`RuntimeOptions`, and
-:class:`dynamics.executor.ExecutorSettings`); a command's config inherits the parts it needs
+:class:`dynamics.execution.executor.ExecutorSettings`); a command's config inherits the parts it needs
 and adds its own fields (a command that needs another default for a shared option says so
 with :func:`redefault`, keeping the part's help text). A field's ``metadata`` carries its
 help text (and optionally ``positional``, ``choices``, ``flag``). The CLI flattens the parts

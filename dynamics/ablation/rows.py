@@ -3,7 +3,7 @@
 A batch is replicated once per condition (``copies`` blocks of equal rows, block ``c``
 being condition ``c``); the hook on each layer's pre-activation module rewrites, in block
 ``c`` only, the columns of the neurons condition ``c`` ablates, with the same elementwise
-map as :func:`dynamics.ablation.ablate` (:func:`dynamics.ablation.ablation_function`).
+map as :func:`dynamics.ablation.hooks.ablate` (:func:`dynamics.ablation.hooks.ablation_function`).
 The weights are then read once per batch for every condition, and each block's numbers
 are those of the one-condition pass (the tests assert equality, family by family).
 
@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from checkpoints.adapters import mlp_shape, pre_activation_modules
-from dynamics.ablation import MODES, Mode, ablation_function, neuron_indices
+from dynamics.ablation.hooks import MODES, Mode, ablation_function, neuron_indices
 from dynamics.errors import UserInputError
-from dynamics.modelcalls import capabilities
+from dynamics.models.modelcalls import capabilities
 
 #: Replicated tokens (rows x length) one pass may hold: conditions beyond it run in further passes.
 CONDITION_TOKENS = 65536
@@ -71,10 +71,10 @@ def ablate_rows(model: torch.nn.Module, masks: Sequence[Any], mode: Mode = "nega
     Args:
         model: a model of a supported family (see ``checkpoints.adapters``).
         masks: one neuron set per condition (a boolean mask [layer, neuron], ``{layer:
-            indices}`` or index lists, as :func:`dynamics.ablation.neuron_indices` takes), or
+            indices}`` or index lists, as :func:`dynamics.ablation.hooks.neuron_indices` takes), or
             ``None`` for a clean condition; or one boolean tensor [condition, layer, neuron].
         mode: the ablation mode of every condition, one of the pre-activation modes of
-            :data:`dynamics.ablation.MODES` whose map :func:`dynamics.ablation.ablation_function`
+            :data:`dynamics.ablation.hooks.MODES` whose map :func:`dynamics.ablation.hooks.ablation_function`
             gives.
 
     Yields:

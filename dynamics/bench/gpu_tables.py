@@ -79,7 +79,7 @@ def source_fingerprint(root: Path) -> str:
 def environment_lines(device: str, dtype: str | None) -> list[str]:
     import torch
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the checkout
     rows = [
         ["python", platform.python_version()],
         ["platform", platform.platform()],

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from checkpoints.checkpoint import Checkpoint
-from dynamics.cpu_threads import set_batch_workers, set_cpu_threads, usable_cores
 from dynamics.errors import UserInputError, tag_phase
-from dynamics.modelcalls import logits_finite
+from dynamics.models.cpu_threads import set_batch_workers, set_cpu_threads, usable_cores
+from dynamics.models.modelcalls import logits_finite
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def set_threads(threads: int, model: Any) -> None:
     """``--threads 0``: :func:`threads_for` the model; for a model run on one thread, the
     evaluation's batches run side by side on every usable core, each on one thread, and a
     lone batch's vocabulary projection on the thread count timed fastest per model
-    (:mod:`dynamics.cpu_threads`); either way the numbers are those of one thread. Any
+    (:mod:`dynamics.models.cpu_threads`); either way the numbers are those of one thread. Any
     other value as given, everywhere."""
     chosen = threads or threads_for(model)
     torch.set_num_threads(chosen)
@@ -121,7 +121,7 @@ def threads_for(model: Any, available: int | None = None) -> int:
     So a large vocabulary (the head at 85% of the FLOPs, :func:`evaluation_flops`) narrows
     the gap but does not turn it: a second thread that competes with other jobs for two
     cores costs more than it brings. A small model therefore runs on one thread, and
-    :func:`set_threads` lets :mod:`dynamics.cpu_threads` time its vocabulary projection on one
+    :func:`set_threads` lets :mod:`dynamics.models.cpu_threads` time its vocabulary projection on one
     thread against every core, per model: on the same machine idle, both cores won there
     (``docs/speed.md``).
     """

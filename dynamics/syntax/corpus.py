@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynamics.config import BudgetOptions, Protocol, ppl_token_budget, wd_stride, wd_window_count
+from dynamics.config.options import BudgetOptions, Protocol, ppl_token_budget, wd_stride, wd_window_count
 from dynamics.errors import DynamicsError, UserInputError
 
 log = logging.getLogger(__name__)
@@ -374,3 +374,19 @@ def check_texts(config: BudgetOptions, corpus: str) -> None:
     wd = parse_corpus(config.wd_corpus or corpus, "train")
     ppl = parse_corpus(config.ppl_corpus or corpus, "validation")
     warn_if_overlapping(wd, ppl)
+
+
+def check_corpus_file(corpus: str) -> None:
+    """A corpus file must be UTF-8 text with something in it (WikiText-2, ``wikitext2[:SPLIT]``, is checked by
+    :func:`dynamics.syntax.corpus.check_texts`; whether it can be had offline is known only when it is loaded)."""
+    if corpus == WIKITEXT2 or corpus.startswith(WIKITEXT2 + ":"):
+        return
+    path = Path(corpus).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"--corpus {corpus!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UserInputError(f"--corpus {corpus!r} cannot be read ({exc.strerror or exc})") from None
+    if not text.strip():
+        raise UserInputError(f"--corpus {corpus!r} is empty: give a text file with at least one window of tokens")

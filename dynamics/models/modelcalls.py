@@ -17,7 +17,7 @@ by *behaviour*, once per model object, with a tiny probe (:func:`capabilities`):
 
 Log-probabilities are projected in chunks of rows so that the ``rows x vocabulary``
 logits stay under :data:`LOGITS_CHUNK_BYTES` (a float32 linear head: in tiles on the CPU,
-:mod:`dynamics.linear_head`), and are always computed in float32.
+:mod:`dynamics.models.linear_head`), and are always computed in float32.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from dynamics import linear_head
+from dynamics.models import linear_head
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def hidden_log_probs(model: torch.nn.Module, hidden: torch.Tensor, targets: torc
     """Log-probabilities (float32, on the hidden states' device) of ``targets[i]`` given
     ``hidden[i]`` (``[rows, d_model]``), projected in chunks of rows.
 
-    A float32 linear head goes to :mod:`dynamics.linear_head` (no ``rows x vocabulary``
+    A float32 linear head goes to :mod:`dynamics.models.linear_head` (no ``rows x vocabulary``
     temporaries; on the CPU tile by vocabulary tile). Any other head takes :func:`project`."""
     step = chunk_rows(_vocab_size(model))
     head = _output_embedding(model)
@@ -317,7 +317,7 @@ def _probe_cache_keyword(model: torch.nn.Module, ids: torch.Tensor, full: torch.
 
 def replicate_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
     """``copies`` blocks of ``tensor``'s rows one after the other (dimension 0): one block per
-    ablation condition of :func:`dynamics.row_ablation.ablate_rows`."""
+    ablation condition of :func:`dynamics.ablation.rows.ablate_rows`."""
     return tensor if copies == 1 else tensor.repeat(copies, *([1] * (tensor.ndim - 1)))
 
 

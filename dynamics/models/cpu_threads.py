@@ -7,7 +7,7 @@ torch thread each (:func:`map_batches`; numbers bitwise those of one thread). Wh
 concerns a batch that runs alone.
 
 ``--threads 0`` runs a model under 50M parameters on one thread (its small operations stall
-on thread barriers when other jobs share the cores, :func:`dynamics.runtime.threads_for`), and
+on thread barriers when other jobs share the cores, :func:`dynamics.models.runtime.threads_for`), and
 sets the policy ``"timed"`` here for its vocabulary projection, one large matrix product per
 chunk of rows: for each model object, the first chunk large enough is projected twice on one
 thread and twice on every core this process may use, alternating, and the faster count serves
@@ -155,7 +155,7 @@ def map_batches(device: Any, work: Callable[[T], R], batches: Iterable[T]) -> It
     torch thread), so the numbers do not depend on the workers, the cores or the load; only
     batches run side by side. Unlike one batch on several torch threads, independent batches
     never wait on each other's thread barriers, which stall badly on a busy machine
-    (:func:`dynamics.runtime.threads_for`). Calls that :func:`run_timed` would time run on
+    (:func:`dynamics.models.runtime.threads_for`). Calls that :func:`run_timed` would time run on
     the one thread instead. At most two batches per worker are taken ahead of the one yielded;
     an exception in one stops the rest and is raised here.
     """

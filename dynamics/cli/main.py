@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynamics import __version__
-from dynamics.config import add_config_arguments, config_from_args, option
+from dynamics.config.options import add_config_arguments, config_from_args, option
+from dynamics.config.paths import check_output_dir, explain_os_error
 from dynamics.errors import ComputationBug, CubeError, DamagedCubeError, DynamicsError
-from dynamics.executor import last_frames, one_line
-from dynamics.paths import check_output_dir, explain_os_error
+from dynamics.execution.executor import last_frames, one_line
 
 log = logging.getLogger("dynamics")
 

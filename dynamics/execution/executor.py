@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from dynamics.config import option, titled
+from dynamics.config.options import option, titled
 from dynamics.errors import (
     ComputationBug,
     DynamicsError,

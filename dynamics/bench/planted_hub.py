@@ -49,6 +49,13 @@ SHAPES = {
     # CPU smoke test: the real tokenizer's vocabulary, two thin layers (served as pythia-14m).
     "tiny": Shape("pythia-14m", layers=2, hidden=64, heads=4, intermediate=256),
 }
+#: The shapes of the CPU benchmarks (scripts/bench_step.py, scripts/bench_eval.py), by Pythia size.
+BENCH_SHAPES = {
+    "pythia-14m": Shape("pythia-14m", layers=6, hidden=128, heads=4, intermediate=512),
+    "pythia-70m": Shape("pythia-70m", layers=6, hidden=512, heads=8, intermediate=2048),
+    "pythia-160m": Shape("pythia-160m", layers=12, hidden=768, heads=12, intermediate=3072),
+    "pythia-1.4b": Shape("pythia-1.4b", layers=24, hidden=2048, heads=16, intermediate=8192),
+}
 
 
 def pythia_config(shape: Shape) -> dict:

@@ -10,8 +10,7 @@ These are refused as one line naming the smallest (or largest) value that works:
 - otherwise when the model is loaded, by the same checks (:func:`check_model_fit` on the
   loaded model's config): the scan's reference step, the study's model.
 
-A corpus file is read once up front (:func:`check_corpus_file`): it must be UTF-8 text and
-not empty.
+A corpus file is checked up front by :func:`dynamics.syntax.corpus.check_corpus_file`.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from checkpoints.names import ModelRef
-from dynamics.corpus import WIKITEXT2
 from dynamics.errors import UserInputError
 from dynamics.stats.cohort import cohort_size
 
@@ -117,22 +115,6 @@ def check_model_fit(
     layout = mlp_layout(config)
     if layout is not None:
         check_percents(percents, *layout, scope=scope)
-
-
-def check_corpus_file(corpus: str) -> None:
-    """A corpus file must be UTF-8 text with something in it (WikiText-2, ``wikitext2[:SPLIT]``, is checked by
-    :func:`dynamics.corpus.check_texts`; whether it can be had offline is known only when it is loaded)."""
-    if corpus == WIKITEXT2 or corpus.startswith(WIKITEXT2 + ":"):
-        return
-    path = Path(corpus).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserInputError(f"--corpus {corpus!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise UserInputError(f"--corpus {corpus!r} cannot be read ({exc.strerror or exc})") from None
-    if not text.strip():
-        raise UserInputError(f"--corpus {corpus!r} is empty: give a text file with at least one window of tokens")
 
 
 def check_loaded_model(

@@ -1,0 +1,7 @@
+"""`python -m dynamics.cli.main`: the `dynamics` command."""
+
+import sys
+
+from dynamics.cli.main.main import main
+
+sys.exit(main())
