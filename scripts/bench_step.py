@@ -91,7 +91,7 @@ def run(code: Path, argv: list[str], env: dict[str, str], log: Path) -> float:
     start = time.perf_counter()
     with log.open("w") as out:
         done = subprocess.run(
-            [sys.executable, "-m", "dynamics.cli.main", *argv],
+            [sys.executable, "-m", "dynamics.cli", *argv],
             env=child,
             cwd=code,
             stdout=out,

@@ -1,7 +1,7 @@
 """Every CLI command against a table of bad values: one line, exit code 2, nothing written.
 
 Each attack runs ``dynamics.cli.main.main`` in this process (a few through ``python -m
-dynamics.cli.main`` to prove the real entry point) inside a workspace holding a tiny toy suite,
+dynamics.cli`` to prove the real entry point) inside a workspace holding a tiny toy suite,
 a scanned cube, damaged copies of it, a file, a read-only directory, a lock path that is a
 directory and an offline Hub cache. For each attack: exit code 2, exactly one line on
 stderr (log warnings count: the CLI prints them there), no traceback, and the workspace
@@ -318,7 +318,7 @@ def _subprocess(argv: list[str], cwd: str) -> tuple[int | None, str, bool]:
     # Run where no checkout is (``-m`` puts the working directory first on sys.path): the installed
     # package, or the checkout PYTHONPATH names.
     done = subprocess.run(
-        [sys.executable, "-m", "dynamics.cli.main", *argv],
+        [sys.executable, "-m", "dynamics.cli", *argv],
         capture_output=True,
         text=True,
         env=env,

@@ -5,7 +5,7 @@ own config.json keys, the real GPT-NeoX-20B tokenizer from ``--tokenizer``) as t
 (``step142000``, ``step143000``) of ``EleutherAI/pythia-*`` in an offline Hugging Face cache
 laid out exactly as the Hub client leaves it (``refs/step{N}`` holding a commit hash,
 ``snapshots/<commit>/<file>`` linked to ``blobs/<hash>``). Then runs the real command line
-(``python -m dynamics.cli.main``) with ``HF_HUB_OFFLINE=1`` on that cache:
+(``python -m dynamics.cli``) with ``HF_HUB_OFFLINE=1`` on that cache:
 
     dynamics scan   --model pythia-1.4b --steps 142000,143000 --device cuda ...
     dynamics ablate --model pythia-1.4b --revision 143000 --tasks none --pos off ...
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: ../shared/data lies 
 
 SHARED = ROOT.parent / "shared" / "data"
 STEPS = (142000, 143000)
-CLI = [sys.executable, "-m", "dynamics.cli.main", "-v"]
+CLI = [sys.executable, "-m", "dynamics.cli", "-v"]
 # Small budgets for a CPU smoke test; the GPU check runs the command's own defaults.
 QUICK_SCAN = [
     "--window",

@@ -2,6 +2,6 @@
 
 import sys
 
-from dynamics.cli.main.main import main
+from dynamics.cli.main import main
 
 sys.exit(main())

@@ -123,7 +123,7 @@ def test_a_scan_of_a_model_missing_from_an_offline_cache_is_refused_before_the_c
         [
             sys.executable,
             "-m",
-            "dynamics.cli.main",
+            "dynamics.cli",
             "scan",
             "-m",
             model,

@@ -16,7 +16,7 @@ from store import open_cube
 
 def cli(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "dynamics.cli.main", *args],
+        [sys.executable, "-m", "dynamics.cli", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -250,7 +250,7 @@ def test_ctrl_c_keeps_every_completed_step(tiny_suite, tmp_path):
         [
             sys.executable,
             "-m",
-            "dynamics.cli.main",
+            "dynamics.cli",
             "scan",
             "-m",
             str(tiny_suite),

@@ -283,7 +283,7 @@ def test_ctrl_c_cancels_the_dask_scan_and_keeps_done_steps(tiny_suite, tmp_path)
             [
                 sys.executable,
                 "-m",
-                "dynamics.cli.main",
+                "dynamics.cli",
                 "scan",
                 "-m",
                 str(tiny_suite),
