@@ -10,14 +10,9 @@ import xarray as xr
 from fixtures.tiny_models import N_LAYERS, TINY_FAMILIES, tiny_input_ids, tiny_model
 
 from checkpoints.adapters import mlp_shape, pre_activation_modules
-from dynamics.ablation.hooks import (
-    ACTIVATION_MODES,
-    MODES,
-    ablate,
-    ablation_function,
-    activation_modules,
-    neuron_indices,
-)
+from dynamics.ablation.hooks import ablate, activation_modules, neuron_indices
+from dynamics.ablation.modes import ACTIVATION_MODES, MODES
+from dynamics.ablation.modes import elementwise as ablation_function
 from dynamics.errors import UserInputError
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
@@ -367,7 +362,7 @@ def test_bad_neuron_sets(neurons: object, mode: str, message: str) -> None:
 
 
 def test_paired_increase_and_its_noise_warning() -> None:
-    from dynamics.ablation.hooks import noise_warning, paired_increase
+    from dynamics.ablation.matched import noise_warning, paired_increase
 
     clean = torch.tensor([200.0, 180.0, 220.0, 210.0], dtype=torch.float64)
     ablated = torch.tensor([202.0, 181.0, 224.0, 209.0], dtype=torch.float64)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from fixtures.tiny_models import VOCAB, tiny_model
 
-from dynamics.ablation.rows import ablate_rows
+from dynamics.ablation.hooks import ablate_rows
 from dynamics.models import cpu_threads
 from dynamics.syntax.logprobs import token_log_probs_each
 from dynamics.syntax.perplexity import token_nll_each

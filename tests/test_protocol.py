@@ -355,7 +355,7 @@ def test_pos_excess_per_model_token_inside_the_perplexity_windows(tmp_path) -> N
     from fixtures.study import CORPUS, fake_tagger, save_tiny_model, write_blimp
 
     from dynamics.study.driver import run_study
-    from dynamics.study.measures import UPOS
+    from dynamics.syntax.pos import UPOS
     from store import open_cube
 
     tagger = fake_tagger  # whitespace words: long ones NOUN, short ones DET

@@ -20,10 +20,12 @@ from fixtures.study import char_tokenizer
 from fixtures.tiny_models import TINY_FAMILIES, tiny_input_ids, tiny_model
 
 from checkpoints.adapters import mlp_shape
-from dynamics.ablation.hooks import ablate
-from dynamics.ablation.rows import ablate_rows, conditions_per_pass
+from dynamics.ablation.hooks import ablate, ablate_rows
 from dynamics.errors import UserInputError
-from dynamics.scan.measures import syntax_and_perplexity
+from dynamics.evaluate.benchmarks import Benchmarks, Scoring
+from dynamics.evaluate.conditions import Condition
+from dynamics.evaluate.engine import evaluate
+from dynamics.evaluate.planning import conditions_per_pass
 from dynamics.syntax.blimp import blimp_accuracy
 from dynamics.syntax.pairs import MinimalPair
 from dynamics.syntax.perplexity import perplexity, perplexity_each, window_nll, window_nll_each
@@ -76,7 +78,7 @@ def test_scores_and_perplexity_equal_one_condition_at_a_time(family: str) -> Non
     single = _one_at_a_time(model, masks, mode, lambda: score_pairs(model, tokenizer, PAIRS, **kwargs))
     single_nll = _one_at_a_time(model, masks, mode, lambda: window_nll(model, windows, batch_size=2, progress=False))
     single_ppl = _one_at_a_time(model, masks, mode, lambda: perplexity(model, windows, batch_size=2, progress=False))
-    with ablate_rows(model, masks, mode=mode) as copies, torch.inference_mode():
+    with ablate_rows(model, masks, mode) as copies, torch.inference_mode():
         batched = score_pairs_each(model, tokenizer, PAIRS, copies, **kwargs)
         batched_nll = window_nll_each(model, windows, copies, batch_size=2, progress=False)
         batched_ppl = perplexity_each(model, windows, copies, batch_size=2, progress=False)
@@ -102,7 +104,7 @@ def test_every_preactivation_mode_equal_and_left_padding(mode: str) -> None:
     masks = _masks(model)
     kwargs = dict(group_by="case", keep_pairs=True, progress=False, padding_side="left", batch_tokens=80)
     single = _one_at_a_time(model, masks, mode, lambda: score_pairs(model, tokenizer, PAIRS, **kwargs))
-    with ablate_rows(model, masks, mode=mode) as copies, torch.inference_mode():
+    with ablate_rows(model, masks, mode) as copies, torch.inference_mode():
         batched = score_pairs_each(model, tokenizer, PAIRS, copies, **kwargs)
     for one, many in zip(single, batched):
         np.testing.assert_allclose(many.good, one.good, rtol=SCORE_RTOL, atol=0)
@@ -121,17 +123,21 @@ def test_scan_evaluation_equals_the_loop_over_conditions() -> None:
         MinimalPair("she helped herself.", "she helped himself.", "anaphor", linguistics_term="anaphora"),
         MinimalPair("he helped himself.", "he helped herself.", "anaphor", linguistics_term="anaphora"),
     ]
-    with torch.inference_mode():
-        result = syntax_and_perplexity(
-            model,
-            tokenizer,
-            PAIRS,
-            windows,
-            conditions,
-            ["simple", "across", "npi", "none"],
-            blimp=blimp,
-            paradigms=["anaphor", "det_noun", "absent"],
-        )
+    as_tse = {"simple": "simple_agrmt", "across": "prep_anim", "npi": "npi_across_anim", "short": "vp_coord"}
+    tse = tuple(
+        MinimalPair(p["good"], p["bad"], as_tse[p["case"]], pair_id=k, intrusive=p.get("intrusive"))
+        for k, p in enumerate(PAIRS)
+    )
+    benchmarks = Benchmarks(
+        tokenizer,
+        Scoring(prefix="bos", npi="intrusive"),
+        tse=tse,
+        blimp=tuple(blimp),
+        blimp_paradigms=("anaphor", "det_noun", "absent"),
+        ppl_windows=windows,
+        batch_size=1,
+    )
+    result = evaluate(model, [Condition(name, mask) for name, mask in conditions.items()], benchmarks)
     single_blimp = _one_at_a_time(
         model, masks, "negative", lambda: score_pairs(model, tokenizer, blimp, keep_pairs=True, progress=False)
     )
@@ -141,15 +147,20 @@ def test_scan_evaluation_equals_the_loop_over_conditions() -> None:
             result["blimp_acc"].values[i], [per_paradigm["anaphor"], per_paradigm["det_noun"], np.nan]
         )
     single = _one_at_a_time(
-        model, masks, "negative", lambda: score_pairs(model, tokenizer, PAIRS, group_by="case", progress=False)
+        model, masks, "negative", lambda: score_pairs(model, tokenizer, tse, keep_pairs=True, progress=False)
     )
     single_ppl = _one_at_a_time(model, masks, "negative", lambda: perplexity(model, windows, progress=False))
-    cases = ["simple", "across", "npi", "none"]
     for i, scores in enumerate(single):
+        cases = result["tse_case"].values.tolist()  # every TSE case; those without a pair are NaN
         np.testing.assert_array_equal(result["tse_acc"].values[i], scores.aligned("accuracy", cases))
+        assert np.isfinite(result["tse_acc"].values[i]).sum() == 4
         np.testing.assert_allclose(
             result["tse_margin"].values[i], scores.aligned("margin", cases), rtol=1e-6, atol=1e-6
         )
+        assert result["tse_acc_all"].values[i] == scores.overall_accuracy
+        # each item's margin: above 0 exactly where the pair is correct, equal to the loop's to float32
+        np.testing.assert_array_equal(result["tse_item_margin"].values[i] > 0, scores.correct)
+        np.testing.assert_allclose(result["tse_item_margin"].values[i], scores.item_margin, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(result["ppl"].values, single_ppl)
 
 
@@ -165,7 +176,7 @@ def test_rows_not_in_equal_blocks_are_refused() -> None:
 
 def test_bad_mode_and_no_condition_are_user_errors() -> None:
     model = tiny_model("gpt_neox")
-    with pytest.raises(UserInputError, match="'sideways' is unknown"), ablate_rows(model, [None], mode="sideways"):  # type: ignore[arg-type]
+    with pytest.raises(UserInputError, match="'sideways' is unknown"), ablate_rows(model, [None], "sideways"):  # type: ignore[arg-type]
         pass
     with pytest.raises(UserInputError, match="at least one condition"), ablate_rows(model, []):
         pass
@@ -182,3 +193,40 @@ def test_hooks_removed_and_conditions_per_pass() -> None:
     assert conditions_per_pass(34, 4096, budget=65536) == 16
     assert conditions_per_pass(3, 4096, budget=65536) == 3
     assert conditions_per_pass(5, 100_000, budget=65536) == 1
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_conditions_of_every_mode_share_a_pass(family: str) -> None:
+    """A pass whose row blocks carry different modes, activation modes included, gives each condition
+    its one-condition numbers (perplexity bit for bit)."""
+    model, tokenizer = tiny_model(family), char_tokenizer()
+    shape = mlp_shape(model)
+    generator = torch.Generator().manual_seed(11)
+    masks = [None] + [torch.rand(shape, generator=generator) < 0.4 for _ in range(5)]
+    modes = ["negative", "negative", "signflip", "posrelu", "abs_pre", "both"]
+    windows = tiny_input_ids(batch=3, length=24, seed=5)
+    kwargs = dict(group_by="case", keep_pairs=True, progress=False, batch_tokens=64)
+    single_nll, single_scores = [], []
+    for mask, mode in zip(masks, modes):
+        with ablate(model, mask, mode=mode) if mask is not None else nullcontext(), torch.inference_mode():
+            single_nll.append(window_nll(model, windows, batch_size=2, progress=False))
+            single_scores.append(score_pairs(model, tokenizer, PAIRS, **kwargs))
+    with ablate_rows(model, masks, modes) as copies, torch.inference_mode():
+        batched_nll = window_nll_each(model, windows, copies, batch_size=2, progress=False)
+        batched_scores = score_pairs_each(model, tokenizer, PAIRS, copies, **kwargs)
+    for one, many in zip(single_nll, batched_nll):
+        assert torch.equal(one, many)
+    for one, many in zip(single_scores, batched_scores):
+        np.testing.assert_allclose(many.good, one.good, rtol=SCORE_RTOL, atol=0)
+        np.testing.assert_array_equal(many.correct, one.correct)
+    if family != "opt":  # under ReLU signflip and posrelu change nothing; elsewhere every mode differs
+        assert len({float(nll.sum()) for nll in single_nll}) == len(modes)
+
+
+def test_a_mode_list_of_another_length_is_refused() -> None:
+    model = tiny_model("gpt_neox")
+    with (
+        pytest.raises(UserInputError, match="3 conditions but 2 ablation modes"),
+        ablate_rows(model, _masks(model), ["negative", "both"]),
+    ):
+        pass

@@ -317,7 +317,7 @@ def _probe_cache_keyword(model: torch.nn.Module, ids: torch.Tensor, full: torch.
 
 def replicate_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
     """``copies`` blocks of ``tensor``'s rows one after the other (dimension 0): one block per
-    ablation condition of :func:`dynamics.ablation.rows.ablate_rows`."""
+    ablation condition of :func:`dynamics.ablation.hooks.ablate_rows`."""
     return tensor if copies == 1 else tensor.repeat(copies, *([1] * (tensor.ndim - 1)))
 
 

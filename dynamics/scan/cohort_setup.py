@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dynamics.ablation.hooks import matched_control
+from dynamics.ablation.matched import matched_control
 from dynamics.config.options import resolve_protocol
 from dynamics.models.runtime import load_checkpoint_model
 from dynamics.scan.config import ScanConfig

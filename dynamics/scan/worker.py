@@ -23,7 +23,7 @@ import logging
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,8 +37,12 @@ from checkpoints.source import CheckpointSource, open_source
 from checkpoints.stream import Prefetcher, disk_bound
 from checkpoints.transfer import use_fast_transfer
 from dynamics.config.options import Protocol, resolve_protocol
-from dynamics.config.preflight import check_loaded_model
+from dynamics.config.preflight import check_loaded_model, context_length
 from dynamics.errors import CheckpointError
+from dynamics.evaluate.benchmarks import Benchmarks, LmevalTasks, Scoring, check_benchmarks
+from dynamics.evaluate.conditions import Condition
+from dynamics.evaluate.engine import evaluate
+from dynamics.evaluate.planning import PassBudget, pass_budget_for
 from dynamics.models.runtime import (
     capture_budget,
     default_window,
@@ -49,11 +53,12 @@ from dynamics.models.runtime import (
 )
 from dynamics.scan.benchmarks import ScanBenchmarks
 from dynamics.scan.config import ScanConfig
-from dynamics.scan.measures import drift_measures, step_result, syntax_and_perplexity
+from dynamics.scan.measures import drift_measures, step_result
 from dynamics.stats.cohort import top_percent_mask
 from dynamics.stats.neurons import input_weights, neuron_wasserstein
 from dynamics.syntax.corpus import CorpusSpec, load_token_windows, load_wd_and_ppl_windows, text_specs
-from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
+from dynamics.syntax.pairs import MinimalPair
+from dynamics.syntax.tse import sample_tse, tse_pairs
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +128,8 @@ class WorkerContext:
     ppl_corpus: CorpusSpec | None
     wd_windows: torch.Tensor
     ppl_windows: torch.Tensor | None
-    pairs: list[Any]
+    benchmarks: Benchmarks  # TSE sample, BLiMP sample, perplexity windows, lm-eval tasks
+    budget: PassBudget  # conditions per evaluation pass
     reference_weights: torch.Tensor  # [layer, neuron, d_model]
     reference_model: Any = None  # kept only until the cohort is fixed
     #: The reference step's statistics and the seconds they took, computed while fixing the
@@ -193,37 +199,19 @@ class WorkerContext:
             drift = drift_measures(weights, self.reference_weights, cohort, control)
         if kept is not None:
             timings["statistics"] += kept[1]  # what they cost, when the cohort was fixed
-        conditions: dict[str, torch.Tensor | None] = {
-            "clean": None,
-            "neg_cohort": torch.from_numpy(cohort),
-            "neg_random": torch.from_numpy(control),
-        }
+        conditions = [
+            Condition("clean"),
+            Condition("neg_cohort", torch.from_numpy(cohort)),
+            Condition("neg_random", torch.from_numpy(control)),
+        ]
         if matched is not None:
-            conditions["neg_matched"] = torch.from_numpy(matched)
+            conditions.append(Condition("neg_matched", torch.from_numpy(matched)))
         if config.stepwise:
-            conditions["neg_stepwise"] = top_percent_mask(
-                torch.from_numpy(wd["wd"].values), config.cohort_percent, config.cohort_scope
-            )
-        benchmarks = self.spec.benchmarks
-        with timed(timings, "evaluation"), torch.inference_mode():
-            evaluation = syntax_and_perplexity(
-                model,
-                self.tokenizer,
-                self.pairs,
-                self.ppl_windows,
-                conditions,
-                TSE_CASES,
-                self.protocol.tse_reduction,
-                self.protocol.prefix,
-                self.protocol.npi,
-                blimp=benchmarks.blimp,
-                paradigms=benchmarks.paradigms,
-                tasks=benchmarks.tasks,
-                lmeval_limit=config.lmeval_limit,
-                seed=config.seed,
-                task_path=benchmarks.task_path,
-                blimp_reduction=self.protocol.blimp_reduction,
-            )
+            stepwise = top_percent_mask(torch.from_numpy(wd["wd"].values), config.cohort_percent, config.cohort_scope)
+            conditions.append(Condition("neg_stepwise", stepwise))
+        with timed(timings, "evaluation"):
+            evaluation = evaluate(model, conditions, self.benchmarks, self.budget)
+        evaluation = evaluation.drop_vars(["eval_seconds", "eval_phase"])  # the step's seconds count evaluation whole
         loaded = {
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "capture_budget_bytes": self.memory_budget,
@@ -293,6 +281,20 @@ def build_context(spec: RunSpec) -> WorkerContext:
         if config.executor == "serial":
             source.release(reference)
     pairs = sample_tse(tse_pairs(), per_case=config.tse_per_case, seed=config.seed) if config.tse_per_case else []
+    scan = spec.benchmarks
+    benchmarks = Benchmarks(
+        tokenizer,
+        Scoring.of(protocol),
+        tse=tuple(cast(list[MinimalPair], pairs)),  # sample_tse of a flat list is a flat list
+        blimp=scan.blimp,
+        blimp_paradigms=scan.paradigms,
+        ppl_windows=ppl_windows,
+        batch_size=1,  # the scan's perplexity runs window by window, as it always has
+        lmeval=LmevalTasks(scan.tasks, scan.tasks, config.lmeval_limit, scan.task_path, config.seed)
+        if scan.tasks
+        else None,
+    )
+    check_benchmarks(benchmarks, context_length(model.config))
     return WorkerContext(
         spec=spec,
         source=source,
@@ -303,7 +305,8 @@ def build_context(spec: RunSpec) -> WorkerContext:
         ppl_corpus=ppl_corpus,
         wd_windows=wd_windows,
         ppl_windows=ppl_windows,
-        pairs=list(pairs),
+        benchmarks=benchmarks,
+        budget=pass_budget_for(model),
         reference_weights=reference_weights,
         reference_model=model if spec.cohort is None else None,
     )

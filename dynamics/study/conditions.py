@@ -30,7 +30,6 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dynamics.ablation.hooks import Mode
 from dynamics.stats.cohort import BisectionResult, random_control_mask, top_percent_mask, wd_scores
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ class Unit:
     block: str
     labels: dict[str, Any]
     neurons: str | None  # a key of NeuronSets.masks; None for the clean model
-    mode: Mode = "negative"
+    mode: str = "negative"  # a name of dynamics.ablation.modes.MODES
     measures: tuple[str, ...] = FULL_MEASURES
 
     def record(self) -> dict[str, Any]:
@@ -83,7 +82,7 @@ def layer_groups(n_layers: int, n_groups: int) -> list[list[int]]:
     return [chunk.tolist() for chunk in np.array_split(np.arange(n_layers), n_groups)]
 
 
-SIGNED_ABLATIONS: tuple[tuple[str, Mode], ...] = (("neg", "negative"), ("pos", "positive"), ("both", "both"))
+SIGNED_ABLATIONS: tuple[tuple[str, str], ...] = (("neg", "negative"), ("pos", "positive"), ("both", "both"))
 
 
 def study_units(percents: Sequence[float], match_percent: float, n_groups: int, with_groups: bool) -> list[Unit]:

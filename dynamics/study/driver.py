@@ -19,17 +19,17 @@ from tqdm.auto import tqdm
 from checkpoints.adapters import mlp_shape
 from checkpoints.checkpoint import Checkpoint
 from dynamics import __version__
-from dynamics.ablation.hooks import matched_control
+from dynamics.ablation.matched import matched_control
 from dynamics.config.options import config_dict, resolve_protocol
 from dynamics.config.preflight import check_loaded_model
+from dynamics.evaluate.benchmarks import Benchmarks
 from dynamics.execution.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
 from dynamics.models.modelcalls import model_device
 from dynamics.models.runtime import capture_budget
 from dynamics.stats.neurons import neuron_wasserstein
 from dynamics.study.conditions import BLOCKS, layer_groups, static_dataset, study_units, top_and_random_masks
 from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study
-from dynamics.study.inputs import build_inputs, load_model
-from dynamics.study.measures import StudyInputs
+from dynamics.study.inputs import build_inputs, load_model, pass_budget
 from dynamics.study.worker import StudySpec, forget_workers, groups_together, run_condition, seed_worker
 from dynamics.syntax.corpus import corpus_hash
 from store.cube import CubeWriter
@@ -98,12 +98,12 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
             summary.skipped = [i for i in range(len(units)) if i not in todo]
             if not todo:
                 return summary
-            inputs, wd_windows, corpus = build_inputs(config, plan, model, tokenizer, tse, blimp, tagger)
+            benchmarks, wd_windows, corpus = build_inputs(config, plan, model, tokenizer, tse, blimp, tagger)
             static = cube.read_static()
             if static is None:
-                static = _fix_neuron_sets(config, plan, model, wd_windows, inputs, groups, cube)
+                static = _fix_neuron_sets(config, plan, model, wd_windows, benchmarks, groups, cube)
                 cube.write_static(static)
-            ppl_windows = inputs.ppl_windows
+            ppl_windows = benchmarks.ppl_windows
             assert ppl_windows is not None  # build_inputs always cuts them
             cube.record_provenance(
                 {
@@ -112,15 +112,15 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
                     "wd_corpus_hash": corpus_hash(wd_windows),
                     "wd_tokens": int(wd_windows.numel()),
                     "ppl_tokens": int(ppl_windows.numel()),
-                    "tse_pairs": len(inputs.tse),
-                    "blimp_pairs": len(inputs.blimp),
-                    "lmeval_limit": inputs.lmeval_limit,
-                    "lmeval_skipped": inputs.task_plan.skipped,
+                    "tse_pairs": len(benchmarks.tse),
+                    "blimp_pairs": len(benchmarks.blimp),
+                    "lmeval_limit": config.budgets()["lmeval_limit"],
+                    "lmeval_skipped": benchmarks.lmeval.skipped if benchmarks.lmeval else {},
                     "pos": (
                         "skipped"
-                        if inputs.tagger is None
-                        else f"{len(inputs.pos_texts)} lines"
-                        if inputs.pos_unit == "words"
+                        if benchmarks.pos is None
+                        else f"{len(benchmarks.pos.texts)} lines"
+                        if benchmarks.pos.unit == "words"
                         else f"every token of {len(ppl_windows)} perplexity windows"
                     ),
                     "layer_groups": groups,
@@ -131,7 +131,7 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
             together = groups_together(tuple(units), todo) if shared else ()
             spec = StudySpec(config, plan, tuple(units), static, tuple(tuple(g) for g in groups), tagger, together)
             if config.executor == "serial":
-                seed_worker(spec, model, inputs)
+                seed_worker(spec, model, benchmarks, pass_budget(config, model))
             del model  # a cluster's workers load their own copy; the serial worker holds the driver's
             try:
                 _run_units(pool, spec, todo, cube, summary)
@@ -169,7 +169,7 @@ def _fix_neuron_sets(
     plan: StudyPlan,
     model: Any,
     wd_windows: torch.Tensor,
-    inputs: StudyInputs,
+    benchmarks: Benchmarks,
     groups: list[list[int]],
     cube: CubeWriter,
 ) -> xr.Dataset:
@@ -189,7 +189,7 @@ def _fix_neuron_sets(
         wd["wd"].values, plan.percents, config.seed, resolve_protocol(config).random_control
     )
 
-    windows = inputs.ppl_windows
+    windows = benchmarks.ppl_windows
     assert windows is not None  # build_inputs always cuts them
     found = matched_control(
         model,

@@ -17,10 +17,12 @@ from checkpoints.hub_errors import RetryPolicy
 from checkpoints.hub_source import RevisionSource
 from checkpoints.source import open_source
 from dynamics.config.options import resolve_protocol
+from dynamics.config.preflight import context_length
 from dynamics.errors import UserInputError
+from dynamics.evaluate.benchmarks import Benchmarks, LmevalTasks, PosInputs, Scoring, check_benchmarks
+from dynamics.evaluate.planning import PassBudget, pass_budget_for
 from dynamics.models.runtime import default_window, load_checkpoint_model, set_threads
 from dynamics.study.config import StudyConfig, StudyPlan
-from dynamics.study.measures import StudyInputs, pos_table
 from dynamics.syntax.blimp import load_blimp
 from dynamics.syntax.corpus import (
     CorpusSpec,
@@ -31,6 +33,7 @@ from dynamics.syntax.corpus import (
 )
 from dynamics.syntax.lmeval import probe_tasks
 from dynamics.syntax.pairs import stratified_sample
+from dynamics.syntax.pos import pos_surprisal
 from dynamics.syntax.scoring import encode_with_prefix
 from dynamics.syntax.tse import sample_tse, tse_pairs
 
@@ -59,15 +62,20 @@ def fetch_model(config: StudyConfig, plan: StudyPlan) -> Checkpoint:
 
 def load_inputs(
     config: StudyConfig, plan: StudyPlan, tagger: Any | None
-) -> tuple[Any, StudyInputs, torch.Tensor, CorpusSpec, Any]:
+) -> tuple[Any, Benchmarks, PassBudget, torch.Tensor, CorpusSpec, Any]:
     """The model and everything the conditions are measured on, deterministic in the config.
 
-    Returns ``(model, inputs, wd_windows, corpus spec, checkpoint)``. Workers of a cluster
-    call this and get the same benchmark samples and windows as the driver.
+    Returns ``(model, benchmarks, pass budget, wd_windows, corpus spec, checkpoint)``. Workers of a
+    cluster call this and get the same benchmark samples and windows as the driver.
     """
     checkpoint, model, tokenizer, tse, blimp = load_model(config, plan)
-    inputs, wd_windows, corpus = build_inputs(config, plan, model, tokenizer, tse, blimp, tagger)
-    return model, inputs, wd_windows, corpus, checkpoint
+    benchmarks, wd_windows, corpus = build_inputs(config, plan, model, tokenizer, tse, blimp, tagger)
+    return model, benchmarks, pass_budget(config, model), wd_windows, corpus, checkpoint
+
+
+def pass_budget(config: StudyConfig, model: Any) -> PassBudget:
+    """How many conditions share a pass: as the device's memory allows, at most ``--conditions-per-pass``."""
+    return pass_budget_for(model, config.conditions_per_pass)
 
 
 def load_model(config: StudyConfig, plan: StudyPlan) -> tuple[Any, Any, Any, list, list]:
@@ -84,35 +92,35 @@ def load_model(config: StudyConfig, plan: StudyPlan) -> tuple[Any, Any, Any, lis
 
 def build_inputs(
     config: StudyConfig, plan: StudyPlan, model: Any, tokenizer: Any, tse: list, blimp: list, tagger: Any | None
-) -> tuple[StudyInputs, torch.Tensor, CorpusSpec]:
-    """The corpus windows, the lm-eval plan and the POS lines (with clean surprisals): ``(inputs,
-    wd_windows, corpus spec)``. Only needed when some condition is still to be measured."""
+) -> tuple[Benchmarks, torch.Tensor, CorpusSpec]:
+    """The corpus windows, the lm-eval plan and the POS inputs (with the clean model's surprisals):
+    ``(benchmarks, wd_windows, corpus spec)``. Only needed when some condition is still to be measured."""
     budgets = config.budgets()
     window = default_window(model, config.window)
     wd_windows, ppl_windows, corpus = _windows(config, plan, tokenizer, window, budgets["ppl_tokens"])
     protocol = resolve_protocol(config)
-    inputs = StudyInputs(
-        tokenizer=tokenizer,
-        tse=tse,
-        blimp=blimp,
+    task_plan = probe_tasks(plan.tasks, config.task_path)
+    benchmarks = Benchmarks(
+        tokenizer,
+        Scoring.of(protocol),
+        tse=tuple(tse),
+        blimp=tuple(blimp),
         blimp_paradigms=plan.paradigms,
         ppl_windows=ppl_windows,
-        tasks=plan.tasks,
-        task_plan=probe_tasks(plan.tasks, config.task_path),
-        lmeval_limit=budgets["lmeval_limit"],
-        pos_texts=[],
-        tagger=None,
-        tse_reduction=protocol.tse_reduction,
-        blimp_reduction=protocol.blimp_reduction,
-        prefix=protocol.prefix,
-        npi=protocol.npi,
-        pos_unit=protocol.pos_unit,
         batch_size=config.batch_size,
-        task_path=config.task_path,
-        seed=config.seed,
+        lmeval=LmevalTasks(
+            plan.tasks,
+            tuple(task_plan.runnable),
+            budgets["lmeval_limit"],
+            config.task_path,
+            config.seed,
+            skipped=dict(task_plan.skipped),
+        )
+        if plan.tasks
+        else None,
     )
-    _prepare_pos(config, corpus, model, inputs, tagger)
-    return inputs, wd_windows, corpus
+    check_benchmarks(benchmarks, context_length(model.config))
+    return replace(benchmarks, pos=_pos_inputs(config, corpus, model, benchmarks, tagger)), wd_windows, corpus
 
 
 def _benchmarks(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | None]) -> tuple[list, list]:
@@ -145,31 +153,38 @@ def _windows(
     return wd_windows, ppl_windows, ppl_spec
 
 
-def _prepare_pos(config: StudyConfig, spec: CorpusSpec, model: Any, inputs: StudyInputs, tagger: Any | None) -> None:
-    """The POS tagger and what the clean model gives (or one skip line): per token of the perplexity
-    windows (``--pos-unit tokens``) or per word of ``--pos-lines`` lines of the perplexity text (``words``)."""
-    tokens = inputs.pos_unit == "tokens"
-    if config.pos == "off" or (not tokens and not config.pos_lines):
-        return
+def _pos_inputs(
+    config: StudyConfig, spec: CorpusSpec, model: Any, benchmarks: Benchmarks, tagger: Any | None
+) -> PosInputs | None:
+    """The POS tagger and what the clean model gives (None, with one skip line, when POS is off or
+    unavailable): per token of the perplexity windows (``--pos-unit tokens``) or per word of
+    ``--pos-lines`` lines of the perplexity text (``words``)."""
+    unit = benchmarks.scoring.pos_unit
+    if config.pos == "off" or (unit == "words" and not config.pos_lines):
+        return None
     if tagger is None:
         from dynamics.syntax.pos import spacy_tagger
 
         try:
-            tagger = spacy_tagger(keep_space=tokens)
+            tagger = spacy_tagger(keep_space=unit == "tokens")
         except UserInputError as exc:
             log.warning("POS excess surprisal skipped: %s", exc)
-            return
-    inputs.tagger = tagger
-    if tokens:
+            return None
+    if unit == "tokens":
         from dynamics.syntax.perplexity import token_nll
         from dynamics.syntax.pos import window_token_tags
 
-        windows, offsets, special, text = windows_with_offsets(spec, inputs.tokenizer)
-        assert inputs.ppl_windows is not None and torch.equal(windows, inputs.ppl_windows)
-        inputs.pos_tags = window_token_tags(text, offsets, special, tagger)
+        windows, offsets, special, text = windows_with_offsets(spec, benchmarks.tokenizer)
+        assert benchmarks.ppl_windows is not None and torch.equal(windows, benchmarks.ppl_windows)
         with torch.inference_mode():
-            inputs.clean_token_nll = token_nll(model, windows, batch_size=config.batch_size, progress=False).numpy()
-        return
+            clean = token_nll(model, windows, batch_size=config.batch_size, progress=False).numpy()
+        return PosInputs(
+            "tokens", tags=window_token_tags(text, offsets, special, tagger), clean_token_nll=clean, tagger=tagger
+        )
     lines = [line.strip() for line in read_corpus_text(spec).splitlines() if len(line.split()) >= 5]
-    inputs.pos_texts = [" ".join(line.split()[:200]) for line in lines[: config.pos_lines]]
-    inputs.clean_pos = pos_table(model, inputs)
+    texts = tuple(" ".join(line.split()[:200]) for line in lines[: config.pos_lines])
+    with torch.inference_mode():
+        clean_table = pos_surprisal(
+            model, benchmarks.tokenizer, list(texts), tagger=tagger, prefix=benchmarks.scoring.prefix, progress=False
+        )
+    return PosInputs("words", tagger=tagger, texts=texts, clean_table=clean_table)

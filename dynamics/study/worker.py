@@ -2,17 +2,16 @@
 
 The driver fixes the neuron sets (WD, top/random masks, the matched control) once and
 writes them to the cube; each condition is then :func:`run_condition` ``(spec, number)``
-on the executor (:mod:`dynamics.execution.executor`), so the serial run and a Dask cluster go through
-the same code. A worker builds its inputs once per run (model, tokenizer, benchmark
+on the executor (:mod:`dynamics.execution.executor`), so the serial run and a Dask cluster go
+through the same code. A worker builds its inputs once per run (model, tokenizer, benchmark
 samples, corpus windows, POS lines), cached by :attr:`StudySpec.key`; the serial driver
 hands its own, already loaded, to the cache (:func:`seed_worker`) instead of loading twice.
 
-With the serial executor the conditions still to do are grouped by ablation mode
+With the serial executor the conditions still to do are grouped by the measures they ask for
 (:func:`groups_together`, :attr:`StudySpec.together`): the first condition of a group to run
-measures the TSE, BLiMP and perplexity of the whole group in shared passes
-(:func:`dynamics.study.measures.measure_together`) and the worker keeps each condition's part
-until its turn. A Dask worker runs one condition at a time (the group's conditions land on
-different workers).
+measures the shared part (TSE, BLiMP, perplexity, POS per token) of the whole group in passes
+shared by every mode (:func:`dynamics.study.measures.measure_shared`), and the worker keeps
+each condition's part until its turn. A Dask worker runs one condition at a time.
 """
 
 from __future__ import annotations
@@ -24,11 +23,13 @@ from typing import Any
 import torch
 import xarray as xr
 
+from dynamics.evaluate.benchmarks import Benchmarks
+from dynamics.evaluate.planning import PassBudget
 from dynamics.models.runtime import resolve_device
 from dynamics.study.conditions import NeuronSets, Unit, neuron_sets
 from dynamics.study.config import StudyConfig, StudyPlan
 from dynamics.study.inputs import load_inputs
-from dynamics.study.measures import Measured, StudyInputs, measure_together, measure_unit, shares_passes
+from dynamics.study.measures import measure_shared, measure_unit
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class StudySpec:
     static: xr.Dataset = field(compare=False)  # the neuron sets, as stored in the cube
     groups: tuple[tuple[int, ...], ...] = field(compare=False)
     tagger: Any | None = field(default=None, compare=False)  # a POS tagger that overrides spaCy (tests)
-    #: Unit numbers of one ablation mode whose TSE, BLiMP and perplexity share passes (:func:`groups_together`).
+    #: Unit numbers whose shared part is measured in shared passes (:func:`groups_together`).
     together: tuple[tuple[int, ...], ...] = field(default=(), compare=False)
 
     @property
@@ -55,30 +56,28 @@ class StudySpec:
 @dataclass
 class StudyWorker:
     model: torch.nn.Module
-    inputs: StudyInputs
+    benchmarks: Benchmarks
+    budget: PassBudget
     sets: NeuronSets
-    measured: dict[int, Measured] = field(default_factory=dict)  # measured in a pass with an earlier unit
+    shared: dict[int, xr.Dataset] = field(default_factory=dict)  # measured in a pass with an earlier unit
 
 
 def groups_together(units: tuple[Unit, ...], todo: list[int]) -> tuple[tuple[int, ...], ...]:
-    """The units still to do grouped by ablation mode, in ``todo`` order; a mode that cannot share
-    passes (:func:`dynamics.study.measures.shares_passes`) and a mode with one unit form no group."""
-    groups: dict[str, list[int]] = {}
+    """The units still to do grouped by the measures they ask for, in ``todo`` order (any modes
+    share a pass); a group of one unit is left out."""
+    groups: dict[tuple[str, ...], list[int]] = {}
     for number in todo:
-        if shares_passes(units[number].mode):
-            groups.setdefault(units[number].mode, []).append(number)
+        groups.setdefault(units[number].measures, []).append(number)
     return tuple(tuple(group) for group in groups.values() if len(group) > 1)
 
 
 _WORKERS: dict[str, StudyWorker] = {}
 
 
-def seed_worker(spec: StudySpec, model: torch.nn.Module, inputs: StudyInputs) -> None:
+def seed_worker(spec: StudySpec, model: torch.nn.Module, benchmarks: Benchmarks, budget: PassBudget) -> None:
     """Give this process's cache the driver's loaded model and inputs (the serial executor)."""
     _WORKERS.clear()
-    _WORKERS[spec.key] = StudyWorker(
-        model, inputs, neuron_sets(spec.static, spec.config.group_percent, [list(g) for g in spec.groups])
-    )
+    _WORKERS[spec.key] = StudyWorker(model, benchmarks, budget, _sets(spec))
 
 
 def forget_workers() -> None:
@@ -93,26 +92,35 @@ def run_condition(spec: StudySpec, number: int) -> xr.Dataset:
         _WORKERS.clear()  # one run per worker at a time: free an earlier run's model
         worker = _WORKERS[spec.key] = _build_worker(spec)
     unit = spec.units[number]
-    if number not in worker.measured:
+    if number not in worker.shared:
         _measure_group(spec, worker, number)
     return measure_unit(
-        worker.model, number, unit, worker.sets.mask(unit.neurons), worker.inputs, worker.measured.pop(number, None)
+        worker.model,
+        number,
+        unit,
+        worker.sets.mask(unit.neurons),
+        worker.benchmarks,
+        worker.budget,
+        worker.shared.pop(number, None),
     )
 
 
 def _measure_group(spec: StudySpec, worker: StudyWorker, number: int) -> None:
-    """The shared phases of ``number`` and of the units after it in its group not measured yet."""
+    """The shared part of ``number`` and of the units after it in its group not measured yet."""
     group = next((g for g in spec.together if number in g), ())
     if not group:
         return
-    pending = [number] + [n for n in group[group.index(number) + 1 :] if n not in worker.measured]
+    pending = [number] + [n for n in group[group.index(number) + 1 :] if n not in worker.shared]
     if len(pending) < 2:
         return
     units = [spec.units[n] for n in pending]
-    log.info("units %s (%s ablation): TSE, BLiMP and perplexity in shared passes", pending, units[0].mode)
+    log.info("units %s: their shared measures in passes shared by every condition", pending)
     masks = [worker.sets.mask(unit.neurons) for unit in units]
-    measured = measure_together(worker.model, units, masks, worker.inputs, spec.config.conditions_per_pass)
-    worker.measured.update(zip(pending, measured))
+    worker.shared.update(measure_shared(worker.model, pending, units, masks, worker.benchmarks, worker.budget))
+
+
+def _sets(spec: StudySpec) -> NeuronSets:
+    return neuron_sets(spec.static, spec.config.group_percent, [list(g) for g in spec.groups])
 
 
 def _build_worker(spec: StudySpec) -> StudyWorker:
@@ -120,5 +128,5 @@ def _build_worker(spec: StudySpec) -> StudyWorker:
     config = spec.config
     plan = replace(spec.plan, device=resolve_device(config.device))  # this worker's own device; the dtype is the run's
     log.info("worker: loading %s for the study on %s", config.model, plan.device)
-    model, inputs, *_ = load_inputs(config, plan, spec.tagger)
-    return StudyWorker(model, inputs, neuron_sets(spec.static, config.group_percent, [list(g) for g in spec.groups]))
+    model, benchmarks, budget, *_ = load_inputs(config, plan, spec.tagger)
+    return StudyWorker(model, benchmarks, budget, _sets(spec))

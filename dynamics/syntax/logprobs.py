@@ -188,7 +188,7 @@ def _forward_log_probs(
     projected onto the vocabulary, and of those only from ``skips[unit][row]`` on (earlier
     ones are NaN; the body still runs over them). With ``copies > 1`` every pass carries the
     batch ``copies`` times, one block of rows after the other (one block per ablation
-    condition of :func:`dynamics.ablation.rows.ablate_rows`).
+    condition of :func:`dynamics.ablation.hooks.ablate_rows`).
     """
     skips = skips if skips is not None else [[0] * len(unit) for unit in units]
     out: list[list[list[torch.Tensor] | None]] = [[None] * len(units) for _ in range(copies)]
@@ -397,7 +397,7 @@ def token_log_probs_each(
 ) -> list[list[np.ndarray]]:
     """:func:`token_log_probs` of ``copies`` conditions at once: every batch (packed as for one)
     runs ``copies`` times over in one pass, block ``c`` being condition ``c`` of
-    :func:`dynamics.ablation.rows.ablate_rows`; ``[copy][sequence]``.
+    :func:`dynamics.ablation.hooks.ablate_rows`; ``[copy][sequence]``.
 
     ``needed_from[i]``: the first scored position of sequence ``i`` whose log-probability is
     wanted; the positions before it may come back NaN, never projected onto the vocabulary

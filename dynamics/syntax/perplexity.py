@@ -51,7 +51,7 @@ def token_nll_each(
 ) -> torch.Tensor:
     """:func:`token_nll` under ``copies`` ablation conditions at once, ``[copy, n_windows, L - 1]``: each
     batch of windows runs ``copies`` times over in one pass, block ``c`` being condition ``c`` of
-    :func:`dynamics.ablation.rows.ablate_rows`. On the CPU, batches may run side by side
+    :func:`dynamics.ablation.hooks.ablate_rows`. On the CPU, batches may run side by side
     (:func:`dynamics.models.cpu_threads.map_batches`), each exactly as alone."""
     if copies < 1:
         raise UserInputError(f"copies={copies}; expected at least 1")

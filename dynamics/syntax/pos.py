@@ -35,6 +35,27 @@ from dynamics.syntax.logprobs import DEFAULT_BATCH_TOKENS, prefix_mode, prefix_t
 
 Tagger = Callable[[str], Sequence[tuple[int, int, str]]]
 
+#: Universal POS tags (Universal Dependencies v2), the ``pos`` coordinate of the results.
+UPOS = (
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+)
+
 SPACY_MISSING = (
     "POS analysis needs spaCy and en_core_web_sm: "
     "pip install 'wasserstein-dynamics[pos]' && python -m spacy download en_core_web_sm"

@@ -91,6 +91,9 @@ class PairScores:
 
     A pair is correct when its good sentence scores strictly higher than its bad one and,
     for NPI triples judged ``intrusive``, than its intrusive one too. The margin is ``good - bad``.
+    ``item_margin`` (kept with the pairs) is each pair's margin against what it is judged by:
+    ``good - bad``, or ``min(good - bad, good - intrusive)`` for a triple judged ``intrusive``, so
+    a pair is correct exactly when its ``item_margin`` is above 0.
     """
 
     group_by: str
@@ -104,6 +107,7 @@ class PairScores:
     intrusive: np.ndarray | None = None  # NaN where a pair has no intrusive sentence
     pair_group: np.ndarray | None = None  # [pair] group labels
     correct: np.ndarray | None = None  # [pair] booleans
+    item_margin: np.ndarray | None = None  # [pair] margin against what the pair is judged by
 
     def aligned(self, name: str, groups: Sequence[str]) -> np.ndarray:
         """``accuracy``, ``margin`` or ``count`` for ``groups`` in that order; NaN for a group not scored."""
@@ -154,6 +158,7 @@ def summarize_pairs(
         raise UserInputError(f"good {good.shape}, bad {bad.shape} and groups {labels.shape} differ in length")
     intrusive = np.full_like(good, np.nan) if intrusive is None else np.asarray(intrusive, dtype=np.float64)
     correct = (good > bad) & (np.isnan(intrusive) | (good > intrusive))
+    item_margin = np.where(np.isnan(intrusive), good - bad, np.minimum(good - bad, good - intrusive))
     names = tuple(sorted(set(labels.tolist())))
     member = [labels == name for name in names]
     return PairScores(
@@ -168,6 +173,7 @@ def summarize_pairs(
         intrusive=intrusive if keep_pairs else None,
         pair_group=labels.astype(str) if keep_pairs else None,
         correct=correct if keep_pairs else None,
+        item_margin=item_margin if keep_pairs else None,
     )
 
 
@@ -250,7 +256,7 @@ def score_pairs_each(
     differences_only: bool = False,
 ) -> list[PairScores]:
     """:func:`score_pairs` under ``copies`` ablation conditions in one pass per batch (inside
-    :func:`dynamics.ablation.rows.ablate_rows`): one :class:`PairScores` per condition.
+    :func:`dynamics.ablation.hooks.ablate_rows`): one :class:`PairScores` per condition.
 
     ``differences_only``: the tokens a pair's sentences share before their first difference
     are not projected onto the vocabulary. Their log-probabilities are the same in every

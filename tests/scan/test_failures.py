@@ -28,7 +28,7 @@ FAST_ARGS = ["--wd-tokens", "512", "--ppl-tokens", "64", "--tse-per-case", "1"]
 
 
 def _fail_at_step(monkeypatch, step: int) -> None:
-    original = dynamics.scan.worker.syntax_and_perplexity
+    original = dynamics.scan.worker.evaluate
     calls = {"n": 0}
 
     def broken(*args, **kwargs):
@@ -37,7 +37,7 @@ def _fail_at_step(monkeypatch, step: int) -> None:
             raise IndexError("too many indices for tensor of dimension 3")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(dynamics.scan.worker, "syntax_and_perplexity", broken)
+    monkeypatch.setattr(dynamics.scan.worker, "evaluate", broken)
 
 
 def test_a_bug_stops_the_scan_with_its_traceback_and_keeps_done_steps(tiny_suite, tmp_path, monkeypatch, capsys):

@@ -394,7 +394,7 @@ def test_pos_is_skipped_with_one_line_without_spacy(study_data, tmp_path, monkey
     with caplog.at_level(logging.WARNING, logger="dynamics.study.driver"):
         run_study(config)
     # (the matched control may warn too: this tiny model's top set barely moves perplexity)
-    assert [r.getMessage() for r in caplog.records if r.name != "dynamics.ablation.hooks"] == [
+    assert [r.getMessage() for r in caplog.records if r.name != "dynamics.ablation.matched"] == [
         f"POS excess surprisal skipped: {pos.SPACY_MISSING}"
     ]
     ds = open_cube(config.out)

@@ -1,8 +1,9 @@
-"""`dynamics ablate` with the conditions of one ablation mode in shared passes equals one condition at a time.
+"""`dynamics ablate` with conditions in shared passes (any modes side by side) equals one condition at a time.
 
-The shared passes replicate each batch once per condition (:func:`dynamics.ablation.rows.ablate_rows`);
-perplexity and the per-token NLL behind POS are bit-for-bit equal, sentence scores equal to float32
-rounding (tests/test_row_ablation.py explains why), and every accuracy identical.
+The shared passes replicate each batch once per condition (:func:`dynamics.ablation.hooks.ablate_rows`,
+each row block with its own neurons and mode); perplexity and the per-token NLL behind POS are
+bit-for-bit equal, sentence scores equal to float32 rounding (tests/test_row_ablation.py explains
+why), and every accuracy identical.
 """
 
 from __future__ import annotations
@@ -20,16 +21,19 @@ from fixtures.study import (
 from fixtures.tiny_models import tiny_input_ids, tiny_model
 from study.test_study import study_config
 
-import dynamics.study.measures as study_measures
+import dynamics.evaluate.engine as engine
+import dynamics.evaluate.phases as phases
 from checkpoints.adapters import mlp_shape
-from dynamics.ablation.rows import ablate_rows
+from dynamics.ablation.hooks import ablate_rows
 from dynamics.cli.main import main
+from dynamics.evaluate.benchmarks import Benchmarks, PosInputs, Scoring
+from dynamics.evaluate.planning import PassBudget
 from dynamics.study.conditions import Unit, study_units
 from dynamics.study.driver import run_study
-from dynamics.study.measures import StudyInputs, measure_together, measure_unit
+from dynamics.study.measures import measure_shared, measure_unit
 from dynamics.study.worker import groups_together
-from dynamics.syntax.lmeval import TaskPlan
 from dynamics.syntax.pairs import MinimalPair
+from dynamics.syntax.perplexity import token_nll
 from dynamics.syntax.tse import TSE_CASES
 from store import open_cube
 
@@ -47,17 +51,17 @@ def together_config(study_data, out, **overrides):
 
 @contextmanager
 def counting_passes(monkeypatch):
-    """Record the number of conditions of every shared pass the study makes."""
+    """Record the number of conditions of every pass the study makes (1: a condition alone)."""
     passes: list[int] = []
 
     @contextmanager
-    def spy(model, masks, mode="negative"):
+    def spy(model, masks, modes="negative"):
         masks = list(masks)
         passes.append(len(masks))
-        with ablate_rows(model, masks, mode=mode) as copies:
+        with ablate_rows(model, masks, modes) as copies:
             yield copies
 
-    monkeypatch.setattr(study_measures, "ablate_rows", spy)
+    monkeypatch.setattr(engine, "ablate_rows", spy)
     yield passes
 
 
@@ -66,7 +70,7 @@ def one_at_a_time(study_data, tmp_path_factory):
     config = together_config(study_data, tmp_path_factory.mktemp("alone") / "alone.zarr", conditions_per_pass=1)
     with pytest.MonkeyPatch.context() as monkeypatch, counting_passes(monkeypatch) as passes:
         assert not run_study(config, tagger=fake_tagger).failed
-    assert passes == []  # --conditions-per-pass 1: no shared pass at all
+    assert set(passes) == {1}  # --conditions-per-pass 1: every condition alone
     return open_cube(config.out)
 
 
@@ -87,9 +91,9 @@ def test_shared_passes_give_the_cube_of_one_condition_at_a_time(study_data, tmp_
     with counting_passes(monkeypatch) as passes:
         summary = run_study(config, tagger=fake_tagger)
     assert summary.done == list(range(14)) and not summary.failed
-    # negative: clean, neg_top x2, neg_random x2, neg_matched, 4 layer groups (TSE, BLiMP only); positive and
-    # both: the top set at 5 and 10%. A tiny model's batches fit 16 conditions in a pass: one pass per phase.
-    assert sorted(passes) == sorted([10, 10, 6, 2, 2, 2, 2, 2, 2])
+    # the 10 main units (clean, neg/pos/both_top and neg_random at 5 and 10%, neg_matched) whatever their modes,
+    # then the 4 layer groups (TSE, BLiMP only). A tiny model's batches fit them all: one pass per phase.
+    assert sorted(passes) == sorted([10, 10, 10, 4, 4])
     together = open_cube(config.out)
     assert_same_cube(together, one_at_a_time)
     ppl = together["ppl"].sel(percent=10.0)
@@ -109,21 +113,20 @@ def test_a_resumed_study_in_runs_of_three_gives_the_same_cube(study_data, tmp_pa
     with counting_passes(monkeypatch) as passes:
         summary = run_study(config, tagger=fake_tagger)
     assert summary.skipped == [0, 1, 2] and summary.done == list(range(3, 14))
-    # still to do: negative 4, 5, 8, 9 and 4 groups (TSE, BLiMP: 8 in runs of 3; ppl: 4 in runs of 3),
-    # positive 6 alone (no pass), both 3 and 7
-    assert sorted(passes) == sorted([3, 3, 2, 3, 3, 2, 3, 1, 2, 2, 2])
+    # still to do: main units 3-9 (7: TSE, BLiMP, ppl in runs of 3) and 4 groups (TSE, BLiMP in runs of 3)
+    assert sorted(passes) == sorted([3, 3, 1] * 3 + [3, 1] * 2)
     assert_same_cube(open_cube(config.out), one_at_a_time)
 
 
 def test_a_bug_in_a_shared_pass_stops_the_study_loudly(study_data, tmp_path, monkeypatch, capsys):
-    real = study_measures.token_nll_each
+    real = phases.token_nll_each
 
     def broken(model, windows, copies, *args, **kwargs):
         if copies > 1:
             raise RuntimeError("shape mismatch in a shared pass")
         return real(model, windows, copies, *args, **kwargs)
 
-    monkeypatch.setattr(study_measures, "token_nll_each", broken)
+    monkeypatch.setattr(phases, "token_nll_each", broken)
     out = tmp_path / "bug.zarr"
     args = [
         "ablate",
@@ -172,84 +175,78 @@ BLIMP = [
 ]
 
 
-def _inputs(model) -> StudyInputs:
+def _benchmarks(model) -> Benchmarks:
     windows = tiny_input_ids(batch=3, length=20, seed=2)
-    inputs = StudyInputs(
-        tokenizer=char_tokenizer(),
-        tse=TSE,
-        blimp=BLIMP,
+    tags = np.where(np.arange(20) % 3 == 0, "NOUN", "DET")[None].repeat(3, axis=0)
+    with torch.inference_mode():
+        clean = token_nll(model, windows, batch_size=2, progress=False).numpy()
+    return Benchmarks(
+        char_tokenizer(),
+        Scoring("mean", "sum", "auto", "last", "tokens"),
+        tse=tuple(TSE),
+        blimp=tuple(BLIMP),
         blimp_paradigms=("anaphor", "det_noun"),
         ppl_windows=windows,
-        tasks=(),
-        task_plan=TaskPlan(),
-        lmeval_limit=None,
-        pos_texts=[],
-        tagger=fake_tagger,
-        pos_unit="tokens",
         batch_size=2,
+        pos=PosInputs("tokens", tags=tags, clean_token_nll=clean, tagger=fake_tagger),
     )
-    inputs.pos_tags = np.where(np.arange(20) % 3 == 0, "NOUN", "DET")[None].repeat(3, axis=0)
-    with torch.inference_mode():
-        inputs.clean_token_nll = study_measures.token_nll(model, windows, batch_size=2, progress=False).numpy()
-    return inputs
 
 
-@pytest.mark.parametrize("mode", ["negative", "positive", "both"])
-def test_measured_together_equals_measured_alone(mode: str) -> None:
+def test_measured_together_equals_measured_alone() -> None:
+    """Units of every mode in one shared pass (and one without perplexity) get their one-unit numbers."""
     model = tiny_model("gpt_neox")
-    inputs = _inputs(model)
+    benchmarks, budget = _benchmarks(model), PassBudget()
     generator = torch.Generator().manual_seed(0)
     shape = mlp_shape(model)
-    masks = [None if mode == "negative" else torch.rand(shape, generator=generator) < 0.1]
-    masks += [torch.rand(shape, generator=generator) < p for p in (0.2, 0.4)]
-    units = [Unit("main", {"condition": f"c{i}"}, None if m is None else f"set{i}", mode) for i, m in enumerate(masks)]
-    units[2] = Unit("main", {"condition": "c2"}, "set2", mode, measures=("tse", "blimp"))  # no perplexity, no POS
-    together = measure_together(model, units, masks, inputs)
-    assert [set(m.seconds) for m in together] == [{"tse", "blimp", "ppl"}] * 2 + [{"tse", "blimp"}]
-    assert together[2].token_nll is None
-    for number, (unit, mask, measured) in enumerate(zip(units, masks, together)):
-        alone = measure_unit(model, number, unit, mask, inputs)
-        alone_nll = inputs.unit_token_nll
-        shared = measure_unit(model, number, unit, mask, inputs, measured)
+    masks = [None] + [torch.rand(shape, generator=generator) < p for p in (0.1, 0.2, 0.3, 0.4)]
+    modes = ["negative", "positive", "both", "signflip", "posrelu"]
+    units = [
+        Unit("main", {"condition": f"c{i}"}, None if m is None else f"set{i}", mode)
+        for i, (m, mode) in enumerate(zip(masks, modes))
+    ]
+    numbers = list(range(len(units)))
+    together = measure_shared(model, numbers, units, masks, benchmarks, budget)
+    assert sorted(together) == numbers
+    results = []
+    for number, (unit, mask) in enumerate(zip(units, masks)):
+        alone = measure_unit(model, number, unit, mask, benchmarks, budget)
+        shared = measure_unit(model, number, unit, mask, benchmarks, budget, together[number])
         assert set(shared.data_vars) == set(alone.data_vars)
-        if "ppl" in unit.measures:
-            assert alone_nll is not None and measured.token_nll is not None
-            np.testing.assert_array_equal(measured.token_nll, alone_nll)  # bit for bit
-            assert {"ppl", "pos_excess"} <= set(alone.data_vars)
+        assert {"ppl", "ppl_window_nll", "pos_excess", "pos_window_excess", "tse_item_margin"} <= set(alone.data_vars)
         for name in set(alone.data_vars) - {"seconds"}:
-            if name == "tse_margin":  # means of float32 scores: the scan's tolerance (tests/test_row_ablation.py)
+            if name in ("tse_margin", "tse_item_margin", "blimp_item_margin"):  # float32 scores: the scan's tolerance
                 np.testing.assert_allclose(shared[name].values, alone[name].values, rtol=1e-6, atol=1e-6)
             else:
                 np.testing.assert_array_equal(shared[name].values, alone[name].values, err_msg=name)
-        assert float(shared["seconds"].sel(phase="tse", step=number)) == measured.seconds["tse"]
-    assert float(together[0].parts[-1]["ppl"]) != float(together[1].parts[-1]["ppl"])
+        results.append(shared)
+    assert len({float(r["ppl"].item()) for r in results}) == len(units)  # the conditions of the pass really differ
 
 
-def test_measure_together_refuses_mixed_modes() -> None:
+def test_measure_shared_refuses_units_asking_for_different_measures() -> None:
     model = tiny_model("gpt_neox")
-    units = [Unit("main", {"condition": "a"}, None, "negative"), Unit("main", {"condition": "b"}, None, "positive")]
-    with pytest.raises(ValueError, match=r"share one ablation mode, got \['negative', 'positive'\]"):
-        measure_together(model, units, [None, None], _inputs(model))
+    units = [Unit("main", {"condition": "a"}, None), Unit("groups", {"condition": "b"}, None, measures=("tse",))]
+    with pytest.raises(ValueError, match="share their measures"):
+        measure_shared(model, [0, 1], units, [None, None], _benchmarks(model), PassBudget())
 
 
-def test_units_group_by_a_mode_that_can_share_passes() -> None:
+def test_units_group_by_the_measures_they_ask_for() -> None:
     study = tuple(study_units([1.0, 2.0], 1.0, 2, True))
     groups = groups_together(study, list(range(len(study))))
-    assert [{study[n].mode for n in group} for group in groups] == [{"negative"}, {"positive"}, {"both"}]
+    assert [{study[n].measures for n in group} for group in groups] == [{study[0].measures}, {("tse", "blimp")}]
+    assert {study[n].mode for n in groups[0]} == {"negative", "positive", "both"}  # every mode in one group
     assert sorted(n for g in groups for n in g) == list(range(len(study)))
-    assert groups_together(study, [0, 3]) == ()  # one unit per mode: nothing to share
-    signflip = (Unit("main", {"condition": "a"}, "x", "signflip"), Unit("main", {"condition": "b"}, "y", "signflip"))
-    assert groups_together(signflip, [0, 1]) == ()  # an activation mode runs alone (ablate_rows refuses it)
+    assert groups_together(study, [0, len(study) - 1]) == ()  # one unit per measure set: nothing to share
 
 
-def test_a_phase_without_data_is_left_to_the_unit() -> None:
+def test_a_phase_without_data_is_left_out() -> None:
     model = tiny_model("gpt_neox")
-    inputs = _inputs(model)
-    inputs.blimp = []
+    benchmarks = _benchmarks(model).only(("tse", "ppl", "pos"))
     units = [Unit("main", {"condition": "a"}, None), Unit("main", {"condition": "b"}, "x")]
     mask = torch.zeros(mlp_shape(model), dtype=torch.bool)
     mask[:, :3] = True
-    together = measure_together(model, units, [None, mask], inputs)
-    assert [set(m.seconds) for m in together] == [{"tse", "ppl"}] * 2
-    result = measure_unit(model, 1, units[1], mask, inputs, together[1])
+    together = measure_shared(model, [0, 1], units, [None, mask], benchmarks, PassBudget())
+    result = measure_unit(model, 1, units[1], mask, benchmarks, PassBudget(), together[1])
     assert {"tse_acc", "ppl", "pos_excess"} <= set(result.data_vars) and "blimp_acc" not in result
+    assert (
+        float(result["seconds"].sel(phase="blimp", step=1)) == 0.0 < float(result["seconds"].sel(phase="ppl", step=1))
+    )

@@ -1,0 +1,153 @@
+"""What conditions are evaluated on, and with which scoring choices: one :class:`Benchmarks` per run.
+
+The scan and the study build it once (the same loaders, samples and seeds) and hand it to
+:func:`dynamics.evaluate.engine.evaluate` with each group of conditions. It is checked once
+(:func:`check_benchmarks`): every sentence has words, none is longer than the model's context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynamics.config.options import Protocol
+from dynamics.errors import UserInputError
+from dynamics.syntax.pairs import MinimalPair
+
+#: The evaluation's phases, in the order they run.
+PHASES = ("tse", "blimp", "ppl", "lmeval", "pos")
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The protocol's scoring choices (docs/protocol.md): sentence reductions, what precedes a
+    sentence, how NPI triples are judged, and the unit of POS surprisal."""
+
+    tse_reduction: str = "sum"
+    blimp_reduction: str = "sum"
+    prefix: str = "bos"
+    npi: str = "intrusive"
+    pos_unit: str = "tokens"
+
+    @classmethod
+    def of(cls, protocol: Protocol) -> Scoring:
+        return cls(protocol.tse_reduction, protocol.blimp_reduction, protocol.prefix, protocol.npi, protocol.pos_unit)
+
+
+@dataclass(frozen=True)
+class LmevalTasks:
+    """lm-evaluation-harness tasks: ``tasks`` label the results (every requested one), ``runnable``
+    are those whose data could be loaded (the others stay NaN)."""
+
+    tasks: tuple[str, ...]
+    runnable: tuple[str, ...]
+    limit: int | None = None
+    task_path: str | None = None
+    seed: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # task -> why it cannot run
+
+
+@dataclass(frozen=True)
+class PosInputs:
+    """POS excess surprisal: per model token of the perplexity windows (``tokens``: their tags and
+    the clean model's per-token NLL) or per word of tagged corpus lines (``words``: the tagger,
+    the lines and the clean model's word table)."""
+
+    unit: str
+    tags: np.ndarray | None = None  # tokens: [window, token] tag strings
+    clean_token_nll: np.ndarray | None = None  # tokens: [window, token - 1]
+    tagger: Any = None  # words
+    texts: tuple[str, ...] = ()  # words
+    clean_table: Any = None  # words: a pandas DataFrame (dynamics.syntax.pos.pos_surprisal)
+
+
+@dataclass(frozen=True)
+class Benchmarks:
+    """The items every condition is measured on; a benchmark left empty is not measured."""
+
+    tokenizer: Any
+    scoring: Scoring = Scoring()
+    tse: tuple[MinimalPair, ...] = ()
+    blimp: tuple[MinimalPair, ...] = ()
+    blimp_paradigms: tuple[str, ...] = ()  # the blimp_paradigm coordinate (every requested paradigm)
+    ppl_windows: torch.Tensor | None = None
+    batch_size: int = 4  # perplexity windows per batch
+    lmeval: LmevalTasks | None = None
+    pos: PosInputs | None = None
+
+    def phases(self) -> tuple[str, ...]:
+        """The phases with something to measure."""
+        present = {
+            "tse": bool(self.tse),
+            "blimp": bool(self.blimp),
+            "ppl": self.ppl_windows is not None and len(self.ppl_windows) > 0,
+            "lmeval": self.lmeval is not None and bool(self.lmeval.tasks),
+            "pos": self.pos is not None,
+        }
+        return tuple(phase for phase in PHASES if present[phase])
+
+    def only(self, phases: Collection[str]) -> Benchmarks:
+        """These benchmarks restricted to ``phases`` (the others emptied)."""
+        unknown = set(phases) - set(PHASES)
+        if unknown:
+            raise ValueError(f"unknown evaluation phases {sorted(unknown)}; expected some of {PHASES}")
+        return replace(
+            self,
+            tse=self.tse if "tse" in phases else (),
+            blimp=self.blimp if "blimp" in phases else (),
+            blimp_paradigms=self.blimp_paradigms if "blimp" in phases else (),
+            ppl_windows=self.ppl_windows if "ppl" in phases else None,
+            lmeval=self.lmeval if "lmeval" in phases else None,
+            pos=self.pos if "pos" in phases else None,
+        )
+
+    @property
+    def blimp_terms(self) -> list[str]:
+        """The BLiMP phenomena (``linguistics_term``) of the loaded pairs, sorted."""
+        return sorted({str(p.linguistics_term) for p in self.blimp})
+
+
+def check_benchmarks(benchmarks: Benchmarks, context: int | None) -> None:
+    """Refuse, as one line naming the item, a sentence without words or one longer than the model's
+    context (``context`` tokens; None: the model does not say).
+
+    Raises:
+        UserInputError: the first bad sentence, with its benchmark, case and pair id.
+    """
+    for name, pairs in (("TSE", benchmarks.tse), ("BLiMP", benchmarks.blimp)):
+        for pair in pairs:
+            for sentence in ("good", "bad", "intrusive"):
+                _check_sentence(benchmarks.tokenizer, name, pair, sentence, context)
+
+
+def _check_sentence(tokenizer: Any, name: str, pair: MinimalPair, which: str, context: int | None) -> None:
+    sentence = getattr(pair, which)
+    if sentence is None:
+        return
+    where = f"{name} item {pair.uid} ({which})"
+    if not str(sentence).strip():
+        raise UserInputError(f"{where} is an empty sentence; every sentence of a pair needs words")
+    if context is None or len(str(sentence).encode("utf-8")) + 2 < context:  # a token covers at least one byte
+        return
+    tokens = len(tokenizer(str(sentence), add_special_tokens=False)["input_ids"])
+    if tokens + 1 > context:  # + the prefix token a protocol may put first
+        raise UserInputError(
+            f"{where} has {tokens} tokens; the model's context is {context}: expected sentences of at most "
+            f"{context - 1} tokens (shorten or remove the item)"
+        )
+
+
+def item_coordinates(prefix: str, pairs: Sequence[MinimalPair]) -> dict[str, Any]:
+    """Coordinates naming each scored item, so two cubes join item by item: ``<prefix>_item`` (its
+    position in the sample), ``<prefix>_item_case`` (TSE case or BLiMP paradigm) and
+    ``<prefix>_item_uid`` (``case/subcase/pair_id`` in the benchmark)."""
+    dim = f"{prefix}_item"
+    return {
+        dim: np.arange(len(pairs)),
+        f"{dim}_case": (dim, np.asarray([p.case for p in pairs], dtype=object)),
+        f"{dim}_uid": (dim, np.asarray([p.uid for p in pairs], dtype=object)),
+    }
