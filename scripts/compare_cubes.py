@@ -1,6 +1,6 @@
 """Two cubes compared variable by variable (the code: :mod:`dynamics.bench.cube_diff`).
 
-    python scripts/compare_cubes.py OLD.zarr NEW.zarr
+python scripts/compare_cubes.py OLD.zarr NEW.zarr
 """
 
 import sys

@@ -38,9 +38,7 @@ def compare_values(name: str, old: np.ndarray, new: np.ndarray, rtol: float = 1e
     diff = np.abs(a[both] - b[both])
     rel = diff / np.maximum(np.abs(a[both]), 1e-12)
     close = np.allclose(a[both], b[both], rtol=rtol, atol=atol)
-    return VariableDiff(
-        name, "within float32" if close else "different", float(diff.max()), float(rel.max()), old.size
-    )
+    return VariableDiff(name, "within float32" if close else "different", float(diff.max()), float(rel.max()), old.size)
 
 
 def compare_cubes(old_path: str, new_path: str, skip: tuple[str, ...] = ()) -> list[VariableDiff]:
@@ -48,7 +46,7 @@ def compare_cubes(old_path: str, new_path: str, skip: tuple[str, ...] = ()) -> l
     from store import open_cube
 
     old, new = open_cube(old_path), open_cube(new_path)
-    names = sorted((set(old.data_vars) | set(new.data_vars)) - set(skip))
+    names = sorted({str(n) for n in old.data_vars} | {str(n) for n in new.data_vars} - set(skip))
     out = []
     for name in names:
         if name not in new:
