@@ -46,7 +46,7 @@ def compare_cubes(old_path: str, new_path: str, skip: tuple[str, ...] = ()) -> l
     from store import open_cube
 
     old, new = open_cube(old_path), open_cube(new_path)
-    names = sorted({str(n) for n in old.data_vars} | {str(n) for n in new.data_vars} - set(skip))
+    names = sorted(({str(n) for n in old.data_vars} | {str(n) for n in new.data_vars}) - set(skip))
     out = []
     for name in names:
         if name not in new:
