@@ -15,14 +15,11 @@ from dynamics.stats.differentiation import (
     base_region_fractions,
     candidate_pairs,
     differentiated_pairs,
-    enrichment_difference,
     nearest_neighbours,
     pair_regions,
-    pos_enrichment,
     region_fractions,
-    tag_shares,
-    token_pair_counts,
 )
+from dynamics.stats.enrichment import enrichment_difference, pos_enrichment, tag_shares, token_pair_counts
 
 # ---------------------------------------------------------------- brute-force references
 

@@ -16,19 +16,21 @@ from dynamics.stats.paired import (
     Comparison,
     accuracy_difference,
     default_block_length,
+    mcnemar_exact,
+    mean_difference,
+    paired_bootstrap_sums,
+    perplexity_ratio,
+    relative_increase,
+    spearman_block_bootstrap,
+    trend,
+)
+from dynamics.stats.verdicts import (
     equivalence_verdict,
     items_for,
     items_needed,
-    mcnemar_exact,
-    mean_difference,
     minimum_detectable_difference,
-    paired_bootstrap_sums,
-    perplexity_ratio,
     precision_sentence,
-    relative_increase,
-    spearman_block_bootstrap,
     standard_error,
-    trend,
     verdict,
 )
 
