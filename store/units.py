@@ -128,7 +128,13 @@ def _assemble_block(
         out[prefix + name] = (tuple(dims) + rest, values, var.attrs)
     out[prefix + "done"] = (tuple(dims), done, {"long_name": "the cell holds a done unit's results"})
     coord_values = {d: _coord_array(v) for d, v in coords.items()}
-    extra = {c: ds[c] for name in block["variables"] if name in ds for c in ds[name].dims[1:] if c in ds.coords}
+    extra = {
+        c: ds[c]
+        for name in block["variables"]
+        if name in ds
+        for c, coord in ds.coords.items()
+        if coord.dims and "step" not in coord.dims and set(coord.dims) <= set(ds[name].dims[1:])
+    }
     return xr.Dataset(out, coords={**coord_values, **extra})
 
 

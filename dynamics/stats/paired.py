@@ -328,6 +328,34 @@ def perplexity_ratio(
     return _comparison("perplexity_ratio", ppl_a / ppl_b, replicates, n_boot, seed, level, **fields)
 
 
+def ratio_difference(
+    num_a: ArrayLike,
+    den_a: ArrayLike,
+    num_b: ArrayLike,
+    den_b: ArrayLike,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Comparison:
+    """``sum(num_a) / sum(den_a) - sum(num_b) / sum(den_b)`` over the same units (e.g. a window's summed
+    excess surprisal of function words over their count, minus the same for content words), units
+    resampled in pairs (no strata); a unit with a NaN anywhere is dropped. ``value_a`` / ``value_b``
+    are the two ratios; ``p_value`` the percentile bootstrap p of a difference of 0.
+    """
+    _check_settings(n_boot, level)
+    columns, _, dropped = complete_rows(None, num_a=num_a, den_a=den_a, num_b=num_b, den_b=den_b)
+    if (columns[:, [1, 3]].sum(axis=0) <= 0).any():
+        raise UserInputError("den_a and den_b must each have a positive total")
+    ratio_a = float(columns[:, 0].sum() / columns[:, 1].sum())
+    ratio_b = float(columns[:, 2].sum() / columns[:, 3].sum())
+    sums = paired_bootstrap_sums(columns, None, n_boot, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample may miss every unit with a denominator
+        replicates = sums[:, 0] / sums[:, 1] - sums[:, 2] / sums[:, 3]
+    replicates = replicates[np.isfinite(replicates)]
+    fields: dict[str, Any] = {"n": len(columns), "n_dropped": dropped, "value_a": ratio_a, "value_b": ratio_b}
+    return _comparison("ratio_difference", ratio_a - ratio_b, replicates, n_boot, seed, level, **fields)
+
+
 def relative_increase(ratio: Comparison) -> Comparison:
     """A :func:`perplexity_ratio` result as the relative increase ``ratio - 1`` (estimate and CI; p unchanged)."""
     return replace(

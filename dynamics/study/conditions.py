@@ -37,21 +37,28 @@ log = logging.getLogger(__name__)
 MAIN, GROUPS = "main", "groups"
 FULL_MEASURES = ("tse", "blimp", "ppl", "lmeval", "pos")
 GROUP_MEASURES = ("tse", "blimp")
-MAIN_VARIABLES = (
+#: The variables of each block's units (the engine's, dynamics/evaluate/variables.py, and each unit's seconds).
+GROUP_VARIABLES = (
     "tse_acc",
     "tse_margin",
     "tse_acc_all",
+    "tse_item_margin",
     "blimp_acc",
     "blimp_term_acc",
     "blimp_acc_all",
+    "blimp_item_margin",
+    "seconds",
+)
+MAIN_VARIABLES = GROUP_VARIABLES + (
     "ppl",
+    "ppl_window_nll",
     "lmeval_acc",
     "lmeval_acc_norm",
     "pos_surprisal",
     "pos_excess",
-    "seconds",
+    "pos_window_excess",
+    "pos_window_count",
 )
-GROUP_VARIABLES = ("tse_acc", "tse_margin", "tse_acc_all", "blimp_acc", "blimp_term_acc", "blimp_acc_all", "seconds")
 BLOCKS = {
     MAIN: {"dims": ["condition", "percent"], "prefix": "", "variables": list(MAIN_VARIABLES)},
     GROUPS: {"dims": ["group_scope", "layer_group"], "prefix": "group_", "variables": list(GROUP_VARIABLES)},

@@ -20,6 +20,7 @@ from dynamics.stats.paired import (
     mean_difference,
     paired_bootstrap_sums,
     perplexity_ratio,
+    ratio_difference,
     relative_increase,
     spearman_block_bootstrap,
     trend,
@@ -475,3 +476,20 @@ def test_no_effect_is_rarely_supported_and_a_planted_effect_nearly_always():
     hits = [verdict(accuracy_difference(*study, n_boot=1000, seed=s), 1) for s, study in enumerate(effect_studies)]
     power = hits.count("supported") / 50
     assert power >= 0.95, f"a 10-point effect over 1,000 items called supported in only {power:.0%} of 50 studies"
+
+
+def test_ratio_difference_equals_the_ratios_by_hand_and_a_slow_resampling_loop():
+    rng = np.random.default_rng(5)
+    num_a, den_a = rng.normal(2.0, 1.0, 40), rng.integers(1, 30, 40).astype(float)
+    num_b, den_b = rng.normal(0.5, 1.0, 40), rng.integers(1, 30, 40).astype(float)
+    result = ratio_difference(num_a, den_a, num_b, den_b, n_boot=400, seed=3)
+    assert result.estimate == num_a.sum() / den_a.sum() - num_b.sum() / den_b.sum()
+    assert (result.value_a, result.value_b, result.n) == (num_a.sum() / den_a.sum(), num_b.sum() / den_b.sum(), 40)
+    # the same resamples by the engine's documented rule, computed slowly
+    sums = paired_bootstrap_sums(np.column_stack([num_a, den_a, num_b, den_b]), None, 400, 3)
+    slow = [s[0] / s[1] - s[2] / s[3] for s in sums]
+    assert result.low == pytest.approx(np.percentile(slow, 2.5)) and result.high == pytest.approx(
+        np.percentile(slow, 97.5)
+    )
+    with pytest.raises(UserInputError, match="positive total"):
+        ratio_difference([1.0], [0.0], [1.0], [1.0], n_boot=10)
