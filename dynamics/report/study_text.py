@@ -8,11 +8,15 @@ import numpy as np
 import xarray as xr
 
 from dynamics.errors import UserInputError
+from dynamics.report.claims import ClaimSettings, study_claims
+from dynamics.report.claims_format import claims_text
+from dynamics.report.differentiation_text import differentiation_report
 from dynamics.report.tables import failure_lines, protocol_line, wd_md_lines
 from dynamics.report.tables import fmt as _fmt
 from dynamics.report.tables import text_table as _table
 
-HEADLINE = ("clean", "neg_top", "neg_random", "neg_matched")
+#: The per-item variables the claims are tested on (cubes made before them lack them).
+ITEM_VARIABLES = ("tse_item_margin", "blimp_item_margin", "ppl_window_nll")
 
 
 def match_percent(ds: xr.Dataset) -> float:
@@ -55,8 +59,39 @@ def header(ds: xr.Dataset) -> list[str]:
     return lines
 
 
+def _accuracy_cell(ds: xr.Dataset, name: str, condition: str, percent: float) -> str:
+    """Accuracy +/- the half-width of its 95% Wilson interval, from the stored per-pair margins (the
+    summary alone for cubes made before them)."""
+    items = f"{name}_item_margin"
+    if items not in ds:
+        summary = f"{name}_acc_all"
+        return _fmt(float(_at(ds, summary, condition, percent))) if summary in ds else "-"
+    margins = _at(ds, items, condition, percent).values
+    margins = margins[np.isfinite(margins)]
+    if not margins.size:
+        return "-"
+    n, k = margins.size, int((margins > 0).sum())
+    low, high = wilson_interval(k, n)
+    return f"{k / n:.3f} +/-{(high - low) / 2:.3f}"
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion (one condition's accuracy on its own)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
+def _count(ds: xr.Dataset, name: str) -> str:
+    dim = f"{name}_item"
+    return f"n={ds.sizes[dim]:,}" if dim in ds.sizes else "n=?"
+
+
 def condition_table(ds: xr.Dataset) -> str:
-    """Every condition and percent: perplexity (and its change), TSE, BLiMP, mean lm-eval accuracy."""
+    """Every condition and percent: perplexity (and its change), TSE and BLiMP accuracy with the
+    half-width of their 95% interval (each condition on its own; the claims compare them paired),
+    mean lm-eval accuracy, and what the mode does."""
     clean_ppl = float(ds["ppl"].sel(condition="clean").max()) if "ppl" in ds else np.nan
     rows = []
     for condition in ds["condition"].values:
@@ -71,16 +106,26 @@ def condition_table(ds: xr.Dataset) -> str:
                 _fmt(ppl, 3),
                 _fmt(100 * (ppl / clean_ppl - 1), 2),
             ]
-            row += [_fmt(float(_at(ds, v, condition, p))) if v in ds else "-" for v in ("tse_acc_all", "blimp_acc_all")]
+            row += [_accuracy_cell(ds, name, condition, p) for name in ("tse", "blimp")]
             lm = _at(ds, "lmeval_acc", condition, p).values if "lmeval_acc" in ds else np.array([np.nan])
             row.append(_fmt(float(np.nanmean(lm))) if np.isfinite(lm).any() else "-")
             rows.append(row)
-    return _table(["condition", "percent", "ppl", "ppl +%", "TSE", "BLiMP", "lm-eval mean acc"], rows)
+    headers = ["condition", "percent", "ppl", "ppl +%", f"TSE ({_count(ds, 'tse')})", f"BLiMP ({_count(ds, 'blimp')})"]
+    return _table([*headers, "lm-eval mean acc"], rows)
+
+
+def mode_lines(ds: xr.Dataset) -> list[str]:
+    """One line per ablation mode the study ran: what it does to a chosen neuron."""
+    from dynamics.ablation.modes import MODES
+
+    modes = sorted({str(u.get("mode", "negative")) for u in ds.attrs.get("units", []) if u.get("neurons")})
+    return [f"  {m}: {MODES[m].meaning}" for m in modes if m in MODES]
 
 
 def _per_label_table(ds: xr.Dataset, name: str, dim: str, title: str) -> str:
+    """``name`` per label of ``dim`` for every condition done at the match percent."""
     p = match_percent(ds)
-    conditions = [c for c in HEADLINE if bool(ds["done"].sel(condition=c, percent=p))]
+    conditions = [str(c) for c in ds["condition"].values if bool(ds["done"].sel(condition=c, percent=p))]
     rows = [
         [str(label)] + [_fmt(float(_at(ds, name, c, p).sel({dim: label}))) for c in conditions]
         for label in ds[dim].values
@@ -102,12 +147,24 @@ def group_table(ds: xr.Dataset) -> str:
     return _table(["group", "layers", "alone TSE", "alone BLiMP", "cumul. TSE", "cumul. BLiMP"], rows)
 
 
-def study_report(ds: xr.Dataset) -> str:
-    """The full plain-text report of a study cube."""
+def missing_items_line(ds: xr.Dataset) -> str:
+    """One line naming the per-item variables an older cube lacks ("" when it has them all)."""
+    missing = [name for name in ITEM_VARIABLES if name not in ds]
+    if not missing:
+        return ""
+    return (
+        f"this cube has no {', '.join(missing)} (made before per-item results were stored): the claims "
+        "below that need them are absent; re-run the study into a new --out to test them"
+    )
+
+
+def study_report(ds: xr.Dataset, settings: ClaimSettings | None = None) -> str:
+    """The full plain-text report of a study cube, its claims and mechanism tables last."""
     if not bool(ds["done"].any()):
         raise UserInputError("the study cube has no done conditions to report yet")
     p = match_percent(ds)
-    parts = [*header(ds), "", "Conditions (ppl +%: change against clean):", condition_table(ds)]
+    parts = [*header(ds), "", "Conditions (ppl +%: change against clean; +/-: 95% interval of each accuracy alone):"]
+    parts += [condition_table(ds), "ablation modes:", *mode_lines(ds)]
     if "tse_acc" in ds:
         parts += ["", f"TSE accuracy per case at {p:g}%:", _per_label_table(ds, "tse_acc", "tse_case", "tse case")]
     if "blimp_term_acc" in ds:
@@ -128,4 +185,12 @@ def study_report(ds: xr.Dataset) -> str:
             "Negative ablation of the top neurons by layer group (alone / cumulative from group 0):",
             group_table(ds),
         ]
+    mechanism = differentiation_report(ds)
+    if mechanism:
+        parts += ["", mechanism]
+    parts += [
+        "",
+        *([missing_items_line(ds)] if missing_items_line(ds) else []),
+        claims_text(study_claims(ds, settings)),
+    ]
     return "\n".join(parts)
