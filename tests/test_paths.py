@@ -81,9 +81,10 @@ def test_the_cli_turns_an_os_error_on_an_output_path_into_one_line_exit_2(tmp_pa
     assert main(["plot", str(full_cube), "--out", str(tmp_path / "figs")]) == 2
     err = capsys.readouterr().err
     assert err == (
-        f"dynamics plot: error: no space left writing {tmp_path}/figs/cohort_wd.png: free space or choose "
-        "another path\n"
+        f"dynamics plot: error: no space left on the device writing {tmp_path}/figs/cohort_wd.png; free space "
+        "or choose another directory (nothing of this run was kept there)\n"
     )
+    assert not (tmp_path / "figs").exists()  # made by this run, and nothing of it kept
 
 
 def test_the_cli_keeps_exit_1_for_os_errors_elsewhere(tmp_path, monkeypatch, capsys, full_cube):
