@@ -15,19 +15,26 @@ Layout and guarantees:
 - Asking for more steps appends them (``attrs["extending"]`` journals the append, so an
   interrupted extension is rolled back instead of leaving arrays of unequal length).
 - One writer at a time (:class:`store.lock.WriterLock`); readers never need the lock.
+- Each done record holds a digest of every variable's stored row (:mod:`store.digests`),
+  static variables theirs in ``attrs["static_digests"]``; a resume recomputes them, and a
+  step whose values changed is computed again (:mod:`store.verify`).
+- A full disk is the user's to fix: one line naming the cube (exit code 2); the rows of the
+  step being written are removed again, done steps are kept.
+
+The cube is opened for analysis by :func:`store.opening.open_cube`.
 
 The store knows nothing about neurons: it stores whatever ``xarray.Dataset`` the scan gives.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import shutil
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,95 +43,31 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from dynamics.errors import CubeError, CubeInputError, PathError
-from store.derived import add_derived
+from dynamics.errors import CubeError, CubeInputError, DamagedCubeError, PathError
+from store.digests import static_digests, step_digests
 from store.integrity import (
+    APPENDED_AT,
+    chunk_files,
     compact_steps,
     duplicated_steps,
-    lost_data,
-    readable_positions,
-    repair_interrupted_write,
     rollback_extension,
     unique_positions,
 )
 from store.leftovers import (
     discard_new_cube,
     has_done_steps,
-    missing_ancestors,
     reinitialisable,
     remove_abandoned_cube,
-    remove_directories,
 )
 from store.lock import WriterLock
-from store.metadata import check_arrays_readable
+from store.metadata import CUBE_FORMAT, check_arrays_readable
 from store.metadata import read_root_attrs as _read_attrs
-from store.safe_files import fresh_directory
+from store.safe_files import fresh_directory, is_disk_full, missing_ancestors, remove_directories
+from store.verify import check_cube, check_step_order
 
 log = logging.getLogger(__name__)
 
-CUBE_FORMAT = 1
-#: Per-step variables that label steps rather than measure them: coordinates along ``step`` when opened.
-STEP_COORDINATES = ("tokens", "duplicate_of")
 DONE, FAILED, PENDING = "done", "failed", "pending"
-
-warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
-
-
-def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
-    """Open a cube for analysis: an ``xarray.Dataset`` of its done steps, sorted by step.
-
-    Args:
-        path: the cube directory (``runs/p14.zarr``).
-        include_pending: keep steps that are not done (pending or failed) too; their values
-            are fill values (NaN for floats).
-
-    The dataset has a ``status`` coordinate along ``step`` (``done``/``failed``/``pending``)
-    and the cube's provenance in ``attrs``. Arrays are read lazily as NumPy, whether or not
-    dask is installed (``ds.chunk()`` turns them into dask arrays when wanted). Variables the
-    cube declares as derived (:mod:`store.derived`) are computed from the done steps, lazily
-    (as dask arrays). A study cube (``dynamics ablate``) comes back as labelled arrays instead
-    (``tse_acc[condition, percent, tse_case]``...; see :mod:`store.units`), NaN where a
-    condition is not done; ``include_pending`` is ignored.
-    """
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
-        raise CubeInputError(
-            f"no cube at {str(path)!r}: expected a directory written by `dynamics scan` or `dynamics ablate`"
-        )
-    attrs = _read_attrs(path)
-    check_arrays_readable(path)
-    if "extending" in attrs or "compacting" in attrs:
-        repair_interrupted_write(path)
-        attrs = _read_attrs(path)
-    ds = _open_lazily(path, chunks=None)  # numpy-backed, loaded on access (whole-array reductions work)
-    records = ds.attrs.get("steps", {})
-    unique = readable_positions(path, ds["step"].values, records, attrs.get("cube_kind") == "units")
-    ds = ds.isel(step=unique)
-    status = np.array([records.get(str(int(s)), {}).get("status", PENDING) for s in ds["step"].values])
-    if attrs.get("cube_kind") == "units":  # a study: units become labelled arrays (store/units.py)
-        from store.units import assemble_units
-
-        return assemble_units(ds, status)
-    ds = ds.assign_coords(status=("step", status)).sortby("step")
-    ds = ds.set_coords([name for name in STEP_COORDINATES if name in ds.data_vars])
-    declared = attrs.get("identity", {}).get("derived", {})
-    done = ds.isel(step=np.flatnonzero(ds["status"].values == DONE))
-    if declared:  # derived from dask-backed sources, so a big cube opens without reading them
-        sources = _open_lazily(path, chunks={}).isel(step=unique).assign_coords(status=ds["status"]).sortby("step")
-        derived = add_derived(sources.isel(step=np.flatnonzero(sources["status"].values == DONE)), declared)
-        done = done.assign({name: derived[name] for name in derived.data_vars if name not in done.data_vars})
-    if not include_pending:
-        return done
-    derived_names = [name for name in done.data_vars if name not in ds.data_vars]
-    fill = {name: -1 if done[name].dtype.kind == "i" else np.nan for name in derived_names}
-    return ds.assign({name: done[name].reindex(step=ds["step"], fill_value=fill[name]) for name in derived_names})
-
-
-def _open_lazily(path: Path, chunks: dict | None) -> xr.Dataset:
-    try:
-        return xr.open_zarr(path, consolidated=True, chunks=chunks)
-    except (ValueError, KeyError):  # consolidated metadata absent: fall back to listing the store
-        return xr.open_zarr(path, consolidated=False, chunks=chunks)
 
 
 class CubeWriter:
@@ -170,7 +113,8 @@ class CubeWriter:
         self._made_dirs = missing_ancestors(Path(os.path.realpath(self.path)).parent)
         self._lock.acquire()
         try:
-            self._prepare()
+            with self._disk_full_is_one_line("preparing"):
+                self._prepare()
         except BaseException as exc:
             self._close(exc)
             raise
@@ -212,7 +156,9 @@ class CubeWriter:
             if "extending" in _read_attrs(self.path):
                 rollback_extension(self.path)
             self._repair_duplicated_steps()
-            stored = set(self.stored_steps())  # once: each call reads every step's chunk
+            steps = self.stored_steps()
+            check_step_order(self.path, steps, range(len(steps)), _read_attrs(self.path))
+            stored = set(steps)  # once: each call reads every step's chunk
             self._extend([s for s in self.steps if s not in stored])
             self._forget_lost_steps()
         attrs = _read_attrs(self.path)
@@ -239,12 +185,19 @@ class CubeWriter:
             )
 
     def _forget_lost_steps(self) -> None:
-        """Done steps whose data is gone (a deleted chunk or variable) become pending again."""
-        lost = lost_data(self.path, units_cube=_read_attrs(self.path).get("cube_kind") == "units")
-        if not lost:
+        """Done steps whose data is gone (a deleted chunk or variable) or changed (its digest
+        differs) become pending again; a changed static variable stops the run."""
+        found = check_cube(self.path, units_cube=_read_attrs(self.path).get("cube_kind") == "units")
+        if found.static_changed:
+            raise DamagedCubeError(
+                f"cube {str(self.path)!r} is damaged: its static variable(s) {', '.join(found.static_changed)} "
+                "changed since the cube was made (the stored values do not match their digests); nothing was "
+                "changed: restore the cube from a copy or choose another --out"
+            )
+        if not found.lost and not found.changed:
             return
         records = dict(_read_attrs(self.path)["steps"])
-        for step, names in lost.items():
+        for step, names in found.lost.items():
             records[str(step)] = {"status": PENDING, "lost": names}
             log.warning(
                 "%s %d was done but its %s %s missing or unreadable: it will be computed again",
@@ -252,6 +205,14 @@ class CubeWriter:
                 step,
                 ", ".join(names),
                 "is" if len(names) == 1 else "are",
+            )
+        for step, names in found.changed.items():
+            records[str(step)] = {"status": PENDING, "changed": names}
+            log.warning(
+                "%s %d was done but its %s changed since it was written (digest differs): it will be computed again",
+                self.unit,
+                step,
+                ", ".join(names),
             )
         self._update_attrs(steps=records)
         zarr.consolidate_metadata(self.path)  # forget variables whose folder is gone; the next write recreates them
@@ -278,7 +239,10 @@ class CubeWriter:
             "identity": self.identity,
             "created": _now(),
             "steps": {str(s): {"status": PENDING} for s in self.steps},
+            APPENDED_AT: [0],
         }
+        if self.static is not None:
+            ds.attrs["static_digests"] = static_digests(self.static)
         try:
             ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding={"step": {"chunks": (1,)}})
             tmp.rename(real)  # atomic: the cube appears whole or not at all
@@ -354,17 +318,23 @@ class CubeWriter:
             raise CubeError(f"cube {str(self.path)!r} already has its static variables")
         static = static.assign_coords({n: _portable(c) for n, c in static.coords.items()})
         static = static.copy()
-        static.attrs = _read_attrs(self.path)  # xarray rewrites the root attributes on append
-        static.to_zarr(self.path, mode="a", consolidated=False)
-        zarr.consolidate_metadata(self.path)
+        attrs = _read_attrs(self.path)  # xarray rewrites the root attributes on append
+        static.attrs = {**attrs, "static_digests": {**attrs.get("static_digests", {}), **static_digests(static)}}
+        with self._disk_full_is_one_line("writing the static variables of"):
+            static.to_zarr(self.path, mode="a", consolidated=False)
+            zarr.consolidate_metadata(self.path)
 
     def record_provenance(self, values: Mapping[str, Any]) -> None:
         """Merge ``values`` into ``attrs["provenance"]`` (e.g. a corpus hash known only later)."""
         provenance = {**_read_attrs(self.path).get("provenance", {}), **_jsonable(dict(values))}
-        self._update_attrs(provenance=provenance)
+        with self._disk_full_is_one_line("recording the provenance of"):
+            self._update_attrs(provenance=provenance)
 
     def write_step(self, result: xr.Dataset, record: Mapping[str, Any] | None = None) -> None:
-        """Write one step result (``step`` dimension of length 1) and then mark it done."""
+        """Write one step result (``step`` dimension of length 1) and then mark it done.
+
+        The done record lists the variables written and holds the digest of each one's row.
+        """
         if result.sizes.get("step") != 1:
             raise CubeError(f"a step result must have a step dimension of length 1, got {dict(result.sizes)}")
         step = int(result["step"].values[0])
@@ -372,39 +342,53 @@ class CubeWriter:
             raise CubeError(f"step {step} is not in this cube; requested steps are {self.steps[:5]}...")
         if self.status(step) == DONE and not self.overwrite:
             raise CubeError(f"step {step} is already done in {str(self.path)!r}; pass --overwrite to redo it")
-        try:
+        i = self._index[step]
+        body = result.drop_vars([name for name in result.variables if "step" not in result[name].dims])
+        body = body.drop_vars("step")
+        body.attrs = {}
+        with self._disk_full_is_one_line(f"writing {self.unit} {step} to"):
             self._set_record(step, {"status": PENDING})  # an overwrite in flight is not done
-            self._ensure_variables(result)
-            i = self._index[step]
-            body = result.drop_vars([name for name in result.variables if "step" not in result[name].dims])
-            body = body.drop_vars("step")
-            body.attrs = {}
-            # Every chunk is written, fill values included, so a missing chunk always means lost data.
-            body.to_zarr(
-                self.path, region={"step": slice(i, i + 1)}, mode="r+", consolidated=False, write_empty_chunks=True
-            )
-            self._set_record(
-                step,
-                {
-                    **(record or {}),
-                    "status": DONE,
-                    "written": _now(),
-                    "variables": sorted(str(name) for name in body.variables),
-                },
-            )
+            try:
+                self._ensure_variables(result)
+                dtypes = {str(n): zarr.open_array(self.path / str(n), mode="r").dtype for n in body.variables}
+                # Every chunk is written, fill values included, so a missing chunk always means lost data.
+                body.to_zarr(
+                    self.path, region={"step": slice(i, i + 1)}, mode="r+", consolidated=False, write_empty_chunks=True
+                )
+                done = {"status": DONE, "written": _now(), "variables": sorted(str(name) for name in body.variables)}
+                self._set_record(step, {**(record or {}), **done, "digests": step_digests(body, dtypes)})
+            except OSError:
+                self._remove_row(i, [str(name) for name in body.variables])  # no partial step left behind
+                raise
+
+    def _remove_row(self, position: int, names: Sequence[str]) -> None:
+        for name in names:
+            meta_file = self.path / name / "zarr.json"
+            if not meta_file.is_file():
+                continue
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            for file in chunk_files(self.path, name, meta, position):
+                file.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _disk_full_is_one_line(self, doing: str) -> Iterator[None]:
+        """A full disk (or quota) while ``doing`` the cube: the user's to fix, one line naming the cube."""
+        try:
+            yield
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise CubeError(
-                    f"disk full while writing {self.unit} {step} to {self.path}; free space and re-run "
-                    f"the same command (done {self.unit}s are kept)"
-                ) from exc
-            raise
+            if not is_disk_full(exc):
+                raise
+            raise PathError(
+                f"no space left on the device while {doing} cube {str(self.path)!r}; free space or choose "
+                f"another --out, then re-run the same command (the {self.unit}s already done are kept)"
+            ) from None
 
     def mark_failed(self, step: int, error: str, record: Mapping[str, Any] | None = None) -> None:
         """Record that ``step`` failed (it stays out of :func:`open_cube` and is retried next run)."""
         if self.status(step) == DONE and not self.overwrite:
             return
-        self._set_record(step, {**(record or {}), "status": FAILED, "error": error, "written": _now()})
+        with self._disk_full_is_one_line(f"recording the failure of {self.unit} {step} in"):
+            self._set_record(step, {**(record or {}), "status": FAILED, "error": error, "written": _now()})
 
     def _set_record(self, step: int, record: Mapping[str, Any]) -> None:
         steps = dict(_read_attrs(self.path)["steps"])
@@ -457,6 +441,8 @@ class CubeWriter:
             }
         attrs = _read_attrs(self.path)
         attrs["steps"] = {**attrs["steps"], **{str(s): {"status": PENDING} for s in new_steps}}
+        if isinstance(attrs.get(APPENDED_AT), list):  # a cube older than the record has none to extend
+            attrs[APPENDED_AT] = [*attrs[APPENDED_AT], n_old]
         new = xr.Dataset(variables, coords={"step": np.asarray(new_steps, dtype="int64")}, attrs=attrs)
         new.to_zarr(self.path, mode="a", append_dim="step", consolidated=False)
         group = zarr.open_group(self.path, mode="r+", zarr_format=3)

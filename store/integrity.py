@@ -1,11 +1,8 @@
-"""Checks that a cube still holds what its done markers promise, and repairs of two faults.
+"""Where a step's stored rows are, and repairs of two faults.
 
-- **Lost data**: a done step whose chunk (or whole variable folder) was deleted, or whose
-  chunk no longer decodes. Each done record lists the variables its region write stored
-  (``record["variables"]``); every such variable must have the step's chunk file, and it
-  must read. :func:`lost_data` names what is missing per step; the writer turns those
-  steps back to pending (the next run redoes them) and ``dynamics report --check`` lists
-  them.
+- **Rows**: each done record lists the variables its region write stored
+  (``record["variables"]``); :func:`stored_row` finds a step's row of one of them (its chunk
+  files, decoded), which :mod:`store.verify` uses to find lost and changed data.
 - **Duplicated steps**: two writers that extended one cube at once (before the lock was
   keyed on the real directory) appended the same steps twice. :func:`unique_positions`
   picks one copy of each step, the one that holds the data; :func:`open_cube` reads
@@ -36,6 +33,9 @@ from store.safe_files import atomic_copy
 log = logging.getLogger(__name__)
 
 DONE = "done"
+#: Root attribute: the first row of each block of steps the writer stored together (the
+#: creation's at 0, then each extension's); steps increase strictly within a block.
+APPENDED_AT = "appended_at"
 
 
 def _array_meta(path: Path, name: str) -> dict[str, Any] | None:
@@ -47,7 +47,7 @@ def _array_meta(path: Path, name: str) -> dict[str, Any] | None:
     return meta if meta.get("node_type") == "array" else None
 
 
-def _chunk_files(path: Path, name: str, meta: Mapping[str, Any], position: int) -> list[Path]:
+def chunk_files(path: Path, name: str, meta: Mapping[str, Any], position: int) -> list[Path]:
     """The files holding row ``position`` (along the first dimension) of array ``name``."""
     shape = list(meta["shape"])
     chunks = list(meta["chunk_grid"]["configuration"]["chunk_shape"])
@@ -98,71 +98,35 @@ def missing_variables(
     ``opened`` caches metadata and open arrays across calls (one cube, many steps).
     """
     opened = {} if opened is None else opened
-    missing = []
-    for name in variables:
-        if name not in opened:
-            opened[name] = _array_meta(path, name)
-        meta = opened[name]
-        if meta is None or position >= meta["shape"][0]:
-            missing.append(name)
-            continue
-        if not all(f.is_file() for f in _chunk_files(path, name, meta, position)):
-            missing.append(name)
-            continue
-        if read:
-            try:
-                if f"{name}/array" not in opened:
-                    opened[f"{name}/array"] = zarr.open_array(Path(path) / name, mode="r")
-                opened[f"{name}/array"][position]
-            except Exception:  # noqa: BLE001 - any decode failure means the row is not there any more
-                missing.append(name)
-    return missing
+    return [name for name in variables if stored_row(path, name, position, read, opened) is MISSING]
+
+
+MISSING = object()
+
+
+def stored_row(path: Path, name: str, position: int, read: bool, opened: dict[str, Any]) -> Any:
+    """Row ``position`` of ``name`` as stored (decoded when ``read``, else True), or ``MISSING``."""
+    if name not in opened:
+        opened[name] = _array_meta(path, name)
+    meta = opened[name]
+    if meta is None or position >= meta["shape"][0]:
+        return MISSING
+    if not all(f.is_file() for f in chunk_files(path, name, meta, position)):
+        return MISSING
+    if not read:
+        return True
+    try:
+        if f"{name}/array" not in opened:
+            opened[f"{name}/array"] = zarr.open_array(Path(path) / name, mode="r")
+        return np.asarray(opened[f"{name}/array"][position])
+    except Exception:  # noqa: BLE001 - any decode failure means the row is not there any more
+        return MISSING
 
 
 def expected_variables(record: Mapping[str, Any], fallback: Sequence[str]) -> list[str]:
     """What a done step's region write stored: its record's list, else (older cubes) ``fallback``."""
     listed = record.get("variables")
     return list(listed) if listed is not None else list(fallback)
-
-
-def lost_data(path: str | Path, units_cube: bool = False, read: bool = True) -> dict[int, list[str]]:
-    """Done steps whose stored variables are missing or unreadable: ``{step: [variable, ...]}``.
-
-    ``units_cube``: a study cube, whose units carry different variables; without a per-step
-    list (cubes written before it was recorded) nothing can be expected of them.
-    """
-    path = Path(path)
-    with open(path / "zarr.json", encoding="utf-8") as f:
-        records = json.load(f).get("attributes", {}).get("steps", {})
-    fallback = [] if units_cube else declared_step_variables(path)
-    steps = np.asarray(zarr.open_array(path / "step", mode="r")[:])
-    seen: set[int] = set()
-    lost: dict[int, list[str]] = {}
-    opened: dict[str, Any] = {}
-    for position, step in enumerate(int(s) for s in steps):
-        record = records.get(str(step), {})
-        if record.get("status") != DONE or step in seen:
-            continue
-        seen.add(step)
-        missing = missing_variables(path, position, expected_variables(record, fallback), read=read, opened=opened)
-        if missing:
-            lost[step] = missing
-    return lost
-
-
-def lost_data_report(path: str | Path, attrs: Mapping[str, Any]) -> tuple[list[str], str | None]:
-    """``dynamics report --check``: the lines to print, and the error to end with (None when all is there)."""
-    units_cube = attrs.get("cube_kind") == "units"
-    unit = "condition" if units_cube else "step"
-    lost = lost_data(path, units_cube=units_cube)
-    done = sum(record.get("status") == DONE for record in attrs.get("steps", {}).values())
-    if not lost:
-        return [f"{path}: {done} done {unit}s: every stored variable is present and readable"], None
-    lines = [f"{unit} {step}: {', '.join(names)} missing or unreadable" for step, names in lost.items()]
-    return lines, (
-        f"{len(lost)} of {done} done {unit}s of {path} lost data; re-run the command that made the cube "
-        "to compute them again"
-    )
 
 
 def unique_positions(
@@ -233,7 +197,12 @@ def compact_steps(path: str | Path, keep: Sequence[int] | None = None) -> None:
         if array.shape[0] != len(rows):
             array.resize((len(rows), *array.shape[1:]))
     group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
-    group.attrs.pop("compacting", None)
+    attrs = group.attrs.asdict()
+    starts = attrs.get(APPENDED_AT)
+    if isinstance(starts, list):  # the blocks' first rows, counted among the rows kept
+        attrs[APPENDED_AT] = sorted({sum(1 for p in rows if p < int(b)) for b in starts} - {len(rows)})
+    attrs.pop("compacting", None)
+    group.attrs.put(attrs)  # one write: the journal goes with the remapped blocks
     zarr.consolidate_metadata(path)
 
 
@@ -245,7 +214,7 @@ def _move_row(path: Path, name: str, source: int, target: int) -> None:
         array = zarr.open_array(path / name, mode="r+")
         array[target] = array[source]
         return
-    for src, dst in zip(_chunk_files(path, name, meta, source), _chunk_files(path, name, meta, target)):
+    for src, dst in zip(chunk_files(path, name, meta, source), chunk_files(path, name, meta, target)):
         if src.is_file():
             dst.parent.mkdir(parents=True, exist_ok=True)
             atomic_copy(src, dst)
@@ -281,6 +250,9 @@ def rollback_extension(path: Path) -> None:
             array.resize((n_old, *array.shape[1:]))
     kept = {int(s) for s in group["step"][:]}
     group.attrs["steps"] = {k: v for k, v in group.attrs["steps"].items() if int(k) in kept}
+    starts = group.attrs.get(APPENDED_AT)
+    if isinstance(starts, list):
+        group.attrs[APPENDED_AT] = [b for b in starts if int(b) < n_old]
     group.attrs.pop("extending", None)
     zarr.consolidate_metadata(path)
 

@@ -22,16 +22,6 @@ from store.safe_files import fresh_directory
 log = logging.getLogger(__name__)
 
 
-def missing_ancestors(directory: Path) -> list[Path]:
-    """The directories on the way to ``directory`` (itself included) that do not exist yet, deepest first."""
-    missing = []
-    directory = Path(os.path.abspath(directory))
-    while not directory.exists() and directory != directory.parent:
-        missing.append(directory)
-        directory = directory.parent
-    return missing
-
-
 def has_done_steps(attrs: Mapping[str, Any]) -> bool:
     """Whether any step record of a cube's root attributes says ``done``."""
     return any(isinstance(r, Mapping) and r.get("status") == "done" for r in attrs.get("steps", {}).values())
@@ -42,15 +32,6 @@ def reinitialisable(attrs: Mapping[str, Any]) -> bool:
     runs = attrs.get("runs", [])
     ended = any(isinstance(run, Mapping) and "ended" in run for run in runs) if isinstance(runs, list) else True
     return not has_done_steps(attrs) and not ended
-
-
-def remove_directories(made: list[Path]) -> None:
-    """Remove the directories a run made (deepest first), each only if it is still empty."""
-    for directory in made:
-        try:
-            directory.rmdir()
-        except OSError:  # not empty (someone else uses it now) or already gone: leave it
-            break
 
 
 def discard_new_cube(path: Path) -> None:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from dynamics.errors import CubeInputError, CubeLockedError
+from store.safe_files import make_directories
 
 
 class WriterLock:
@@ -28,7 +29,7 @@ class WriterLock:
 
     def acquire(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_directories(self.path.parent)  # one level at a time: a very deep --out is no RecursionError
         except OSError as exc:
             raise CubeInputError(
                 f"cannot create the directory of cube {self._name()}: {exc.strerror or exc}; choose another --out"

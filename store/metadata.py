@@ -1,8 +1,10 @@
 """The root metadata of a cube (its ``zarr.json``), read and checked.
 
-A damaged file (not JSON, not UTF-8, no step records, a step record that is not a record)
-is one line naming the cube (:class:`dynamics.errors.DamagedCubeError`, exit code 2), never a
-traceback from deep inside a reader, and nothing in the cube is changed.
+A damaged file (not JSON, not UTF-8, no step records, a step record that is not a record,
+a status other than done/failed/pending, a ``cube_format`` this version does not know) is one
+line naming the cube (:class:`dynamics.errors.DamagedCubeError`, exit code 2), never a
+traceback from deep inside a reader or numbers read the wrong way, and nothing in the cube is
+changed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import zarr
 from dynamics.errors import DamagedCubeError
 
 PENDING = "pending"
+STATUSES = ("done", "failed", PENDING)
+#: The layout this version writes and reads (``attrs["cube_format"]``).
+CUBE_FORMAT = 1
+_RESTORE = "nothing was changed: restore the cube from a copy or choose another one"
 
 
 def read_root_attrs(path: Path) -> dict[str, Any]:
@@ -35,14 +41,29 @@ def read_root_attrs(path: Path) -> dict[str, Any]:
             f"cube {str(path)!r} is damaged: the attributes of its zarr.json are not a cube's "
             "(no step records); nothing was changed: restore it from a copy or choose another one"
         )
+    _check_format(path, attrs.get("cube_format"))
     for key, record in steps.items():
         if not isinstance(record, dict) or not isinstance(record.get("status", PENDING), str):
             raise DamagedCubeError(
                 f"cube {str(path)!r} is damaged: the record of step {key} in its zarr.json is "
-                f"{json.dumps(record)[:60]}, not a step record; nothing was changed: restore the "
-                "cube from a copy or choose another one"
+                f"{json.dumps(record)[:60]}, not a step record; {_RESTORE}"
+            )
+        if record.get("status", PENDING) not in STATUSES:
+            raise DamagedCubeError(
+                f"cube {str(path)!r} is damaged: step {key} has status {json.dumps(record['status'])[:40]} in its "
+                f"zarr.json, expected one of {', '.join(STATUSES)}; {_RESTORE}"
             )
     return dict(attrs)
+
+
+def _check_format(path: Path, found: Any) -> None:
+    if found == CUBE_FORMAT and not isinstance(found, bool):
+        return
+    what = "has no cube_format" if found is None else f"has cube_format {json.dumps(found)[:40]}"
+    raise DamagedCubeError(
+        f"cube {str(path)!r} {what}; this version of dynamics reads cube_format {CUBE_FORMAT}: open it with "
+        f"the version that wrote it, or restore the cube from a copy (nothing was changed)"
+    )
 
 
 def check_arrays_readable(path: Path) -> None:

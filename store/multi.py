@@ -1,6 +1,6 @@
 """Several scan cubes as one dataset: training seeds (or any other runs) along a new dimension.
 
-:func:`open_cubes` opens each cube with :func:`store.cube.open_cube` and stacks them along
+:func:`open_cubes` opens each cube with :func:`store.opening.open_cube` and stacks them along
 ``dim`` (``seed`` by default) when they are comparable: the same done steps, the same cohort
 rule (percent, scope, reference step) and the same analysis settings. Anything else is one
 :class:`~dynamics.errors.CubeError` line naming the cube and the difference. Variables that
@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from dynamics.errors import CubeError
-from store.cube import open_cube
+from store.opening import open_cube
 
 log = logging.getLogger(__name__)
 

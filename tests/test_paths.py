@@ -81,9 +81,10 @@ def test_the_cli_turns_an_os_error_on_an_output_path_into_one_line_exit_2(tmp_pa
     assert main(["plot", str(full_cube), "--out", str(tmp_path / "figs")]) == 2
     err = capsys.readouterr().err
     assert err == (
-        f"dynamics plot: error: no space left writing {tmp_path}/figs/cohort_wd.png: free space or choose "
-        "another path\n"
+        f"dynamics plot: error: no space left on the device writing {tmp_path}/figs/cohort_wd.png; free space "
+        "or choose another directory (nothing of this run was kept there)\n"
     )
+    assert not (tmp_path / "figs").exists()  # made by this run, and nothing of it kept
 
 
 def test_the_cli_keeps_exit_1_for_os_errors_elsewhere(tmp_path, monkeypatch, capsys, full_cube):
@@ -96,3 +97,44 @@ def test_the_cli_keeps_exit_1_for_os_errors_elsewhere(tmp_path, monkeypatch, cap
     assert main(["plot", str(full_cube), "--out", str(tmp_path / "figs")]) == 1
     err = capsys.readouterr().err
     assert err == "dynamics plot: error: PermissionError: [Errno 13] Permission denied: '/usr/share/fonts/x.ttf'\n"
+
+
+def test_a_path_inside_a_cube_is_refused_and_a_cube_itself_where_it_must_not_be_one(tmp_path):
+    from dynamics.config.paths import check_cube_out
+
+    cube = tmp_path / "ref.zarr"
+    (cube / "wd").mkdir(parents=True)
+    (cube / "zarr.json").write_text("{}")
+    (cube / "wd" / "zarr.json").write_text("{}")
+    for inner in (cube / "inner.zarr", cube / "wd" / "x" / "y.zarr"):
+        with pytest.raises(PathError) as caught:
+            check_cube_out(str(inner))
+        assert str(caught.value) == (
+            f"--out {str(inner)!r} is inside the cube {str(cube)!r}; choose a directory outside any cube"
+        )  # the outermost store is named, not its variable's folder
+    assert check_cube_out(str(cube)) == cube  # a cube's own --out: resumed
+    assert check_output_dir(str(cube), "--out") == cube
+    with pytest.raises(PathError, match=f"--out {str(cube)!r} is the cube {str(cube)!r}"):
+        check_output_dir(str(cube), "--out", not_a_cube=True)
+    assert listing(tmp_path) == ["ref.zarr", "ref.zarr/wd", "ref.zarr/wd/zarr.json", "ref.zarr/zarr.json"]
+
+
+def test_a_cube_out_is_named_zarr_and_a_trailing_slash_is_the_same_directory(tmp_path):
+    from dynamics.config.paths import check_cube_out
+
+    assert check_cube_out(f"{tmp_path}/x.zarr/") == tmp_path / "x.zarr"
+    assert check_cube_out(f"{tmp_path}/x.zarr//") == tmp_path / "x.zarr"
+    for bad in (f"{tmp_path}/x", f"{tmp_path}/.zarr", f"{tmp_path}/x.zarr/.."):
+        with pytest.raises(PathError, match="a cube is a directory whose name ends in .zarr"):
+            check_cube_out(bad)
+    assert listing(tmp_path) == []
+
+
+def test_a_path_too_long_for_the_files_inside_it_is_one_line(tmp_path):
+    deep = tmp_path.joinpath(*["d"] * 2000) / "x.zarr"  # 4,000 bytes and more: a chunk path inside passes 4,096
+    with pytest.raises(PathError) as caught:
+        check_output_dir(str(deep), "--out")
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 400
+    assert "directories deep); the files written inside it need it under 3,840 bytes (the system's limit" in message
+    assert listing(tmp_path) == []

@@ -8,7 +8,7 @@ from typing import Any
 
 from dynamics.config.options import option
 from dynamics.config.paths import check_output_dir
-from dynamics.errors import CubeError, DamagedCubeError
+from dynamics.errors import CubeError, DamagedCubeError, UserInputError
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class TseExportConfig:
 def run_tse_export(config: TseExportConfig) -> int:
     from dynamics.syntax.tse_io import export_tse
 
-    check_output_dir(config.directory, "DIR")
+    check_output_dir(config.directory, "DIR", not_a_cube=True)
     paths = export_tse(config.directory, format=config.format, overwrite=config.overwrite)  # type: ignore[arg-type]
     print(f"wrote {len(paths)} files to {config.directory}")
     return 0
@@ -104,15 +104,53 @@ class PlotConfig:
 def run_plot(config: PlotConfig) -> int:
     from dynamics.report.scan_figures import plot_cube
     from store import open_cube, open_cubes
+    from store.safe_files import files_into
 
     cubes = [config.cube] if isinstance(config.cube, str) else list(config.cube)
-    ds = open_cube(cubes[0]) if len(cubes) == 1 else open_cubes(cubes, dim="seed")
+    _require_distinct(cubes)
+    formats = plot_formats(config.formats)
+    opened = [open_cube(cube) for cube in cubes]
+    for one, cube in zip(opened, cubes):  # each one's own checks, before they are read together
+        _check_meaning(one, cube)
+    ds = opened[0] if len(cubes) == 1 else open_cubes(cubes, dim="seed")
     for cube in cubes:
         _require_data(cube)
-    check_output_dir(config.out, "--out")
-    paths = plot_cube(ds, config.out, [f.strip() for f in config.formats.split(",") if f.strip()], x=config.x)
+    out = check_output_dir(config.out, "--out", not_a_cube=True)
+    with files_into(out) as staging:  # every figure, or none: a full disk leaves nothing of this run
+        paths = plot_cube(ds, staging, formats, x=config.x)
     print(f"wrote {len(paths)} files to {config.out}")
     return 0
+
+
+#: What ``--formats`` accepts.
+PLOT_FORMATS = ("png", "pdf", "svg")
+
+
+def plot_formats(text: str) -> list[str]:
+    """``--formats``: comma-separated, each one of :data:`PLOT_FORMATS`, at least one; one line otherwise."""
+    formats = [f.strip() for f in text.split(",")]
+    accepted = ", ".join(PLOT_FORMATS)
+    if not any(formats):
+        raise UserInputError(f"--formats {text!r} names no format; give one or more of {accepted}, e.g. png,pdf")
+    bad = [f for f in formats if f not in PLOT_FORMATS]
+    if bad:
+        raise UserInputError(f"--formats {text!r}: {bad[0]!r} is not a figure format; expected some of {accepted}")
+    return list(dict.fromkeys(formats))
+
+
+def _require_distinct(cubes: list[str]) -> None:
+    """One cube given twice would be drawn as two seeds that agree: one line instead."""
+    import os
+
+    seen: dict[str, str] = {}
+    for cube in cubes:
+        real = os.path.realpath(os.path.expanduser(cube))
+        if real in seen:
+            same = "" if seen[real] == cube else f" (as {seen[real]!r} and {cube!r})"
+            raise UserInputError(
+                f"CUBE {cube!r} is given twice{same}; give each seed's cube once (several cubes are read as seeds)"
+            )
+        seen[real] = cube
 
 
 @dataclass(frozen=True)
@@ -123,18 +161,20 @@ class ReportConfig:
     check: bool = option(
         False,
         help="instead of the tables, verify that every done step's stored variables are "
-        "present and readable (exit 1 naming what is lost)",
+        "present, readable and as written (their digests; exit 1 naming each step and variable "
+        "lost or changed)",
     )
 
 
 def run_report(config: ReportConfig) -> int:
     from dynamics.report.scan_text import report
     from store import open_cube
-    from store.integrity import lost_data_report
+    from store.verify import check_report
 
     ds = open_cube(config.cube)
+    _check_meaning(ds, config.cube)
     if config.check:
-        lines, error = lost_data_report(config.cube, ds.attrs)
+        lines, error = check_report(config.cube, ds.attrs)
         print("\n".join(lines))
         if error:
             raise CubeError(error)
@@ -144,23 +184,35 @@ def run_report(config: ReportConfig) -> int:
     return 0
 
 
+def _check_meaning(ds: Any, cube: str) -> None:
+    from dynamics.report.cube_checks import check_cohort_size
+
+    check_cohort_size(ds, cube)
+
+
 def _require_data(cube: str) -> None:
-    """Tables and figures of a cube some of whose done steps lost data would be wrong: one line instead."""
+    """Tables and figures of a cube some of whose done steps lost or changed data would be wrong: one line instead."""
     from pathlib import Path
 
-    from store.integrity import lost_data_report
     from store.metadata import read_root_attrs
+    from store.verify import check_report
 
-    _, error = lost_data_report(cube, read_root_attrs(Path(cube)))
+    _, error = check_report(cube, read_root_attrs(Path(cube)))
     if error:
-        raise DamagedCubeError(f"{error} (`dynamics report --check {cube}` names what is lost)")
+        raise DamagedCubeError(f"{error} (`dynamics report --check {cube}` names what is lost or changed)")
 
 
 def run_toy(config: Any) -> int:
     from dynamics.toy.suite import build_toy_suite
+    from store.safe_files import make_directories, remove_directories
 
-    check_output_dir(config.out, "--out")
-    path = build_toy_suite(config.out, config)
+    out = check_output_dir(config.out, "--out", not_a_cube=True)
+    made = make_directories(out)  # here, one level at a time: a very deep --out is no RecursionError
+    try:
+        path = build_toy_suite(config.out, config)
+    except BaseException:
+        remove_directories(made)  # only those still empty
+        raise
     print(f"toy suite written to {path}; scan it with: dynamics scan --model {path} --steps all --out toy.zarr")
     return 0
 

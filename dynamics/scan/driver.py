@@ -32,7 +32,7 @@ from checkpoints.source import CheckpointSource, open_source
 from checkpoints.steps import parse_steps
 from dynamics import __version__
 from dynamics.config.options import DTYPES, check_numbers, config_dict, resolve_protocol, shared_checks
-from dynamics.config.paths import check_output_dir
+from dynamics.config.paths import check_cube_out
 from dynamics.config.preflight import check_model_fit, config_on_disk
 from dynamics.errors import CheckpointError, UserInputError
 from dynamics.execution.executor import (
@@ -102,9 +102,7 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
     request = check_benchmark_options(
         config.blimp, config.blimp_per_paradigm, config.blimp_paradigms, config.tasks, config.task_path, config.seed
     )
-    if not config.out.endswith(".zarr"):
-        raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
-    check_output_dir(config.out, "--out")
+    check_cube_out(config.out, "--out")  # a name ending in .zarr (x.zarr/ too), a usable place outside any cube
     check_settings(ExecutorSettings.of(config))
     device = resolve_device(config.device, here=config.executor == "serial")
     parse_steps(config.steps)  # the spec's form, before a toy suite is trained (its steps are checked below)

@@ -32,7 +32,7 @@ from dynamics.config.options import (
     shared_checks,
     titled,
 )
-from dynamics.config.paths import check_output_dir
+from dynamics.config.paths import check_cube_out
 from dynamics.errors import UserInputError
 from dynamics.execution.executor import ExecutorSettings, check_settings
 from dynamics.models.runtime import resolve_device
@@ -174,9 +174,7 @@ def parse_percents(spec: str) -> tuple[float, ...]:
 def plan_study(config: StudyConfig) -> StudyPlan:
     """Validate the whole request before anything is loaded, downloaded or written."""
     ref = resolve_model(config.model)
-    if not config.out.endswith(".zarr"):
-        raise UserInputError(f"--out {config.out!r}: a cube is a directory whose name ends in .zarr")
-    check_output_dir(config.out, "--out")
+    check_cube_out(config.out, "--out")  # a name ending in .zarr (x.zarr/ too), a usable place outside any cube
     _check_numbers(config)
     check_settings(ExecutorSettings.of(config))
     percents = parse_percents(config.percents)

@@ -18,7 +18,7 @@ from typing import Literal
 
 from dynamics.errors import DynamicsError, UserInputError
 from dynamics.syntax.tse import TSE_CASES, TseData, check_cases, generated_case
-from store.safe_files import atomic_write_bytes
+from store.safe_files import write_files_together
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def export_tse(
     ``jsonl`` writes ``<case>.jsonl`` with one item per line (``sentence_good``,
     ``sentence_bad``, ``sentence_intrusive`` for NPI items, ``case``, ``subcase``). An
     existing file with the same content is left as it is; nothing is written when any
-    existing file differs, unless ``overwrite``.
+    existing file differs, unless ``overwrite``. The files are written all or none: a full
+    disk is one line naming the file and leaves the directory as it was.
 
     Args:
         directory: Output folder, created when missing.
@@ -66,7 +67,7 @@ def export_tse(
 
     Raises:
         UserInputError: Unknown format or case, or an existing different file without
-            ``overwrite``.
+            ``overwrite``; PathError (one) for a full disk.
     """
     if format not in ("pickle", "jsonl"):
         raise UserInputError(f"unknown TSE export format {format!r}; expected pickle or jsonl")
@@ -81,9 +82,9 @@ def export_tse(
                 raise UserInputError(
                     f"{path} already exists with different content; pass overwrite=True (--overwrite) to replace it"
                 )
-    directory.mkdir(parents=True, exist_ok=True)
-    for path, data in changed.items():
-        atomic_write_bytes(path, data)  # a fresh O_EXCL temporary file: a planted link is never followed
+    # All files or none: each through a fresh O_EXCL temporary file (a planted link is never followed),
+    # renamed into place once every one is whole; a full disk leaves nothing of this export behind.
+    write_files_together(changed)
     log.info("wrote %d of %d TSE %s files to %s", len(changed), len(contents), format, directory)
     return list(contents)
 

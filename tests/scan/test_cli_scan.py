@@ -324,10 +324,10 @@ def test_a_full_disk_is_one_line_and_keeps_the_done_steps(tiny_suite, tmp_path, 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", set_or_fail)
     code = main(["scan", "--model", str(tiny_suite), "--steps", "all", "--out", str(out), *FAST_ARGS])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1
+    assert code == 2  # the user's to fix (issue #21), and the message names the cube
     assert err[-1] == (
-        f"dynamics scan: error: disk full while writing step 2 to {out}; free space and re-run the same command "
-        "(done steps are kept)"
+        f"dynamics scan: error: no space left on the device while writing step 2 to cube {str(out)!r}; free space "
+        "or choose another --out, then re-run the same command (the steps already done are kept)"
     )
     monkeypatch.undo()
     assert open_cube(out)["step"].values.tolist() == [0, 1]

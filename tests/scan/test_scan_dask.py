@@ -56,7 +56,14 @@ def cluster():
 
 def markers(path: Path) -> dict[str, dict]:
     steps = open_cube(path, include_pending=True).attrs["steps"]
-    return {s: {k: v for k, v in r.items() if k not in TIMING_FIELDS} for s, r in steps.items()}
+    return {s: _untimed({k: v for k, v in r.items() if k not in TIMING_FIELDS}) for s, r in steps.items()}
+
+
+def _untimed(record: dict) -> dict:
+    """The digest of the ``seconds`` variable differs as the timings do: every other digest must agree."""
+    if "digests" in record:
+        record["digests"] = {k: v for k, v in record["digests"].items() if k not in TIMING_FIELDS}
+    return record
 
 
 def assert_same_cube(a: Path, b: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from dynamics.errors import CubeError, CubeLockedError
+from dynamics.errors import CubeError, CubeLockedError, PathError
 from store import open_cube
 from store.cube import CubeWriter
 
@@ -216,11 +216,12 @@ def test_a_full_disk_names_the_unit_and_keeps_what_is_done(tmp_path, monkeypatch
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(xr.Dataset, "to_zarr", full)
-        with pytest.raises(CubeError) as caught:
+        with pytest.raises(PathError) as caught:
             cube.write_step(result(1))
+    assert caught.value.exit_code == 2
     assert str(caught.value) == (
-        f"disk full while writing condition 1 to {out}; free space and re-run the same "
-        "command (done conditions are kept)"
+        f"no space left on the device while writing condition 1 to cube {str(out)!r}; free space or choose "
+        "another --out, then re-run the same command (the conditions already done are kept)"
     )
     monkeypatch.undo()
     assert open_cube(out)["step"].values.tolist() == [0]

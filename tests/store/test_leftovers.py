@@ -184,7 +184,8 @@ def test_report_and_plot_refuse_a_cube_whose_done_steps_lost_data(tmp_path, caps
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err == (
-            f"dynamics {argv[0]}: error: 2 of 2 done steps of {path} lost data; re-run the command that made "
-            f"the cube to compute them again (`dynamics report --check {path}` names what is lost)\n"
+            f"dynamics {argv[0]}: error: 2 of 2 done steps of {path} lost or changed data; re-run the command "
+            f"that made the cube to compute them again (`dynamics report --check {path}` names what is lost or "
+            "changed)\n"
         )
     assert not (tmp_path / "figs").exists()

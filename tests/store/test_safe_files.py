@@ -125,3 +125,83 @@ def test_a_link_planted_at_the_lock_name_is_refused_and_its_target_untouched(tmp
     ):
         CubeWriter(tmp_path / "c.zarr", [0], {"model": "m"}).__enter__()
     assert target.read_bytes() == SECRET and not (tmp_path / "c.zarr").exists()
+
+
+# -- all or none (issue #21: a full disk leaves no partial output) --------------------------------
+
+
+def test_make_directories_goes_one_level_at_a_time(tmp_path):
+    from store.safe_files import make_directories, remove_directories
+
+    deep = tmp_path.joinpath(*["d"] * 1200)  # Path.mkdir(parents=True) would recurse 1,200 times
+    made = make_directories(deep)
+    assert deep.is_dir() and len(made) == 1200 and made[0] == deep and made[-1] == tmp_path / "d"
+    assert make_directories(deep) == []  # nothing new to make
+    remove_directories(made)  # deepest first, each only if empty
+    assert list(tmp_path.iterdir()) == []
+
+
+def full_at(monkeypatch, n: int) -> None:
+    """The ``n``-th file opened for writing fills the disk (ENOSPC on write, as a real full disk does)."""
+    import errno
+
+    real, seen = os.fdopen, [0]
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        f = real(fd, mode, *args, **kwargs)
+        if "w" in mode:
+            seen[0] += 1
+            if seen[0] == n:
+                return Full(f)
+        return f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+def test_write_files_together_changes_nothing_when_the_disk_fills_up(tmp_path, monkeypatch):
+    from dynamics.errors import PathError
+    from store.safe_files import write_files_together
+
+    (tmp_path / "a.txt").write_bytes(b"old a\n")
+    files = {tmp_path / "a.txt": b"new a\n", tmp_path / "new" / "deeper" / "b.txt": b"b\n", tmp_path / "c.txt": b"c\n"}
+    full_at(monkeypatch, 3)
+    with pytest.raises(PathError) as caught:
+        write_files_together(files)
+    assert str(caught.value) == (
+        f"no space left on the device writing {tmp_path}/c.txt; free space or choose another directory "
+        "(nothing of this run was kept there)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no temporary file, no new/ directory
+    assert (tmp_path / "a.txt").read_bytes() == b"old a\n"
+    monkeypatch.undo()
+    write_files_together(files)
+    assert {p: p.read_bytes() for p in files} == files
+
+
+def test_files_into_moves_every_file_or_none(tmp_path):
+    from store.safe_files import files_into
+
+    out = tmp_path / "figs" / "run1"
+    with pytest.raises(RuntimeError), files_into(out) as staging:
+        (staging / "a.png").write_bytes(b"a")
+        raise RuntimeError("a figure failed")
+    assert list(tmp_path.iterdir()) == []  # the staging directory and the directories made for it: gone
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_bytes(b"mine")
+    with files_into(out) as staging:
+        (staging / "a.png").write_bytes(b"a")
+        (staging / "b.pdf").write_bytes(b"b")
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.pdf", "keep.txt"]

@@ -15,7 +15,7 @@ from dynamics.cli.main import main
 from dynamics.errors import CubeLockedError
 from store import open_cube
 from store.cube import CubeWriter
-from store.integrity import lost_data
+from store.verify import lost_data
 
 ID = {"model": "fake/model", "analysis": "v1"}
 DERIVED_ID = {**ID, "derived": {"drift_prev": {"cosine_to_previous_step": "weights", "over": "d_model"}}}
