@@ -164,7 +164,10 @@ class CubeWriter:
         attrs = _read_attrs(self.path)
         runs = list(attrs.get("runs", []))
         runs.append({"started": _now(), "steps_requested": len(self.steps), **self.provenance})
-        self._update_attrs(runs=runs, provenance=self.provenance)
+        # merged, not replaced: what earlier runs recorded (corpus hashes, budgets, the matched control) stays
+        # when this run has nothing to do and records nothing new
+        provenance = {**attrs.get("provenance", {}), **self.provenance}
+        self._update_attrs(runs=runs, provenance=provenance)
         self._index = {s: i for i, s in enumerate(self.stored_steps())}
 
     def _repair_duplicated_steps(self) -> None:

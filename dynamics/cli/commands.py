@@ -164,13 +164,25 @@ class ReportConfig:
         "present, readable and as written (their digests; exit 1 naming each step and variable "
         "lost or changed)",
     )
+    format: str = option(
+        "text",
+        help="text: the tables and the claims; markdown: the claims as a markdown table; json: the claims "
+        "and every comparison behind them (docs/claims.schema.json)",
+        choices=["text", "markdown", "json"],
+    )
+    bootstrap: int = option(10_000, help="bootstrap resamples behind each claim's 95%% CI")
+    seed: int | None = option(None, help="seed of the bootstrap (default: the cube's --seed)")
+    target_ci: float = option(
+        1.0,
+        help="CI half-width, in accuracy points, an inconclusive claim's note says how many pairs would reach",
+    )
 
 
 def run_report(config: ReportConfig) -> int:
-    from dynamics.report.scan_text import report
     from store import open_cube
     from store.verify import check_report
 
+    settings = _claim_settings(config)  # bad numbers first, before the cube is read
     ds = open_cube(config.cube)
     _check_meaning(ds, config.cube)
     if config.check:
@@ -180,8 +192,42 @@ def run_report(config: ReportConfig) -> int:
             raise CubeError(error)
         return 0
     _require_data(config.cube)
-    print(report(ds))
+    print(_formatted_report(ds, config, settings))
     return 0
+
+
+def _claim_settings(config: ReportConfig) -> Any:
+    from dynamics.errors import UserInputError
+    from dynamics.report.claims import ClaimSettings
+
+    if config.bootstrap < 100:
+        raise UserInputError(f"--bootstrap {config.bootstrap!r}: expected at least 100 resamples")
+    if not 0 < config.target_ci <= 100:
+        raise UserInputError(f"--target-ci {config.target_ci!r}: expected accuracy points in (0, 100]")
+    if config.seed is not None and not 0 <= config.seed < 2**32:
+        raise UserInputError(f"--seed {config.seed!r}: expected a whole number from 0 to 4294967295")
+    return ClaimSettings(n_boot=config.bootstrap, seed=config.seed or 0, target_points=config.target_ci)
+
+
+def _formatted_report(ds: Any, config: ReportConfig, settings: Any) -> str:
+    """The report in ``config.format``; the bootstrap seed is the cube's own unless --seed is given."""
+    from dataclasses import replace
+
+    from dynamics.report.claims import cube_claim_settings, study_claims
+    from dynamics.report.claims_format import claims_json, claims_markdown
+    from dynamics.report.scan_claims import scan_claims
+    from dynamics.report.scan_text import report
+
+    if config.seed is None:
+        settings = replace(settings, seed=cube_claim_settings(ds).seed)
+    if config.format == "text":
+        return report(ds, settings)
+    study = ds.attrs.get("cube_kind") == "units"
+    claims = study_claims(ds, settings) if study else scan_claims(ds, settings)
+    if config.format == "markdown":
+        return claims_markdown(claims)
+    used = {"n_boot": settings.n_boot, "seed": settings.seed, "level": settings.level, "target_ci": config.target_ci}
+    return claims_json(claims, config.cube, "study" if study else "scan", used)
 
 
 def _check_meaning(ds: Any, cube: str) -> None:

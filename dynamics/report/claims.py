@@ -37,6 +37,13 @@ class ClaimSettings:
     target_ratio: float = 0.01  # perplexity-ratio CI half-width the same sentence aims at
 
 
+def cube_claim_settings(ds: xr.Dataset, **overrides: Any) -> ClaimSettings:
+    """The default settings for a cube: its own ``--seed`` seeds the bootstrap (so the report and the
+    figures of one cube give the same intervals)."""
+    seed = settings_of(ds).get("seed", 0)
+    return ClaimSettings(**{"seed": int(seed) if isinstance(seed, int) else 0, **overrides})
+
+
 @dataclass
 class _Study:
     ds: xr.Dataset

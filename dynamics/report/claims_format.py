@@ -51,7 +51,9 @@ HEADER = ["id", "claim", "comparison", "effect", "95% CI", "verdict", "n", "note
 
 def claims_text(claims: Sequence[Claim]) -> str:
     """A plain-text table: one line per claim (the comparison and the note on their own indented lines)."""
-    lines = ["claims (paired comparisons on the same items; 95% CI by bootstrap):"]
+    lines = [
+        "claims (95% CI by bootstrap; paired over the same items where two conditions are compared; docs/statistics.md):"
+    ]
     width = max((len(c.claim) for c in claims), default=10)
     for claim in claims:
         row = _row(claim)

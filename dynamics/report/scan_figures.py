@@ -19,7 +19,10 @@ import numpy as np
 import xarray as xr
 
 from dynamics.errors import UserInputError
+from dynamics.report.claim_figures import claims_figure
+from dynamics.report.claims import cube_claim_settings
 from dynamics.report.figures import accuracy_bars_figure, legend_below
+from dynamics.report.scan_claims import scan_claims
 from dynamics.report.study_figures import study_figures
 from store.safe_files import atomic_write_bytes
 
@@ -330,6 +333,7 @@ def plot_cube(ds: xr.Dataset, out: str | Path, formats: Sequence[str] = ("png", 
             ("drift", ["drift_ref", "drift_prev"], lambda: drift_figure(ds, plt, x)),
             ("wd_histograms", ["wd"], lambda: wd_histogram_figure(ds, plt, histogram_steps(ds["step"].values))),
             ("tse_cases_final", ["tse_acc"], lambda: tse_cases_figure(ds, plt, sns)),
+            ("claims", ["tse_acc"], lambda: claims_figure(scan_claims(ds, cube_claim_settings(ds)), plt)),
         ]
     )
     for name, needs, make in figures:

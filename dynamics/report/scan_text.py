@@ -5,6 +5,9 @@ from __future__ import annotations
 import xarray as xr
 
 from dynamics.errors import UserInputError
+from dynamics.report.claims import ClaimSettings
+from dynamics.report.claims_format import claims_text
+from dynamics.report.scan_claims import scan_claims
 from dynamics.report.study_text import study_report
 from dynamics.report.tables import failure_lines, fmt, protocol_line, text_table, wd_md_lines
 
@@ -78,10 +81,11 @@ def duplicate_lines(ds: xr.Dataset) -> list[str]:
     return lines
 
 
-def report(ds: xr.Dataset) -> str:
-    """The full plain-text report of a scan cube (or of a study cube, see dynamics.report.study_text)."""
+def report(ds: xr.Dataset, settings: ClaimSettings | None = None) -> str:
+    """The full plain-text report of a scan cube (or of a study cube, see dynamics.report.study_text),
+    its claims last."""
     if ds.attrs.get("cube_kind") == "units":
-        return study_report(ds)
+        return study_report(ds, settings)
     if ds.sizes.get("step", 0) == 0:
         raise UserInputError("the cube has no done steps to report yet")
     attrs = ds.attrs
@@ -116,4 +120,5 @@ def report(ds: xr.Dataset) -> str:
     if "md" in ds:
         last = int(ds["step"].values[-1])
         parts += ["", *wd_md_lines(ds["wd"].sel(step=last).values, ds["md"].sel(step=last).values, f"step {last}")]
+    parts += ["", claims_text(scan_claims(ds, settings))]
     return "\n".join(parts)

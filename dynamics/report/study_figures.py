@@ -8,6 +8,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from dynamics.report.claim_figures import claims_figure
+from dynamics.report.claims import cube_claim_settings, study_claims
+from dynamics.report.differentiation_figures import differentiation_figure
+from dynamics.report.differentiation_text import has_differentiation
 from dynamics.report.figures import accuracy_bars_figure, legend_below
 
 CONDITION_LABELS = {
@@ -119,4 +123,7 @@ def study_figures(ds: xr.Dataset, plt, sns) -> list[tuple[str, list[str], Callab
     ]
     if "group_done" in ds and bool(np.asarray(ds["group_done"]).any()):
         figures.append(("study_layer_groups", ["group_done"], lambda: layer_group_figure(ds, plt)))
+    figures.append(("study_claims", ["done"], lambda: claims_figure(study_claims(ds, cube_claim_settings(ds)), plt)))
+    if has_differentiation(ds):
+        figures.append(("study_differentiation", ["diff_region_frac"], lambda: differentiation_figure(ds, plt)))
     return figures

@@ -164,3 +164,30 @@ def test_scan_claims_correlate_over_steps():
     assert claims["C10"].n == steps and claims["C10"].details["block"] >= 2
     short = by_id(scan_claims(ds.isel(step=slice(0, 3)), ClaimSettings(n_boot=100)))
     assert short["C10"].verdict == "absent" and "3 done steps" in short["C10"].note
+
+
+def test_the_forest_plot_draws_each_claims_effect_and_interval():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dynamics.report.claim_figures import VERDICT_COLOURS, claims_figure
+
+    claims = study_claims(synthetic_study(4, effect=0.1), ClaimSettings(n_boot=400))
+    fig = claims_figure(claims, plt)
+    drawn = {}
+    for ax in fig.axes:
+        labels = [t.get_text().split()[0] for t in ax.get_yticklabels()]
+        for container in ax.containers:  # one errorbar container per claim, rows drawn bottom-up
+            (x,), (y,) = container.lines[0].get_xdata(), container.lines[0].get_ydata()
+            bars = container.lines[2][0].get_segments()[0]
+            drawn[labels[int(y)]] = (x, bars[0][0], bars[1][0], container.lines[0].get_color())
+    tested = [c for c in claims if c.effect is not None]
+    assert sorted(drawn) == sorted(c.id for c in tested)
+    for claim in tested:
+        x, low, high, colour = drawn[claim.id]
+        assert x == pytest.approx(claim.effect * claim.scale)
+        assert (low, high) == pytest.approx((claim.low * claim.scale, claim.high * claim.scale))
+        assert colour == VERDICT_COLOURS[claim.verdict]
+    plt.close(fig)

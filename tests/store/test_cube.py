@@ -45,6 +45,19 @@ def test_write_open_and_provenance(tmp_path):
     assert everything["wd"].encoding["chunks"][0] == 1
 
 
+def test_a_rerun_with_nothing_to_do_keeps_what_earlier_runs_recorded(tmp_path):
+    """A run's provenance is merged into the cube's: a later run that records nothing new (every step
+    done) must not wipe the corpus hash and budgets an earlier run recorded."""
+    path = tmp_path / "c.zarr"
+    with CubeWriter(path, [0], ID, {"seed": 3}) as cube:
+        cube.record_provenance({"corpus_hash": "abc", "tse_pairs": 2200})
+        cube.write_step(result(0))
+    with CubeWriter(path, [0], ID, {"seed": 3, "host": "other"}) as cube:
+        assert cube.todo() == []
+    provenance = open_cube(path).attrs["provenance"]
+    assert provenance["corpus_hash"] == "abc" and provenance["tse_pairs"] == 2200 and provenance["host"] == "other"
+
+
 def test_rerun_skips_done_steps_and_extends(tmp_path):
     path = tmp_path / "c.zarr"
     with CubeWriter(path, [0, 10], ID) as cube:
