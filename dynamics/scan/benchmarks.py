@@ -11,12 +11,12 @@ the same way; a local directory that lacks a paradigm is a user error.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynamics.errors import DynamicsError, UserInputError
 from dynamics.syntax.blimp import check_blimp_source, check_paradigms, hub_blimp_skip_reason, load_blimp
+from dynamics.syntax.hub_data import hub_offline
 from dynamics.syntax.lmeval import check_task_names, parse_tasks, probe_tasks
 from dynamics.syntax.pairs import MinimalPair, stratified_sample
 
@@ -77,13 +77,6 @@ def check_benchmark_options(
     names = parse_tasks(tasks)
     check_task_names(names, task_path)
     return BenchmarkRequest(blimp, per_paradigm, chosen, names, task_path, seed, model_kind)
-
-
-def hub_offline() -> bool:
-    """True when the Hugging Face libraries are told not to use the network."""
-    return any(
-        os.environ.get(name, "0").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
 
 
 def plan_benchmarks(request: BenchmarkRequest) -> ScanBenchmarks:
