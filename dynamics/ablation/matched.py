@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from dynamics.ablation.hooks import ablate
+from dynamics.execution.progress import progress_bar
 from dynamics.stats.cohort import BisectionResult, bisect_to_target, bottom_percent_mask, wd_scores
 from dynamics.syntax.perplexity import perplexity, window_nll
 
@@ -72,7 +72,7 @@ def match_bottom_percent(
     over it and a trial below clean never matches (:func:`bisect_to_target`).
     """
     scores = wd_scores(wd)
-    bar = tqdm(total=max_iterations + 2, desc="matched control", unit="trial", dynamic_ncols=True)
+    bar = progress_bar(total=max_iterations + 2, desc="matched control", unit="trial")
 
     def perplexity_at(m: float) -> float:
         value = ablated_ppl(bottom_percent_mask(scores, m))

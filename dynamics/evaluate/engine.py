@@ -19,12 +19,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from dynamics.ablation.hooks import ablate, ablate_rows
 from dynamics.evaluate import phases as run
@@ -32,6 +32,7 @@ from dynamics.evaluate.benchmarks import PHASES, Benchmarks
 from dynamics.evaluate.conditions import Condition, check_conditions
 from dynamics.evaluate.planning import PassBudget
 from dynamics.evaluate.variables import attrs
+from dynamics.execution.progress import progress_bar
 from dynamics.syntax.scoring import DEFAULT_BATCH_TOKENS
 
 
@@ -59,7 +60,7 @@ def evaluate(
     work = _Work(conditions)
     present = benchmarks.phases()
     units = _planned_units(len(conditions), benchmarks, budget, present)
-    with torch.inference_mode(), tqdm(total=units, desc="evaluate", unit="pass", disable=not progress) as bar:
+    with torch.inference_mode(), progress_bar(total=units, desc="evaluate", unit="pass", disable=not progress) as bar:
         for phase in ("tse", "blimp"):
             if phase in present:
                 _pairs(model, benchmarks, budget, phase, work, bar)
@@ -102,7 +103,7 @@ def _ablated(model: torch.nn.Module, conditions: Sequence[Condition]) -> Iterato
 
 
 def _pairs(
-    model: torch.nn.Module, benchmarks: Benchmarks, budget: PassBudget, phase: str, work: _Work, bar: tqdm
+    model: torch.nn.Module, benchmarks: Benchmarks, budget: PassBudget, phase: str, work: _Work, bar: Any
 ) -> None:
     """TSE or BLiMP: the conditions in passes of as many as the budget allows."""
     pairs = benchmarks.tse if phase == "tse" else benchmarks.blimp
@@ -117,7 +118,7 @@ def _pairs(
         bar.update()
 
 
-def _corpus(model: torch.nn.Module, benchmarks: Benchmarks, budget: PassBudget, work: _Work, bar: tqdm) -> None:
+def _corpus(model: torch.nn.Module, benchmarks: Benchmarks, budget: PassBudget, work: _Work, bar: Any) -> None:
     """Perplexity (and POS per model token) of the corpus windows, conditions side by side."""
     windows = benchmarks.ppl_windows
     assert windows is not None
@@ -139,7 +140,7 @@ def _corpus(model: torch.nn.Module, benchmarks: Benchmarks, budget: PassBudget, 
         bar.update()
 
 
-def _one_at_a_time(model: torch.nn.Module, benchmarks: Benchmarks, work: _Work, bar: tqdm) -> None:
+def _one_at_a_time(model: torch.nn.Module, benchmarks: Benchmarks, work: _Work, bar: Any) -> None:
     """lm-eval tasks and POS per word: each condition alone, its ablation active."""
     for c, condition in enumerate(work.conditions):
         bar.set_postfix_str(f"lm-eval/POS: {condition.name}")

@@ -11,12 +11,12 @@ the same way; a local directory that lacks a paradigm is a user error.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynamics.errors import DynamicsError, UserInputError
-from dynamics.syntax.blimp import check_paradigms, load_blimp
+from dynamics.syntax.blimp import check_blimp_source, check_paradigms, hub_blimp_skip_reason, load_blimp
+from dynamics.syntax.hub_data import hub_offline
 from dynamics.syntax.lmeval import check_task_names, parse_tasks, probe_tasks
 from dynamics.syntax.pairs import MinimalPair, stratified_sample
 
@@ -54,37 +54,29 @@ class BenchmarkRequest:
     tasks: tuple[str, ...]
     task_path: str | None
     seed: int
+    model_kind: str = "hub"  # a local suite's scan asks nothing of the Hub (hub_blimp_skip_reason)
 
 
 def check_benchmark_options(
-    blimp: str, per_paradigm: int, paradigms: str, tasks: str, task_path: str | None, seed: int
+    blimp: str,
+    per_paradigm: int,
+    paradigms: str,
+    tasks: str,
+    task_path: str | None,
+    seed: int,
+    model_kind: str = "hub",
 ) -> BenchmarkRequest:
     """One line for a bad --blimp, --blimp-per-paradigm, --blimp-paradigms, --tasks or --task-path."""
     if per_paradigm < 0:
         raise UserInputError(f"--blimp-per-paradigm {per_paradigm!r}: expected 0 or more pairs")
     chosen = check_paradigms(None if paradigms.strip() == "all" else [p.strip() for p in paradigms.split(",")])
-    if blimp != "hub" and per_paradigm:
-        directory = Path(blimp)
-        if not directory.is_dir():
-            raise UserInputError(f"--blimp {blimp!r} is neither hub nor a directory of <paradigm>.jsonl files")
-        missing = [p for p in chosen if not (directory / f"{p}.jsonl").is_file()]
-        if missing:
-            raise UserInputError(
-                f"--blimp {blimp!r} has no {missing[0]}.jsonl ({len(missing)} of {len(chosen)} "
-                "paradigms missing); choose them with --blimp-paradigms"
-            )
+    if per_paradigm:
+        check_blimp_source(blimp, chosen)  # every line of a --blimp directory, before anything is written
     if task_path is not None and not Path(task_path).is_dir():
         raise UserInputError(f"--task-path {task_path!r} is not a directory of lm-eval task YAML files")
     names = parse_tasks(tasks)
     check_task_names(names, task_path)
-    return BenchmarkRequest(blimp, per_paradigm, chosen, names, task_path, seed)
-
-
-def hub_offline() -> bool:
-    """True when the Hugging Face libraries are told not to use the network."""
-    return any(
-        os.environ.get(name, "0").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+    return BenchmarkRequest(blimp, per_paradigm, chosen, names, task_path, seed, model_kind)
 
 
 def plan_benchmarks(request: BenchmarkRequest) -> ScanBenchmarks:
@@ -95,6 +87,9 @@ def plan_benchmarks(request: BenchmarkRequest) -> ScanBenchmarks:
     if per_paradigm and blimp == "hub" and hub_offline():
         log.info("BLiMP skipped: the Hub is offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE); pass --blimp DIR")
         skipped["blimp"] = "the Hub is offline; pass --blimp with a directory of <paradigm>.jsonl files"
+    elif per_paradigm and (local := hub_blimp_skip_reason(blimp, request.model_kind)):
+        log.info("BLiMP skipped: %s", local)
+        skipped["blimp"] = local
     elif per_paradigm:
         try:
             loaded = load_blimp(blimp, paradigms)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from dynamics.config.options import (
+    DTYPES,
     BudgetOptions,
     CubeOptions,
     ModelOptions,
     RuntimeOptions,
     ScoringOptions,
+    check_numbers,
     option,
     resolve_protocol,
+    shared_checks,
     titled,
 )
+from dynamics.errors import UserInputError
 from dynamics.execution.executor import ExecutorSettings
 
 #: More steps ahead than this is a typo: each is a concurrent download.
@@ -74,8 +79,9 @@ class ScanConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runti
     )
     blimp: str = option(
         "hub",
-        help="BLiMP source: hub (nyu-mll/blimp; skipped with one warning when unreachable) "
-        "or a directory of <paradigm>.jsonl files",
+        help="BLiMP source: hub (nyu-mll/blimp; skipped with one warning when unreachable, "
+        "tried once per run; not asked for a local suite such as toy, which is measured "
+        "offline) or a directory of <paradigm>.jsonl files",
     )
     blimp_per_paradigm: int = option(
         10,
@@ -109,3 +115,40 @@ class ScanConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runti
         extra: tuple[str, ...] = tuple(k for k in ("matched", "mapping_difficulty") if getattr(self, k))
         extra += ("lmeval_limit",) if self.tasks.strip().lower() != "none" else ()
         return {**{k: getattr(self, k) for k in keys + extra}, "protocol": resolve_protocol(self).record()}
+
+
+def check_scan_options(config: ScanConfig) -> None:
+    """The checks of plain option values (numbers, the protocol), importing nothing heavy: the
+    command line runs them before it imports the scan, so a rejected value is one line at once."""
+    check_numbers(
+        config,
+        [
+            *shared_checks(config),
+            ("ppl-tokens", config.ppl_tokens is None or config.ppl_tokens >= 0, "0 or more tokens"),
+            ("cohort-percent", 0 < config.cohort_percent <= 100, "a percent in (0, 100]"),
+            (
+                "ppl-tokens",
+                not config.matched or config.ppl_tokens != 0,
+                "more than 0 with --matched (the match is on perplexity)",
+            ),
+            (
+                "tokens-per-step",
+                config.tokens_per_step is None or config.tokens_per_step >= 1,
+                "a positive number of tokens",
+            ),
+            ("lmeval-limit", config.lmeval_limit >= 1, "at least 1 example"),
+            (
+                "prefetch-depth",
+                0 <= config.prefetch_depth <= MAX_PREFETCH_DEPTH,
+                f"0 (no prefetch) to {MAX_PREFETCH_DEPTH} steps ahead",
+            ),
+            (
+                "max-disk-gib",
+                math.isfinite(config.max_disk_gib) and config.max_disk_gib >= 0,
+                "0 (auto: half the free space of the cache's filesystem) or a positive, finite number of GiB",
+            ),
+        ],
+    )
+    if config.dtype not in ("auto", *DTYPES):
+        raise UserInputError(f"--dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    resolve_protocol(config)

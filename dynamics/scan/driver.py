@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -22,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from checkpoints.hub_errors import RetryPolicy
 from checkpoints.hub_source import HubSource
@@ -31,7 +29,7 @@ from checkpoints.revisions import DEFAULT_TEMPLATE, PYTHIA_TOKENS_PER_STEP, Revi
 from checkpoints.source import CheckpointSource, open_source
 from checkpoints.steps import parse_steps
 from dynamics import __version__
-from dynamics.config.options import DTYPES, check_numbers, config_dict, resolve_protocol, shared_checks
+from dynamics.config.options import config_dict, resolve_protocol
 from dynamics.config.paths import check_cube_out
 from dynamics.config.preflight import check_model_fit, config_on_disk
 from dynamics.errors import CheckpointError, UserInputError
@@ -43,10 +41,11 @@ from dynamics.execution.executor import (
     open_executor,
     stop_on_unrecoverable,
 )
+from dynamics.execution.progress import progress_bar
 from dynamics.models.runtime import resolve_device
 from dynamics.scan.benchmarks import ScanBenchmarks, check_benchmark_options, plan_benchmarks
 from dynamics.scan.cohort_setup import prepare_reference
-from dynamics.scan.config import MAX_PREFETCH_DEPTH, ScanConfig
+from dynamics.scan.config import ScanConfig, check_scan_options
 from dynamics.scan.duplicates import copied_result, plan_duplicates
 from dynamics.scan.measures import PHASES
 from dynamics.scan.worker import RunSpec, StepTask, forget_contexts, measure_step
@@ -91,8 +90,7 @@ class ScanPlan:
 def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> ScanPlan:
     """Validate the whole request before anything is downloaded or written."""
     ref = resolve_model(config.model)
-    _check_numbers(config)
-    resolve_protocol(config)
+    check_scan_options(config)
     template = RevisionTemplate(config.revision_template)  # a malformed template is one line
     if config.revision_template != DEFAULT_TEMPLATE and ref.kind != "hub":
         raise UserInputError(
@@ -100,7 +98,13 @@ def plan_scan(config: ScanConfig, source: CheckpointSource | None = None) -> Sca
             f"{config.model!r} is a {ref.kind.replace('_', ' ')} (its steps are step<N>/ directories)"
         )
     request = check_benchmark_options(
-        config.blimp, config.blimp_per_paradigm, config.blimp_paradigms, config.tasks, config.task_path, config.seed
+        config.blimp,
+        config.blimp_per_paradigm,
+        config.blimp_paradigms,
+        config.tasks,
+        config.task_path,
+        config.seed,
+        model_kind=ref.kind,
     )
     check_cube_out(config.out, "--out")  # a name ending in .zarr (x.zarr/ too), a usable place outside any cube
     check_settings(ExecutorSettings.of(config))
@@ -155,40 +159,6 @@ def tokens_per_step(config: ScanConfig, ref: ModelRef) -> int | None:
         if isinstance(settings.get("batch_size"), int) and isinstance(settings.get("context"), int):
             return int(settings["batch_size"]) * int(settings["context"])
     return None
-
-
-def _check_numbers(config: ScanConfig) -> None:
-    check_numbers(
-        config,
-        [
-            *shared_checks(config),
-            ("ppl-tokens", config.ppl_tokens is None or config.ppl_tokens >= 0, "0 or more tokens"),
-            ("cohort-percent", 0 < config.cohort_percent <= 100, "a percent in (0, 100]"),
-            (
-                "ppl-tokens",
-                not config.matched or config.ppl_tokens != 0,
-                "more than 0 with --matched (the match is on perplexity)",
-            ),
-            (
-                "tokens-per-step",
-                config.tokens_per_step is None or config.tokens_per_step >= 1,
-                "a positive number of tokens",
-            ),
-            ("lmeval-limit", config.lmeval_limit >= 1, "at least 1 example"),
-            (
-                "prefetch-depth",
-                0 <= config.prefetch_depth <= MAX_PREFETCH_DEPTH,
-                f"0 (no prefetch) to {MAX_PREFETCH_DEPTH} steps ahead",
-            ),
-            (
-                "max-disk-gib",
-                math.isfinite(config.max_disk_gib) and config.max_disk_gib >= 0,
-                "0 (auto: half the free space of the cache's filesystem) or a positive, finite number of GiB",
-            ),
-        ],
-    )
-    if config.dtype not in ("auto", *DTYPES):
-        raise UserInputError(f"--dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
 
 
 def _resolve_corpus(corpus: str, suite: str | None) -> str:
@@ -350,7 +320,7 @@ def _measure_all(
     # Serially one worker takes the steps in order, so it can fetch the next ones while measuring this one.
     depth = spec.config.prefetch_depth if spec.config.executor == "serial" else 0
     tasks = [StepTask(step, tuple(todo[i + 1 : i + 1 + depth])) for i, step in enumerate(todo)]
-    bar = tqdm(total=len(todo), desc=f"scan {spec.config.model}", unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=len(todo), desc=f"scan {spec.config.model}", unit="step")
     results = pool.map(partial(measure_step, spec), tasks, name="step")
     try:
         for done in results:

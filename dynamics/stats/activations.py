@@ -19,13 +19,13 @@ import logging
 import math
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from checkpoints.adapters import mlp_shape, pre_activation_modules, transformer_layers
 from dynamics.errors import DynamicsError, UserInputError
+from dynamics.execution.progress import progress_bar
 from dynamics.models.cpu_threads import map_batches
 from dynamics.models.modelcalls import model_device, run_for_hooks
 
@@ -137,7 +137,7 @@ def iter_layer_captures(
     )
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
+    bar = progress_bar(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
     blocks = transformer_layers(model)
     resume: _ResumePoint | None = None
     try:
@@ -250,7 +250,7 @@ def _capture_group(
     group: list[int],
     batch_size: int,
     device: torch.device,
-    bar: tqdm,
+    bar: Any,  # a progress_bar
     resume_from: _ResumePoint | None = None,
     keep_stream_before: int | None = None,
 ) -> _ResumePoint | None:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from checkpoints.names import resolve_model
 from dynamics.config.options import (
     DTYPES,
     BudgetOptions,
@@ -35,11 +34,10 @@ from dynamics.config.options import (
 from dynamics.config.paths import check_cube_out
 from dynamics.errors import UserInputError
 from dynamics.execution.executor import ExecutorSettings, check_settings
-from dynamics.models.runtime import resolve_device
-from dynamics.syntax.blimp import check_paradigms
-from dynamics.syntax.corpus import check_corpus_file, check_texts
-from dynamics.syntax.lmeval import check_task_names, parse_tasks
-from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
+
+# What plan_study needs beyond the options (the device check imports torch, the corpus and
+# benchmark checks numpy, datasets or lm-eval) is imported inside it: `dynamics ablate --help`
+# and a rejected option value import nothing heavy.
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,11 @@ class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runt
     match_low: float = option(0.1, help="lower end of the bracket for m (percent of lowest-WD neurons)")
     match_high: float = option(90.0, help="upper end of the bracket for m")
     tse_per_case: int = redefault(BudgetOptions, "tse_per_case", 50)
-    blimp: str = option("hub", help="BLiMP source: hub (nyu-mll/blimp) or a directory of <paradigm>.jsonl files")
+    blimp: str = option(
+        "hub",
+        help="BLiMP source: hub (nyu-mll/blimp; not asked for a local suite such as toy, which is "
+        "measured offline) or a directory of <paradigm>.jsonl files",
+    )
     blimp_per_paradigm: int = option(50, help="BLiMP pairs per paradigm (seeded sample; 0: skip BLiMP)")
     blimp_paradigms: str = option("all", help="comma-separated BLiMP paradigms, or all")
     tasks: str = option(
@@ -171,10 +173,12 @@ def parse_percents(spec: str) -> tuple[float, ...]:
     return tuple(sorted(values))
 
 
-def plan_study(config: StudyConfig) -> StudyPlan:
-    """Validate the whole request before anything is loaded, downloaded or written."""
-    ref = resolve_model(config.model)
-    check_cube_out(config.out, "--out")  # a name ending in .zarr (x.zarr/ too), a usable place outside any cube
+def check_study_options(config: StudyConfig) -> tuple[float, ...]:
+    """The checks of plain option values (numbers, percents, executor, protocol); returns the percents.
+
+    They import nothing heavy: the command line runs them before it imports the study, so a
+    rejected value is one line at once (:func:`plan_study` runs them again).
+    """
     _check_numbers(config)
     check_settings(ExecutorSettings.of(config))
     percents = parse_percents(config.percents)
@@ -183,22 +187,30 @@ def plan_study(config: StudyConfig) -> StudyPlan:
             f"--match-percent {config.match_percent!r}: expected one of --percents "
             f"({', '.join(f'{p:g}' for p in percents)})"
         )
+    resolve_protocol(config)
+    return percents
+
+
+def plan_study(config: StudyConfig) -> StudyPlan:
+    """Validate the whole request before anything is loaded, downloaded or written."""
+    from checkpoints.names import resolve_model
+    from dynamics.models.runtime import resolve_device
+    from dynamics.syntax.blimp import check_blimp_source, check_paradigms
+    from dynamics.syntax.corpus import check_corpus_file, check_texts
+    from dynamics.syntax.lmeval import check_task_names, parse_tasks
+    from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
+
+    ref = resolve_model(config.model)
+    check_cube_out(config.out, "--out")  # a name ending in .zarr (x.zarr/ too), a usable place outside any cube
+    percents = check_study_options(config)
     if config.corpus != "wikitext2" and not Path(config.corpus).expanduser().is_file():
         raise UserInputError(f"--corpus {config.corpus!r} is neither wikitext2 nor an existing text file")
-    resolve_protocol(config)
     check_texts(config, config.corpus)
     for text in {config.wd_corpus or config.corpus, config.ppl_corpus or config.corpus}:
         check_corpus_file(text)
-    if config.blimp != "hub" and config.blimp_per_paradigm and not Path(config.blimp).is_dir():
-        raise UserInputError(f"--blimp {config.blimp!r} is neither hub nor a directory of <paradigm>.jsonl files")
     paradigms = check_paradigms(None if config.blimp_paradigms == "all" else config.blimp_paradigms.split(","))
-    if config.blimp != "hub" and (config.blimp_per_paradigm or config.full):
-        missing = [p for p in paradigms if not (Path(config.blimp) / f"{p}.jsonl").is_file()]
-        if missing:
-            raise UserInputError(
-                f"--blimp {config.blimp!r} has no {missing[0]}.jsonl ({len(missing)} of "
-                f"{len(paradigms)} paradigms missing); choose them with --blimp-paradigms"
-            )
+    if config.blimp_per_paradigm or config.full:  # every line of a --blimp directory, before any download
+        check_blimp_source(config.blimp, paradigms)
     if config.task_path is not None and not Path(config.task_path).is_dir():
         raise UserInputError(f"--task-path {config.task_path!r} is not a directory of lm-eval task YAML files")
     tasks = parse_tasks(config.tasks)

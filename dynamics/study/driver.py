@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from checkpoints.adapters import mlp_shape
 from checkpoints.checkpoint import Checkpoint
@@ -24,13 +23,21 @@ from dynamics.config.options import config_dict, resolve_protocol
 from dynamics.config.preflight import check_loaded_model
 from dynamics.evaluate.benchmarks import Benchmarks
 from dynamics.execution.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
+from dynamics.execution.progress import progress_bar
 from dynamics.models.modelcalls import model_device
 from dynamics.models.runtime import capture_budget
 from dynamics.stats.neurons import neuron_wasserstein
 from dynamics.study.conditions import BLOCKS, layer_groups, static_dataset, study_units, top_and_random_masks
 from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study
 from dynamics.study.inputs import build_inputs, load_model, pass_budget
-from dynamics.study.worker import StudySpec, forget_workers, groups_together, run_condition, seed_worker
+from dynamics.study.worker import (
+    StudySpec,
+    finished_units,
+    forget_workers,
+    groups_together,
+    run_condition,
+    seed_worker,
+)
 from dynamics.syntax.corpus import corpus_hash
 from store.cube import CubeWriter
 from store.units import unit_attrs, write_unit_attrs
@@ -141,22 +148,33 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
 
 
 def _run_units(pool: Any, spec: StudySpec, todo: list[int], cube: CubeWriter, summary: StudySummary) -> None:
-    """Fan the conditions out; write each result as it completes, in any order."""
-    bar = tqdm(total=len(todo), desc=f"ablate {spec.config.model}", unit="condition", dynamic_ncols=True)
+    """Fan the conditions out; write each result as it completes, in any order. The bar names the
+    condition running (serially, the next in ``todo``); Ctrl-C or SIGTERM first writes every condition
+    whose measures are all in hand (:func:`dynamics.study.worker.finished_units`)."""
+    bar = progress_bar(total=len(todo), desc=f"ablate {spec.config.model}", unit="condition")
     results = pool.map(partial(run_condition, spec), todo, name="condition")
+    written: set[int] = set()
     try:
+        bar.set_postfix_str(f"running {spec.units[todo[0]].name}")
         for done in results:
             unit = spec.units[done.unit]
-            bar.set_postfix_str(unit.name)
             if done.ok:
                 cube.write_step(done.result, {**unit.record(), "task_attempts": done.attempts})
                 summary.done.append(done.unit)
+                written.add(done.unit)
             else:
                 cube.mark_failed(done.unit, done.error or "unknown error", {**unit.record(), **done.failure_record()})
                 summary.failed.append(done.unit)
                 stop_on_unrecoverable(done, f"condition {unit.name}")
                 log.warning("condition %s failed, recorded (a re-run retries it): %s", unit.name, done.error)
+            later = [n for n in todo if n not in written and n not in summary.failed]
+            bar.set_postfix_str(f"running {spec.units[later[0]].name}" if later else "")
             bar.update()
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: keep what a shared pass already measured
+        for number, result in finished_units(spec, [n for n in todo if n not in written]):
+            cube.write_step(result, {**spec.units[number].record(), "task_attempts": 1})
+            summary.done.append(number)
+        raise
     finally:
         results.close()  # Ctrl-C: cancel what is still queued
         bar.close()

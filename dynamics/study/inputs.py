@@ -23,7 +23,7 @@ from dynamics.evaluate.benchmarks import Benchmarks, LmevalTasks, PosInputs, Sco
 from dynamics.evaluate.planning import PassBudget, pass_budget_for
 from dynamics.models.runtime import default_window, load_checkpoint_model, set_threads
 from dynamics.study.config import StudyConfig, StudyPlan
-from dynamics.syntax.blimp import load_blimp
+from dynamics.syntax.blimp import hub_blimp_skip_reason, load_blimp
 from dynamics.syntax.corpus import (
     CorpusSpec,
     load_wd_and_ppl_windows,
@@ -131,7 +131,10 @@ def _benchmarks(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | N
             pairs if budgets["tse_per_case"] is None else sample_tse(pairs, budgets["tse_per_case"], config.seed)
         )
     blimp: list = []
-    if config.blimp_per_paradigm or config.full:
+    local = hub_blimp_skip_reason(config.blimp, plan.model_ref.kind)
+    if local and (config.blimp_per_paradigm or config.full):
+        log.info("BLiMP skipped: %s", local)
+    elif config.blimp_per_paradigm or config.full:
         pairs = load_blimp(config.blimp, plan.paradigms)
         if budgets["blimp_per_paradigm"] is not None:
             grouped = {p: {"": [x for x in pairs if x.case == p]} for p in plan.paradigms}

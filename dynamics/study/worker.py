@@ -29,7 +29,7 @@ from dynamics.models.runtime import resolve_device
 from dynamics.study.conditions import NeuronSets, Unit, neuron_sets
 from dynamics.study.config import StudyConfig, StudyPlan
 from dynamics.study.inputs import load_inputs
-from dynamics.study.measures import measure_shared, measure_unit
+from dynamics.study.measures import measure_shared, measure_unit, own_phases
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +94,30 @@ def run_condition(spec: StudySpec, number: int) -> xr.Dataset:
     unit = spec.units[number]
     if number not in worker.shared:
         _measure_group(spec, worker, number)
-    return measure_unit(
-        worker.model,
-        number,
-        unit,
-        worker.sets.mask(unit.neurons),
-        worker.benchmarks,
-        worker.budget,
-        worker.shared.pop(number, None),
-    )
+    mask, shared = worker.sets.mask(unit.neurons), worker.shared.get(number)
+    result = measure_unit(worker.model, number, unit, mask, worker.benchmarks, worker.budget, shared)
+    worker.shared.pop(number, None)  # only now: an interrupted unit's shared part can still be written
+    return result
+
+
+def finished_units(spec: StudySpec, numbers: list[int]) -> list[tuple[int, xr.Dataset]]:
+    """Units of ``numbers`` whose every measure is in hand in this process: their shared part was
+    measured with an earlier unit and they have no part of their own (lm-eval, POS per word) left
+    to run. Written by the driver when a run is interrupted, so a shared pass is not lost."""
+    worker = _WORKERS.get(spec.key)
+    if worker is None:
+        return []
+    out = []
+    for number in numbers:
+        unit = spec.units[number]
+        own = worker.benchmarks.only(own_phases(worker.benchmarks, unit.measures))
+        if number in worker.shared and not own.phases():
+            mask = worker.sets.mask(unit.neurons)
+            shared = worker.shared.pop(number)
+            out.append(
+                (number, measure_unit(worker.model, number, unit, mask, worker.benchmarks, worker.budget, shared))
+            )
+    return out
 
 
 def _measure_group(spec: StudySpec, worker: StudyWorker, number: int) -> None:

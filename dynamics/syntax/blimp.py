@@ -13,12 +13,14 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dynamics.errors import DynamicsError, UserInputError
+from dynamics.syntax.hub_data import HubDataUnavailable, check_hub_reachable, note_connection_failure
 from dynamics.syntax.pairs import MinimalPair, check_names
 
 if TYPE_CHECKING:
@@ -118,15 +120,23 @@ def check_paradigms(paradigms: Iterable[str] | None) -> tuple[str, ...]:
     )
 
 
-def _pair(record: Mapping, paradigm: str, where: str) -> MinimalPair:
+def _pair(record: object, paradigm: str, where: str, error: type[DynamicsError]) -> MinimalPair:
+    """One record as a pair; ``error`` (a user's file: UserInputError) names ``where`` and what is accepted."""
+    if not isinstance(record, Mapping):
+        raise error(f"{where}: a {type(record).__name__}, expected a JSON object with the fields {', '.join(_FIELDS)}")
     missing = [k for k in _FIELDS if k not in record]
     pair_id = record.get("pair_id", record.get("pairID"))
     if pair_id is None:
         missing.append("pairID")
     if missing:
-        raise DynamicsError(f"{where}: missing BLiMP field(s) {', '.join(missing)}")
+        raise error(f"{where}: missing BLiMP field(s) {', '.join(missing)}")
     if record["UID"] != paradigm:
-        raise DynamicsError(f"{where}: UID {record['UID']!r} differs from paradigm {paradigm!r}")
+        raise error(f"{where}: UID {record['UID']!r} differs from paradigm {paradigm!r}")
+    for name in ("sentence_good", "sentence_bad"):
+        if not isinstance(record[name], str) or not record[name].strip():  # scored as a loss, silently
+            raise error(f"{where}: {name} {record[name]!r}: expected a non-empty sentence")
+    if isinstance(pair_id, bool) or not str(pair_id).strip().isdigit():
+        raise error(f"{where}: pairID {pair_id!r}: expected a whole number such as 0 or '17'")
     return MinimalPair(
         good=record["sentence_good"],
         bad=record["sentence_bad"],
@@ -139,34 +149,103 @@ def _pair(record: Mapping, paradigm: str, where: str) -> MinimalPair:
 
 def _from_directory(directory: Path, paradigm: str) -> list[MinimalPair]:
     path = directory / f"{paradigm}.jsonl"
-    if not path.is_file():
+    try:
+        stat = path.stat()
+    except OSError:
+        stat = None
+    if stat is None or not path.is_file():
         raise UserInputError(
             f"BLiMP file {path} not found; the directory must hold the release's <paradigm>.jsonl files"
         )
+    return list(_read_paradigm_file(str(path), paradigm, stat.st_size, stat.st_mtime_ns))
+
+
+@lru_cache(maxsize=128)
+def _read_paradigm_file(path: str, paradigm: str, size: int, mtime_ns: int) -> tuple[MinimalPair, ...]:
+    """The pairs of one release file, every defect a :class:`UserInputError` naming ``path:line``.
+
+    Cached by size and modification time: the planner's check and the load read each file once.
+    """
+    del size, mtime_ns  # the cache key: a changed file is read again
     pairs = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DynamicsError(f"{path}:{number}: not a JSON line ({exc.msg})") from None
-                pairs.append(_pair(record, paradigm, f"{path}:{number}"))
-    return pairs
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                pairs += _parse_line(raw, paradigm, f"{path}:{number}")
+    except OSError as exc:
+        raise UserInputError(f"BLiMP file {path}: cannot be read ({exc.strerror or exc})") from None
+    if not pairs:  # else it would be a paradigm of no pairs: accuracy NaN, and no line said why
+        raise UserInputError(
+            f"{path}: no BLiMP pairs (the file is empty); expected one JSON object per line, "
+            "or leave the paradigm out with --blimp-paradigms"
+        )
+    return tuple(pairs)
+
+
+def _parse_line(raw: bytes, paradigm: str, where: str) -> list[MinimalPair]:
+    """The pair on one line of a release file (none for a blank line)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserInputError(
+            f"{where}: not UTF-8 text (byte {exc.start + 1} of the line); expected UTF-8 JSON lines"
+        ) from None
+    if not line.strip():
+        return []
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"{where}: not a JSON line ({exc.msg}); expected one JSON object per line") from None
+    return [_pair(record, paradigm, where, UserInputError)]
+
+
+def check_blimp_source(source: str, paradigms: Sequence[str]) -> None:
+    """Check a ``--blimp`` directory (every paradigm's file, every line of it) before any work.
+
+    ``hub`` is checked when it is loaded. Raises :class:`UserInputError`: a missing directory or
+    paradigm file, or a defect in a file (named ``path:line``).
+    """
+    if source == "hub":
+        return
+    directory = Path(source)
+    if not directory.is_dir():
+        raise UserInputError(f"--blimp {source!r} is neither hub nor a directory of <paradigm>.jsonl files")
+    missing = [p for p in paradigms if not (directory / f"{p}.jsonl").is_file()]
+    if missing:
+        raise UserInputError(
+            f"--blimp {source!r} has no {missing[0]}.jsonl ({len(missing)} of {len(paradigms)} "
+            "paradigms missing); choose them with --blimp-paradigms"
+        )
+    for paradigm in paradigms:
+        _from_directory(directory, paradigm)
+
+
+def hub_blimp_skip_reason(source: str, model_kind: str) -> str | None:
+    """Why ``--blimp hub`` is not asked of the Hub for a model of ``model_kind`` (None: it is).
+
+    A local suite (the toy organism, a suite trained or saved here) is measured offline: its
+    scan or study makes no Hub request for BLiMP unless ``--blimp DIR`` names a local copy.
+    """
+    if source == "hub" and model_kind == "local_suite":
+        return (
+            "a local suite is measured offline; pass --blimp DIR (the release's <paradigm>.jsonl files) to include it"
+        )
+    return None
 
 
 def _from_hub(paradigm: str, cache_dir: str | os.PathLike | None) -> list[MinimalPair]:
     import datasets  # imported here: slow, and only this source needs it
 
+    where = f"BLiMP paradigm {paradigm!r} from the Hub ({HUB_DATASET})"
     try:
         rows = datasets.load_dataset(HUB_DATASET, paradigm, split="train", cache_dir=cache_dir)
     except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
+        note_connection_failure(exc)
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise DynamicsError(
-            f"could not load BLiMP paradigm {paradigm!r} from the Hub ({HUB_DATASET}): "
-            f"{reason}; pass a local directory of the release .jsonl files instead"
+        raise HubDataUnavailable(
+            f"could not load {where}: {reason}; pass a local directory of the release .jsonl files instead"
         ) from None
-    return [_pair(row, paradigm, f"{HUB_DATASET}/{paradigm} row {i}") for i, row in enumerate(rows)]
+    return [_pair(row, paradigm, f"{HUB_DATASET}/{paradigm} row {i}", DynamicsError) for i, row in enumerate(rows)]
 
 
 def load_blimp(
@@ -188,11 +267,16 @@ def load_blimp(
 
     Raises:
         UserInputError: Unknown paradigm, a source that is neither ``"hub"`` nor a
-            directory, or a missing paradigm file.
-        DynamicsError: The Hub cannot be reached (offline) or a record lacks a field.
+            directory, a missing paradigm file, or a defect in one (invalid UTF-8, a line
+            that is not a JSON object, a missing field, an empty sentence, an empty file),
+            named ``path:line``.
+        HubDataUnavailable: The Hub is offline or cannot be reached (tried once per run).
+        DynamicsError: A Hub record lacks a field.
     """
     paradigms = check_paradigms(paradigms)
     if str(source) == "hub":
+        if paradigms:  # one request without retries first: a run that finds no network gives up at once
+            check_hub_reachable(f"BLiMP from the Hub ({HUB_DATASET})")
         load = lambda name: _from_hub(name, cache_dir)  # noqa: E731
     else:
         directory = Path(source)

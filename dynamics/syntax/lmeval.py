@@ -19,6 +19,13 @@ from functools import lru_cache
 from typing import Any
 
 from dynamics.errors import UserInputError
+from dynamics.syntax.hub_data import (
+    HubDataUnavailable,
+    check_hub_reachable,
+    hub_offline,
+    note_connection_failure,
+    unavailable_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +99,12 @@ class TaskPlan:
 
 
 def probe_tasks(tasks: Sequence[str], include_path: str | None = None) -> TaskPlan:
-    """Load each task's data once; one warning line per task that cannot run."""
+    """Load each task's data once; one warning line per task that cannot run.
+
+    Tasks whose data is on the Hub are tried only while the Hub can be reached: once a request
+    of this run found no network (:mod:`dynamics.syntax.hub_data`), they are skipped at once,
+    with one line for all of them. Offline by the environment, ``datasets`` reads its cache.
+    """
     plan = TaskPlan()
     if not tasks:
         return plan
@@ -101,16 +113,35 @@ def probe_tasks(tasks: Sequence[str], include_path: str | None = None) -> TaskPl
         plan.skipped = {t: MISSING for t in tasks}
         return plan
     manager = task_manager(include_path, tasks)
+    local = set(_task_manager(include_path, False).all_tasks) if include_path else set()
+    unreachable: list[str] = []
     for task in tasks:
+        if task not in local and not hub_offline() and _hub_unreachable():
+            unreachable.append(task)
+            continue
         try:
             manager.load([task])
         except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "data not here"
+            note_connection_failure(exc)
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             log.warning("lm-eval task %s skipped: its data cannot be loaded (%s)", task, reason)
             plan.skipped[task] = reason
         else:
             plan.runnable.append(task)
+    if unreachable:
+        reason = unavailable_reason() or "the Hub cannot be reached"
+        log.warning("lm-eval tasks %s skipped: their data cannot be loaded (%s)", ", ".join(unreachable), reason)
+        plan.skipped.update(dict.fromkeys(unreachable, reason))
     return plan
+
+
+def _hub_unreachable() -> bool:
+    """Whether the Hub was found unreachable in this run (asked once, without retries, when nothing is known)."""
+    try:
+        check_hub_reachable("lm-eval task data")
+    except HubDataUnavailable:
+        return True
+    return False
 
 
 def evaluate_tasks(

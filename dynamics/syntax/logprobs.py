@@ -26,9 +26,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from dynamics.errors import UserInputError
+from dynamics.execution.progress import progress_bar
 from dynamics.models.cpu_threads import map_batches
 from dynamics.models.modelcalls import (
     capabilities,
@@ -425,7 +425,7 @@ def token_log_probs_each(
     device = torch.device(device) if device is not None else model_device(model)
     with (
         eval_mode(model),
-        tqdm(total=sum(len(u) for u in kept), unit="sent", desc="scoring", disable=not progress) as bar,
+        progress_bar(total=sum(len(u) for u in kept), unit="sent", desc="scoring", disable=not progress) as bar,
     ):
 
         def run(batch: list[list[int]]) -> list[list[list[torch.Tensor]]]:

@@ -12,9 +12,9 @@ import logging
 import math
 
 import torch
-from tqdm.auto import tqdm
 
 from dynamics.errors import UserInputError
+from dynamics.execution.progress import progress_bar
 from dynamics.models.cpu_threads import map_batches
 from dynamics.models.modelcalls import capabilities, eval_mode, model_device, replicate_rows, sequence_log_probs
 
@@ -61,7 +61,10 @@ def token_nll_each(
         raise UserInputError(f"batch_size={batch_size}; expected a positive integer")
     device = torch.device(device) if device is not None else model_device(model)
     out = torch.zeros((copies, windows.shape[0], windows.shape[1] - 1), dtype=torch.float64)
-    with eval_mode(model), tqdm(total=windows.shape[0], unit="window", desc="perplexity", disable=not progress) as bar:
+    with (
+        eval_mode(model),
+        progress_bar(total=windows.shape[0], unit="window", desc="perplexity", disable=not progress) as bar,
+    ):
 
         def run(start: int) -> torch.Tensor:
             batch = windows[start : start + batch_size].to(device=device, dtype=torch.long)

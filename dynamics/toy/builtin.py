@@ -20,7 +20,7 @@ from pathlib import Path
 from checkpoints.names import TOY_ALIAS, ModelRef, toy_suite_dir
 from dynamics.config.options import config_dict
 from dynamics.errors import UserInputError
-from dynamics.toy.suite import SUITE_FILE, ToyConfig, build_toy_suite
+from dynamics.toy.config import SUITE_FILE, ToyConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,14 @@ def _is_current(path: Path, config: ToyConfig) -> bool:
     built = _built_with(path)
     wanted = {k: v for k, v in config_dict(config).items() if k not in ("out", "overwrite", "progress")}
     return built is not None and {k: built.get(k) for k in wanted} == wanted
+
+
+def build_toy_suite(out: Path, config: ToyConfig) -> Path:
+    """Train a suite into ``out`` (:func:`dynamics.toy.suite.build_toy_suite`, imported only
+    when a suite is trained: it brings torch and transformers)."""
+    from dynamics.toy.suite import build_toy_suite as train
+
+    return train(out, config)
 
 
 def ensure_toy_suite(ref: ModelRef, config: ToyConfig | None = None) -> Path:

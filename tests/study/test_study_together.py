@@ -106,15 +106,18 @@ def test_shared_passes_give_the_cube_of_one_condition_at_a_time(study_data, tmp_
     assert float(seconds.sel(condition="neg_top")) == float(seconds.sel(condition="neg_random")) > 0
 
 
-def test_a_resumed_study_in_runs_of_three_gives_the_same_cube(study_data, tmp_path, one_at_a_time, monkeypatch):
+def test_an_interrupted_study_keeps_what_its_shared_passes_measured(study_data, tmp_path, one_at_a_time, monkeypatch):
+    """Interrupted (Ctrl-C or SIGTERM) as its 4th unit starts, a study in passes of three still writes
+    every unit whose measures its shared passes already made (the rest of the main units), and a re-run
+    does only the layer groups; the cube equals one condition at a time."""
     config = together_config(study_data, tmp_path / "cut.zarr", conditions_per_pass=3)
-    assert len(run_interrupted_study(monkeypatch, config, 4, tagger=fake_tagger)) == 4
-    assert int(open_cube(config.out)["done"].sum()) == 2 + 2  # clean (both percents), neg_top and pos_top at 5%
+    started = run_interrupted_study(monkeypatch, config, 4, tagger=fake_tagger)
+    assert started[:4] == [0, 1, 2, 3] and sorted(started[4:]) == list(range(3, 10))  # 3-9 written on the way out
+    assert int(open_cube(config.out)["done"].sum()) == 11  # every main unit (clean fills both percents)
     with counting_passes(monkeypatch) as passes:
         summary = run_study(config, tagger=fake_tagger)
-    assert summary.skipped == [0, 1, 2] and summary.done == list(range(3, 14))
-    # still to do: main units 3-9 (7: TSE, BLiMP, ppl in runs of 3) and 4 groups (TSE, BLiMP in runs of 3)
-    assert sorted(passes) == sorted([3, 3, 1] * 3 + [3, 1] * 2)
+    assert summary.skipped == list(range(10)) and summary.done == [10, 11, 12, 13]
+    assert sorted(passes) == sorted([3, 1, 3, 1])  # the 4 layer groups, TSE and BLiMP, in runs of three
     assert_same_cube(open_cube(config.out), one_at_a_time)
 
 
