@@ -76,7 +76,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def protocol(args):  # noqa: ANN001, ANN201
-    from dynamics.config.options import ScoringOptions, resolve_protocol
+    from dynamics.config.parts import ScoringOptions
+    from dynamics.config.protocol import resolve_protocol
 
     return resolve_protocol(
         ScoringOptions(

@@ -181,7 +181,8 @@ def test_pythia_tokenizer_on_wikitext_file(shared_data: Path) -> None:
 
 # ----------------------------------------------------------------- disjoint WD and perplexity texts
 def test_one_file_for_both_gives_disjoint_token_ranges(word_tokenizer: Tokenizer, text_file: Path) -> None:
-    from dynamics.config.options import BudgetOptions, ScoringOptions, resolve_protocol
+    from dynamics.config.parts import BudgetOptions, ScoringOptions
+    from dynamics.config.protocol import resolve_protocol
     from dynamics.syntax.corpus import load_wd_and_ppl_windows, text_specs
 
     full = word_tokenizer.encode(text_file.read_text()).ids
@@ -196,7 +197,7 @@ def test_one_file_for_both_gives_disjoint_token_ranges(word_tokenizer: Tokenizer
 
 
 def test_overlapping_files_warn_loudly_and_a_bad_corpus_is_one_line(tmp_path: Path, caplog) -> None:
-    from dynamics.config.options import BudgetOptions
+    from dynamics.config.parts import BudgetOptions
     from dynamics.syntax.corpus import check_texts
 
     wd, ppl = tmp_path / "wd.txt", tmp_path / "ppl.txt"

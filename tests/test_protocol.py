@@ -18,7 +18,9 @@ from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig, PreTr
 
 from checkpoints.adapters import mlp_shape
 from dynamics.ablation.hooks import ablate, activation_modules
-from dynamics.config.options import BudgetOptions, ScoringOptions, resolve_protocol
+from dynamics.config.identity import analysis_identity
+from dynamics.config.parts import BudgetOptions, ScoringOptions
+from dynamics.config.protocol import resolve_protocol
 from dynamics.errors import UserInputError
 from dynamics.stats.cohort import random_control_mask, top_percent_mask
 from dynamics.study.config import StudyConfig
@@ -133,7 +135,7 @@ def test_the_default_protocol_is_the_papers() -> None:
     # an individual option overrides the protocol's choice
     assert resolve_protocol(ScoringOptions(tse_reduction="sum", prefix="none")).record()["tse_reduction"] == "sum"
     assert resolve_protocol(ScoringOptions(protocol="strict", npi="last")).npi == "last"
-    assert StudyConfig(model="m", out="o.zarr").analysis()["resolved_protocol"] == chosen.record()
+    assert analysis_identity(StudyConfig(model="m", out="o.zarr"))["resolved_protocol"] == chosen.record()
 
 
 @pytest.mark.parametrize("bad", [dict(protocol="loose"), dict(npi="both"), dict(tse_reduction="max"), dict(prefix=" ")])

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynamics.config.options import Protocol
+from dynamics.config.protocol import Protocol
 from dynamics.errors import UserInputError
 from dynamics.syntax.pairs import MinimalPair
 

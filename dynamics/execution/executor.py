@@ -66,11 +66,11 @@ HELP = {
 class ExecutorSettings:
     """Where units run: an option part of every command that fans work out (help: :data:`HELP`)."""
 
-    executor: Literal["serial", "dask"] = option("serial", help=HELP["executor"])
-    scheduler: str = option("local", help=HELP["scheduler"])
-    workers: int = option(0, help=HELP["workers"])
-    task_retries: int = option(1, help=HELP["task_retries"])
-    resources: str = option("", help=HELP["resources"])
+    executor: Literal["serial", "dask"] = option("serial", help=HELP["executor"], identity=False)
+    scheduler: str = option("local", help=HELP["scheduler"], identity=False)
+    workers: int = option(0, help=HELP["workers"], identity=False)
+    task_retries: int = option(1, help=HELP["task_retries"], identity=False)
+    resources: str = option("", help=HELP["resources"], identity=False)
 
     @classmethod
     def of(cls, config: Any) -> ExecutorSettings:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynamics.errors import DynamicsError, UserInputError
-from dynamics.syntax.blimp import check_blimp_source, check_paradigms, hub_blimp_skip_reason, load_blimp
+from dynamics.syntax.blimp import check_blimp_source, hub_blimp_skip_reason, load_blimp, parse_paradigms
 from dynamics.syntax.hub_data import hub_offline
 from dynamics.syntax.lmeval import check_task_names, parse_tasks, probe_tasks
 from dynamics.syntax.pairs import MinimalPair, stratified_sample
@@ -67,9 +67,7 @@ def check_benchmark_options(
     model_kind: str = "hub",
 ) -> BenchmarkRequest:
     """One line for a bad --blimp, --blimp-per-paradigm, --blimp-paradigms, --tasks or --task-path."""
-    if per_paradigm < 0:
-        raise UserInputError(f"--blimp-per-paradigm {per_paradigm!r}: expected 0 or more pairs")
-    chosen = check_paradigms(None if paradigms.strip() == "all" else [p.strip() for p in paradigms.split(",")])
+    chosen = parse_paradigms(paradigms)
     if per_paradigm:
         check_blimp_source(blimp, chosen)  # every line of a --blimp directory, before anything is written
     if task_path is not None and not Path(task_path).is_dir():

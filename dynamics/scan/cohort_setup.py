@@ -21,11 +21,12 @@ import torch
 import xarray as xr
 
 from dynamics.ablation.matched import matched_control
-from dynamics.config.options import resolve_protocol
+from dynamics.config.protocol import resolve_protocol
 from dynamics.models.runtime import load_checkpoint_model
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.worker import RunSpec, WorkerContext, worker_context
 from dynamics.stats.cohort import random_control_mask, top_percent_mask
+from dynamics.stats.neuron_differentiation import analysed_windows, set_differentiation
 from dynamics.syntax.corpus import corpus_hash
 from dynamics.syntax.tse import TSE_CASES
 
@@ -45,7 +46,11 @@ def prepare_reference(spec: RunSpec) -> dict[str, Any]:
         static = fix_cohort(wd, spec.config)
         if spec.config.matched:
             assert context.ppl_windows is not None  # plan_scan: --matched needs --ppl-tokens > 0
-            static = add_matched_control(static, model, context.ppl_windows, spec.config)
+            static = add_matched_control(
+                static, model, context.ppl_windows, spec.config, wd[spec.config.rank_by].values
+            )
+        if spec.config.differentiation_tokens:
+            static = static.merge(reference_differentiation(context, model, static))
     context.reference_model = None
     config = spec.config
     provenance = {
@@ -62,6 +67,26 @@ def prepare_reference(spec: RunSpec) -> dict[str, Any]:
     return {"static": static, "provenance": provenance}
 
 
+def reference_differentiation(context: WorkerContext, model: Any, static: xr.Dataset) -> xr.Dataset:
+    """The differentiated pairs of the cohort and its random control at the reference step, on the first
+    WD windows holding ``--differentiation-tokens`` tokens."""
+    config = context.spec.config
+    windows = analysed_windows(context.wd_windows, config.differentiation_tokens)
+    with torch.inference_mode():
+        found = set_differentiation(
+            model,
+            windows,
+            {"top": static["cohort"].values, "random": static["random_control"].values},
+            context.tokenizer,
+            k=config.differentiation_k,
+            top=config.differentiation_pairs,
+            memory_budget=context.memory_budget,
+            batch_size=config.batch_size,
+            progress=True,
+        )
+    return found
+
+
 def _reload_reference(context: WorkerContext) -> Any:
     checkpoint = context.fetch(context.spec.reference_step)
     try:
@@ -71,14 +96,19 @@ def _reload_reference(context: WorkerContext) -> Any:
 
 
 def fix_cohort(wd: xr.Dataset, config: ScanConfig) -> xr.Dataset:
-    """The cohort (top WD neurons) and its random control, from the reference step's statistics ``wd``."""
-    scores = torch.from_numpy(np.nan_to_num(wd["wd"].values, nan=-np.inf))
+    """The cohort (top neurons by ``--rank-by``: WD, or MD on the same tokens) and its random control,
+    from the reference step's statistics ``wd``."""
+    scores = torch.from_numpy(np.nan_to_num(wd[config.rank_by].values, nan=-np.inf))
     cohort = top_percent_mask(scores, config.cohort_percent, config.cohort_scope)
     pool = resolve_protocol(config).random_control
     control = random_control_mask(cohort, seed=config.seed, pool=pool)
     return xr.Dataset(
         {
-            "cohort": (("layer", "neuron"), cohort.numpy(), {"long_name": "top WD neurons at the reference step"}),
+            "cohort": (
+                ("layer", "neuron"),
+                cohort.numpy(),
+                {"long_name": f"top {config.rank_by.upper()} neurons at the reference step", "rank_by": config.rank_by},
+            ),
             "random_control": (
                 ("layer", "neuron"),
                 control.numpy(),
@@ -90,23 +120,26 @@ def fix_cohort(wd: xr.Dataset, config: ScanConfig) -> xr.Dataset:
     )
 
 
-def add_matched_control(static: xr.Dataset, model: Any, ppl_windows: torch.Tensor, config: ScanConfig) -> xr.Dataset:
+def add_matched_control(
+    static: xr.Dataset, model: Any, ppl_windows: torch.Tensor, config: ScanConfig, scores: np.ndarray
+) -> xr.Dataset:
     """The perplexity-matched control at the reference step (``--matched``), as in `dynamics ablate`.
 
-    The bottom m% of each layer by reference WD, m bisected in [0.1, 90] until the negative
-    ablation's perplexity increase over clean is within 5% of the cohort's (the closest trial is
-    kept, and ``matched_converged`` says so, when it cannot be matched).
+    The bottom m% of each layer by the cohort's ranking (``--rank-by``) at the reference step, m
+    bisected in [``--match-low``, ``--match-high``] until the negative ablation's perplexity increase
+    over clean is within ``--match-tolerance`` of the cohort's (the closest trial is kept, and
+    ``matched_converged`` says so, when it cannot be matched).
     """
     found = matched_control(
         model,
         ppl_windows,
         config.batch_size,
-        static["reference_wd"].values,
+        scores,
         torch.from_numpy(static["cohort"].values),
-        0.1,
-        90.0,
-        0.05,
-        12,
+        config.match_low,
+        config.match_high,
+        config.match_tolerance,
+        config.match_iterations,
     )
     match, target, clean, noise = found.match, found.target, found.clean, found.noise
     log.info(

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from dynamics.config.options import (
+from dynamics.config.options import check_numbers, option, redefault, titled
+from dynamics.config.parts import (
     DTYPES,
+    BenchmarkOptions,
     BudgetOptions,
     CubeOptions,
+    MatchOptions,
+    MechanismOptions,
     ModelOptions,
     RuntimeOptions,
     ScoringOptions,
-    check_numbers,
-    option,
-    resolve_protocol,
     shared_checks,
-    titled,
 )
+from dynamics.config.protocol import resolve_protocol
 from dynamics.errors import UserInputError
 from dynamics.execution.executor import ExecutorSettings
 
@@ -28,93 +29,92 @@ MAX_PREFETCH_DEPTH = 16
 
 @titled("scan")
 @dataclass(frozen=True, kw_only=True)
-class ScanConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, RuntimeOptions, ExecutorSettings):
+class ScanConfig(
+    ModelOptions,
+    CubeOptions,
+    BudgetOptions,
+    BenchmarkOptions,
+    MechanismOptions,
+    MatchOptions,
+    ScoringOptions,
+    RuntimeOptions,
+    ExecutorSettings,
+):
     """Everything `dynamics scan` needs; the CLI is generated from these fields."""
 
-    steps: str = option("final", help="step spec: START:STOP:STEP (STOP inclusive), N, a,b,c, pythia, log, final, all")
-    reference_step: int | None = option(
-        None, help="step whose top neurons form the cohort (default: the cube's own, else the last step asked for)"
+    steps: str = option(
+        "final", help="step spec: START:STOP:STEP (STOP inclusive), N, a,b,c, pythia, log, final, all", identity=False
     )
-    corpus: str = option("auto", help="wikitext2, a text file, or auto (a local suite's heldout.txt, else wikitext2)")
-    cohort_percent: float = option(1.0, help="percent of neurons in the cohort (top WD at the reference step)")
-    cohort_scope: Literal["layer", "global"] = option("layer", help="top percent per layer or over all layers")
-    stepwise: bool = option(False, help="also ablate each step's own top neurons (condition neg_stepwise)")
+    reference_step: int | None = option(
+        None,
+        help="step whose top neurons form the cohort (default: the cube's own, else the last step asked for)",
+        identity=False,
+    )
+    corpus: str = option(
+        "auto", help="wikitext2, a text file, or auto (a local suite's heldout.txt, else wikitext2)", identity=False
+    )
+    cohort_percent: float = option(
+        1.0, help="percent of neurons in the cohort (top WD at the reference step)", identity=True
+    )
+    cohort_scope: Literal["layer", "global"] = option(
+        "layer", help="top percent per layer or over all layers", identity=True
+    )
+    stepwise: bool = option(
+        False, help="also ablate each step's own top neurons (condition neg_stepwise)", identity=True
+    )
     matched: bool = option(
         False,
         help="also ablate a perplexity-matched control (condition neg_matched): the bottom "
         "m%% WD neurons per layer at the reference step, m bisected so that perplexity there "
         "matches neg_cohort's (its increase over clean within 5%%)",
+        identity=True,
     )
     on_error: Literal["skip", "stop"] = option(
-        "skip", help="a checkpoint that fails after retries: record it and go on, or stop"
+        "skip",
+        help="a checkpoint that fails after retries: record it and go on, or stop",
+        identity=False,
     )
-    keep_checkpoints: bool = option(False, help="keep downloaded revisions in the Hugging Face cache")
+    keep_checkpoints: bool = option(False, help="keep downloaded revisions in the Hugging Face cache", identity=False)
     prefetch_depth: int = option(
         2,
         help="steps downloaded ahead, concurrently, while a step is analysed, as far as "
         "--max-disk-gib allows (0: none; serial executor only)",
+        identity=False,
     )
     max_disk_gib: float = option(
         0.0,
         help="GiB of checkpoints on disk at once: the step analysed and those downloading or "
         "downloaded ahead (0: auto, half the free space of the cache's filesystem; the step "
         "needed now is always fetched)",
+        identity=False,
     )
     revision_template: str = option(
         "step{step}",
         help="the Hub revision name of a step: {step} and optionally {tokens} "
         "(e.g. stage1-step{step}-tokens{tokens}B for OLMo); the repo's refs are listed once "
         "and every step is checked against them, `all` is every matching ref",
+        identity=False,
     )
     tokens_per_step: int | None = option(
         None,
         help="training tokens per step, for the tokens coordinate (default: "
         "2097152 for Pythia, a toy suite's own, {tokens} of the revision names; "
         "else -1, unknown)",
+        identity=False,
     )
     recompute_duplicates: bool = option(
         False,
         help="measure a step whose weight files equal an earlier step's too "
         "(default: copy the earlier step's numbers, flagged duplicate_of)",
+        identity=False,
     )
-    blimp: str = option(
-        "hub",
-        help="BLiMP source: hub (nyu-mll/blimp; skipped with one warning when unreachable, "
-        "tried once per run; not asked for a local suite such as toy, which is measured "
-        "offline) or a directory of <paradigm>.jsonl files",
-    )
-    blimp_per_paradigm: int = option(
+    blimp_per_paradigm: int = redefault(
+        BenchmarkOptions,
+        "blimp_per_paradigm",
         10,
-        help="BLiMP pairs per paradigm measured at every step and condition "
-        "(seeded sample of all 67 paradigms; 0: skip)",
+        help="BLiMP pairs per paradigm measured at every step and condition (seeded sample; 0: skip)",
     )
-    blimp_paradigms: str = option("all", help="comma-separated BLiMP paradigms measured per step, or all")
-    tasks: str = option(
-        "none", help="lm-eval tasks measured at every step and condition (comma-separated, default or none)"
-    )
-    lmeval_limit: int = option(100, help="examples per lm-eval task and step")
-    task_path: str | None = option(None, help="a directory of extra lm-eval task YAML files")
-
-    def analysis(self) -> dict[str, Any]:
-        """The settings that make two cubes' numbers comparable (the cube's identity)."""
-        keys = (
-            "wd_corpus",
-            "ppl_corpus",
-            "window",
-            "wd_tokens",
-            "wd_stride",
-            "ppl_tokens",
-            "tse_per_case",
-            "cohort_percent",
-            "cohort_scope",
-            "stepwise",
-            "seed",
-            "dtype",
-        )
-        # absent when off: cubes made before --matched / --mapping-difficulty still resume
-        extra: tuple[str, ...] = tuple(k for k in ("matched", "mapping_difficulty") if getattr(self, k))
-        extra += ("lmeval_limit",) if self.tasks.strip().lower() != "none" else ()
-        return {**{k: getattr(self, k) for k in keys + extra}, "protocol": resolve_protocol(self).record()}
+    tasks: str = redefault(BenchmarkOptions, "tasks", "none")
 
 
 def check_scan_options(config: ScanConfig) -> None:
@@ -136,7 +136,6 @@ def check_scan_options(config: ScanConfig) -> None:
                 config.tokens_per_step is None or config.tokens_per_step >= 1,
                 "a positive number of tokens",
             ),
-            ("lmeval-limit", config.lmeval_limit >= 1, "at least 1 example"),
             (
                 "prefetch-depth",
                 0 <= config.prefetch_depth <= MAX_PREFETCH_DEPTH,

@@ -29,9 +29,11 @@ from checkpoints.revisions import DEFAULT_TEMPLATE, PYTHIA_TOKENS_PER_STEP, Revi
 from checkpoints.source import CheckpointSource, open_source
 from checkpoints.steps import parse_steps
 from dynamics import __version__
-from dynamics.config.options import config_dict, resolve_protocol
+from dynamics.config.identity import IDENTITY_VERSION, analysis_identity, settle_identity
+from dynamics.config.options import config_dict
 from dynamics.config.paths import check_cube_out
 from dynamics.config.preflight import check_model_fit, config_on_disk
+from dynamics.config.protocol import resolve_protocol
 from dynamics.errors import CheckpointError, UserInputError
 from dynamics.execution.executor import (
     Completed,
@@ -182,11 +184,13 @@ def run_scan(config: ScanConfig) -> ScanSummary:
         "model": plan.source.model_id,
         "reference_step": plan.reference_step,
         "corpus": plan.corpus,
-        "analysis": config.analysis(),
+        "analysis": analysis_identity(config),
+        "identity_version": IDENTITY_VERSION,
         "derived": DRIFT_PREV,
     }
     if plan.benchmarks.identity():  # absent when none is measured: cubes made before BLiMP per step still resume
         identity["benchmarks"] = plan.benchmarks.identity()
+    identity = settle_identity(config.out, identity, type(config))  # a cube made by an earlier version resumes
     provenance = {
         "model": config.model,
         "model_id": plan.source.model_id,

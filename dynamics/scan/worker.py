@@ -36,8 +36,8 @@ from checkpoints.names import resolve_model
 from checkpoints.source import CheckpointSource, open_source
 from checkpoints.stream import Prefetcher, disk_bound
 from checkpoints.transfer import use_fast_transfer
-from dynamics.config.options import Protocol, resolve_protocol
 from dynamics.config.preflight import check_loaded_model, context_length
+from dynamics.config.protocol import Protocol, resolve_protocol
 from dynamics.errors import CheckpointError
 from dynamics.evaluate.benchmarks import Benchmarks, LmevalTasks, Scoring, check_benchmarks
 from dynamics.evaluate.conditions import Condition
@@ -81,27 +81,8 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """The run's identity for the per-worker cache (the cohort is not part of it)."""
-        c = self.config
-        return repr(
-            (
-                c.model,
-                self.reference_step,
-                self.corpus,
-                c.analysis(),
-                c.device,
-                c.cache_dir,
-                c.keep_checkpoints,
-                c.retries,
-                c.prefetch_depth,
-                c.max_disk_gib,
-                c.threads,
-                c.memory_budget_gib,
-                c.batch_size,
-                c.revision_template,
-                self.benchmarks.identity(),
-            )
-        )
+        """The run's identity for the per-worker cache (the cohort is not part of it): the whole config."""
+        return repr((self.config, self.reference_step, self.corpus, self.benchmarks.identity()))
 
 
 @dataclass(frozen=True)
@@ -165,7 +146,7 @@ class WorkerContext:
             self.memory_budget,
             config.batch_size,
             progress=progress,
-            with_mapping_difficulty=config.mapping_difficulty,
+            with_mapping_difficulty=config.mapping_difficulty or config.rank_by == "md",
             seed=config.seed,
         )
 
@@ -290,7 +271,7 @@ def build_context(spec: RunSpec) -> WorkerContext:
         blimp_paradigms=scan.paradigms,
         ppl_windows=ppl_windows,
         batch_size=1,  # the scan's perplexity runs window by window, as it always has
-        lmeval=LmevalTasks(scan.tasks, scan.tasks, config.lmeval_limit, scan.task_path, config.seed)
+        lmeval=LmevalTasks(scan.tasks, scan.tasks, config.lmeval_limit or None, scan.task_path, config.seed)
         if scan.tasks
         else None,
     )

@@ -89,15 +89,22 @@ def layer_groups(n_layers: int, n_groups: int) -> list[list[int]]:
     return [chunk.tolist() for chunk in np.array_split(np.arange(n_layers), n_groups)]
 
 
-SIGNED_ABLATIONS: tuple[tuple[str, str], ...] = (("neg", "negative"), ("pos", "positive"), ("both", "both"))
+def short_name(mode: str) -> str:
+    """The mode's name in condition names: ``neg_top``, ``pos_top``, ``signflip_top``, ..."""
+    return {"negative": "neg", "positive": "pos"}.get(mode, mode)
 
 
-def study_units(percents: Sequence[float], match_percent: float, n_groups: int, with_groups: bool) -> list[Unit]:
+def study_units(
+    percents: Sequence[float],
+    match_percent: float,
+    n_groups: int,
+    with_groups: bool,
+    modes: Sequence[str] = ("negative", "positive", "both"),
+) -> list[Unit]:
     units = [Unit(MAIN, {"condition": "clean"}, None)]
     for p in percents:
         units += [
-            Unit(MAIN, {"condition": f"{short}_top", "percent": p}, f"top:{p}", mode)
-            for short, mode in SIGNED_ABLATIONS
+            Unit(MAIN, {"condition": f"{short_name(mode)}_top", "percent": p}, f"top:{p}", mode) for mode in modes
         ]
         units.append(Unit(MAIN, {"condition": "neg_random", "percent": p}, f"random:{p}"))
     units.append(Unit(MAIN, {"condition": "neg_matched", "percent": match_percent}, "matched"))
@@ -120,14 +127,14 @@ class NeuronSets:
         return None if name is None else self.masks[name]
 
 
-def neuron_sets(static: xr.Dataset, group_percent: float, groups: list[list[int]]) -> NeuronSets:
-    """Masks by name from the stored static variables (top, random, matched, layer groups)."""
+def neuron_sets(static: xr.Dataset, group_percent: float, groups: list[list[int]], rank_by: str = "wd") -> NeuronSets:
+    """Masks by name from the stored static variables (top, random, matched, layer groups by ``rank_by``)."""
     sets = NeuronSets()
     for p in static["percent"].values.tolist():
         sets.masks[f"top:{p}"] = torch.from_numpy(static["top_mask"].sel(percent=p).values.copy())
         sets.masks[f"random:{p}"] = torch.from_numpy(static["random_mask"].sel(percent=p).values.copy())
     sets.masks["matched"] = torch.from_numpy(static["matched_mask"].values.copy())
-    top = top_percent_mask(wd_scores(static["wd"].values), group_percent)
+    top = top_percent_mask(wd_scores(static[rank_by].values), group_percent)
     for g in range(len(groups)):
         alone, upto = torch.zeros_like(top), torch.zeros_like(top)
         alone[groups[g]] = top[groups[g]]

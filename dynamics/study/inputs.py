@@ -16,8 +16,8 @@ from checkpoints.checkpoint import Checkpoint
 from checkpoints.hub_errors import RetryPolicy
 from checkpoints.hub_source import RevisionSource
 from checkpoints.source import open_source
-from dynamics.config.options import resolve_protocol
 from dynamics.config.preflight import context_length
+from dynamics.config.protocol import resolve_protocol
 from dynamics.errors import UserInputError
 from dynamics.evaluate.benchmarks import Benchmarks, LmevalTasks, PosInputs, Scoring, check_benchmarks
 from dynamics.evaluate.planning import PassBudget, pass_budget_for

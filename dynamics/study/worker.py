@@ -49,8 +49,7 @@ class StudySpec:
 
     @property
     def key(self) -> str:
-        c = self.config
-        return repr((c.out, c.model, c.revision, c.analysis(), c.device, c.threads, c.batch_size))
+        return repr(self.config)  # the whole config: any option that changes what a worker holds
 
 
 @dataclass
@@ -135,7 +134,8 @@ def _measure_group(spec: StudySpec, worker: StudyWorker, number: int) -> None:
 
 
 def _sets(spec: StudySpec) -> NeuronSets:
-    return neuron_sets(spec.static, spec.config.group_percent, [list(g) for g in spec.groups])
+    # the cube's identity holds --rank-by: its stored sets were ranked as this run ranks
+    return neuron_sets(spec.static, spec.config.group_percent, [list(g) for g in spec.groups], spec.config.rank_by)
 
 
 def _build_worker(spec: StudySpec) -> StudyWorker:

@@ -120,6 +120,15 @@ def check_paradigms(paradigms: Iterable[str] | None) -> tuple[str, ...]:
     )
 
 
+def parse_paradigms(spec: str) -> tuple[str, ...]:
+    """``--blimp-paradigms``: ``all``, or paradigm names separated by commas (spaces around them ignored),
+    checked (:func:`check_paradigms`); the one parser of the option for every command."""
+    names = None if spec.strip() == "all" else [name.strip() for name in spec.split(",") if name.strip()]
+    if names == []:
+        raise UserInputError(f"--blimp-paradigms {spec!r}: expected all or comma-separated BLiMP paradigm names")
+    return check_paradigms(names)
+
+
 def _pair(record: object, paradigm: str, where: str, error: type[DynamicsError]) -> MinimalPair:
     """One record as a pair; ``error`` (a user's file: UserInputError) names ``where`` and what is accepted."""
     if not isinstance(record, Mapping):

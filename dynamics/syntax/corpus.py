@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynamics.config.options import BudgetOptions, Protocol, ppl_token_budget, wd_stride, wd_window_count
+from dynamics.config.parts import BudgetOptions
+from dynamics.config.protocol import Protocol, ppl_token_budget, wd_stride, wd_window_count
 from dynamics.errors import DynamicsError, UserInputError
 
 log = logging.getLogger(__name__)

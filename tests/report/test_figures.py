@@ -218,7 +218,8 @@ def test_study_layer_groups_with_and_without_blimp(study_ds, tmp_path, pyplot):
     assert blimp.get_ylabel() == "BLiMP accuracy"
     assert "no BLiMP in this study" in " ".join(t.get_text() for t in blimp.texts)
     paths = plot_cube(without, tmp_path / "figs", ["png"])
-    assert sorted(p.name for p in paths) == ["study_conditions.png", "study_layer_groups.png"]
+    expected = ["study_claims.png", "study_conditions.png", "study_differentiation.png", "study_layer_groups.png"]
+    assert sorted(p.name for p in paths) == expected
 
 
 def test_tokens_axis_needs_known_tokens(scan_ds, tmp_path):
