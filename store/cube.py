@@ -327,6 +327,27 @@ class CubeWriter:
             static.to_zarr(self.path, mode="a", consolidated=False)
             zarr.consolidate_metadata(self.path)
 
+    def check_content(self, hashes: Mapping[str, str | None], labels: Mapping[str, str] | None = None) -> None:
+        """Compare this run's input content hashes (``name -> sha256``) with those the cube recorded, and
+        record the ones it lacks; a stored hash is never overwritten.
+
+        Raises:
+            CubeInputError: an input whose content changed since the cube recorded it, naming the input
+                and both hashes (one line, before anything of this run is written).
+        """
+        stored = dict(_read_attrs(self.path).get("content", {}))
+        for name, value in hashes.items():
+            if value is not None and name in stored and stored[name] != value:
+                label = (labels or {}).get(name, name)
+                raise CubeInputError(
+                    f"cube {str(self.path)!r} was made with another {label} (sha256 {stored[name][:12]}, this run's "
+                    f"{value[:12]}): its {self.unit}s would mix two inputs; restore the input or choose another --out"
+                )
+        missing = {name: value for name, value in hashes.items() if value is not None and name not in stored}
+        if missing:
+            with self._disk_full_is_one_line("recording the input content of"):
+                self._update_attrs(content={**stored, **missing})
+
     def record_provenance(self, values: Mapping[str, Any]) -> None:
         """Merge ``values`` into ``attrs["provenance"]`` (e.g. a corpus hash known only later)."""
         provenance = {**_read_attrs(self.path).get("provenance", {}), **_jsonable(dict(values))}

@@ -7,6 +7,8 @@ The scan and the study build it once (the same loaders, samples and seeds) and h
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -139,6 +141,58 @@ def _check_sentence(tokenizer: Any, name: str, pair: MinimalPair, which: str, co
             f"{where} has {tokens} tokens; the model's context is {context}: expected sentences of at most "
             f"{context - 1} tokens (shorten or remove the item)"
         )
+
+
+def items_hash(pairs: Sequence[MinimalPair]) -> str | None:
+    """sha256 of the items' content (sentences, case, sub-case, id, phenomenon), in order; None for none."""
+    if not pairs:
+        return None
+    digest = hashlib.sha256()
+    for pair in pairs:
+        fields = (
+            pair.good,
+            pair.bad,
+            pair.intrusive or "",
+            pair.case,
+            pair.subcase,
+            pair.pair_id,
+            pair.linguistics_term,
+        )
+        digest.update(json.dumps(fields, default=str).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """sha256 of what a tokenizer does: its vocabulary and special tokens (the fast tokenizer's whole
+    definition when it has one), so a changed tokenizer is told apart from a renamed one."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    special = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
+    return hashlib.sha256((definition + special).encode("utf-8")).hexdigest()
+
+
+#: How each content hash is named in a refusal.
+CONTENT_LABELS = {
+    "wd_tokens": "WD text (its token ids)",
+    "ppl_tokens": "perplexity text (its token ids)",
+    "tse": "TSE sample",
+    "blimp": "BLiMP sample (its sentences)",
+    "tokenizer": "tokenizer",
+}
+
+
+def content_hashes(benchmarks: Benchmarks, wd_windows: torch.Tensor | None) -> dict[str, str | None]:
+    """The content a cube's numbers depend on besides the weights and the settings: the token ids of the
+    WD and perplexity text, the TSE and BLiMP items, and the tokenizer (None: not used)."""
+    from dynamics.syntax.corpus import corpus_hash
+
+    return {
+        "wd_tokens": corpus_hash(wd_windows) if wd_windows is not None else None,
+        "ppl_tokens": corpus_hash(benchmarks.ppl_windows) if benchmarks.ppl_windows is not None else None,
+        "tse": items_hash(benchmarks.tse),
+        "blimp": items_hash(benchmarks.blimp),
+        "tokenizer": tokenizer_hash(benchmarks.tokenizer),
+    }
 
 
 def item_coordinates(prefix: str, pairs: Sequence[MinimalPair]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import xarray as xr
 
 from dynamics.ablation.matched import matched_control
 from dynamics.config.protocol import resolve_protocol
+from dynamics.evaluate.benchmarks import content_hashes
 from dynamics.models.runtime import load_checkpoint_model
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.worker import RunSpec, WorkerContext, worker_context
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def prepare_reference(spec: RunSpec) -> dict[str, Any]:
-    """``{"static": the cohort Dataset or None if the spec has one, "provenance": {...}}``."""
+    """``{"static": the cohort Dataset or None if the spec has one, "provenance": {...}, "content": the input
+    content hashes (:func:`dynamics.evaluate.benchmarks.content_hashes`)}``."""
     context = worker_context(spec)
     static = None
     if spec.cohort is None:
@@ -64,7 +66,11 @@ def prepare_reference(spec: RunSpec) -> dict[str, Any]:
         "seed": config.seed,
         "tse_pairs": config.tse_per_case * len(TSE_CASES),
     }
-    return {"static": static, "provenance": provenance}
+    return {
+        "static": static,
+        "provenance": provenance,
+        "content": content_hashes(context.benchmarks, context.wd_windows),
+    }
 
 
 def reference_differentiation(context: WorkerContext, model: Any, static: xr.Dataset) -> xr.Dataset:

@@ -35,6 +35,7 @@ from dynamics.config.paths import check_cube_out
 from dynamics.config.preflight import check_model_fit, config_on_disk
 from dynamics.config.protocol import resolve_protocol
 from dynamics.errors import CheckpointError, UserInputError
+from dynamics.evaluate.benchmarks import CONTENT_LABELS
 from dynamics.execution.executor import (
     Completed,
     ExecutorSettings,
@@ -257,6 +258,7 @@ def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) ->
     if not outcome.ok:
         stop_on_unrecoverable(outcome, f"the reference step {plan.reference_step}")  # a bad option: exit 2
         raise CheckpointError(outcome.error)
+    cube.check_content(outcome.result["content"], CONTENT_LABELS)  # a changed text or benchmark: refused, never mixed
     if static is None:
         static = outcome.result["static"]
         cube.write_static(static)

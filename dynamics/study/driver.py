@@ -24,7 +24,7 @@ from dynamics.config.options import config_dict
 from dynamics.config.preflight import check_loaded_model
 from dynamics.config.protocol import resolve_protocol
 from dynamics.errors import UserInputError
-from dynamics.evaluate.benchmarks import Benchmarks
+from dynamics.evaluate.benchmarks import CONTENT_LABELS, Benchmarks, content_hashes
 from dynamics.execution.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
 from dynamics.execution.progress import progress_bar
 from dynamics.models.modelcalls import model_device
@@ -119,6 +119,7 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
             if not todo:
                 return summary
             benchmarks, wd_windows, corpus = build_inputs(config, plan, model, tokenizer, tse, blimp, tagger)
+            cube.check_content(content_hashes(benchmarks, wd_windows), CONTENT_LABELS)  # refused, never mixed
             static = cube.read_static()
             if static is None:
                 static = _fix_neuron_sets(config, plan, model, wd_windows, benchmarks, groups, cube)
