@@ -3,14 +3,13 @@
 Two units (``--pos-unit``): ``tokens`` (the paper's, as the official ``utils/tagging.py``):
 every model token inside the perplexity windows gets the tag of the tagger token with the
 largest character overlap, the tagger running on the text each window covers
-(:func:`window_token_tags`), and a tag's excess is the mean over its tokens of ablated minus
+(:func:`dynamics.syntax.pos_tagging.window_token_tags`), and a tag's excess is the mean over its tokens of ablated minus
 clean NLL (:func:`token_excess`); ``words`` (strict): per word of separate corpus lines, as
 below.
 
-A *tagger* is any callable ``text -> [(start_char, end_char, pos), ...]`` giving the words
-of a text with their character spans and universal POS tags. The default one is spaCy's
-``en_core_web_sm``, an optional extra; any other (a fake one in tests, another language
-model) can be passed instead.
+A *tagger* (:mod:`dynamics.syntax.pos_tagging`) is any callable ``text -> [(start_char,
+end_char, pos), ...]`` giving the words of a text with their character spans and universal
+POS tags; the default one is spaCy's ``en_core_web_sm`` (the ``pos`` extra).
 
 Model tokens are aligned to words by character offsets (a fast tokenizer's offset
 mapping): a token belongs to the word its non-space characters overlap most; a token made
@@ -23,7 +22,7 @@ without a prefix) get NaN.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,10 @@ import torch
 from dynamics.errors import UserInputError
 from dynamics.syntax.logprobs import DEFAULT_BATCH_TOKENS, prefix_mode, prefix_token_id, token_log_probs
 
-Tagger = Callable[[str], Sequence[tuple[int, int, str]]]
+# SPACY_MISSING and window_token_tags live in pos_tagging; re-exported here for dynamics.study.inputs.
+from dynamics.syntax.pos_tagging import SPACY_MISSING as SPACY_MISSING
+from dynamics.syntax.pos_tagging import Tagger, spacy_tagger
+from dynamics.syntax.pos_tagging import window_token_tags as window_token_tags
 
 #: Universal POS tags (Universal Dependencies v2), the ``pos`` coordinate of the results.
 UPOS = (
@@ -56,32 +58,7 @@ UPOS = (
     "X",
 )
 
-SPACY_MISSING = (
-    "POS analysis needs spaCy and en_core_web_sm: "
-    "pip install 'wasserstein-dynamics[pos]' && python -m spacy download en_core_web_sm"
-)
-
 WORD_COLUMNS = ["text", "start", "end", "word", "pos", "surprisal", "n_tokens"]
-
-
-def spacy_tagger(model_name: str = "en_core_web_sm", keep_space: bool = False) -> Tagger:
-    """A tagger backed by spaCy (universal POS tags; whitespace tokens, tagged ``SPACE``, dropped unless
-    ``keep_space``, which the official per-token tagging keeps).
-
-    Raises:
-        UserInputError: spaCy or the model is not installed.
-    """
-    try:
-        import spacy
-
-        nlp = spacy.load(model_name, disable=["parser", "ner", "lemmatizer"])
-    except (ImportError, OSError) as error:
-        raise UserInputError(SPACY_MISSING) from error
-
-    def tag(text: str) -> list[tuple[int, int, str]]:
-        return [(t.idx, t.idx + len(t.text), t.pos_) for t in nlp(text) if keep_space or not t.is_space]
-
-    return tag
 
 
 def align_tokens_to_words(
@@ -234,49 +211,6 @@ def excess_surprisal(clean: pd.DataFrame, ablated: pd.DataFrame) -> pd.DataFrame
     grouped = table.groupby("pos", sort=True)
     out = grouped[["excess", "clean", "ablated"]].mean()
     out["count"] = grouped.size()
-    return out
-
-
-def token_tags(
-    offsets: Sequence[tuple[int, int]], special: Sequence[bool], words: Sequence[tuple[int, int, str]]
-) -> list[str]:
-    """The tag of each model token, as the official ``align_pos_with_pretokenized``.
-
-    A special token, or one with an empty span, is ``SPECIAL``; otherwise the tag of the
-    first word with the largest positive character overlap (words in text order); with no
-    overlap, the word containing the token's start; else ``X``.
-    """
-    tags = []
-    for (start, end), is_special in zip(offsets, special):
-        if is_special or end <= start:
-            tags.append("SPECIAL")
-            continue
-        best, best_overlap = "X", 0
-        for w_start, w_end, tag in words:
-            if w_start >= end:
-                break
-            overlap = min(end, w_end) - max(start, w_start)
-            if overlap > best_overlap:
-                best, best_overlap = tag, overlap
-        if best_overlap == 0:
-            best = next((tag for w_start, w_end, tag in words if w_start <= start < w_end), "X")
-        tags.append(best)
-    return tags
-
-
-def window_token_tags(text: str, offsets: np.ndarray, special: np.ndarray, tagger: Tagger) -> np.ndarray:
-    """Tags ``[n_windows, window]`` of every token of every window (:func:`token_tags`).
-
-    Each window's tagger input is the text its non-special tokens cover (from the first one's
-    start to the last one's end), as the official code parses only that slice.
-    """
-    out = np.empty(special.shape, dtype=object)
-    for k in range(special.shape[0]):
-        spans = [(int(a), int(b)) for (a, b), sp in zip(offsets[k], special[k]) if not sp and b > a]
-        first = min((a for a, _ in spans), default=0)
-        last = max((b for _, b in spans), default=0)
-        relative = [(max(0, int(a) - first), max(0, int(b) - first)) if b > a else (0, 0) for a, b in offsets[k]]
-        out[k] = token_tags(relative, special[k].tolist(), list(tagger(text[first:last])))
     return out
 
 

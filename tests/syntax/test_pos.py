@@ -1,9 +1,9 @@
-"""POS surprisal: alignment by character offsets and excess surprisal, with a fake tagger."""
+"""POS surprisal: alignment by character offsets and excess surprisal, with a fake tagger (the spaCy tagger and
+per-token tags: test_pos_tagging.py)."""
 
 from __future__ import annotations
 
 import re
-import sys
 
 import numpy as np
 import pandas as pd
@@ -13,14 +13,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, PreTrainedTokenizerFast
 
 from dynamics.errors import UserInputError
-from dynamics.syntax.pos import (
-    SPACY_MISSING,
-    align_tokens_to_words,
-    excess_surprisal,
-    pos_surprisal,
-    spacy_tagger,
-    word_surprisals,
-)
+from dynamics.syntax.pos import align_tokens_to_words, excess_surprisal, pos_surprisal, word_surprisals
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
 pytestmark = pytest.mark.models
@@ -148,14 +141,6 @@ def test_excess_surprisal_rejects_different_words():
     b = a.assign(start=[1])
     with pytest.raises(UserInputError, match="list different words"):
         excess_surprisal(a, b)
-
-
-def test_missing_spacy_is_one_clear_line(monkeypatch):
-    monkeypatch.setitem(sys.modules, "spacy", None)  # import spacy -> ImportError
-    with pytest.raises(UserInputError) as info:
-        spacy_tagger()
-    assert str(info.value) == SPACY_MISSING
-    assert "\n" not in SPACY_MISSING and "en_core_web_sm" in SPACY_MISSING
 
 
 def test_real_pythia_tokenizer_offsets(shared_data):
