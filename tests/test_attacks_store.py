@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -65,9 +66,12 @@ def run_cli(argv: list[str]) -> tuple[int | None, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+PROGRESS = re.compile(r"^[^:]+: +\d+%[ |]")  # a progress line (dynamics.execution.progress), live or logged
+
+
 def lines(text: str) -> list[str]:
-    """The lines of ``text``, without tqdm's progress bars (a scan that fails mid-way has drawn some)."""
-    return [line for line in text.splitlines() if line.strip() and "%|" not in line]
+    """The lines of ``text``, without the progress lines (a scan that fails mid-way has drawn some)."""
+    return [line for line in text.splitlines() if line.strip() and not PROGRESS.match(line)]
 
 
 def one_line(err: str, command: str) -> str:

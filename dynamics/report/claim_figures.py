@@ -44,7 +44,7 @@ def claims_figure(claims: Sequence[Claim], plt: Any) -> object:
             ax.errorbar(
                 [effect],
                 [y],
-                xerr=[[effect - low], [high - effect]],
+                xerr=[[max(0.0, effect - low)], [max(0.0, high - effect)]],  # a percentile CI may miss the estimate
                 fmt="o",
                 color=colour,
                 capsize=3,

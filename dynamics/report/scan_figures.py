@@ -333,9 +333,10 @@ def plot_cube(ds: xr.Dataset, out: str | Path, formats: Sequence[str] = ("png", 
             ("drift", ["drift_ref", "drift_prev"], lambda: drift_figure(ds, plt, x)),
             ("wd_histograms", ["wd"], lambda: wd_histogram_figure(ds, plt, histogram_steps(ds["step"].values))),
             ("tse_cases_final", ["tse_acc"], lambda: tse_cases_figure(ds, plt, sns)),
-            ("claims", ["tse_acc"], lambda: claims_figure(scan_claims(ds, cube_claim_settings(ds)), plt)),
         ]
     )
+    if not study and "seed" not in ds.dims:  # claims are a cube's own: several seeds' cubes have none together
+        figures.append(("claims", ["tse_acc"], lambda: claims_figure(scan_claims(ds, cube_claim_settings(ds)), plt)))
     for name, needs, make in figures:
         if not _require(ds, needs, name):
             continue

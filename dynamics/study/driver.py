@@ -226,12 +226,12 @@ def analysed_token_tags(config: StudyConfig, windows: torch.Tensor, tokenizer: A
     """The POS tag of every analysed token (None when POS is off or spaCy cannot tag)."""
     if config.pos == "off":
         return None
-    from dynamics.syntax.pos import spacy_tagger, tag_token_ids
+    from dynamics.syntax.pos_tagging import spacy_tagger, tag_token_ids
 
     try:
         tagger = spacy_tagger(config.pos_model, keep_space=True)
     except UserInputError as exc:
-        log.warning("differentiated pairs without POS tags: %s", exc)
+        log.info("differentiated pairs without POS tags: %s", exc)  # the POS phase says so once, as a warning
         return None
     return tag_token_ids(windows, tokenizer, tagger)
 

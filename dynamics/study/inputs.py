@@ -166,16 +166,16 @@ def _pos_inputs(
     if config.pos == "off" or (unit == "words" and not config.pos_lines):
         return None
     if tagger is None:
-        from dynamics.syntax.pos import spacy_tagger
+        from dynamics.syntax.pos_tagging import spacy_tagger
 
         try:
-            tagger = spacy_tagger(keep_space=unit == "tokens")
+            tagger = spacy_tagger(config.pos_model, keep_space=unit == "tokens")
         except UserInputError as exc:
             log.warning("POS excess surprisal skipped: %s", exc)
             return None
     if unit == "tokens":
         from dynamics.syntax.perplexity import token_nll
-        from dynamics.syntax.pos import window_token_tags
+        from dynamics.syntax.pos_tagging import window_token_tags
 
         windows, offsets, special, text = windows_with_offsets(spec, benchmarks.tokenizer)
         assert benchmarks.ppl_windows is not None and torch.equal(windows, benchmarks.ppl_windows)

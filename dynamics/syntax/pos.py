@@ -31,11 +31,7 @@ import torch
 
 from dynamics.errors import UserInputError
 from dynamics.syntax.logprobs import DEFAULT_BATCH_TOKENS, prefix_mode, prefix_token_id, token_log_probs
-
-# SPACY_MISSING and window_token_tags live in pos_tagging; re-exported here for dynamics.study.inputs.
-from dynamics.syntax.pos_tagging import SPACY_MISSING as SPACY_MISSING
 from dynamics.syntax.pos_tagging import Tagger, spacy_tagger
-from dynamics.syntax.pos_tagging import window_token_tags as window_token_tags
 
 #: Universal POS tags (Universal Dependencies v2), the ``pos`` coordinate of the results.
 UPOS = (

@@ -228,4 +228,4 @@ def test_tokens_axis_needs_known_tokens(scan_ds, tmp_path):
     with pytest.raises(UserInputError, match=r"--x tokens: the cube does not know the tokens seen at step\(s\) 0, 1"):
         plot_cube(scan_ds.assign_coords(tokens=("step", [-1, -1, 2, 4, 8])), tmp_path, ["png"], x="tokens")
     paths = plot_cube(scan_ds, tmp_path / "tokens", ["png"], x="tokens")
-    assert len(paths) == 5
+    assert len(paths) == 6  # the five training-dynamics figures and the claims
