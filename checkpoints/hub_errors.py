@@ -39,7 +39,7 @@ class RetryPolicy:
     attempts: int = 4
     backoff: float = 2.0
     max_wait: float = 60.0
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    sleep: Callable[[float], None] = field(default=lambda seconds: time.sleep(seconds), repr=False)
 
     def call(
         self, fn: Callable[[], Any], what: str, explain: Callable[[BaseException], str | None] | None = None

@@ -98,9 +98,9 @@ class HubSource:
         once; a Hub that answers badly now leaves the steps unverified, ``verified=False``:
         Pythia's published schedule, else none); offline, or when the Hub cannot be reached
         (the run's retries of connection failures spent), the cache's ``refs/`` folder, which
-        holds exactly the revisions that can be loaded without the network (offline with
-        nothing of a Pythia repo cached, its published schedule, unverified; unreachable with
-        nothing cached, one line: :class:`~checkpoints.hub_errors.HubUnreachableError`).
+        holds exactly the revisions that can be loaded without the network (with nothing of a
+        Pythia repo cached, its published schedule, unverified: :meth:`check_available` then
+        stops the command in one line).
         """
         if self._index is None:
             names = None if cache_only() else self._hub_refs()
@@ -116,18 +116,14 @@ class HubSource:
         return self._index
 
     def _cached_refs(self) -> tuple[list[str] | None, str]:
-        """The revisions the cache holds and where that is, for a run without the Hub.
-
-        Offline, None when the cache has no ``refs/`` (a Pythia repo then goes by its schedule,
-        and :meth:`check_available` says what is missing); when the Hub could not be reached,
-        the cache is all there is: with nothing in it, one line now.
-        """
+        """The revisions the cache holds and where that is, for a run without the Hub; None when it holds
+        none (a Pythia repo then goes by its schedule, and :meth:`check_available` says what is missing)."""
         refs = self._repo_dir / "refs"
         names = cached_ref_names(self._repo_dir) if refs.is_dir() else None
         if offline():
             return names, f"the offline cache {refs}"
         if not names:
-            raise HubUnreachableError(unreachable_message(self.model_id, self.cache_dir))
+            return None, ""
         log.warning(
             "cannot reach the Hugging Face Hub (%s): %s is read from the cache (%d revisions)",
             hub_status.unreachable_reason(),
@@ -154,11 +150,11 @@ class HubSource:
     def check_available(self) -> None:
         """Refuse at once, before any cube exists, a repository that cannot be had at all.
 
-        Offline that is a repository with nothing in the cache (every step would fail the
-        same way); online :meth:`revisions` already refuses one the Hub does not have, and
-        one that cannot be had because the Hub cannot be reached and nothing is cached.
+        Offline, or with the Hub unreachable, that is a repository with nothing in the cache
+        (every step would fail the same way); online :meth:`revisions` already refuses one the
+        Hub does not have.
         """
-        if not offline() and cache_only() and not self._repo_dir.is_dir():
+        if not offline() and cache_only() and not cached_ref_names(self._repo_dir):
             raise HubUnreachableError(unreachable_message(self.model_id, self.cache_dir))
         if offline() and not self._repo_dir.is_dir():
             raise UserInputError(
@@ -210,9 +206,10 @@ class HubSource:
             files = self._list_files(self.model_id, revision)
             return hub_lfs_sha256(self.model_id, revision, weight_files(files)) or None
         except Exception as exc:  # a fingerprint is an optimisation: the step is then measured as it is
-            if hub_status.is_connection_failure(exc):  # the client retried already: no more Hub calls this run
-                hub_status.note_unreachable(one_line(exc))
-            log.warning("no weight fingerprint for %s@%s: %s", self.model_id, revision, one_line(exc))
+            if hub_status.is_connection_failure(exc):
+                hub_status.note_failure(one_line(exc))
+            if hub_status.unreachable_reason() is None:  # else the run says so once, not once per step
+                log.warning("no weight fingerprint for %s@%s: %s", self.model_id, revision, one_line(exc))
             return None
 
     def weights_record(self, step: int, known: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
@@ -256,7 +253,7 @@ class HubSource:
             return sum(sizes.get(name, 0) for name in CONFIG_AND_TOKENIZER + weight_files(list(sizes)))
         except Exception as exc:  # an estimate: the prefetcher then goes by the last step's size on disk
             if hub_status.is_connection_failure(exc):
-                hub_status.note_unreachable(one_line(exc))
+                hub_status.note_failure(one_line(exc))
             log.debug("no download size for %s step %d: %s", self.model_id, step, one_line(exc))
             return None
 
@@ -354,6 +351,8 @@ def weight_files(files: Sequence[str]) -> list[str]:
 
 
 def _list_repo_files(repo_id: str, revision: str) -> list[str]:
+    """A revision's file names, in one request (``model_info``: the client does not retry it by itself,
+    unlike ``list_repo_files``, so a dead network costs this run's retry budget, not minutes per call)."""
     from huggingface_hub import HfApi
 
-    return HfApi().list_repo_files(repo_id, revision=revision)
+    return [sibling.rfilename for sibling in HfApi().model_info(repo_id, revision=revision).siblings or []]

@@ -89,6 +89,13 @@ def spend_retry() -> bool:
         return True
 
 
+def note_failure(reason: str) -> None:
+    """A best-effort Hub call (a fingerprint, a size) failed because the network is not there: it is not
+    retried, but it spends one retry of the budget; once the budget is spent the Hub is noted unreachable."""
+    if not spend_retry():
+        note_unreachable(reason)
+
+
 def note_reached() -> None:
     """A Hub call succeeded: a later connection failure gets the whole retry budget again (a blip
     hours into a scan is not a dead network). Once the Hub was noted unreachable, it stays so."""
