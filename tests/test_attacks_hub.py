@@ -46,13 +46,6 @@ STUDY_ATTACK = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _fresh_hub_status():
-    hub_status.forget()
-    yield
-    hub_status.forget()
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
