@@ -109,7 +109,12 @@ class HubSource:
                 names, where = self._cached_refs()
             verified = names is not None
             if names is None:
-                where = "Pythia's published schedule (unverified)" if self.ref.is_pythia else "nowhere (unverified)"
+                why = ": the Hub cannot be reached" if hub_status.unreachable_reason() else ""
+                where = (
+                    f"Pythia's published schedule (unverified{why})"
+                    if self.ref.is_pythia
+                    else f"nowhere (unverified{why})"
+                )
                 schedule = self.ref.is_pythia and not self.template.needs_listing
                 names = [self.template.format(s) for s in PYTHIA_STEPS] if schedule else []
             self._index = index_revisions(names, self.template, where, verified=verified)
