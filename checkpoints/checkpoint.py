@@ -8,12 +8,14 @@ files are, what they were fetched as, and the loaders that refuse a corrupt mode
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checkpoints.fingerprints import tokenizer_fingerprint, weight_fingerprints
+from checkpoints.fingerprints import tokenizer_fingerprint, weight_fingerprints, weight_stats
 from checkpoints.hub_errors import one_line
+from checkpoints.loading_info import weights_problem
 from dynamics.errors import CheckpointError
 
 __all__ = ["TOKENIZER_PROBE", "Checkpoint", "first_non_finite_parameter", "tokenizer_problem"]
@@ -44,15 +46,27 @@ class Checkpoint:
         path = self.path
         return {
             "revision": self.revision,
-            "commit": self.commit,
             "path": str(path) if path else None,
-            "weights_sha256": weight_fingerprints(path, self.gguf_file) if path else {},
+            **self.weights_record(),
             "tokenizer_sha256": tokenizer_fingerprint(path) if path else None,
             "transfer": self.transfer,
         }
 
+    def weights_record(self, known: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What identifies these weights, to store and compare on a resume: the commit, the sha256 of every
+        weight file and the size and mtime of local ones (``known``: an earlier such record, whose hashes
+        are kept for files whose size and mtime did not change)."""
+        path = self.path
+        return {
+            "commit": self.commit,
+            "weights_sha256": weight_fingerprints(path, self.gguf_file, known) if path else {},
+            "weights_stat": weight_stats(path, self.gguf_file) if path else {},
+        }
+
     def load_model(self, device: str = "cpu", dtype: Any = None) -> Any:
-        """The model, in eval mode, on ``device``; a corrupt checkpoint raises CheckpointError."""
+        """The model, in eval mode, on ``device``; a corrupt checkpoint, or one whose files do not
+        hold the weights its config describes (:func:`checkpoints.loading_info.weights_problem`),
+        raises CheckpointError."""
         import torch
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -61,10 +75,23 @@ class Checkpoint:
         kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
         if self.gguf_file:
             kwargs["gguf_file"] = self.gguf_file
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its multi-line load report: the problem is said below, in one line
         try:
-            model = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
+            # Mismatched shapes are reported, not raised, so that every problem is said the same way.
+            model, info = AutoModelForCausalLM.from_pretrained(
+                self.path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
         except Exception as exc:  # transformers raises many types for a bad file
             raise CheckpointError(f"step {self.step}: cannot load the model from {self.path}: {one_line(exc)}") from exc
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        problem = weights_problem(model, info)
+        if problem is not None:
+            raise CheckpointError(
+                f"step {self.step}: the weights in {self.path} do not match its config: {problem}; "
+                "the checkpoint is unusable"
+            )
         model = model.to(device).eval()
         bad = first_non_finite_parameter(model)
         if bad is not None:

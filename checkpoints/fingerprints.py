@@ -5,7 +5,9 @@
   fingerprint is read from the link, nothing is hashed.
 - Before a download, the Hub's file metadata carries the same sha256 (``lfs.sha256``).
 - Elsewhere (a local suite, a saved model) the file is hashed, once per process and file
-  version (path, size and mtime).
+  version (path, size and mtime); a record keeps each such file's size and mtime
+  (:func:`weight_stats`), so a later run that finds them unchanged takes the recorded sha256
+  instead of reading the file again (``known`` of :func:`weight_fingerprints`).
 
 Two checkpoints whose weight fingerprints are equal hold the same weights: the scan measures
 one of them and copies its numbers to the other (see ``dynamics.scan.duplicates``).
@@ -19,6 +21,7 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 WEIGHT_FILE = re.compile(r"(model(-\d+-of-\d+)?\.safetensors|pytorch_model(-\d+-of-\d+)?\.bin|[^/]*\.gguf)")
 TOKENIZER_FILES = (
@@ -56,12 +59,44 @@ def _hash_file(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def weight_fingerprints(directory: Path, gguf_file: str | None = None) -> dict[str, str]:
-    """``{file name: sha256}`` of the weight files in a checkpoint directory (one .gguf if named)."""
+def weight_fingerprints(
+    directory: Path, gguf_file: str | None = None, known: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """``{file name: sha256}`` of the weight files in a checkpoint directory (one .gguf if named).
+
+    ``known``: an earlier record (``weights_sha256`` and ``weights_stat``); a file whose size
+    and mtime are still the recorded ones keeps its recorded sha256 without being read.
+    """
+    hashes = dict((known or {}).get("weights_sha256") or {})
+    stats = (known or {}).get("weights_stat") or {}
+    prints = {}
+    for name in _weight_names(directory, gguf_file):
+        path = directory / name
+        unchanged = name in hashes and not path.is_symlink() and stats.get(name) == _size_and_mtime(path)
+        prints[name] = str(hashes[name]) if unchanged else file_sha256(path)
+    return prints
+
+
+def weight_stats(directory: Path, gguf_file: str | None = None) -> dict[str, list[int]]:
+    """``{file name: [size, mtime in ns]}`` of the weight files that are not links into a Hugging Face cache
+    (those are named by their sha256 already): what tells a later run that a file was not rewritten."""
+    return {
+        name: _size_and_mtime(directory / name)
+        for name in _weight_names(directory, gguf_file)
+        if not (directory / name).is_symlink()
+    }
+
+
+def _weight_names(directory: Path, gguf_file: str | None) -> list[str]:
     if not directory.is_dir():
-        return {}
+        return []
     names = [gguf_file] if gguf_file else sorted(p.name for p in directory.iterdir() if is_weight_file(p.name))
-    return {name: file_sha256(directory / name) for name in names if (directory / name).is_file()}
+    return [name for name in names if (directory / name).is_file()]
+
+
+def _size_and_mtime(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def tokenizer_fingerprint(directory: Path) -> str | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from checkpoints import hub_status
 from dynamics.errors import CheckpointError, DynamicsError, UserInputError
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,11 @@ class ModelUnavailableError(CheckpointError, UserInputError):
     scan (a CheckpointError), and the user's input to fix (exit code 2) when it stops a command."""
 
 
+class HubUnreachableError(ModelUnavailableError):
+    """The Hub cannot be reached and the cache holds nothing of the model: nothing could be had
+    at all, so the command stops before anything is written (the user chooses what to run on)."""
+
+
 @dataclass
 class RetryPolicy:
     """Transient failures are retried ``attempts - 1`` times, waiting backoff * 2**k."""
@@ -33,24 +39,38 @@ class RetryPolicy:
     attempts: int = 4
     backoff: float = 2.0
     max_wait: float = 60.0
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    sleep: Callable[[float], None] = field(default=lambda seconds: time.sleep(seconds), repr=False)
 
     def call(
         self, fn: Callable[[], Any], what: str, explain: Callable[[BaseException], str | None] | None = None
     ) -> tuple[Any, int]:
-        """``(fn(), attempts)``; a permanent error at once, as ``explain`` words it when it can."""
+        """``(fn(), attempts)``; a permanent error at once, as ``explain`` words it when it can.
+
+        A connection failure (:func:`checkpoints.hub_status.is_connection_failure`) is retried
+        only while the run's budget lasts (:func:`checkpoints.hub_status.spend_retry`); when
+        it is spent the Hub is noted unreachable for the rest of the run.
+        """
         for attempt in range(1, self.attempts + 1):
             try:
-                return fn(), attempt
+                result = fn()
             except Exception as exc:
                 permanent = is_permanent(exc)
                 told = explain(exc) if permanent and explain else None
                 if told:
                     raise ModelUnavailableError(f"{told} (after {attempt} attempt(s))") from exc
-                if permanent or attempt == self.attempts:
+                network = not permanent and hub_status.is_connection_failure(exc)
+                if permanent or attempt == self.attempts or (network and not hub_status.spend_retry()):
+                    if network:
+                        hub_status.note_unreachable(one_line(exc))
+                        raise CheckpointError(
+                            f"{what}: the Hugging Face Hub cannot be reached ({one_line(exc)}; "
+                            f"after {attempt} attempt(s))"
+                        ) from exc
                     raise CheckpointError(f"{what}: {one_line(exc)} (after {attempt} attempt(s))") from exc
                 wait = min(self.backoff * 2 ** (attempt - 1), self.max_wait)
-                log.warning(
+                # A dead network ends in one line (the run's budget is small): its retries are details.
+                log.log(
+                    logging.INFO if network else logging.WARNING,
                     "%s failed (%s); retrying in %.1fs (attempt %d of %d)",
                     what,
                     one_line(exc),
@@ -59,19 +79,23 @@ class RetryPolicy:
                     self.attempts,
                 )
                 self.sleep(wait)
+            else:
+                hub_status.note_reached()
+                return result, attempt
         raise AssertionError("unreachable")
 
 
 def is_permanent(exc: BaseException) -> bool:
     """Errors that retrying cannot fix: missing repos, revisions or files, refused access, no network allowed.
 
-    A file missing from the *local* cache is permanent only offline; online the client
-    raises the same error when the Hub cannot be reached, which may pass.
+    A file missing from the *local* cache is permanent only when the cache is all there is
+    (offline, or the Hub noted unreachable in this run); online the client raises the same
+    error when the Hub cannot be reached, which may pass.
     """
     from huggingface_hub import errors
 
     if isinstance(exc, errors.LocalEntryNotFoundError):
-        return offline()
+        return cache_only()
     permanent = (
         errors.RepositoryNotFoundError,  # GatedRepoError too
         errors.RevisionNotFoundError,
@@ -101,10 +125,15 @@ def explain_hub_error(exc: BaseException, model_id: str, revision: str | None, c
             f"{model_id} has no revision {revision!r} on the Hugging Face Hub; list the steps it has with "
             f"`dynamics steps all --model {model_id}`"
         )
-    if isinstance(exc, errors.LocalEntryNotFoundError):
+    if isinstance(exc, errors.LocalEntryNotFoundError) and offline():
         return (
             f"{at}: not in the Hugging Face cache at {cache_dir}, and HF_HUB_OFFLINE=1 forbids downloading it; "
             "pass --cache-dir with the cache that holds it, or unset HF_HUB_OFFLINE to download it"
+        )
+    if isinstance(exc, errors.LocalEntryNotFoundError) and hub_status.unreachable_reason() is not None:
+        return (
+            f"{at}: not in the Hugging Face cache at {cache_dir}, and the Hugging Face Hub cannot be reached "
+            f"({hub_status.unreachable_reason()}); pass --cache-dir with a cache that holds it"
         )
     if isinstance(exc, errors.EntryNotFoundError):
         return f"{at}: a file this revision lists is missing on the Hub ({one_line(exc)})"
@@ -123,6 +152,23 @@ def offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def cache_only() -> bool:
+    """Whether this run may only read the cache: offline, or the Hub noted unreachable earlier in the run."""
+    return offline() or hub_status.unreachable_reason() is not None
+
+
+def unreachable_message(model_id: str, cache_dir: Path) -> str:
+    """One line for a Hub that cannot be reached when nothing of ``model_id`` is cached: what to do instead."""
+    from huggingface_hub import constants
+
+    return (
+        f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({hub_status.unreachable_reason()}), "
+        f"and nothing of {model_id} is in the Hugging Face cache at {cache_dir}: without a network, set "
+        "HF_HUB_OFFLINE=1 and pass --cache-dir with a cache that holds the model, or use a local suite "
+        "(a directory of step<N>/ folders), a saved model directory, or --model toy"
+    )
 
 
 def one_line(exc: BaseException) -> str:

@@ -12,19 +12,22 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from checkpoints import hub_status
 from checkpoints.checkpoint import Checkpoint
 from checkpoints.fingerprints import TOKENIZER_FILES, hub_lfs_sha256, is_weight_file, weight_fingerprints
 from checkpoints.hub_cache import cache_entries, entries_of_snapshot, evict_added
 from checkpoints.hub_errors import (
+    HubUnreachableError,
     RetryPolicy,
+    cache_only,
     explain_hub_error,
     is_permanent,
     offline,
     one_line,
+    unreachable_message,
 )
 from checkpoints.names import ModelRef
 from checkpoints.revisions import (
@@ -67,7 +70,7 @@ class HubSource:
         list_files: Callable[[str, str], list[str]] | None = None,
         revision_template: str = DEFAULT_TEMPLATE,
         revisions: Mapping[int, str] | None = None,
-        list_refs: Callable[[str], list[str]] | None = None,
+        list_refs: Callable[[str], Sequence[str] | Mapping[str, str]] | None = None,
     ) -> None:
         from huggingface_hub import constants, snapshot_download
 
@@ -80,8 +83,8 @@ class HubSource:
         self._list_files = list_files or _list_repo_files
         self._added: set[str] = set()  # cache entries (relative to the repo folder) this run created
         self._cache_lock = threading.Lock()  # a prefetch thread fetches while the driver releases
-        self._unreachable = False  # a fetch used up its retries on transient errors: later ones try once
         self._list_refs = list_refs or hub_ref_names
+        self._commits: dict[str, str] = {}  # revision -> commit, as the Hub's listing names them
         self._list_sizes: Callable[[str, str], dict[str, int]] = hub_file_sizes
         self.template = RevisionTemplate(revision_template)
         self._index: RevisionIndex | None = (
@@ -92,25 +95,47 @@ class HubSource:
         """The repository's refs matched against the template, listed once per source.
 
         Online, the Hub's branches and tags (a repository the Hub does not have is refused at
-        once; a Hub that cannot be asked now leaves the steps unverified, ``verified=False``:
-        Pythia's published schedule, else none); offline, the cache's ``refs/`` folder, which
+        once; a Hub that answers badly now leaves the steps unverified, ``verified=False``:
+        Pythia's published schedule, else none); offline, or when the Hub cannot be reached
+        (the run's retries of connection failures spent), the cache's ``refs/`` folder, which
         holds exactly the revisions that can be loaded without the network (with nothing of a
-        Pythia repo cached, its published schedule, unverified).
+        Pythia repo cached, its published schedule, unverified: :meth:`check_available` then
+        stops the command in one line).
         """
         if self._index is None:
-            names: list[str] | None
-            if offline():
-                names = cached_ref_names(self._repo_dir) if (self._repo_dir / "refs").is_dir() else None
-                where = f"the offline cache {self._repo_dir / 'refs'}"
-            else:
-                names, where = self._hub_refs(), "the Hub"
+            names = None if cache_only() else self._hub_refs()
+            where = "the Hub"
+            if names is None and cache_only():
+                names, where = self._cached_refs()
             verified = names is not None
             if names is None:
-                where = "Pythia's published schedule (unverified)" if self.ref.is_pythia else "nowhere (unverified)"
+                why = ": the Hub cannot be reached" if hub_status.unreachable_reason() else ""
+                where = (
+                    f"Pythia's published schedule (unverified{why})"
+                    if self.ref.is_pythia
+                    else f"nowhere (unverified{why})"
+                )
                 schedule = self.ref.is_pythia and not self.template.needs_listing
                 names = [self.template.format(s) for s in PYTHIA_STEPS] if schedule else []
             self._index = index_revisions(names, self.template, where, verified=verified)
         return self._index
+
+    def _cached_refs(self) -> tuple[list[str] | None, str]:
+        """The revisions the cache holds and where that is, for a run without the Hub; None when it holds
+        none (a Pythia repo then goes by its schedule, and :meth:`check_available` says what is missing)."""
+        refs = self._repo_dir / "refs"
+        names = cached_ref_names(self._repo_dir) if refs.is_dir() else None
+        if offline():
+            return names, f"the offline cache {refs}"
+        if not names:
+            return None, ""
+        log.warning(
+            "cannot reach the Hugging Face Hub (%s): %s is read from the cache (%d revisions)",
+            hub_status.unreachable_reason(),
+            self.model_id,
+            len(names),
+        )
+        return names, f"the cache {refs} (the Hub cannot be reached)"
 
     def available_steps(self) -> list[int] | None:
         """The steps whose revision exists (see :meth:`revisions`); None when no ref fits the template."""
@@ -123,16 +148,19 @@ class HubSource:
             raise UserInputError(
                 f"{self.model_id} has no revision named like {self.template.text!r} in {index.where}; "
                 "choose --revision-template to match its branches"
-                + (" (offline: only cached revisions can be used)" if offline() else "")
+                + (" (without the Hub only cached revisions can be used)" if cache_only() else "")
             )
         return index.steps or None
 
     def check_available(self) -> None:
         """Refuse at once, before any cube exists, a repository that cannot be had at all.
 
-        Offline that is a repository with nothing in the cache (every step would fail the
-        same way); online :meth:`revisions` already refuses one the Hub does not have.
+        Offline, or with the Hub unreachable, that is a repository with nothing in the cache
+        (every step would fail the same way); online :meth:`revisions` already refuses one the
+        Hub does not have.
         """
+        if not offline() and cache_only() and not cached_ref_names(self._repo_dir):
+            raise HubUnreachableError(unreachable_message(self.model_id, self.cache_dir))
         if offline() and not self._repo_dir.is_dir():
             raise UserInputError(
                 f"{self.model_id} is not in the Hugging Face cache at {self.cache_dir}, and HF_HUB_OFFLINE=1 "
@@ -141,15 +169,21 @@ class HubSource:
             )
 
     def _hub_refs(self) -> list[str] | None:
-        """The repository's branch and tag names; None when the Hub cannot be asked now (validation goes on)."""
+        """The repository's branch and tag names (their commits kept for :meth:`listed_commit`); None
+        when the Hub cannot be asked now (validation goes on; a dead network is noted for the run)."""
         try:
-            return self._list_refs(self.model_id)
-        except Exception as exc:
+            refs, _ = self.retry.call(lambda: self._list_refs(self.model_id), f"listing the refs of {self.model_id}")
+        except CheckpointError as failed:
+            exc = failed.__cause__ or failed
             told = explain_hub_error(exc, self.model_id, None, self.cache_dir) if is_permanent(exc) else None
             if told:  # the repository does not exist (for us): say so now, not once per step
                 raise UserInputError(told) from exc
-            log.warning("could not list the refs of %s: %s", self.model_id, one_line(exc))
+            if hub_status.unreachable_reason() is None:  # else revisions() says it, once
+                log.warning("could not list the refs of %s: %s", self.model_id, one_line(exc))
             return None
+        if isinstance(refs, Mapping):
+            self._commits = {str(name): str(commit) for name, commit in refs.items() if commit}
+        return list(refs)
 
     def revision(self, step: int) -> str:
         known = self._index.revisions.get(step) if self._index is not None else None
@@ -170,32 +204,61 @@ class HubSource:
         snapshot = self._cached_snapshot(revision)
         if snapshot is not None:
             return weight_fingerprints(snapshot) or None
-        if offline():
+        if cache_only():
+            log.debug("no weight fingerprint for %s@%s without the Hub", self.model_id, revision)
             return None
         try:
             files = self._list_files(self.model_id, revision)
             return hub_lfs_sha256(self.model_id, revision, weight_files(files)) or None
         except Exception as exc:  # a fingerprint is an optimisation: the step is then measured as it is
-            log.warning("no weight fingerprint for %s@%s: %s", self.model_id, revision, one_line(exc))
+            if hub_status.is_connection_failure(exc):
+                hub_status.note_failure(one_line(exc))
+            if hub_status.unreachable_reason() is None:  # else the run says so once, not once per step
+                log.warning("no weight fingerprint for %s@%s: %s", self.model_id, revision, one_line(exc))
             return None
 
-    def _cached_snapshot(self, revision: str) -> Path | None:
+    def weights_record(self, step: int, known: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """``step``'s commit and weight fingerprints now: when the revision still names ``known``'s commit,
+        its recorded fingerprints (a commit names its files' content), else the cached snapshot's blob
+        names or the Hub's file metadata; None when they cannot be had without a download."""
+        commit = self.listed_commit(step)
+        if known and commit is not None and known.get("commit") == commit and known.get("weights_sha256"):
+            return {"commit": commit, "weights_sha256": dict(known["weights_sha256"])}
+        prints = self.weight_fingerprint(step)
+        return {"commit": commit, "weights_sha256": prints} if prints else None
+
+    def listed_commit(self, step: int) -> str | None:
+        """The commit ``step``'s revision names now, without a request: the Hub's listing when this run
+        made one, else the cache's ``refs/`` (what a fetch without the network would load)."""
+        revision = self.revision(step)
+        listed = self._commits.get(revision)
+        if listed is not None or not cache_only():
+            return listed
         ref = self._repo_dir / "refs" / revision
-        if not ref.is_file():
-            return None
-        snapshot = self._repo_dir / "snapshots" / ref.read_text().strip()
-        return snapshot if snapshot.is_dir() else None
+        return ref.read_text().strip() if ref.is_file() else None
+
+    def _cached_snapshot(self, revision: str) -> Path | None:
+        """The cached snapshot of the commit the revision names now (the Hub's listing first: a cached ref
+        may be older than the Hub's), or None."""
+        commit = self._commits.get(revision)
+        ref = self._repo_dir / "refs" / revision
+        if commit is None and ref.is_file():
+            commit = ref.read_text().strip()
+        snapshot = self._repo_dir / "snapshots" / commit if commit else None
+        return snapshot if snapshot is not None and snapshot.is_dir() else None
 
     def expected_bytes(self, step: int) -> int | None:
         """0 offline or when the revision's weights are cached, else the Hub's sizes of the files a fetch takes."""
         try:
             revision = self.revision(step)
             snapshot = self._cached_snapshot(revision)
-            if offline() or (snapshot is not None and any(is_weight_file(f.name) for f in snapshot.iterdir())):
+            if cache_only() or (snapshot is not None and any(is_weight_file(f.name) for f in snapshot.iterdir())):
                 return 0
             sizes = self._list_sizes(self.model_id, revision)
             return sum(sizes.get(name, 0) for name in CONFIG_AND_TOKENIZER + weight_files(list(sizes)))
         except Exception as exc:  # an estimate: the prefetcher then goes by the last step's size on disk
+            if hub_status.is_connection_failure(exc):
+                hub_status.note_failure(one_line(exc))
             log.debug("no download size for %s step %d: %s", self.model_id, step, one_line(exc))
             return None
 
@@ -204,26 +267,16 @@ class HubSource:
         start = time.perf_counter()
         with self._cache_lock:
             before = cache_entries(self._repo_dir)
-        # Once one fetch has used up its retries on a Hub that cannot be reached, the next ones try
-        # once each (one line each, no backoff) until one arrives: a dead network costs one wait.
-        retry = replace(self.retry, attempts=1) if self._unreachable else self.retry
         try:
-            path, attempts = retry.call(
+            path, attempts = self.retry.call(
                 lambda: self._fetch_once(revision),
                 f"{self.model_id}@{revision}",
                 lambda exc: explain_hub_error(exc, self.model_id, revision, self.cache_dir),
             )
         except CheckpointError as exc:
-            if not self._unreachable and retry.attempts > 1 and not is_permanent(exc.__cause__ or exc):
-                self._unreachable = True
-                log.warning(
-                    "the Hugging Face Hub did not answer for %s after %d attempts; the next checkpoints "
-                    "are tried once each until one arrives",
-                    self.model_id,
-                    retry.attempts,
-                )
+            if hub_status.unreachable_reason() is not None and not offline() and not self._repo_dir.is_dir():
+                raise HubUnreachableError(unreachable_message(self.model_id, self.cache_dir)) from exc
             raise
-        self._unreachable = False
         path = Path(path)
         with self._cache_lock:
             added = entries_of_snapshot(self._repo_dir, path.name, cache_entries(self._repo_dir) - before)
@@ -245,7 +298,7 @@ class HubSource:
 
     def _fetch_once(self, revision: str) -> str:
         common = {"revision": revision, "cache_dir": str(self.cache_dir)}
-        if offline():
+        if cache_only():  # offline, or the Hub could not be reached earlier in this run: no retry, no wait
             return self._download(self.model_id, local_files_only=True, **common)
         files = self._list_files(self.model_id, revision)
         return self._download(self.model_id, allow_patterns=CONFIG_AND_TOKENIZER + weight_files(files), **common)
@@ -303,6 +356,8 @@ def weight_files(files: Sequence[str]) -> list[str]:
 
 
 def _list_repo_files(repo_id: str, revision: str) -> list[str]:
+    """A revision's file names, in one request (``model_info``: the client does not retry it by itself,
+    unlike ``list_repo_files``, so a dead network costs this run's retry budget, not minutes per call)."""
     from huggingface_hub import HfApi
 
-    return HfApi().list_repo_files(repo_id, revision=revision)
+    return [sibling.rfilename for sibling in HfApi().model_info(repo_id, revision=revision).siblings or []]

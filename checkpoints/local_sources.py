@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from checkpoints.checkpoint import Checkpoint
 from checkpoints.fingerprints import weight_fingerprints
@@ -41,6 +43,10 @@ class LocalSuiteSource:
 
     def weight_fingerprint(self, step: int) -> dict[str, str] | None:
         return weight_fingerprints(self.root / f"step{step}") or None
+
+    def weights_record(self, step: int, known: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """The step's weights as they are on disk now (files unchanged since ``known`` are not read again)."""
+        return self.fetch(step).weights_record(known) if (self.root / f"step{step}").is_dir() else None
 
     def expected_bytes(self, step: int) -> int:
         """Nothing is downloaded: the suite is on disk already."""
@@ -78,6 +84,10 @@ class SingleModelSource:
 
     def weight_fingerprint(self, step: int) -> dict[str, str] | None:
         return weight_fingerprints(self.path, self.gguf_file) or None
+
+    def weights_record(self, step: int, known: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """The model's weights as they are on disk now (files unchanged since ``known`` are not read again)."""
+        return self.fetch(step).weights_record(known) if step == 0 else None
 
     def expected_bytes(self, step: int) -> int:
         """Nothing is downloaded: the model is on disk already."""

@@ -121,9 +121,9 @@ def cached_ref_names(repo_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file())
 
 
-def hub_ref_names(repo_id: str) -> list[str]:
-    """A Hub repository's branch and tag names (one request)."""
+def hub_ref_names(repo_id: str) -> dict[str, str]:
+    """A Hub repository's branch and tag names, each with the commit it names now (one request)."""
     from huggingface_hub import HfApi
 
     refs = HfApi().list_repo_refs(repo_id)
-    return [r.name for r in [*refs.branches, *refs.tags]]
+    return {r.name: r.target_commit for r in [*refs.branches, *refs.tags]}

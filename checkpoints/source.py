@@ -10,6 +10,7 @@ local suites and single saved models (:mod:`checkpoints.local_sources`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from checkpoints.checkpoint import Checkpoint
@@ -33,6 +34,10 @@ class CheckpointSource(Protocol):
 
     def weight_fingerprint(self, step: int) -> dict[str, str] | None:
         """``{weight file: sha256}`` of ``step`` without downloading it, or None when it cannot be had."""
+
+    def weights_record(self, step: int, known: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """``step``'s weights as the source serves them now (``commit``, ``weights_sha256``), had without a
+        download, the cheapest way ``known`` (its stored record) allows; None when they cannot be had so."""
 
     def expected_bytes(self, step: int) -> int | None:
         """Bytes a fetch of ``step`` adds to local disk (0: nothing to download), or None when unknown."""

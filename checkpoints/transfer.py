@@ -64,8 +64,9 @@ def use_fast_transfer(device: str) -> TransferBackend:
 
 
 def hub_file_sizes(repo_id: str, revision: str) -> dict[str, int]:
-    """``{file: bytes}`` of a revision's top-level files, from the Hub's listing (one request, no download)."""
+    """``{file: bytes}`` of a revision's top-level files, from the Hub's file metadata (one request, no
+    download; ``model_info``, which the client does not retry by itself: the run's retry budget does)."""
     from huggingface_hub import HfApi
 
-    entries = HfApi().list_repo_tree(repo_id, revision=revision)
-    return {entry.path: int(entry.size) for entry in entries if getattr(entry, "size", None) is not None}
+    siblings = HfApi().model_info(repo_id, revision=revision, files_metadata=True).siblings or []
+    return {s.rfilename: int(s.size) for s in siblings if "/" not in s.rfilename and s.size is not None}

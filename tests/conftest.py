@@ -32,6 +32,17 @@ def _process_cpu_threads():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_hub_status():
+    """Each test is a fresh run for the Hub: one that makes the Hub unreachable (or spends the run's
+    retry budget) must not make the next one's unreachable too."""
+    from checkpoints import hub_status
+
+    hub_status.forget()
+    yield
+    hub_status.forget()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` beside the project; tests that need it skip when it is absent."""

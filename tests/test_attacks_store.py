@@ -250,6 +250,7 @@ def test_out_nested_1200_directories_deep(command, tiny_suite, scanned, tmp_path
         assert open_cube(where / "x.zarr")["step"].values.tolist() == [8]
     elif command == "plot":
         assert sorted(p.name for p in (where / "figs").iterdir()) == [
+            "claims.png",
             "cohort_wd.png",
             "drift.png",
             "tse_accuracy.png",

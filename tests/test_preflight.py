@@ -10,7 +10,6 @@ import pytest
 import dynamics.scan.driver as scan_driver
 from dynamics.cli.main import main
 from dynamics.config.preflight import smallest_percent
-from dynamics.errors import CheckpointError
 from dynamics.stats.cohort import cohort_size
 from store import open_cube
 
@@ -111,11 +110,11 @@ def test_a_corpus_shorter_than_a_window_fails_then_the_corrected_run_works(tiny_
 def test_a_cube_left_by_a_failed_run_takes_the_corrected_settings(tiny_suite, tmp_path, monkeypatch, capsys, caplog):
     out = tmp_path / "c.zarr"
 
-    def unreachable(spec):
-        raise CheckpointError("the Hub did not answer")
+    def interrupted(spec):  # (a reference step that fails to load leaves no cube: #21)
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(scan_driver, "prepare_reference", unreachable)
-    assert _scan(tiny_suite, out, "--seed", "5") == 1  # not the user's input: the cube stays, nothing done
+    monkeypatch.setattr(scan_driver, "prepare_reference", interrupted)
+    assert _scan(tiny_suite, out, "--seed", "5") == 130  # Ctrl-C before the first step: the cube stays, nothing done
     assert open_cube(out, include_pending=True)["status"].values.tolist() == ["pending"]
     monkeypatch.undo()
     capsys.readouterr()

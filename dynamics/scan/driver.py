@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from checkpoints import hub_status
 from checkpoints.hub_errors import RetryPolicy
 from checkpoints.hub_source import HubSource
 from checkpoints.names import ModelRef, resolve_model, training_seed
@@ -51,10 +53,12 @@ from dynamics.scan.cohort_setup import prepare_reference
 from dynamics.scan.config import ScanConfig, check_scan_options
 from dynamics.scan.duplicates import copied_result, plan_duplicates
 from dynamics.scan.measures import PHASES
+from dynamics.scan.weights_check import refuse_changed_weights
 from dynamics.scan.worker import RunSpec, StepTask, forget_contexts, measure_step
 from dynamics.syntax.corpus import check_corpus_file, check_texts
 from dynamics.toy.builtin import ensure_toy_suite, is_toy_alias
 from store.cube import CubeWriter, read_identity
+from store.leftovers import discard_new_cube
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +184,7 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     writes every result and done marker; the steps themselves run on the executor
     (:mod:`dynamics.execution.executor`), each as :func:`dynamics.scan.worker.measure_step`.
     """
+    hub_status.forget()  # a new run: the Hub is tried again, with one retry budget for the whole run
     plan = plan_scan(config)
     identity = {
         "model": plan.source.model_id,
@@ -203,7 +208,10 @@ def run_scan(config: ScanConfig) -> ScanSummary:
         "benchmarks_skipped": plan.benchmarks.skipped,
         "model_seed": training_seed(resolve_model(config.model)),
         "protocol": resolve_protocol(config).record(),
+        "reference_weights": plan.source.weights_record(plan.reference_step),  # compared by the next run
     }
+    refuse_changed_weights(config.out, identity, plan.source, plan.reference_step, plan.steps, config.overwrite)
+    created = not os.path.lexists(config.out)
     summary = ScanSummary()
     with (
         open_executor(ExecutorSettings.of(config)) as pool,
@@ -231,7 +239,8 @@ def run_scan(config: ScanConfig) -> ScanSummary:
                 _copy(cube, step, original, labels, summary)
         try:
             if measure:
-                _measure_all(pool, _prepare(pool, config, plan, cube), measure, cube, summary, labels, copies)
+                spec = _prepare(pool, config, plan, cube, discard=created)
+                _measure_all(pool, spec, measure, cube, summary, labels, copies)
         finally:
             if config.executor == "serial":
                 _forget(pool)
@@ -246,8 +255,21 @@ def _forget(pool: Any) -> None:
     free_worker_caches(pool, forget_contexts)
 
 
-def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) -> Any:
-    """Fix (or read) the cohort and record the corpus provenance: one unit on the executor."""
+def _prepare(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter, discard: bool) -> Any:
+    """Fix (or read) the cohort and record the corpus provenance: one unit on the executor.
+
+    A reference step that cannot be fetched or loaded stops the run; with ``discard`` (this run
+    created the cube) and no step done, the cube goes too: nothing was measured into it.
+    """
+    try:
+        return _fix_cohort(pool, config, plan, cube)
+    except CheckpointError:
+        if discard and not any(r.get("status") == "done" for r in cube.records().values()):
+            discard_new_cube(cube.path)
+        raise
+
+
+def _fix_cohort(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter) -> Any:
     static = cube.read_static()
     spec = RunSpec(config, plan.reference_step, plan.corpus, benchmarks=plan.benchmarks, revisions=plan.revisions)
     if static is not None:

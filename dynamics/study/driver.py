@@ -66,6 +66,7 @@ def provenance(config: StudyConfig, plan: StudyPlan, checkpoint: Checkpoint) -> 
         "model_id": plan.model_ref.location,
         "revision": checkpoint.revision,
         "commit": checkpoint.commit,
+        "weights": checkpoint.weights_record(),  # compared by the next run (dynamics.study.inputs.fetch_model)
         "package_version": __version__,
         "torch_version": torch.__version__,
         "config": config_dict(config),

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from checkpoints import hub_status
 from checkpoints.checkpoint import Checkpoint
 from checkpoints.hub_errors import RetryPolicy
 from checkpoints.hub_source import RevisionSource
 from checkpoints.source import open_source
+from checkpoints.weight_check import WeightsChangedError, differing_file
 from dynamics.config.preflight import context_length
 from dynamics.config.protocol import resolve_protocol
 from dynamics.errors import UserInputError
@@ -36,12 +39,14 @@ from dynamics.syntax.pairs import stratified_sample
 from dynamics.syntax.pos import pos_surprisal
 from dynamics.syntax.scoring import encode_with_prefix
 from dynamics.syntax.tse import sample_tse, tse_pairs
+from store.metadata import read_root_attrs
 
 log = logging.getLogger(__name__)
 
 
 def fetch_model(config: StudyConfig, plan: StudyPlan) -> Checkpoint:
-    """The checkpoint the study runs on (downloaded models are kept in the cache)."""
+    """The checkpoint the study runs on (downloaded models are kept in the cache); a resumed study whose
+    cube was measured on other weights than these is refused (:func:`refuse_changed_weights`)."""
     ref = plan.model_ref
     if ref.kind == "hub":
         source = RevisionSource(
@@ -51,13 +56,38 @@ def fetch_model(config: StudyConfig, plan: StudyPlan) -> Checkpoint:
             retry=RetryPolicy(attempts=config.retries),
             keep=True,
         )
-        return source.fetch(0)
-    local = open_source(ref)
-    steps = local.available_steps() or [0]
-    step = int(plan.revision.removeprefix("step")) if plan.revision else steps[-1]
-    if step not in steps:
-        raise UserInputError(f"--revision {plan.revision}: {ref.name!r} has steps {', '.join(map(str, steps[-5:]))}...")
-    return local.fetch(step)
+        checkpoint = source.fetch(0)
+    else:
+        local = open_source(ref)
+        steps = local.available_steps() or [0]
+        step = int(plan.revision.removeprefix("step")) if plan.revision else steps[-1]
+        if step not in steps:
+            raise UserInputError(
+                f"--revision {plan.revision}: {ref.name!r} has steps {', '.join(map(str, steps[-5:]))}..."
+            )
+        checkpoint = local.fetch(step)
+    refuse_changed_weights(config.out, ref.location, checkpoint)
+    return checkpoint
+
+
+def refuse_changed_weights(out: str, model_id: str, checkpoint: Checkpoint) -> None:
+    """Refuse (exit code 2, before anything is written) to resume the study cube at ``out`` when its last
+    run recorded other weights for the same model and revision than ``checkpoint`` holds."""
+    path = Path(out)
+    if not (path / "zarr.json").is_file():
+        return
+    attrs = read_root_attrs(path)
+    identity = attrs.get("identity", {})
+    if identity.get("model") != model_id or identity.get("revision") != checkpoint.revision:
+        return  # another model or revision: the cube writer refuses it (or re-initialises an unfinished one)
+    stored = attrs.get("provenance", {}).get("weights")
+    changed = differing_file(checkpoint.step, stored, checkpoint.weights_record(stored)) if stored else None
+    if changed is not None:
+        raise WeightsChangedError(
+            f"--out {out}: this study was measured on other weights than {model_id} has now ({changed.hashes()}); "
+            "its neuron sets and every done condition rest on the stored weights, and --overwrite recomputes the "
+            "conditions but keeps the neuron sets: write the study into another --out"
+        )
 
 
 def load_inputs(
@@ -81,6 +111,7 @@ def pass_budget(config: StudyConfig, model: Any) -> PassBudget:
 def load_model(config: StudyConfig, plan: StudyPlan) -> tuple[Any, Any, Any, list, list]:
     """``(checkpoint, model, tokenizer, TSE pairs, BLiMP pairs)``; the benchmarks first, so a bad
     BLiMP source fails before any download."""
+    hub_status.forget()  # a new run (or worker): the Hub is tried again, one retry budget for all it loads
     tse, blimp = _benchmarks(config, plan, config.budgets())
     checkpoint = fetch_model(config, plan)
     tokenizer = checkpoint.load_tokenizer()

@@ -14,10 +14,10 @@ from store import open_cube
 def test_plot_writes_every_figure(full_cube, tmp_path, capsys):
     assert main(["plot", str(full_cube), "--out", str(tmp_path / "figs")]) == 0
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    expected = ["cohort_wd", "drift", "tse_accuracy", "tse_cases_final", "wd_histograms"]
+    expected = ["claims", "cohort_wd", "drift", "tse_accuracy", "tse_cases_final", "wd_histograms"]
     assert names == sorted(f"{n}.{ext}" for n in expected for ext in ("pdf", "png"))
     assert all((tmp_path / "figs" / n).stat().st_size > 5000 for n in names)
-    assert "wrote 10 files" in capsys.readouterr().out
+    assert "wrote 12 files" in capsys.readouterr().out
 
 
 def test_plot_rejects_bad_formats_and_empty_cubes(full_cube, tmp_path):

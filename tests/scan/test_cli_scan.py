@@ -1,5 +1,6 @@
 """`dynamics` end to end from the command line, offline."""
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -99,7 +100,7 @@ def test_scan_from_an_offline_hub_cache(tiny_suite, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_missing_reference_step_stops_before_the_cube_gets_steps(tiny_suite, tmp_path):
+def test_a_missing_reference_step_stops_and_leaves_no_cube(tiny_suite, tmp_path):
     cache = tmp_path / "hf"
     plant_suite(cache, tiny_suite, [1])
     plant_lost_revision(cache, 2)
@@ -123,7 +124,8 @@ def test_a_missing_reference_step_stops_before_the_cube_gets_steps(tiny_suite, t
     assert proc.stderr.strip().startswith(
         "dynamics scan: error: the reference step 2 is needed first and could not be fetched"
     )
-    assert open_cube(tmp_path / "r.zarr")["step"].values.tolist() == []
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # nothing was measured: no cube, no lock
 
 
 def test_on_error_stop_stops_and_keeps_done_steps(tiny_suite, tmp_path):
@@ -341,3 +343,42 @@ def test_a_full_disk_is_one_line_and_keeps_the_done_steps(tiny_suite, tmp_path, 
     # Space is back: the same command finishes the cube without recomputing the done steps.
     assert main(["scan", "--model", str(tiny_suite), "--steps", "all", "--out", str(out), *FAST_ARGS]) == 0
     assert open_cube(out)["step"].values.tolist() == [0, 1, 2, 4, 8]
+
+
+def test_a_hub_ref_moved_to_other_weights_is_refused_on_resume(tiny_suite, tmp_path, monkeypatch, capsys):
+    """Offline, from the cache: the ref step1 now names another commit (other weight blobs)."""
+    from fixtures.hub import model_files, plant_hub_commit
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hf"
+    plant_suite(cache, tiny_suite, [1, 2])
+    out = tmp_path / "p.zarr"
+    argv = ["scan", "-m", "pythia-70m", "--steps", "1,2", "--cache-dir", str(cache), "-o", str(out)]
+    argv += ["--corpus", str(tiny_suite / "heldout.txt"), *FAST_ARGS]
+    assert main(argv) == 0
+    stored = open_cube(out).attrs["steps"]["1"]["weights_sha256"]["model.safetensors"]
+    moved = plant_hub_commit(cache, "EleutherAI/pythia-70m", "e" * 40, model_files(tiny_suite / "step4"), ["step1"])
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    now = (moved / "model.safetensors").resolve().name
+    assert err.count("\n") == 0 and "step 1 was measured on other weights than EleutherAI/pythia-70m serves now" in err
+    assert f"model.safetensors: stored sha256 {stored}, now {now}" in err
+
+
+def test_a_reference_step_outside_the_steps_is_checked_from_the_runs_record(tiny_suite, tmp_path, capsys):
+    suite = tmp_path / "suite"
+    shutil.copytree(tiny_suite, suite)
+    out = tmp_path / "r.zarr"
+    argv = ["scan", "-m", str(suite), "--steps", "1,2", "--reference-step", "4", "-o", str(out), *FAST_ARGS]
+    assert main(argv) == 0
+    recorded = open_cube(out).attrs["runs"][-1]["reference_weights"]["weights_sha256"]
+    assert recorded == {
+        "model.safetensors": hashlib.sha256((suite / "step4/model.safetensors").read_bytes()).hexdigest()
+    }
+    shutil.copyfile(suite / "step8" / "model.safetensors", suite / "step4" / "model.safetensors")
+    capsys.readouterr()
+    assert main([*argv[:4], "1,2,8", *argv[5:]]) == 2
+    err = capsys.readouterr().err
+    assert "the reference step 4, on which this cube's cohort was fixed, has other weights now" in err
+    assert sorted(open_cube(out)["step"].values.tolist()) == [1, 2]  # not extended

@@ -210,7 +210,13 @@ def test_report_and_plot_of_a_study_cube(pos_study, tmp_path, capsys):
     assert "group_tse_acc" not in ds and "layer_group" not in ds.dims  # --layer-groups 0: no empty block
     assert main(["plot", pos_study.out, "--out", str(tmp_path / "figs"), "--formats", "png"]) == 0
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    assert names == ["study_blimp_phenomena.png", "study_conditions.png"]  # no layer groups in this study
+    # no layer groups in this study; the claims, and the differentiated pairs of its top set and control
+    assert names == [
+        "study_blimp_phenomena.png",
+        "study_claims.png",
+        "study_conditions.png",
+        "study_differentiation.png",
+    ]
     assert main(["report", pos_study.out]) == 0 and "Conditions" in capsys.readouterr().out
 
 
