@@ -13,36 +13,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _process_cpu_threads():
-    """An in-process scan or study sets the evaluation's CPU thread policy for the process
-    (``--threads 0``: timed, and torch on one thread for a small model); each test starts
-    from the library default and torch's thread count of the session's start."""
-    import torch
-
-    from dynamics.models.cpu_threads import set_batch_workers, set_cpu_threads
-
-    threads = torch.get_num_threads()
-    set_cpu_threads(None)
-    set_batch_workers(1)
-    yield
-    set_cpu_threads(None)
-    set_batch_workers(1)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_hub_status():
-    """Each test is a fresh run for the Hub: one that makes the Hub unreachable (or spends the run's
-    retry budget) must not make the next one's unreachable too."""
-    from checkpoints import hub_status
-
-    hub_status.forget()
-    yield
-    hub_status.forget()
-
-
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` beside the project; tests that need it skip when it is absent."""

@@ -17,6 +17,14 @@ from dynamics.models import cpu_threads
 from dynamics.syntax.logprobs import token_log_probs_each
 from dynamics.syntax.perplexity import token_nll_each
 
+
+@pytest.fixture(autouse=True)
+def _thread_settings_end_with_the_test():
+    """These tests set the process's CPU thread policy themselves: each ends with the settings it began with."""
+    with cpu_threads.run_scope():
+        yield
+
+
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
 pytestmark = pytest.mark.models
 

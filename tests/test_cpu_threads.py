@@ -12,6 +12,14 @@ from fixtures.tiny_models import VOCAB, tiny_model
 from dynamics.models import cpu_threads, linear_head, modelcalls
 from dynamics.syntax.logprobs import token_log_probs
 
+
+@pytest.fixture(autouse=True)
+def _thread_settings_end_with_the_test():
+    """These tests set the process's CPU thread policy themselves: each ends with the settings it began with."""
+    with cpu_threads.run_scope():
+        yield
+
+
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
 pytestmark = pytest.mark.models
 
@@ -131,3 +139,30 @@ def test_decoder_calls_are_not_timed(monkeypatch):
     assert "body" not in cpu_threads.timed_threads(model)
     for a, b in zip(timed, whole):
         assert np.array_equal(a, b)
+
+
+def test_a_run_scope_restores_every_thread_setting():
+    before = (torch.get_num_threads(), cpu_threads.cpu_policy(), cpu_threads.batch_workers())
+    with cpu_threads.run_scope():
+        torch.set_num_threads(1 if before[0] != 1 else 2)
+        cpu_threads.set_cpu_threads("timed")
+        cpu_threads.set_batch_workers(3)
+    assert (torch.get_num_threads(), cpu_threads.cpu_policy(), cpu_threads.batch_workers()) == before
+    with pytest.raises(RuntimeError), cpu_threads.run_scope():  # an exception too
+        cpu_threads.set_batch_workers(2)
+        raise RuntimeError("boom")
+    assert cpu_threads.batch_workers() == before[2]
+
+
+def test_an_in_process_scan_leaves_the_thread_settings_as_it_found_them(tiny_suite, tmp_path):
+    """A small model's scan runs torch on one thread with batches side by side (--threads 0); once it
+    returns, the process is as before (what once made a later test's rounding depend on test order)."""
+    from conftest import FAST_SCAN
+
+    from dynamics.scan.config import ScanConfig
+    from dynamics.scan.driver import run_scan
+
+    before = (torch.get_num_threads(), cpu_threads.cpu_policy(), cpu_threads.batch_workers())
+    config = ScanConfig(model=str(tiny_suite), out=str(tmp_path / "t.zarr"), steps="8", threads=0, **FAST_SCAN)
+    assert run_scan(config).done == [8]
+    assert (torch.get_num_threads(), cpu_threads.cpu_policy(), cpu_threads.batch_workers()) == before

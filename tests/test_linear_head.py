@@ -9,8 +9,16 @@ import pytest
 import torch
 from fixtures.tiny_models import VOCAB, tiny_input_ids, tiny_model
 
-from dynamics.models import linear_head, modelcalls
+from dynamics.models import cpu_threads, linear_head, modelcalls
 from dynamics.models.modelcalls import capabilities, sequence_log_probs
+
+
+@pytest.fixture(autouse=True)
+def _thread_settings_end_with_the_test():
+    """These tests set the process's CPU thread policy themselves: each ends with the settings it began with."""
+    with cpu_threads.run_scope():
+        yield
+
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
 pytestmark = pytest.mark.models

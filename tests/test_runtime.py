@@ -13,6 +13,14 @@ from checkpoints.checkpoint import Checkpoint
 from dynamics.models import cpu_threads, runtime
 from dynamics.models.runtime import auto_dtype, capture_budget, checkpoint_dtype, load_checkpoint_model
 
+
+@pytest.fixture(autouse=True)
+def _thread_settings_end_with_the_test():
+    """These tests set the process's CPU thread policy themselves: each ends with the settings it began with."""
+    with cpu_threads.run_scope():
+        yield
+
+
 pytestmark = pytest.mark.models
 
 

@@ -51,6 +51,20 @@ _IN_BATCH_WORKER = threading.local()
 _TIMED: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
+@contextmanager
+def run_scope() -> Iterator[None]:
+    """A run's CPU thread settings last as long as the run: torch's thread count, the projection's policy
+    (and what it timed) and the batch workers are as before once the context exits, also after an
+    exception, so one in-process run (a test, a notebook) does not change the next one's rounding."""
+    saved = (torch.get_num_threads(), _policy["threads"], _policy["batch_workers"])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        _policy["threads"], _policy["batch_workers"] = saved[1], saved[2]
+        _TIMED.clear()
+
+
 def set_cpu_threads(threads: int | str | None) -> None:
     """The policy of :func:`run_timed`: ``None`` (the default) the process's torch threads, a
     count, or ``"timed"`` (see the module docstring). Forgets earlier timings."""

@@ -47,6 +47,7 @@ from dynamics.execution.executor import (
     stop_on_unrecoverable,
 )
 from dynamics.execution.progress import progress_bar
+from dynamics.models.cpu_threads import run_scope
 from dynamics.models.runtime import resolve_device
 from dynamics.scan.benchmarks import ScanBenchmarks, check_benchmark_options, plan_benchmarks
 from dynamics.scan.cohort_setup import prepare_reference
@@ -183,7 +184,13 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     The driver (this process) validates, pre-allocates the cube, holds its writer lock and
     writes every result and done marker; the steps themselves run on the executor
     (:mod:`dynamics.execution.executor`), each as :func:`dynamics.scan.worker.measure_step`.
+    The run's CPU thread settings end with it (:func:`dynamics.models.cpu_threads.run_scope`).
     """
+    with run_scope():
+        return _run_scan(config)
+
+
+def _run_scan(config: ScanConfig) -> ScanSummary:
     hub_status.forget()  # a new run: the Hub is tried again, with one retry budget for the whole run
     plan = plan_scan(config)
     identity = {

@@ -27,6 +27,7 @@ from dynamics.errors import UserInputError
 from dynamics.evaluate.benchmarks import CONTENT_LABELS, Benchmarks, content_hashes
 from dynamics.execution.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
 from dynamics.execution.progress import progress_bar
+from dynamics.models.cpu_threads import run_scope
 from dynamics.models.modelcalls import model_device
 from dynamics.models.runtime import capture_budget
 from dynamics.stats.neuron_differentiation import analysed_windows, set_differentiation
@@ -56,8 +57,10 @@ log = logging.getLogger(__name__)
 
 
 def run_study(config: StudyConfig, tagger: Any | None = None) -> StudySummary:
-    """Run (or resume) the study of ``config`` into its cube; ``tagger`` overrides spaCy for POS."""
-    return execute(config, plan_study(config), tagger)
+    """Run (or resume) the study of ``config`` into its cube; ``tagger`` overrides spaCy for POS. The run's
+    CPU thread settings end with it (:func:`dynamics.models.cpu_threads.run_scope`)."""
+    with run_scope():
+        return execute(config, plan_study(config), tagger)
 
 
 def provenance(config: StudyConfig, plan: StudyPlan, checkpoint: Checkpoint) -> dict[str, Any]:
