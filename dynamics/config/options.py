@@ -81,8 +81,9 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
 
 
 def option_parts(cls: type) -> list[type]:
-    """The option parts ``cls`` is composed of, in the order of its bases."""
-    return [base for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)]
+    """The option parts ``cls`` is composed of, in the order of its bases (a base that only combines
+    parts, defining no option of its own, is not a part)."""
+    return [base for base in cls.__mro__[1:] if dataclasses.is_dataclass(base) and base.__dict__.get("__annotations__")]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

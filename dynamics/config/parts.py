@@ -275,6 +275,21 @@ class RuntimeOptions:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class CubeCommandOptions(
+    ModelOptions,
+    CubeOptions,
+    BudgetOptions,
+    BenchmarkOptions,
+    MechanismOptions,
+    MatchOptions,
+    ScoringOptions,
+    RuntimeOptions,
+):
+    """The option parts of every command that makes a cube (`scan`, `ablate`): one list, so the two
+    commands share each definition, its validation and its place in ``--help``."""
+
+
 def shared_checks(config: object) -> list[tuple[str, bool, str]]:
     """The range checks of the budget, scoring and runtime options a config carries (name, ok, what is accepted)."""
     checks: list[tuple[str, bool, str]] = []

@@ -10,13 +10,7 @@ from dynamics.config.options import check_numbers, option, redefault, titled
 from dynamics.config.parts import (
     DTYPES,
     BenchmarkOptions,
-    BudgetOptions,
-    CubeOptions,
-    MatchOptions,
-    MechanismOptions,
-    ModelOptions,
-    RuntimeOptions,
-    ScoringOptions,
+    CubeCommandOptions,
     shared_checks,
 )
 from dynamics.config.protocol import resolve_protocol
@@ -29,17 +23,7 @@ MAX_PREFETCH_DEPTH = 16
 
 @titled("scan")
 @dataclass(frozen=True, kw_only=True)
-class ScanConfig(
-    ModelOptions,
-    CubeOptions,
-    BudgetOptions,
-    BenchmarkOptions,
-    MechanismOptions,
-    MatchOptions,
-    ScoringOptions,
-    RuntimeOptions,
-    ExecutorSettings,
-):
+class ScanConfig(CubeCommandOptions, ExecutorSettings):
     """Everything `dynamics scan` needs; the CLI is generated from these fields."""
 
     steps: str = option(

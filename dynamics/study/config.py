@@ -18,14 +18,9 @@ from typing import Any, Literal
 from dynamics.config.options import check_numbers, option, redefault, titled
 from dynamics.config.parts import (
     DTYPES,
-    BenchmarkOptions,
     BudgetOptions,
-    CubeOptions,
-    MatchOptions,
-    MechanismOptions,
-    ModelOptions,
+    CubeCommandOptions,
     RuntimeOptions,
-    ScoringOptions,
     shared_checks,
 )
 from dynamics.config.paths import check_cube_out
@@ -67,17 +62,7 @@ def resolve_modes(spec: str, full: bool, protocol: str) -> tuple[str, ...]:
 
 @titled("ablate")
 @dataclass(frozen=True, kw_only=True)
-class StudyConfig(
-    ModelOptions,
-    CubeOptions,
-    BudgetOptions,
-    BenchmarkOptions,
-    MechanismOptions,
-    MatchOptions,
-    ScoringOptions,
-    RuntimeOptions,
-    ExecutorSettings,
-):
+class StudyConfig(CubeCommandOptions, ExecutorSettings):
     """`dynamics ablate`: WD of every neuron, the top-WD sets and their random and perplexity-matched
     controls ablated by sign, scored on TSE, BLiMP, perplexity, lm-eval tasks and POS surprisal,
     into a resumable cube (one unit per condition)."""
