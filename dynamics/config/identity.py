@@ -23,8 +23,8 @@ from dynamics.config.protocol import resolve_protocol
 
 #: The layout of ``identity["analysis"]`` written by this version (absent: an earlier one).
 IDENTITY_VERSION = 2
-#: Top-level identity keys a cube made before them lacks; an empty value compares equal to absent.
-NEW_KEYS = ("identity_version",)
+#: Top-level identity keys a cube made before them lacks: compared when the stored identity has them.
+NEW_KEYS = ("identity_version", "texts")
 
 
 def analysis_identity(config: Any) -> dict[str, Any]:
@@ -51,8 +51,8 @@ def kept_elsewhere(stored: Mapping[str, Any]) -> tuple[str, ...]:
 def equivalent(stored: Mapping[str, Any], current: Mapping[str, Any], defaults: Mapping[str, Any]) -> bool:
     """Whether a cube made with ``stored`` holds numbers comparable to a run with ``current``.
 
-    Every key of ``current`` must match: top-level keys exactly (an empty value matching an absent
-    one for :data:`NEW_KEYS`); in ``analysis``, a key the stored identity lacks must have its
+    Every key of ``current`` must match: top-level keys exactly (one of :data:`NEW_KEYS` only when the
+    stored identity has it); in ``analysis``, a key the stored identity lacks must have its
     default (``defaults``) now. Stored keys ``current`` no longer has are not compared, but a stored
     top-level key this run lacks (e.g. benchmarks measured before and not now) is a difference.
     """
@@ -61,7 +61,7 @@ def equivalent(stored: Mapping[str, Any], current: Mapping[str, Any], defaults: 
         if key not in current and key not in NEW_KEYS:
             return False
     for key, value in current.items():
-        if key in NEW_KEYS:
+        if key in NEW_KEYS and key not in stored:
             continue
         if key == "analysis" and isinstance(value, Mapping) and isinstance(stored.get(key), Mapping):
             before = stored[key]

@@ -39,8 +39,18 @@ def protocol_line(provenance: dict) -> str:
         f"protocol {record['name']}: TSE {record['tse_reduction']}, BLiMP {record['blimp_reduction']}, "
         f"prefix {record['prefix']}, NPI vs {record['npi']}, random control from {record['random_control']} "
         f"neurons, BOS on {record['window_bos']} window(s), POS per {record.get('pos_unit', 'words')[:-1]}, "
-        f"WikiText-2 WD split joined by {record['wd_joiner']!r}"
+        f"{wd_text(provenance, record)}"
     )
+
+
+def wd_text(provenance: dict, record: dict) -> str:
+    """Where the WD text came from: WikiText-2's split (joined as the protocol says) or the file given."""
+    spec = provenance.get("wd_corpus") or provenance.get("corpus") or {}
+    source = spec.get("source", "wikitext2") if isinstance(spec, dict) else str(spec)
+    if source == "wikitext2":
+        split = spec.get("split", "train") if isinstance(spec, dict) else "train"
+        return f"WD text WikiText-2 {split} split joined by {record['wd_joiner']!r}"
+    return f"WD text {source}"
 
 
 def wd_md_lines(wd: np.ndarray, md: np.ndarray, where: str) -> list[str]:

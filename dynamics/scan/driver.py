@@ -199,6 +199,7 @@ def _run_scan(config: ScanConfig) -> ScanSummary:
         "corpus": plan.corpus,
         "analysis": analysis_identity(config),
         "identity_version": IDENTITY_VERSION,
+        "texts": {"wd": config.wd_corpus or plan.corpus, "ppl": config.ppl_corpus or plan.corpus},
         "derived": DRIFT_PREV,
     }
     if plan.benchmarks.identity():  # absent when none is measured: cubes made before BLiMP per step still resume

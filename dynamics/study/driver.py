@@ -104,6 +104,7 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
             "corpus": plan.corpus,
             "analysis": analysis_identity(config),
             "identity_version": IDENTITY_VERSION,
+            "texts": {"wd": config.wd_corpus or plan.corpus, "ppl": config.ppl_corpus or plan.corpus},
             "dtype": plan.dtype,
             "units": len(units),
         }
@@ -133,6 +134,7 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
             cube.record_provenance(
                 {
                     "corpus": corpus.to_attrs(),
+                    "wd_corpus": {"source": config.wd_corpus or plan.corpus, "split": "train"},
                     "corpus_hash": corpus_hash(ppl_windows),
                     "wd_corpus_hash": corpus_hash(wd_windows),
                     "wd_tokens": int(wd_windows.numel()),
