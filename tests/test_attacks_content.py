@@ -5,6 +5,7 @@ and an unchanged input resumes."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 from fixtures.study import BLIMP_TINY, write_blimp
@@ -61,3 +62,21 @@ def test_unchanged_inputs_resume_and_record_their_hashes_once(tiny_suite, tmp_pa
     assert scan(tiny_suite, out, "0,1,8") == 0
     ds = open_cube(out)
     assert ds["step"].values.tolist() == [0, 1, 8] and dict(ds.attrs["content"]) == first
+
+
+def test_blimp_sentences_longer_than_the_context_are_refused_before_work(tiny_suite, tmp_path, capsys):
+    """Attack: 3 BLiMP pairs of 200,000 words ran for 5 minutes with no progress; now one line, exit 2."""
+    blimp = write_blimp(tmp_path / "blimp")
+    path = blimp / f"{BLIMP_TINY[0]}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        row["sentence_good"] = " ".join(["the author"] * 100_000)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "long.zarr"
+    options = ["--blimp", str(blimp), "--blimp-per-paradigm", "2", "--blimp-paradigms", ",".join(BLIMP_TINY)]
+    code = scan(tiny_suite, out, "8", *options)
+    progress = re.compile(r"^[^:]+: +\d+%[ |]")  # the capture's progress lines before the refusal
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if not progress.match(line)]
+    assert code == 2 and len(lines) == 1, lines
+    assert f"BLiMP item {BLIMP_TINY[0]}/" in lines[0] and "tokens; the model's context is" in lines[0]
+    assert not out.exists()
