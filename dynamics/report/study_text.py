@@ -53,6 +53,13 @@ def header(ds: xr.Dataset) -> list[str]:
         )
         if record.get("noise_warning"):
             lines.append(f"WARNING: {record['noise_warning']}")
+    sized = prov.get("target_ci")
+    if sized:
+        lines.append(
+            f"samples sized by --target-ci {sized.get('pilot_target_points')}: the pilot's "
+            f"{sized.get('pilot_tse_pairs', 0)} TSE pairs gave +/-{sized.get('pilot_tse_half_width_points', 0):.2f} "
+            f"points -> {sized.get('tse_per_case')} per case; BLiMP {sized.get('blimp_per_paradigm')} per paradigm"
+        )
     skipped = prov.get("lmeval_skipped") or {}
     if skipped:
         lines.append(f"lm-eval tasks skipped: {', '.join(skipped)} (reason in attrs provenance.lmeval_skipped)")

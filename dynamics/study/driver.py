@@ -40,7 +40,8 @@ from dynamics.study.conditions import (
     top_and_random_masks,
 )
 from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study, resolve_modes
-from dynamics.study.inputs import build_inputs, load_model, pass_budget
+from dynamics.study.inputs import build_inputs, load_model, pass_budget, sized_benchmarks
+from dynamics.study.sizing import pilot_sizes, stored_sizes
 from dynamics.study.worker import (
     StudySpec,
     finished_units,
@@ -128,7 +129,12 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
             static = cube.read_static()
             if static is None:
                 static = _fix_neuron_sets(config, plan, model, wd_windows, benchmarks, groups, cube)
+                if config.target_ci:
+                    static = static.merge(_pilot(config, plan, model, benchmarks, static, cube))
                 cube.write_static(static)
+            sizes = stored_sizes(static)
+            if sizes is not None:
+                benchmarks = sized_benchmarks(config, plan, benchmarks, model, sizes)
             ppl_windows = benchmarks.ppl_windows
             assert ppl_windows is not None  # build_inputs always cuts them
             cube.record_provenance(
@@ -200,6 +206,19 @@ def _run_units(pool: Any, spec: StudySpec, todo: list[int], cube: CubeWriter, su
         bar.close()
     summary.done.sort()
     summary.failed.sort()
+
+
+def _pilot(
+    config: StudyConfig, plan: StudyPlan, model: Any, benchmarks: Benchmarks, static: xr.Dataset, cube: CubeWriter
+) -> xr.Dataset:
+    """``--target-ci``: the sample sizes from a pilot on the options' sample (dynamics/study/sizing.py)."""
+    at = {"percent": config.match_percent}
+    top, random = static["top_mask"].sel(at).values, static["random_mask"].sel(at).values
+    sizes, pilot = pilot_sizes(
+        model, benchmarks, pass_budget(config, model), top, random, config.target_ci, config.seed
+    )
+    cube.record_provenance({"target_ci": {**pilot, **sizes.__dict__}})
+    return sizes.to_static(pilot)
 
 
 def differentiation_of(

@@ -26,6 +26,7 @@ from dynamics.evaluate.benchmarks import Benchmarks, LmevalTasks, PosInputs, Sco
 from dynamics.evaluate.planning import PassBudget, pass_budget_for
 from dynamics.models.runtime import default_window, load_checkpoint_model, set_threads
 from dynamics.study.config import StudyConfig, StudyPlan
+from dynamics.study.sizing import SampleSizes, resized
 from dynamics.syntax.blimp import hub_blimp_skip_reason, load_blimp
 from dynamics.syntax.corpus import (
     CorpusSpec,
@@ -112,7 +113,7 @@ def load_model(config: StudyConfig, plan: StudyPlan) -> tuple[Any, Any, Any, lis
     """``(checkpoint, model, tokenizer, TSE pairs, BLiMP pairs)``; the benchmarks first, so a bad
     BLiMP source fails before any download."""
     hub_status.forget()  # a new run (or worker): the Hub is tried again, one retry budget for all it loads
-    tse, blimp = _benchmarks(config, plan, config.budgets())
+    tse, blimp = benchmark_samples(config, plan, config.budgets())
     checkpoint = fetch_model(config, plan)
     tokenizer = checkpoint.load_tokenizer()
     encode_with_prefix(tokenizer, ["a"], resolve_protocol(config).prefix)  # an unknown --prefix fails now, not after WD
@@ -154,9 +155,19 @@ def build_inputs(
     return replace(benchmarks, pos=_pos_inputs(config, corpus, model, benchmarks, tagger)), wd_windows, corpus
 
 
-def _benchmarks(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | None]) -> tuple[list, list]:
+def sized_benchmarks(
+    config: StudyConfig, plan: StudyPlan, benchmarks: Benchmarks, model: Any, sizes: SampleSizes
+) -> Benchmarks:
+    """``benchmarks`` with the TSE and BLiMP samples ``--target-ci`` chose (same seed, other sizes)."""
+    budgets = {**config.budgets(), "tse_per_case": sizes.tse_per_case, "blimp_per_paradigm": sizes.blimp_per_paradigm}
+    tse, blimp = benchmark_samples(config, plan, budgets)
+    return resized(benchmarks, tse, blimp, context_length(model.config))
+
+
+def benchmark_samples(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | None]) -> tuple[list, list]:
+    """The TSE and BLiMP samples of ``budgets`` (``None``: every pair; 0: none)."""
     tse: list = []
-    if config.tse_per_case or config.full:
+    if (config.tse_per_case or config.full) and budgets["tse_per_case"] != 0:
         pairs = tse_pairs()
         tse = list(
             pairs if budgets["tse_per_case"] is None else sample_tse(pairs, budgets["tse_per_case"], config.seed)
@@ -165,7 +176,7 @@ def _benchmarks(config: StudyConfig, plan: StudyPlan, budgets: dict[str, int | N
     local = hub_blimp_skip_reason(config.blimp, plan.model_ref.kind)
     if local and (config.blimp_per_paradigm or config.full):
         log.info("BLiMP skipped: %s", local)
-    elif config.blimp_per_paradigm or config.full:
+    elif (config.blimp_per_paradigm or config.full) and budgets["blimp_per_paradigm"] != 0:
         pairs = load_blimp(config.blimp, plan.paradigms)
         if budgets["blimp_per_paradigm"] is not None:
             grouped = {p: {"": [x for x in pairs if x.case == p]} for p in plan.paradigms}

@@ -28,8 +28,9 @@ from dynamics.evaluate.planning import PassBudget
 from dynamics.models.runtime import resolve_device
 from dynamics.study.conditions import NeuronSets, Unit, neuron_sets
 from dynamics.study.config import StudyConfig, StudyPlan
-from dynamics.study.inputs import load_inputs
+from dynamics.study.inputs import load_inputs, sized_benchmarks
 from dynamics.study.measures import measure_shared, measure_unit, own_phases
+from dynamics.study.sizing import stored_sizes
 
 log = logging.getLogger(__name__)
 
@@ -144,4 +145,7 @@ def _build_worker(spec: StudySpec) -> StudyWorker:
     plan = replace(spec.plan, device=resolve_device(config.device))  # this worker's own device; the dtype is the run's
     log.info("worker: loading %s for the study on %s", config.model, plan.device)
     model, benchmarks, budget, *_ = load_inputs(config, plan, spec.tagger)
+    sizes = stored_sizes(spec.static)
+    if sizes is not None:  # --target-ci: the samples the driver's pilot sized
+        benchmarks = sized_benchmarks(config, plan, benchmarks, model, sizes)
     return StudyWorker(model, benchmarks, budget, _sets(spec))
