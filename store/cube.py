@@ -60,7 +60,7 @@ from store.leftovers import (
     remove_abandoned_cube,
 )
 from store.lock import WriterLock
-from store.metadata import CUBE_FORMAT, check_arrays_readable
+from store.metadata import CUBE_FORMAT, check_arrays_readable, unit_dimension
 from store.metadata import read_root_attrs as _read_attrs
 from store.safe_files import fresh_directory, is_disk_full, missing_ancestors, remove_directories
 from store.verify import check_cube, check_step_order
@@ -98,6 +98,7 @@ class CubeWriter:
     ) -> None:
         self.path = Path(path)
         self.unit = unit
+        self.dim = unit  # the dimension a new cube stores its units along; an existing cube's own, once open
         self.steps = sorted({int(s) for s in steps})
         self.identity = _jsonable(dict(identity))
         self.provenance = _jsonable(dict(provenance or {}))
@@ -151,6 +152,7 @@ class CubeWriter:
             self._create()
             self._created = True
         else:
+            self.dim = unit_dimension(self.path)  # a study made before its dimension was named: step
             check_arrays_readable(self.path)
             self._check_identity()
             if "extending" in _read_attrs(self.path):
@@ -232,10 +234,10 @@ class CubeWriter:
 
     def _write_new(self, real: Path) -> None:
         tmp = fresh_directory(real.parent, f".{real.name}.creating.")
-        ds = xr.Dataset(coords={"step": np.asarray(self.steps, dtype="int64")})
+        ds = xr.Dataset(coords={self.dim: np.asarray(self.steps, dtype="int64")})
         if self.static is not None:
-            if "step" in self.static.dims:
-                raise CubeError("static variables must not have a step dimension")
+            if self.dim in self.static.dims or "step" in self.static.dims:
+                raise CubeError(f"static variables must not have a {self.dim} dimension")
             ds = ds.merge(self.static)
         ds.attrs = {
             "cube_format": CUBE_FORMAT,
@@ -243,11 +245,12 @@ class CubeWriter:
             "created": _now(),
             "steps": {str(s): {"status": PENDING} for s in self.steps},
             APPENDED_AT: [0],
+            "unit_dim": self.dim,
         }
         if self.static is not None:
             ds.attrs["static_digests"] = static_digests(self.static)
         try:
-            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding={"step": {"chunks": (1,)}})
+            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding={self.dim: {"chunks": (1,)}})
             tmp.rename(real)  # atomic: the cube appears whole or not at all
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -284,7 +287,7 @@ class CubeWriter:
 
     # -- queries ----------------------------------------------------------------------------
     def stored_steps(self) -> list[int]:
-        return [int(s) for s in zarr.open_array(self.path / "step", mode="r")[:]]
+        return [int(s) for s in zarr.open_array(self.path / self.dim, mode="r")[:]]
 
     def status(self, step: int) -> str:
         return _read_attrs(self.path)["steps"].get(str(step), {}).get("status", PENDING)
@@ -303,19 +306,19 @@ class CubeWriter:
     def read_step(self, step: int) -> xr.Dataset:
         """The stored variables of one step (a length-1 ``step`` dimension), loaded; e.g. to copy it."""
         with xr.open_zarr(self.path, consolidated=False, chunks=None) as stored:
-            names = [n for n, v in stored.data_vars.items() if "step" in v.dims]
-            return stored[names].isel(step=[self._index[step]]).load()
+            names = [n for n, v in stored.data_vars.items() if self.dim in v.dims]
+            return stored[names].isel({self.dim: [self._index[step]]}).load()
 
     def read_static(self) -> xr.Dataset | None:
         """The static variables (no ``step`` dimension), or None before they are written."""
         with xr.open_zarr(self.path, consolidated=False, chunks=None) as stored:
-            names = [n for n, v in stored.data_vars.items() if "step" not in v.dims]
+            names = [n for n, v in stored.data_vars.items() if self.dim not in v.dims]
             return stored[names].load() if names else None
 
     # -- writes -----------------------------------------------------------------------------
     def write_static(self, static: xr.Dataset) -> None:
         """Write variables without a step dimension, once (before the first step result)."""
-        if "step" in static.dims:
+        if self.dim in static.dims or "step" in static.dims:
             raise CubeError("static variables must not have a step dimension")
         if self.read_static() is not None:
             raise CubeError(f"cube {str(self.path)!r} already has its static variables")
@@ -359,16 +362,20 @@ class CubeWriter:
 
         The done record lists the variables written and holds the digest of each one's row.
         """
-        if result.sizes.get("step") != 1:
-            raise CubeError(f"a step result must have a step dimension of length 1, got {dict(result.sizes)}")
-        step = int(result["step"].values[0])
+        if self.dim != "step" and "step" in result.dims:  # units come as length-1 "step" results
+            result = result.rename({"step": self.dim})
+        if result.sizes.get(self.dim) != 1:
+            raise CubeError(
+                f"a {self.unit} result must have a {self.dim} dimension of length 1, got {dict(result.sizes)}"
+            )
+        step = int(result[self.dim].values[0])
         if step not in self._index:
             raise CubeError(f"step {step} is not in this cube; requested steps are {self.steps[:5]}...")
         if self.status(step) == DONE and not self.overwrite:
             raise CubeError(f"step {step} is already done in {str(self.path)!r}; pass --overwrite to redo it")
         i = self._index[step]
-        body = result.drop_vars([name for name in result.variables if "step" not in result[name].dims])
-        body = body.drop_vars("step")
+        body = result.drop_vars([name for name in result.variables if self.dim not in result[name].dims])
+        body = body.drop_vars(self.dim)
         body.attrs = {}
         with self._disk_full_is_one_line(f"writing {self.unit} {step} to"):
             self._set_record(step, {"status": PENDING})  # an overwrite in flight is not done
@@ -377,7 +384,11 @@ class CubeWriter:
                 dtypes = {str(n): zarr.open_array(self.path / str(n), mode="r").dtype for n in body.variables}
                 # Every chunk is written, fill values included, so a missing chunk always means lost data.
                 body.to_zarr(
-                    self.path, region={"step": slice(i, i + 1)}, mode="r+", consolidated=False, write_empty_chunks=True
+                    self.path,
+                    region={self.dim: slice(i, i + 1)},
+                    mode="r+",
+                    consolidated=False,
+                    write_empty_chunks=True,
                 )
                 done = {"status": DONE, "written": _now(), "variables": sorted(str(name) for name in body.variables)}
                 self._set_record(step, {**(record or {}), **done, "digests": step_digests(body, dtypes)})
@@ -428,16 +439,16 @@ class CubeWriter:
         with xr.open_zarr(self.path, consolidated=False, chunks=None) as stored:
             missing = [v for v in result.data_vars if v not in stored.variables]
             for name, coord in result.coords.items():
-                if name != "step" and name in stored.coords and not np.array_equal(stored[name].values, coord.values):
+                if name != self.dim and name in stored.coords and not np.array_equal(stored[name].values, coord.values):
                     raise CubeError(f"coordinate {name!r} of this step differs from the one stored in the cube")
             stored_coords = set(stored.variables)
-            n_steps = stored.sizes["step"]
+            n_steps = stored.sizes[self.dim]
         if not missing:
             return
         variables, encoding = {}, {}
         for name in missing:
             var = result[name]
-            if var.dims[0] != "step":
+            if var.dims[0] != self.dim:
                 raise CubeError(f"variable {name!r} must have step as its first dimension, has {var.dims}")
             shape = (n_steps, *var.shape[1:])
             variables[name] = (var.dims, np.broadcast_to(_fill_value(var.dtype), shape), var.attrs)
@@ -445,7 +456,7 @@ class CubeWriter:
         coords = {
             name: _portable(coord)
             for name, coord in result.coords.items()
-            if name != "step" and name not in stored_coords
+            if name != self.dim and name not in stored_coords
         }
         new = xr.Dataset(variables, coords=coords)
         new.attrs = _read_attrs(self.path)  # xarray rewrites the root attributes on append
@@ -458,7 +469,7 @@ class CubeWriter:
         n_old = len(self.stored_steps())
         self._update_attrs(extending={"from": n_old})
         with xr.open_zarr(self.path, consolidated=False, chunks=None) as stored:
-            stepped = {n: v for n, v in stored.data_vars.items() if "step" in v.dims}
+            stepped = {n: v for n, v in stored.data_vars.items() if self.dim in v.dims}
             variables = {
                 n: (v.dims, np.broadcast_to(_fill_value(v.dtype), (len(new_steps), *v.shape[1:])))
                 for n, v in stepped.items()
@@ -467,8 +478,8 @@ class CubeWriter:
         attrs["steps"] = {**attrs["steps"], **{str(s): {"status": PENDING} for s in new_steps}}
         if isinstance(attrs.get(APPENDED_AT), list):  # a cube older than the record has none to extend
             attrs[APPENDED_AT] = [*attrs[APPENDED_AT], n_old]
-        new = xr.Dataset(variables, coords={"step": np.asarray(new_steps, dtype="int64")}, attrs=attrs)
-        new.to_zarr(self.path, mode="a", append_dim="step", consolidated=False)
+        new = xr.Dataset(variables, coords={self.dim: np.asarray(new_steps, dtype="int64")}, attrs=attrs)
+        new.to_zarr(self.path, mode="a", append_dim=self.dim, consolidated=False)
         group = zarr.open_group(self.path, mode="r+", zarr_format=3)
         group.attrs.pop("extending", None)
         zarr.consolidate_metadata(self.path)

@@ -28,6 +28,7 @@ import zarr
 
 from dynamics.errors import CubeError, CubeLockedError
 from store.lock import WriterLock
+from store.metadata import unit_dimension
 from store.safe_files import atomic_copy
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,12 @@ def chunk_files(path: Path, name: str, meta: Mapping[str, Any], position: int) -
 
 
 def step_arrays(path: Path) -> list[str]:
-    """Names of the arrays stored along ``step`` (the ``step`` coordinate included)."""
+    """Names of the arrays stored along the unit dimension (its coordinate included)."""
+    dim = unit_dimension(path)
     names = []
     for child in sorted(Path(path).iterdir()):
         meta = _array_meta(path, child.name) if child.is_dir() else None
-        if meta and (meta.get("dimension_names") or [None])[0] == "step":
+        if meta and (meta.get("dimension_names") or [None])[0] == dim:
             names.append(child.name)
     return names
 
@@ -80,13 +82,14 @@ def declared_step_variables(path: Path) -> list[str]:
     with open(Path(path) / "zarr.json", encoding="utf-8") as f:
         root = json.load(f)
     listed = (root.get("consolidated_metadata") or {}).get("metadata") or {}
+    dim = unit_dimension(path)
     return sorted(
         name
         for name, meta in listed.items()
         if "/" not in name
         and meta.get("node_type") == "array"
-        and (meta.get("dimension_names") or [None])[0] == "step"
-        and name != "step"
+        and (meta.get("dimension_names") or [None])[0] == dim
+        and name != dim
     )
 
 
@@ -243,12 +246,13 @@ def repair_interrupted_write(path: Path) -> None:
 def rollback_extension(path: Path) -> None:
     """Undo an append that was interrupted: cut every step-dimension array back."""
     n_old = int(_root_attrs(path)["extending"]["from"])
+    dim = unit_dimension(path)
     group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)  # the real shapes
     for _, array in group.arrays():
         dims = array.metadata.dimension_names or ()
-        if dims and dims[0] == "step" and array.shape[0] != n_old:
+        if dims and dims[0] == dim and array.shape[0] != n_old:
             array.resize((n_old, *array.shape[1:]))
-    kept = {int(s) for s in group["step"][:]}
+    kept = {int(s) for s in group[dim][:]}
     group.attrs["steps"] = {k: v for k, v in group.attrs["steps"].items() if int(k) in kept}
     starts = group.attrs.get(APPENDED_AT)
     if isinstance(starts, list):

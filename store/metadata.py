@@ -18,6 +18,22 @@ import zarr
 from dynamics.errors import DamagedCubeError
 
 PENDING = "pending"
+#: The dimension along which a cube stores its units when its attributes do not say (scans, older studies).
+DEFAULT_UNIT_DIM = "step"
+
+
+def unit_dimension(path: Path) -> str:
+    """The dimension a cube stores its units along: ``step`` for a scan (and a study made before the
+    name was recorded), ``condition`` for a study (``attrs["unit_dim"]``)."""
+    try:
+        with open(Path(path) / "zarr.json", encoding="utf-8") as f:
+            attrs = json.load(f).get("attributes", {})
+    except (OSError, ValueError):
+        return DEFAULT_UNIT_DIM
+    dim = attrs.get("unit_dim", DEFAULT_UNIT_DIM) if isinstance(attrs, dict) else DEFAULT_UNIT_DIM
+    return dim if isinstance(dim, str) and dim else DEFAULT_UNIT_DIM
+
+
 STATUSES = ("done", "failed", PENDING)
 #: The layout this version writes and reads (``attrs["cube_format"]``).
 CUBE_FORMAT = 1
@@ -82,11 +98,12 @@ def check_arrays_readable(path: Path) -> None:
                     f"({child.name}/zarr.json) is not valid JSON ({exc}); nothing was changed: "
                     "restore the cube from a copy or choose another one"
                 ) from None
+    dim = unit_dimension(path)
     try:
-        zarr.open_array(path / "step", mode="r")[:]
+        zarr.open_array(path / dim, mode="r")[:]
     except Exception as exc:  # noqa: BLE001 - zarr and its codecs raise many kinds for a damaged chunk
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DamagedCubeError(
-            f"cube {str(path)!r} is damaged: its step coordinate cannot be read ({reason}); "
+            f"cube {str(path)!r} is damaged: its {dim} coordinate cannot be read ({reason}); "
             "nothing was changed: restore the cube from a copy or choose another one"
         ) from None

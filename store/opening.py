@@ -9,6 +9,7 @@ under the wrong labels. Interrupted extensions and compactions are finished firs
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import xarray as xr
 from dynamics.errors import CubeInputError
 from store.derived import add_derived
 from store.integrity import readable_positions, repair_interrupted_write
-from store.metadata import check_arrays_readable
+from store.metadata import check_arrays_readable, unit_dimension
 from store.metadata import read_root_attrs as _read_attrs
 from store.verify import check_step_order
 
@@ -27,6 +28,9 @@ STEP_COORDINATES = ("tokens", "duplicate_of")
 DONE, PENDING = "done", "pending"
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+
+
+log = logging.getLogger(__name__)
 
 
 def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
@@ -57,14 +61,19 @@ def open_cube(path: str | Path, include_pending: bool = False) -> xr.Dataset:
         attrs = _read_attrs(path)
     ds = _open_lazily(path, chunks=None)  # numpy-backed, loaded on access (whole-array reductions work)
     records = ds.attrs.get("steps", {})
-    unique = readable_positions(path, ds["step"].values, records, attrs.get("cube_kind") == "units")
-    check_step_order(path, ds["step"].values, unique, attrs)
-    ds = ds.isel(step=unique)
-    status = np.array([records.get(str(int(s)), {}).get("status", PENDING) for s in ds["step"].values])
+    dim = unit_dimension(path)  # step; a study's conditions (those made before it was named: step)
+    unique = readable_positions(path, ds[dim].values, records, attrs.get("cube_kind") == "units")
+    check_step_order(path, ds[dim].values, unique, attrs)
+    ds = ds.isel({dim: unique})
+    status = np.array([records.get(str(int(s)), {}).get("status", PENDING) for s in ds[dim].values])
     if attrs.get("cube_kind") == "units":  # a study: units become labelled arrays (store/units.py)
         from store.units import assemble_units
 
-        return assemble_units(ds, status)
+        if dim == "step":
+            log.warning(
+                "%s: a study cube of the earlier layout (conditions stored along step); opened as any other", path
+            )
+        return assemble_units(ds, status, dim)
     ds = ds.assign_coords(status=("step", status)).sortby("step")
     ds = ds.set_coords([name for name in STEP_COORDINATES if name in ds.data_vars])
     declared = attrs.get("identity", {}).get("derived", {})

@@ -57,22 +57,24 @@ def is_units_cube(ds: xr.Dataset) -> bool:
     return ds.attrs.get("cube_kind") == CUBE_KIND
 
 
-def assemble_units(ds: xr.Dataset, status: np.ndarray) -> xr.Dataset:
-    """The labelled view of a units cube opened along ``step`` (every unit, done or not).
+def assemble_units(ds: xr.Dataset, status: np.ndarray, dim: str = "condition") -> xr.Dataset:
+    """The labelled view of a units cube opened along its unit dimension ``dim`` (every unit, done or not).
 
     Args:
-        ds: the cube as stored, with every unit along ``step``.
-        status: each unit's status (``done`` / ``pending`` / ``failed``), aligned with ``step``.
+        ds: the cube as stored, with every unit along ``dim`` (``condition``; ``step`` in studies made
+            before the dimension was named).
+        status: each unit's status (``done`` / ``pending`` / ``failed``), aligned with ``dim``.
+        dim: the unit dimension.
     """
     units = ds.attrs["units"]
     blocks = ds.attrs["blocks"]
-    static = ds[[n for n, v in ds.data_vars.items() if "step" not in v.dims]]
-    parts = [static.drop_vars([c for c in static.coords if "step" in static[c].dims], errors="ignore")]
+    static = ds[[n for n, v in ds.data_vars.items() if dim not in v.dims]]
+    parts = [static.drop_vars([c for c in static.coords if dim in static[c].dims or c == dim], errors="ignore")]
     for name, block in blocks.items():
-        members = [(int(s), units[int(s)]) for s in ds["step"].values if units[int(s)]["block"] == name]
+        members = [(int(s), units[int(s)]) for s in ds[dim].values if units[int(s)]["block"] == name]
         if not members:  # e.g. a study without layer groups: no empty arrays
             continue
-        parts.append(_assemble_block(ds, block, members, status, list(ds["step"].values)))
+        parts.append(_assemble_block(ds, block, members, status, list(ds[dim].values), dim))
     out = xr.merge(parts, compat="no_conflicts", join="outer", combine_attrs="drop")
     out.attrs = dict(ds.attrs)
     return out
@@ -103,6 +105,7 @@ def _assemble_block(
     members: Sequence[tuple[int, Mapping[str, Any]]],
     status: np.ndarray,
     steps: list[int],
+    dim: str,
 ) -> xr.Dataset:
     coords = _block_coords(block, members)
     dims = list(block["dims"])
@@ -121,7 +124,7 @@ def _assemble_block(
             position = steps.index(step)
             if status[position] != "done":
                 continue
-            row = var.isel(step=position).values
+            row = var.isel({dim: position}).values
             for cell in _cells(unit, coords):
                 values[cell] = row
                 done[cell] = True
@@ -133,7 +136,7 @@ def _assemble_block(
         for name in block["variables"]
         if name in ds
         for c, coord in ds.coords.items()
-        if coord.dims and "step" not in coord.dims and set(coord.dims) <= set(ds[name].dims[1:])
+        if coord.dims and dim not in coord.dims and set(coord.dims) <= set(ds[name].dims[1:])
     }
     return xr.Dataset(out, coords={**coord_values, **extra})
 

@@ -37,6 +37,7 @@ from store.integrity import (
     stored_row,
     unique_positions,
 )
+from store.metadata import unit_dimension
 
 DONE = "done"
 
@@ -68,7 +69,7 @@ def check_cube(path: str | Path, units_cube: bool = False, read: bool = True, ve
         attrs = json.load(f).get("attributes", {})
     records = attrs.get("steps", {})
     fallback = [] if units_cube else declared_step_variables(path)
-    steps = [int(s) for s in zarr.open_array(path / "step", mode="r")[:]]
+    steps = [int(s) for s in zarr.open_array(path / unit_dimension(path), mode="r")[:]]
     positions = unique_positions(path, steps, records, units_cube) if duplicated_steps(steps) else range(len(steps))
     found = CubeCheck()
     opened: dict[str, Any] = {}

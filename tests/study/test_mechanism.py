@@ -100,3 +100,12 @@ def test_the_differentiated_pairs_of_the_headline_sets_are_stored(mechanism_stud
     assert ((tokens >= -1) & (tokens < 128)).all() and (tokens[..., 0] < tokens[..., 1])[tokens[..., 0] >= 0].all()
     ratio = ds["diff_pair_ratio"].values  # each member's pairs from the largest |dy| / ||dx|| down
     assert (np.nan_to_num(np.diff(ratio, axis=1), nan=0.0) <= 0).all() and np.isfinite(ratio[:, 0]).all()
+
+
+def test_a_study_cube_stores_its_conditions_along_condition(mechanism_study):
+    import xarray as xr
+
+    ds, config = mechanism_study
+    raw = xr.open_zarr(config.out)
+    assert "condition" in raw.dims and "step" not in raw.dims
+    assert raw.attrs["unit_dim"] == "condition" and raw.sizes["condition"] == len(raw.attrs["units"])
