@@ -13,6 +13,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_hub_status():
+    """Each test is a fresh run for the Hub (as ``run_scan`` and the study's loading begin with
+    ``hub_status.forget()``): a test that makes the Hub unreachable, or spends the run's retry
+    budget, must not make the next test's Hub unreachable too."""
+    from checkpoints import hub_status
+
+    hub_status.forget()
+    yield
+    hub_status.forget()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` beside the project; tests that need it skip when it is absent."""
