@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,27 @@ from checkpoints.steps import PYTHIA_STEPS
 from checkpoints.transfer import hub_file_sizes, transfer_backend
 from dynamics.errors import CheckpointError, UserInputError
 
-__all__ = ["CONFIG_AND_TOKENIZER", "HubSource", "RevisionSource", "weight_files"]
+__all__ = ["CONFIG_AND_TOKENIZER", "HubCalls", "HubSource", "RevisionSource", "weight_files"]
 
 log = logging.getLogger(__name__)
 
 CONFIG_AND_TOKENIZER = ["config.json", "generation_config.json", *TOKENIZER_FILES]
+
+
+@dataclass(frozen=True)
+class HubCalls:
+    """The Hub requests a :class:`HubSource` makes, each replaceable (tests pass stand-ins); ``None``:
+    the real client's.
+
+    Attributes:
+        download: ``snapshot_download(repo_id, revision=..., allow_patterns=..., ...)`` (huggingface_hub's).
+        list_files: ``(repo_id, revision) -> file names`` of a revision (one ``model_info`` request).
+        list_refs: ``repo_id -> names`` (or ``{name: commit}``) of the repository's branches and tags.
+    """
+
+    download: Callable[..., str] | None = None
+    list_files: Callable[[str, str], list[str]] | None = None
+    list_refs: Callable[[str], Sequence[str] | Mapping[str, str]] | None = None
 
 
 class HubSource:
@@ -66,11 +83,9 @@ class HubSource:
         cache_dir: str | Path | None = None,
         retry: RetryPolicy | None = None,
         keep: bool = False,
-        download: Callable[..., str] | None = None,
-        list_files: Callable[[str, str], list[str]] | None = None,
         revision_template: str = DEFAULT_TEMPLATE,
         revisions: Mapping[int, str] | None = None,
-        list_refs: Callable[[str], Sequence[str] | Mapping[str, str]] | None = None,
+        calls: HubCalls = HubCalls(),
     ) -> None:
         from huggingface_hub import constants, snapshot_download
 
@@ -79,11 +94,11 @@ class HubSource:
         self.cache_dir = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
         self.retry = retry or RetryPolicy()
         self.keep = keep
-        self._download = download or snapshot_download
-        self._list_files = list_files or _list_repo_files
+        self._download = calls.download or snapshot_download
+        self._list_files = calls.list_files or _list_repo_files
         self._added: set[str] = set()  # cache entries (relative to the repo folder) this run created
         self._cache_lock = threading.Lock()  # a prefetch thread fetches while the driver releases
-        self._list_refs = list_refs or hub_ref_names
+        self._list_refs = calls.list_refs or hub_ref_names
         self._commits: dict[str, str] = {}  # revision -> commit, as the Hub's listing names them
         self._list_sizes: Callable[[str, str], dict[str, int]] = hub_file_sizes
         self.template = RevisionTemplate(revision_template)

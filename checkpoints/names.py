@@ -94,41 +94,48 @@ def resolve_model(name: str) -> ModelRef:
         )
     path = Path(name).expanduser()
     if path.exists():
-        if path.is_file():
-            if path.suffix.lower() != ".gguf":
-                raise UserInputError(
-                    f"model file {name!r} is not a .gguf file; give a .gguf file, a directory or a Hub id"
-                )
-            return ModelRef(name, "gguf", str(path.resolve()))
-        if is_local_suite(path):
-            return ModelRef(name, "local_suite", str(path.resolve()))
-        if (path / "config.json").is_file() or any(path.glob("*.gguf")):
-            return ModelRef(name, "local_model", str(path.resolve()))
-        raise UserInputError(
-            f"directory {name!r} is neither a checkpoint suite (step<N>/ sub-directories) "
-            "nor a saved model (config.json or a .gguf file)"
-        )
+        return _local_model(name, path)
     if name == TOY_ALIAS:  # no such file or directory here: the built-in suite in the cache
         return ModelRef(name, "local_suite", str(toy_suite_dir().resolve()))
     if name.lower().endswith(".gguf"):
         raise UserInputError(f"GGUF file {name!r} does not exist")
     match = _PYTHIA_ALIAS.match(name)
     if match:
-        if match["size"] not in PYTHIA_SIZES:
-            raise UserInputError(
-                f"unknown Pythia size {match['size']!r} in {name!r}; sizes are {', '.join(PYTHIA_SIZES)}"
-            )
-        if match["seed"] and (
-            match["size"] not in POLYPYTHIA_SIZES or match["suffix"] or int(match["number"]) not in POLYPYTHIA_SEEDS
-        ):
-            raise UserInputError(
-                f"no PolyPythia run {name!r}: seeds 1 to 9 exist for pythia-{{{','.join(POLYPYTHIA_SIZES)}}}-seed<N> "
-                "(e.g. pythia-160m-seed3)"
-            )
-        return ModelRef(name, "hub", f"EleutherAI/{name}")
+        return _pythia_model(name, match)
     if _HUB_ID.match(name):
         return ModelRef(name, "hub", name)
     raise UserInputError(
         f"unknown model {name!r}: give a Pythia alias (pythia-70m ... pythia-12b, optionally -deduped), "
         "a Hub id (owner/name), toy (the built-in model organism), an existing directory or a .gguf file"
     )
+
+
+def _local_model(name: str, path: Path) -> ModelRef:
+    """An existing ``--model`` path: a .gguf file, a checkpoint suite or one saved model directory."""
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise UserInputError(f"model file {name!r} is not a .gguf file; give a .gguf file, a directory or a Hub id")
+        return ModelRef(name, "gguf", str(path.resolve()))
+    if is_local_suite(path):
+        return ModelRef(name, "local_suite", str(path.resolve()))
+    if (path / "config.json").is_file() or any(path.glob("*.gguf")):
+        return ModelRef(name, "local_model", str(path.resolve()))
+    raise UserInputError(
+        f"directory {name!r} is neither a checkpoint suite (step<N>/ sub-directories) "
+        "nor a saved model (config.json or a .gguf file)"
+    )
+
+
+def _pythia_model(name: str, match: re.Match[str]) -> ModelRef:
+    """A Pythia alias (``pythia-1.4b-deduped``, ``pythia-160m-seed3``) as its EleutherAI Hub id, its size
+    and PolyPythia seed checked."""
+    if match["size"] not in PYTHIA_SIZES:
+        raise UserInputError(f"unknown Pythia size {match['size']!r} in {name!r}; sizes are {', '.join(PYTHIA_SIZES)}")
+    if match["seed"] and (
+        match["size"] not in POLYPYTHIA_SIZES or match["suffix"] or int(match["number"]) not in POLYPYTHIA_SEEDS
+    ):
+        raise UserInputError(
+            f"no PolyPythia run {name!r}: seeds 1 to 9 exist for pythia-{{{','.join(POLYPYTHIA_SIZES)}}}-seed<N> "
+            "(e.g. pythia-160m-seed3)"
+        )
+    return ModelRef(name, "hub", f"EleutherAI/{name}")

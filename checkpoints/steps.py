@@ -81,23 +81,28 @@ def _parse_term(term: str, spec: str, offered: list[int] | None) -> list[int]:
         return [_in_range(int(term), term)]
     match = _RANGE.match(term)
     if match:
-        start, stop, stride = (_in_range(int(g), term) for g in match.groups())
-        if stride == 0:
-            raise UserInputError(f"step spec {term!r} has STEP 0: STEP must be a positive integer")
-        if stop < start:
-            raise UserInputError(f"step spec {term!r} has STOP {stop} < START {start}")
-        count = (stop - start) // stride + 1
-        if count > MAX_SELECTED:  # refused before it is materialised (a list of 10**12 steps is a MemoryError)
-            raise UserInputError(
-                f"step spec {term!r} selects {count} steps, more than {MAX_SELECTED}; "
-                "choose a larger STEP or a shorter range"
-            )
-        return list(range(start, stop + 1, stride))
+        return _parse_range(term, match)
     if term.lstrip().startswith("-") or re.search(r"(^|:)-\d", term):
         raise UserInputError(f"step spec {term!r} is negative: steps are integers >= 0")
     if not term:
         raise UserInputError(f"step spec {spec!r} has an empty term: expected {_GRAMMAR}")
     raise UserInputError(f"cannot parse step spec {term!r}: expected {_GRAMMAR}")
+
+
+def _parse_range(term: str, match: re.Match[str]) -> list[int]:
+    """The steps of a ``START:STOP:STEP`` term (STOP inclusive)."""
+    start, stop, stride = (_in_range(int(g), term) for g in match.groups())
+    if stride == 0:
+        raise UserInputError(f"step spec {term!r} has STEP 0: STEP must be a positive integer")
+    if stop < start:
+        raise UserInputError(f"step spec {term!r} has STOP {stop} < START {start}")
+    count = (stop - start) // stride + 1
+    if count > MAX_SELECTED:  # refused before it is materialised (a list of 10**12 steps is a MemoryError)
+        raise UserInputError(
+            f"step spec {term!r} selects {count} steps, more than {MAX_SELECTED}; "
+            "choose a larger STEP or a shorter range"
+        )
+    return list(range(start, stop + 1, stride))
 
 
 def _in_range(value: int, term: str) -> int:

@@ -20,7 +20,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-from dynamics.stats.activations import iter_pre_activations
+from dynamics.stats.activations import CaptureSettings, iter_pre_activations
 
 
 def build_model(layers: int, d_model: int, seed: int) -> torch.nn.Module:
@@ -43,9 +43,8 @@ def run(
 ) -> tuple[float, dict]:
     start = time.perf_counter()
     captured = {}
-    for layer, pre in iter_pre_activations(
-        model, windows, memory_budget=budget, batch_size=batch_size, progress=False, resume_passes=resume
-    ):
+    settings = CaptureSettings(memory_budget=budget, batch_size=batch_size, progress=False, resume_passes=resume)
+    for layer, pre in iter_pre_activations(model, windows, settings):
         captured[layer] = pre[:: max(1, pre.shape[0] // 512)].clone()  # a sample of rows, to compare
         del pre
     return time.perf_counter() - start, captured

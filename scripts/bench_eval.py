@@ -126,11 +126,17 @@ def child(args: argparse.Namespace) -> None:
         grouped = {p: {"": [x for x in loaded if x.case == p]} for p in paradigms}
         sample = stratified_sample(grouped, 50, seed=0)
         blimp = [x for p in paradigms for x in sample[p][""]]
-        extra = {"differences_only": True} if new_api else {}
+        extra: dict = {"differences_only": True} if new_api else {}
+        if "batching" in score_pairs.__code__.co_varnames:  # the batching settings as one value (#22)
+            from dynamics.syntax.settings import Batching
+
+            extra["batching"] = Batching(progress=False)
+        else:
+            extra["progress"] = False
         with ablate(model, cohort, mode="negative"), torch.inference_mode():
             for name, pairs in (("tse", tse), ("blimp", blimp)):
                 start = time.perf_counter()
-                scores = score_pairs(model, tokenizer, pairs, keep_pairs=True, progress=False, **extra)
+                scores = score_pairs(model, tokenizer, pairs, keep_pairs=True, **extra)
                 seconds[f"ablate {name}"] = time.perf_counter() - start
                 numbers[f"ablate {name} correct"] = scores.correct.astype(float).tolist()
             start = time.perf_counter()

@@ -34,7 +34,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, PreTrainedTokenizerFast
 
 from dynamics.syntax.pairs import MinimalPair
-from dynamics.syntax.scoring import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, score_pairs
+from dynamics.syntax.scoring import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, Batching, score_pairs
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -122,9 +122,10 @@ def loop_pairs(model, tokenizer, pairs: list[MinimalPair]) -> np.ndarray:
     return np.stack([good, bad, intrusive])
 
 
-def scorer_pairs(model, tokenizer, pairs: list[MinimalPair], **kwargs) -> np.ndarray:
-    """The scorer on pairs: ``[3, n]`` scores of good, bad and intrusive (NaN) sentences."""
-    result = score_pairs(model, tokenizer, pairs, keep_pairs=True, progress=False, **kwargs)
+def scorer_pairs(model, tokenizer, pairs: list[MinimalPair], **batching) -> np.ndarray:
+    """The scorer on pairs: ``[3, n]`` scores of good, bad and intrusive (NaN) sentences; ``batching``:
+    fields of :class:`dynamics.syntax.scoring.Batching`."""
+    result = score_pairs(model, tokenizer, pairs, batching=Batching(progress=False, **batching), keep_pairs=True)
     return np.stack([result.good, result.bad, result.intrusive])
 
 
@@ -147,7 +148,7 @@ def main() -> None:
     n_tokens = [len(tokenizer(p.good, add_special_tokens=False)["input_ids"]) for p in pairs]
 
     # Warm-up (allocator, oneDNN kernels), not timed.
-    score_pairs(model, tokenizer, pairs[:16], progress=False)
+    score_pairs(model, tokenizer, pairs[:16], batching=Batching(progress=False))
     loop_scores(model, tokenizer, [p.good for p in pairs[:4]], 0)
 
     methods = [("loop (baseline)", loop_pairs)]

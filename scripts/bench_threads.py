@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, GPTNeoXConfig, PreTrainedTokenize
 
 from dynamics.models.runtime import evaluation_flops
 from dynamics.syntax.perplexity import perplexity
-from dynamics.syntax.scoring import score_pairs
+from dynamics.syntax.scoring import Batching, score_pairs
 from dynamics.syntax.tse import sample_tse, tse_pairs
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -76,7 +76,7 @@ def main() -> None:
         0, model.config.vocab_size, (args.windows, window), generator=torch.Generator().manual_seed(1)
     )
     tasks = {
-        "scoring": lambda: score_pairs(model, tokenizer, pairs, progress=False),
+        "scoring": lambda: score_pairs(model, tokenizer, pairs, batching=Batching(progress=False)),
         "perplexity": lambda: perplexity(model, windows, progress=False),
     }
     seconds: dict[tuple[str, int], list[float]] = {(t, n): [] for t in tasks for n in (1, 2)}

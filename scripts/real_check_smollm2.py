@@ -99,7 +99,7 @@ def table(header: list[str], rows: list[list[object]]) -> str:
 
 
 def check_tse(model, tokenizer, args) -> tuple[str, float]:
-    from dynamics.syntax.scoring import score_pairs
+    from dynamics.syntax.scoring import Batching, ScoringRules, score_pairs
     from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
 
     pairs = sample_tse(tse_pairs(), per_case=args.tse_per_case, seed=args.seed)
@@ -108,11 +108,9 @@ def check_tse(model, tokenizer, args) -> tuple[str, float]:
         model,
         tokenizer,
         pairs,
+        ScoringRules.parse(chosen.tse_reduction, chosen.prefix, chosen.npi),
+        Batching(batch_tokens=args.batch_tokens),
         group_by="case",
-        reduction=chosen.tse_reduction,
-        prefix=chosen.prefix,
-        npi=chosen.npi,
-        batch_tokens=args.batch_tokens,
         keep_pairs=True,
     )
     order = [c for c in TSE_CASES if c in result.groups]
@@ -139,7 +137,7 @@ def check_tse(model, tokenizer, args) -> tuple[str, float]:
 def check_blimp(model, tokenizer, args) -> tuple[str, float]:
     from dynamics.syntax.blimp import blimp_accuracy, load_blimp
     from dynamics.syntax.pairs import stratified_sample
-    from dynamics.syntax.scoring import score_pairs
+    from dynamics.syntax.scoring import Batching, ScoringRules, score_pairs
 
     pairs = load_blimp(args.blimp_dir)
     if args.blimp_per_paradigm:
@@ -154,10 +152,10 @@ def check_blimp(model, tokenizer, args) -> tuple[str, float]:
         model,
         tokenizer,
         pairs,
+        # BLiMP has no NPI triples: the rule is the default's, as before
+        ScoringRules.parse(chosen.blimp_reduction, chosen.prefix, "intrusive"),
+        Batching(batch_tokens=args.batch_tokens),
         group_by="case",
-        reduction=chosen.blimp_reduction,
-        prefix=chosen.prefix,
-        batch_tokens=args.batch_tokens,
         keep_pairs=True,
     )
     acc = blimp_accuracy(pairs, result.correct)

@@ -34,7 +34,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dynamics.stats.activations import iter_pre_activations
+    from dynamics.stats.activations import CaptureSettings, iter_pre_activations
     from dynamics.stats.cohort import top_percent_mask
     from dynamics.stats.wasserstein import wasserstein_split
     from dynamics.stats.wasserstein_sampled import wasserstein_to_gaussian_sampled
@@ -50,7 +50,7 @@ def main() -> None:
     )
     exact, sampled = [], [[] for _ in range(args.seeds)]
     with torch.inference_mode():
-        for _, pre in iter_pre_activations(model, windows, memory_budget=2 * 2**30, batch_size=1, progress=False):
+        for _, pre in iter_pre_activations(model, windows, CaptureSettings(memory_budget=2 * 2**30, progress=False)):
             exact.append(wasserstein_split(pre.double())[0].numpy())
             for seed in range(args.seeds):
                 sampled[seed].append(wasserstein_to_gaussian_sampled(pre.double(), seed=seed).numpy())

@@ -16,6 +16,7 @@ from dynamics.ablation.hooks import ablate_rows
 from dynamics.models import cpu_threads
 from dynamics.syntax.logprobs import token_log_probs_each
 from dynamics.syntax.perplexity import token_nll_each
+from dynamics.syntax.settings import Batching
 
 
 @pytest.fixture(autouse=True)
@@ -163,7 +164,13 @@ def test_scores_are_bitwise_those_of_one_batch_at_a_time(monkeypatch, one_torch_
         cpu_threads.set_cpu_threads("timed")
         with ablate_rows(model, masks) as copies, torch.inference_mode():
             results[workers] = token_log_probs_each(
-                model, rows, 1, copies, units=units, batch_tokens=48, progress=False, needed_from=[2] * len(rows)
+                model,
+                rows,
+                1,
+                copies,
+                Batching(batch_tokens=48, progress=False),
+                units=units,
+                needed_from=[2] * len(rows),
             )
     assert len(results[1]) == conditions
     for one, two in zip(results[1], results[2]):

@@ -11,6 +11,7 @@ from fixtures.tiny_models import VOCAB, tiny_model
 
 from dynamics.models import cpu_threads, linear_head, modelcalls
 from dynamics.syntax.logprobs import token_log_probs
+from dynamics.syntax.settings import Batching
 
 
 @pytest.fixture(autouse=True)
@@ -128,13 +129,13 @@ def test_decoder_calls_are_not_timed(monkeypatch):
     model = tiny_model("gpt_neox")
     modelcalls.capabilities(model)
     rows = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 10]]
-    whole = token_log_probs(model, rows, None, units=[[0, 1]], progress=False)
+    whole = token_log_probs(model, rows, None, Batching(progress=False), units=[[0, 1]])
     widths = []
     model.base_model.register_forward_hook(
         lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
     )
     cpu_threads.set_cpu_threads("timed")
-    timed = token_log_probs(model, rows, None, units=[[0, 1]], progress=False)
+    timed = token_log_probs(model, rows, None, Batching(progress=False), units=[[0, 1]])
     assert widths == [4, 1]  # the shared prefix once, then the suffixes on its cache
     assert "body" not in cpu_threads.timed_threads(model)
     for a, b in zip(timed, whole):

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from dynamics.models import modelcalls
 from dynamics.models.modelcalls import capabilities, chunk_rows, kept_log_probs, sequence_log_probs
 from dynamics.syntax.logprobs import token_log_probs
+from dynamics.syntax.settings import Batching
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
 pytestmark = pytest.mark.models
@@ -41,7 +42,7 @@ def test_every_family_uses_the_decoder_path_and_a_cache(family):
 def test_shared_prefix_scores_equal_one_pass_scores(family):
     model = tiny_model(family)
     rows = [[5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 11], [5, 6, 12, 13, 14, 15, 16]]
-    two_pass = token_log_probs(model, rows, None, units=[[0, 1, 2]], progress=False)
+    two_pass = token_log_probs(model, rows, None, Batching(progress=False), units=[[0, 1, 2]])
     for row, got in zip(rows, two_pass):
         expected = reference_log_probs(model, torch.tensor([row]))[0].numpy()
         assert got.shape == expected.shape
@@ -97,7 +98,7 @@ def test_a_decoder_that_ignores_the_cache_turns_prefix_reuse_off(monkeypatch, ca
     assert found.decoder_head is True and found.cache_keyword is None
     assert "shared prefixes are recomputed" in caplog.text
     rows = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 10]]
-    scores = token_log_probs(model, rows, None, units=[[0, 1]], progress=False)
+    scores = token_log_probs(model, rows, None, Batching(progress=False), units=[[0, 1]])
     for row, got in zip(rows, scores):
         assert abs(got - reference_log_probs(model, torch.tensor([row]))[0].numpy()).max() < 1e-4
 

@@ -25,7 +25,7 @@ from dynamics.errors import UserInputError
 from dynamics.stats.cohort import random_control_mask, top_percent_mask
 from dynamics.study.config import StudyConfig
 from dynamics.syntax.corpus import load_wd_and_ppl_windows, text_specs
-from dynamics.syntax.scoring import score_pairs
+from dynamics.syntax.scoring import Batching, ScoringRules, score_pairs
 from dynamics.syntax.tse import NPI_CASES, tse_pairs
 
 pytestmark = pytest.mark.models
@@ -155,12 +155,9 @@ def test_tse_default_is_the_official_mean_with_the_tokenizers_own_first_token(fa
         model,
         tokenizer,
         pairs,
-        reduction=chosen.tse_reduction,
-        prefix=chosen.prefix,
-        npi=chosen.npi,
+        ScoringRules.parse(chosen.tse_reduction, chosen.prefix, chosen.npi),
+        Batching(batch_tokens=40, progress=False),
         keep_pairs=True,
-        progress=False,
-        batch_tokens=40,
     )
     good = official_scores(model, tokenizer, [p["good"] for p in pairs], "mean")
     bad = official_scores(model, tokenizer, [p["bad"] for p in pairs], "mean")
@@ -179,11 +176,9 @@ def test_blimp_default_is_the_official_sum(adds_bos: bool) -> None:
         model,
         tokenizer,
         pairs,
-        reduction=chosen.blimp_reduction,
-        prefix=chosen.prefix,
-        npi=chosen.npi,
+        ScoringRules.parse(chosen.blimp_reduction, chosen.prefix, chosen.npi),
+        Batching(progress=False),
         keep_pairs=True,
-        progress=False,
     )
     np.testing.assert_allclose(
         got.good, official_scores(model, tokenizer, [p["good"] for p in pairs], "sum"), rtol=1e-5, atol=1e-6
@@ -209,12 +204,9 @@ def test_first_token_auto_scores_what_the_tokenizer_leaves_scorable() -> None:
 def test_npi_paper_is_good_vs_last_and_strict_needs_the_intrusive_too() -> None:
     model, tokenizer = word_model("gpt_neox"), word_tokenizer(False)
     pairs = [p for p in known_pairs() if "intrusive" in p]
-    strict = score_pairs(
-        model, tokenizer, pairs, reduction="sum", prefix="bos", npi="intrusive", keep_pairs=True, progress=False
-    )
-    last = score_pairs(
-        model, tokenizer, pairs, reduction="sum", prefix="bos", npi="last", keep_pairs=True, progress=False
-    )
+    quiet = Batching(progress=False)
+    strict = score_pairs(model, tokenizer, pairs, ScoringRules("sum", "bos", "intrusive"), quiet, keep_pairs=True)
+    last = score_pairs(model, tokenizer, pairs, ScoringRules("sum", "bos", "last"), quiet, keep_pairs=True)
     np.testing.assert_allclose(last.good, strict.good)
     assert last.correct.tolist() == (strict.good > strict.bad).tolist()  # official: tup[0] vs tup[-1]
     assert strict.correct.tolist() == ((strict.good > strict.bad) & (strict.good > strict.intrusive)).tolist()

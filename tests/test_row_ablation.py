@@ -29,13 +29,14 @@ from dynamics.evaluate.planning import conditions_per_pass
 from dynamics.syntax.blimp import blimp_accuracy
 from dynamics.syntax.pairs import MinimalPair
 from dynamics.syntax.perplexity import perplexity, perplexity_each, window_nll, window_nll_each
-from dynamics.syntax.scoring import score_pairs, score_pairs_each
+from dynamics.syntax.scoring import Batching, score_pairs, score_pairs_each
 
 # Calls models: also run against the lowest transformers the project declares (.ci/run).
 pytestmark = pytest.mark.models
 
 #: The measured bound of the kernel-choice difference on sentence scores (see the module docstring).
 SCORE_RTOL = 2e-7
+QUIET = Batching(progress=False)
 
 PAIRS = [
     {"good": "the author laughs.", "bad": "the author laugh.", "case": "simple"},
@@ -74,8 +75,8 @@ def test_scores_and_perplexity_equal_one_condition_at_a_time(family: str) -> Non
     masks = _masks(model)
     mode = "both" if family == "opt" else "negative"  # under ReLU the negative ablation changes nothing
     windows = tiny_input_ids(batch=3, length=24, seed=5)
-    kwargs = dict(group_by="case", keep_pairs=True, progress=False, batch_tokens=64)
-    single = _one_at_a_time(model, masks, mode, lambda: score_pairs(model, tokenizer, PAIRS, **kwargs))
+    kwargs = dict(batching=Batching(batch_tokens=64, progress=False), group_by="case")
+    single = _one_at_a_time(model, masks, mode, lambda: score_pairs(model, tokenizer, PAIRS, keep_pairs=True, **kwargs))
     single_nll = _one_at_a_time(model, masks, mode, lambda: window_nll(model, windows, batch_size=2, progress=False))
     single_ppl = _one_at_a_time(model, masks, mode, lambda: perplexity(model, windows, batch_size=2, progress=False))
     with ablate_rows(model, masks, mode) as copies, torch.inference_mode():
@@ -102,8 +103,8 @@ def test_scores_and_perplexity_equal_one_condition_at_a_time(family: str) -> Non
 def test_every_preactivation_mode_equal_and_left_padding(mode: str) -> None:
     model, tokenizer = tiny_model("llama"), char_tokenizer()
     masks = _masks(model)
-    kwargs = dict(group_by="case", keep_pairs=True, progress=False, padding_side="left", batch_tokens=80)
-    single = _one_at_a_time(model, masks, mode, lambda: score_pairs(model, tokenizer, PAIRS, **kwargs))
+    kwargs = dict(batching=Batching(batch_tokens=80, padding_side="left", progress=False), group_by="case")
+    single = _one_at_a_time(model, masks, mode, lambda: score_pairs(model, tokenizer, PAIRS, keep_pairs=True, **kwargs))
     with ablate_rows(model, masks, mode) as copies, torch.inference_mode():
         batched = score_pairs_each(model, tokenizer, PAIRS, copies, **kwargs)
     for one, many in zip(single, batched):
@@ -139,7 +140,7 @@ def test_scan_evaluation_equals_the_loop_over_conditions() -> None:
     )
     result = evaluate(model, [Condition(name, mask) for name, mask in conditions.items()], benchmarks)
     single_blimp = _one_at_a_time(
-        model, masks, "negative", lambda: score_pairs(model, tokenizer, blimp, keep_pairs=True, progress=False)
+        model, masks, "negative", lambda: score_pairs(model, tokenizer, blimp, batching=QUIET, keep_pairs=True)
     )
     for i, scores in enumerate(single_blimp):
         per_paradigm = blimp_accuracy(blimp, scores.correct).per_paradigm
@@ -147,7 +148,7 @@ def test_scan_evaluation_equals_the_loop_over_conditions() -> None:
             result["blimp_acc"].values[i], [per_paradigm["anaphor"], per_paradigm["det_noun"], np.nan]
         )
     single = _one_at_a_time(
-        model, masks, "negative", lambda: score_pairs(model, tokenizer, tse, keep_pairs=True, progress=False)
+        model, masks, "negative", lambda: score_pairs(model, tokenizer, tse, batching=QUIET, keep_pairs=True)
     )
     single_ppl = _one_at_a_time(model, masks, "negative", lambda: perplexity(model, windows, progress=False))
     for i, scores in enumerate(single):
@@ -205,12 +206,12 @@ def test_conditions_of_every_mode_share_a_pass(family: str) -> None:
     masks = [None] + [torch.rand(shape, generator=generator) < 0.4 for _ in range(5)]
     modes = ["negative", "negative", "signflip", "posrelu", "abs_pre", "both"]
     windows = tiny_input_ids(batch=3, length=24, seed=5)
-    kwargs = dict(group_by="case", keep_pairs=True, progress=False, batch_tokens=64)
+    kwargs = dict(batching=Batching(batch_tokens=64, progress=False), group_by="case")
     single_nll, single_scores = [], []
     for mask, mode in zip(masks, modes):
         with ablate(model, mask, mode=mode) if mask is not None else nullcontext(), torch.inference_mode():
             single_nll.append(window_nll(model, windows, batch_size=2, progress=False))
-            single_scores.append(score_pairs(model, tokenizer, PAIRS, **kwargs))
+            single_scores.append(score_pairs(model, tokenizer, PAIRS, keep_pairs=True, **kwargs))
     with ablate_rows(model, masks, modes) as copies, torch.inference_mode():
         batched_nll = window_nll_each(model, windows, copies, batch_size=2, progress=False)
         batched_scores = score_pairs_each(model, tokenizer, PAIRS, copies, **kwargs)

@@ -49,45 +49,50 @@ def neuron_indices(neurons: Any, shape: tuple[int, int]) -> dict[int, torch.Tens
     into one, e.g. an xarray ``DataArray``), a dict ``{layer: indices}``, or a list with one
     index list per layer.
     """
-    n_layers, n_neurons = shape
-    if isinstance(neurons, Mapping):
-        per_layer = dict(neurons.items())
-    elif isinstance(neurons, (list, tuple)):
-        if len(neurons) != n_layers:
-            raise UserInputError(f"neuron list has {len(neurons)} per-layer entries; the model has {n_layers} layers")
-        per_layer = dict(enumerate(neurons))
-    else:
-        mask = neurons.detach().cpu().numpy() if isinstance(neurons, torch.Tensor) else np.asarray(neurons)
-        if mask.dtype != np.bool_:
-            raise UserInputError(
-                f"neuron mask has dtype {mask.dtype}; give a boolean mask [layer, neuron] or index lists"
-            )
-        if mask.shape != (n_layers, n_neurons):
-            raise UserInputError(
-                f"neuron mask has shape {mask.shape}; the model needs ({n_layers}, {n_neurons}) [layer, neuron]"
-            )
-        per_layer = {layer: np.flatnonzero(row) for layer, row in enumerate(mask)}
     indices: dict[int, torch.Tensor] = {}
-    for layer, chosen in per_layer.items():
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n_layers:
-            raise UserInputError(
-                f"layer {layer!r} in the neuron set does not exist: the model has layers 0..{n_layers - 1}"
-            )
-        array = np.asarray(chosen.cpu() if isinstance(chosen, torch.Tensor) else chosen).reshape(-1)
-        if array.size and not np.issubdtype(array.dtype, np.integer):
-            raise UserInputError(
-                f"layer {layer} neuron indices have dtype {array.dtype}; give integer indices, "
-                "or the whole set as one boolean mask [layer, neuron]"
-            )
-        values = torch.as_tensor(array.astype(np.int64))
-        if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n_neurons):
-            raise UserInputError(
-                f"layer {layer} neuron indices must lie in 0..{n_neurons - 1}, got {values.tolist()[:8]}"
-            )
-        values = torch.unique(values)  # sorted, duplicates dropped
+    for layer, chosen in _per_layer(neurons, shape).items():
+        values = _layer_indices(layer, chosen, shape)
         if values.numel():
             indices[int(layer)] = values
     return indices
+
+
+def _per_layer(neurons: Any, shape: tuple[int, int]) -> dict[Any, Any]:
+    """``{layer: that layer's chosen neurons}`` of a mapping, a list per layer or a boolean mask, as given."""
+    n_layers, n_neurons = shape
+    if isinstance(neurons, Mapping):
+        return dict(neurons.items())
+    if isinstance(neurons, (list, tuple)):
+        if len(neurons) != n_layers:
+            raise UserInputError(f"neuron list has {len(neurons)} per-layer entries; the model has {n_layers} layers")
+        return dict(enumerate(neurons))
+    mask = neurons.detach().cpu().numpy() if isinstance(neurons, torch.Tensor) else np.asarray(neurons)
+    if mask.dtype != np.bool_:
+        raise UserInputError(f"neuron mask has dtype {mask.dtype}; give a boolean mask [layer, neuron] or index lists")
+    if mask.shape != (n_layers, n_neurons):
+        raise UserInputError(
+            f"neuron mask has shape {mask.shape}; the model needs ({n_layers}, {n_neurons}) [layer, neuron]"
+        )
+    return {layer: np.flatnonzero(row) for layer, row in enumerate(mask)}
+
+
+def _layer_indices(layer: Any, chosen: Any, shape: tuple[int, int]) -> torch.Tensor:
+    """One layer's chosen neurons as sorted unique int64 indices, the layer and every index checked."""
+    n_layers, n_neurons = shape
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n_layers:
+        raise UserInputError(
+            f"layer {layer!r} in the neuron set does not exist: the model has layers 0..{n_layers - 1}"
+        )
+    array = np.asarray(chosen.cpu() if isinstance(chosen, torch.Tensor) else chosen).reshape(-1)
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise UserInputError(
+            f"layer {layer} neuron indices have dtype {array.dtype}; give integer indices, "
+            "or the whole set as one boolean mask [layer, neuron]"
+        )
+    values = torch.as_tensor(array.astype(np.int64))
+    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n_neurons):
+        raise UserInputError(f"layer {layer} neuron indices must lie in 0..{n_neurons - 1}, got {values.tolist()[:8]}")
+    return torch.unique(values)  # sorted, duplicates dropped
 
 
 def _block_hook(per_block: list[tuple[int, AblationMode, torch.Tensor]], copies: int):  # noqa: ANN202

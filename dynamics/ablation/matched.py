@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from dynamics.ablation.hooks import ablate
+from dynamics.config.parts import MatchOptions
 from dynamics.execution.progress import progress_bar
 from dynamics.stats.cohort import BisectionResult, bisect_to_target, bottom_percent_mask, wd_scores
 from dynamics.syntax.perplexity import perplexity, window_nll
@@ -60,19 +61,17 @@ def match_bottom_percent(
     wd: np.ndarray,
     ablated_ppl: Callable[[torch.Tensor], float],
     target: float,
-    low: float,
-    high: float,
-    tolerance: float,
-    max_iterations: int,
+    search: MatchOptions,
     clean: float | None = None,
 ) -> tuple[np.ndarray, BisectionResult]:
-    """The bottom-``m``% WD mask whose negative ablation matches ``target`` perplexity.
+    """The bottom-``m``% WD mask whose negative ablation matches ``target`` perplexity, ``m`` bisected in
+    ``search``'s bracket ``[match_low, match_high]`` within its tolerance and iterations.
 
     With ``clean`` (the clean perplexity) the tolerance is relative to the target's increase
     over it and a trial below clean never matches (:func:`bisect_to_target`).
     """
     scores = wd_scores(wd)
-    bar = progress_bar(total=max_iterations + 2, desc="matched control", unit="trial")
+    bar = progress_bar(total=search.match_iterations + 2, desc="matched control", unit="trial")
 
     def perplexity_at(m: float) -> float:
         value = ablated_ppl(bottom_percent_mask(scores, m))
@@ -82,7 +81,15 @@ def match_bottom_percent(
         return value
 
     with bar:
-        result = bisect_to_target(perplexity_at, target, low, high, tolerance, max_iterations, baseline=clean)
+        result = bisect_to_target(
+            perplexity_at,
+            target,
+            search.match_low,
+            search.match_high,
+            search.match_tolerance,
+            search.match_iterations,
+            baseline=clean,
+        )
     if not result.converged:
         log.warning("matched control not found: %s; keeping the closest, m = %.4g%%", result.reason, result.argument)
     return bottom_percent_mask(scores, result.argument).numpy(), result
@@ -117,15 +124,13 @@ def matched_control(
     batch_size: int,
     wd: np.ndarray,
     reference: torch.Tensor,
-    low: float,
-    high: float,
-    tolerance: float,
-    max_iterations: int,
+    search: MatchOptions,
 ) -> MatchedControl:
     """The bottom-m% WD neurons whose negative ablation's perplexity increase over clean matches
     that of ``reference`` (a ``[layer, neuron]`` mask) on ``windows``: the clean and reference
     perplexities, the reference's paired increase and noise warning, then
-    :func:`match_bottom_percent` between ``low`` and ``high`` percent."""
+    :func:`match_bottom_percent` with ``search`` (the bracket, tolerance and iterations of
+    ``--match-*``; a scan's or a study's config is one)."""
     predicted = windows.shape[0] * (windows.shape[1] - 1)
     clean_nll = negative_ablation_window_nll(model, windows, batch_size, None)
     reference_nll = negative_ablation_window_nll(model, windows, batch_size, reference)
@@ -136,5 +141,5 @@ def matched_control(
     if noise:
         log.warning("matched control: %s", noise)
     ablated_ppl = negative_ablation_perplexity(model, windows, batch_size)
-    mask, match = match_bottom_percent(wd, ablated_ppl, target, low, high, tolerance, max_iterations, clean=clean)
+    mask, match = match_bottom_percent(wd, ablated_ppl, target, search, clean=clean)
     return MatchedControl(mask, match, clean, target, increase, increase_se, noise)

@@ -180,25 +180,47 @@ def study_section(cube: Path, wall_seconds: float) -> tuple[list[str], bool]:
             f"{counts['pending']} not run, of {len(units)}"
         )
     ]
+    lines += _failure_lines(statuses, units, records) + _phase_seconds_lines(ds)
+    rows, measured = _study_rows(ds)
+    if not rows:
+        return [*lines, "", "the study cube has no clean or neg_top condition"], False
+    lines += ["", *markdown_table(["condition", "status", "TSE", "BLiMP", "ppl"], rows)]
+    return lines, ok and measured
+
+
+def _failure_lines(statuses: list[str], units: list[dict], records: dict[str, Any]) -> list[str]:
+    """One line per reason the failed units failed with, naming (up to four of) the units."""
     by_reason: dict[str, list[str]] = {}
     for i, status in enumerate(statuses):
         if status == "failed":
             labels = " ".join(f"{k}={v}" for k, v in units[i].get("labels", {}).items())
             by_reason.setdefault(failure(records[str(i)]), []).append(f"{i} ({labels})")
+    lines = []
     for reason, failed in by_reason.items():
         shown = ", ".join(failed[:4]) + (f" and {len(failed) - 4} more" if len(failed) > 4 else "")
         lines.append(f"- {len(failed)} failed with {reason}: units {shown}")
-    if "seconds" in ds and "phase" in ds.coords:
-        per_phase = {str(p): float(np.nansum(ds["seconds"].sel(phase=p).values)) for p in ds["phase"].values}
-        if "group_seconds" in ds:
-            for p in per_phase:
-                per_phase[p] += float(np.nansum(ds["group_seconds"].sel(phase=p).values))
-        lines += [
-            "",
-            "seconds per phase, summed over the conditions: " + ", ".join(f"{p} {s:.1f}" for p, s in per_phase.items()),
-        ]
+    return lines
+
+
+def _phase_seconds_lines(ds: Any) -> list[str]:
+    """Seconds per phase summed over the conditions (and the layer groups), when the cube has them."""
+    if "seconds" not in ds or "phase" not in ds.coords:
+        return []
+    per_phase = {str(p): float(np.nansum(ds["seconds"].sel(phase=p).values)) for p in ds["phase"].values}
+    if "group_seconds" in ds:
+        for p in per_phase:
+            per_phase[p] += float(np.nansum(ds["group_seconds"].sel(phase=p).values))
+    return [
+        "",
+        "seconds per phase, summed over the conditions: " + ", ".join(f"{p} {s:.1f}" for p, s in per_phase.items()),
+    ]
+
+
+def _study_rows(ds: Any) -> tuple[list[list[str]], bool]:
+    """The headline row of each condition at the match percent, and whether clean and neg_top are done
+    with finite numbers."""
     percent = float(ds.attrs.get("identity", {}).get("analysis", {}).get("match_percent", 1.0))
-    rows = []
+    rows, measured = [], True
     for condition in STUDY_CONDITIONS:
         if "condition" not in ds.coords or condition not in ds["condition"].values:
             continue
@@ -206,10 +228,7 @@ def study_section(cube: Path, wall_seconds: float) -> tuple[list[str], bool]:
         done = bool(at["done"]) if "done" in ds else False
         values = [float(at[v]) if v in ds else np.nan for v in ("tse_acc_all", "blimp_acc_all", "ppl")]
         if condition in ("clean", "neg_top"):
-            ok = ok and done and all(np.isfinite(values))
+            measured = measured and done and all(np.isfinite(values))
         label = condition if condition == "clean" else f"{condition} {percent:g}%"
         rows.append([label, "done" if done else "not done", number(values[0]), number(values[1]), number(values[2], 1)])
-    if not rows:
-        return [*lines, "", "the study cube has no clean or neg_top condition"], False
-    lines += ["", *markdown_table(["condition", "status", "TSE", "BLiMP", "ppl"], rows)]
-    return lines, ok
+    return rows, measured

@@ -19,6 +19,7 @@ import torch
 from dynamics.config.protocol import Protocol
 from dynamics.errors import UserInputError
 from dynamics.syntax.pairs import MinimalPair
+from dynamics.syntax.settings import ScoringRules
 
 #: The evaluation's phases, in the order they run.
 PHASES = ("tse", "blimp", "ppl", "lmeval", "pos")
@@ -38,6 +39,12 @@ class Scoring:
     @classmethod
     def of(cls, protocol: Protocol) -> Scoring:
         return cls(protocol.tse_reduction, protocol.blimp_reduction, protocol.prefix, protocol.npi, protocol.pos_unit)
+
+    def rules(self, phase: str) -> ScoringRules:
+        """How the pairs of ``phase`` (``tse`` or ``blimp``) are scored: its reduction, the prefix and
+        the NPI rule, checked (:class:`dynamics.syntax.settings.ScoringRules`)."""
+        reduction = self.tse_reduction if phase == "tse" else self.blimp_reduction
+        return ScoringRules.parse(reduction, self.prefix, self.npi)
 
 
 @dataclass(frozen=True)

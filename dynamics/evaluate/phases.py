@@ -19,25 +19,21 @@ from dynamics.syntax.pairs import MinimalPair
 from dynamics.syntax.perplexity import perplexity_of, token_nll_each
 from dynamics.syntax.pos import UPOS, excess_surprisal, pos_surprisal, token_excess
 from dynamics.syntax.scoring import PairScores, score_pairs_each
+from dynamics.syntax.settings import Batching
 from dynamics.syntax.tse import TSE_CASES
 
 
 def score(model: torch.nn.Module, benchmarks: Benchmarks, phase: str, copies: int) -> list[PairScores]:
     """The pairs of ``phase`` (``tse`` or ``blimp``) scored under ``copies`` conditions of one pass."""
-    scoring = benchmarks.scoring
     pairs = benchmarks.tse if phase == "tse" else benchmarks.blimp
-    reduction = scoring.tse_reduction if phase == "tse" else scoring.blimp_reduction
     return score_pairs_each(
         model,
         benchmarks.tokenizer,
         pairs,
         copies,
+        benchmarks.scoring.rules(phase),
+        Batching(progress=False),
         group_by="case",
-        reduction=reduction,  # type: ignore[arg-type]  # checked by resolve_protocol
-        prefix=scoring.prefix,
-        npi=scoring.npi,  # type: ignore[arg-type]
-        keep_pairs=True,
-        progress=False,
         differences_only=True,  # the tokens a pair shares before its first difference cancel
     )
 

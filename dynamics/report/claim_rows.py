@@ -67,21 +67,28 @@ def absent(cid: str, claim: str, comparison: str, why: str) -> Claim:
     return Claim(cid, claim, comparison, "absent", note=why)
 
 
+@dataclass(frozen=True)
+class Criterion:
+    """How a comparison is judged: an effect in the direction ``sign`` (+1 or -1) away from ``null``,
+    in ``unit`` (a key of :data:`SCALES`); an inconclusive one says how many ``items`` (pairs,
+    windows, ...) would give a CI half-width of ``target``."""
+
+    sign: int
+    unit: str
+    target: float
+    items: str
+    null: float = 0.0
+
+
 def comparison_row(
-    cid: str,
-    claim: str,
-    comparison: str,
-    result: Comparison,
-    expected_sign: int,
-    unit: str,
-    target: float,
-    items: str,
-    null: float = 0.0,
-    note: str = "",
+    cid: str, claim: str, comparison: str, result: Comparison, criterion: Criterion, note: str = ""
 ) -> Claim:
-    """A claim tested by ``result``: its verdict against ``null`` in the direction ``expected_sign``;
-    an inconclusive one says how many ``items`` would give a CI half-width of ``target``."""
-    decided = verdict(result, expected_sign, null=null) if math.isfinite(result.half_width) else "inconclusive"
+    """A claim tested by ``result``, judged by ``criterion``: its verdict against the null in the
+    expected direction; an inconclusive one says how many items would give the target CI half-width."""
+    unit, items, target = criterion.unit, criterion.items, criterion.target
+    decided = (
+        verdict(result, criterion.sign, null=criterion.null) if math.isfinite(result.half_width) else "inconclusive"
+    )
     words = [note] if note else []
     if decided == "inconclusive" and math.isfinite(result.half_width) and result.half_width > 0:
         scale = SCALES.get(unit, 1.0)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from dynamics.report.claim_rows import Claim, absent, comparison_row, equivalence_row, settings_of
+from dynamics.report.claim_rows import Claim, Criterion, absent, comparison_row, equivalence_row, settings_of
 from dynamics.stats.paired import Comparison, accuracy_difference, perplexity_ratio, ratio_difference, trend
 
 #: Function words and content words of the universal POS tags (claim C9).
@@ -88,7 +88,8 @@ def _accuracy(study: _Study, cid: str, benchmark: str, control: str) -> Claim:
     result = accuracy_difference(
         study.correct(name, control), study.correct(name, "neg_top"), strata, **_boot(study.settings)
     )
-    return comparison_row(cid, text, comparison, result, +1, "points", study.settings.target_points / 100, "pairs")
+    criterion = Criterion(+1, "points", study.settings.target_points / 100, "pairs")
+    return comparison_row(cid, text, comparison, result, criterion)
 
 
 def _perplexity(study: _Study) -> Claim:
@@ -104,7 +105,9 @@ def _perplexity(study: _Study) -> Claim:
         tokens,
         **_boot(study.settings),
     )
-    return comparison_row("C1", text, comparison, result, +1, "ratio", study.settings.target_ratio, "windows", null=1.0)
+    return comparison_row(
+        "C1", text, comparison, result, Criterion(+1, "ratio", study.settings.target_ratio, "windows", null=1.0)
+    )
 
 
 def _matched(study: _Study) -> Claim:
@@ -146,9 +149,8 @@ def _lmeval(study: _Study) -> Claim:
         "lmeval_difference", effect, effect - half, effect + half, 0.95, int(keep.sum()), None, "", 0, 0
     )
     note = "unpaired normal approximation over tasks (lm-eval's per-example outcomes are not stored)"
-    return comparison_row(
-        "C6", text, comparison, result, +1, "points", study.settings.target_points / 100, "tasks", note=note
-    )
+    criterion = Criterion(+1, "points", study.settings.target_points / 100, "tasks")
+    return comparison_row("C6", text, comparison, result, criterion, note=note)
 
 
 def _layer_groups(study: _Study) -> Claim:
@@ -166,9 +168,8 @@ def _layer_groups(study: _Study) -> Claim:
     harm = clean[None, :] - np.where(np.isnan(margins), np.nan, margins > 0)
     strata = _labels(study.ds["tse_item_case"].values)
     result = trend(harm, strata, **_boot(study.settings))
-    return comparison_row(
-        "C8", text, comparison, result, -1, "points per group", study.settings.target_points / 100, "pairs"
-    )
+    criterion = Criterion(-1, "points per group", study.settings.target_points / 100, "pairs")
+    return comparison_row("C8", text, comparison, result, criterion)
 
 
 def _pos(study: _Study) -> Claim:
@@ -187,7 +188,7 @@ def _pos(study: _Study) -> Claim:
         count.sel(pos=list(CONTENT_POS)).sum("pos").values,
         **_boot(study.settings),
     )
-    return comparison_row("C9", text, comparison, result, +1, "nats", 0.01, "windows")
+    return comparison_row("C9", text, comparison, result, Criterion(+1, "nats", 0.01, "windows"))
 
 
 def _labels(values: Any) -> np.ndarray:

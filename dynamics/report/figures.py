@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class AxisLabels:
+    """What a figure's axes and the figure itself are called."""
+
+    x: str
+    y: str
+    title: str
 
 
 def accuracy_bars_figure(
@@ -12,9 +22,7 @@ def accuracy_bars_figure(
     *,
     y: str,
     x: str,
-    xlabel: str,
-    ylabel: str,
-    title: str,
+    labels: AxisLabels,
     size: tuple[float, float],
     palette: Any = None,
 ) -> object:
@@ -28,9 +36,9 @@ def accuracy_bars_figure(
     sns.barplot(frame, y=y, x=x, hue="condition", ax=ax, orient="h", errorbar=errorbar, palette=palette)
     ax.axvline(0.5, color="0.5", ls=":", lw=1, label="chance")
     ax.set_xlim(0, 1)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_xlabel(labels.x)
+    ax.set_ylabel(labels.y)
+    ax.set_title(labels.title)
     legend_below(ax, fig)
     return fig
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from dynamics.report.claim_rows import Claim, absent, comparison_row
+from dynamics.report.claim_rows import Claim, Criterion, absent, comparison_row
 from dynamics.report.claims import ClaimSettings
 from dynamics.stats.paired import spearman_block_bootstrap
 
@@ -64,5 +64,5 @@ def scan_claims(ds: xr.Dataset, settings: ClaimSettings | None = None) -> list[C
         result = spearman_block_bootstrap(
             cohort_wd(ds), series(ds), n_boot=settings.n_boot, seed=settings.seed, level=settings.level
         )
-        out.append(comparison_row(cid, claim, comparison, result, +1, "rho", 0.1, "steps"))
+        out.append(comparison_row(cid, claim, comparison, result, Criterion(+1, "rho", 0.1, "steps")))
     return out

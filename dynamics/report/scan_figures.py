@@ -21,7 +21,7 @@ import xarray as xr
 from dynamics.errors import UserInputError
 from dynamics.report.claim_figures import claims_figure
 from dynamics.report.claims import cube_claim_settings
-from dynamics.report.figures import accuracy_bars_figure, legend_below
+from dynamics.report.figures import AxisLabels, accuracy_bars_figure, legend_below
 from dynamics.report.scan_claims import scan_claims
 from dynamics.report.study_figures import study_figures
 from store.safe_files import atomic_write_bytes
@@ -295,9 +295,9 @@ def tse_cases_figure(ds: xr.Dataset, plt, sns) -> object:
         sns,
         y="tse_case",
         x="accuracy",
-        xlabel="TSE accuracy",
-        ylabel="TSE case",
-        title=f"TSE per case at step {int(ds['step'].values[-1])}" + _seed_note(ds),
+        labels=AxisLabels(
+            "TSE accuracy", "TSE case", f"TSE per case at step {int(ds['step'].values[-1])}" + _seed_note(ds)
+        ),
         size=(8, 8),
         palette=palette or None,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import xarray as xr
 
 from dynamics.errors import UserInputError
@@ -16,42 +18,56 @@ def _conditions(ds: xr.Dataset) -> list[str]:
     return [str(c) for c in ds["condition"].values] if "condition" in ds.coords else []
 
 
+#: A group of columns of the step table: its headers, and its cells at one step (the cube at that step).
+StepColumns = tuple[list[str], Callable[[xr.Dataset], list[str]]]
+
+
 def step_table(ds: xr.Dataset) -> str:
     """One row per done step: cohort vs population WD, TSE, BLiMP and perplexity per condition, drift, tokens."""
-    conditions = _conditions(ds)
-    headers = ["step"]
-    with_tokens = "tokens" in ds.coords and bool((ds["tokens"] >= 0).any())
-    if "wd" in ds:
-        headers += ["wd median", "wd cohort"]
-    headers += [f"tse {c}" for c in conditions if "tse_acc" in ds]
-    headers += [f"blimp {c}" for c in conditions if "blimp_acc" in ds]
-    headers += [f"ppl {c}" for c in conditions if "ppl" in ds]
-    if "drift_ref" in ds and "cohort" in ds:
-        headers += ["drift_ref cohort"]
-    if with_tokens:
-        headers += ["tokens"]
+    columns = _step_columns(ds)
+    headers = ["step"] + [header for names, _ in columns for header in names]
     rows = []
     for step in ds["step"].values:
         at = ds.sel(step=step)
-        row = [str(int(step))]
-        if "wd" in ds:
-            row += [
-                fmt(float(at["wd"].median())),
-                fmt(float(at["wd"].where(ds["cohort"]).mean())) if "cohort" in ds else "-",
-            ]
-        if "tse_acc" in ds:
-            row += [fmt(float(at["tse_acc"].sel(condition=c).mean())) for c in conditions]
-        if "blimp_acc" in ds:  # mean over paradigms (each with the same number of sampled pairs)
-            row += [fmt(float(at["blimp_acc"].sel(condition=c).mean())) for c in conditions]
-        if "ppl" in ds:
-            row += [fmt(float(at["ppl"].sel(condition=c)), 2) for c in conditions]
-        if "drift_ref" in ds and "cohort" in ds:
-            row += [fmt(float(at["drift_ref"].where(ds["cohort"]).mean()), 4)]
-        if with_tokens:
-            tokens = int(at["tokens"])
-            row += [f"{tokens:,}" if tokens >= 0 else "-"]
-        rows.append(row)
+        rows.append([str(int(step))] + [cell for _, cells in columns for cell in cells(at)])
     return text_table(headers, rows)
+
+
+def _step_columns(ds: xr.Dataset) -> list[StepColumns]:
+    """The column groups of the step table that ``ds`` has data for, in the table's order."""
+    conditions = _conditions(ds)
+    columns: list[StepColumns] = []
+    if "wd" in ds:
+        columns.append(
+            (
+                ["wd median", "wd cohort"],
+                lambda at: [
+                    fmt(float(at["wd"].median())),
+                    fmt(float(at["wd"].where(ds["cohort"]).mean())) if "cohort" in ds else "-",
+                ],
+            )
+        )
+    # TSE and BLiMP: the mean over cases and paradigms (each with the same number of sampled pairs)
+    for name, label in (("tse_acc", "tse"), ("blimp_acc", "blimp")):
+        if name in ds:
+            columns.append(([f"{label} {c}" for c in conditions], _condition_means(name, conditions)))
+    if "ppl" in ds:
+        columns.append(
+            (
+                [f"ppl {c}" for c in conditions],
+                lambda at: [fmt(float(at["ppl"].sel(condition=c)), 2) for c in conditions],
+            )
+        )
+    if "drift_ref" in ds and "cohort" in ds:
+        columns.append((["drift_ref cohort"], lambda at: [fmt(float(at["drift_ref"].where(ds["cohort"]).mean()), 4)]))
+    if "tokens" in ds.coords and bool((ds["tokens"] >= 0).any()):
+        columns.append((["tokens"], lambda at: [f"{int(at['tokens']):,}" if int(at["tokens"]) >= 0 else "-"]))
+    return columns
+
+
+def _condition_means(name: str, conditions: list[str]) -> Callable[[xr.Dataset], list[str]]:
+    """The cells of ``name`` at one step: its mean over its other dimensions, per condition."""
+    return lambda at: [fmt(float(at[name].sel(condition=c).mean())) for c in conditions]
 
 
 def case_table(ds: xr.Dataset) -> str:

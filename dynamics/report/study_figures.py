@@ -12,7 +12,7 @@ from dynamics.report.claim_figures import claims_figure
 from dynamics.report.claims import cube_claim_settings, study_claims
 from dynamics.report.differentiation_figures import differentiation_figure
 from dynamics.report.differentiation_text import has_differentiation
-from dynamics.report.figures import accuracy_bars_figure, legend_below
+from dynamics.report.figures import AxisLabels, accuracy_bars_figure, legend_below
 
 CONDITION_LABELS = {
     "clean": "clean",
@@ -67,9 +67,7 @@ def phenomena_figure(ds: xr.Dataset, plt, sns) -> object:
         sns,
         y="blimp_phenomenon",
         x="value",
-        xlabel="BLiMP accuracy",
-        ylabel="phenomenon",
-        title=f"BLiMP per phenomenon, {percent:g}% of neurons per layer",
+        labels=AxisLabels("BLiMP accuracy", "phenomenon", f"BLiMP per phenomenon, {percent:g}% of neurons per layer"),
         size=(8, 6.5),
     )
 

@@ -26,6 +26,7 @@ from dynamics.evaluate.benchmarks import content_hashes
 from dynamics.models.runtime import load_checkpoint_model
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.worker import RunSpec, WorkerContext, worker_context
+from dynamics.stats.activations import CaptureSettings
 from dynamics.stats.cohort import random_control_mask, top_percent_mask
 from dynamics.stats.neuron_differentiation import analysed_windows, set_differentiation
 from dynamics.syntax.corpus import corpus_hash
@@ -86,9 +87,7 @@ def reference_differentiation(context: WorkerContext, model: Any, static: xr.Dat
             context.tokenizer,
             k=config.differentiation_k,
             top=config.differentiation_pairs,
-            memory_budget=context.memory_budget,
-            batch_size=config.batch_size,
-            progress=True,
+            capture=CaptureSettings(memory_budget=context.memory_budget, batch_size=config.batch_size),
         )
     return found
 
@@ -142,10 +141,7 @@ def add_matched_control(
         config.batch_size,
         scores,
         torch.from_numpy(static["cohort"].values),
-        config.match_low,
-        config.match_high,
-        config.match_tolerance,
-        config.match_iterations,
+        config,
     )
     match, target, clean, noise = found.match, found.target, found.clean, found.noise
     log.info(

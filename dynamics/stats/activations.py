@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -38,6 +39,27 @@ SITES: tuple[str, ...] = ("pre_activation", "mlp_input")
 
 class _StopForward(Exception):
     """Raised by the last hook of a pass: the rest of the model is not needed."""
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """How captures are taken; none of it changes a captured value.
+
+    Attributes:
+        memory_budget: Bytes of captures held at once; decides the layers per pass.
+        batch_size: Windows per forward pass.
+        out_device: Where captures are stored (default: the model's device).
+        progress: Show a tqdm bar over passes x batches.
+        resume_passes: Start each pass from the residual stream stored by the previous one
+            (costs tokens x d_model in the model's dtype on its device); False re-runs the
+            earlier blocks in every pass (the slow baseline the benchmark compares with).
+    """
+
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    batch_size: int = 1
+    out_device: torch.device | str | None = None
+    progress: bool = True
+    resume_passes: bool = True
 
 
 def plan_layer_groups(layers: Sequence[int], bytes_per_layer: int, memory_budget: int) -> list[list[int]]:
@@ -79,43 +101,26 @@ def _check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
 def iter_layer_captures(
     model: torch.nn.Module,
     windows: torch.Tensor,
+    settings: CaptureSettings = CaptureSettings(),
     *,
     layers: Sequence[int] | None = None,
     sites: Sequence[Site] = ("pre_activation",),
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    batch_size: int = 1,
-    out_device: torch.device | str | None = None,
-    progress: bool = True,
-    resume_passes: bool = True,
 ) -> Iterator[tuple[int, dict[Site, torch.Tensor]]]:
     """Yield ``(layer, {site: float32 tensor [tokens, width]})`` for each layer, in order.
 
     Args:
         model: a causal LM of a supported family (see ``checkpoints.adapters``).
         windows: token ids [n_windows, window] (``dynamics.syntax.corpus.load_token_windows``).
+        settings: the memory budget, windows per pass, where captures go, the progress bar and
+            whether passes resume (:class:`CaptureSettings`).
         layers: which layers (default all).
         sites: ``"pre_activation"`` (the adapter module's output, width n_neurons) and/or
             ``"mlp_input"`` (that module's input, width d_model).
-        memory_budget: bytes of captures held at once; decides the layers per pass.
-        batch_size: windows per forward pass.
-        out_device: where captures are stored (default: the model's device).
-        progress: show a tqdm bar over passes x batches.
-        resume_passes: start each pass from the residual stream stored by the previous one
-            (costs tokens x d_model in the model's dtype on its device); False re-runs the
-            earlier blocks in every pass (the slow baseline the benchmark compares with).
 
     Row ``w * window + t`` of every tensor is token ``t`` of window ``w``. Only the yielded
     layer's tensors and those of the rest of its group are alive; drop each after use.
     """
-    if windows.ndim != 2 or windows.dtype != torch.long:
-        raise UserInputError(
-            f"token windows must be a LongTensor [n_windows, window], got {windows.dtype} {tuple(windows.shape)}"
-        )
-    if batch_size < 1:
-        raise UserInputError(f"batch size {batch_size!r} must be a positive number of windows")
-    unknown = [site for site in sites if site not in SITES]
-    if unknown or not sites:
-        raise UserInputError(f"capture sites {list(sites)!r} are not valid; use {' and/or '.join(SITES)}")
+    _check_capture(windows, settings, sites)
     n_layers, n_neurons = mlp_shape(model)
     modules = pre_activation_modules(model)
     d_model = _input_width(modules[0])
@@ -123,10 +128,10 @@ def iter_layer_captures(
     n_windows, window = windows.shape
     n_tokens = n_windows * window
     bytes_per_layer = n_tokens * 4 * sum(widths[site] for site in sites)
-    groups = plan_layer_groups(_check_layers(layers, n_layers), bytes_per_layer, memory_budget)
+    groups = plan_layer_groups(_check_layers(layers, n_layers), bytes_per_layer, settings.memory_budget)
     device = model_device(model)
-    out_device = torch.device(out_device) if out_device is not None else device
-    n_batches = math.ceil(n_windows / batch_size)
+    out_device = torch.device(settings.out_device) if settings.out_device is not None else device
+    n_batches = math.ceil(n_windows / settings.batch_size)
     log.info(
         "capturing %s of %d layers: %d tokens, %d pass(es), %.2f GiB per layer",
         "+".join(sites),
@@ -137,8 +142,8 @@ def iter_layer_captures(
     )
     was_training = model.training
     model.eval()
-    bar = progress_bar(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
-    blocks = transformer_layers(model)
+    bar = progress_bar(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not settings.progress)
+    inputs = _PassInputs(model, modules, transformer_layers(model), windows, settings.batch_size, device, bar)
     resume: _ResumePoint | None = None
     try:
         for index, group in enumerate(groups):
@@ -149,19 +154,9 @@ def iter_layer_captures(
                 }
                 for layer in group
             }
-            keep_next = resume_passes and index + 1 < len(groups) and group[-1] > 0
+            keep_next = settings.resume_passes and index + 1 < len(groups) and group[-1] > 0
             resume = _capture_group(
-                model,
-                modules,
-                blocks,
-                windows,
-                buffers,
-                group,
-                batch_size,
-                device,
-                bar,
-                resume_from=resume,
-                keep_stream_before=group[-1] if keep_next else None,
+                inputs, buffers, group, resume_from=resume, keep_stream_before=group[-1] if keep_next else None
             )
             for layer in group:
                 yield layer, buffers.pop(layer)
@@ -173,30 +168,29 @@ def iter_layer_captures(
 def iter_pre_activations(
     model: torch.nn.Module,
     windows: torch.Tensor,
+    settings: CaptureSettings = CaptureSettings(),
     *,
     layers: Sequence[int] | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    batch_size: int = 1,
-    out_device: torch.device | str | None = None,
-    progress: bool = True,
-    resume_passes: bool = True,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(layer, pre-activations [tokens, n_neurons] float32)`` for each layer, in order.
 
     See :func:`iter_layer_captures` for the arguments and the memory behaviour.
     """
-    for layer, captured in iter_layer_captures(
-        model,
-        windows,
-        layers=layers,
-        sites=("pre_activation",),
-        memory_budget=memory_budget,
-        batch_size=batch_size,
-        out_device=out_device,
-        progress=progress,
-        resume_passes=resume_passes,
-    ):
+    for layer, captured in iter_layer_captures(model, windows, settings, layers=layers, sites=("pre_activation",)):
         yield layer, captured["pre_activation"]
+
+
+def _check_capture(windows: torch.Tensor, settings: CaptureSettings, sites: Sequence[Site]) -> None:
+    """Refuse windows that are not token ids, no windows per pass, or an unknown capture site."""
+    if windows.ndim != 2 or windows.dtype != torch.long:
+        raise UserInputError(
+            f"token windows must be a LongTensor [n_windows, window], got {windows.dtype} {tuple(windows.shape)}"
+        )
+    if settings.batch_size < 1:
+        raise UserInputError(f"batch size {settings.batch_size!r} must be a positive number of windows")
+    unknown = [site for site in sites if site not in SITES]
+    if unknown or not sites:
+        raise UserInputError(f"capture sites {list(sites)!r} are not valid; use {' and/or '.join(SITES)}")
 
 
 def _input_width(module: torch.nn.Module) -> int:
@@ -241,16 +235,24 @@ def _restore_blocks(blocks: torch.nn.ModuleList, originals: list[object]) -> Non
             block.forward = original  # type: ignore[assignment]
 
 
+@dataclass(frozen=True)
+class _PassInputs:
+    """What every pass of one capture shares: the model, its pre-activation modules and blocks, the
+    windows, windows per batch, the device the batches go to and the progress bar."""
+
+    model: torch.nn.Module
+    modules: list[torch.nn.Module]
+    blocks: torch.nn.ModuleList
+    windows: torch.Tensor
+    batch_size: int
+    device: torch.device
+    bar: Any  # a progress_bar
+
+
 def _capture_group(
-    model: torch.nn.Module,
-    modules: list[torch.nn.Module],
-    blocks: torch.nn.ModuleList,
-    windows: torch.Tensor,
+    inputs: _PassInputs,
     buffers: dict[int, dict[Site, torch.Tensor]],
     group: list[int],
-    batch_size: int,
-    device: torch.device,
-    bar: Any,  # a progress_bar
     resume_from: _ResumePoint | None = None,
     keep_stream_before: int | None = None,
 ) -> _ResumePoint | None:
@@ -263,50 +265,56 @@ def _capture_group(
     current = threading.local()  # the batch (index, rows) each thread is running
     kept = _ResumePoint(keep_stream_before) if keep_stream_before is not None else None
     kept_by_batch: dict[int, object] = {}
-
-    def make_hook(layer: int):  # noqa: ANN202
-        targets = buffers[layer]
-
-        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if "pre_activation" in targets:
-                targets["pre_activation"][current.rows].copy_(output.reshape(-1, output.shape[-1]))
-            if "mlp_input" in targets:
-                targets["mlp_input"][current.rows].copy_(args[0].reshape(-1, args[0].shape[-1]))
-            if layer == last:
-                raise _StopForward
-
-        return hook
-
-    window = windows.shape[1]
+    window = inputs.windows.shape[1]
 
     def run(index: int) -> None:
         """Batch ``index`` through the hooked layers; its rows land in ``buffers``."""
-        start = index * batch_size
-        batch = windows[start : start + batch_size]
+        start = index * inputs.batch_size
+        batch = inputs.windows[start : start + inputs.batch_size]
         current.index, current.rows = index, slice(start * window, (start + batch.shape[0]) * window)
         try:
-            run_for_hooks(model, batch.to(device))
+            run_for_hooks(inputs.model, batch.to(inputs.device))
         except _StopForward:
             return
         raise DynamicsError(f"the forward pass ended without reaching layer {last}'s MLP")
 
-    handles = [modules[layer].register_forward_hook(make_hook(layer)) for layer in group]
+    handles = [
+        inputs.modules[layer].register_forward_hook(_capture_hook(buffers[layer], layer == last, current))
+        for layer in group
+    ]
     if kept is not None:
         handles.append(
-            blocks[kept.block - 1].register_forward_hook(
+            inputs.blocks[kept.block - 1].register_forward_hook(
                 lambda m, a, output: kept_by_batch.__setitem__(current.index, output)
             )
         )
-    originals = _skip_blocks(blocks, resume_from, current) if resume_from is not None else []
+    originals = _skip_blocks(inputs.blocks, resume_from, current) if resume_from is not None else []
     try:
         with torch.inference_mode():
             # On the CPU batches may run side by side, each exactly as alone (map_batches).
-            for _ in map_batches(device, run, range(math.ceil(windows.shape[0] / batch_size))):
-                bar.update(1)
+            for _ in map_batches(inputs.device, run, range(math.ceil(inputs.windows.shape[0] / inputs.batch_size))):
+                inputs.bar.update(1)
     finally:
         for handle in handles:
             handle.remove()
-        _restore_blocks(blocks, originals)
+        _restore_blocks(inputs.blocks, originals)
     if kept is not None:
         kept.outputs = [kept_by_batch[index] for index in sorted(kept_by_batch)]
     return kept
+
+
+def _capture_hook(
+    targets: dict[Site, torch.Tensor], last: bool, current: threading.local
+) -> Callable[[torch.nn.Module, tuple, torch.Tensor], None]:
+    """A forward hook on a pre-activation module copying its output and/or input into the rows
+    ``current.rows`` of ``targets``; the pass's ``last`` hook then stops the forward."""
+
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if "pre_activation" in targets:
+            targets["pre_activation"][current.rows].copy_(output.reshape(-1, output.shape[-1]))
+        if "mlp_input" in targets:
+            targets["mlp_input"][current.rows].copy_(args[0].reshape(-1, args[0].shape[-1]))
+        if last:
+            raise _StopForward
+
+    return hook

@@ -216,13 +216,7 @@ def bisect_to_target(
     Raises:
         UserInputError: an empty bracket, a non-positive tolerance or target, or no iterations.
     """
-    if not low < high:
-        raise UserInputError(f"bisection bracket [{low}, {high}] is empty; expected low < high")
-    if tolerance <= 0 or not math.isfinite(target) or target <= 0 or max_iterations < 1:
-        raise UserInputError(
-            f"bisection needs tolerance > 0, a positive finite target and iterations >= 1; "
-            f"got tolerance {tolerance}, target {target}, iterations {max_iterations}"
-        )
+    _check_bisection(target, low, high, tolerance, max_iterations)
     band = tolerance * (target if baseline is None else abs(target - baseline))
     trials: list[tuple[float, float]] = []
     bracket: tuple[float, ...] = ()
@@ -262,6 +256,17 @@ def bisect_to_target(
         f"not within {band:.4g} of {target:.4g} after {max_iterations} iterations "
         f"(bracket m in [{low:.4g}, {high:.4g}])"
     )
+
+
+def _check_bisection(target: float, low: float, high: float, tolerance: float, max_iterations: int) -> None:
+    """Refuse an empty bracket, a non-positive tolerance or target, or no iterations (one line each)."""
+    if not low < high:
+        raise UserInputError(f"bisection bracket [{low}, {high}] is empty; expected low < high")
+    if tolerance <= 0 or not math.isfinite(target) or target <= 0 or max_iterations < 1:
+        raise UserInputError(
+            f"bisection needs tolerance > 0, a positive finite target and iterations >= 1; "
+            f"got tolerance {tolerance}, target {target}, iterations {max_iterations}"
+        )
 
 
 def wd_scores(wd: np.ndarray) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 import xarray as xr
 
 from checkpoints.adapters import mlp_shape, neuron_input_weights
-from dynamics.stats.activations import Site, iter_layer_captures
+from dynamics.stats.activations import CaptureSettings, Site, iter_layer_captures
 from dynamics.stats.drift import cosine_drift
 from dynamics.stats.mapping_difficulty import mapping_difficulty
 from dynamics.stats.wasserstein import wasserstein_split
@@ -36,9 +36,8 @@ def neuron_wasserstein(
     names = ("wd", "wd_neg", "wd_pos") + (("md",) if with_mapping_difficulty else ())
     out = {name: np.full((n_layers, n_neurons), np.nan, dtype=np.float32) for name in names}
     sites: tuple[Site, ...] = ("pre_activation", "mlp_input") if with_mapping_difficulty else ("pre_activation",)
-    for layer, captured in iter_layer_captures(
-        model, windows, sites=sites, memory_budget=memory_budget, batch_size=batch_size, progress=progress
-    ):
+    capture = CaptureSettings(memory_budget=memory_budget, batch_size=batch_size, progress=progress)
+    for layer, captured in iter_layer_captures(model, windows, capture, sites=sites):
         pre = captured["pre_activation"]
         for name, values in zip(("wd", "wd_neg", "wd_pos"), wasserstein_split(pre)):
             out[name][layer] = values.float().cpu().numpy()

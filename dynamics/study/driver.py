@@ -30,6 +30,7 @@ from dynamics.execution.progress import progress_bar
 from dynamics.models.cpu_threads import run_scope
 from dynamics.models.modelcalls import model_device
 from dynamics.models.runtime import capture_budget
+from dynamics.stats.activations import CaptureSettings
 from dynamics.stats.neuron_differentiation import analysed_windows, set_differentiation
 from dynamics.stats.neurons import neuron_wasserstein
 from dynamics.study.conditions import (
@@ -236,9 +237,10 @@ def differentiation_of(
             tokenizer,
             k=config.differentiation_k,
             top=config.differentiation_pairs,
-            memory_budget=capture_budget(config.memory_budget_gib, str(model_device(model))),
-            batch_size=config.batch_size,
-            progress=True,
+            capture=CaptureSettings(
+                memory_budget=capture_budget(config.memory_budget_gib, str(model_device(model))),
+                batch_size=config.batch_size,
+            ),
         )
     tags = analysed_token_tags(config, windows, tokenizer)
     if tags is not None:
@@ -293,10 +295,7 @@ def _fix_neuron_sets(
         config.batch_size,
         scores,
         torch.from_numpy(top[plan.percents.index(config.match_percent)]),
-        config.match_low,
-        config.match_high,
-        config.match_tolerance,
-        config.match_iterations,
+        config,  # the bracket, tolerance and iterations of --match-*
     )
     matched, match, clean, target = found.mask, found.match, found.clean, found.target
     increase, increase_se, noise = found.increase, found.increase_se, found.noise

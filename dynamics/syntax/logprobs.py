@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,16 +41,9 @@ from dynamics.models.modelcalls import (
     select_rows,
     sliding_window,
 )
+from dynamics.syntax.settings import Batching, PaddingSide
 
 logger = logging.getLogger(__name__)
-
-PaddingSide = Literal["right", "left"]
-
-#: Default budget of a batch, in tokens (rows x padded length); logits are projected in
-#: bounded chunks (:data:`dynamics.models.modelcalls.LOGITS_CHUNK_BYTES`) whatever the budget.
-DEFAULT_BATCH_TOKENS = 4096
-#: Rows per batch at most, whatever the budget (short sentences gain nothing past this).
-DEFAULT_MAX_BATCH_SIZE = 256
 
 
 def prefix_token_id(tokenizer: Any, prefix_token: int | str | None = None) -> int:
@@ -123,9 +116,7 @@ def encode_with_prefix(
     return ids, prefix_token_id(tokenizer, None if mode == "bos" else mode)
 
 
-def _batches(
-    units: list[list[int]], lengths: list[int], batch_tokens: int, max_batch_size: int
-) -> Iterator[list[list[int]]]:
+def _batches(units: list[list[int]], lengths: list[int], batching: Batching) -> Iterator[list[list[int]]]:
     """Pack units (lists of sequence indexes kept together), longest first, under the budget."""
     unit_len = [max(lengths[i] for i in unit) for unit in units]
     order = sorted(range(len(units)), key=lambda u: (-unit_len[u], u))
@@ -134,7 +125,7 @@ def _batches(
     for u in order:
         new_width = max(width, unit_len[u])
         new_rows = rows + len(units[u])
-        if batch and (new_rows * new_width > batch_tokens or new_rows > max_batch_size):
+        if batch and (new_rows * new_width > batching.batch_tokens or new_rows > batching.max_batch_size):
             yield batch
             batch, rows, new_width = [], 0, unit_len[u]
         batch.append(units[u])
@@ -331,13 +322,9 @@ def token_log_probs(
     model: torch.nn.Module,
     token_ids: Sequence[Sequence[int]],
     prefix_id: int | None,
+    batching: Batching = Batching(),
     *,
     units: Sequence[Sequence[int]] | None = None,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    device: torch.device | str | None = None,
-    padding_side: PaddingSide = "right",
-    progress: bool = True,
     needed_from: Sequence[int] | None = None,
 ) -> list[np.ndarray]:
     """Log-probability (nats, float64) of every scored token of every sequence.
@@ -347,17 +334,13 @@ def token_log_probs(
         token_ids: One list of token ids per sequence (no special tokens).
         prefix_id: Token prepended to every sequence, so that all its tokens are scored;
             ``None`` scores tokens 1..n-1 only (the first is unscored).
+        batching: Token budget, rows per batch, padding side, device and progress bar
+            (:class:`dynamics.syntax.settings.Batching`); none of it changes a score.
         units: Groups of sequence indexes to keep in one batch (the two or three sentences
             of a minimal pair); every index must appear in exactly one unit. The first
             sequence of a unit is its anchor: the others' log-probabilities over the prefix
             they share with it are taken from it instead of recomputed. Default: each
             sequence alone.
-        batch_tokens: Budget of a batch in tokens (rows x padded length); a unit longer
-            than the budget still runs, alone.
-        max_batch_size: Rows per batch at most.
-        device: Where the inputs go; default the model's device.
-        padding_side: ``right`` (default) or ``left``; both give the same scores.
-        progress: Show a tqdm bar over sequences.
         needed_from: Per sequence, the first scored position whose log-probability is wanted;
             earlier positions may come back NaN, never projected onto the vocabulary (the
             model still runs over them). Default: every position.
@@ -366,19 +349,7 @@ def token_log_probs(
         One array per sequence, ``len(ids)`` long with a prefix, ``len(ids) - 1`` without
         (empty when nothing is scored).
     """
-    return token_log_probs_each(
-        model,
-        token_ids,
-        prefix_id,
-        1,
-        units=units,
-        batch_tokens=batch_tokens,
-        max_batch_size=max_batch_size,
-        device=device,
-        padding_side=padding_side,
-        progress=progress,
-        needed_from=needed_from,
-    )[0]
+    return token_log_probs_each(model, token_ids, prefix_id, 1, batching, units=units, needed_from=needed_from)[0]
 
 
 def token_log_probs_each(
@@ -386,13 +357,9 @@ def token_log_probs_each(
     token_ids: Sequence[Sequence[int]],
     prefix_id: int | None,
     copies: int,
+    batching: Batching = Batching(),
     *,
     units: Sequence[Sequence[int]] | None = None,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    device: torch.device | str | None = None,
-    padding_side: PaddingSide = "right",
-    progress: bool = True,
     needed_from: Sequence[int] | None = None,
 ) -> list[list[np.ndarray]]:
     """:func:`token_log_probs` of ``copies`` conditions at once: every batch (packed as for one)
@@ -405,41 +372,55 @@ def token_log_probs_each(
 
     On the CPU, batches may run side by side (:func:`dynamics.models.cpu_threads.map_batches`),
     each exactly as alone."""
-    if batch_tokens < 1 or max_batch_size < 1:
-        raise UserInputError(f"batch_tokens={batch_tokens} and max_batch_size={max_batch_size} must both be >= 1")
-    if padding_side not in ("right", "left"):
-        raise UserInputError(f"padding_side={padding_side!r}; expected 'right' or 'left'")
     if copies < 1:
         raise UserInputError(f"copies={copies}; expected at least 1")
     rows = [([prefix_id] if prefix_id is not None else []) + list(ids) for ids in token_ids]
-    results = [[np.zeros(0, dtype=np.float64) for _ in rows] for _ in range(copies)]
+    needed = _needed_positions(needed_from, len(rows))
     lengths = [len(r) for r in rows]
-    needed = [0] * len(rows) if needed_from is None else [max(0, int(k)) for k in needed_from]
-    if len(needed) != len(rows):
-        raise UserInputError(f"needed_from has {len(needed)} entries for {len(rows)} sequences")
-    if units is None:
-        units = [[i] for i in range(len(rows))]
-    # A row of length < 2 has nothing to predict: leave it out of the forward passes.
-    kept = [[i for i in unit if lengths[i] >= 2] for unit in units]
-    kept = [unit for unit in kept if unit]
-    device = torch.device(device) if device is not None else model_device(model)
+    kept = _scored_units(units, lengths)
+    results = [[np.zeros(0, dtype=np.float64) for _ in rows] for _ in range(copies)]
+    device = torch.device(batching.device) if batching.device is not None else model_device(model)
     with (
         eval_mode(model),
-        progress_bar(total=sum(len(u) for u in kept), unit="sent", desc="scoring", disable=not progress) as bar,
+        progress_bar(
+            total=sum(len(u) for u in kept), unit="sent", desc="scoring", disable=not batching.progress
+        ) as bar,
     ):
 
         def run(batch: list[list[int]]) -> list[list[list[torch.Tensor]]]:
             unit_rows = [[rows[i] for i in unit] for unit in batch]
             skips = [[needed[i] for i in unit] for unit in batch]
-            return _forward_log_probs(model, unit_rows, device, padding_side, copies, skips)
+            return _forward_log_probs(model, unit_rows, device, batching.padding_side, copies, skips)
 
         if kept:
             capabilities(model)  # probed here, before batches may run side by side
-        batches = list(_batches(kept, lengths, batch_tokens, max_batch_size))
+        batches = list(_batches(kept, lengths, batching))
         for batch, per_copy in zip(batches, map_batches(device, run, batches)):
-            for copy_results, copy_lp in zip(results, per_copy):
-                for unit, unit_lp in zip(batch, copy_lp):
-                    for i, lp in zip(unit, unit_lp):
-                        copy_results[i] = lp.numpy().astype(np.float64)
+            _store(results, batch, per_copy)
             bar.update(sum(len(unit) for unit in batch))
     return results
+
+
+def _needed_positions(needed_from: Sequence[int] | None, count: int) -> list[int]:
+    """Each sequence's first wanted position (0 for all when ``needed_from`` is None), checked against ``count``."""
+    needed = [0] * count if needed_from is None else [max(0, int(k)) for k in needed_from]
+    if len(needed) != count:
+        raise UserInputError(f"needed_from has {len(needed)} entries for {count} sequences")
+    return needed
+
+
+def _scored_units(units: Sequence[Sequence[int]] | None, lengths: list[int]) -> list[list[int]]:
+    """The units (default: each sequence alone) without their rows of length < 2: those have nothing
+    to predict and stay out of the forward passes."""
+    if units is None:
+        units = [[i] for i in range(len(lengths))]
+    kept = [[i for i in unit if lengths[i] >= 2] for unit in units]
+    return [unit for unit in kept if unit]
+
+
+def _store(results: list[list[np.ndarray]], batch: list[list[int]], per_copy: list[list[list[torch.Tensor]]]) -> None:
+    """Put one batch's log-probabilities (``[copy][unit][row]``) at their sequences' places in ``results``."""
+    for copy_results, copy_lp in zip(results, per_copy):
+        for unit, unit_lp in zip(batch, copy_lp):
+            for i, lp in zip(unit, unit_lp):
+                copy_results[i] = lp.numpy().astype(np.float64)

@@ -30,8 +30,9 @@ import pandas as pd
 import torch
 
 from dynamics.errors import UserInputError
-from dynamics.syntax.logprobs import DEFAULT_BATCH_TOKENS, prefix_mode, prefix_token_id, token_log_probs
+from dynamics.syntax.logprobs import prefix_mode, prefix_token_id, token_log_probs
 from dynamics.syntax.pos_tagging import Tagger, spacy_tagger
+from dynamics.syntax.settings import DEFAULT_BATCH_TOKENS, Batching
 
 #: Universal POS tags (Universal Dependencies v2), the ``pos`` coordinate of the results.
 UPOS = (
@@ -160,9 +161,8 @@ def pos_surprisal(
     mode = prefix_mode(prefix)
     encoded = tokenizer(list(texts), add_special_tokens=mode == "auto", return_offsets_mapping=True)
     prefix_id = None if mode in ("auto", "none") else prefix_token_id(tokenizer, None if mode == "bos" else mode)
-    log_probs = token_log_probs(
-        model, encoded["input_ids"], prefix_id, batch_tokens=batch_tokens, device=device, progress=progress
-    )
+    batching = Batching(batch_tokens=batch_tokens, device=device, progress=progress)
+    log_probs = token_log_probs(model, encoded["input_ids"], prefix_id, batching)
     frames = []
     for i, text in enumerate(texts):
         surprisal = -log_probs[i]

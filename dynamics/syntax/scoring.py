@@ -16,17 +16,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from dynamics.errors import UserInputError
 from dynamics.syntax.logprobs import (  # noqa: F401  (re-exported: the scoring API in one place)
-    DEFAULT_BATCH_TOKENS,
-    DEFAULT_MAX_BATCH_SIZE,
     PREFIX_MODES,
-    PaddingSide,
     common_prefix_length,
     encode,
     encode_with_prefix,
@@ -35,11 +32,17 @@ from dynamics.syntax.logprobs import (  # noqa: F401  (re-exported: the scoring 
     token_log_probs,
     token_log_probs_each,
 )
+from dynamics.syntax.settings import (  # noqa: F401  (re-exported: the scoring API in one place)
+    DEFAULT_BATCH_TOKENS,
+    DEFAULT_MAX_BATCH_SIZE,
+    Batching,
+    NpiRule,
+    PaddingSide,
+    Reduction,
+    ScoringRules,
+)
 
 logger = logging.getLogger(__name__)
-
-Reduction = Literal["sum", "mean"]
-NpiRule = Literal["last", "intrusive"]
 
 
 def reduce_log_probs(log_probs: Sequence[np.ndarray], reduction: Reduction) -> np.ndarray:
@@ -55,34 +58,19 @@ def score_sentences(
     model: torch.nn.Module,
     tokenizer: Any,
     sentences: Sequence[str],
-    reduction: Reduction = "sum",
-    prefix: bool | str = "bos",
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-    *,
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    padding_side: PaddingSide = "right",
+    rules: ScoringRules = ScoringRules(),
+    batching: Batching = Batching(),
 ) -> np.ndarray:
     """Log-probability of each sentence (float64, nats), batched.
 
-    Repeated sentences are scored once. See :func:`token_log_probs` for the batching
-    arguments and :func:`encode_with_prefix` for ``prefix`` (``True``/``False``: ``bos``/``none``).
+    Repeated sentences are scored once. ``rules``: the reduction and the prefix
+    (:class:`dynamics.syntax.settings.ScoringRules`; its NPI rule concerns pairs only);
+    ``batching``: see :class:`dynamics.syntax.settings.Batching`.
     """
-    _check_reduction(reduction)
     unique, index = _deduplicate(sentences)
-    ids, prefix_id = encode_with_prefix(tokenizer, unique, prefix)
-    per_token = token_log_probs(
-        model,
-        ids,
-        prefix_id,
-        batch_tokens=batch_tokens,
-        max_batch_size=max_batch_size,
-        device=device,
-        padding_side=padding_side,
-        progress=progress,
-    )
-    return reduce_log_probs(per_token, reduction)[index] if sentences else np.zeros(0)
+    ids, prefix_id = encode_with_prefix(tokenizer, unique, rules.prefix)
+    per_token = token_log_probs(model, ids, prefix_id, batching)
+    return reduce_log_probs(per_token, rules.reduction)[index] if sentences else np.zeros(0)
 
 
 @dataclass(frozen=True)
@@ -114,6 +102,10 @@ class PairScores:
         where = {group: i for i, group in enumerate(self.groups)}
         values = getattr(self, name)
         return np.array([values[where[g]] if g in where else np.nan for g in groups], dtype=np.float64)
+
+    def summary_only(self) -> PairScores:
+        """These scores without the per-pair arrays (as ``keep_pairs=False`` gives them)."""
+        return replace(self, good=None, bad=None, intrusive=None, pair_group=None, correct=None, item_margin=None)
 
     def to_dataset(self) -> Any:
         """An ``xarray.Dataset``: ``accuracy``, ``margin``, ``count`` over the group dimension
@@ -181,17 +173,11 @@ def score_pairs(
     model: torch.nn.Module,
     tokenizer: Any,
     pairs: Sequence[Any],
-    group_by: str = "case",
-    reduction: Reduction = "sum",
-    prefix: bool | str = "bos",
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    device: torch.device | str | None = None,
-    keep_pairs: bool = False,
-    progress: bool = True,
+    rules: ScoringRules = ScoringRules(),
+    batching: Batching = Batching(),
     *,
-    npi: NpiRule = "intrusive",
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    padding_side: PaddingSide = "right",
+    group_by: str = "case",
+    keep_pairs: bool = False,
     differences_only: bool = False,
 ) -> PairScores:
     """Score minimal pairs: accuracy and mean margin (good - bad) per group.
@@ -201,40 +187,21 @@ def score_pairs(
         tokenizer: Its Hugging Face tokenizer.
         pairs: Records with attributes (or mapping keys) ``good``, ``bad``, ``group_by``
             and, optionally, ``intrusive`` (NPI triples).
+        rules: The reduction over scored tokens, the prefix and the NPI rule
+            (:class:`dynamics.syntax.settings.ScoringRules`; with ``npi="last"`` the intrusive
+            sentences are not scored and stay NaN).
+        batching: Token budget, rows per batch, padding side, device and progress bar
+            (:class:`dynamics.syntax.settings.Batching`); both (or all three) sentences of a
+            pair always go in the same batch.
         group_by: The record field that labels groups, e.g. ``case`` or ``paradigm``.
-        reduction: ``sum`` (default) or ``mean`` over scored tokens.
-        prefix: ``auto``, ``none``, ``bos`` (default) or a token string; see
-            :func:`encode_with_prefix` (``True``/``False``: ``bos``/``none``).
-        batch_tokens: Token budget of a batch; both (or all three) sentences of a pair
-            always go in the same batch.
-        device: Where the inputs go; default the model's device.
         keep_pairs: Keep per-pair scores in the result.
-        progress: Show a tqdm bar.
-        npi: ``intrusive`` (default: an NPI triple is correct only if good beats both) or
-            ``last`` (good vs the tuple's last sentence only, as the official code; the
-            intrusive sentences are then not scored and stay NaN).
-        max_batch_size: Rows per batch at most.
-        padding_side: ``right`` (default) or ``left``.
         differences_only: Leave unprojected the tokens a pair's sentences share before their
             first difference (see :func:`score_pairs_each`); per-sentence scores are then not kept.
     """
-    return score_pairs_each(
-        model,
-        tokenizer,
-        pairs,
-        1,
-        group_by,
-        reduction,
-        prefix,
-        batch_tokens,
-        device,
-        keep_pairs,
-        progress,
-        npi=npi,
-        max_batch_size=max_batch_size,
-        padding_side=padding_side,
-        differences_only=differences_only,
+    scores = score_pairs_each(
+        model, tokenizer, pairs, 1, rules, batching, group_by=group_by, differences_only=differences_only
     )[0]
+    return scores if keep_pairs else scores.summary_only()
 
 
 def score_pairs_each(
@@ -242,21 +209,15 @@ def score_pairs_each(
     tokenizer: Any,
     pairs: Sequence[Any],
     copies: int,
-    group_by: str = "case",
-    reduction: Reduction = "sum",
-    prefix: bool | str = "bos",
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    device: torch.device | str | None = None,
-    keep_pairs: bool = False,
-    progress: bool = True,
+    rules: ScoringRules = ScoringRules(),
+    batching: Batching = Batching(),
     *,
-    npi: NpiRule = "intrusive",
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    padding_side: PaddingSide = "right",
+    group_by: str = "case",
     differences_only: bool = False,
 ) -> list[PairScores]:
     """:func:`score_pairs` under ``copies`` ablation conditions in one pass per batch (inside
-    :func:`dynamics.ablation.hooks.ablate_rows`): one :class:`PairScores` per condition.
+    :func:`dynamics.ablation.hooks.ablate_rows`): one :class:`PairScores` per condition, with its
+    per-pair arrays (the paired comparisons between conditions need them).
 
     ``differences_only``: the tokens a pair's sentences share before their first difference
     are not projected onto the vocabulary. Their log-probabilities are the same in every
@@ -264,64 +225,61 @@ def score_pairs_each(
     margin: with ``sum``, always; with ``mean``, when the pair's sentences score equally many
     tokens (a pair whose lengths differ is scored whole). Accuracy, margin and ``correct`` are
     then those of the whole scores up to float rounding, and the per-sentence scores
-    (``good``, ``bad``, ``intrusive`` of ``keep_pairs``) are left out.
+    (``good``, ``bad``, ``intrusive``) are left out.
     """
-    _check_reduction(reduction)
-    if npi not in ("last", "intrusive"):
-        raise UserInputError(f"npi={npi!r}; expected 'last' or 'intrusive'")
     goods = [str(_field(p, "good")) for p in pairs]
     bads = [str(_field(p, "bad")) for p in pairs]
-    intrusives = [_field(p, "intrusive", None) if npi == "intrusive" else None for p in pairs]
+    intrusives = [_field(p, "intrusive", None) if rules.npi == "intrusive" else None for p in pairs]
     labels = [_field(p, group_by) for p in pairs]
     unique, index = _deduplicate(goods + bads + [s for s in intrusives if s is not None])
     n = len(pairs)
-    has_intrusive = [s is not None for s in intrusives]
     intrusive_index = np.full(n, -1, dtype=np.int64)
-    intrusive_index[np.flatnonzero(has_intrusive)] = index[2 * n :]
-    # One unit per pair; a sentence shared with an earlier pair is scored with that pair.
-    claimed: set[int] = set()
-    units: list[list[int]] = []
-    for k in range(n):
-        members = [index[k], index[n + k]] + ([intrusive_index[k]] if has_intrusive[k] else [])
-        unit = [int(i) for i in dict.fromkeys(members) if i not in claimed]
-        claimed.update(unit)
-        if unit:
-            units.append(unit)
-    ids, prefix_id = encode_with_prefix(tokenizer, unique, prefix)
-    members = [[index[k], index[n + k]] + ([intrusive_index[k]] if has_intrusive[k] else []) for k in range(n)]
-    starts = _difference_starts(ids, prefix_id, members, reduction) if differences_only else np.zeros(n, np.int64)
-    needed: list[int] | None = None
-    if differences_only:  # a sentence of several pairs is needed from the earliest of their starts
-        first = np.full(len(unique), np.iinfo(np.int64).max, dtype=np.int64)
-        for k, member in enumerate(members):
-            first[member] = np.minimum(first[member], starts[k])
-        needed = first.tolist()
+    intrusive_index[np.flatnonzero([s is not None for s in intrusives])] = index[2 * n :]
+    members = [[index[k], index[n + k]] + ([intrusive_index[k]] if intrusive_index[k] >= 0 else []) for k in range(n)]
+    ids, prefix_id = encode_with_prefix(tokenizer, unique, rules.prefix)
+    starts = _difference_starts(ids, prefix_id, members, rules.reduction) if differences_only else np.zeros(n, np.int64)
     per_copy = token_log_probs_each(
         model,
         ids,
         prefix_id,
         copies,
-        units=units,
-        batch_tokens=batch_tokens,
-        max_batch_size=max_batch_size,
-        device=device,
-        padding_side=padding_side,
-        progress=progress,
-        needed_from=needed,
+        batching,
+        units=_pair_units(members),
+        needed_from=_needed_from(members, starts, len(unique)) if differences_only else None,
     )
     results = []
     for per_token in per_copy:
         if differences_only:
-            good, bad, intrusive = _pair_scores_from(per_token, members, starts, reduction)
+            good, bad, intrusive = _pair_scores_from(per_token, members, starts, rules.reduction)
         else:
-            scores = reduce_log_probs(per_token, reduction)
+            scores = reduce_log_probs(per_token, rules.reduction)
             intrusive = np.where(intrusive_index >= 0, scores[np.maximum(intrusive_index, 0)], np.nan)
             good, bad = scores[index[:n]], scores[index[n : 2 * n]]
-        summary = summarize_pairs(good, bad, labels, intrusive, group_by, keep_pairs)
-        if differences_only and keep_pairs:
-            summary = replace(summary, good=None, bad=None, intrusive=None)
-        results.append(summary)
+        summary = summarize_pairs(good, bad, labels, intrusive, group_by, keep_pairs=True)
+        results.append(replace(summary, good=None, bad=None, intrusive=None) if differences_only else summary)
     return results
+
+
+def _pair_units(members: list[list[int]]) -> list[list[int]]:
+    """One batching unit per pair (its sentences' indexes); a sentence shared with an earlier pair
+    is scored with that pair, and a pair left with none has no unit."""
+    claimed: set[int] = set()
+    units: list[list[int]] = []
+    for member in members:
+        unit = [int(i) for i in dict.fromkeys(member) if i not in claimed]
+        claimed.update(unit)
+        if unit:
+            units.append(unit)
+    return units
+
+
+def _needed_from(members: list[list[int]], starts: np.ndarray, sentences: int) -> list[int]:
+    """Per sentence, the first position any of its pairs needs: a sentence of several pairs is needed
+    from the earliest of their starts."""
+    first = np.full(sentences, np.iinfo(np.int64).max, dtype=np.int64)
+    for k, member in enumerate(members):
+        first[member] = np.minimum(first[member], starts[k])
+    return first.tolist()
 
 
 def _difference_starts(
@@ -368,8 +326,3 @@ def _field(record: Any, name: str, default: Any = ...) -> Any:
     if value is ...:
         raise UserInputError(f"pair record {record!r} has no field {name!r}")
     return value
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in ("sum", "mean"):
-        raise UserInputError(f"reduction={reduction!r}; expected 'sum' or 'mean'")

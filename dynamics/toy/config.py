@@ -41,6 +41,11 @@ class ToyConfig:
     progress: bool = option(True, help="show a progress bar")
 
     def __post_init__(self) -> None:
+        self._check_shape_and_counts()
+        self._check_optimizer()
+
+    def _check_shape_and_counts(self) -> None:
+        """Sizes and counts are positive integers, the seed fits 32 bits, the heads split the width."""
         positive = (
             "sentences",
             "hidden_size",
@@ -68,6 +73,9 @@ class ToyConfig:
                 f"--hidden-size {self.hidden_size} / --heads {self.heads}: the head size must be a multiple of 4 "
                 "(rotary embeddings use a quarter of it, in pairs)"
             )
+
+    def _check_optimizer(self) -> None:
+        """The learning-rate schedule and weight decay are in range."""
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise UserInputError(f"--warmup-steps {self.warmup_steps!r}: expected zero or a positive integer")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):

@@ -8,7 +8,7 @@ import pytest
 from fixtures.hub import model_files, plant_hub_commit
 
 from checkpoints.hub_errors import RetryPolicy
-from checkpoints.hub_source import HubSource
+from checkpoints.hub_source import HubCalls, HubSource
 from checkpoints.names import resolve_model
 
 REPO = "EleutherAI/pythia-70m"
@@ -61,8 +61,7 @@ def source(cache, download):
         resolve_model("pythia-70m"),
         cache_dir=cache,
         retry=RetryPolicy(attempts=1),
-        download=download,
-        list_files=lambda repo, rev: ["config.json", "model.safetensors"],
+        calls=HubCalls(download=download, list_files=lambda repo, rev: ["config.json", "model.safetensors"]),
     )
 
 
@@ -125,8 +124,10 @@ def test_keep_checkpoints_evicts_nothing(tmp_path, online):
         cache_dir=cache,
         retry=RetryPolicy(attempts=1),
         keep=True,
-        download=client_like_download(cache, {"step1000": OTHER}, {OTHER: files}),
-        list_files=lambda repo, rev: list(files),
+        calls=HubCalls(
+            download=client_like_download(cache, {"step1000": OTHER}, {OTHER: files}),
+            list_files=lambda repo, rev: list(files),
+        ),
     )
     checkpoint = hub.fetch(1000)
     hub.release(checkpoint)
@@ -188,8 +189,7 @@ def test_a_download_running_alongside_is_not_evicted_with_this_one(tmp_path, onl
         resolve_model("pythia-70m"),
         cache_dir=tmp_path,
         retry=RetryPolicy(attempts=1),
-        download=download,
-        list_files=lambda repo_id, revision: ["config.json", "model.safetensors"],
+        calls=HubCalls(download=download, list_files=lambda repo_id, revision: ["config.json", "model.safetensors"]),
     )
     checkpoint = source.fetch(1000)
     source.release(checkpoint)

@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import errors
 
 from checkpoints.hub_errors import RetryPolicy
-from checkpoints.hub_source import HubSource
+from checkpoints.hub_source import HubCalls, HubSource
 from checkpoints.names import resolve_model
 from dynamics.cli.main import main
 from dynamics.errors import CheckpointError
@@ -59,8 +59,7 @@ def test_permanent_errors_are_one_line_at_once(tmp_path, online, make_error, wor
         resolve_model(TYPO),
         cache_dir=tmp_path,
         retry=RetryPolicy(attempts=4, sleep=waits.append),
-        download=download,
-        list_files=lambda r, v: ["model.safetensors"],
+        calls=HubCalls(download=download, list_files=lambda r, v: ["model.safetensors"]),
     )
     with caplog.at_level(logging.WARNING), pytest.raises(CheckpointError) as caught:
         source.fetch(1000)
@@ -76,7 +75,9 @@ def test_a_repository_that_does_not_exist_says_what_to_do(tmp_path, online):
         raise errors.RepositoryNotFoundError("Repository Not Found", response=hub_response(401))
 
     source = HubSource(
-        resolve_model(TYPO), cache_dir=tmp_path, download=download, list_files=lambda r, v: ["model.safetensors"]
+        resolve_model(TYPO),
+        cache_dir=tmp_path,
+        calls=HubCalls(download=download, list_files=lambda r, v: ["model.safetensors"]),
     )
     with pytest.raises(CheckpointError, match=r"use an alias such as pythia-70m .*--cache-dir"):
         source.fetch(0)
@@ -92,8 +93,7 @@ def test_transient_errors_are_retried_one_log_line_each(tmp_path, online, caplog
         resolve_model(TYPO),
         cache_dir=tmp_path,
         retry=RetryPolicy(attempts=3, backoff=0.5, sleep=waits.append),
-        download=down,
-        list_files=lambda r, v: ["model.safetensors"],
+        calls=HubCalls(download=down, list_files=lambda r, v: ["model.safetensors"]),
     )
     with caplog.at_level(logging.WARNING), pytest.raises(CheckpointError, match="after 3 attempt"):
         source.fetch(10)
@@ -194,8 +194,7 @@ def test_a_dead_network_costs_one_round_of_retries_not_one_per_step(tmp_path, on
         resolve_model(TYPO),
         cache_dir=tmp_path,
         retry=RetryPolicy(attempts=4, backoff=1.0, sleep=waits.append),
-        download=down,
-        list_files=lambda r, v: ["model.safetensors"],
+        calls=HubCalls(download=down, list_files=lambda r, v: ["model.safetensors"]),
     )
     with caplog.at_level(logging.WARNING):
         with pytest.raises(CheckpointError, match="cannot reach the Hugging Face Hub .*Name or service not known"):

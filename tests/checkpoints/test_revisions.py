@@ -6,7 +6,7 @@ import pytest
 from fixtures.hub import plant_hub_revision
 
 from checkpoints.fingerprints import file_sha256, tokenizer_fingerprint, weight_fingerprints
-from checkpoints.hub_source import HubSource
+from checkpoints.hub_source import HubCalls, HubSource
 from checkpoints.names import resolve_model
 from checkpoints.revisions import RevisionTemplate, index_revisions, tokens_of_steps
 from dynamics.cli.main import main
@@ -65,7 +65,7 @@ def test_online_refs_are_listed_once(tmp_path, monkeypatch):
         calls.append(repo)
         return ["main", "step0", "step4", "step16"]
 
-    source = HubSource(resolve_model("pythia-70m"), cache_dir=tmp_path, list_refs=list_refs)
+    source = HubSource(resolve_model("pythia-70m"), cache_dir=tmp_path, calls=HubCalls(list_refs=list_refs))
     assert source.available_steps() == [0, 4, 16]
     assert [source.revision(s) for s in (0, 4, 16)] == ["step0", "step4", "step16"]
     source.verified_steps()
@@ -113,9 +113,11 @@ def test_online_fingerprints_come_from_the_hub_metadata_without_download(tmp_pat
     source = HubSource(
         resolve_model("pythia-70m"),
         cache_dir=tmp_path,
-        list_refs=lambda repo: ["step0", "step1"],
-        list_files=lambda repo, rev: ["config.json", "model.safetensors", "README.md"],
-        download=lambda *a, **k: downloads.append(k),
+        calls=HubCalls(
+            list_refs=lambda repo: ["step0", "step1"],
+            list_files=lambda repo, rev: ["config.json", "model.safetensors", "README.md"],
+            download=lambda *a, **k: downloads.append(k),
+        ),
     )
     assert source.weight_fingerprint(1) == {"model.safetensors": "step1-model.safetensors"}
     assert asked == [("EleutherAI/pythia-70m", ["model.safetensors"], "step1")] and downloads == []

@@ -5,7 +5,7 @@ import torch
 from fixtures.hub import fake_commit, make_local_suite, plant_hub_revision, tiny_pythia
 
 from checkpoints.hub_errors import RetryPolicy
-from checkpoints.hub_source import HubSource, weight_files
+from checkpoints.hub_source import HubCalls, HubSource, weight_files
 from checkpoints.local_sources import LocalSuiteSource, SingleModelSource
 from checkpoints.names import resolve_model
 from dynamics.errors import CheckpointError
@@ -64,8 +64,10 @@ def test_transient_errors_are_retried_with_backoff(tmp_path, monkeypatch):
         resolve_model("pythia-70m"),
         cache_dir=tmp_path,
         retry=no_sleep_policy(4, waits),
-        download=flaky_download,
-        list_files=lambda repo, rev: ["config.json", "model.safetensors", "pytorch_model.bin", "README.md"],
+        calls=HubCalls(
+            download=flaky_download,
+            list_files=lambda repo, rev: ["config.json", "model.safetensors", "pytorch_model.bin", "README.md"],
+        ),
     )
     ckpt = source.fetch(5000)
     assert ckpt.attempts == 3 and waits == [0.5, 1.0]
@@ -85,8 +87,7 @@ def test_persistent_transient_errors_give_up(tmp_path, monkeypatch):
         resolve_model("pythia-70m"),
         cache_dir=tmp_path,
         retry=no_sleep_policy(3),
-        download=down,
-        list_files=lambda r, v: ["model.safetensors"],
+        calls=HubCalls(download=down, list_files=lambda r, v: ["model.safetensors"]),
     )
     with pytest.raises(CheckpointError, match="503 Service Unavailable .after 3 attempt"):
         source.fetch(1000)
@@ -115,7 +116,10 @@ def test_release_deletes_only_what_this_run_downloaded(tmp_path, monkeypatch):
 
     lister = lambda r, v: ["config.json", "model.safetensors"]
     source = HubSource(
-        resolve_model("pythia-70m"), cache_dir=tmp_path, retry=no_sleep_policy(), download=download, list_files=lister
+        resolve_model("pythia-70m"),
+        cache_dir=tmp_path,
+        retry=no_sleep_policy(),
+        calls=HubCalls(download=download, list_files=lister),
     )
     old, new = source.fetch(0), source.fetch(1000)
     assert not old.downloaded and new.downloaded
@@ -130,9 +134,8 @@ def test_release_deletes_only_what_this_run_downloaded(tmp_path, monkeypatch):
         resolve_model("pythia-70m"),
         cache_dir=tmp_path,
         retry=no_sleep_policy(),
-        download=download,
-        list_files=lister,
         keep=True,
+        calls=HubCalls(download=download, list_files=lister),
     )
     kept = keeping.fetch(2000)
     keeping.release(kept)

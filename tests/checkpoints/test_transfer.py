@@ -9,7 +9,7 @@ import pytest
 from fixtures.hub import plant_hub_revision
 
 from checkpoints.hub_errors import RetryPolicy
-from checkpoints.hub_source import HubSource
+from checkpoints.hub_source import HubCalls, HubSource
 from checkpoints.local_sources import LocalSuiteSource
 from checkpoints.names import resolve_model
 from checkpoints.stream import checkpoint_bytes
@@ -85,8 +85,7 @@ def hub_source(tmp_path, **options):
         resolve_model("pythia-70m"),
         cache_dir=tmp_path,
         retry=RetryPolicy(attempts=1),
-        download=download,
-        list_files=lambda repo, revision: ["config.json", "model.safetensors"],
+        calls=HubCalls(download=download, list_files=lambda repo, revision: ["config.json", "model.safetensors"]),
         **options,
     )
 

@@ -11,7 +11,7 @@ from fixtures.hub import plant_hub_commit, plant_hub_revision
 
 from checkpoints import hub_status
 from checkpoints.fingerprints import weight_fingerprints, weight_stats
-from checkpoints.hub_source import HubSource
+from checkpoints.hub_source import HubCalls, HubSource
 from checkpoints.local_sources import SingleModelSource
 from checkpoints.names import resolve_model
 from checkpoints.weight_check import WeightChange, differing_file, weight_change
@@ -63,8 +63,9 @@ def test_a_hub_revision_that_still_names_the_recorded_commit_costs_no_request(tm
     source = HubSource(
         resolve_model("pythia-70m"),
         cache_dir=tmp_path,
-        list_refs=lambda repo: {"step1": commit},
-        list_files=lambda repo, rev: pytest.fail("no request may be made"),
+        calls=HubCalls(
+            list_refs=lambda repo: {"step1": commit}, list_files=lambda repo, rev: pytest.fail("no request may be made")
+        ),
     )
     source.revisions()
     stored = {"commit": commit, "weights_sha256": {"model.safetensors": BOGUS}}
@@ -85,7 +86,9 @@ def test_a_moved_hub_ref_is_compared_by_the_cached_blobs_or_the_hub_metadata(tmp
 
     monkeypatch.setattr("huggingface_hub.HfApi.get_paths_info", paths_info)
     stored = {"commit": snapshot.name, "weights_sha256": planted}
-    cached = HubSource(resolve_model("pythia-70m"), cache_dir=tmp_path, list_refs=lambda repo: {"step1": moved})
+    cached = HubSource(
+        resolve_model("pythia-70m"), cache_dir=tmp_path, calls=HubCalls(list_refs=lambda repo: {"step1": moved})
+    )
     cached.revisions()
     change = weight_change(cached, 1, stored)  # the new commit is cached: its blob name, no request
     assert change == WeightChange(1, "model.safetensors", planted["model.safetensors"], _sha(b"other weights"))
@@ -93,8 +96,7 @@ def test_a_moved_hub_ref_is_compared_by_the_cached_blobs_or_the_hub_metadata(tmp
     elsewhere = HubSource(
         resolve_model("pythia-70m"),
         cache_dir=tmp_path,
-        list_refs=lambda repo: {"step1": "9" * 40},
-        list_files=lambda repo, rev: ["model.safetensors"],
+        calls=HubCalls(list_refs=lambda repo: {"step1": "9" * 40}, list_files=lambda repo, rev: ["model.safetensors"]),
     )
     elsewhere.revisions()
     assert weight_change(elsewhere, 1, stored).now == "e" * 64  # one metadata request, no download
@@ -106,7 +108,7 @@ def test_without_the_hub_an_uncached_revision_is_not_compared(tmp_path, online):
     source = HubSource(
         resolve_model("pythia-70m"),
         cache_dir=tmp_path,
-        list_files=lambda repo, rev: pytest.fail("no Hub request once it is unreachable"),
+        calls=HubCalls(list_files=lambda repo, rev: pytest.fail("no Hub request once it is unreachable")),
     )
     assert weight_change(source, 5, {"commit": "a" * 40, "weights_sha256": {"model.safetensors": "x"}}) is None
 

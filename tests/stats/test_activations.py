@@ -15,7 +15,7 @@ from fixtures.tiny_models import TINY_FAMILIES, VOCAB, tiny_model
 from checkpoints.adapters import mlp_shape, pre_activation_modules, transformer_layers
 from dynamics.errors import UserInputError
 from dynamics.models import cpu_threads
-from dynamics.stats.activations import iter_layer_captures, iter_pre_activations, plan_layer_groups
+from dynamics.stats.activations import CaptureSettings, iter_layer_captures, iter_pre_activations, plan_layer_groups
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +29,7 @@ def _thread_settings_end_with_the_test():
 pytestmark = pytest.mark.models
 
 WINDOW = 10
+QUIET = CaptureSettings(progress=False)  # the default settings, without a progress bar
 
 
 def _windows(n: int = 3, seed: int = 0) -> torch.Tensor:
@@ -65,7 +66,9 @@ def test_capture_equals_a_plain_forward(family: str) -> None:
     windows = _windows()
     reference = _reference(model, windows)
     captured = dict(
-        iter_layer_captures(model, windows, sites=("pre_activation", "mlp_input"), batch_size=2, progress=False)
+        iter_layer_captures(
+            model, windows, CaptureSettings(batch_size=2, progress=False), sites=("pre_activation", "mlp_input")
+        )
     )
     assert sorted(captured) == list(range(mlp_shape(model)[0]))
     for layer, tensors in captured.items():
@@ -79,7 +82,7 @@ def test_gpt_neox_values_by_hand() -> None:
     windows = _windows()
     with torch.no_grad():
         hidden = model(input_ids=windows, output_hidden_states=True).hidden_states
-    for layer, pre in iter_pre_activations(model, windows, progress=False):
+    for layer, pre in iter_pre_activations(model, windows, QUIET):
         block = model.gpt_neox.layers[layer]
         norm = block.post_attention_layernorm
         x = F.layer_norm(hidden[layer], (x_dim := hidden[layer].shape[-1],), norm.weight, norm.bias, norm.eps)
@@ -96,17 +99,19 @@ def test_grouping_gives_the_same_tensors(family: str) -> None:
     model = tiny_model(family)
     windows = _windows(4)
     n_layers, width = mlp_shape(model)
-    one_pass = dict(iter_pre_activations(model, windows, batch_size=3, progress=False))
+    one_pass = dict(iter_pre_activations(model, windows, CaptureSettings(batch_size=3, progress=False)))
     for per_pass in (1, 2):
         for resume in (True, False):
             grouped = dict(
                 iter_pre_activations(
                     model,
                     windows,
-                    memory_budget=_budget(per_pass, 4 * WINDOW, width),
-                    batch_size=3,
-                    progress=False,
-                    resume_passes=resume,
+                    CaptureSettings(
+                        memory_budget=_budget(per_pass, 4 * WINDOW, width),
+                        batch_size=3,
+                        progress=False,
+                        resume_passes=resume,
+                    ),
                 )
             )
             assert sorted(grouped) == list(range(n_layers))
@@ -140,10 +145,12 @@ def test_batches_side_by_side_give_the_same_tensors(monkeypatch, family: str) ->
                     iter_layer_captures(
                         model,
                         windows,
+                        CaptureSettings(
+                            memory_budget=_budget(1, 7 * WINDOW, width + model.config.hidden_size),
+                            batch_size=1,
+                            progress=False,
+                        ),
                         sites=("pre_activation", "mlp_input"),
-                        memory_budget=_budget(1, 7 * WINDOW, width + model.config.hidden_size),
-                        batch_size=1,
-                        progress=False,
                     )
                 )
             )
@@ -181,7 +188,12 @@ def test_passes_stop_after_the_last_hooked_layer() -> None:
     windows = _windows(5)
     counts, handles = _count_calls(model)
     try:
-        layers = [layer for layer, _ in iter_pre_activations(model, windows, layers=[0], batch_size=2, progress=False)]
+        layers = [
+            layer
+            for layer, _ in iter_pre_activations(
+                model, windows, CaptureSettings(batch_size=2, progress=False), layers=[0]
+            )
+        ]
         assert layers == [0]
         assert counts == {"block0": 3, "block1": 0, "block2": 0, "lm_head": 0}  # 3 batches, stopped in block 0
         counts.update(dict.fromkeys(counts, 0))
@@ -189,13 +201,13 @@ def test_passes_stop_after_the_last_hooked_layer() -> None:
         budget = _budget(1, 5 * WINDOW, width)
         list(
             iter_pre_activations(
-                model, windows, memory_budget=budget, batch_size=5, progress=False, resume_passes=False
+                model, windows, CaptureSettings(memory_budget=budget, batch_size=5, progress=False, resume_passes=False)
             )
         )
         # One layer per pass, no resuming: block j is entered by passes j, j+1, ..., 2; the head never runs.
         assert counts == {"block0": 3, "block1": 2, "block2": 1, "lm_head": 0}
         counts.update(dict.fromkeys(counts, 0))
-        list(iter_pre_activations(model, windows, memory_budget=budget, batch_size=5, progress=False))
+        list(iter_pre_activations(model, windows, CaptureSettings(memory_budget=budget, batch_size=5, progress=False)))
         # Resuming: pass j stops in block j's MLP and pass j+1 starts by re-running block j, so a
         # block runs at most twice (2L - 1 blocks in all, not L(L+1)/2).
         assert counts == {"block0": 2, "block1": 2, "block2": 1, "lm_head": 0}
@@ -207,7 +219,9 @@ def test_passes_stop_after_the_last_hooked_layer() -> None:
 def test_only_the_current_group_is_held() -> None:
     model = tiny_model("gpt_neox")
     windows = _windows()
-    iterator = iter_pre_activations(model, windows, memory_budget=_budget(1, 3 * WINDOW, 128), progress=False)
+    iterator = iter_pre_activations(
+        model, windows, CaptureSettings(memory_budget=_budget(1, 3 * WINDOW, 128), progress=False)
+    )
     layer, first = next(iterator)
     alive = weakref.ref(first)
     del first
@@ -221,7 +235,7 @@ def test_half_precision_model_gives_float32(dtype: torch.dtype) -> None:
     model = tiny_model("qwen2").to(dtype)
     windows = _windows()
     reference = _reference(model, windows)
-    for layer, pre in iter_pre_activations(model, windows, progress=False):
+    for layer, pre in iter_pre_activations(model, windows, QUIET):
         assert pre.dtype == torch.float32
         assert torch.equal(pre, reference[layer][1])  # the model's own half values, widened exactly
 
@@ -231,7 +245,7 @@ def test_training_mode_is_restored_and_dropout_off() -> None:
     windows = _windows()
     reference = _reference(model, windows)
     model.train()
-    captured = dict(iter_pre_activations(model, windows, progress=False))
+    captured = dict(iter_pre_activations(model, windows, QUIET))
     assert model.training
     for layer, pre in captured.items():
         torch.testing.assert_close(pre, reference[layer][1], atol=1e-5, rtol=1e-5)
@@ -252,16 +266,22 @@ def test_plan_layer_groups(caplog: pytest.LogCaptureFixture) -> None:
     [
         (dict(layers=[3]), r"layers \[3\] are not valid: the model has layers 0..2"),
         (dict(sites=("post",)), r"capture sites \['post'\] are not valid; use pre_activation and/or mlp_input"),
-        (dict(memory_budget=0), "memory budget 0 must be a positive number of bytes"),
-        (dict(batch_size=0), "batch size 0 must be a positive number of windows"),
+        (
+            dict(settings=CaptureSettings(memory_budget=0, progress=False)),
+            "memory budget 0 must be a positive number of bytes",
+        ),
+        (
+            dict(settings=CaptureSettings(batch_size=0, progress=False)),
+            "batch size 0 must be a positive number of windows",
+        ),
     ],
 )
 def test_bad_arguments(kwargs: dict, message: str) -> None:
     model = tiny_model("gpt_neox")
     with pytest.raises(UserInputError, match=message):
-        list(iter_layer_captures(model, _windows(), progress=False, **kwargs))
+        list(iter_layer_captures(model, _windows(), **{"settings": QUIET, **kwargs}))
 
 
 def test_windows_must_be_token_ids() -> None:
     with pytest.raises(UserInputError, match=r"LongTensor \[n_windows, window\], got torch.float32 \(3, 10\)"):
-        list(iter_pre_activations(tiny_model("gpt_neox"), _windows().float(), progress=False))
+        list(iter_pre_activations(tiny_model("gpt_neox"), _windows().float(), QUIET))

@@ -19,7 +19,7 @@ from dynamics.syntax.blimp import blimp_accuracy, load_blimp
 from dynamics.syntax.corpus import CorpusSpec, load_token_windows
 from dynamics.syntax.pairs import stratified_sample
 from dynamics.syntax.perplexity import perplexity
-from dynamics.syntax.scoring import score_pairs
+from dynamics.syntax.scoring import Batching, score_pairs
 from dynamics.syntax.tse import TSE_CASES, sample_tse, tse_pairs
 from store import open_cube
 
@@ -153,7 +153,7 @@ def test_clean_and_ablated_values_equal_direct_computations(family_study):
     tse = sample_tse(tse_pairs(), per_case=1, seed=0)
     blimp = [p for p in load_blimp(config.blimp, BLIMP_TINY)]
     with torch.inference_mode():
-        direct = score_pairs(model, tokenizer, tse, group_by="case", progress=False)
+        direct = score_pairs(model, tokenizer, tse, batching=Batching(progress=False), group_by="case")
         assert float(ds["tse_acc_all"].sel(condition="clean", percent=5.0)) == pytest.approx(direct.overall_accuracy)
         np.testing.assert_allclose(
             ds["tse_margin"].sel(condition="clean", percent=5.0).values,
@@ -170,7 +170,9 @@ def test_clean_and_ablated_values_equal_direct_computations(family_study):
     sample = stratified_sample({p: {"": [x for x in blimp if x.case == p]} for p in BLIMP_TINY}, 2, seed=0)
     pairs = [x for p in BLIMP_TINY for x in sample[p][""]]
     with torch.inference_mode():
-        correct = score_pairs(model, tokenizer, pairs, group_by="case", keep_pairs=True, progress=False).correct
+        correct = score_pairs(
+            model, tokenizer, pairs, batching=Batching(progress=False), group_by="case", keep_pairs=True
+        ).correct
     expected = blimp_accuracy(pairs, correct)
     clean = ds.sel(condition="clean", percent=5.0)
     assert float(clean["blimp_acc_all"]) == pytest.approx(expected.overall)
@@ -229,7 +231,7 @@ def test_layer_group_units_ablate_only_their_layers(family_study):
     alone = top.clone()
     alone[2:] = False  # group 0 = layers 0, 1
     with torch.inference_mode(), ablate(model, alone, mode="negative"):
-        direct = score_pairs(model, tokenizer, tse, group_by="case", progress=False)
+        direct = score_pairs(model, tokenizer, tse, batching=Batching(progress=False), group_by="case")
     assert float(ds["group_tse_acc_all"].sel(group_scope="alone", layer_group=0)) == pytest.approx(
         direct.overall_accuracy
     )

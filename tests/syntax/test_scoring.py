@@ -19,6 +19,8 @@ from transformers import (
 from dynamics.errors import UserInputError
 from dynamics.models.modelcalls import capabilities
 from dynamics.syntax.scoring import (
+    Batching,
+    ScoringRules,
     encode,
     prefix_token_id,
     score_pairs,
@@ -35,6 +37,7 @@ WORDS = (
     "that like likes is are tall and near behind have ever been popular"
 ).split()
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+QUIET = Batching(progress=False)  # the default batching, without a progress bar
 
 SENTENCES = [
     "the author laughs",
@@ -123,7 +126,7 @@ def model(request):
 def test_batched_scores_match_one_at_a_time(model, tokenizer, padding_side, batch_tokens):
     expected = slow_scores(model, tokenizer, SENTENCES, tokenizer.bos_token_id)
     got = score_sentences(
-        model, tokenizer, SENTENCES, batch_tokens=batch_tokens, padding_side=padding_side, progress=False
+        model, tokenizer, SENTENCES, batching=Batching(batch_tokens, padding_side=padding_side, progress=False)
     )
     assert got.dtype == np.float64 and got.shape == (len(SENTENCES),)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
@@ -133,7 +136,7 @@ def test_batched_scores_match_one_at_a_time(model, tokenizer, padding_side, batc
 
 def test_prefix_scores_every_token_with_bos(model, tokenizer):
     per_token = token_log_probs(
-        model, encode(tokenizer, SENTENCES), tokenizer.bos_token_id, batch_tokens=64, progress=False
+        model, encode(tokenizer, SENTENCES), tokenizer.bos_token_id, Batching(batch_tokens=64, progress=False)
     )
     for sentence, lp in zip(SENTENCES, per_token):
         n_tokens = len(sentence.split())
@@ -142,23 +145,22 @@ def test_prefix_scores_every_token_with_bos(model, tokenizer):
 
 
 def test_no_prefix_leaves_first_token_unscored(model, tokenizer):
-    got_sum = score_sentences(model, tokenizer, SENTENCES, prefix=False, batch_tokens=30, progress=False)
-    got_mean = score_sentences(
-        model, tokenizer, SENTENCES, reduction="mean", prefix=False, batch_tokens=30, progress=False
-    )
+    batching = Batching(batch_tokens=30, progress=False)
+    got_sum = score_sentences(model, tokenizer, SENTENCES, ScoringRules(prefix=False), batching)
+    got_mean = score_sentences(model, tokenizer, SENTENCES, ScoringRules(reduction="mean", prefix=False), batching)
     np.testing.assert_allclose(got_sum, slow_scores(model, tokenizer, SENTENCES, None), atol=1e-4)
     n_scored = np.array([len(s.split()) - 1 for s in SENTENCES], dtype=float)
     one_word = n_scored == 0
     assert one_word.any()
     assert np.all(got_sum[one_word] == 0.0) and np.all(np.isnan(got_mean[one_word]))
     np.testing.assert_allclose(got_mean[~one_word], got_sum[~one_word] / n_scored[~one_word], rtol=1e-12)
-    per_token = token_log_probs(model, encode(tokenizer, SENTENCES), None, progress=False)
+    per_token = token_log_probs(model, encode(tokenizer, SENTENCES), None, QUIET)
     assert [lp.size for lp in per_token] == n_scored.astype(int).tolist()
 
 
 def test_mean_divides_by_scored_count(model, tokenizer):
-    total = score_sentences(model, tokenizer, SENTENCES, progress=False)
-    mean = score_sentences(model, tokenizer, SENTENCES, reduction="mean", progress=False)
+    total = score_sentences(model, tokenizer, SENTENCES, batching=QUIET)
+    mean = score_sentences(model, tokenizer, SENTENCES, ScoringRules(reduction="mean"), QUIET)
     n_scored = np.array([len(s.split()) for s in SENTENCES], dtype=float)
     np.testing.assert_allclose(mean, total / n_scored, rtol=1e-12)
     np.testing.assert_allclose(mean, slow_scores(model, tokenizer, SENTENCES, 1, "mean"), atol=1e-4)
@@ -174,7 +176,7 @@ def test_eos_is_the_prefix_when_there_is_no_bos():
     with pytest.raises(UserInputError, match="'<nope>' is not in the tokenizer"):
         prefix_token_id(no_bos, "<nope>")
     model = tiny_model()
-    got = score_sentences(model, no_bos, SENTENCES[:4], progress=False)
+    got = score_sentences(model, no_bos, SENTENCES[:4], batching=QUIET)
     np.testing.assert_allclose(got, slow_scores(model, no_bos, SENTENCES[:4], 2), atol=1e-4)
 
 
@@ -209,7 +211,7 @@ PAIRS = [
 
 
 def test_score_pairs_matches_slow_loop(model, tokenizer):
-    result = score_pairs(model, tokenizer, PAIRS, keep_pairs=True, batch_tokens=24, progress=False)
+    result = score_pairs(model, tokenizer, PAIRS, batching=Batching(batch_tokens=24, progress=False), keep_pairs=True)
     good = slow_scores(model, tokenizer, [p.good for p in PAIRS], 1)
     bad = slow_scores(model, tokenizer, [p.bad for p in PAIRS], 1)
     intrusive = np.array([slow_scores(model, tokenizer, [p.intrusive], 1)[0] if p.intrusive else np.nan for p in PAIRS])
@@ -230,7 +232,7 @@ def test_score_pairs_matches_slow_loop(model, tokenizer):
 def test_no_prefix_pairs_match_slow_loop(model, tokenizer):
     # NPI pairs differ in their first word: without a prefix they share nothing and run in
     # one pass, beside the others' two-pass prefix sharing, in the same batch.
-    result = score_pairs(model, tokenizer, PAIRS, prefix=False, keep_pairs=True, progress=False)
+    result = score_pairs(model, tokenizer, PAIRS, ScoringRules(prefix=False), QUIET, keep_pairs=True)
     for field in ("good", "bad"):
         expected = slow_scores(model, tokenizer, [getattr(p, field) for p in PAIRS], None)
         np.testing.assert_allclose(getattr(result, field), expected, atol=1e-4)
@@ -246,7 +248,7 @@ def test_shared_prefix_is_computed_once(tokenizer):
     )
     try:
         pairs = [Pair("the author near the guards laughs", "the author near the guards laugh", "prep")]
-        score_pairs(model, tokenizer, pairs, progress=False)
+        score_pairs(model, tokenizer, pairs, batching=QUIET)
     finally:
         handle.remove()
     # BOS + 'the author near the guards' once, then the two one-word suffixes.
@@ -268,7 +270,7 @@ def test_sliding_window_shorter_than_the_pairs():
     )
     model = AutoModelForCausalLM.from_config(config).eval()
     tokenizer = tiny_tokenizer()
-    result = score_pairs(model, tokenizer, PAIRS, keep_pairs=True, progress=False)
+    result = score_pairs(model, tokenizer, PAIRS, batching=QUIET, keep_pairs=True)
     for field in ("good", "bad"):
         expected = slow_scores(model, tokenizer, [getattr(p, field) for p in PAIRS], 1)
         np.testing.assert_allclose(getattr(result, field), expected, atol=1e-4)
@@ -287,8 +289,8 @@ class NoKeepArgument(torch.nn.Module):
 
 def test_models_without_logits_to_keep(tokenizer):
     model = tiny_model()
-    plain = score_pairs(NoKeepArgument(model), tokenizer, PAIRS, keep_pairs=True, progress=False)
-    fast = score_pairs(model, tokenizer, PAIRS, keep_pairs=True, progress=False)
+    plain = score_pairs(NoKeepArgument(model), tokenizer, PAIRS, batching=QUIET, keep_pairs=True)
+    fast = score_pairs(model, tokenizer, PAIRS, batching=QUIET, keep_pairs=True)
     np.testing.assert_allclose(plain.good, fast.good, atol=1e-5)
     np.testing.assert_allclose(plain.bad, fast.bad, atol=1e-5)
 
@@ -296,13 +298,13 @@ def test_models_without_logits_to_keep(tokenizer):
 def test_pairs_as_mappings_with_another_group_field(tokenizer):
     model = tiny_model()
     records = [{"good": p.good, "bad": p.bad, "paradigm": p.case} for p in PAIRS[:4]]
-    result = score_pairs(model, tokenizer, records, group_by="paradigm", progress=False)
+    result = score_pairs(model, tokenizer, records, batching=QUIET, group_by="paradigm")
     assert result.group_by == "paradigm" and result.groups == ("prep", "simple")
     assert result.good is None
     ds = result.to_dataset()
     assert ds["accuracy"].dims == ("paradigm",) and ds["count"].values.tolist() == [2, 2]
     with pytest.raises(UserInputError, match="has no field 'case'"):
-        score_pairs(model, tokenizer, records, progress=False)
+        score_pairs(model, tokenizer, records, batching=QUIET)
 
 
 def test_summarize_pairs_counts_npi_intrusive_and_ties():
@@ -329,11 +331,11 @@ def test_summarize_pairs_counts_npi_intrusive_and_ties():
 def test_bad_arguments_are_one_line_errors(tokenizer):
     model = tiny_model()
     with pytest.raises(UserInputError, match="reduction='max'; expected 'sum' or 'mean'"):
-        score_sentences(model, tokenizer, SENTENCES, reduction="max", progress=False)
+        score_sentences(model, tokenizer, SENTENCES, ScoringRules(reduction="max"), QUIET)
     with pytest.raises(UserInputError, match="batch_tokens=0"):
-        score_sentences(model, tokenizer, SENTENCES, batch_tokens=0, progress=False)
+        score_sentences(model, tokenizer, SENTENCES, batching=Batching(batch_tokens=0, progress=False))
     model.train()
-    score_sentences(model, tokenizer, SENTENCES[:2], progress=False)
+    score_sentences(model, tokenizer, SENTENCES[:2], batching=QUIET)
     assert model.training  # the caller's mode is restored
 
 
@@ -357,7 +359,7 @@ def test_real_pythia_tokenizer(shared_data):
         "no authors have ever been popular",
     ]
     assert prefix_token_id(tokenizer) == 0
-    got = score_sentences(model, tokenizer, sentences, batch_tokens=40, progress=False)
+    got = score_sentences(model, tokenizer, sentences, batching=Batching(batch_tokens=40, progress=False))
     np.testing.assert_allclose(got, slow_scores(model, tokenizer, sentences, 0), atol=1e-4)
 
 
@@ -394,9 +396,9 @@ def test_differences_only_gives_the_whole_scores_comparisons(model, tokenizer, r
     margins, correct = slow_pair_margins(
         model, tokenizer, UNEQUAL_PAIRS, 1 if prefix == "bos" else None, reduction, npi
     )
-    options = {"reduction": reduction, "prefix": prefix, "npi": npi, "progress": False, "batch_tokens": 40}
-    whole = score_pairs(model, tokenizer, UNEQUAL_PAIRS, keep_pairs=True, **options)
-    part = score_pairs(model, tokenizer, UNEQUAL_PAIRS, keep_pairs=True, differences_only=True, **options)
+    rules, batching = ScoringRules(reduction, prefix, npi), Batching(batch_tokens=40, progress=False)
+    whole = score_pairs(model, tokenizer, UNEQUAL_PAIRS, rules, batching, keep_pairs=True)
+    part = score_pairs(model, tokenizer, UNEQUAL_PAIRS, rules, batching, keep_pairs=True, differences_only=True)
     assert part.correct.tolist() == whole.correct.tolist() == correct.tolist()
     assert not correct[-1]  # the tie
     np.testing.assert_allclose(part.margin, whole.margin, rtol=0, atol=2e-6)  # float32 log-probs, summed apart
@@ -419,10 +421,10 @@ def test_differences_only_projects_only_the_positions_after_the_first_difference
         "dynamics.syntax.logprobs.hidden_log_probs", lambda m, h, t: rows.append(h.shape[0]) or original(m, h, t)
     )
     pairs = [Pair("the author near the guards laughs", "the author near the guards laugh", "prep")]
-    score_pairs(model, tokenizer, pairs, progress=False)
+    score_pairs(model, tokenizer, pairs, batching=QUIET)
     whole = sum(rows)
     rows.clear()
-    score_pairs(model, tokenizer, pairs, progress=False, differences_only=True)
+    score_pairs(model, tokenizer, pairs, batching=QUIET, differences_only=True)
     # BOS + 5 shared words: 5 prefix positions projected whole (plus 2 heads), none with differences_only.
     assert whole == 5 + 2 and sum(rows) == 2
 
@@ -431,8 +433,8 @@ def test_differences_only_projects_only_the_positions_after_the_first_difference
 def test_needed_from_leaves_earlier_positions_nan(model, tokenizer, units):
     sentences = ["the author near the guards laughs", "the author near the guards laugh", "a pilot"]
     ids = encode(tokenizer, sentences)
-    whole = token_log_probs(model, ids, 1, units=units, progress=False)
-    part = token_log_probs(model, ids, 1, units=units, progress=False, needed_from=[3, 5, 0])
+    whole = token_log_probs(model, ids, 1, QUIET, units=units)
+    part = token_log_probs(model, ids, 1, QUIET, units=units, needed_from=[3, 5, 0])
     # A unit's shared prefix is projected from its rows' smallest start (3 here) on.
     unprojected = [3, 5, 0] if units is None else [3, 3, 0]
     for got, full, start, nan in zip(part, whole, [3, 5, 0], unprojected):
@@ -452,9 +454,9 @@ def test_differences_only_on_real_tse_and_blimp(shared_data, reduction, prefix, 
     model = tiny_model(vocab_size=50304)
     blimp = load_blimp(shared_data / "blimp", ["anaphor_gender_agreement", "npi_present_1"])
     pairs = sample_tse(tse_pairs(), per_case=3, seed=0) + blimp[:40] + blimp[-40:]
-    options = {"reduction": reduction, "prefix": prefix, "npi": npi, "progress": False, "keep_pairs": True}
-    whole = score_pairs(model, tokenizer, pairs, **options)
-    part = score_pairs(model, tokenizer, pairs, differences_only=True, **options)
+    rules = ScoringRules(reduction, prefix, npi)
+    whole = score_pairs(model, tokenizer, pairs, rules, QUIET, keep_pairs=True)
+    part = score_pairs(model, tokenizer, pairs, rules, QUIET, keep_pairs=True, differences_only=True)
     assert part.correct.tolist() == whole.correct.tolist()
     assert part.accuracy.tolist() == whole.accuracy.tolist()
     np.testing.assert_allclose(part.margin, whole.margin, rtol=0, atol=2e-5)
