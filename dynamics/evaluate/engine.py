@@ -50,7 +50,8 @@ def evaluate(
         conditions: the conditions, in the order of the result's ``condition`` coordinate.
         benchmarks: what to measure; an empty benchmark is left out of the result.
         budget: how many conditions may share a pass (default: the CPU's :class:`PassBudget`).
-        progress: show a bar over the passes and per-condition runs.
+        progress: show a bar over the passes and per-condition runs, and one over each pass's
+            sentences or windows.
 
     Raises:
         UserInputError: no condition, a repeated name or an unknown mode.
@@ -63,9 +64,9 @@ def evaluate(
     with torch.inference_mode(), progress_bar(total=units, desc="evaluate", unit="pass", disable=not progress) as bar:
         for phase in ("tse", "blimp"):
             if phase in present:
-                _pairs(model, benchmarks, budget, phase, work, bar)
+                _pairs(model, benchmarks, budget, phase, work, bar, progress)
         if "ppl" in present:
-            _corpus(model, benchmarks, budget, work, bar)
+            _corpus(model, benchmarks, budget, work, bar, progress)
         if "lmeval" in present or (benchmarks.pos is not None and benchmarks.pos.unit == "words"):
             _one_at_a_time(model, benchmarks, work, bar)
     return work.dataset()
@@ -103,7 +104,13 @@ def _ablated(model: torch.nn.Module, conditions: Sequence[Condition]) -> Iterato
 
 
 def _pairs(
-    model: torch.nn.Module, benchmarks: Benchmarks, budget: PassBudget, phase: str, work: _Work, bar: Any
+    model: torch.nn.Module,
+    benchmarks: Benchmarks,
+    budget: PassBudget,
+    phase: str,
+    work: _Work,
+    bar: Any,
+    progress: bool = False,
 ) -> None:
     """TSE or BLiMP: the conditions in passes of as many as the budget allows."""
     pairs = benchmarks.tse if phase == "tse" else benchmarks.blimp
@@ -111,14 +118,16 @@ def _pairs(
         bar.set_postfix_str(f"{phase}: {', '.join(work.conditions[c].name for c in chunk)}")
         start = time.perf_counter()
         with _ablated(model, [work.conditions[c] for c in chunk]) as copies:
-            scored = run.score(model, benchmarks, phase, copies)
+            scored = run.score(model, benchmarks, phase, copies, progress)
         for c, scores in zip(chunk, scored):
             work.add(c, run.tse_dataset(scores, pairs) if phase == "tse" else run.blimp_dataset(scores, benchmarks))
         work.spend(chunk, phase, time.perf_counter() - start)
         bar.update()
 
 
-def _corpus(model: torch.nn.Module, benchmarks: Benchmarks, budget: PassBudget, work: _Work, bar: Any) -> None:
+def _corpus(
+    model: torch.nn.Module, benchmarks: Benchmarks, budget: PassBudget, work: _Work, bar: Any, progress: bool = False
+) -> None:
     """Perplexity (and POS per model token) of the corpus windows, conditions side by side."""
     windows = benchmarks.ppl_windows
     assert windows is not None
@@ -128,7 +137,7 @@ def _corpus(model: torch.nn.Module, benchmarks: Benchmarks, budget: PassBudget, 
         bar.set_postfix_str(f"ppl: {', '.join(work.conditions[c].name for c in chunk)}")
         start = time.perf_counter()
         with _ablated(model, [work.conditions[c] for c in chunk]) as copies:
-            nll = run.corpus_nll(model, benchmarks, copies)
+            nll = run.corpus_nll(model, benchmarks, copies, progress)
         for c, per_condition in zip(chunk, nll):
             work.add(c, run.ppl_dataset(per_condition))
         work.spend(chunk, "ppl", time.perf_counter() - start)

@@ -23,8 +23,11 @@ from dynamics.syntax.settings import Batching
 from dynamics.syntax.tse import TSE_CASES
 
 
-def score(model: torch.nn.Module, benchmarks: Benchmarks, phase: str, copies: int) -> list[PairScores]:
-    """The pairs of ``phase`` (``tse`` or ``blimp``) scored under ``copies`` conditions of one pass."""
+def score(
+    model: torch.nn.Module, benchmarks: Benchmarks, phase: str, copies: int, progress: bool = False
+) -> list[PairScores]:
+    """The pairs of ``phase`` (``tse`` or ``blimp``) scored under ``copies`` conditions of one pass
+    (``progress``: a bar over its sentences)."""
     pairs = benchmarks.tse if phase == "tse" else benchmarks.blimp
     return score_pairs_each(
         model,
@@ -32,7 +35,7 @@ def score(model: torch.nn.Module, benchmarks: Benchmarks, phase: str, copies: in
         pairs,
         copies,
         benchmarks.scoring.rules(phase),
-        Batching(progress=False),
+        Batching(progress=progress),
         group_by="case",
         differences_only=True,  # the tokens a pair shares before its first difference cancel
     )
@@ -73,10 +76,11 @@ def blimp_dataset(scores: PairScores, benchmarks: Benchmarks) -> xr.Dataset:
     )
 
 
-def corpus_nll(model: torch.nn.Module, benchmarks: Benchmarks, copies: int) -> torch.Tensor:
-    """Per-token NLL ``[copy, window, token - 1]`` (float64) of the perplexity windows, ``copies`` conditions."""
+def corpus_nll(model: torch.nn.Module, benchmarks: Benchmarks, copies: int, progress: bool = False) -> torch.Tensor:
+    """Per-token NLL ``[copy, window, token - 1]`` (float64) of the perplexity windows, ``copies`` conditions
+    (``progress``: a bar over the windows)."""
     assert benchmarks.ppl_windows is not None
-    return token_nll_each(model, benchmarks.ppl_windows, copies, batch_size=benchmarks.batch_size, progress=False)
+    return token_nll_each(model, benchmarks.ppl_windows, copies, batch_size=benchmarks.batch_size, progress=progress)
 
 
 def ppl_dataset(nll: torch.Tensor) -> xr.Dataset:

@@ -78,6 +78,11 @@ def _log_bar_class() -> type:
     return LogBar
 
 
+def on_terminal() -> bool:
+    """Whether the bars go to a terminal (stderr), where nested bars redraw in place and leave no lines."""
+    return _is_terminal(sys.stderr)
+
+
 def _is_terminal(stream: IO[str]) -> bool:
     try:
         return bool(stream.isatty())

@@ -43,6 +43,7 @@ from dynamics.evaluate.benchmarks import Benchmarks, LmevalTasks, Scoring, check
 from dynamics.evaluate.conditions import Condition
 from dynamics.evaluate.engine import evaluate
 from dynamics.evaluate.planning import PassBudget, pass_budget_for
+from dynamics.execution.progress import on_terminal
 from dynamics.models.runtime import (
     capture_budget,
     default_window,
@@ -191,7 +192,8 @@ class WorkerContext:
             stepwise = top_percent_mask(torch.from_numpy(wd["wd"].values), config.cohort_percent, config.cohort_scope)
             conditions.append(Condition("neg_stepwise", stepwise))
         with timed(timings, "evaluation"):
-            evaluation = evaluate(model, conditions, self.benchmarks, self.budget)
+            # the step bar is the scan's; a step's passes get bars of their own on a terminal only
+            evaluation = evaluate(model, conditions, self.benchmarks, self.budget, progress=on_terminal())
         evaluation = evaluation.drop_vars(["eval_seconds", "eval_phase"])  # the step's seconds count evaluation whole
         loaded = {
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),

@@ -56,9 +56,11 @@ def measure_shared(
     masks: Sequence[torch.Tensor | None],
     benchmarks: Benchmarks,
     budget: PassBudget,
+    progress: bool = False,
 ) -> dict[int, xr.Dataset]:
     """The shared part of units ``numbers`` (``units[i]`` with neurons ``masks[i]``), which must ask for
-    the same measures: ``{number: part}`` with a ``condition``-free dataset per unit."""
+    the same measures: ``{number: part}`` with a ``condition``-free dataset per unit (``progress``: the
+    engine's bars, for a group's long shared passes)."""
     measures = {unit.measures for unit in units}
     if len(measures) != 1:
         raise ValueError(f"units measured together share their measures, got {sorted(measures)}")
@@ -67,7 +69,7 @@ def measure_shared(
     if not chosen.phases():
         return {}
     conditions = [_condition(n, u, m) for n, u, m in zip(numbers, units, masks)]
-    result = evaluate(model, conditions, chosen, budget)
+    result = evaluate(model, conditions, chosen, budget, progress=progress)
     return {n: result.isel(condition=i, drop=True) for i, n in enumerate(numbers)}
 
 

@@ -131,7 +131,8 @@ def _measure_group(spec: StudySpec, worker: StudyWorker, number: int) -> None:
     units = [spec.units[n] for n in pending]
     log.info("units %s: their shared measures in passes shared by every condition", pending)
     masks = [worker.sets.mask(unit.neurons) for unit in units]
-    worker.shared.update(measure_shared(worker.model, pending, units, masks, worker.benchmarks, worker.budget))
+    shared = measure_shared(worker.model, pending, units, masks, worker.benchmarks, worker.budget, progress=True)
+    worker.shared.update(shared)
 
 
 def _sets(spec: StudySpec) -> NeuronSets:

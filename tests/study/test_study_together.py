@@ -253,3 +253,19 @@ def test_a_phase_without_data_is_left_out() -> None:
     assert (
         float(result["seconds"].sel(phase="blimp", step=1)) == 0.0 < float(result["seconds"].sel(phase="ppl", step=1))
     )
+
+
+def test_a_groups_shared_passes_show_their_bars(capsys) -> None:
+    """The serial study measures a group's shared part as one long call: with ``progress`` it shows the
+    engine's bar over the passes and each pass's own bar (sentences, windows); without, it is silent."""
+    model = tiny_model("gpt_neox")
+    benchmarks = _benchmarks(model)
+    units = [Unit("main", {"condition": "a"}, None), Unit("main", {"condition": "b"}, None)]
+    measure_shared(model, [0, 1], units, [None, None], benchmarks, PassBudget())
+    assert capsys.readouterr().err == ""
+    measure_shared(model, [0, 1], units, [None, None], benchmarks, PassBudget(), progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    descriptions = {line.split(":")[0] for line in lines}
+    assert {"evaluate", "scoring", "perplexity"} <= descriptions, lines
+    # off a terminal each bar is a few whole lines, its last one complete: TSE, BLiMP and perplexity passes
+    assert any(line.startswith("evaluate: 100% 3/3") for line in lines), lines
