@@ -60,7 +60,7 @@ def test_one_core_runs_once(monkeypatch):
     cpu_threads.set_cpu_threads("timed")
     calls = []
     cpu_threads.run_timed(Key(), "head", 100, 1, lambda: calls.append(torch.get_num_threads()))
-    assert calls == [torch.get_num_threads()]
+    assert calls == [1]  # not timed, and on the one thread chosen
 
 
 def test_a_count_and_none(monkeypatch):
@@ -103,6 +103,24 @@ def test_projection_numbers_do_not_depend_on_the_threads(monkeypatch, policy):
     else:
         assert set(cpu_threads.timed_threads(model)) == {"head"}
         assert set(seen) <= {1, cpu_threads.usable_cores()}
+
+
+def test_timed_on_a_single_usable_core_runs_on_one_thread(monkeypatch):
+    """One usable core (an affinity of one, ``OMP_NUM_THREADS=1``) while torch runs on two: the
+    timed call and every later one run on the one thread chosen, not on the process's two."""
+    monkeypatch.setattr(cpu_threads, "usable_cores", lambda: 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cpu_threads.set_cpu_threads("timed")
+        seen = [cpu_threads.run_timed(Key(), "head", 100, 1, torch.get_num_threads)]
+        key = Key()
+        seen += [cpu_threads.run_timed(key, "head", 100, 1, torch.get_num_threads) for _ in range(2)]
+        assert seen == [1, 1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        cpu_threads.set_cpu_threads(None)
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("tiles", [(512, 2048), (64, 30)])

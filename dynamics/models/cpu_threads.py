@@ -113,7 +113,8 @@ def _time(work: Callable[[], T], kind: str) -> tuple[int, T]:
     alternating), and a result of ``work``."""
     cores = usable_cores()
     if cores <= 1:
-        return 1, work()
+        with cpu_threads(1):
+            return 1, work()
     seconds: dict[int, float] = {1: float("inf"), cores: float("inf")}
     result: Any = None
     for _ in range(2):
