@@ -11,7 +11,7 @@ from dynamics.errors import UserInputError
 from dynamics.report.claims import ClaimSettings, study_claims
 from dynamics.report.claims_format import claims_text
 from dynamics.report.differentiation_text import differentiation_report
-from dynamics.report.tables import failure_lines, protocol_line, wd_md_lines
+from dynamics.report.tables import bos_effect_line, failure_lines, protocol_line, wd_md_lines
 from dynamics.report.tables import fmt as _fmt
 from dynamics.report.tables import text_table as _table
 
@@ -37,6 +37,9 @@ def header(ds: xr.Dataset) -> list[str]:
     ]
     lines += failure_lines(ds.attrs["steps"], unit="condition")
     lines.append(protocol_line(prov))
+    bos = bos_effect_line(prov.get("bos_check"))
+    if bos:
+        lines.append(bos)
     lines.append(
         f"budgets: {prov.get('tse_pairs', '?')} TSE pairs, {prov.get('blimp_pairs', '?')} BLiMP pairs, "
         f"{prov.get('ppl_tokens', '?')} perplexity tokens, {prov.get('wd_tokens', '?')} WD tokens, "

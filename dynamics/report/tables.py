@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -60,3 +62,25 @@ def wd_md_lines(wd: np.ndarray, md: np.ndarray, where: str) -> list[str]:
     rho = spearman_by_layer(np.asarray(wd, dtype=float), np.asarray(md, dtype=float))
     rows = [[str(layer), fmt(float(r))] for layer, r in enumerate(rho)]
     return [f"WD-MD Spearman correlation per layer ({where}):", text_table(["layer", "spearman"], rows)]
+
+
+#: A BOS choice that moves the checked window's perplexity by more than this factor is a warning.
+BOS_WARN_FACTOR = 1.10
+
+
+def bos_effect_line(record: dict[str, Any] | None) -> str | None:
+    """The report's line for a stored :meth:`dynamics.syntax.bos_effect.BosEffect.to_attrs` record (``None`` when not measured)."""
+    if not record:
+        return None
+    without, with_lead = float(record["ppl_without_bos"]), float(record["ppl_with_bos"])
+    factor = without / with_lead
+    line = (
+        f"BOS check (window {int(record['window']) + 1}, {record['tokens']} tokens): perplexity "
+        f"{without:.4g} without BOS as the protocol scores it, {with_lead:.4g} with BOS in front (x{factor:.3g})"
+    )
+    if factor > BOS_WARN_FACTOR or factor < 1 / BOS_WARN_FACTOR:
+        line = (
+            f"WARNING: {line}; this model's perplexities (and the texts its neurons were ranked on) are of "
+            "windows without BOS after the first (--window-bos every, or --protocol strict, puts it on every window)"
+        )
+    return line

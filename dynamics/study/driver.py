@@ -51,7 +51,8 @@ from dynamics.study.worker import (
     run_condition,
     seed_worker,
 )
-from dynamics.syntax.corpus import corpus_hash
+from dynamics.syntax.bos_effect import measure_bos_effect
+from dynamics.syntax.corpus import CorpusSpec, corpus_hash, leading_special_ids
 from store.cube import CubeWriter
 from store.units import unit_attrs, write_unit_attrs
 
@@ -63,6 +64,15 @@ def run_study(config: StudyConfig, tagger: Any | None = None) -> StudySummary:
     CPU thread settings end with it (:func:`dynamics.models.cpu_threads.run_scope`)."""
     with run_scope():
         return execute(config, plan_study(config), tagger)
+
+
+def _bos_check(model: Any, tokenizer: Any, corpus: CorpusSpec, ppl_windows: torch.Tensor) -> dict[str, Any] | None:
+    """Where only the first perplexity window has the tokenizer's BOS, the second one scored both ways
+    (:mod:`dynamics.syntax.bos_effect`); ``None`` where there is nothing to compare."""
+    if corpus.window_bos != "first":
+        return None
+    effect = measure_bos_effect(model, ppl_windows, leading_special_ids(tokenizer))
+    return effect.to_attrs() if effect is not None else None
 
 
 def provenance(config: StudyConfig, plan: StudyPlan, checkpoint: Checkpoint) -> dict[str, Any]:
@@ -158,6 +168,7 @@ def execute(config: StudyConfig, plan: StudyPlan, tagger: Any | None) -> StudySu
                         else f"every token of {len(ppl_windows)} perplexity windows"
                     ),
                     "layer_groups": groups,
+                    "bos_check": _bos_check(model, tokenizer, corpus, ppl_windows),
                 }
             )
             # One process runs every condition in order: those of one ablation mode share their passes.
