@@ -11,8 +11,8 @@ from fixtures.study import EOS, char_tokenizer, fake_tagger
 from fixtures.tiny_models import VOCAB, tiny_model
 from study.test_study import study_config
 
-from dynamics.report.tables import bos_effect_line
 from dynamics.report.study_text import study_report
+from dynamics.report.tables import bos_effect_line
 from dynamics.study.driver import run_study
 from dynamics.syntax.bos_effect import measure_bos_effect
 from store import open_cube
