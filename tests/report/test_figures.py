@@ -16,6 +16,7 @@ from dynamics.report.scan_figures import (
     tse_figure,
     wd_histogram_figure,
 )
+from dynamics.report.condition_style import condition_styles
 from dynamics.report.study_figures import conditions_figure, layer_group_figure, phenomena_figure
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.driver import run_scan
@@ -200,7 +201,7 @@ def test_study_blimp_phenomena(study_ds, pyplot):
         "clean",
         "negative, top WD",
         "negative, random control",
-        "negative, perplexity-matched control",
+        condition_styles(study_ds)["neg_matched"].label,  # with its caveat when it did not match
         "chance",
     }
 
