@@ -5,6 +5,7 @@ import pytest
 from conftest import FAST_SCAN
 from fixtures.study import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
 
+from dynamics.report.condition_style import condition_styles
 from dynamics.report.scan_figures import (
     CONDITION_LABELS,
     _pyplot,
@@ -16,7 +17,6 @@ from dynamics.report.scan_figures import (
     tse_figure,
     wd_histogram_figure,
 )
-from dynamics.report.condition_style import condition_styles
 from dynamics.report.study_figures import conditions_figure, layer_group_figure, phenomena_figure
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.driver import run_scan
