@@ -3,46 +3,83 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from dynamics.report.claim_figures import claims_figure
 from dynamics.report.claims import cube_claim_settings, study_claims
+from dynamics.report.condition_style import condition_styles
 from dynamics.report.differentiation_figures import differentiation_figure
 from dynamics.report.differentiation_text import has_differentiation
-from dynamics.report.figures import AxisLabels, accuracy_bars_figure, legend_below
+from dynamics.report.figures import BarSeries, grouped_bars, legend_below
+from dynamics.report.study_text import match_percent, wilson_interval
+from dynamics.syntax.blimp_phenomena import BLIMP_PHENOMENA
 
-CONDITION_LABELS = {
-    "clean": "clean",
-    "neg_top": "negative, top WD",
-    "pos_top": "positive, top WD",
-    "both_top": "both signs, top WD",
-    "neg_random": "negative, random control",
-    "neg_matched": "negative, perplexity-matched control",
-}
-PANELS = (("tse_acc_all", "TSE accuracy"), ("blimp_acc_all", "BLiMP accuracy"), ("ppl", "perplexity"))
+PANELS = (("tse", "TSE accuracy"), ("blimp", "BLiMP accuracy"), ("ppl", "perplexity"))
+#: What the whiskers are, and why perplexity has none: dynamics.stats.paired has a CI of a ratio of two
+#: conditions' perplexities over paired windows, none of one condition's perplexity on its own.
+INTERVAL_NOTE = "whiskers: 95% Wilson interval over each accuracy's pairs; perplexity: no interval"
+NO_ITEMS_NOTE = "no per-item data: no intervals"
+#: The phenomenon figure's conditions: the paper's ablation and its controls.
+PHENOMENON_CONDITIONS = ("clean", "neg_top", "neg_random", "neg_matched")
 
 
-def _frame(ds: xr.Dataset, name: str) -> Any:
-    frame = ds[name].where(ds["done"]).to_dataframe(name="value").reset_index().dropna(subset=["value"])
-    frame["condition"] = frame["condition"].astype(str).map(lambda c: CONDITION_LABELS.get(c, c))
-    return frame
+def accuracy_with_interval(margins: np.ndarray) -> tuple[float, float, float]:
+    """(accuracy, low, high) of the pairs behind an accuracy: a pair is correct when its margin is above
+    0 (as scored), the interval the report's 95% Wilson interval; NaNs when there is no pair."""
+    finite = margins[np.isfinite(margins)]
+    if not finite.size:
+        return np.nan, np.nan, np.nan
+    correct = int((finite > 0).sum())
+    return (correct / finite.size, *wilson_interval(correct, finite.size))
+
+
+def _done(ds: xr.Dataset, name: str) -> xr.DataArray:
+    return ds[name].where(ds["done"])
+
+
+def _panel_series(ds: xr.Dataset, bench: str, percents: np.ndarray) -> list[BarSeries]:
+    """One series per condition: the accuracy (or perplexity) per percent, done units only, with the
+    Wilson interval of each accuracy when the cube has its per-pair margins."""
+    name = "ppl" if bench == "ppl" else f"{bench}_acc_all"
+    items = f"{bench}_item_margin"
+    series = []
+    for condition, style in condition_styles(ds).items():
+        values = _done(ds, name).sel(condition=condition, percent=percents).values.astype(float)
+        low = high = None
+        if bench != "ppl" and items in ds:
+            margins = ds[items].sel(condition=condition, percent=percents).values
+            bounds = np.asarray([accuracy_with_interval(m)[1:] for m in margins]).reshape(-1, 2)
+            bounds[~np.isfinite(values)] = np.nan
+            low, high = bounds[:, 0], bounds[:, 1]
+        series.append(BarSeries(style.label, style.colour, values, low, high))
+    return series
+
+
+def _interval_note(ds: xr.Dataset, benches: tuple[str, ...]) -> str:
+    missing = [bench.upper() if bench == "tse" else "BLiMP" for bench in benches if f"{bench}_item_margin" not in ds]
+    if len(missing) == len(benches):
+        return NO_ITEMS_NOTE
+    if missing:
+        return f"{INTERVAL_NOTE}; {' and '.join(missing)}: {NO_ITEMS_NOTE}"
+    return INTERVAL_NOTE
 
 
 def conditions_figure(ds: xr.Dataset, plt, sns) -> object:
-    """Bars per percent and condition: TSE, BLiMP and perplexity (a linear axis from 0, each bar's value on it)."""
+    """Bars per percent and condition: TSE and BLiMP accuracy with their 95% Wilson intervals, and
+    perplexity (a linear axis from 0, each bar's value on it); one colour per condition in every figure."""
+    from matplotlib.container import BarContainer
     from matplotlib.ticker import ScalarFormatter
 
-    panels = [(n, label) for n, label in PANELS if n in ds]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
-    order = [CONDITION_LABELS.get(str(c), str(c)) for c in ds["condition"].values]
-    for ax, (name, label) in zip(axes[0], panels):
-        sns.barplot(_frame(ds, name), x="percent", y="value", hue="condition", hue_order=order, ax=ax)
+    panels = [(bench, label) for bench, label in PANELS if ("ppl" if bench == "ppl" else f"{bench}_acc_all") in ds]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
+    percents = ds["percent"].values[np.asarray(ds["done"].any("condition"))]
+    for ax, (bench, label) in zip(axes[0], panels):
+        grouped_bars(ax, _panel_series(ds, bench, percents), [f"{p:g}" for p in percents])
         ax.set_xlabel("percent of neurons per layer")
         ax.set_ylabel(label)
-        if name != "ppl":
+        if bench != "ppl":
             ax.axhline(0.5, color="0.5", ls=":", lw=1, label="chance")
             ax.set_ylim(0, 1.02)
         else:  # linear from 0: the bars' lengths are the perplexities; the labels tell close values apart
@@ -50,26 +87,60 @@ def conditions_figure(ds: xr.Dataset, plt, sns) -> object:
             formatter.set_scientific(False)
             ax.yaxis.set_major_formatter(formatter)
             for bars in ax.containers:
-                ax.bar_label(bars, fmt="%.4g", rotation=90, fontsize=6.5, padding=2)
-            ax.set_ylim(0, float(np.nanmax(_frame(ds, name)["value"])) * 1.25)
+                if isinstance(bars, BarContainer):
+                    ax.bar_label(bars, fmt="%.4g", rotation=90, fontsize=6.5, padding=2)
+            ax.set_ylim(0, float(np.nanmax(_done(ds, "ppl").values)) * 1.25)
     fig.suptitle("Ablation of the top-WD neurons and its controls")
-    legend_below(axes[0][0], fig, columns=3)
+    benches = tuple(bench for bench, _ in panels if bench != "ppl")
+    fig.text(0.5, 0.915, _interval_note(ds, benches), ha="center", va="center", fontsize=8, color="0.3")
+    legend_below(axes[0][0], fig, columns=3, top=0.9)
     return fig
 
 
+def phenomenon_intervals(ds: xr.Dataset, condition: str, percent: float) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of the 95% Wilson interval of each phenomenon's BLiMP accuracy, from the per-pair
+    margins pooled by the release's phenomenon of their paradigm; NaN where a phenomenon's pooled
+    accuracy is not the stored one (data that labels its paradigms otherwise) or has no pair."""
+    margins = ds["blimp_item_margin"].sel(condition=condition, percent=percent).values
+    phenomena = np.asarray([BLIMP_PHENOMENA.get(str(p), "") for p in ds["blimp_item_case"].values])
+    stored = ds["blimp_term_acc"].sel(condition=condition, percent=percent)
+    bounds = np.full((ds.sizes["blimp_phenomenon"], 2), np.nan)
+    for i, phenomenon in enumerate(str(t) for t in ds["blimp_phenomenon"].values):
+        accuracy, low, high = accuracy_with_interval(margins[phenomena == phenomenon])
+        if np.isclose(accuracy, float(stored.sel(blimp_phenomenon=phenomenon)), rtol=0, atol=1e-6):
+            bounds[i] = low, high
+    return bounds[:, 0], bounds[:, 1]
+
+
 def phenomena_figure(ds: xr.Dataset, plt, sns) -> object:
-    """BLiMP per phenomenon at the match percent: clean, top, random, matched."""
-    percent = float(ds.attrs["identity"]["analysis"]["match_percent"])
-    chosen = ds.sel(percent=percent, condition=["clean", "neg_top", "neg_random", "neg_matched"])
-    return accuracy_bars_figure(
-        _frame(chosen, "blimp_term_acc"),
-        plt,
-        sns,
-        y="blimp_phenomenon",
-        x="value",
-        labels=AxisLabels("BLiMP accuracy", "phenomenon", f"BLiMP per phenomenon, {percent:g}% of neurons per layer"),
-        size=(8, 6.5),
-    )
+    """BLiMP per phenomenon at the match percent: clean, top, random and matched, with 95% Wilson intervals."""
+    percent = match_percent(ds)
+    styles = condition_styles(ds)
+    with_items = "blimp_item_margin" in ds and "blimp_item_case" in ds.coords
+    phenomena = [str(t) for t in ds["blimp_phenomenon"].values]
+    series, unlabelled = [], False
+    for condition in (c for c in PHENOMENON_CONDITIONS if c in styles):
+        values = _done(ds, "blimp_term_acc").sel(condition=condition, percent=percent).values.astype(float)
+        low = high = None
+        if with_items and np.isfinite(values).any():
+            low, high = phenomenon_intervals(ds, condition, percent)
+            unlabelled |= bool((np.isfinite(values) & ~np.isfinite(low)).any())
+        style = styles[condition]
+        series.append(BarSeries(style.label, style.colour, values, low, high))
+    fig, ax = plt.subplots(figsize=(8, 1.8 + len(phenomena) * (0.2 + 0.09 * len(series))))
+    grouped_bars(ax, series, phenomena, horizontal=True)
+    ax.invert_yaxis()  # the first phenomenon on top, as read
+    ax.axvline(0.5, color="0.5", ls=":", lw=1, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("BLiMP accuracy")
+    ax.set_ylabel("phenomenon")
+    ax.set_title(f"BLiMP per phenomenon, {percent:g}% of neurons per layer")
+    note = INTERVAL_NOTE.split(";")[0] if with_items else NO_ITEMS_NOTE
+    if with_items and unlabelled:
+        note += " (none where the items' phenomenon is not the BLiMP release's)"
+    fig.text(0.5, 0.995, note, ha="center", va="top", fontsize=8, color="0.3")
+    legend_below(ax, fig, top=0.97)
+    return fig
 
 
 def layer_group_figure(ds: xr.Dataset, plt) -> object:

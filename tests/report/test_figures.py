@@ -5,6 +5,7 @@ import pytest
 from conftest import FAST_SCAN
 from fixtures.study import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
 
+from dynamics.report.condition_style import condition_styles
 from dynamics.report.scan_figures import (
     CONDITION_LABELS,
     _pyplot,
@@ -200,7 +201,7 @@ def test_study_blimp_phenomena(study_ds, pyplot):
         "clean",
         "negative, top WD",
         "negative, random control",
-        "negative, perplexity-matched control",
+        condition_styles(study_ds)["neg_matched"].label,  # with its caveat when it did not match
         "chance",
     }
 

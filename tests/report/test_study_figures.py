@@ -1,0 +1,202 @@
+"""The study figures carry their uncertainty and one colour per condition (issue #23): the whiskers are
+the Wilson interval of each accuracy's pairs, a condition has one colour in every figure, an unmatched
+control says so, and an old cube without per-pair results draws no whiskers and a note."""
+
+import json
+
+import numpy as np
+import pytest
+from fixtures.study import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
+from matplotlib.colors import to_rgba
+from matplotlib.container import BarContainer, ErrorbarContainer
+from scipy.stats import binomtest
+
+from dynamics.ablation.modes import MODES
+from dynamics.report.condition_style import (
+    CONDITION_LABELS,
+    SPARE_COLOURS,
+    condition_colour,
+    condition_styles,
+)
+from dynamics.report.scan_figures import _pyplot
+from dynamics.report.study_figures import NO_ITEMS_NOTE, conditions_figure, phenomena_figure
+from dynamics.study.conditions import short_name
+from dynamics.study.config import StudyConfig
+from dynamics.study.driver import run_study
+from dynamics.syntax.blimp import BLIMP_PARADIGMS
+from dynamics.syntax.blimp_phenomena import BLIMP_PHENOMENA
+from store import open_cube
+
+pytestmark = pytest.mark.models
+ITEM_VARIABLES = ["tse_item_margin", "blimp_item_margin", "ppl_window_nll"]
+
+
+@pytest.fixture(scope="module")
+def pyplot():
+    plt, sns = _pyplot()
+    yield plt, sns
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def study_ds(tmp_path_factory):
+    """A tiny GPT-NeoX study at 5 and 10%, with the fixture's BLiMP: ``determiner_noun_agreement_1``
+    under its release phenomenon, ``anaphor_gender_agreement`` under another name ("anaphora")."""
+    root = tmp_path_factory.mktemp("study_figures")
+    write_corpus(root)
+    write_blimp(root / "blimp", pairs=5)
+    config = StudyConfig(
+        model=str(save_tiny_model("gpt_neox", root / "gpt_neox")),
+        out=str(root / "study.zarr"),
+        corpus=str(root / "corpus.txt"),
+        window=64,
+        wd_tokens=512,
+        ppl_tokens=256,
+        percents="5,10",
+        match_percent=10.0,
+        match_tolerance=1e-4,
+        match_iterations=4,
+        tse_per_case=3,
+        blimp=str(root / "blimp"),
+        blimp_per_paradigm=5,
+        blimp_paradigms=",".join(BLIMP_TINY),
+        tasks="none",
+        pos="off",
+        threads=1,
+    )
+    run_study(config)
+    return open_cube(root / "study.zarr")
+
+
+def wilson(margins: np.ndarray) -> tuple[float, float]:
+    """The 95% Wilson interval of the share of positive margins, computed apart from the product."""
+    margins = margins[np.isfinite(margins)]
+    ci = binomtest(int((margins > 0).sum()), margins.size).proportion_ci(confidence_level=0.95, method="wilson")
+    return ci.low, ci.high
+
+
+def whiskers(ax, horizontal: bool = False) -> dict[float, tuple[float, float]]:
+    """Each whisker of ``ax`` by the bar position it is drawn at: (low, high) of the value axis."""
+    out = {}
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            for segment in container.lines[2][0].get_segments():
+                (x0, y0), (x1, y1) = segment
+                at, ends = (y0, (x0, x1)) if horizontal else (x0, (y0, y1))
+                out[round(float(at), 6)] = (min(ends), max(ends))
+    return out
+
+
+def bars_by_label(fig) -> dict[str, list]:
+    """The bars of every axes of ``fig``, by the legend label of their series."""
+    out: dict[str, list] = {}
+    for ax in fig.axes:
+        for container in ax.containers:
+            if isinstance(container, BarContainer):
+                out.setdefault(container.get_label(), []).extend(container.patches)
+    return out
+
+
+def legend_labels(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def figure_texts(fig) -> str:
+    return " | ".join(t.get_text() for t in fig.texts)
+
+
+def test_condition_whiskers_are_the_wilson_interval_of_each_accuracy(study_ds, pyplot):
+    fig = conditions_figure(study_ds, *pyplot)
+    tse, blimp, ppl = fig.axes
+    percents = study_ds["percent"].values[np.asarray(study_ds["done"].any("condition"))]
+    labels = {style.label: name for name, style in condition_styles(study_ds).items()}
+    checked = 0
+    for ax, items in ((tse, "tse_item_margin"), (blimp, "blimp_item_margin")):
+        drawn = whiskers(ax)
+        bars = [(c.get_label(), bar) for c in ax.containers if isinstance(c, BarContainer) for bar in c.patches]
+        assert len(drawn) == len(bars) > 0  # every accuracy bar has its whisker
+        for label, bar in bars:
+            centre = bar.get_x() + bar.get_width() / 2
+            percent = percents[int(round(centre))]
+            margins = study_ds[items].sel(condition=labels[label], percent=percent).values
+            assert drawn[round(centre, 6)] == pytest.approx(wilson(margins), abs=1e-9)
+            assert bar.get_height() == pytest.approx(float(np.mean(margins[np.isfinite(margins)] > 0)))
+            checked += 1
+    assert checked == 2 * int(study_ds["done"].sum())
+    assert whiskers(ppl) == {}  # no per-condition perplexity CI exists: no whisker, and the note says so
+    assert "perplexity: no interval" in figure_texts(fig)
+
+
+def test_phenomenon_whiskers_pool_the_pairs_of_each_release_phenomenon(study_ds, pyplot):
+    fig = phenomena_figure(study_ds, *pyplot)
+    ax = fig.axes[0]
+    phenomena = [t.get_text() for t in ax.get_yticklabels()]
+    assert phenomena == ["anaphora", "determiner_noun_agreement"]
+    percent = float(study_ds.attrs["identity"]["analysis"]["match_percent"])
+    labels = {style.label: name for name, style in condition_styles(study_ds).items()}
+    paradigm = study_ds["blimp_item_case"].values
+    drawn = whiskers(ax, horizontal=True)
+    whiskered = 0
+    for container in (c for c in ax.containers if isinstance(c, BarContainer)):
+        margins = study_ds["blimp_item_margin"].sel(condition=labels[container.get_label()], percent=percent).values
+        for bar in container.patches:
+            centre = round(bar.get_y() + bar.get_height() / 2, 6)
+            if phenomena[int(round(centre))] == "anaphora":  # not the release's name: no whisker, no guess
+                assert centre not in drawn
+            else:
+                assert drawn[centre] == pytest.approx(wilson(margins[paradigm == "determiner_noun_agreement_1"]))
+                whiskered += 1
+    assert whiskered == 4  # clean, top, random, matched
+    assert "not the BLiMP release's" in figure_texts(fig)
+
+
+def test_one_colour_per_condition_in_every_figure(study_ds, pyplot):
+    conditions = bars_by_label(conditions_figure(study_ds, *pyplot))
+    phenomena = bars_by_label(phenomena_figure(study_ds, *pyplot))
+    assert len(phenomena) == 4 and set(phenomena) < set(conditions)
+    for name, style in condition_styles(study_ds).items():
+        colours = {bar.get_facecolor() for bar in conditions[style.label] + phenomena.get(style.label, [])}
+        assert colours == {to_rgba(condition_colour(name))}, name
+    shown = [to_rgba(condition_colour(str(c))) for c in study_ds["condition"].values]
+    assert len(set(shown)) == len(shown)  # no two conditions share a colour
+
+
+def test_an_unmatched_control_says_so_in_every_legend(study_ds, pyplot):
+    assert not bool(study_ds["matched_converged"])  # the tiny model's top set does not raise perplexity
+    caveat = (
+        f"negative, bottom-m control (NOT matched: ppl {float(study_ds['matched_ppl']):.2f} "
+        f"vs {float(study_ds['matched_target_ppl']):.2f})"
+    )
+    for make in (conditions_figure, phenomena_figure):
+        assert caveat in legend_labels(make(study_ds, *pyplot))
+    matched = study_ds.assign(matched_converged=((), True))
+    for make in (conditions_figure, phenomena_figure):
+        labels = legend_labels(make(matched, *pyplot))
+        assert "negative, perplexity-matched control" in labels and caveat not in labels
+
+
+def test_an_old_cube_without_per_pair_results_has_no_whiskers_and_a_note(study_ds, pyplot):
+    old = study_ds.drop_vars(ITEM_VARIABLES)
+    for make in (conditions_figure, phenomena_figure):
+        fig = make(old, *pyplot)
+        assert all(whiskers(ax) == {} for ax in fig.axes)
+        assert NO_ITEMS_NOTE in figure_texts(fig) and NO_ITEMS_NOTE == "no per-item data: no intervals"
+        assert sum(len(bars) for bars in bars_by_label(fig).values()) > 0  # the bars are still drawn
+
+
+def test_every_mode_is_labelled_and_an_unknown_condition_has_a_fixed_colour():
+    for mode in MODES:
+        assert f"{short_name(mode)}_top" in CONDITION_LABELS  # the study's names for the modes' conditions
+    assert CONDITION_LABELS["signflip_top"] == "signflip, top WD"
+    assert CONDITION_LABELS["both_top"] == "both signs, top WD"
+    assert condition_colour("my_new_top") == condition_colour("my_new_top") in SPARE_COLOURS
+
+
+def test_the_phenomenon_table_is_the_release_s(shared_data):
+    release = {}
+    for path in sorted((shared_data / "blimp").glob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            terms = {(r["UID"], r["linguistics_term"]) for r in map(json.loads, f)}
+        release.update(terms)
+        assert len(terms) == 1, path  # one phenomenon per paradigm
+    assert release == BLIMP_PHENOMENA and set(BLIMP_PHENOMENA) == set(BLIMP_PARADIGMS)
