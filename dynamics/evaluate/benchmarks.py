@@ -204,11 +204,15 @@ def content_hashes(benchmarks: Benchmarks, wd_windows: torch.Tensor | None) -> d
 
 def item_coordinates(prefix: str, pairs: Sequence[MinimalPair]) -> dict[str, Any]:
     """Coordinates naming each scored item, so two cubes join item by item: ``<prefix>_item`` (its
-    position in the sample), ``<prefix>_item_case`` (TSE case or BLiMP paradigm) and
-    ``<prefix>_item_uid`` (``case/subcase/pair_id`` in the benchmark)."""
+    position in the sample), ``<prefix>_item_case`` (TSE case or BLiMP paradigm),
+    ``<prefix>_item_uid`` (``case/subcase/pair_id`` in the benchmark) and, for BLiMP items,
+    ``<prefix>_item_phenomenon`` (the item's ``linguistics_term``, which pools it per phenomenon)."""
     dim = f"{prefix}_item"
-    return {
+    coords = {
         dim: np.arange(len(pairs)),
         f"{dim}_case": (dim, np.asarray([p.case for p in pairs], dtype=object)),
         f"{dim}_uid": (dim, np.asarray([p.uid for p in pairs], dtype=object)),
     }
+    if any(p.linguistics_term for p in pairs):
+        coords[f"{dim}_phenomenon"] = (dim, np.asarray([p.linguistics_term for p in pairs], dtype=object))
+    return coords

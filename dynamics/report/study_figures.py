@@ -14,13 +14,13 @@ from dynamics.report.differentiation_figures import differentiation_figure
 from dynamics.report.differentiation_text import has_differentiation
 from dynamics.report.figures import BarSeries, grouped_bars, legend_below
 from dynamics.report.study_text import match_percent, wilson_interval
-from dynamics.syntax.blimp_phenomena import BLIMP_PHENOMENA
 
 PANELS = (("tse", "TSE accuracy"), ("blimp", "BLiMP accuracy"), ("ppl", "perplexity"))
 #: What the whiskers are, and why perplexity has none: dynamics.stats.paired has a CI of a ratio of two
 #: conditions' perplexities over paired windows, none of one condition's perplexity on its own.
 INTERVAL_NOTE = "whiskers: 95% Wilson interval over each accuracy's pairs; perplexity: no interval"
 NO_ITEMS_NOTE = "no per-item data: no intervals"
+NO_PHENOMENON_NOTE = "no per-item phenomenon (a cube made before it was stored): no intervals"
 #: The phenomenon figure's conditions: the paper's ablation and its controls.
 PHENOMENON_CONDITIONS = ("clean", "neg_top", "neg_random", "neg_matched")
 
@@ -99,10 +99,10 @@ def conditions_figure(ds: xr.Dataset, plt, sns) -> object:
 
 def phenomenon_intervals(ds: xr.Dataset, condition: str, percent: float) -> tuple[np.ndarray, np.ndarray]:
     """(low, high) of the 95% Wilson interval of each phenomenon's BLiMP accuracy, from the per-pair
-    margins pooled by the release's phenomenon of their paradigm; NaN where a phenomenon's pooled
-    accuracy is not the stored one (data that labels its paradigms otherwise) or has no pair."""
+    margins pooled by each pair's stored phenomenon (``blimp_item_phenomenon``); NaN where a
+    phenomenon has no pair or its pooled accuracy is not the stored one (a check of the pooling)."""
     margins = ds["blimp_item_margin"].sel(condition=condition, percent=percent).values
-    phenomena = np.asarray([BLIMP_PHENOMENA.get(str(p), "") for p in ds["blimp_item_case"].values])
+    phenomena = np.asarray([str(t) for t in ds["blimp_item_phenomenon"].values])
     stored = ds["blimp_term_acc"].sel(condition=condition, percent=percent)
     bounds = np.full((ds.sizes["blimp_phenomenon"], 2), np.nan)
     for i, phenomenon in enumerate(str(t) for t in ds["blimp_phenomenon"].values):
@@ -116,15 +116,14 @@ def phenomena_figure(ds: xr.Dataset, plt, sns) -> object:
     """BLiMP per phenomenon at the match percent: clean, top, random and matched, with 95% Wilson intervals."""
     percent = match_percent(ds)
     styles = condition_styles(ds)
-    with_items = "blimp_item_margin" in ds and "blimp_item_case" in ds.coords
+    with_items = "blimp_item_margin" in ds and "blimp_item_phenomenon" in ds.coords
     phenomena = [str(t) for t in ds["blimp_phenomenon"].values]
-    series, unlabelled = [], False
+    series = []
     for condition in (c for c in PHENOMENON_CONDITIONS if c in styles):
         values = _done(ds, "blimp_term_acc").sel(condition=condition, percent=percent).values.astype(float)
         low = high = None
         if with_items and np.isfinite(values).any():
             low, high = phenomenon_intervals(ds, condition, percent)
-            unlabelled |= bool((np.isfinite(values) & ~np.isfinite(low)).any())
         style = styles[condition]
         series.append(BarSeries(style.label, style.colour, values, low, high))
     fig, ax = plt.subplots(figsize=(8, 1.8 + len(phenomena) * (0.2 + 0.09 * len(series))))
@@ -135,9 +134,13 @@ def phenomena_figure(ds: xr.Dataset, plt, sns) -> object:
     ax.set_xlabel("BLiMP accuracy")
     ax.set_ylabel("phenomenon")
     ax.set_title(f"BLiMP per phenomenon, {percent:g}% of neurons per layer")
-    note = INTERVAL_NOTE.split(";")[0] if with_items else NO_ITEMS_NOTE
-    if with_items and unlabelled:
-        note += " (none where the items' phenomenon is not the BLiMP release's)"
+    note = (
+        INTERVAL_NOTE.split(";")[0]
+        if with_items
+        else NO_PHENOMENON_NOTE
+        if "blimp_item_margin" in ds
+        else NO_ITEMS_NOTE
+    )
     fig.text(0.5, 0.995, note, ha="center", va="top", fontsize=8, color="0.3")
     legend_below(ax, fig, top=0.97)
     return fig

@@ -2,8 +2,6 @@
 the Wilson interval of each accuracy's pairs, a condition has one colour in every figure, an unmatched
 control says so, and an old cube without per-pair results draws no whiskers and a note."""
 
-import json
-
 import numpy as np
 import pytest
 from fixtures.study import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
@@ -19,12 +17,10 @@ from dynamics.report.condition_style import (
     condition_styles,
 )
 from dynamics.report.scan_figures import _pyplot
-from dynamics.report.study_figures import NO_ITEMS_NOTE, conditions_figure, phenomena_figure
+from dynamics.report.study_figures import NO_ITEMS_NOTE, NO_PHENOMENON_NOTE, conditions_figure, phenomena_figure
 from dynamics.study.conditions import short_name
 from dynamics.study.config import StudyConfig
 from dynamics.study.driver import run_study
-from dynamics.syntax.blimp import BLIMP_PARADIGMS
-from dynamics.syntax.blimp_phenomena import BLIMP_PHENOMENA
 from store import open_cube
 
 pytestmark = pytest.mark.models
@@ -40,8 +36,8 @@ def pyplot():
 
 @pytest.fixture(scope="module")
 def study_ds(tmp_path_factory):
-    """A tiny GPT-NeoX study at 5 and 10%, with the fixture's BLiMP: ``determiner_noun_agreement_1``
-    under its release phenomenon, ``anaphor_gender_agreement`` under another name ("anaphora")."""
+    """A tiny GPT-NeoX study at 5 and 10%, with the fixture's BLiMP: one paradigm per phenomenon
+    (``anaphor_gender_agreement`` as "anaphora", ``determiner_noun_agreement_1``)."""
     root = tmp_path_factory.mktemp("study_figures")
     write_corpus(root)
     write_blimp(root / "blimp", pairs=5)
@@ -127,11 +123,12 @@ def test_condition_whiskers_are_the_wilson_interval_of_each_accuracy(study_ds, p
     assert "perplexity: no interval" in figure_texts(fig)
 
 
-def test_phenomenon_whiskers_pool_the_pairs_of_each_release_phenomenon(study_ds, pyplot):
+def test_phenomenon_whiskers_pool_the_pairs_of_each_phenomenon(study_ds, pyplot):
     fig = phenomena_figure(study_ds, *pyplot)
     ax = fig.axes[0]
     phenomena = [t.get_text() for t in ax.get_yticklabels()]
     assert phenomena == ["anaphora", "determiner_noun_agreement"]
+    paradigm_of = {"anaphora": "anaphor_gender_agreement", "determiner_noun_agreement": "determiner_noun_agreement_1"}
     percent = float(study_ds.attrs["identity"]["analysis"]["match_percent"])
     labels = {style.label: name for name, style in condition_styles(study_ds).items()}
     paradigm = study_ds["blimp_item_case"].values
@@ -141,13 +138,16 @@ def test_phenomenon_whiskers_pool_the_pairs_of_each_release_phenomenon(study_ds,
         margins = study_ds["blimp_item_margin"].sel(condition=labels[container.get_label()], percent=percent).values
         for bar in container.patches:
             centre = round(bar.get_y() + bar.get_height() / 2, 6)
-            if phenomena[int(round(centre))] == "anaphora":  # not the release's name: no whisker, no guess
-                assert centre not in drawn
-            else:
-                assert drawn[centre] == pytest.approx(wilson(margins[paradigm == "determiner_noun_agreement_1"]))
-                whiskered += 1
-    assert whiskered == 4  # clean, top, random, matched
-    assert "not the BLiMP release's" in figure_texts(fig)
+            pairs = margins[paradigm == paradigm_of[phenomena[int(round(centre))]]]
+            assert drawn[centre] == pytest.approx(wilson(pairs))
+            whiskered += 1
+    assert whiskered == 8  # clean, top, random, matched x 2 phenomena
+
+
+def test_a_cube_without_the_items_phenomenon_draws_the_phenomena_without_whiskers(study_ds, pyplot):
+    fig = phenomena_figure(study_ds.drop_vars("blimp_item_phenomenon"), *pyplot)
+    assert whiskers(fig.axes[0], horizontal=True) == {}
+    assert NO_PHENOMENON_NOTE in figure_texts(fig)
 
 
 def test_one_colour_per_condition_in_every_figure(study_ds, pyplot):
@@ -190,13 +190,3 @@ def test_every_mode_is_labelled_and_an_unknown_condition_has_a_fixed_colour():
     assert CONDITION_LABELS["signflip_top"] == "signflip, top WD"
     assert CONDITION_LABELS["both_top"] == "both signs, top WD"
     assert condition_colour("my_new_top") == condition_colour("my_new_top") in SPARE_COLOURS
-
-
-def test_the_phenomenon_table_is_the_release_s(shared_data):
-    release = {}
-    for path in sorted((shared_data / "blimp").glob("*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            terms = {(r["UID"], r["linguistics_term"]) for r in map(json.loads, f)}
-        release.update(terms)
-        assert len(terms) == 1, path  # one phenomenon per paradigm
-    assert release == BLIMP_PHENOMENA and set(BLIMP_PHENOMENA) == set(BLIMP_PARADIGMS)
