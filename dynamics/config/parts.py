@@ -91,6 +91,14 @@ class BudgetOptions:
         identity=True,
     )
     tse_per_case: int = option(100, help="TSE pairs per case (stratified over sub-cases; 0: skip TSE)", identity=True)
+    target_ci: float = option(
+        0.0,
+        help="size the TSE and BLiMP samples from a pilot (the --tse-per-case and --blimp-per-paradigm "
+        "sample) so that the 95%% CI of the headline accuracy difference (ablate: neg_top against "
+        "neg_random; scan: neg_cohort against clean, at the reference step) reaches +/- this many points, "
+        "within the pairs the data holds (0: off); the sizes are stored in the cube and a resumed run reads them",
+        identity=True,
+    )
     mapping_difficulty: bool = option(
         False,
         help="also store each neuron's mapping difficulty (MD, on the WD "
@@ -301,6 +309,7 @@ def shared_checks(config: object) -> list[tuple[str, bool, str]]:
             ("wd-stride", config.wd_stride is None or config.wd_stride >= 1, "at least 1 token"),
             ("window", config.window is None or config.window >= 2, "at least 2 tokens"),
             ("tse-per-case", config.tse_per_case >= 0, "0 or more pairs"),
+            ("target-ci", 0 <= config.target_ci <= 100, "0 (off) or accuracy points in (0, 100]"),
         ]
     if isinstance(config, BenchmarkOptions):
         checks += [

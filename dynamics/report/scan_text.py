@@ -11,7 +11,7 @@ from dynamics.report.claims import ClaimSettings
 from dynamics.report.claims_format import claims_text
 from dynamics.report.scan_claims import scan_claims
 from dynamics.report.study_text import study_report
-from dynamics.report.tables import failure_lines, fmt, protocol_line, text_table, wd_md_lines
+from dynamics.report.tables import failure_lines, fmt, protocol_line, target_ci_line, text_table, wd_md_lines
 
 
 def _conditions(ds: xr.Dataset) -> list[str]:
@@ -115,6 +115,9 @@ def report(ds: xr.Dataset, settings: ClaimSettings | None = None) -> str:
         protocol_line(attrs.get("provenance", {})),
     ]
     parts += duplicate_lines(ds)
+    sized = target_ci_line(attrs.get("provenance", {}).get("target_ci"))
+    if sized:
+        parts.append(sized)
     skipped = attrs.get("provenance", {}).get("benchmarks_skipped") or {}
     parts += [f"not measured: {name} ({why})" for name, why in skipped.items()]
     if "cohort" in ds:

@@ -11,7 +11,7 @@ from dynamics.errors import UserInputError
 from dynamics.report.claims import ClaimSettings, study_claims
 from dynamics.report.claims_format import claims_text
 from dynamics.report.differentiation_text import differentiation_report
-from dynamics.report.tables import bos_effect_line, failure_lines, protocol_line, wd_md_lines
+from dynamics.report.tables import bos_effect_line, failure_lines, protocol_line, target_ci_line, wd_md_lines
 from dynamics.report.tables import fmt as _fmt
 from dynamics.report.tables import text_table as _table
 
@@ -56,13 +56,9 @@ def header(ds: xr.Dataset) -> list[str]:
         )
         if record.get("noise_warning"):
             lines.append(f"WARNING: {record['noise_warning']}")
-    sized = prov.get("target_ci")
+    sized = target_ci_line(prov.get("target_ci"))
     if sized:
-        lines.append(
-            f"samples sized by --target-ci {sized.get('pilot_target_points')}: the pilot's "
-            f"{sized.get('pilot_tse_pairs', 0)} TSE pairs gave +/-{sized.get('pilot_tse_half_width_points', 0):.2f} "
-            f"points -> {sized.get('tse_per_case')} per case; BLiMP {sized.get('blimp_per_paradigm')} per paradigm"
-        )
+        lines.append(sized)
     skipped = prov.get("lmeval_skipped") or {}
     if skipped:
         lines.append(f"lm-eval tasks skipped: {', '.join(skipped)} (reason in attrs provenance.lmeval_skipped)")

@@ -84,3 +84,22 @@ def bos_effect_line(record: dict[str, Any] | None) -> str | None:
             "windows without BOS after the first (--window-bos every, or --protocol strict, puts it on every window)"
         )
     return line
+
+
+def target_ci_line(record: dict[str, Any] | None) -> str | None:
+    """The report's line for a cube's ``--target-ci`` pilot (provenance ``target_ci``, written by
+    :meth:`dynamics.evaluate.sizing.SampleSizes.record`; ``None`` when the samples were not sized)."""
+    if not record:
+        return None
+    compared = f" ({record['pilot_comparison']})" if record.get("pilot_comparison") else ""
+    line = (
+        f"samples sized by --target-ci {record.get('pilot_target_points')}{compared}: the pilot's "
+        f"{record.get('pilot_tse_pairs', 0)} TSE pairs gave +/-{record.get('pilot_tse_half_width_points', 0):.2f} "
+        f"points -> {record.get('tse_per_case')} per case; "
+    )
+    if "pilot_blimp_pairs" in record:
+        line += (
+            f"its {record['pilot_blimp_pairs']} BLiMP pairs gave "
+            f"+/-{record.get('pilot_blimp_half_width_points', 0):.2f} points -> "
+        )
+    return line + f"BLiMP {record.get('blimp_per_paradigm')} per paradigm"

@@ -6,6 +6,10 @@ seeded as in `dynamics ablate`) travels to the workers with the run, and the lm-
 are probed once so that a task whose data cannot be reached is skipped with one line, not
 retried at every step. A BLiMP source that cannot be reached (the Hub, offline) is skipped
 the same way; a local directory that lacks a paradigm is a user error.
+
+With ``--target-ci`` the pilot at the reference step chooses other sizes (:mod:`dynamics.evaluate.sizing`);
+the driver then draws the TSE and BLiMP samples of those sizes once (:func:`sized_samples`, same seed) and
+every step is scored on them.
 """
 
 from __future__ import annotations
@@ -13,12 +17,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from dynamics.errors import DynamicsError, UserInputError
+from dynamics.evaluate.benchmarks import items_hash
+from dynamics.evaluate.sizing import SampleSizes
 from dynamics.syntax.blimp import check_blimp_source, hub_blimp_skip_reason, load_blimp, parse_paradigms
 from dynamics.syntax.hub_data import hub_offline
 from dynamics.syntax.lmeval import check_task_names, parse_tasks, probe_tasks
 from dynamics.syntax.pairs import MinimalPair, stratified_sample
+from dynamics.syntax.tse import sample_tse, tse_pairs
+
+#: What the cube's content record calls the sized samples (beside the options' samples, which it keeps too).
+SIZED_LABELS = {"sized_tse": "TSE sample sized by --target-ci", "sized_blimp": "BLiMP sample sized by --target-ci"}
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +108,55 @@ def plan_benchmarks(request: BenchmarkRequest) -> ScanBenchmarks:
             log.warning("BLiMP skipped: %s", exc)
             skipped["blimp"] = str(exc)
         else:
-            grouped = {p: {"": [x for x in loaded if x.case == p]} for p in paradigms}
-            sample = stratified_sample(grouped, per_paradigm, seed=request.seed)
-            pairs = [x for p in paradigms for x in sample[p][""]]
+            pairs = blimp_sample(loaded, paradigms, per_paradigm, request.seed)
     task_plan = probe_tasks(request.tasks, request.task_path)
     skipped.update({f"lmeval:{t}": why for t, why in task_plan.skipped.items()})
     return ScanBenchmarks(
         tuple(pairs), paradigms if pairs else (), tuple(task_plan.runnable), skipped, request.task_path
     )
+
+
+def blimp_sample(
+    loaded: list[MinimalPair], paradigms: tuple[str, ...], per_paradigm: int, seed: int
+) -> list[MinimalPair]:
+    """``per_paradigm`` seeded pairs of each paradigm (all of a smaller one), in the paradigms' order."""
+    grouped = {p: {"": [x for x in loaded if x.case == p]} for p in paradigms}
+    sample = stratified_sample(grouped, per_paradigm, seed=seed)
+    return [x for p in paradigms for x in sample[p][""]]
+
+
+def tse_sample(per_case: int, seed: int) -> list[MinimalPair]:
+    """``per_case`` seeded TSE pairs of each case (all of a smaller one; 0: none)."""
+    # sample_tse of a flat list is a flat list
+    return cast(list[MinimalPair], sample_tse(tse_pairs(), per_case=per_case, seed=seed)) if per_case else []
+
+
+@dataclass(frozen=True)
+class SizedSamples:
+    """The TSE and BLiMP samples of the sizes ``--target-ci`` chose (small enough to travel with the run)."""
+
+    sizes: SampleSizes
+    tse: tuple[MinimalPair, ...]
+    blimp: tuple[MinimalPair, ...]
+
+    def content(self) -> dict[str, str | None]:
+        """Their content hashes (:data:`SIZED_LABELS`): a resumed run must score the same items."""
+        return {"sized_tse": items_hash(self.tse), "sized_blimp": items_hash(self.blimp)}
+
+
+def sized_samples(benchmarks: ScanBenchmarks, sizes: SampleSizes, blimp_source: str, seed: int) -> SizedSamples:
+    """The samples of ``sizes``, drawn as the options' ones were (same seed, same paradigms); BLiMP only
+    where the options' sample has it (a skipped source stays skipped)."""
+    blimp: list[MinimalPair] = []
+    if benchmarks.blimp and sizes.blimp_per_paradigm:
+        loaded = load_blimp(blimp_source, benchmarks.paradigms)
+        blimp = blimp_sample(loaded, benchmarks.paradigms, sizes.blimp_per_paradigm, seed)
+    tse = tse_sample(sizes.tse_per_case, seed)
+    log.info(
+        "--target-ci: every step scores %d TSE pairs (%d per case) and %d BLiMP pairs (%d per paradigm)",
+        len(tse),
+        sizes.tse_per_case,
+        len(blimp),
+        sizes.blimp_per_paradigm,
+    )
+    return SizedSamples(sizes, tuple(tse), tuple(blimp))

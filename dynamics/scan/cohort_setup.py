@@ -3,8 +3,9 @@
 :func:`prepare_reference` runs once per run (in this process for ``--executor serial``,
 on a Dask worker otherwise) before any step is measured: when the cube has no cohort yet it
 fixes one at the reference step (:func:`fix_cohort`: the top WD neurons and a random
-control; :func:`add_matched_control` with ``--matched``), and it returns the corpus
-provenance the cube records. The reference step's statistics stay in the context, and that
+control; :func:`add_matched_control` with ``--matched``; with ``--target-ci`` the pilot that sizes
+the TSE and BLiMP samples, :func:`pilot_at_reference`), and it returns the corpus provenance the
+cube records. The reference step's statistics stay in the context, and that
 step's measurement takes them instead of capturing the same windows again. It shares the
 worker's per-run context (:func:`dynamics.scan.worker.worker_context`), so the reference
 checkpoint is loaded once.
@@ -23,6 +24,8 @@ import xarray as xr
 from dynamics.ablation.matched import matched_control
 from dynamics.config.protocol import resolve_protocol
 from dynamics.evaluate.benchmarks import content_hashes
+from dynamics.evaluate.conditions import Condition
+from dynamics.evaluate.sizing import pilot_sizes
 from dynamics.models.runtime import load_checkpoint_model
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.worker import RunSpec, WorkerContext, worker_context
@@ -37,23 +40,10 @@ log = logging.getLogger(__name__)
 
 def prepare_reference(spec: RunSpec) -> dict[str, Any]:
     """``{"static": the cohort Dataset or None if the spec has one, "provenance": {...}, "content": the input
-    content hashes (:func:`dynamics.evaluate.benchmarks.content_hashes`)}``."""
+    content hashes (:func:`dynamics.evaluate.benchmarks.content_hashes`)}``. With ``--target-ci`` the static
+    variables hold the sizes and the provenance the pilot (``target_ci``) once they are chosen."""
     context = worker_context(spec)
-    static = None
-    if spec.cohort is None:
-        model = context.reference_model or _reload_reference(context)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            wd = context.wasserstein(model, progress=True)
-        context.reference_statistics = (wd, time.perf_counter() - start)
-        static = fix_cohort(wd, spec.config)
-        if spec.config.matched:
-            assert context.ppl_windows is not None  # plan_scan: --matched needs --ppl-tokens > 0
-            static = add_matched_control(
-                static, model, context.ppl_windows, spec.config, wd[spec.config.rank_by].values
-            )
-        if spec.config.differentiation_tokens:
-            static = static.merge(reference_differentiation(context, model, static))
+    static, extra = fix_reference(context) if spec.cohort is None else (None, {})
     context.reference_model = None
     config = spec.config
     provenance = {
@@ -66,12 +56,45 @@ def prepare_reference(spec: RunSpec) -> dict[str, Any]:
         "ppl_tokens": int(context.ppl_windows.numel()) if context.ppl_windows is not None else 0,
         "seed": config.seed,
         "tse_pairs": config.tse_per_case * len(TSE_CASES),
+        **extra,
     }
     return {
         "static": static,
         "provenance": provenance,
         "content": content_hashes(context.benchmarks, context.wd_windows),
     }
+
+
+def fix_reference(context: WorkerContext) -> tuple[xr.Dataset, dict[str, Any]]:
+    """Everything fixed at the reference step (the cohort, its controls, the differentiated pairs, the
+    ``--target-ci`` sizes) as static variables, and what the provenance adds (the pilot)."""
+    config = context.spec.config
+    model = context.reference_model or _reload_reference(context)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        wd = context.wasserstein(model, progress=True)
+    context.reference_statistics = (wd, time.perf_counter() - start)
+    static = fix_cohort(wd, config)
+    if config.matched:
+        assert context.ppl_windows is not None  # plan_scan: --matched needs --ppl-tokens > 0
+        static = add_matched_control(static, model, context.ppl_windows, config, wd[config.rank_by].values)
+    if config.differentiation_tokens:
+        static = static.merge(reference_differentiation(context, model, static))
+    if not config.target_ci:
+        return static, {}
+    sized, record = pilot_at_reference(context, model, static)
+    return static.merge(sized), {"target_ci": record}
+
+
+def pilot_at_reference(context: WorkerContext, model: Any, static: xr.Dataset) -> tuple[xr.Dataset, dict[str, Any]]:
+    """``--target-ci``: the sample sizes from a pilot at the reference step on the options' samples, comparing
+    the scan's headline pair, neg_cohort against clean (:mod:`dynamics.evaluate.sizing`): the sizes as static
+    variables, and the pilot with the sizes it chose."""
+    config = context.spec.config
+    pair = (Condition("neg_cohort", torch.from_numpy(static["cohort"].values)), Condition("clean"))
+    with torch.inference_mode():
+        sizes, pilot = pilot_sizes(model, context.benchmarks, context.budget, pair, config.target_ci, config.seed)
+    return sizes.to_static(pilot), sizes.record(pilot)
 
 
 def reference_differentiation(context: WorkerContext, model: Any, static: xr.Dataset) -> xr.Dataset:

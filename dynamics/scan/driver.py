@@ -38,6 +38,7 @@ from dynamics.config.preflight import check_model_fit, config_on_disk
 from dynamics.config.protocol import resolve_protocol
 from dynamics.errors import CheckpointError, UserInputError
 from dynamics.evaluate.benchmarks import CONTENT_LABELS
+from dynamics.evaluate.sizing import stored_sizes
 from dynamics.execution.executor import (
     Completed,
     ExecutorSettings,
@@ -49,7 +50,14 @@ from dynamics.execution.executor import (
 from dynamics.execution.progress import progress_bar
 from dynamics.models.cpu_threads import run_scope
 from dynamics.models.runtime import resolve_device
-from dynamics.scan.benchmarks import ScanBenchmarks, check_benchmark_options, plan_benchmarks
+from dynamics.scan.benchmarks import (
+    SIZED_LABELS,
+    ScanBenchmarks,
+    SizedSamples,
+    check_benchmark_options,
+    plan_benchmarks,
+    sized_samples,
+)
 from dynamics.scan.cohort_setup import prepare_reference
 from dynamics.scan.config import ScanConfig, check_scan_options
 from dynamics.scan.duplicates import copied_result, plan_duplicates
@@ -294,8 +302,24 @@ def _fix_cohort(pool: Any, config: ScanConfig, plan: ScanPlan, cube: CubeWriter)
         cube.write_static(static)
     cube.record_provenance(outcome.result["provenance"])
     return replace(
-        spec, cohort=static["cohort"].values, control=static["random_control"].values, matched=_matched_mask(static)
+        spec,
+        cohort=static["cohort"].values,
+        control=static["random_control"].values,
+        matched=_matched_mask(static),
+        sized=_sized_samples(config, plan, static, cube),
     )
+
+
+def _sized_samples(config: ScanConfig, plan: ScanPlan, static: Any, cube: CubeWriter) -> SizedSamples | None:
+    """``--target-ci``: the samples of the sizes the cube stores (chosen by this run's pilot or an earlier
+    one's, never piloted again), whose content must be what the cube's steps were scored on."""
+    sizes = stored_sizes(static)
+    if sizes is None:
+        return None
+    sized = sized_samples(plan.benchmarks, sizes, config.blimp, config.seed)
+    cube.check_content(sized.content(), SIZED_LABELS)  # the BLiMP or TSE data changed: refused, never mixed
+    cube.record_provenance({"tse_pairs": len(sized.tse), "blimp_pairs": len(sized.blimp)})
+    return sized
 
 
 def _matched_mask(static: Any) -> Any:

@@ -6,7 +6,8 @@ serial`` and on Dask workers otherwise):
 - :func:`dynamics.scan.cohort_setup.prepare_reference` (once per run): fixes the cohort at
   the reference step when the cube has none yet, and returns the corpus provenance.
 - :func:`measure_step` (once per step): fetches one checkpoint on the worker (its own
-  Hugging Face cache), turns it into a step result and releases it.
+  Hugging Face cache), turns it into a step result and releases it. With ``--target-ci`` it
+  scores the samples the pilot sized (:attr:`RunSpec.sized`), never the options' ones.
 
 Both build the expensive per-run inputs (tokenizer, corpus windows, TSE sample, the
 reference step's input weights for ``drift_ref``) once per worker process
@@ -23,7 +24,7 @@ import logging
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from dynamics.evaluate.benchmarks import Benchmarks, LmevalTasks, Scoring, check
 from dynamics.evaluate.conditions import Condition
 from dynamics.evaluate.engine import evaluate
 from dynamics.evaluate.planning import PassBudget, pass_budget_for
+from dynamics.evaluate.sizing import SampleSizes, resized
 from dynamics.execution.progress import on_terminal
 from dynamics.models.runtime import (
     capture_budget,
@@ -52,14 +54,12 @@ from dynamics.models.runtime import (
     set_threads,
     timed,
 )
-from dynamics.scan.benchmarks import ScanBenchmarks
+from dynamics.scan.benchmarks import ScanBenchmarks, SizedSamples, tse_sample
 from dynamics.scan.config import ScanConfig
 from dynamics.scan.measures import drift_measures, step_result
 from dynamics.stats.cohort import top_percent_mask
 from dynamics.stats.neurons import input_weights, neuron_wasserstein
 from dynamics.syntax.corpus import CorpusSpec, load_token_windows, load_wd_and_ppl_windows, text_specs
-from dynamics.syntax.pairs import MinimalPair
-from dynamics.syntax.tse import sample_tse, tse_pairs
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ class RunSpec:
     matched: np.ndarray | None = field(default=None, compare=False)  # with --matched
     benchmarks: ScanBenchmarks = field(default_factory=ScanBenchmarks, compare=False)
     revisions: dict[int, str] | None = field(default=None, compare=False)  # step -> Hub revision, listed by the driver
+    #: With ``--target-ci``: the samples every step is scored on, drawn by the driver once the sizes are fixed
+    #: (not part of :attr:`key`: the worker that fixed the cohort keeps its context).
+    sized: SizedSamples | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.config.model}@{self.reference_step}"
@@ -110,8 +113,9 @@ class WorkerContext:
     ppl_corpus: CorpusSpec | None
     wd_windows: torch.Tensor
     ppl_windows: torch.Tensor | None
-    benchmarks: Benchmarks  # TSE sample, BLiMP sample, perplexity windows, lm-eval tasks
+    benchmarks: Benchmarks  # the options' TSE and BLiMP samples (the --target-ci pilot), perplexity, lm-eval
     budget: PassBudget  # conditions per evaluation pass
+    context_length: int | None  # the model's, which every scored item must fit
     reference_weights: torch.Tensor  # [layer, neuron, d_model]
     reference_model: Any = None  # kept only until the cohort is fixed
     #: The reference step's statistics and the seconds they took, computed while fixing the
@@ -119,6 +123,7 @@ class WorkerContext:
     #: takes them instead of capturing the same windows again.
     reference_statistics: tuple[xr.Dataset, float] | None = None
     prefetcher: Prefetcher = field(init=False)
+    _sized: dict[SampleSizes, Benchmarks] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         config = self.spec.config
@@ -166,10 +171,23 @@ class WorkerContext:
         """Free ``checkpoint`` (stored or given up), which may start the next download ahead."""
         self.prefetcher.release(checkpoint)
 
+    def step_benchmarks(self, sized: SizedSamples | None) -> Benchmarks:
+        """What every step is scored on: the options' samples, or those ``--target-ci`` sized (checked once)."""
+        if sized is None:
+            return self.benchmarks
+        if sized.sizes not in self._sized:
+            self._sized[sized.sizes] = resized(self.benchmarks, list(sized.tse), list(sized.blimp), self.context_length)
+        return self._sized[sized.sizes]
+
     def measure(
-        self, checkpoint: Checkpoint, cohort: np.ndarray, control: np.ndarray, matched: np.ndarray | None = None
+        self,
+        checkpoint: Checkpoint,
+        cohort: np.ndarray,
+        control: np.ndarray,
+        matched: np.ndarray | None = None,
+        sized: SizedSamples | None = None,
     ) -> xr.Dataset:
-        """Load one checkpoint and turn it into a step result."""
+        """Load one checkpoint and turn it into a step result (scored on :meth:`step_benchmarks`)."""
         config = self.spec.config
         timings = {"download": checkpoint.seconds}
         with timed(timings, "load"):
@@ -193,7 +211,8 @@ class WorkerContext:
             conditions.append(Condition("neg_stepwise", stepwise))
         with timed(timings, "evaluation"):
             # the step bar is the scan's; a step's passes get bars of their own on a terminal only
-            evaluation = evaluate(model, conditions, self.benchmarks, self.budget, progress=on_terminal())
+            benchmarks = self.step_benchmarks(sized)
+            evaluation = evaluate(model, conditions, benchmarks, self.budget, progress=on_terminal())
         evaluation = evaluation.drop_vars(["eval_seconds", "eval_phase"])  # the step's seconds count evaluation whole
         loaded = {
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
@@ -263,12 +282,11 @@ def build_context(spec: RunSpec) -> WorkerContext:
         # on a cluster it stays cached (deleting it could pull it from under a neighbour).
         if config.executor == "serial":
             source.release(reference)
-    pairs = sample_tse(tse_pairs(), per_case=config.tse_per_case, seed=config.seed) if config.tse_per_case else []
     scan = spec.benchmarks
     benchmarks = Benchmarks(
         tokenizer,
         Scoring.of(protocol),
-        tse=tuple(cast(list[MinimalPair], pairs)),  # sample_tse of a flat list is a flat list
+        tse=tuple(tse_sample(config.tse_per_case, config.seed)),
         blimp=scan.blimp,
         blimp_paradigms=scan.paradigms,
         ppl_windows=ppl_windows,
@@ -290,6 +308,7 @@ def build_context(spec: RunSpec) -> WorkerContext:
         ppl_windows=ppl_windows,
         benchmarks=benchmarks,
         budget=pass_budget_for(model),
+        context_length=context_length(model.config),
         reference_weights=reference_weights,
         reference_model=model if spec.cohort is None else None,
     )
@@ -303,7 +322,7 @@ def measure_step(spec: RunSpec, task: StepTask) -> xr.Dataset:
     checkpoint = context.fetch(task.step)
     try:
         context.prefetch(task.ahead)
-        result = context.measure(checkpoint, spec.cohort, spec.control, spec.matched)
+        result = context.measure(checkpoint, spec.cohort, spec.control, spec.matched, spec.sized)
         record = checkpoint.record()  # the fingerprints are read from the files: before they are released
     finally:
         context.release(checkpoint)

@@ -101,13 +101,6 @@ class StudyConfig(CubeCommandOptions, ExecutorSettings):
         "posrelu, the sign-versus-magnitude controls)",
         identity=True,
     )
-    target_ci: float = option(
-        0.0,
-        help="size the TSE and BLiMP samples from a pilot (the --tse-per-case and --blimp-per-paradigm "
-        "sample) so that the 95%% CI of neg_top's accuracy difference against neg_random reaches +/- this "
-        "many points, within the pairs the data holds (0: off); the sizes are stored in the cube",
-        identity=True,
-    )
     pos_lines: int = option(64, help="corpus lines tagged for POS surprisal with --pos-unit words", identity=True)
     layer_groups: int = option(
         8, help="groups of consecutive layers for the per-group ablations (0: skip)", identity=True
@@ -237,7 +230,6 @@ def _check_numbers(config: StudyConfig) -> None:
                 "at least 2 tokens (the matched control needs perplexity)",
             ),
             ("pos-lines", config.pos_lines >= 0, "0 or more lines"),
-            ("target-ci", 0 <= config.target_ci <= 100, "0 (off) or accuracy points in (0, 100]"),
             ("layer-groups", config.layer_groups >= 0, "0 (skip) or more groups"),
             ("group-percent", 0 < config.group_percent <= 100, "a percent in (0, 100]"),
             ("conditions-per-pass", config.conditions_per_pass >= 0, "0 (as many as fit) or more conditions"),

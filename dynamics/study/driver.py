@@ -25,6 +25,8 @@ from dynamics.config.preflight import check_loaded_model
 from dynamics.config.protocol import resolve_protocol
 from dynamics.errors import UserInputError
 from dynamics.evaluate.benchmarks import CONTENT_LABELS, Benchmarks, content_hashes
+from dynamics.evaluate.conditions import Condition
+from dynamics.evaluate.sizing import pilot_sizes, stored_sizes
 from dynamics.execution.executor import ExecutorSettings, free_worker_caches, open_executor, stop_on_unrecoverable
 from dynamics.execution.progress import progress_bar
 from dynamics.models.cpu_threads import run_scope
@@ -42,7 +44,6 @@ from dynamics.study.conditions import (
 )
 from dynamics.study.config import StudyConfig, StudyPlan, StudySummary, plan_study, resolve_modes
 from dynamics.study.inputs import build_inputs, load_model, pass_budget, sized_benchmarks
-from dynamics.study.sizing import pilot_sizes, stored_sizes
 from dynamics.study.worker import (
     StudySpec,
     finished_units,
@@ -223,13 +224,15 @@ def _run_units(pool: Any, spec: StudySpec, todo: list[int], cube: CubeWriter, su
 def _pilot(
     config: StudyConfig, plan: StudyPlan, model: Any, benchmarks: Benchmarks, static: xr.Dataset, cube: CubeWriter
 ) -> xr.Dataset:
-    """``--target-ci``: the sample sizes from a pilot on the options' sample (dynamics/study/sizing.py)."""
+    """``--target-ci``: the sample sizes from a pilot on the options' sample (dynamics/evaluate/sizing.py),
+    comparing neg_top with neg_random at the match percent."""
     at = {"percent": config.match_percent}
-    top, random = static["top_mask"].sel(at).values, static["random_mask"].sel(at).values
-    sizes, pilot = pilot_sizes(
-        model, benchmarks, pass_budget(config, model), top, random, config.target_ci, config.seed
+    pair = (
+        Condition("neg_top", torch.from_numpy(static["top_mask"].sel(at).values)),
+        Condition("neg_random", torch.from_numpy(static["random_mask"].sel(at).values)),
     )
-    cube.record_provenance({"target_ci": {**pilot, **sizes.__dict__}})
+    sizes, pilot = pilot_sizes(model, benchmarks, pass_budget(config, model), pair, config.target_ci, config.seed)
+    cube.record_provenance({"target_ci": sizes.record(pilot)})
     return sizes.to_static(pilot)
 
 

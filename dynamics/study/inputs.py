@@ -24,9 +24,9 @@ from dynamics.config.protocol import resolve_protocol
 from dynamics.errors import UserInputError
 from dynamics.evaluate.benchmarks import Benchmarks, LmevalTasks, PosInputs, Scoring, check_benchmarks
 from dynamics.evaluate.planning import PassBudget, pass_budget_for
+from dynamics.evaluate.sizing import SampleSizes, resized
 from dynamics.models.runtime import default_window, load_checkpoint_model, set_threads
 from dynamics.study.config import StudyConfig, StudyPlan
-from dynamics.study.sizing import SampleSizes, resized
 from dynamics.syntax.blimp import hub_blimp_skip_reason, load_blimp
 from dynamics.syntax.corpus import (
     CorpusSpec,

@@ -25,12 +25,12 @@ import xarray as xr
 
 from dynamics.evaluate.benchmarks import Benchmarks
 from dynamics.evaluate.planning import PassBudget
+from dynamics.evaluate.sizing import stored_sizes
 from dynamics.models.runtime import resolve_device
 from dynamics.study.conditions import NeuronSets, Unit, neuron_sets
 from dynamics.study.config import StudyConfig, StudyPlan
 from dynamics.study.inputs import load_inputs, sized_benchmarks
 from dynamics.study.measures import measure_shared, measure_unit, own_phases
-from dynamics.study.sizing import stored_sizes
 
 log = logging.getLogger(__name__)
 

@@ -105,6 +105,22 @@ def test_dask_cube_equals_the_serial_cube_with_a_worker_killed_mid_run(cluster, 
 
 
 @pytest.mark.slow
+def test_target_ci_samples_on_dask_equal_the_serial_ones(cluster, tiny_suite, tmp_path):
+    """--target-ci: the pilot runs on a worker, and every step, on whichever worker, scores the sized samples."""
+    options = dict(model=str(tiny_suite), steps="0,4,8", target_ci=1.0, **FAST)
+    serial, dask = tmp_path / "serial.zarr", tmp_path / "dask.zarr"
+    run_scan(ScanConfig(out=str(serial), **options))
+    summary = run_scan(ScanConfig(out=str(dask), executor="dask", scheduler=cluster.scheduler.address, **options))
+    assert summary.done == [0, 4, 8] and not summary.failed
+    x, y = open_cube(serial), open_cube(dask)
+    assert int(y["sized_tse_per_case"]) == int(x["sized_tse_per_case"]) > FAST["tse_per_case"]
+    assert y.attrs["provenance"]["target_ci"] == x.attrs["provenance"]["target_ci"]
+    np.testing.assert_array_equal(x["tse_item_uid"].values, y["tse_item_uid"].values)
+    np.testing.assert_array_equal(x["tse_item_margin"].values, y["tse_item_margin"].values)
+    assert y.sizes["tse_item"] > 22 * FAST["tse_per_case"] and np.isfinite(y["tse_item_margin"].values).all()
+
+
+@pytest.mark.slow
 def test_a_step_that_always_fails_is_retried_then_recorded(cluster, full_cube, tiny_suite, tmp_path):
     suite = tmp_path / "suite"
     shutil.copytree(tiny_suite, suite)

@@ -9,8 +9,9 @@ import pytest
 import xarray as xr
 from study.test_study import study_config
 
-import dynamics.study.sizing as sizing
+import dynamics.evaluate.sizing as sizing
 from dynamics.evaluate.benchmarks import Benchmarks
+from dynamics.evaluate.conditions import Condition
 from dynamics.evaluate.planning import PassBudget
 from dynamics.stats.paired import accuracy_difference
 from dynamics.study.driver import run_study
@@ -31,10 +32,12 @@ def test_the_sizes_follow_the_pilots_interval(monkeypatch):
     )
     monkeypatch.setattr(sizing, "evaluate", lambda *args, **kwargs: pilot)
     masks = np.zeros((2, 4), dtype=bool)
-    sizes, record = sizing.pilot_sizes(None, Benchmarks(None), PassBudget(), masks, masks, 5.0, seed=3)
+    pair = (Condition("neg_top", masks), Condition("neg_random", masks))
+    sizes, record = sizing.pilot_sizes(None, Benchmarks(None), PassBudget(), pair, 5.0, seed=3)
     expected = accuracy_difference(random > 0, top > 0, cases, n_boot=2000, seed=3)
     needed = math.ceil(80 * (expected.half_width / 0.05) ** 2)
     assert record["pilot_tse_pairs"] == 80 and record["pilot_tse_half_width_points"] == 100 * expected.half_width
+    assert record["pilot_comparison"] == "neg_random - neg_top"
     assert sizes.tse_per_case == math.ceil(needed / 4) > 20  # more than the pilot's 20 per case
     assert sizes.blimp_per_paradigm == 0  # no BLiMP in the pilot
 

@@ -1,9 +1,10 @@
-"""`--target-ci POINTS`: the TSE and BLiMP samples sized from a pilot so that the CI of the headline
-accuracy difference (neg_top against neg_random at the match percent) reaches the target.
+"""`--target-ci POINTS`: the TSE and BLiMP samples sized from a pilot so that the CI of a command's
+headline accuracy difference reaches the target (`dynamics ablate`: neg_top against neg_random at the
+match percent; `dynamics scan`: neg_cohort against clean at the reference step).
 
 The pilot is the sample the options ask for (``--tse-per-case``, ``--blimp-per-paradigm``),
-scored under clean, neg_top and neg_random once the neuron sets are fixed. Its paired bootstrap
-CI half-width h at n pairs gives the pairs a half-width of the target t needs, n x (h / t)^2
+scored under the headline pair once the neuron sets are fixed. Its paired bootstrap CI half-width
+h at n pairs gives the pairs a half-width of the target t needs, n x (h / t)^2
 (:func:`dynamics.stats.verdicts.items_for`), spread evenly over the cases (paradigms) and capped
 by the pairs the data holds. The chosen sizes are static variables of the cube (a resumed or
 distributed run reads them instead of repeating the pilot) and the pilot is in the provenance.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,10 @@ class SampleSizes:
 
     tse_per_case: int
     blimp_per_paradigm: int
+
+    def record(self, pilot: dict[str, Any]) -> dict[str, Any]:
+        """The provenance entry ``target_ci``: what the pilot measured and the sizes it chose."""
+        return {**pilot, **asdict(self)}
 
     def to_static(self, pilot: dict[str, Any]) -> xr.Dataset:
         return xr.Dataset(
@@ -68,24 +73,36 @@ def pilot_sizes(
     model: torch.nn.Module,
     benchmarks: Benchmarks,
     budget: PassBudget,
-    top: np.ndarray,
-    random: np.ndarray,
+    pair: tuple[Condition, Condition],
     target_points: float,
     seed: int,
 ) -> tuple[SampleSizes, dict[str, Any]]:
-    """The sizes that reach ``target_points`` on the pilot ``benchmarks``, and what the pilot measured."""
-    conditions = [Condition("neg_top", torch.from_numpy(top)), Condition("neg_random", torch.from_numpy(random))]
-    result = evaluate(model, conditions, benchmarks.only(("tse", "blimp")), budget)
-    pilot: dict[str, Any] = {"pilot_target_points": float(target_points)}
+    """The sizes that reach ``target_points`` on the pilot ``benchmarks``, and what the pilot measured.
+
+    ``pair``: the headline comparison (ablated, baseline); its accuracy difference is the baseline's
+    accuracy minus the ablated one's, paired per item and stratified by case (paradigm).
+    """
+    ablated, baseline = pair
+    result = evaluate(model, list(pair), benchmarks.only(("tse", "blimp")), budget)
+    pilot: dict[str, Any] = {
+        "pilot_target_points": float(target_points),
+        "pilot_comparison": f"{baseline.name} - {ablated.name}",
+    }
     sizes = {}
     for name in ("tse", "blimp"):
         variable = f"{name}_item_margin"
         if variable not in result:
             sizes[name] = 0
             continue
-        margins = result[variable].values
+        margins = result[variable]
         strata = np.asarray([str(c) for c in result[f"{name}_item_case"].values.tolist()], dtype=object)
-        comparison = accuracy_difference(margins[1] > 0, margins[0] > 0, strata, n_boot=2000, seed=seed)
+        comparison = accuracy_difference(
+            margins.sel(condition=baseline.name).values > 0,
+            margins.sel(condition=ablated.name).values > 0,
+            strata,
+            n_boot=2000,
+            seed=seed,
+        )
         groups = len(set(strata.tolist()))
         needed = items_for(comparison, target_points / 100) if comparison.half_width > 0 else comparison.n
         sizes[name] = math.ceil(needed / groups)
