@@ -70,3 +70,13 @@ def study_data(tmp_path_factory) -> Path:
     write_blimp(root / "blimp")
     save_tiny_model("llama", root / "llama")
     return root
+
+
+@pytest.fixture(scope="module")
+def pyplot():
+    """matplotlib's pyplot and seaborn as the figure commands load them (Agg), figures closed after the module."""
+    from dynamics.report.scan_figures import _pyplot
+
+    plt, sns = _pyplot()
+    yield plt, sns
+    plt.close("all")

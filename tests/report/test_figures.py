@@ -8,7 +8,6 @@ from fixtures.study import BLIMP_TINY, save_tiny_model, write_blimp, write_corpu
 from dynamics.report.condition_style import condition_styles
 from dynamics.report.scan_figures import (
     CONDITION_LABELS,
-    _pyplot,
     cohort_wd_figure,
     drift_figure,
     histogram_steps,
@@ -25,13 +24,6 @@ from dynamics.study.driver import run_study
 from store import open_cube
 
 pytestmark = pytest.mark.models
-
-
-@pytest.fixture(scope="module")
-def pyplot():
-    plt, sns = _pyplot()
-    yield plt, sns
-    plt.close("all")
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,11 @@ control says so, and an old cube without per-pair results draws no whiskers and 
 
 import numpy as np
 import pytest
-from fixtures.study import BLIMP_TINY, save_tiny_model, write_blimp, write_corpus
+from fixtures.study import save_tiny_model, write_blimp, write_corpus
 from matplotlib.colors import to_rgba
 from matplotlib.container import BarContainer, ErrorbarContainer
 from scipy.stats import binomtest
+from study.test_study import study_config
 
 from dynamics.ablation.modes import MODES
 from dynamics.report.condition_style import (
@@ -16,22 +17,13 @@ from dynamics.report.condition_style import (
     condition_colour,
     condition_styles,
 )
-from dynamics.report.scan_figures import _pyplot
 from dynamics.report.study_figures import NO_ITEMS_NOTE, NO_PHENOMENON_NOTE, conditions_figure, phenomena_figure
 from dynamics.study.conditions import short_name
-from dynamics.study.config import StudyConfig
 from dynamics.study.driver import run_study
 from store import open_cube
 
 pytestmark = pytest.mark.models
 ITEM_VARIABLES = ["tse_item_margin", "blimp_item_margin", "ppl_window_nll"]
-
-
-@pytest.fixture(scope="module")
-def pyplot():
-    plt, sns = _pyplot()
-    yield plt, sns
-    plt.close("all")
 
 
 @pytest.fixture(scope="module")
@@ -41,25 +33,15 @@ def study_ds(tmp_path_factory):
     root = tmp_path_factory.mktemp("study_figures")
     write_corpus(root)
     write_blimp(root / "blimp", pairs=5)
-    config = StudyConfig(
-        model=str(save_tiny_model("gpt_neox", root / "gpt_neox")),
-        out=str(root / "study.zarr"),
-        corpus=str(root / "corpus.txt"),
-        window=64,
-        wd_tokens=512,
-        ppl_tokens=256,
-        percents="5,10",
-        match_percent=10.0,
-        match_tolerance=1e-4,
-        match_iterations=4,
-        tse_per_case=3,
-        blimp=str(root / "blimp"),
-        blimp_per_paradigm=5,
-        blimp_paradigms=",".join(BLIMP_TINY),
-        tasks="none",
-        pos="off",
-        threads=1,
-    )
+    model = save_tiny_model("gpt_neox", root / "gpt_neox")
+    overrides = {
+        "tse_per_case": 3,
+        "blimp_per_paradigm": 5,
+        "protocol": "paper",
+        "layer_groups": 8,
+        "group_percent": 1.0,
+    }
+    config = study_config(model, root / "study.zarr", root, **overrides)
     run_study(config)
     return open_cube(root / "study.zarr")
 
