@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -14,11 +15,16 @@ from dynamics.report.differentiation_figures import differentiation_figure
 from dynamics.report.differentiation_text import has_differentiation
 from dynamics.report.figures import BarSeries, grouped_bars, legend_below
 from dynamics.report.study_text import match_percent, wilson_interval
+from dynamics.stats.intervals import perplexity_interval
 
 PANELS = (("tse", "TSE accuracy"), ("blimp", "BLiMP accuracy"), ("ppl", "perplexity"))
-#: What the whiskers are, and why perplexity has none: dynamics.stats.paired has a CI of a ratio of two
-#: conditions' perplexities over paired windows, none of one condition's perplexity on its own.
-INTERVAL_NOTE = "whiskers: 95% Wilson interval over each accuracy's pairs; perplexity: no interval"
+#: What the whiskers are: each condition's own interval (the paired comparisons are the claims').
+INTERVAL_NOTE = (
+    "whiskers: 95% Wilson interval over each accuracy's pairs; perplexity: 95% bootstrap interval over its windows; "
+    "each condition alone (paired comparisons, far tighter: study_claims)"
+)
+#: Resamples of a perplexity bar's interval (seeded: a figure is drawn the same every time).
+PPL_BOOT = 2_000
 NO_ITEMS_NOTE = "no per-item data: no intervals"
 NO_PHENOMENON_NOTE = "no per-item phenomenon (a cube made before it was stored): no intervals"
 #: The phenomenon figure's conditions: the paper's ablation and its controls.
@@ -43,22 +49,31 @@ def _panel_series(ds: xr.Dataset, bench: str, percents: np.ndarray) -> list[BarS
     """One series per condition: the accuracy (or perplexity) per percent, done units only, with the
     Wilson interval of each accuracy when the cube has its per-pair margins."""
     name = "ppl" if bench == "ppl" else f"{bench}_acc_all"
-    items = f"{bench}_item_margin"
+    items = "ppl_window_nll" if bench == "ppl" else f"{bench}_item_margin"
     series = []
     for condition, style in condition_styles(ds).items():
         values = _done(ds, name).sel(condition=condition, percent=percents).values.astype(float)
         low = high = None
-        if bench != "ppl" and items in ds:
-            margins = ds[items].sel(condition=condition, percent=percents).values
-            bounds = np.asarray([accuracy_with_interval(m)[1:] for m in margins]).reshape(-1, 2)
+        if items in ds:
+            per_item = ds[items].sel(condition=condition, percent=percents).values
+            if bench == "ppl":
+                tokens = ds["window_tokens"].values
+                bounds = np.asarray([perplexity_interval(nll, tokens, PPL_BOOT)[1:] for nll in per_item])
+            else:
+                bounds = np.asarray([accuracy_with_interval(m)[1:] for m in per_item])
+            bounds = bounds.reshape(-1, 2)
             bounds[~np.isfinite(values)] = np.nan
             low, high = bounds[:, 0], bounds[:, 1]
         series.append(BarSeries(style.label, style.colour, values, low, high))
     return series
 
 
+#: The per-item variable behind each panel's intervals.
+PANEL_ITEMS = {"tse": "tse_item_margin", "blimp": "blimp_item_margin", "ppl": "ppl_window_nll"}
+
+
 def _interval_note(ds: xr.Dataset, benches: tuple[str, ...]) -> str:
-    missing = [bench.upper() if bench == "tse" else "BLiMP" for bench in benches if f"{bench}_item_margin" not in ds]
+    missing = [{"tse": "TSE", "blimp": "BLiMP"}.get(b, b) for b in benches if PANEL_ITEMS[b] not in ds]
     if len(missing) == len(benches):
         return NO_ITEMS_NOTE
     if missing:
@@ -66,17 +81,36 @@ def _interval_note(ds: xr.Dataset, benches: tuple[str, ...]) -> str:
     return INTERVAL_NOTE
 
 
+def _label_bars(ax: Any, containers: list, series: list[BarSeries]) -> None:
+    """Each bar's value above it, and above its whisker where it has one (no label under a whisker)."""
+    for bars, one in zip(containers, series):
+        values = np.asarray(one.values, dtype=float)
+        shown = np.isfinite(values)
+        tops = values if one.high is None else np.fmax(values, np.asarray(one.high, dtype=float))
+        for bar, value, top in zip(bars.patches, values[shown], tops[shown]):
+            ax.annotate(
+                f"{value:.4g}",
+                (bar.get_x() + bar.get_width() / 2, top),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                rotation=90,
+                fontsize=6.5,
+            )
+
+
 def conditions_figure(ds: xr.Dataset, plt, sns) -> object:
     """Bars per percent and condition: TSE and BLiMP accuracy with their 95% Wilson intervals, and
     perplexity (a linear axis from 0, each bar's value on it); one colour per condition in every figure."""
-    from matplotlib.container import BarContainer
     from matplotlib.ticker import ScalarFormatter
 
     panels = [(bench, label) for bench, label in PANELS if ("ppl" if bench == "ppl" else f"{bench}_acc_all") in ds]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
     percents = ds["percent"].values[np.asarray(ds["done"].any("condition"))]
     for ax, (bench, label) in zip(axes[0], panels):
-        grouped_bars(ax, _panel_series(ds, bench, percents), [f"{p:g}" for p in percents])
+        series = _panel_series(ds, bench, percents)
+        containers = grouped_bars(ax, series, [f"{p:g}" for p in percents])
         ax.set_xlabel("percent of neurons per layer")
         ax.set_ylabel(label)
         if bench != "ppl":
@@ -86,12 +120,11 @@ def conditions_figure(ds: xr.Dataset, plt, sns) -> object:
             formatter = ScalarFormatter(useOffset=False)
             formatter.set_scientific(False)
             ax.yaxis.set_major_formatter(formatter)
-            for bars in ax.containers:
-                if isinstance(bars, BarContainer):
-                    ax.bar_label(bars, fmt="%.4g", rotation=90, fontsize=6.5, padding=2)
-            ax.set_ylim(0, float(np.nanmax(_done(ds, "ppl").values)) * 1.25)
+            _label_bars(ax, containers, series)
+            tops = [np.nanmax(np.fmax(one.values, one.values if one.high is None else one.high)) for one in series]
+            ax.set_ylim(0, float(np.nanmax(tops)) * 1.25)
     fig.suptitle("Ablation of the top-WD neurons and its controls")
-    benches = tuple(bench for bench, _ in panels if bench != "ppl")
+    benches = tuple(bench for bench, _ in panels)
     fig.text(0.5, 0.915, _interval_note(ds, benches), ha="center", va="center", fontsize=8, color="0.3")
     legend_below(axes[0][0], fig, columns=3, top=0.9)
     return fig

@@ -162,7 +162,7 @@ def paired_bootstrap_sums(
     return sums
 
 
-def _percentile_interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
     finite = replicates[np.isfinite(replicates)]
     if finite.size == 0:
         return math.nan, math.nan
@@ -187,7 +187,7 @@ def _comparison(
     """A comparison with the percentile CI of ``replicates`` and, unless given, their bootstrap p of 0."""
     if "p_value" not in fields:
         fields.update(p_value=_bootstrap_p(replicates, 0.0), p_method="bootstrap percentile")
-    low, high = _percentile_interval(replicates, level)
+    low, high = percentile_interval(replicates, level)
     return Comparison(statistic, estimate, low, high, level, n_boot=int(n_boot), seed=int(seed), **fields)
 
 

@@ -17,7 +17,14 @@ from dynamics.report.condition_style import (
     condition_colour,
     condition_styles,
 )
-from dynamics.report.study_figures import NO_ITEMS_NOTE, NO_PHENOMENON_NOTE, conditions_figure, phenomena_figure
+from dynamics.report.study_figures import (
+    NO_ITEMS_NOTE,
+    NO_PHENOMENON_NOTE,
+    PPL_BOOT,
+    conditions_figure,
+    phenomena_figure,
+)
+from dynamics.stats.intervals import perplexity_interval
 from dynamics.study.conditions import short_name
 from dynamics.study.driver import run_study
 from store import open_cube
@@ -101,8 +108,28 @@ def test_condition_whiskers_are_the_wilson_interval_of_each_accuracy(study_ds, p
             assert bar.get_height() == pytest.approx(float(np.mean(margins[np.isfinite(margins)] > 0)))
             checked += 1
     assert checked == 2 * int(study_ds["done"].sum())
-    assert whiskers(ppl) == {}  # no per-condition perplexity CI exists: no whisker, and the note says so
-    assert "perplexity: no interval" in figure_texts(fig)
+    assert "perplexity: 95% bootstrap interval over its windows" in figure_texts(fig)
+
+
+def test_perplexity_whiskers_resample_the_windows_and_the_labels_sit_above_them(study_ds, pyplot):
+    fig = conditions_figure(study_ds, *pyplot)
+    ppl = fig.axes[2]
+    percents = study_ds["percent"].values[np.asarray(study_ds["done"].any("condition"))]
+    labels = {style.label: name for name, style in condition_styles(study_ds).items()}
+    tokens = study_ds["window_tokens"].values
+    drawn = whiskers(ppl)
+    bars = [(c.get_label(), bar) for c in ppl.containers if isinstance(c, BarContainer) for bar in c.patches]
+    assert len(drawn) == len(bars) == int(study_ds["done"].sum())
+    texts = {round(t.xy[0], 6): t for t in ppl.texts}
+    for label, bar in bars:
+        centre = round(bar.get_x() + bar.get_width() / 2, 6)
+        nll = study_ds["ppl_window_nll"].sel(condition=labels[label], percent=percents[int(round(centre))]).values
+        assert bar.get_height() == pytest.approx(np.exp(nll.sum() / tokens.sum()), rel=1e-9)
+        low, high = drawn[centre]
+        assert low < bar.get_height() < high
+        assert (low, high) == perplexity_interval(nll, tokens, PPL_BOOT)[1:]  # tests/stats/test_intervals.py checks it
+        assert texts[centre].xy[1] == pytest.approx(high)  # the value is written above the whisker
+        assert texts[centre].get_text() == f"{bar.get_height():.4g}"
 
 
 def test_phenomenon_whiskers_pool_the_pairs_of_each_phenomenon(study_ds, pyplot):
