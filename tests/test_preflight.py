@@ -8,6 +8,7 @@ from fractions import Fraction
 import pytest
 
 import dynamics.scan.driver as scan_driver
+import dynamics.scan.plan as scan_plan
 from dynamics.cli.main import main
 from dynamics.config.preflight import smallest_percent
 from dynamics.stats.cohort import cohort_size
@@ -88,7 +89,7 @@ def test_the_suggested_smallest_cohort_percent_runs(tiny_suite, tmp_path):
 def test_a_model_whose_config_is_not_on_disk_is_checked_when_loaded(tiny_suite, tmp_path, monkeypatch, capsys):
     # A Hub revision not in the cache yet: the same check runs on the loaded reference step,
     # and the cube made meanwhile is removed again (the user's input stopped the run).
-    monkeypatch.setattr(scan_driver, "config_on_disk", lambda *a, **k: None)
+    monkeypatch.setattr(scan_plan, "config_on_disk", lambda *a, **k: None)
     assert _scan(tiny_suite, tmp_path / "c.zarr", "--window", "256") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["dynamics scan: error: --window 256: the model's context is 32 tokens; expected at most 32"]

@@ -9,7 +9,8 @@ from checkpoints.local_sources import LocalSuiteSource
 from checkpoints.names import resolve_model
 from dynamics.errors import UserInputError
 from dynamics.scan.config import ScanConfig
-from dynamics.scan.driver import plan_scan, run_scan
+from dynamics.scan.driver import run_scan
+from dynamics.scan.plan import plan_scan
 from dynamics.stats.neurons import neuron_wasserstein
 from dynamics.syntax.corpus import CorpusSpec, load_token_windows
 from store import open_cube
