@@ -152,11 +152,12 @@ def test_verdicts_are_calibrated_over_seeded_simulated_studies():
 
 
 def test_the_json_document_validates_against_the_documented_schema():
-    claims = study_claims(synthetic_study(1, effect=0.1), ClaimSettings(n_boot=500))
+    claims = study_claims(with_lmeval_items(synthetic_study(1, effect=0.1), seed=2), ClaimSettings(n_boot=500))
     document = json.loads(claims_json(claims, "s.zarr", "study", {"n_boot": 500, "seed": 0}))
     schema = json.loads((ROOT / "docs" / "claims.schema.json").read_text())
     validate(document, schema)
     assert [c["id"] for c in document["claims"]] == [f"C{i}" for i in range(1, 10)]
+    assert document["claims"][5]["details"]["p_method"] == "exact McNemar"  # C6, paired over lm-eval examples
     with pytest.raises(AssertionError):  # the validator does refuse a wrong document
         validate({**document, "claims": [{"id": "C1"}]}, schema)
 
