@@ -4,7 +4,7 @@ per condition (no ``condition`` dimension yet; :mod:`dynamics.evaluate.engine` s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ import xarray as xr
 from dynamics.evaluate.benchmarks import Benchmarks, item_coordinates
 from dynamics.evaluate.variables import attrs
 from dynamics.syntax.blimp import blimp_accuracy
-from dynamics.syntax.lmeval import evaluate_tasks
+from dynamics.syntax.lmeval import evaluate_task_outcomes
 from dynamics.syntax.pairs import MinimalPair
 from dynamics.syntax.perplexity import perplexity_of, token_nll_each
 from dynamics.syntax.pos import UPOS, excess_surprisal, pos_surprisal, token_excess
@@ -149,11 +149,12 @@ def _pos_means(excess: pd.DataFrame, unit: str) -> dict[str, tuple]:
 
 
 def lmeval_dataset(model: torch.nn.Module, benchmarks: Benchmarks) -> xr.Dataset | None:
-    """lm-eval ``acc`` and ``acc_norm`` of each task on the model as it is now (NaN: not runnable)."""
+    """lm-eval ``acc`` and ``acc_norm`` of each task on the model as it is now (NaN: not runnable), and
+    each example's ``acc`` (``lmeval_item_correct``) of the tasks that report one."""
     tasks = benchmarks.lmeval
     if tasks is None or not tasks.tasks:
         return None
-    scores = evaluate_tasks(
+    outcomes = evaluate_task_outcomes(
         model,
         benchmarks.tokenizer,
         list(tasks.runnable),
@@ -161,11 +162,30 @@ def lmeval_dataset(model: torch.nn.Module, benchmarks: Benchmarks) -> xr.Dataset
         include_path=tasks.task_path,
         seed=tasks.seed,
     )
+    scores = outcomes.metrics
     values = {metric: [scores.get(t, {}).get(metric, np.nan) for t in tasks.tasks] for metric in ("acc", "acc_norm")}
-    return xr.Dataset(
+    ds = xr.Dataset(
         {
             "lmeval_acc": ("task", values["acc"], attrs("lmeval_acc")),
             "lmeval_acc_norm": ("task", values["acc_norm"], attrs("lmeval_acc_norm")),
         },
         coords={"task": list(tasks.tasks)},
+    )
+    return ds.merge(lmeval_items_dataset(outcomes.items, tasks.tasks)) if outcomes.items else ds
+
+
+def lmeval_items_dataset(items: Mapping[str, tuple[np.ndarray, np.ndarray]], tasks: Sequence[str]) -> xr.Dataset:
+    """Each example's ``acc`` (1/0) along ``lmeval_item``, task after task in ``tasks`` order, named by
+    ``lmeval_item_task`` and ``lmeval_item_doc`` (lm-eval's doc id), so two cubes join item by item."""
+    present = [t for t in tasks if t in items]
+    labels = np.asarray([t for t in present for _ in items[t][0]], dtype=object)
+    docs = np.concatenate([items[t][0] for t in present]).astype(np.int64)
+    correct = np.concatenate([items[t][1] for t in present]).astype(np.float32)
+    return xr.Dataset(
+        {"lmeval_item_correct": ("lmeval_item", correct, attrs("lmeval_item_correct"))},
+        coords={
+            "lmeval_item": np.arange(len(correct)),
+            "lmeval_item_task": ("lmeval_item", labels),
+            "lmeval_item_doc": ("lmeval_item", docs),
+        },
     )

@@ -28,6 +28,10 @@ VARIABLES: dict[str, dict[str, Any]] = {
     },
     "lmeval_acc": {"long_name": "lm-eval acc,none (NaN: skipped, see attrs lmeval_skipped)"},
     "lmeval_acc_norm": {"long_name": "lm-eval acc_norm,none (NaN where not reported)"},
+    "lmeval_item_correct": {
+        "long_name": "each lm-eval example's acc (1 correct, 0 not; NaN: not run), the outcomes whose mean is "
+        "lmeval_acc of its task (lmeval_item_task, lm-eval doc id lmeval_item_doc)",
+    },
     "pos_surprisal": {"units": "nats", "long_name": "mean surprisal per POS"},
     "pos_excess": {
         "units": "nats",

@@ -128,9 +128,31 @@ def _matched(study: _Study) -> Claim:
     return equivalence_row("C7", text, comparison, result, margin, note)
 
 
+LMEVAL_TEXT = "double dissociation: neg_matched hurts the non-syntactic lm-eval tasks more than neg_top"
+
+
 def _lmeval(study: _Study) -> Claim:
-    text = "double dissociation: neg_matched hurts the non-syntactic lm-eval tasks more than neg_top"
-    comparison = "mean over tasks of acc(neg_top) - acc(neg_matched)"
+    """C6 from each lm-eval example's outcome when the cube stores them (paired over items, stratified by
+    task), else from the per-task accuracies (cubes made before ``lmeval_item_correct``)."""
+    if study.has("lmeval_item_correct", "neg_top") and study.has("lmeval_item_correct", "neg_matched"):
+        return _lmeval_paired(study)
+    return _lmeval_unpaired(study)
+
+
+def _lmeval_paired(study: _Study) -> Claim:
+    comparison = f"acc(neg_top) - acc(neg_matched) over the examples of every task, same examples, {study.percent:g}%"
+    result = accuracy_difference(
+        study.values("lmeval_item_correct", "neg_top"),
+        study.values("lmeval_item_correct", "neg_matched"),
+        _labels(study.ds["lmeval_item_task"].values),
+        **_boot(study.settings),
+    )
+    criterion = Criterion(+1, "points", study.settings.target_points / 100, "examples")
+    return comparison_row("C6", LMEVAL_TEXT, comparison, result, criterion)
+
+
+def _lmeval_unpaired(study: _Study) -> Claim:
+    text, comparison = LMEVAL_TEXT, "mean over tasks of acc(neg_top) - acc(neg_matched)"
     if "lmeval_acc" not in study.ds or not (
         study.has("lmeval_acc", "neg_top") and study.has("lmeval_acc", "neg_matched")
     ):

@@ -54,6 +54,7 @@ MAIN_VARIABLES = GROUP_VARIABLES + (
     "ppl_window_nll",
     "lmeval_acc",
     "lmeval_acc_norm",
+    "lmeval_item_correct",
     "pos_surprisal",
     "pos_excess",
     "pos_window_excess",

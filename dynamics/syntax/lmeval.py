@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 from dynamics.errors import UserInputError
 from dynamics.syntax.hub_data import (
     HubDataUnavailable,
@@ -144,6 +146,15 @@ def _hub_unreachable() -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class TaskOutcomes:
+    """What lm-eval reported: ``metrics`` (``{task: {metric: value}}``) and, per task whose samples carry
+    ``acc``, each example's outcome: ``items[task] = (doc ids, acc 1/0)`` in doc-id order."""
+
+    metrics: dict[str, dict[str, float]]
+    items: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
 def evaluate_tasks(
     model: Any,
     tokenizer: Any,
@@ -156,17 +167,55 @@ def evaluate_tasks(
     """``{task: {metric: value}}`` for ``METRICS`` of each task, on the model as it is now."""
     if not tasks:
         return {}
+    results = _simple_evaluate(model, tokenizer, tasks, limit, batch_size, include_path, seed, False)
+    return _metrics(results, tasks)
+
+
+def evaluate_task_outcomes(
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    limit: int | None,
+    batch_size: int = 8,
+    include_path: str | None = None,
+    seed: int = 0,
+) -> TaskOutcomes:
+    """The metrics of :func:`evaluate_tasks` and each example's ``acc`` (lm-eval's per-sample log), so
+    that two conditions, which see the same examples (same limit, same seed), compare item by item."""
+    if not tasks:
+        return TaskOutcomes({})
+    results = _simple_evaluate(model, tokenizer, tasks, limit, batch_size, include_path, seed, True)
+    metrics = _metrics(results, tasks)
+    samples = (results or {}).get("samples", {})
+    items = {}
+    for task in tasks:
+        outcome = example_outcomes(samples.get(task, []))
+        if outcome is not None and _agrees(task, outcome[1], metrics[task]["acc"]):
+            items[task] = outcome
+    return TaskOutcomes(metrics, items)
+
+
+def _simple_evaluate(  # noqa: PLR0913 - evaluate_tasks' arguments and whether to log samples
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    limit: int | None,
+    batch_size: int,
+    include_path: str | None,
+    seed: int,
+    log_samples: bool,
+) -> dict[str, Any] | None:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
     device = str(next(model.parameters()).device)
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-    results = simple_evaluate(
+    results: dict[str, Any] | None = simple_evaluate(
         model=wrapped,
         tasks=list(tasks),
         limit=limit,
         task_manager=task_manager(include_path, tasks),
-        log_samples=False,
+        log_samples=log_samples,
         bootstrap_iters=0,
         random_seed=seed,
         numpy_random_seed=seed,
@@ -174,8 +223,40 @@ def evaluate_tasks(
         fewshot_random_seed=seed,
         verbosity="ERROR",
     )
+    return results
+
+
+def _metrics(results: dict[str, Any] | None, tasks: Sequence[str]) -> dict[str, dict[str, float]]:
     table = (results or {}).get("results", {})
     return {
         task: {metric: float(table.get(task, {}).get(f"{metric},none", float("nan"))) for metric in METRICS}
         for task in tasks
     }
+
+
+def example_outcomes(samples: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(doc ids, ``acc`` as 1/0 floats), sorted by doc id, of one task's logged samples under the ``none``
+    filter (the one ``acc,none`` aggregates); None when they carry no ``acc`` (e.g. a group, a
+    generation task)."""
+    kept = [s for s in samples if s.get("filter", "none") == "none" and "acc" in s]
+    if not kept:
+        return None
+    kept.sort(key=lambda s: int(s["doc_id"]))
+    docs = np.asarray([int(s["doc_id"]) for s in kept], dtype=np.int64)
+    correct = np.asarray([float(s["acc"]) for s in kept], dtype=np.float32)
+    return docs, correct
+
+
+def _agrees(task: str, correct: np.ndarray, acc: float) -> bool:
+    """Whether the examples' mean is the task's ``acc`` (lm-eval aggregates it as a mean); if not, the
+    examples are not what ``acc`` was computed from and are left out, with one warning."""
+    if np.isclose(float(np.mean(correct, dtype=np.float64)), acc, rtol=0, atol=1e-9):
+        return True
+    log.warning(
+        "lm-eval task %s: its %d examples' mean acc %.6g is not its acc %.6g; its per-example outcomes are not stored",
+        task,
+        len(correct),
+        float(np.mean(correct)),
+        acc,
+    )
+    return False

@@ -15,6 +15,7 @@ from scipy.stats import binomtest
 from dynamics.report.claims import ClaimSettings, study_claims
 from dynamics.report.claims_format import claims_json, claims_markdown, claims_text
 from dynamics.report.scan_claims import scan_claims
+from dynamics.stats.paired import accuracy_difference
 
 ROOT = Path(__file__).resolve().parents[2]
 CONDITIONS = ["clean", "neg_top", "pos_top", "both_top", "neg_random", "neg_matched"]
@@ -74,6 +75,64 @@ def test_each_row_equals_an_independent_computation():
         assert claims[missing].verdict == "absent" and claims[missing].note
 
 
+def with_lmeval_items(ds: xr.Dataset, seed: int) -> xr.Dataset:
+    """``ds`` with lm-eval outcomes per example of tasks ``hard`` (300 examples: neg_matched loses about 20
+    points against neg_top), ``easy`` (200: no effect) and ``offline`` (not run: NaN), and their accuracies."""
+    rng = np.random.default_rng(seed)
+    sizes, tasks = {"hard": 300, "easy": 200, "offline": 4}, ["hard", "easy", "offline"]
+    labels = np.asarray([t for t in tasks for _ in range(sizes[t])], dtype=object)
+    base = rng.random(len(labels))  # each example's difficulty, shared by every condition: the pairing
+    correct = np.empty((len(CONDITIONS), 1, len(labels)), dtype=np.float32)
+    for c, name in enumerate(CONDITIONS):
+        threshold = np.where((labels == "hard") & (name == "neg_matched"), 0.3, 0.5)
+        flips = rng.random(len(labels)) < 0.02
+        correct[c, 0] = np.where(flips, base >= threshold, base < threshold)
+    correct[:, :, labels == "offline"] = np.nan
+    acc = np.stack([correct[:, :, labels == t].mean(axis=-1) for t in tasks], axis=-1)  # offline: NaN
+    items = xr.Dataset(
+        {
+            "lmeval_item_correct": (("condition", "percent", "lmeval_item"), correct),
+            "lmeval_acc": (("condition", "percent", "task"), acc),
+        },
+        coords={
+            "task": tasks,
+            "lmeval_item_task": ("lmeval_item", labels),
+            "lmeval_item_doc": ("lmeval_item", np.concatenate([np.arange(sizes[t]) for t in tasks])),
+        },
+    )
+    out = ds.merge(items)
+    out.attrs = {"provenance": {**ds.attrs["provenance"], "lmeval_limit": 300}}
+    return out
+
+
+def test_c6_is_the_paired_accuracy_difference_over_lm_eval_examples():
+    ds = with_lmeval_items(synthetic_study(0), seed=1)
+    settings = ClaimSettings(n_boot=2000, seed=7)
+    c6 = by_id(study_claims(ds, settings))["C6"]
+    stored = ds["lmeval_item_correct"].sel(percent=1.0)
+    top, matched = stored.sel(condition="neg_top").values, stored.sel(condition="neg_matched").values
+    tasks = ds["lmeval_item_task"].values
+    direct = accuracy_difference(top, matched, tasks, n_boot=2000, seed=7)
+    assert (c6.effect, c6.low, c6.high, c6.p_value) == (direct.estimate, direct.low, direct.high, direct.p_value)
+    run = tasks != "offline"
+    assert c6.effect == pytest.approx(float(np.mean(top[run] - matched[run])))  # by hand, over the 500 run examples
+    assert c6.n == 500 and c6.details["n_dropped"] == 4 and c6.details["n_strata"] == 2
+    assert c6.verdict == "supported" and c6.low > 0 and "same examples" in c6.comparison and not c6.note
+
+
+def test_c6_of_a_cube_without_lm_eval_examples_is_the_unpaired_row():
+    ds = with_lmeval_items(synthetic_study(0), seed=1)
+    old = ds.drop_vars(["lmeval_item_correct", "lmeval_item_task", "lmeval_item_doc"])  # a cube made before them
+    c6 = by_id(study_claims(old, ClaimSettings(n_boot=500)))["C6"]
+    acc = ds["lmeval_acc"].sel(percent=1.0)
+    per_task = (acc.sel(condition="neg_top") - acc.sel(condition="neg_matched")).values[:2]
+    assert c6.n == 2 and c6.effect == pytest.approx(float(per_task.mean()))
+    assert c6.comparison == "mean over tasks of acc(neg_top) - acc(neg_matched)"
+    assert c6.note.startswith(
+        "unpaired normal approximation over tasks (lm-eval's per-example outcomes are not stored)"
+    )
+
+
 def test_no_effect_is_inconclusive_and_says_how_many_pairs_would_decide():
     claims = by_id(study_claims(synthetic_study(3, effect=0.0, items=400), ClaimSettings(n_boot=1000)))
     c2 = claims["C2"]
@@ -93,11 +152,12 @@ def test_verdicts_are_calibrated_over_seeded_simulated_studies():
 
 
 def test_the_json_document_validates_against_the_documented_schema():
-    claims = study_claims(synthetic_study(1, effect=0.1), ClaimSettings(n_boot=500))
+    claims = study_claims(with_lmeval_items(synthetic_study(1, effect=0.1), seed=2), ClaimSettings(n_boot=500))
     document = json.loads(claims_json(claims, "s.zarr", "study", {"n_boot": 500, "seed": 0}))
     schema = json.loads((ROOT / "docs" / "claims.schema.json").read_text())
     validate(document, schema)
     assert [c["id"] for c in document["claims"]] == [f"C{i}" for i in range(1, 10)]
+    assert document["claims"][5]["details"]["p_method"] == "exact McNemar"  # C6, paired over lm-eval examples
     with pytest.raises(AssertionError):  # the validator does refuse a wrong document
         validate({**document, "claims": [{"id": "C1"}]}, schema)
 

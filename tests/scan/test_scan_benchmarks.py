@@ -138,6 +138,10 @@ def test_lm_eval_tasks_per_step(tiny_suite, tmp_path):
     # accuracy over 6 documents: a multiple of 1/6 in [0, 1]
     sixths = ds["lmeval_acc"].values * 6
     np.testing.assert_allclose(sixths, np.round(sixths), atol=1e-9)
+    items = ds["lmeval_item_correct"]
+    assert items.dims == ("step", "condition", "lmeval_item") and items.shape == (2, 3, 6)
+    assert ds["lmeval_item_doc"].values.tolist() == list(range(6)) and set(ds["lmeval_item_task"].values) == {"tiny_mc"}
+    np.testing.assert_allclose(items.mean("lmeval_item").values, ds["lmeval_acc"].sel(task="tiny_mc").values, atol=1e-6)
     assert ds.attrs["identity"]["benchmarks"] == {"lmeval_tasks": ["tiny_mc"]}
     assert ds.attrs["identity"]["analysis"]["lmeval_limit"] == 6
 

@@ -13,7 +13,9 @@ from study.test_study import study_config, tiny_model_from
 from dynamics.ablation.hooks import ablate
 from dynamics.cli.main import main
 from dynamics.errors import CubeError
+from dynamics.report.claims import ClaimSettings, study_claims
 from dynamics.report.scan_text import report
+from dynamics.stats.paired import accuracy_difference
 from dynamics.study.driver import run_study
 from dynamics.syntax.lmeval import MISSING, lm_eval_installed, probe_tasks
 from dynamics.syntax.pos import excess_surprisal, pos_surprisal
@@ -273,7 +275,42 @@ def test_lm_eval_scores_the_ablated_model(study_data, tmp_path):
             assert float(stored["lmeval_acc"]) == pytest.approx(acc) and float(
                 stored["lmeval_acc_norm"]
             ) == pytest.approx(norm)
+            by_hand = [float(int(np.argmax(s)) == d["label"]) for s, d in zip(scores, docs)]
+            items = ds["lmeval_item_correct"].sel(condition=condition, percent=10.0).values
+            assert items.dtype == np.float32 and items.tolist() == by_hand  # each example's outcome, in doc order
     assert not np.allclose(expected["clean"], expected["both_top"])  # the hook is live inside lm-eval's forward passes
+    assert ds["lmeval_item_task"].values.tolist() == ["tiny_mc"] * len(docs)
+    assert ds["lmeval_item_doc"].values.tolist() == list(range(len(docs)))
+    for condition in ("clean", "neg_top", "pos_top", "both_top", "neg_random", "neg_matched"):
+        row = ds.sel(condition=condition, percent=10.0)  # the stored accuracy recomputes from the examples
+        assert float(row["lmeval_item_correct"].mean()) == pytest.approx(float(row["lmeval_acc"].sel(task="tiny_mc")))
+    paired_c6_on_the_stored_items(ds)
+
+
+def paired_c6_on_the_stored_items(ds) -> None:  # noqa: ANN001
+    """C6 of a cube with lm-eval items is accuracy_difference on them; without them, the unpaired row (on
+    this tiny model the two conditions may agree on every example: tests/report/test_claims.py plants an effect)."""
+    settings = ClaimSettings(n_boot=2000, seed=5)
+    c6 = next(c for c in study_claims(ds, settings) if c.id == "C6")
+    top, matched = (ds["lmeval_item_correct"].sel(condition=c, percent=10.0).values for c in ("neg_top", "neg_matched"))
+    direct = accuracy_difference(top, matched, [str(t) for t in ds["lmeval_item_task"].values], n_boot=2000, seed=5)
+    assert (c6.effect, c6.low, c6.high, c6.n, c6.p_value) == (
+        direct.estimate,
+        direct.low,
+        direct.high,
+        12,
+        direct.p_value,
+    )
+    assert c6.effect == pytest.approx(float(np.mean(top.astype(float) - matched.astype(float))))
+    older = ds.drop_vars(["lmeval_item_correct", "lmeval_item_task", "lmeval_item_doc", "lmeval_item"])
+    old = next(c for c in study_claims(older, settings) if c.id == "C6")  # a cube made before the items
+    acc = {
+        c: float(ds["lmeval_acc"].sel(condition=c, percent=10.0, task="tiny_mc")) for c in ("neg_top", "neg_matched")
+    }
+    assert old.n == 1 and old.effect == pytest.approx(acc["neg_top"] - acc["neg_matched"])
+    assert old.note.startswith(
+        "unpaired normal approximation over tasks (lm-eval's per-example outcomes are not stored)"
+    )
 
 
 def test_help_lists_every_study_option_with_its_default(capsys):
