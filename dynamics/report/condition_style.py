@@ -75,13 +75,22 @@ def matched_caveat(ds: xr.Dataset) -> str | None:
     return f"NOT matched: ppl {ppl:.2f} vs {target:.2f}"
 
 
+def ranking(ds: xr.Dataset) -> str:
+    """What the study ranked its neurons by, as the labels say it: "WD" (also for cubes that do not
+    record it) or "MD" (``--rank-by md``)."""
+    analysis = ds.attrs.get("identity", {}).get("analysis", {})
+    config = ds.attrs.get("provenance", {}).get("config", {})
+    return str(analysis.get("rank_by") or config.get("rank_by") or "wd").upper()
+
+
 def condition_styles(ds: xr.Dataset) -> dict[str, ConditionStyle]:
     """Every condition of the study cube, in its order: label (with the matched control's caveat when
-    it did not match) and colour."""
+    it did not match; "top MD" in a study ranked by MD) and colour."""
     caveat = matched_caveat(ds)
+    rank = ranking(ds)
     styles = {}
     for name in (str(c) for c in ds["condition"].values):
-        label = CONDITION_LABELS.get(name, name)
+        label = CONDITION_LABELS.get(name, name).replace(", top WD", f", top {rank}")
         if name == "neg_matched" and caveat:
             label = f"negative, bottom-m control ({caveat})"
         styles[name] = ConditionStyle(label, condition_colour(name))

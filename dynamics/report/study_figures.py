@@ -10,7 +10,7 @@ import xarray as xr
 
 from dynamics.report.claim_figures import claims_figure
 from dynamics.report.claims import cube_claim_settings, study_claims
-from dynamics.report.condition_style import condition_styles
+from dynamics.report.condition_style import condition_styles, ranking
 from dynamics.report.differentiation_figures import differentiation_figure
 from dynamics.report.differentiation_text import has_differentiation
 from dynamics.report.figures import BarSeries, grouped_bars, legend_below
@@ -123,7 +123,7 @@ def conditions_figure(ds: xr.Dataset, plt, sns) -> object:
             _label_bars(ax, containers, series)
             tops = [np.nanmax(np.fmax(one.values, one.values if one.high is None else one.high)) for one in series]
             ax.set_ylim(0, float(np.nanmax(tops)) * 1.25)
-    fig.suptitle("Ablation of the top-WD neurons and its controls")
+    fig.suptitle(f"Ablation of the top-{ranking(ds)} neurons and its controls")
     benches = tuple(bench for bench, _ in panels)
     fig.text(0.5, 0.915, _interval_note(ds, benches), ha="center", va="center", fontsize=8, color="0.3")
     legend_below(axes[0][0], fig, columns=3, top=0.9)
@@ -208,7 +208,7 @@ def layer_group_figure(ds: xr.Dataset, plt) -> object:
         if name in ds:
             clean = float(ds[name].sel(condition="clean").max())
             ax.axhline(clean, color="0.4", ls=":", lw=1, label="clean")
-    fig.suptitle("Negative ablation of the top-WD neurons by layer group")
+    fig.suptitle(f"Negative ablation of the top-{ranking(ds)} neurons by layer group")
     legend_below(axes[0], fig, columns=3)
     return fig
 

@@ -10,6 +10,7 @@ import xarray as xr
 from dynamics.errors import UserInputError
 from dynamics.report.claims import ClaimSettings, study_claims
 from dynamics.report.claims_format import claims_text
+from dynamics.report.condition_style import ranking
 from dynamics.report.differentiation_text import differentiation_report
 from dynamics.report.tables import bos_effect_line, failure_lines, protocol_line, target_ci_line, wd_md_lines
 from dynamics.report.tables import fmt as _fmt
@@ -49,7 +50,7 @@ def header(ds: xr.Dataset) -> list[str]:
         record = prov.get("matched_control", {})
         state = "matched" if bool(ds["matched_converged"]) else f"NOT matched ({record.get('reason', '?')})"
         lines.append(
-            f"matched control: bottom m = {float(ds['matched_percent']):.4g}% of each layer by WD; "
+            f"matched control: bottom m = {float(ds['matched_percent']):.4g}% of each layer by {ranking(ds)}; "
             f"perplexity {float(ds['matched_ppl']):.4f} vs top-{match_percent(ds):g}% "
             f"{float(ds['matched_target_ppl']):.4f} (clean {float(ds['matched_clean_ppl']):.4f}; "
             f"{len(record.get('trials', []))} trials): {state}"

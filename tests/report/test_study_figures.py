@@ -24,6 +24,7 @@ from dynamics.report.study_figures import (
     conditions_figure,
     phenomena_figure,
 )
+from dynamics.report.study_text import study_report
 from dynamics.stats.intervals import perplexity_interval
 from dynamics.study.conditions import short_name
 from dynamics.study.driver import run_study
@@ -199,3 +200,18 @@ def test_every_mode_is_labelled_and_an_unknown_condition_has_a_fixed_colour():
     assert CONDITION_LABELS["signflip_top"] == "signflip, top WD"
     assert CONDITION_LABELS["both_top"] == "both signs, top WD"
     assert condition_colour("my_new_top") == condition_colour("my_new_top") in SPARE_COLOURS
+
+
+def test_a_study_ranked_by_md_says_so_in_its_labels_and_titles(study_ds, pyplot):
+    assert study_ds.attrs["identity"]["analysis"]["rank_by"] == "wd"
+    assert condition_styles(study_ds)["neg_top"].label == "negative, top WD"
+    by_md = study_ds.copy()
+    by_md.attrs = {**study_ds.attrs, "identity": {**study_ds.attrs["identity"]}}
+    by_md.attrs["identity"]["analysis"] = {**study_ds.attrs["identity"]["analysis"], "rank_by": "md"}
+    styles = condition_styles(by_md)
+    assert styles["neg_top"].label == "negative, top MD" and styles["pos_top"].label == "positive, top MD"
+    assert styles["neg_random"].label == "negative, random control"
+    fig = conditions_figure(by_md, *pyplot)
+    assert fig.get_suptitle() == "Ablation of the top-MD neurons and its controls"
+    assert "negative, top MD" in legend_labels(fig) and "negative, top WD" not in legend_labels(fig)
+    assert "% of each layer by MD;" in study_report(by_md) and "% of each layer by WD;" in study_report(study_ds)
