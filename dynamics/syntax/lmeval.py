@@ -155,22 +155,6 @@ class TaskOutcomes:
     items: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
-def evaluate_tasks(
-    model: Any,
-    tokenizer: Any,
-    tasks: Sequence[str],
-    limit: int | None,
-    batch_size: int = 8,
-    include_path: str | None = None,
-    seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """``{task: {metric: value}}`` for ``METRICS`` of each task, on the model as it is now."""
-    if not tasks:
-        return {}
-    results = _simple_evaluate(model, tokenizer, tasks, limit, batch_size, include_path, seed, False)
-    return _metrics(results, tasks)
-
-
 def evaluate_task_outcomes(
     model: Any,
     tokenizer: Any,
@@ -180,11 +164,12 @@ def evaluate_task_outcomes(
     include_path: str | None = None,
     seed: int = 0,
 ) -> TaskOutcomes:
-    """The metrics of :func:`evaluate_tasks` and each example's ``acc`` (lm-eval's per-sample log), so
-    that two conditions, which see the same examples (same limit, same seed), compare item by item."""
+    """``{task: {metric: value}}`` for ``METRICS`` of each task, on the model as it is now, and each
+    example's ``acc`` (lm-eval's per-sample log), so that two conditions, which see the same examples
+    (same limit, same seed), compare item by item."""
     if not tasks:
         return TaskOutcomes({})
-    results = _simple_evaluate(model, tokenizer, tasks, limit, batch_size, include_path, seed, True)
+    results = _simple_evaluate(model, tokenizer, tasks, limit, batch_size, include_path, seed)
     metrics = _metrics(results, tasks)
     samples = (results or {}).get("samples", {})
     items = {}
@@ -195,7 +180,7 @@ def evaluate_task_outcomes(
     return TaskOutcomes(metrics, items)
 
 
-def _simple_evaluate(  # noqa: PLR0913 - evaluate_tasks' arguments and whether to log samples
+def _simple_evaluate(
     model: Any,
     tokenizer: Any,
     tasks: Sequence[str],
@@ -203,7 +188,6 @@ def _simple_evaluate(  # noqa: PLR0913 - evaluate_tasks' arguments and whether t
     batch_size: int,
     include_path: str | None,
     seed: int,
-    log_samples: bool,
 ) -> dict[str, Any] | None:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -215,7 +199,7 @@ def _simple_evaluate(  # noqa: PLR0913 - evaluate_tasks' arguments and whether t
         tasks=list(tasks),
         limit=limit,
         task_manager=task_manager(include_path, tasks),
-        log_samples=log_samples,
+        log_samples=True,
         bootstrap_iters=0,
         random_seed=seed,
         numpy_random_seed=seed,
