@@ -316,6 +316,15 @@ def shared_checks(config: object) -> list[tuple[str, bool, str]]:
             ("blimp-per-paradigm", config.blimp_per_paradigm >= 0, "0 or more pairs"),
             ("lmeval-limit", config.lmeval_limit >= 0, "0 (all) or more examples"),
         ]
+        if isinstance(config, BudgetOptions):  # the pilot of --target-ci is the options' TSE and BLiMP sample
+            piloted = config.tse_per_case > 0 or config.blimp_per_paradigm > 0
+            checks += [
+                (
+                    "target-ci",
+                    config.target_ci == 0 or piloted,
+                    "0 (off) with --tse-per-case 0 and --blimp-per-paradigm 0 (no sample to pilot and size)",
+                )
+            ]
     if isinstance(config, MechanismOptions):
         checks += [
             ("differentiation-tokens", config.differentiation_tokens >= 0, "0 (skip) or more tokens"),

@@ -156,6 +156,11 @@ def test_sizes_beyond_the_data_score_every_pair_and_a_changed_pair_is_refused(ti
         ("-1", "--target-ci -1.0: expected 0 (off) or accuracy points in (0, 100]"),
         ("101", "--target-ci 101.0: expected 0 (off) or accuracy points in (0, 100]"),
         ("x", "argument --target-ci: invalid finite number value: 'x'"),
+        (
+            "2 --tse-per-case 0 --blimp-per-paradigm 0",
+            "--target-ci 2.0: expected 0 (off) with --tse-per-case 0 and --blimp-per-paradigm 0 "
+            "(no sample to pilot and size)",
+        ),
     ],
 )
 def test_a_bad_target_is_one_line_and_exit_2_before_anything_is_written(
@@ -163,7 +168,7 @@ def test_a_bad_target_is_one_line_and_exit_2_before_anything_is_written(
 ):
     out = tmp_path / "never.zarr"
     try:
-        code = main([command, "--model", str(tiny_suite), "--out", str(out), "--target-ci", value])
+        code = main([command, "--model", str(tiny_suite), "--out", str(out), "--target-ci", *value.split()])
     except SystemExit as exit_:  # argparse rejects a value that is not a number itself
         code = exit_.code
     err = capsys.readouterr().err
