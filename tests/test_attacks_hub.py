@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cli_fuzz import FAST, Attack, Outcome, run_attack
+from test_cli_fuzz import ABLATE_FAST, FAST, Attack, Outcome, run_attack
 
 from checkpoints import hub_status
 from store import open_cube
@@ -283,19 +283,7 @@ def test_study_resumed_after_its_weights_changed(tiny_suite, tmp_path):
         "{ws}/study.zarr",
         "--corpus",
         str(tiny_suite / "heldout.txt"),
-        "--percents",
-        "1,2",
-        "--match-percent",
-        "1",
-        "--tasks",
-        "none",
-        "--blimp-per-paradigm",
-        "0",
-        "--pos",
-        "off",
-        "--layer-groups",
-        "0",
-        *FAST,
+        *ABLATE_FAST,
     )
     first = run_attack(Attack("study", argv), places)
     assert first.code == 0, first.stderr

@@ -32,6 +32,22 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 HUGE = "99999999999999999999999"
 FAST = ["--wd-tokens", "64", "--ppl-tokens", "32", "--tse-per-case", "1"]
+#: The smallest study: two percents, no tasks, BLiMP, POS or layer groups.
+ABLATE_FAST = [
+    "--percents",
+    "1,2",
+    "--match-percent",
+    "1",
+    "--tasks",
+    "none",
+    "--blimp-per-paradigm",
+    "0",
+    "--pos",
+    "off",
+    "--layer-groups",
+    "0",
+    *FAST,
+]
 ROOT = os.geteuid() == 0  # root writes into read-only directories: those attacks say nothing as root
 
 
@@ -56,19 +72,7 @@ def _ablate(*extra: str, out: str = "{ws}/study.zarr") -> tuple[str, ...]:
         out,
         "--corpus",
         "{suite}/heldout.txt",
-        "--percents",
-        "1,2",
-        "--match-percent",
-        "1",
-        "--tasks",
-        "none",
-        "--blimp-per-paradigm",
-        "0",
-        "--pos",
-        "off",
-        "--layer-groups",
-        "0",
-        *FAST,
+        *ABLATE_FAST,
         *extra,
     )
 

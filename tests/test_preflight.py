@@ -6,6 +6,7 @@ import math
 from fractions import Fraction
 
 import pytest
+from test_cli_fuzz import ABLATE_FAST, FAST
 
 import dynamics.scan.driver as scan_driver
 import dynamics.scan.plan as scan_plan
@@ -13,23 +14,6 @@ from dynamics.cli.main import main
 from dynamics.config.preflight import smallest_percent
 from dynamics.stats.cohort import cohort_size
 from store import open_cube
-
-FAST = ["--wd-tokens", "64", "--ppl-tokens", "32", "--tse-per-case", "1"]
-ABLATE_FAST = [
-    "--percents",
-    "1,2",
-    "--match-percent",
-    "1",
-    "--tasks",
-    "none",
-    "--blimp-per-paradigm",
-    "0",
-    "--pos",
-    "off",
-    "--layer-groups",
-    "0",
-    *FAST,
-]
 
 
 def listing(root):

@@ -18,6 +18,9 @@ from dynamics.report.study_text import match_percent, wilson_interval
 from dynamics.stats.intervals import perplexity_interval
 
 PANELS = (("tse", "TSE accuracy"), ("blimp", "BLiMP accuracy"), ("ppl", "perplexity"))
+#: Each panel's plotted variable and the per-item variable behind its intervals.
+PANEL_VALUES = {"tse": "tse_acc_all", "blimp": "blimp_acc_all", "ppl": "ppl"}
+PANEL_ITEMS = {"tse": "tse_item_margin", "blimp": "blimp_item_margin", "ppl": "ppl_window_nll"}
 #: What the whiskers are: each condition's own interval (the paired comparisons are the claims').
 INTERVAL_NOTE = (
     "whiskers: 95% Wilson interval over each accuracy's pairs; perplexity: 95% bootstrap interval over its windows; "
@@ -48,8 +51,7 @@ def _done(ds: xr.Dataset, name: str) -> xr.DataArray:
 def _panel_series(ds: xr.Dataset, bench: str, percents: np.ndarray) -> list[BarSeries]:
     """One series per condition: the accuracy (or perplexity) per percent, done units only, with the
     Wilson interval of each accuracy when the cube has its per-pair margins."""
-    name = "ppl" if bench == "ppl" else f"{bench}_acc_all"
-    items = "ppl_window_nll" if bench == "ppl" else f"{bench}_item_margin"
+    name, items = PANEL_VALUES[bench], PANEL_ITEMS[bench]
     series = []
     for condition, style in condition_styles(ds).items():
         values = _done(ds, name).sel(condition=condition, percent=percents).values.astype(float)
@@ -68,10 +70,6 @@ def _panel_series(ds: xr.Dataset, bench: str, percents: np.ndarray) -> list[BarS
     return series
 
 
-#: The per-item variable behind each panel's intervals.
-PANEL_ITEMS = {"tse": "tse_item_margin", "blimp": "blimp_item_margin", "ppl": "ppl_window_nll"}
-
-
 def _interval_note(ds: xr.Dataset, benches: tuple[str, ...]) -> str:
     missing = [{"tse": "TSE", "blimp": "BLiMP"}.get(b, b) for b in benches if PANEL_ITEMS[b] not in ds]
     if len(missing) == len(benches):
@@ -81,13 +79,18 @@ def _interval_note(ds: xr.Dataset, benches: tuple[str, ...]) -> str:
     return INTERVAL_NOTE
 
 
+def _tops(one: BarSeries) -> np.ndarray:
+    """Where each bar of ``one`` ends, its whisker included."""
+    values = np.asarray(one.values, dtype=float)
+    return values if one.high is None else np.fmax(values, np.asarray(one.high, dtype=float))
+
+
 def _label_bars(ax: Any, containers: list, series: list[BarSeries]) -> None:
     """Each bar's value above it, and above its whisker where it has one (no label under a whisker)."""
     for bars, one in zip(containers, series):
         values = np.asarray(one.values, dtype=float)
         shown = np.isfinite(values)
-        tops = values if one.high is None else np.fmax(values, np.asarray(one.high, dtype=float))
-        for bar, value, top in zip(bars.patches, values[shown], tops[shown]):
+        for bar, value, top in zip(bars.patches, values[shown], _tops(one)[shown]):
             ax.annotate(
                 f"{value:.4g}",
                 (bar.get_x() + bar.get_width() / 2, top),
@@ -105,7 +108,7 @@ def conditions_figure(ds: xr.Dataset, plt, sns) -> object:
     perplexity (a linear axis from 0, each bar's value on it); one colour per condition in every figure."""
     from matplotlib.ticker import ScalarFormatter
 
-    panels = [(bench, label) for bench, label in PANELS if ("ppl" if bench == "ppl" else f"{bench}_acc_all") in ds]
+    panels = [(bench, label) for bench, label in PANELS if PANEL_VALUES[bench] in ds]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
     percents = ds["percent"].values[np.asarray(ds["done"].any("condition"))]
     for ax, (bench, label) in zip(axes[0], panels):
@@ -121,8 +124,7 @@ def conditions_figure(ds: xr.Dataset, plt, sns) -> object:
             formatter.set_scientific(False)
             ax.yaxis.set_major_formatter(formatter)
             _label_bars(ax, containers, series)
-            tops = [np.nanmax(np.fmax(one.values, one.values if one.high is None else one.high)) for one in series]
-            ax.set_ylim(0, float(np.nanmax(tops)) * 1.25)
+            ax.set_ylim(0, float(np.nanmax([np.nanmax(_tops(one)) for one in series])) * 1.25)
     fig.suptitle(f"Ablation of the top-{ranking(ds)} neurons and its controls")
     benches = tuple(bench for bench, _ in panels)
     fig.text(0.5, 0.915, _interval_note(ds, benches), ha="center", va="center", fontsize=8, color="0.3")

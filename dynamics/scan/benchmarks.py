@@ -22,10 +22,16 @@ from typing import cast
 from dynamics.errors import DynamicsError, UserInputError
 from dynamics.evaluate.benchmarks import items_hash
 from dynamics.evaluate.sizing import SampleSizes
-from dynamics.syntax.blimp import check_blimp_source, hub_blimp_skip_reason, load_blimp, parse_paradigms
+from dynamics.syntax.blimp import (
+    check_blimp_source,
+    hub_blimp_skip_reason,
+    load_blimp,
+    paradigm_sample,
+    parse_paradigms,
+)
 from dynamics.syntax.hub_data import hub_offline
 from dynamics.syntax.lmeval import check_task_names, parse_tasks, probe_tasks
-from dynamics.syntax.pairs import MinimalPair, stratified_sample
+from dynamics.syntax.pairs import MinimalPair
 from dynamics.syntax.tse import sample_tse, tse_pairs
 
 #: What the cube's content record calls the sized samples (beside the options' samples, which it keeps too).
@@ -108,21 +114,12 @@ def plan_benchmarks(request: BenchmarkRequest) -> ScanBenchmarks:
             log.warning("BLiMP skipped: %s", exc)
             skipped["blimp"] = str(exc)
         else:
-            pairs = blimp_sample(loaded, paradigms, per_paradigm, request.seed)
+            pairs = paradigm_sample(loaded, paradigms, per_paradigm, request.seed)
     task_plan = probe_tasks(request.tasks, request.task_path)
     skipped.update({f"lmeval:{t}": why for t, why in task_plan.skipped.items()})
     return ScanBenchmarks(
         tuple(pairs), paradigms if pairs else (), tuple(task_plan.runnable), skipped, request.task_path
     )
-
-
-def blimp_sample(
-    loaded: list[MinimalPair], paradigms: tuple[str, ...], per_paradigm: int, seed: int
-) -> list[MinimalPair]:
-    """``per_paradigm`` seeded pairs of each paradigm (all of a smaller one), in the paradigms' order."""
-    grouped = {p: {"": [x for x in loaded if x.case == p]} for p in paradigms}
-    sample = stratified_sample(grouped, per_paradigm, seed=seed)
-    return [x for p in paradigms for x in sample[p][""]]
 
 
 def tse_sample(per_case: int, seed: int) -> list[MinimalPair]:
@@ -150,7 +147,7 @@ def sized_samples(benchmarks: ScanBenchmarks, sizes: SampleSizes, blimp_source: 
     blimp: list[MinimalPair] = []
     if benchmarks.blimp and sizes.blimp_per_paradigm:
         loaded = load_blimp(blimp_source, benchmarks.paradigms)
-        blimp = blimp_sample(loaded, benchmarks.paradigms, sizes.blimp_per_paradigm, seed)
+        blimp = paradigm_sample(loaded, benchmarks.paradigms, sizes.blimp_per_paradigm, seed)
     tse = tse_sample(sizes.tse_per_case, seed)
     log.info(
         "--target-ci: every step scores %d TSE pairs (%d per case) and %d BLiMP pairs (%d per paradigm)",

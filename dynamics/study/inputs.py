@@ -27,7 +27,7 @@ from dynamics.evaluate.planning import PassBudget, pass_budget_for
 from dynamics.evaluate.sizing import SampleSizes, resized
 from dynamics.models.runtime import default_window, load_checkpoint_model, set_threads
 from dynamics.study.config import StudyConfig, StudyPlan
-from dynamics.syntax.blimp import hub_blimp_skip_reason, load_blimp
+from dynamics.syntax.blimp import hub_blimp_skip_reason, load_blimp, paradigm_sample
 from dynamics.syntax.corpus import (
     CorpusSpec,
     load_wd_and_ppl_windows,
@@ -36,7 +36,6 @@ from dynamics.syntax.corpus import (
     windows_with_offsets,
 )
 from dynamics.syntax.lmeval import probe_tasks
-from dynamics.syntax.pairs import stratified_sample
 from dynamics.syntax.pos import pos_surprisal
 from dynamics.syntax.scoring import encode_with_prefix
 from dynamics.syntax.tse import sample_tse, tse_pairs
@@ -179,9 +178,7 @@ def benchmark_samples(config: StudyConfig, plan: StudyPlan, budgets: dict[str, i
     elif (config.blimp_per_paradigm or config.full) and budgets["blimp_per_paradigm"] != 0:
         pairs = load_blimp(config.blimp, plan.paradigms)
         if budgets["blimp_per_paradigm"] is not None:
-            grouped = {p: {"": [x for x in pairs if x.case == p]} for p in plan.paradigms}
-            sample = stratified_sample(grouped, budgets["blimp_per_paradigm"], seed=config.seed)
-            pairs = [x for p in plan.paradigms for x in sample[p][""]]
+            pairs = paradigm_sample(pairs, plan.paradigms, budgets["blimp_per_paradigm"], config.seed)
         blimp = list(pairs)
     log.info("benchmarks: %d TSE pairs, %d BLiMP pairs", len(tse), len(blimp))
     return tse, blimp

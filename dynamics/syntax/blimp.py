@@ -21,7 +21,7 @@ import numpy as np
 
 from dynamics.errors import DynamicsError, UserInputError
 from dynamics.syntax.hub_data import HubDataUnavailable, check_hub_reachable, note_connection_failure
-from dynamics.syntax.pairs import MinimalPair, check_names
+from dynamics.syntax.pairs import MinimalPair, check_names, stratified_sample
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -325,6 +325,16 @@ class BlimpAccuracy:
         rows += [("linguistics_term", k, v) for k, v in self.per_term.items()]
         rows.append(("overall", "overall", self.overall))
         return pd.DataFrame(rows, columns=["level", "name", "accuracy"])
+
+
+def paradigm_sample(
+    pairs: Sequence[MinimalPair], paradigms: Sequence[str], per_paradigm: int, seed: int
+) -> list[MinimalPair]:
+    """``per_paradigm`` seeded pairs of each paradigm (all of a smaller one), in the paradigms' order:
+    the sample that ``scan`` and ``ablate`` both score."""
+    grouped = {p: {"": [x for x in pairs if x.case == p]} for p in paradigms}
+    sample = stratified_sample(grouped, per_paradigm, seed=seed)
+    return [x for p in paradigms for x in sample[p][""]]
 
 
 def blimp_accuracy(pairs: Sequence[MinimalPair], correct: Sequence[bool] | np.ndarray) -> BlimpAccuracy:
