@@ -1,18 +1,10 @@
 """The report's protocol line names where the WD text came from."""
 
+from dynamics.config.parts import ScoringOptions
+from dynamics.config.protocol import resolve_protocol
 from dynamics.report.tables import protocol_line
 
-RECORD = {
-    "name": "paper",
-    "tse_reduction": "mean",
-    "blimp_reduction": "sum",
-    "prefix": "auto",
-    "npi": "last",
-    "random_control": "all",
-    "window_bos": "first",
-    "pos_unit": "tokens",
-    "wd_joiner": " ",
-}
+RECORD = resolve_protocol(ScoringOptions()).record()  # the paper protocol, as a cube stores it
 
 
 def test_a_local_wd_file_is_named_not_called_wikitext():
